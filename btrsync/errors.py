@@ -1,0 +1,132 @@
+"""The one exception tree of btrsync and the exit codes it maps to.
+
+Every error a user can cause or meet is a ``BtrsyncError`` subclass whose ``exit_code`` is a class
+attribute; only ``btrsync.cli.main`` turns exceptions into process exit codes.  Messages come from the
+constructor and say what failed, where, and what to do next.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    PARTIAL = 3
+    DAMAGE = 4
+    TARGET_MISSING = 10
+    LOCKED = 11
+    WRONG_KEY = 12
+    INTERRUPTED = 130
+
+
+EXIT_STATUS_HELP = """\b
+EXIT STATUS
+  0 success; 1 failure; 2 usage or configuration error; 3 partial (some
+  jobs or targets failed); 4 verification found damage; 10 target missing or
+  not initialised; 11 another run holds the lock; 12 wrong key; 130 interrupted.
+"""
+
+
+class BtrsyncError(Exception):
+    """Base of every error btrsync reports to users without a traceback."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(BtrsyncError):
+    """The command line or its arguments are wrong."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(BtrsyncError):
+    """The configuration file is missing, malformed or inconsistent."""
+
+    exit_code = ExitCode.USAGE
+
+
+class KeyFileError(BtrsyncError):
+    """The key file is missing, unreadable, has the wrong size or unsafe permissions."""
+
+    exit_code = ExitCode.USAGE
+
+
+class WrongKeyError(BtrsyncError):
+    """The key given is not the key this target was written with."""
+
+    exit_code = ExitCode.WRONG_KEY
+
+
+class TargetMissingError(BtrsyncError):
+    """The target location does not exist or holds no btrsync repository."""
+
+    exit_code = ExitCode.TARGET_MISSING
+
+
+class LockedError(BtrsyncError):
+    """Another btrsync process holds the lock."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class BtrfsError(BtrsyncError):
+    """A btrfs command failed; the message names the subvolume and the next step."""
+
+
+class SendFailedError(BtrfsError):
+    """``btrfs send`` exited non-zero, wrote an error, or its stream ended early."""
+
+
+class ReceiveFailedError(BtrfsError):
+    """``btrfs receive`` failed; the partially received subvolume has been removed."""
+
+
+class SnapshotError(BtrsyncError):
+    """A snapshot could not be created, found or deleted."""
+
+
+class PlanError(BtrsyncError):
+    """No valid plan exists (for example, a parent needed for a restore is gone)."""
+
+
+class BackupNotFoundError(BtrsyncError):
+    """The backup named on the command line does not exist on the target."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DamageError(BtrsyncError):
+    """Stored data failed a hash, authentication or format check."""
+
+    exit_code = ExitCode.DAMAGE
+
+
+class PushError(BtrsyncError):
+    """A push failed; nothing was committed for the backup that failed."""
+
+
+class PartialError(BtrsyncError):
+    """Some of the work succeeded and some failed."""
+
+    exit_code = ExitCode.PARTIAL
+
+
+def all_error_classes() -> list[type[BtrsyncError]]:
+    """Every BtrsyncError subclass, depth first (used by the docs and a test)."""
+    found: list[type[BtrsyncError]] = []
+    stack: list[type[BtrsyncError]] = [BtrsyncError]
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack.extend(reversed(cls.__subclasses__()))
+    return found

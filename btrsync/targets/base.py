@@ -1,0 +1,123 @@
+"""The narrow storage interface every target implements.
+
+A target stores immutable objects under flat, ``/``-separated string keys.  Five verbs: ``put``,
+``get``, ``stat``, ``list``, ``delete``.  ``put`` is atomic: an object is visible only when complete,
+and a failed ``put`` leaves neither an object nor a partial upload behind.  Everything above this
+layer (catalog, pipeline, ops) talks to targets only through this interface, and one conformance
+suite (``tests/targets/test_conformance.py``) checks every implementation against it.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from btrsync.targets.errors import InvalidKey, RangeError
+
+TEMP_MARKER = ".tmp-"
+_KEY_RE = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a target can do, as data rather than extra methods."""
+
+    max_part_size: int = 64 * 1024 * 1024  # largest part the pipeline may hand to put()
+    connections: int = 1  # how many concurrent calls the target handles well
+    ranged_get: bool = True
+
+
+def validate_key(key: str) -> str:
+    """Reject keys that are not relative, plain-ASCII, ``/``-separated names (before any I/O)."""
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise InvalidKey(f"invalid object key {key!r}: use letters, digits, '._~-' and '/' separators")
+    if any(part in (".", "..") for part in key.split("/")) or TEMP_MARKER in key:
+        raise InvalidKey(f"invalid object key {key!r}: '.', '..' and '{TEMP_MARKER}' are reserved")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """A list prefix is empty or a valid key optionally ending in ``/``."""
+    if prefix:
+        validate_key(prefix.rstrip("/"))
+    return prefix
+
+
+class Target(ABC):
+    """Stores immutable objects under flat string keys.
+
+    Implementations are safe to call from ``capabilities.connections`` threads at once for
+    distinct keys.  Wrappers (retry, throttle, fault injection) implement the same interface.
+    """
+
+    capabilities: Capabilities = Capabilities()
+    #: URL for messages, with credentials removed.
+    display_url: str = ""
+
+    @abstractmethod
+    def put(self, key: str, parts: Iterable[bytes]) -> ObjectInfo:
+        """Store the concatenation of ``parts`` under ``key``, replacing any object there.
+
+        Visible only when complete: on any exception (also one raised by the ``parts`` iterator)
+        no object and no partial upload remains.
+        """
+
+    @abstractmethod
+    def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Yield ``length`` bytes of the object from ``offset`` (to the end when ``None``).
+
+        Raises ``NotFound``; a range past the end raises ``RangeError``.
+        """
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Size of a stored object; raises ``NotFound``."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Complete objects whose key starts with ``prefix``, sorted by key."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object (all its versions where the store keeps versions); raises ``NotFound``."""
+
+    def probe(self) -> None:
+        """Raise ``TargetMissingError`` if the target location does not exist or is unreachable."""
+
+    def free_space(self) -> int | None:
+        """Bytes still free at the target, where the target can tell; ``None`` otherwise."""
+        return None
+
+    def close(self) -> None:
+        """Release connections and processes."""
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        """The bytes of ``get`` joined (for small objects such as manifests)."""
+        return b"".join(self.get(key, offset=offset, length=length))
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        return self.put(key, [data])
+
+
+def check_range(key: str, size: int, offset: int, length: int | None) -> int:
+    """Validate a read range against an object size; returns the end offset."""
+    if offset < 0 or (length is not None and length < 0):
+        raise RangeError(f"negative range for {key}: offset={offset} length={length}")
+    end = size if length is None else offset + length
+    if offset > size or end > size:
+        raise RangeError(f"range {offset}..{end} is past the end of {key} ({size} bytes)")
+    return end
