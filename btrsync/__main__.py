@@ -1,0 +1,3 @@
+from btrsync.cli.main import entry
+
+entry()

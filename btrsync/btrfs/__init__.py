@@ -1,0 +1,1 @@
+"""The only code that runs ``btrfs`` or issues btrfs ioctls: subvolumes, snapshots, send, receive."""

@@ -1,0 +1,44 @@
+"""Object keys of a btrsync repository on a target (format version 1).
+
+    btrsync-repo.json            plain JSON: format version, repository id, key id
+    data/<backup-id>/<NNNNNN>    segments: concatenated encrypted chunk frames
+    backups/<backup-id>/manifest the encrypted manifest, written last: its presence commits the backup
+"""
+
+from __future__ import annotations
+
+import re
+
+REPO_MARKER = "btrsync-repo.json"
+FORMAT_VERSION = 1
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def backup_id_for(snapshot_name: str, snapshot_uuid: str) -> str:
+    """Readable and unique: the snapshot name plus 8 hex digits of its uuid."""
+    safe = _UNSAFE.sub("_", snapshot_name).strip(".") or "snapshot"
+    return f"{safe}-{snapshot_uuid.replace('-', '')[:8]}"
+
+
+def manifest_key(backup_id: str) -> str:
+    return f"backups/{backup_id}/manifest"
+
+
+def data_prefix(backup_id: str) -> str:
+    return f"data/{backup_id}/"
+
+
+def segment_key(backup_id: str, segment: int) -> str:
+    return f"{data_prefix(backup_id)}{segment:06d}"
+
+
+def backup_id_of_manifest_key(key: str) -> str | None:
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "backups" and parts[2] == "manifest":
+        return parts[1]
+    return None
+
+
+def backup_id_of_data_key(key: str) -> str | None:
+    parts = key.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "data" else None

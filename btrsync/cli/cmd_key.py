@@ -1,0 +1,29 @@
+"""btrsync key generate FILE"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from btrsync.crypto.keys import generate_key_file
+from btrsync.errors import EXIT_STATUS_HELP
+
+
+@click.group(epilog=EXIT_STATUS_HELP)
+def key() -> None:
+    """Manage encryption keys."""
+
+
+@key.command("generate", epilog=EXIT_STATUS_HELP)
+@click.argument("file", type=click.Path(path_type=Path))
+def generate(file: Path) -> None:
+    """Write a new random 256-bit key to FILE (mode 0600); never overwrites.
+
+    Keep a copy off the machine: without the key no backup can be restored.
+    """
+    k = generate_key_file(file)
+    click.echo(f"key written to {file} (key id {k.key_id})", err=True)
+
+
+COMMANDS = [key]

@@ -1,0 +1,70 @@
+"""btrsync push SUBVOL --snapshot-dir DIR --to URL"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from btrsync.cli.main import App, pass_app
+from btrsync.cli.output import emit_json, emit_table
+from btrsync.errors import EXIT_STATUS_HELP
+from btrsync.ops.push import PushResult, push, raise_for_failures
+from btrsync.ops.push_settings import settings_from
+from btrsync.progress import terminal_progress
+from btrsync.units import format_bytes
+
+
+@click.command("push", epilog=EXIT_STATUS_HELP)
+@click.argument("subvol", type=click.Path(path_type=Path))
+@click.option("--snapshot-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, help="target URL (file://, s3://, ssh://) or configured name")
+@click.option("--dry-run", is_flag=True, help="print the plan (parent, full/incremental, why); send nothing")
+@click.option("--bwlimit", help="limit stored bytes per second, e.g. 25M (MiB/s)")
+@click.option("--max-chain", type=int, help="incrementals before a new full [default: 30]")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_app
+def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool, bwlimit: str | None,
+             max_chain: int | None, as_json: bool) -> None:
+    """Send every snapshot of SUBVOL that the target lacks, oldest first, each on its best parent."""
+    settings = settings_from(app.config.push, bwlimit=bwlimit, max_chain=max_chain)
+    with app.target(to) as target:
+        result = push(subvol, snapshot_dir, target, app.key(), settings, dry_run=dry_run,
+                      progress=None if as_json else terminal_progress())
+        if not dry_run:
+            app.state().record_target(target.display_url, result.held)
+    if as_json:
+        emit_json(_as_json(result, dry_run))
+    else:
+        _render(result, dry_run)
+    raise_for_failures(result)
+
+
+def _as_json(result: PushResult, dry_run: bool) -> dict[str, Any]:
+    return {
+        "target": result.target, "subvolume": result.subvolume, "dry_run": dry_run,
+        "plan": [{"snapshot": s.snapshot.name, "kind": s.kind, "parent": s.parent.name if s.parent else None,
+                  "parent_id": s.parent_backup_id, "depth": s.depth, "reason": s.reason}
+                 for s in result.plan.steps],
+        "skipped": [{"snapshot": s.snapshot.name, "reason": s.reason} for s in result.plan.skipped],
+        "backups": [asdict(r) for r in result.results],
+    }
+
+
+def _render(result: PushResult, dry_run: bool) -> None:
+    if not result.plan.steps:
+        click.echo(f"{result.target} is up to date for {result.subvolume}")
+    if dry_run:
+        emit_table([(s.snapshot.name, s.kind, s.parent.name if s.parent else None, s.reason)
+                    for s in result.plan.steps], ["SNAPSHOT", "KIND", "PARENT", "WHY"])
+    else:
+        emit_table([(r.backup_id, r.kind, r.status, format_bytes(r.stream_bytes), format_bytes(r.stored_bytes),
+                     f"{r.seconds:.1f}s", r.error) for r in result.results],
+                   ["BACKUP", "KIND", "STATUS", "STREAM", "STORED", "TIME", "ERROR"])
+    for skip in result.plan.skipped:
+        click.echo(f"skipped {skip.snapshot.name}: {skip.reason}", err=True)
+
+
+COMMANDS = [push_cmd]

@@ -1,0 +1,44 @@
+"""btrsync receive BACKUP --from URL --into DIR"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from btrsync.catalog.repository import Repository
+from btrsync.cli.main import App, pass_app
+from btrsync.cli.output import emit_json, emit_table
+from btrsync.errors import EXIT_STATUS_HELP
+from btrsync.ops.receive import receive
+from btrsync.progress import terminal_progress
+from btrsync.units import format_bytes
+
+
+@click.command("receive", epilog=EXIT_STATUS_HELP)
+@click.argument("backup")
+@click.option("--from", "source", required=True, help="target URL or configured name")
+@click.option("--into", required=True, type=click.Path(path_type=Path), help="directory on btrfs")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_app
+def receive_cmd(app: App, backup: str, source: str, into: Path, as_json: bool) -> None:
+    """Restore BACKUP (an id, a snapshot name, latest or SUBVOL@latest) into DIR.
+
+    Replays the chain (the full, then each incremental), skipping links already in DIR; every
+    chunk's hash and authentication tag are checked before btrfs receive sees its bytes.
+    """
+    with app.target(source) as target:
+        progress = None if as_json else terminal_progress("received")
+        result = receive(Repository.open(target, app.key()), backup, into, progress=progress)
+        if progress:
+            progress.finish()
+    if as_json:
+        emit_json({"backup": result.backup_id, "into": result.into, "path": result.path,
+                   "links": [asdict(link) for link in result.links]})
+        return
+    emit_table([(lk.backup_id, lk.action, lk.path, format_bytes(lk.stream_bytes)) for lk in result.links],
+               ["BACKUP", "ACTION", "PATH", "BYTES"])
+
+
+COMMANDS = [receive_cmd]

@@ -1,0 +1,59 @@
+"""btrsync snapshot create | list | delete"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from btrsync.cli.main import App, pass_app
+from btrsync.cli.output import emit_json, emit_table
+from btrsync.errors import EXIT_STATUS_HELP
+from btrsync.ops import snapshots as ops
+from btrsync.snapshots.naming import parse_timestamp
+
+
+@click.group(epilog=EXIT_STATUS_HELP)
+def snapshot() -> None:
+    """Create, list and delete read-only snapshots."""
+
+
+@snapshot.command("create", epilog=EXIT_STATUS_HELP)
+@click.argument("subvol", type=click.Path(path_type=Path))
+@click.option("--snapshot-dir", required=True, type=click.Path(path_type=Path),
+              help="directory for snapshots, on the same btrfs filesystem")
+@click.option("--timestamp", help="snapshot time (ISO 8601, UTC if no zone) instead of now")
+def create(subvol: Path, snapshot_dir: Path, timestamp: str | None) -> None:
+    """Create a read-only snapshot SUBVOL.<YYYYMMDDTHHMMSSZ> and print its path."""
+    when = parse_timestamp(timestamp) if timestamp else None
+    click.echo(ops.create(subvol, snapshot_dir, when).path)
+
+
+@snapshot.command("list", epilog=EXIT_STATUS_HELP)
+@click.argument("subvol", required=False, type=click.Path(path_type=Path))
+@click.option("--snapshot-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_app
+def list_(app: App, subvol: Path | None, snapshot_dir: Path, as_json: bool) -> None:
+    """List snapshots with time, uuid, parent and the targets known to hold them."""
+    rows = ops.describe(snapshot_dir, subvol, app.state())
+    if as_json:
+        emit_json(rows)
+        return
+    emit_table([(r["name"], r["created"], r["uuid"], r["parent_uuid"], "yes" if r["readonly"] else "NO",
+                 ", ".join(r["targets"]) or None) for r in rows],
+               ["SNAPSHOT", "CREATED", "UUID", "PARENT UUID", "RO", "ON TARGETS"])
+
+
+@snapshot.command("delete", epilog=EXIT_STATUS_HELP)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="delete even the newest snapshot a target also holds")
+@pass_app
+def delete(app: App, paths: tuple[Path, ...], force: bool) -> None:
+    """Delete snapshots; refuses the newest snapshot a target also holds unless --force."""
+    for path in paths:
+        ops.delete(path, app.state(), force=force)
+        click.echo(f"deleted {path}", err=True)
+
+
+COMMANDS = [snapshot]

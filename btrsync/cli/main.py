@@ -1,0 +1,113 @@
+"""The ``btrsync`` command group: global options, logging, and the one exception -> exit code map."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from btrsync import __version__
+from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
+from btrsync.crypto.keys import MasterKey, load_key_file
+from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
+from btrsync.state import State
+from btrsync.targets.base import Target
+from btrsync.targets.registry import open_target
+
+log = logging.getLogger("btrsync")
+
+
+@dataclass
+class App:
+    """Lazily loaded configuration, key and state shared by every command."""
+
+    config_path: Path | None
+    config_explicit: bool
+    key_file: Path | None
+    state_dir: Path | None
+    debug: bool
+    _config: Config | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path, explicit=self.config_explicit)
+        return self._config
+
+    def key(self) -> MasterKey:
+        path = self.key_file or self.config.key_file
+        if path is None:
+            raise KeyFileError("no key: pass --key-file FILE, set BTRSYNC_KEY_FILE, or set key_file in "
+                               "the configuration (create a key with 'btrsync key generate FILE')")
+        return load_key_file(path)
+
+    def state(self) -> State:
+        return State(self.state_dir or self.config.state_dir)
+
+    def target(self, url_or_name: str) -> Target:
+        url, settings = self.config.target(url_or_name)
+        return open_target(url, settings)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(epilog=EXIT_STATUS_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="btrsync")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="BTRSYNC_CONFIG",
+              help=f"configuration file [default: {DEFAULT_CONFIG}; env BTRSYNC_CONFIG]")
+@click.option("--key-file", type=click.Path(path_type=Path), envvar="BTRSYNC_KEY_FILE",
+              help="file holding the 256-bit key (env BTRSYNC_KEY_FILE); never the key itself")
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="BTRSYNC_STATE_DIR",
+              help="local state directory [default: /var/lib/btrsync]")
+@click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
+@click.option("--debug", is_flag=True, help="show tracebacks and debug logs")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, key_file: Path | None, state_dir: Path | None,
+        verbose: int, debug: bool) -> None:
+    """btrfs send/receive replication: snapshots, encrypted pushes, verified restores."""
+    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="btrsync: %(levelname)s %(message)s")
+    explicit = config_path is not None
+    ctx.obj = App(config_path or DEFAULT_CONFIG, explicit, key_file, state_dir, debug)
+
+
+def _register() -> None:
+    from btrsync.cli import cmd_demo, cmd_key, cmd_list, cmd_push, cmd_receive, cmd_snapshot
+
+    for module in (cmd_key, cmd_snapshot, cmd_push, cmd_list, cmd_receive, cmd_demo):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every outcome becomes one of the documented exit codes."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        _register()
+        cli.main(args=argv, prog_name="btrsync", standalone_mode=False)
+        return ExitCode.OK
+    except BtrsyncError as exc:
+        if debug:
+            log.exception("failed")
+        click.echo(f"btrsync: error: {exc}", err=True)
+        return int(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("btrsync: interrupted", err=True)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.FAILURE
+
+
+def entry() -> None:
+    sys.exit(main())

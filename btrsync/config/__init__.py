@@ -1,0 +1,1 @@
+"""Configuration: TOML file -> frozen dataclasses; validation only, no side effects."""

@@ -1,0 +1,131 @@
+"""The configuration file (default /etc/btrsync/config.toml, env BTRSYNC_CONFIG).
+
+    key_file  = "/run/credentials/btrsync.service/key"   # never the key itself
+    state_dir = "/var/lib/btrsync"
+
+    [push]
+    chunk_size = "4M"      # raw send-stream bytes per chunk
+    segment_size = "128M"  # stored bytes per segment object
+    zstd_level = 3         # 0 disables compression
+    workers = 2            # compression/encryption threads
+    max_chain = 30         # incrementals before a new full
+    bwlimit = "25M"        # stored bytes per second, optional
+
+    [targets.usb]
+    url = "file:///mnt/usb/backups"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from btrsync.errors import ConfigError
+from btrsync.planner.plan import DEFAULT_MAX_CHAIN
+from btrsync.state import DEFAULT_STATE_DIR
+from btrsync.units import parse_size
+
+DEFAULT_CONFIG = Path("/etc/btrsync/config.toml")
+_TOP_KEYS = {"key_file", "state_dir", "push", "targets"}
+_PUSH_KEYS = {"chunk_size", "segment_size", "zstd_level", "workers", "max_chain", "bwlimit"}
+
+
+@dataclass(frozen=True, slots=True)
+class PushDefaults:
+    chunk_size: int = 4 << 20
+    segment_size: int = 128 << 20
+    zstd_level: int = 3
+    workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    max_chain: int = DEFAULT_MAX_CHAIN
+    bwlimit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path | None = None
+    key_file: Path | None = None
+    state_dir: Path = DEFAULT_STATE_DIR
+    push: PushDefaults = field(default_factory=PushDefaults)
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def target(self, url_or_name: str) -> tuple[str, dict[str, Any]]:
+        """A ``--to``/``--from`` value, a URL or a target name, -> (url, settings)."""
+        if url_or_name in self.targets:
+            settings = self.targets[url_or_name]
+            return str(settings["url"]), settings
+        for settings in self.targets.values():
+            if settings.get("url") == url_or_name:
+                return url_or_name, settings
+        if "://" not in url_or_name:
+            raise ConfigError(f"no target named {url_or_name!r} in the configuration and not a URL")
+        return url_or_name, {}
+
+
+def load_config(path: Path | None, *, explicit: bool) -> Config:
+    """Read ``path``; a missing default file means defaults, a missing explicit file is an error."""
+    if path is None or not path.exists():
+        if explicit and path is not None:
+            raise ConfigError(f"configuration file {path} does not exist")
+        return Config()
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(doc, path)
+
+
+def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
+    where = str(path or "configuration")
+    _reject_unknown(doc, _TOP_KEYS, where)
+    push_doc = doc.get("push", {})
+    _reject_unknown(push_doc, _PUSH_KEYS, f"{where} [push]")
+    try:
+        push = PushDefaults(
+            chunk_size=parse_size(push_doc.get("chunk_size", "4M")),
+            segment_size=parse_size(push_doc.get("segment_size", "128M")),
+            zstd_level=int(push_doc.get("zstd_level", 3)),
+            workers=int(push_doc.get("workers", PushDefaults().workers)),
+            max_chain=int(push_doc.get("max_chain", DEFAULT_MAX_CHAIN)),
+            bwlimit=parse_size(push_doc["bwlimit"]) if push_doc.get("bwlimit") else None,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where} [push]: {exc}") from None
+    _check_push(push, where)
+    targets = doc.get("targets", {})
+    for name, settings in targets.items():
+        if not isinstance(settings, dict) or "url" not in settings:
+            raise ConfigError(f"{where} [targets.{name}] needs a url")
+    return Config(
+        path=path,
+        key_file=Path(doc["key_file"]) if doc.get("key_file") else None,
+        state_dir=Path(doc.get("state_dir", DEFAULT_STATE_DIR)),
+        push=push,
+        targets=targets,
+    )
+
+
+def _reject_unknown(doc: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(allowed))})")
+
+
+def _check_push(push: PushDefaults, where: str) -> None:
+    if not 64 * 1024 <= push.chunk_size <= 64 << 20:
+        raise ConfigError(f"{where} [push] chunk_size must be between 64k and 64M")
+    if push.segment_size < push.chunk_size:
+        raise ConfigError(f"{where} [push] segment_size must be at least chunk_size")
+    if not 0 <= push.zstd_level <= 22:
+        raise ConfigError(f"{where} [push] zstd_level must be 0 (off) to 22")
+    if not 1 <= push.workers <= 64:
+        raise ConfigError(f"{where} [push] workers must be 1 to 64")
+    if push.max_chain < 0:
+        raise ConfigError(f"{where} [push] max_chain must be 0 or more")

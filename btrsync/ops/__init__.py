@@ -1,0 +1,1 @@
+"""Use cases, one module each: explicit dependencies in, a result out; no printing."""

@@ -1,0 +1,140 @@
+"""Receive (restore): resolve a backup, replay its chain, verify every chunk before btrfs sees it.
+
+Data flow of one link::
+
+    target.get(segment, offset, size)  ─► [workers: xxh3(frame) → AES-256-GCM open → zstd -d
+                                            → size + xxh3(raw)]  ordered, bounded window
+                                       ─► btrfs receive DIR  (killed, partial subvolume deleted,
+                                                              on the first bad chunk)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from btrsync.btrfs.receive import ReceiveProcess
+from btrsync.btrfs.subvolume import child_subvolumes, is_on_btrfs
+from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.repository import Repository
+from btrsync.errors import BackupNotFoundError, PlanError, ReceiveFailedError, UsageError
+from btrsync.pipeline.ordered import ordered_map
+from btrsync.pipeline.seal import ChunkOpener
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(slots=True)
+class LinkResult:
+    backup_id: str
+    snapshot: str
+    action: str  # "received" or "skipped"
+    path: str
+    stream_bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class ReceiveResult:
+    backup_id: str
+    into: str
+    links: list[LinkResult] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return self.links[-1].path if self.links else ""
+
+
+def resolve(manifests: list[Manifest], spec: str) -> Manifest:
+    """BACKUP as an id, a snapshot name, ``latest`` or ``SUBVOL@latest``."""
+    if not manifests:
+        raise BackupNotFoundError("the target holds no backups")
+    if spec == "latest" or spec.endswith("@latest"):
+        pool = manifests if spec == "latest" else [m for m in manifests if m.subvolume == spec[:-7]]
+        subvols = sorted({m.subvolume for m in pool})
+        if not pool:
+            raise BackupNotFoundError(f"no backups of subvolume {spec[:-7]!r} (have: "
+                                      f"{', '.join(sorted({m.subvolume for m in manifests}))})")
+        if len(subvols) > 1:
+            raise UsageError(f"'latest' is ambiguous: the target holds {', '.join(subvols)}; "
+                             f"say which, e.g. {subvols[0]}@latest")
+        return max(pool, key=lambda m: (m.snapshot_time, m.snapshot))
+    matches = [m for m in manifests if spec in (m.backup_id, m.snapshot)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UsageError(f"{spec!r} names several backups ({', '.join(m.backup_id for m in matches)}); "
+                         "use the id")
+    raise BackupNotFoundError(f"no backup {spec!r} on the target (see 'btrsync list')")
+
+
+def chain_of(manifests: list[Manifest], last: Manifest) -> list[Manifest]:
+    """The links to replay for ``last``: its full, then every incremental up to it."""
+    by_id = {m.backup_id: m for m in manifests}
+    chain = [last]
+    while chain[-1].parent_id is not None:
+        parent = by_id.get(chain[-1].parent_id)
+        if parent is None:
+            raise PlanError(f"backup {chain[-1].backup_id} needs parent {chain[-1].parent_id}, "
+                            "which is missing from the target: it cannot be restored")
+        if parent.snapshot_uuid != chain[-1].parent_uuid:
+            raise PlanError(f"backup {chain[-1].backup_id}: parent {parent.backup_id} has uuid "
+                            f"{parent.snapshot_uuid}, the manifest expects {chain[-1].parent_uuid}")
+        chain.append(parent)
+    return chain[::-1]
+
+
+def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
+            progress: ProgressFn | None = None) -> ReceiveResult:
+    if not into.is_dir():
+        raise UsageError(f"{into} is not a directory; create it on a btrfs filesystem")
+    if not is_on_btrfs(into):
+        raise UsageError(f"{into} is not on a btrfs filesystem; btrfs receive needs one")
+    manifests = repo.manifests()
+    last = resolve(manifests, spec)
+    chain = chain_of(manifests, last)
+    present = {s.received_uuid: s for s in child_subvolumes(into) if s.received_uuid}
+    result = ReceiveResult(last.backup_id, str(into))
+    for link in chain:
+        have = present.get(link.snapshot_uuid)
+        if have is not None:
+            if not have.is_trusted_parent:
+                raise ReceiveFailedError(
+                    f"{have.path} holds backup {link.backup_id} but was modified after it was received "
+                    "(writable or changed): it cannot serve as a parent; move it away and retry")
+            log.info("receive skipped backup=%s present=%s", link.backup_id, have.path)
+            result.links.append(LinkResult(link.backup_id, link.snapshot, "skipped", str(have.path)))
+            continue
+        result.links.append(receive_link(repo, link, into, workers=workers, progress=progress))
+    return result
+
+
+def receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: int,
+                 progress: ProgressFn | None = None) -> LinkResult:
+    """Stream one backup into ``btrfs receive``; every chunk is verified before it is written."""
+    opener = ChunkOpener(repo.key, manifest.backup_id)
+    t0 = time.monotonic()
+
+    def fetch(index: int) -> bytes:
+        rec = manifest.chunks[index]
+        frame = repo.read_frame(manifest, index)
+        return opener.open(index, frame, stored_xxh3=rec.stored_xxh3, raw_size=rec.raw_size,
+                           raw_xxh3=rec.raw_xxh3)
+
+    what = f"restore of backup {manifest.backup_id}"
+    log.info("receive started backup=%s into=%s chunks=%d", manifest.backup_id, into, len(manifest.chunks))
+    written = 0
+    with ReceiveProcess(into, manifest.snapshot, what) as rx:
+        for raw in ordered_map(fetch, range(len(manifest.chunks)), workers=workers, window=2 * workers):
+            rx.write(raw)
+            written += len(raw)
+            if progress:
+                progress(manifest.backup_id, written, written)
+    seconds = time.monotonic() - t0
+    log.info("receive finished backup=%s bytes=%d seconds=%.1f", manifest.backup_id, written, seconds)
+    return LinkResult(manifest.backup_id, manifest.snapshot, "received", str(rx.path), written, seconds)

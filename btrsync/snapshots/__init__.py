@@ -1,0 +1,1 @@
+"""Read-only snapshots of a subvolume in a snapshot directory: naming, listing, create, delete."""
