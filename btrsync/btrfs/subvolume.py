@@ -49,10 +49,11 @@ class SubvolumeInfo:
 
     @property
     def is_trusted_parent(self) -> bool:
-        """Read-only, and for a received subvolume, unchanged since it was received."""
-        if not self.readonly:
-            return False
-        return self.received_uuid is None or self.ctransid <= self.rtransid
+        """Read-only.  A received subvolume made writable is never trusted: while writable it fails
+        this test, and btrfs-progs >= 5.14 refuses to flip it to read-write unless forced, and the
+        forced flip clears its received_uuid, so it no longer matches any backup.  (transids cannot
+        tell: snapshotting a subvolume or setting its read-only flag also advances its ctransid.)"""
+        return self.readonly
 
 
 def _uuid(raw: bytes) -> str | None:
@@ -119,7 +120,8 @@ def child_subvolumes(directory: Path) -> list[SubvolumeInfo]:
     """Subvolumes directly inside ``directory`` (not recursive), by name."""
     found = []
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        if entry.is_dir(follow_symlinks=False) and entry.inode() == BTRFS_FIRST_FREE_OBJECTID:
+        # readdir's d_ino of a subvolume entry is its tree id; stat() shows the root inode 256
+        if entry.is_dir(follow_symlinks=False) and is_subvolume(entry.path):
             found.append(subvolume_info(entry.path))
     return found
 

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import click
 
+from btrsync.cli.options import global_options
+
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError
 from btrsync.ops.demo import run_demo
 
 
 @click.command("demo", epilog=EXIT_STATUS_HELP)
+@global_options
 @click.option("--keep", is_flag=True, help="keep the demo's working directory")
 @click.option("--workdir", type=click.Path(path_type=Path), help="parent of the demo directory [/var/tmp]")
 def demo_cmd(keep: bool, workdir: Path | None) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from btrsync.cli.options import global_options
+
 from btrsync.crypto.keys import generate_key_file
 from btrsync.errors import EXIT_STATUS_HELP
 
@@ -16,6 +18,7 @@ def key() -> None:
 
 
 @key.command("generate", epilog=EXIT_STATUS_HELP)
+@global_options
 @click.argument("file", type=click.Path(path_type=Path))
 def generate(file: Path) -> None:
     """Write a new random 256-bit key to FILE (mode 0600); never overwrites.

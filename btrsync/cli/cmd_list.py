@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from btrsync.cli.options import global_options
+
 from btrsync.catalog.repository import Repository
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.output import emit_json, emit_table
@@ -12,6 +14,7 @@ from btrsync.units import format_bytes
 
 
 @click.command("list", epilog=EXIT_STATUS_HELP)
+@global_options
 @click.option("--from", "source", required=True, help="target URL or configured name")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list of backups")
 @pass_app

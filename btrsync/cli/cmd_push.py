@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from btrsync.cli.options import global_options
+
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP
@@ -18,6 +20,7 @@ from btrsync.units import format_bytes
 
 
 @click.command("push", epilog=EXIT_STATUS_HELP)
+@global_options
 @click.argument("subvol", type=click.Path(path_type=Path))
 @click.option("--snapshot-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--to", "to", required=True, help="target URL (file://, s3://, ssh://) or configured name")

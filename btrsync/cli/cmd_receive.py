@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from btrsync.cli.options import global_options
+
 from btrsync.catalog.repository import Repository
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.output import emit_json, emit_table
@@ -17,6 +19,7 @@ from btrsync.units import format_bytes
 
 
 @click.command("receive", epilog=EXIT_STATUS_HELP)
+@global_options
 @click.argument("backup")
 @click.option("--from", "source", required=True, help="target URL or configured name")
 @click.option("--into", required=True, type=click.Path(path_type=Path), help="directory on btrfs")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from btrsync.cli.options import global_options
+
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP
@@ -19,6 +21,7 @@ def snapshot() -> None:
 
 
 @snapshot.command("create", epilog=EXIT_STATUS_HELP)
+@global_options
 @click.argument("subvol", type=click.Path(path_type=Path))
 @click.option("--snapshot-dir", required=True, type=click.Path(path_type=Path),
               help="directory for snapshots, on the same btrfs filesystem")
@@ -30,6 +33,7 @@ def create(subvol: Path, snapshot_dir: Path, timestamp: str | None) -> None:
 
 
 @snapshot.command("list", epilog=EXIT_STATUS_HELP)
+@global_options
 @click.argument("subvol", required=False, type=click.Path(path_type=Path))
 @click.option("--snapshot-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
@@ -46,6 +50,7 @@ def list_(app: App, subvol: Path | None, snapshot_dir: Path, as_json: bool) -> N
 
 
 @snapshot.command("delete", epilog=EXIT_STATUS_HELP)
+@global_options
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="delete even the newest snapshot a target also holds")
 @pass_app

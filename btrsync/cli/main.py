@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from btrsync import __version__
+from btrsync.cli.options import configure_logging
 from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
 from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
@@ -30,6 +31,7 @@ class App:
     key_file: Path | None
     state_dir: Path | None
     debug: bool
+    verbose: int = 0
     _config: Config | None = field(default=None, repr=False)
 
     @property
@@ -70,10 +72,9 @@ pass_app = click.make_pass_decorator(App)
 def cli(ctx: click.Context, config_path: Path | None, key_file: Path | None, state_dir: Path | None,
         verbose: int, debug: bool) -> None:
     """btrfs send/receive replication: snapshots, encrypted pushes, verified restores."""
-    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr, format="btrsync: %(levelname)s %(message)s")
+    configure_logging(verbose, debug)
     explicit = config_path is not None
-    ctx.obj = App(config_path or DEFAULT_CONFIG, explicit, key_file, state_dir, debug)
+    ctx.obj = App(config_path or DEFAULT_CONFIG, explicit, key_file, state_dir, debug, verbose)
 
 
 def _register() -> None:
