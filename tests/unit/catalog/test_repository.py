@@ -1,0 +1,107 @@
+"""Repository: initialisation, key check, manifest commit/load, tamper evidence, deletion order."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import pytest
+
+from btrsync.catalog import layout
+from btrsync.catalog.manifest import ChunkRecord, Manifest
+from btrsync.catalog.repository import Repository
+from btrsync.crypto.keys import MasterKey
+from btrsync.errors import DamageError, TargetMissingError, WrongKeyError
+from btrsync.targets.memory import MemoryTarget
+
+KEY = MasterKey(os.urandom(32))
+NOW = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+
+
+def manifest(bid: str = "data.20261126T030000Z-abcd1234", parent: str | None = None) -> Manifest:
+    return Manifest(
+        backup_id=bid, host="h", subvolume="data", source_path="/data", snapshot="data.20261126T030000Z",
+        snapshot_time=NOW, snapshot_uuid="u", parent_uuid=None, parent_id=parent, depth=0,
+        send={"proto": 1}, compression={"algorithm": "zstd"}, encryption={"key_id": KEY.key_id},
+        chunk_size=4, chunks=(ChunkRecord(0, 0, 44, 4, "a" * 32, "b" * 32),), stream_bytes=4,
+        stored_bytes=44, segments=1, started=NOW, finished=NOW)
+
+
+def test_open_without_create_on_empty_target_is_target_missing() -> None:
+    with pytest.raises(TargetMissingError, match="holds no btrsync repository"):
+        Repository.open(MemoryTarget(), KEY)
+
+
+def test_create_refuses_a_non_empty_foreign_location() -> None:
+    target = MemoryTarget()
+    target.put_bytes("somebody-elses-file", b"x")
+    with pytest.raises(TargetMissingError, match="not empty"):
+        Repository.open(target, KEY, create=True)
+
+
+def test_wrong_key_is_detected_before_anything_is_read_or_written() -> None:
+    target = MemoryTarget()
+    Repository.open(target, KEY, create=True)
+    before = dict(target.objects)
+    with pytest.raises(WrongKeyError, match="wrong key"):
+        Repository.open(target, MasterKey(os.urandom(32)), create=True)
+    assert target.objects == before
+
+
+def test_manifest_round_trips() -> None:
+    repo = Repository.open(MemoryTarget(), KEY, create=True)
+    m = manifest()
+    repo.commit(m)
+    assert repo.load_manifest(m.backup_id) == m
+    assert repo.manifests() == [m]
+
+
+def test_tampered_or_truncated_manifest_is_damage() -> None:
+    target = MemoryTarget()
+    repo = Repository.open(target, KEY, create=True)
+    m = manifest()
+    repo.commit(m)
+    key = layout.manifest_key(m.backup_id)
+    good = target.objects[key]
+    target.objects[key] = good[: len(good) // 2]
+    with pytest.raises(DamageError, match="manifest"):
+        repo.load_manifest(m.backup_id)
+    flipped = bytearray(good)
+    flipped[60] ^= 1
+    target.objects[key] = bytes(flipped)
+    with pytest.raises(DamageError, match="failed authentication"):
+        repo.load_manifest(m.backup_id)
+
+
+def test_a_manifest_moved_to_another_id_is_rejected() -> None:
+    target = MemoryTarget()
+    repo = Repository.open(target, KEY, create=True)
+    repo.commit(manifest("a-1"))
+    target.objects[layout.manifest_key("b-1")] = target.objects[layout.manifest_key("a-1")]
+    with pytest.raises(DamageError):
+        repo.load_manifest("b-1")
+
+
+def test_delete_removes_manifest_before_data() -> None:
+    """A crash between the two steps leaves orphaned data, never a manifest without its data."""
+    target = MemoryTarget()
+    repo = Repository.open(target, KEY, create=True)
+    m = manifest()
+    target.put_bytes(layout.segment_key(m.backup_id, 0), b"x" * 44)
+    repo.commit(m)
+    deleted: list[str] = []
+    original = target.delete
+
+    def spy(key: str) -> None:
+        deleted.append(key)
+        original(key)
+
+    target.delete = spy  # type: ignore[method-assign]
+    repo.delete_backup(m.backup_id)
+    assert deleted[0] == layout.manifest_key(m.backup_id)
+    assert repo.backup_ids() == [] and list(repo.orphaned_data()) == []
+
+
+def test_backup_ids_are_readable_and_key_safe() -> None:
+    bid = layout.backup_id_for("my data.20261126T030000Z", "0fa0cfa8-9604-fb4c-86a7-b2741ad3aa13")
+    assert bid == "my_data.20261126T030000Z-0fa0cfa8"

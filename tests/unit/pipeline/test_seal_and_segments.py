@@ -1,0 +1,97 @@
+"""Sealing chunks and packing segments, against the in-memory target."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from btrsync.catalog.layout import segment_key
+from btrsync.crypto.keys import MasterKey
+from btrsync.errors import DamageError
+from btrsync.pipeline.ordered import ordered_map
+from btrsync.pipeline.seal import ChunkOpener, ChunkSealer
+from btrsync.pipeline.segments import write_segments
+from btrsync.targets.memory import MemoryTarget
+
+KEY = MasterKey(os.urandom(32))
+
+
+def _chunks() -> list[bytes]:
+    return [b"text " * 2000, os.urandom(10000), b"", b"z" * 1, os.urandom(5000) + b"a" * 5000]
+
+
+def test_sealed_chunks_open_to_the_original_bytes() -> None:
+    sealer, opener = ChunkSealer(KEY, "bid", 3), ChunkOpener(KEY, "bid")
+    for seq, raw in enumerate(_chunks()):
+        s = sealer((seq, raw))
+        assert opener.open(seq, s.frame, stored_xxh3=s.stored_xxh3, raw_size=s.raw_size,
+                           raw_xxh3=s.raw_xxh3) == raw
+
+
+def test_compression_is_kept_only_when_it_helps() -> None:
+    sealer = ChunkSealer(KEY, "bid", 3)
+    assert len(sealer((0, b"a" * 100000)).frame) < 1000
+    noise = os.urandom(100000)
+    assert len(sealer((1, noise)).frame) == len(noise) + 40  # stored raw: header + tag only
+
+
+def test_opener_rejects_bytes_that_do_not_match_the_manifest() -> None:
+    sealer, opener = ChunkSealer(KEY, "bid", 3), ChunkOpener(KEY, "bid")
+    s = sealer((0, b"hello" * 100))
+    with pytest.raises(DamageError, match="chunk 0 of backup bid.*xxh3"):
+        opener.open(0, s.frame[:-1] + b"\0", stored_xxh3=s.stored_xxh3, raw_size=s.raw_size,
+                    raw_xxh3=s.raw_xxh3)
+    with pytest.raises(DamageError, match="size and hash"):
+        opener.open(0, s.frame, stored_xxh3=s.stored_xxh3, raw_size=s.raw_size, raw_xxh3="0" * 32)
+
+
+def test_ordered_map_keeps_order_and_bounds_the_window() -> None:
+    in_flight, peak = 0, 0
+    import threading
+
+    lock = threading.Lock()
+
+    def source():
+        nonlocal in_flight, peak
+        for i in range(200):
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+            yield i
+
+    out = []
+    for r in ordered_map(lambda x: x * 2, source(), workers=3, window=5):
+        with lock:
+            in_flight -= 1
+        out.append(r)
+    assert out == [2 * i for i in range(200)]
+    assert peak <= 6
+
+
+def test_ordered_map_propagates_the_first_error() -> None:
+    def boom(x: int) -> int:
+        if x == 7:
+            raise ValueError("seven")
+        return x
+
+    with pytest.raises(ValueError, match="seven"):
+        list(ordered_map(boom, range(100), workers=2, window=4))
+
+
+def test_segments_split_on_size_and_record_offsets() -> None:
+    target = MemoryTarget()
+    sealer = ChunkSealer(KEY, "bid", 0)
+    sealed = [sealer((i, os.urandom(1000))) for i in range(10)]
+    records, count = write_segments(target, "bid", iter(sealed), segment_size=3 * 1040)
+    assert count == 4 and [r.segment for r in records] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    for rec, s in zip(records, sealed, strict=True):
+        seg = target.objects[segment_key("bid", rec.segment)]
+        assert seg[rec.offset : rec.offset + rec.stored_size] == s.frame
+
+
+def test_a_chunk_larger_than_a_segment_gets_its_own_segment() -> None:
+    target = MemoryTarget()
+    sealer = ChunkSealer(KEY, "bid", 0)
+    records, count = write_segments(target, "bid", iter([sealer((0, os.urandom(5000)))]), segment_size=100)
+    assert count == 1 and records[0].stored_size == 5040
