@@ -15,7 +15,7 @@ from btrsync.crypto import frames
 from btrsync.crypto.keys import MasterKey
 from btrsync.errors import DamageError, TargetMissingError, WrongKeyError
 from btrsync.targets.base import Target
-from btrsync.targets.errors import NotFound
+from btrsync.targets.errors import NotFound, RangeError
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,14 @@ class Repository:
         return [o.key for o in self.target.list(layout.data_prefix(backup_id))]
 
     def read_frame(self, manifest: Manifest, index: int) -> bytes:
+        """The stored frame of chunk ``index``; a missing or short segment is damage."""
         rec = manifest.chunks[index]
         key = layout.segment_key(manifest.backup_id, rec.segment)
-        return self.target.read(key, offset=rec.offset, length=rec.stored_size)
+        try:
+            return self.target.read(key, offset=rec.offset, length=rec.stored_size)
+        except (NotFound, RangeError):
+            raise DamageError(f"chunk {index} of backup {manifest.backup_id}: segment {key} is missing "
+                              f"or shorter than recorded on {self.target.display_url}") from None
 
     def discard_uncommitted(self, backup_id: str) -> int:
         """Delete data of a backup that has no manifest (leftovers of an interrupted push)."""

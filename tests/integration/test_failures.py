@@ -1,0 +1,179 @@
+"""Bad input and broken parts: a clear message, the documented exit code, nothing lost or
+half-written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from btrsync.btrfs.send import SendProcess
+from btrsync.catalog import layout
+from tests.integration.conftest import World
+from tests.support import tree
+from tests.support.loopfs import snapshot
+
+pytestmark = pytest.mark.btrfs
+
+
+def _one_backup(world: World, seed: int = 3) -> dict:
+    tree.populate(world.subvol, seed)
+    world.snapshot()
+    assert world.push().code == 0
+    return world.listing()[-1]
+
+
+def _segments(world: World, backup_id: str) -> list[Path]:
+    return sorted((world.target_dir / layout.data_prefix(backup_id)).iterdir())
+
+
+def test_wrong_key_exits_12_and_writes_nothing(world: World, tmp_path: Path) -> None:
+    _one_backup(world)
+    other = tmp_path / "other.key"
+    assert world.cli("key", "generate", str(other)).code == 0
+    before = world.data_files()
+    for args in (["list", "--from", world.url],
+                 ["receive", "latest", "--from", world.url, "--into", str(world.restore)],
+                 ["push", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--to", world.url]):
+        run = world.cli(*args, key=other)
+        assert run.code == 12, run.err
+        assert "wrong key" in run.err and "Traceback" not in run.err
+    assert list(world.restore.iterdir()) == []
+    assert world.data_files() == before
+
+
+def test_flipped_byte_in_a_chunk_fails_the_restore_and_removes_the_partial(world: World) -> None:
+    backup = _one_backup(world)
+    segment = _segments(world, backup["id"])[1]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    segment.write_bytes(bytes(data))
+    run = world.receive("latest")
+    assert run.code == 4, run.err
+    assert f"of backup {backup['id']}" in run.err and "chunk " in run.err
+    assert list(world.restore.iterdir()) == []
+
+
+def test_missing_segment_fails_the_restore_naming_backup_and_chunk(world: World) -> None:
+    backup = _one_backup(world)
+    _segments(world, backup["id"])[-1].unlink()
+    run = world.receive(backup["id"])
+    assert run.code == 4, run.err
+    assert "is missing" in run.err and backup["id"] in run.err
+    assert list(world.restore.iterdir()) == []
+
+
+def test_truncated_manifest_is_reported_as_damage(world: World) -> None:
+    backup = _one_backup(world)
+    manifest = world.target_dir / layout.manifest_key(backup["id"])
+    manifest.write_bytes(manifest.read_bytes()[:100])
+    run = world.cli("list", "--from", world.url)
+    assert run.code == 4 and "manifest" in run.err and "Traceback" not in run.err
+
+
+def test_btrfs_send_dying_mid_stream_commits_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real btrfs send is killed after its first chunk: the push fails, nothing is listed."""
+    tree.populate(world.subvol, 5)
+    world.snapshot()
+    original = SendProcess.chunks
+
+    def dying(self, size):
+        for i, chunk in enumerate(original(self, size)):
+            yield chunk
+            if i == 0:
+                self._proc.kill()
+
+    monkeypatch.setattr(SendProcess, "chunks", dying)
+    run = world.push()
+    assert run.code == 1
+    assert "btrfs send of" in run.err and "nothing was committed" in run.err
+    monkeypatch.undo()
+    assert world.listing() == []
+    assert [f for f in world.data_files() if f.startswith("data/")] == []
+    assert world.push().code == 0 and len(world.listing()) == 1
+
+
+def test_full_target_fails_cleanly_and_keeps_earlier_backups(world: World, btrfs_factory) -> None:
+    small = btrfs_factory("256M", label="small", mkfs_options=["--mixed"])
+    world.target_dir = small / "target"
+    world.target_dir.mkdir()
+    (world.subvol / "small.txt").write_text("first backup\n")
+    world.snapshot()
+    assert world.push().code == 0
+    with open(world.subvol / "big.bin", "wb") as f:  # incompressible, larger than the target
+        for _ in range(40):
+            f.write(os.urandom(8 << 20))
+    world.snapshot()
+    run = world.push()
+    assert run.code == 1, run.err
+    assert "target full" in run.err
+    assert [b["snapshot"] for b in world.listing()] == [world.snapshots[0].name]
+    assert not [f for f in world.data_files() if ".tmp-" in f]
+    assert world.receive("latest").code == 0
+    assert (world.restore / world.snapshots[0].name / "small.txt").read_text() == "first backup\n"
+
+
+def test_sigkill_during_push_leaves_nothing_listed_and_the_next_push_succeeds(world: World) -> None:
+    with open(world.subvol / "big.bin", "wb") as f:
+        f.write(os.urandom(24 << 20))
+    world.snapshot()
+    argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state),
+            "--key-file", str(world.key), "push", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+            "--to", world.url, "--bwlimit", "4M"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(f.startswith("data/") for f in world.data_files()):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert any(f.startswith("data/") for f in world.data_files()), "the push was killed too late"
+    assert world.listing() == []
+    run = world.push("--json")
+    assert run.code == 0, run.err
+    assert world.receive("latest").code == 0
+    name = world.snapshots[0].name
+    assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
+
+
+def test_writable_snapshot_is_skipped_never_a_parent(world: World) -> None:
+    (world.subvol / "f").write_text("x")
+    world.snapshot()
+    snapshot(world.subvol, world.snapdir / "data.20261120T040000Z", readonly=False)
+    run = world.push("--json")
+    assert run.code == 0
+    doc = run.json()
+    assert [s["snapshot"] for s in doc["skipped"]] == ["data.20261120T040000Z"]
+    assert [p["snapshot"] for p in doc["plan"]] == [world.snapshots[0].name]
+
+
+def test_receive_into_a_non_btrfs_directory_is_a_usage_error(world: World, tmp_path: Path) -> None:
+    _one_backup(world)
+    run = world.cli("receive", "latest", "--from", world.url, "--into", str(tmp_path))
+    assert run.code == 2 and "not on a btrfs filesystem" in run.err
+
+
+def test_unknown_backup_is_a_usage_error(world: World) -> None:
+    _one_backup(world)
+    run = world.receive("nope")
+    assert run.code == 2 and "no backup 'nope'" in run.err
+
+
+def test_push_of_a_directory_that_is_not_a_subvolume_says_so(world: World) -> None:
+    (world.src / "plain").mkdir()
+    run = world.cli("snapshot", "create", str(world.src / "plain"), "--snapshot-dir", str(world.snapdir))
+    assert run.code == 1 and "not a btrfs subvolume" in run.err
+
+
+def test_push_to_a_missing_target_directory_exits_10(world: World) -> None:
+    (world.subvol / "f").write_text("x")
+    world.snapshot()
+    world.target_dir = world.target_dir / "not-mounted"
+    run = world.push()
+    assert run.code == 10 and "is the disk mounted?" in run.err
+    assert not world.target_dir.exists()
