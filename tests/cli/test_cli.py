@@ -1,0 +1,123 @@
+"""The command-line contract without btrfs: help texts, exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+
+from btrsync.cli.main import _register, cli, main
+from btrsync.errors import BtrsyncError, ExitCode, all_error_classes
+
+
+def _leaf_commands() -> list[list[str]]:
+    _register()
+    found = []
+
+    def walk(group: click.Group, prefix: list[str]) -> None:
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                walk(cmd, [*prefix, name])
+            else:
+                found.append([*prefix, name])
+
+    walk(cli, [])
+    return found
+
+
+@pytest.mark.parametrize("command", _leaf_commands(), ids=" ".join)
+def test_every_command_documents_its_exit_status(command: list[str], capsys) -> None:
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "EXIT STATUS" in out and "12 wrong key" in out and "--key-file" in out
+
+
+def test_contract_commands_exist() -> None:
+    names = {" ".join(c) for c in _leaf_commands()}
+    assert {"key generate", "snapshot create", "snapshot list", "snapshot delete", "push", "list",
+            "receive", "demo"} <= names
+
+
+def test_unknown_option_is_a_usage_error(capsys) -> None:
+    assert main(["push", "--frobnicate"]) == 2
+    assert "No such option" in capsys.readouterr().err
+
+
+def test_key_is_never_accepted_on_the_command_line(capsys) -> None:
+    assert main(["list", "--from", "file:///x", "--key", "0123"]) == 2
+
+
+def test_missing_key_is_a_clear_usage_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "t").mkdir()
+    code = main(["list", "--from", f"file://{tmp_path}/t"])
+    assert code == 2 and "no key: pass --key-file FILE" in capsys.readouterr().err
+
+
+def test_an_explicit_config_file_must_exist(tmp_path: Path, capsys) -> None:
+    assert main(["--config", str(tmp_path / "none.toml"), "list", "--from", "file:///x"]) == 2
+    assert "none.toml does not exist" in capsys.readouterr().err
+
+
+def test_malformed_config_is_exit_2_with_the_reason(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[push]\nchunk_size = \n")
+    assert main(["--config", str(cfg), "list", "--from", "file:///x"]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    cfg.write_text("[push]\nchunck_size = '4M'\n")
+    assert main(["--config", str(cfg), "list", "--from", "file:///x"]) == 2
+    assert "unknown setting(s) chunck_size" in capsys.readouterr().err
+    cfg.write_text("[push]\nzstd_level = 99\n")
+    assert main(["--config", str(cfg), "list", "--from", "file:///x"]) == 2
+    assert "zstd_level" in capsys.readouterr().err
+
+
+def test_bad_target_url_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    key = tmp_path / "k"
+    assert main(["key", "generate", str(key)]) == 0
+    assert main(["list", "--from", "ftp://x/y", "--key-file", str(key)]) == 2
+    assert "unsupported target URL" in capsys.readouterr().err
+
+
+def test_missing_target_directory_exits_10(tmp_path: Path, capsys) -> None:
+    key = tmp_path / "k"
+    main(["key", "generate", str(key)])
+    assert main(["list", "--from", f"file://{tmp_path}/absent", "--key-file", str(key)]) == 10
+    assert "is the disk mounted?" in capsys.readouterr().err
+
+
+def test_empty_target_directory_is_not_initialised_by_list(tmp_path: Path, capsys) -> None:
+    key = tmp_path / "k"
+    main(["key", "generate", str(key)])
+    (tmp_path / "t").mkdir()
+    assert main(["list", "--from", f"file://{tmp_path}/t", "--key-file", str(key)]) == 10
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_list_json_of_an_initialised_empty_repository(tmp_path: Path, capsys) -> None:
+    from btrsync.catalog.repository import Repository
+    from btrsync.crypto.keys import load_key_file
+    from btrsync.targets.local import LocalTarget
+
+    key = tmp_path / "k"
+    main(["key", "generate", str(key)])
+    (tmp_path / "t").mkdir()
+    Repository.open(LocalTarget(tmp_path / "t"), load_key_file(key), create=True)
+    capsys.readouterr()
+    assert main(["--state-dir", str(tmp_path / "s"), "list", "--from", f"file://{tmp_path}/t",
+                 "--key-file", str(key), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_every_error_class_is_documented_and_has_a_valid_exit_code() -> None:
+    for cls in all_error_classes():
+        assert cls.__doc__, cls
+        assert cls.exit_code in ExitCode
+    assert issubclass(all_error_classes()[0], BtrsyncError)
+
+
+def test_invalid_timestamp_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    assert main(["snapshot", "create", str(tmp_path), "--snapshot-dir", str(tmp_path),
+                 "--timestamp", "yesterday"]) == 2
+    assert "invalid time" in capsys.readouterr().err
