@@ -117,3 +117,27 @@ def test_new_snapshot_goes_on_the_newest_common_parent(world: World) -> None:
     assert plan == [{"snapshot": world.snapshots[2].name, "kind": "incremental",
                      "parent": world.snapshots[1].name, "parent_id": world.listing()[1]["id"],
                      "depth": 2, "reason": plan[0]["reason"]}]
+
+
+def test_compressed_extents_travel_with_protocol_2(btrfs_factory, world: World) -> None:
+    """On a compress=zstd source, protocol 2 carries compressed extents and restores exactly."""
+    from btrsync.btrfs.send import best_send_options
+
+    assert best_send_options().proto == 2  # kernel >= 6.0 and btrfs-progs >= 5.19 in CI
+    zsrc = btrfs_factory("1G", label="zsrc", mount_options=["compress-force=zstd"])
+    from tests.support.loopfs import create_subvolume
+
+    create_subvolume(zsrc / "data")
+    (zsrc / ".snapshots").mkdir()
+    world.src = zsrc
+    (world.subvol / "text.txt").write_bytes(b"compressible line of text\n" * 400_000)  # 10.4 MB
+    world.snapshot()
+    tree.populate(world.subvol, 21)
+    world.snapshot()
+    run = world.push("--json")
+    assert run.code == 0, run.err
+    first = world.listing()[0]
+    assert first["stream_bytes"] < 2 << 20  # the extents travelled compressed, not 10 MB of text
+    assert world.receive("latest").code == 0
+    for snap in world.snapshots:
+        _assert_same(snap, world.restore / snap.name)
