@@ -16,6 +16,7 @@ import platform
 import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,8 +194,9 @@ def _stream(
         if progress:
             progress(backup_id, counters["raw"], counters["stored"])
 
-    with SendProcess(snap.path, parent.path if parent else None, options) as send:
-        sealed = ordered_map(sealer, raw_chunks(send), workers=settings.workers, window=settings.window)
+    with (SendProcess(snap.path, parent.path if parent else None, options) as send,
+          closing(ordered_map(sealer, raw_chunks(send), workers=settings.workers,
+                              window=settings.window)) as sealed):
         records, segments = write_segments(repo.target, backup_id, sealed,
                                            segment_size=settings.segment_size,
                                            bucket=settings.bucket, on_stored=stored)

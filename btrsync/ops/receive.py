@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,8 +130,9 @@ def receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: i
     what = f"restore of backup {manifest.backup_id}"
     log.info("receive started backup=%s into=%s chunks=%d", manifest.backup_id, into, len(manifest.chunks))
     written = 0
-    with ReceiveProcess(into, manifest.snapshot, what) as rx:
-        for raw in ordered_map(fetch, range(len(manifest.chunks)), workers=workers, window=2 * workers):
+    chunks = ordered_map(fetch, range(len(manifest.chunks)), workers=workers, window=2 * workers)
+    with ReceiveProcess(into, manifest.snapshot, what) as rx, closing(chunks):
+        for raw in chunks:
             rx.write(raw)
             written += len(raw)
             if progress:
