@@ -2,6 +2,7 @@
 
     btrsync-repo.json            plain JSON: format version, repository id, key id
     data/<backup-id>/<NNNNNN>    segments: concatenated encrypted chunk frames
+    data/<backup-id>/<NNNNNN>.idx  encrypted index of a durable segment (what resuming trusts)
     backups/<backup-id>/manifest the encrypted manifest, written last: its presence commits the backup
 """
 
@@ -30,6 +31,10 @@ def data_prefix(backup_id: str) -> str:
 
 def segment_key(backup_id: str, segment: int) -> str:
     return f"{data_prefix(backup_id)}{segment:06d}"
+
+
+def index_key(backup_id: str, segment: int) -> str:
+    return f"{segment_key(backup_id, segment)}.idx"
 
 
 def backup_id_of_manifest_key(key: str) -> str | None:

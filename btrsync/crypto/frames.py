@@ -27,8 +27,10 @@ from btrsync.errors import DamageError
 
 CHUNK_MAGIC = b"BSC1"
 MANIFEST_MAGIC = b"BSM1"
+INDEX_MAGIC = b"BSI1"
 CHUNK_INFO = b"btrsync chunk v1"
 MANIFEST_INFO = b"btrsync manifest v1"
+INDEX_INFO = b"btrsync index v1"
 SALT_BYTES = 16
 TAG_BYTES = 16
 HEADER = struct.Struct(">4sB3x16s")
@@ -87,3 +89,12 @@ def seal_manifest(key: MasterKey, object_key: str, payload: bytes) -> bytes:
 def open_manifest(key: MasterKey, object_key: str, frame: bytes) -> bytes:
     what = f"manifest {object_key}"
     return open_frame(key, MANIFEST_MAGIC, MANIFEST_INFO, frame, object_key.encode(), what).payload
+
+
+def seal_index(key: MasterKey, object_key: str, payload: bytes) -> bytes:
+    return seal(key, INDEX_MAGIC, INDEX_INFO, 0, payload, object_key.encode())
+
+
+def open_index(key: MasterKey, object_key: str, frame: bytes) -> bytes:
+    what = f"segment index {object_key}"
+    return open_frame(key, INDEX_MAGIC, INDEX_INFO, frame, object_key.encode(), what).payload

@@ -25,12 +25,13 @@ from btrsync import __version__
 from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendOptions, SendProcess, best_send_options
 from btrsync.catalog.layout import backup_id_for
-from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
+from btrsync.catalog.segment_index import ResumePoint, find_resume_point, write_index
 from btrsync.crypto.keys import MasterKey
 from btrsync.errors import BtrsyncError, PushError, TargetMissingError
 from btrsync.pipeline.ordered import ordered_map
-from btrsync.pipeline.seal import ChunkSealer
+from btrsync.pipeline.seal import ChunkSealer, xxh3
 from btrsync.pipeline.segments import write_segments
 from btrsync.pipeline.throttle import TokenBucket
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN, Plan, Step, plan_push
@@ -141,91 +142,122 @@ def push_step(
     settings: PushSettings,
     progress: ProgressFn | None = None,
 ) -> tuple[BackupResult, Manifest | None]:
-    """Send one snapshot and commit its manifest; on failure nothing is committed."""
-    snap: Snapshot = step.snapshot  # type: ignore[assignment]
-    parent: Snapshot | None = step.parent  # type: ignore[assignment]
-    backup_id = backup_id_for(snap.name, snap.uuid)
-    outcome = BackupResult(backup_id, snap.name, step.kind, step.parent_backup_id, step.depth)
-    started, t0 = datetime.now(UTC), time.monotonic()
-    log.info("push started backup=%s kind=%s parent=%s target=%s", backup_id, step.kind,
+    """Send one snapshot and commit its manifest; on failure nothing is committed.
+
+    Durable segments of an interrupted earlier attempt are resumed (after the re-run stream is
+    checked against them); if the stream differs, the backup restarts from scratch once.
+    """
+    attempt = _Attempt(repo, step, subvolume, source, settings, progress)
+    outcome = BackupResult(attempt.backup_id, attempt.snap.name, step.kind, step.parent_backup_id, step.depth)
+    t0 = time.monotonic()
+    log.info("push started backup=%s kind=%s parent=%s target=%s", attempt.backup_id, step.kind,
              step.parent_backup_id, repo.target.display_url)
     try:
-        stale = repo.discard_uncommitted(backup_id)
-        if stale:
-            log.warning("discarded %d segments of an interrupted push backup=%s", stale, backup_id)
-        manifest = _stream(repo, step, snap, parent, backup_id, subvolume, source, settings, started,
-                           progress)
+        try:
+            manifest = attempt.run(resume=True)
+        except StreamChangedError as exc:
+            log.warning("restarting backup=%s from scratch: %s", attempt.backup_id, exc)
+            manifest = attempt.run(resume=False)
         repo.commit(manifest)
     except (BtrsyncError, OSError) as exc:
         outcome.status, outcome.error = "failed", _describe(exc)
-        _discard_quietly(repo, backup_id)
-        log.error("push failed backup=%s: %s", backup_id, outcome.error)
+        log.error("push failed backup=%s: %s (durable segments are kept for the next run)",
+                  attempt.backup_id, outcome.error)
         return outcome, None
-    except BaseException:
-        _discard_quietly(repo, backup_id)
-        raise
     outcome.stream_bytes, outcome.stored_bytes = manifest.stream_bytes, manifest.stored_bytes
-    outcome.uploaded_bytes = manifest.stored_bytes
+    outcome.uploaded_bytes, outcome.resumed_bytes = attempt.uploaded, attempt.resumed
     outcome.seconds = time.monotonic() - t0
-    log.info("push finished backup=%s stream_bytes=%d stored_bytes=%d seconds=%.1f MiB/s=%.1f",
-             backup_id, outcome.stream_bytes, outcome.stored_bytes, outcome.seconds,
-             outcome.stream_bytes / MiB / max(outcome.seconds, 1e-6))
+    log.info("push finished backup=%s stream_bytes=%d stored_bytes=%d resumed_bytes=%d seconds=%.1f "
+             "MiB/s=%.1f", attempt.backup_id, outcome.stream_bytes, outcome.stored_bytes,
+             outcome.resumed_bytes, outcome.seconds, outcome.stream_bytes / MiB / max(outcome.seconds, 1e-6))
     return outcome, manifest
 
 
-def _stream(
-    repo: Repository, step: Step, snap: Snapshot, parent: Snapshot | None, backup_id: str,
-    subvolume: str, source: Path, settings: PushSettings, started: datetime,
-    progress: ProgressFn | None,
-) -> Manifest:
-    options = settings.send_options or best_send_options()
-    framing = StreamFraming(f"btrfs send of {snap.path}")
-    sealer = ChunkSealer(repo.key, backup_id, settings.zstd_level)
-    counters = {"raw": 0, "stored": 0}
+class StreamChangedError(BtrsyncError):
+    """The re-run send stream differs from the durable part of an interrupted push."""
 
-    def raw_chunks(send: SendProcess) -> Iterator[tuple[int, bytes]]:
-        for seq, chunk in enumerate(send.chunks(settings.chunk_size)):
+
+class _Attempt:
+    """One backup's transfer: resume point, send, seal, segments, manifest."""
+
+    def __init__(self, repo: Repository, step: Step, subvolume: str, source: Path,
+                 settings: PushSettings, progress: ProgressFn | None) -> None:
+        self.repo, self.step, self.subvolume, self.source = repo, step, subvolume, source
+        self.settings, self.progress = settings, progress
+        self.snap: Snapshot = step.snapshot  # type: ignore[assignment]
+        self.parent: Snapshot | None = step.parent  # type: ignore[assignment]
+        self.backup_id = backup_id_for(self.snap.name, self.snap.uuid)
+        self.options = settings.send_options or best_send_options()
+        self.raw = self.uploaded = self.resumed = 0
+
+    def params(self) -> dict[str, object]:
+        """What must be unchanged for durable segments of an earlier attempt to be reused."""
+        return {"snapshot_uuid": self.snap.uuid, "parent_uuid": self.parent.uuid if self.parent else None,
+                "chunk_size": self.settings.chunk_size, "zstd_level": self.settings.zstd_level,
+                "send": self.options.as_dict(), "key_id": self.repo.key.key_id}
+
+    def run(self, *, resume: bool) -> Manifest:
+        started = datetime.now(UTC)
+        if resume:
+            point = find_resume_point(self.repo, self.backup_id, self.params())
+        else:
+            self.repo.discard_uncommitted(self.backup_id)
+            point = ResumePoint()
+        self.raw, self.uploaded, self.resumed = 0, 0, point.stored_bytes
+        framing = StreamFraming(f"btrfs send of {self.snap.path}")
+        sealer = ChunkSealer(self.repo.key, self.backup_id, self.settings.zstd_level)
+        with (SendProcess(self.snap.path, self.parent.path if self.parent else None, self.options) as send,
+              closing(ordered_map(sealer, self._fresh_chunks(send, framing, point),
+                                  workers=self.settings.workers, window=self.settings.window)) as sealed):
+            records, segments = write_segments(
+                self.repo.target, self.backup_id, sealed, segment_size=self.settings.segment_size,
+                bucket=self.settings.bucket, on_stored=self._stored, first_segment=point.segments,
+                on_segment=lambda n, recs: write_index(self.repo, self.backup_id, n, self.params(), recs))
+        framing.finish()
+        return self._manifest([*point.records, *records], segments or point.segments, framing, started)
+
+    def _fresh_chunks(self, send: SendProcess, framing: StreamFraming,
+                      point: ResumePoint) -> Iterator[tuple[int, bytes]]:
+        """Chunks to seal; those already durable are checked against their hashes and skipped."""
+        seq = -1
+        for seq, chunk in enumerate(send.chunks(self.settings.chunk_size)):
             framing.feed(chunk)
-            counters["raw"] += len(chunk)
+            self.raw += len(chunk)
+            if seq < len(point.records):
+                rec = point.records[seq]
+                if len(chunk) != rec.raw_size or xxh3(chunk) != rec.raw_xxh3:
+                    raise StreamChangedError(f"chunk {seq} of the new stream differs from the stored one")
+                continue
             yield seq, chunk
+        if seq + 1 < len(point.records):
+            raise StreamChangedError("the new stream is shorter than the stored part")
 
-    def stored(n: int) -> None:
-        counters["stored"] += n
-        if progress:
-            progress(backup_id, counters["raw"], counters["stored"])
+    def _stored(self, n: int) -> None:
+        self.uploaded += n
+        if self.progress:
+            self.progress(self.backup_id, self.raw, self.uploaded + self.resumed)
 
-    with (SendProcess(snap.path, parent.path if parent else None, options) as send,
-          closing(ordered_map(sealer, raw_chunks(send), workers=settings.workers,
-                              window=settings.window)) as sealed):
-        records, segments = write_segments(repo.target, backup_id, sealed,
-                                           segment_size=settings.segment_size,
-                                           bucket=settings.bucket, on_stored=stored)
-    framing.finish()
-    return Manifest(
-        backup_id=backup_id, host=socket.gethostname(), subvolume=subvolume,
-        source_path=str(source), snapshot=snap.name, snapshot_time=snap.time,
-        snapshot_uuid=snap.uuid, parent_uuid=parent.uuid if parent else None,
-        parent_id=step.parent_backup_id, depth=step.depth,
-        send={**options.as_dict(), "stream_version": framing.version, "commands": framing.commands},
-        compression={"algorithm": "zstd", "level": settings.zstd_level, "per_chunk": True},
-        encryption={"algorithm": "AES-256-GCM", "kdf": "HKDF-SHA256", "frame": "BSC1",
-                    "key_id": repo.key.key_id},
-        chunk_size=settings.chunk_size, chunks=tuple(records),
-        stream_bytes=sum(r.raw_size for r in records), stored_bytes=sum(r.stored_size for r in records),
-        segments=segments, started=started, finished=datetime.now(UTC).replace(microsecond=0),
-        tool={"btrsync": __version__, "btrfs_progs": progs_version(), "kernel": platform.release()},
-    )
+    def _manifest(self, records: list[ChunkRecord], segments: int, framing: StreamFraming,
+                  started: datetime) -> Manifest:
+        snap, parent = self.snap, self.parent
+        return Manifest(
+            backup_id=self.backup_id, host=socket.gethostname(), subvolume=self.subvolume,
+            source_path=str(self.source), snapshot=snap.name, snapshot_time=snap.time,
+            snapshot_uuid=snap.uuid, parent_uuid=parent.uuid if parent else None,
+            parent_id=self.step.parent_backup_id, depth=self.step.depth,
+            send={**self.options.as_dict(), "stream_version": framing.version, "commands": framing.commands},
+            compression={"algorithm": "zstd", "level": self.settings.zstd_level, "per_chunk": True},
+            encryption={"algorithm": "AES-256-GCM", "kdf": "HKDF-SHA256", "frame": "BSC1",
+                        "key_id": self.repo.key.key_id},
+            chunk_size=self.settings.chunk_size, chunks=tuple(records),
+            stream_bytes=sum(r.raw_size for r in records), stored_bytes=sum(r.stored_size for r in records),
+            segments=segments, started=started, finished=datetime.now(UTC).replace(microsecond=0),
+            tool={"btrsync": __version__, "btrfs_progs": progs_version(), "kernel": platform.release()},
+        )
 
 
 def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, BtrsyncError) else f"{type(exc).__name__}: {exc}"
-
-
-def _discard_quietly(repo: Repository, backup_id: str) -> None:
-    try:
-        repo.discard_uncommitted(backup_id)
-    except (BtrsyncError, OSError) as exc:
-        log.warning("could not remove partial data of backup=%s (btrsync clean will): %s", backup_id, exc)
 
 
 def raise_for_failures(result: PushResult) -> None:

@@ -38,18 +38,24 @@ def write_segments(
     segment_size: int,
     bucket: TokenBucket | None = None,
     on_stored: Callable[[int], None] | None = None,
+    first_segment: int = 0,
+    on_segment: Callable[[int, list[ChunkRecord]], None] | None = None,
 ) -> tuple[list[ChunkRecord], int]:
     """Store chunks in order as ``data/<id>/<NNNNNN>`` objects of about ``segment_size`` bytes.
 
-    Each segment is one atomic ``put``; a chunk never spans segments.  Returns the chunk records
-    and the number of segments written.
+    Each segment is one atomic ``put``; a chunk never spans segments.  ``on_segment(n, records)``
+    runs after segment ``n`` is durable.  Returns the new chunk records and the number of the next
+    segment.
     """
     source = _Peekable(sealed)
     records: list[ChunkRecord] = []
-    segment = 0
+    segment = first_segment
     while source.peek() is not None:
+        before = len(records)
         frames = _segment_frames(source, segment, segment_size, records, on_stored)
         target.put(segment_key(backup_id, segment), throttle(frames, bucket))
+        if on_segment is not None:
+            on_segment(segment, records[before:])
         segment += 1
     return records, segment
 

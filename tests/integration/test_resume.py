@@ -1,0 +1,83 @@
+"""Interrupted pushes: nothing listed, durable segments resumed after checking the new stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from btrsync.catalog.repository import Repository
+from btrsync.catalog.segment_index import write_index
+from btrsync.catalog.manifest import ChunkRecord
+from btrsync.crypto import frames
+from btrsync.crypto.keys import load_key_file
+from btrsync.targets.local import LocalTarget
+from tests.integration.conftest import World
+
+pytestmark = pytest.mark.btrfs
+
+
+def _killed_push(world: World, size_mib: int = 24) -> None:
+    """Start a throttled push in a child process and SIGKILL it once two segments are durable."""
+    with open(world.subvol / "big.bin", "wb") as f:
+        f.write(os.urandom(size_mib << 20))
+    world.snapshot()
+    argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state),
+            "--key-file", str(world.key), "push", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+            "--to", world.url, "--bwlimit", "4M"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(f.endswith(".idx") for f in world.data_files()) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert sum(f.endswith(".idx") for f in world.data_files()) >= 2, "the push was killed too late"
+
+
+def _restored_equals_original(world: World) -> None:
+    assert world.receive("latest").code == 0
+    name = world.snapshots[-1].name
+    assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
+
+
+def test_sigkill_leaves_nothing_listed_and_the_next_push_resumes(world: World) -> None:
+    _killed_push(world)
+    assert world.listing() == []
+    run = world.push("--json")
+    assert run.code == 0, run.err
+    [backup] = run.json()["backups"]
+    assert backup["resumed_bytes"] >= 2 * 3 * 65536  # two durable segments of three 64k chunks
+    assert backup["uploaded_bytes"] + backup["resumed_bytes"] == backup["stored_bytes"]
+    assert backup["uploaded_bytes"] < backup["stored_bytes"]
+    _restored_equals_original(world)
+
+
+def test_a_stream_that_differs_from_the_stored_part_restarts_cleanly(world: World) -> None:
+    _killed_push(world)
+    repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+    [bid] = {f.split("/")[1] for f in world.data_files() if f.startswith("data/")}
+    idx = json.loads(frames.open_index(
+        repo.key, f"data/{bid}/000000.idx", repo.target.read(f"data/{bid}/000000.idx")))
+    rows = [ChunkRecord.from_list(r) for r in idx["chunks"]]
+    forged = [ChunkRecord(r.segment, r.offset, r.stored_size, r.raw_size, r.stored_xxh3, "0" * 32) for r in rows]
+    write_index(repo, bid, 0, idx["params"], forged)  # as if btrfs send now produced other bytes
+    run = world.push("--json", "-v")
+    assert run.code == 0, run.err
+    assert "restarting backup" in run.err
+    [backup] = run.json()["backups"]
+    assert backup["resumed_bytes"] == 0 and backup["uploaded_bytes"] == backup["stored_bytes"]
+    _restored_equals_original(world)
+
+
+def test_changed_settings_are_not_resumed(world: World) -> None:
+    _killed_push(world)
+    world.config.write_text(world.config.read_text().replace("zstd_level = 3", "zstd_level = 1"))
+    run = world.push("--json")
+    assert run.code == 0, run.err
+    assert run.json()["backups"][0]["resumed_bytes"] == 0
+    _restored_equals_original(world)
