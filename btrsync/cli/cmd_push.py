@@ -33,7 +33,7 @@ def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool,
              max_chain: int | None, as_json: bool) -> None:
     """Send every snapshot of SUBVOL that the target lacks, oldest first, each on its best parent."""
     settings = settings_from(app.config.push, bwlimit=bwlimit, max_chain=max_chain)
-    with app.target(to) as target:
+    with app.target(to) as target, app.lock(target.display_url):
         result = push(subvol, snapshot_dir, target, app.key(), settings, dry_run=dry_run,
                       progress=None if as_json else terminal_progress())
         if not dry_run:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from btrsync.cli.options import configure_logging
 from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
 from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
+from btrsync.locking import target_lock
 from btrsync.state import State
 from btrsync.targets.base import Target
 from btrsync.targets.registry import open_target
@@ -50,6 +52,10 @@ class App:
     def state(self) -> State:
         return State(self.state_dir or self.config.state_dir)
 
+    def lock(self, url: str) -> AbstractContextManager[None]:
+        """The local per-target lock (exit 11 when another process holds it)."""
+        return target_lock(self.state().root, url)
+
     def target(self, url_or_name: str) -> Target:
         url, settings = self.config.target(url_or_name)
         return open_target(url, settings)
@@ -78,9 +84,10 @@ def cli(ctx: click.Context, config_path: Path | None, key_file: Path | None, sta
 
 
 def _register() -> None:
-    from btrsync.cli import cmd_demo, cmd_key, cmd_list, cmd_push, cmd_receive, cmd_snapshot
+    from btrsync.cli import (cmd_demo, cmd_key, cmd_list, cmd_maintenance, cmd_push, cmd_receive,
+                             cmd_snapshot)
 
-    for module in (cmd_key, cmd_snapshot, cmd_push, cmd_list, cmd_receive, cmd_demo):
+    for module in (cmd_key, cmd_snapshot, cmd_push, cmd_list, cmd_receive, cmd_maintenance, cmd_demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -25,6 +25,7 @@ from btrsync import __version__
 from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendOptions, SendProcess, best_send_options
 from btrsync.catalog.layout import backup_id_for
+from btrsync.catalog.lease import Lease
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import ResumePoint, find_resume_point, write_index
@@ -197,6 +198,10 @@ class _Attempt:
                 "send": self.options.as_dict(), "key_id": self.repo.key.key_id}
 
     def run(self, *, resume: bool) -> Manifest:
+        with Lease(self.repo.target, self.backup_id) as lease:
+            return self._run(lease, resume=resume)
+
+    def _run(self, lease: Lease, *, resume: bool) -> Manifest:
         started = datetime.now(UTC)
         if resume:
             point = find_resume_point(self.repo, self.backup_id, self.params())
@@ -212,7 +217,7 @@ class _Attempt:
             records, segments = write_segments(
                 self.repo.target, self.backup_id, sealed, segment_size=self.settings.segment_size,
                 bucket=self.settings.bucket, on_stored=self._stored, first_segment=point.segments,
-                on_segment=lambda n, recs: write_index(self.repo, self.backup_id, n, self.params(), recs))
+                on_segment=lambda n, recs: self._segment_done(lease, n, recs))
         framing.finish()
         return self._manifest([*point.records, *records], segments or point.segments, framing, started)
 
@@ -231,6 +236,10 @@ class _Attempt:
             yield seq, chunk
         if seq + 1 < len(point.records):
             raise StreamChangedError("the new stream is shorter than the stored part")
+
+    def _segment_done(self, lease: Lease, segment: int, records: list[ChunkRecord]) -> None:
+        write_index(self.repo, self.backup_id, segment, self.params(), records)
+        lease.refresh()
 
     def _stored(self, n: int) -> None:
         self.uploaded += n

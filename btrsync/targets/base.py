@@ -27,6 +27,17 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Leftover:
+    """Something an interrupted write left on a target that is not an object: a temporary file,
+    an unfinished multipart upload.  ``key`` is the object it was meant to become."""
+
+    kind: str
+    key: str
+    size: int
+    handle: object = None
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a target can do, as data rather than extra methods."""
 
@@ -95,6 +106,14 @@ class Target(ABC):
     def free_space(self) -> int | None:
         """Bytes still free at the target, where the target can tell; ``None`` otherwise."""
         return None
+
+    def leftovers(self) -> list[Leftover]:
+        """Leftovers of interrupted writes (for ``btrsync clean``); none by default."""
+        return []
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        """Remove one leftover reported by ``leftovers``."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Release connections and processes."""

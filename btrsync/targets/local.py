@@ -17,6 +17,7 @@ from btrsync.errors import TargetMissingError
 from btrsync.targets.base import (
     TEMP_MARKER,
     Capabilities,
+    Leftover,
     ObjectInfo,
     Target,
     check_range,
@@ -157,12 +158,20 @@ class LocalTarget(Target):
         _fsync_dir(path.parent)
         self._remove_empty_dirs(path.parent)
 
-    def list_temporaries(self) -> Iterator[Path]:
-        """Leftover ``.tmp-`` files of interrupted writes (for ``btrsync clean``)."""
+    def leftovers(self) -> list[Leftover]:
+        """Temporary files of interrupted writes (``<key>.tmp-<random>``)."""
+        found = []
         for dirpath, _dirs, filenames in os.walk(self.root):
             for name in filenames:
                 if TEMP_MARKER in name:
-                    yield Path(dirpath) / name
+                    path = Path(dirpath) / name
+                    key = str(path.relative_to(self.root)).split(TEMP_MARKER)[0]
+                    found.append(Leftover("temporary file", key, _size(path), path))
+        return sorted(found, key=lambda lo: str(lo.handle))
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        assert isinstance(leftover.handle, Path)
+        _unlink_quietly(leftover.handle)
 
     def _remove_empty_dirs(self, directory: Path) -> None:
         while directory != self.root and self.root in directory.parents:
@@ -179,6 +188,13 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _unlink_quietly(path: Path) -> None:
