@@ -1,0 +1,871 @@
+"""The S3 target, ``s3://BUCKET/PREFIX``: AWS S3, Backblaze B2's S3 API, SeaweedFS and friends.
+
+Objects live under ``PREFIX/`` + key.  ``put`` re-chunks the stream into parts: an object that fits
+in one part is stored with a single ``PutObject``; a larger one becomes a multipart upload whose
+``CompleteMultipartUpload`` is the commit point, and which is aborted on any exception (including
+one from the parts iterator, or ``KeyboardInterrupt``), so nothing half-written stays behind.
+
+Backblaze B2 rules followed here (docs/targets-s3.md has the details and sources):
+
+* no flexible checksums: B2 answers 400 to any ``x-amz-checksum-*`` or
+  ``x-amz-sdk-checksum-algorithm`` header, which botocore >= 1.36 sends by default, so the client
+  is built with ``request_checksum_calculation="when_required"``; integrity comes from
+  ``Content-MD5`` on every ``PutObject`` and ``UploadPart`` instead;
+* parts of at least 5 MiB except the last (B2 needs 5,000,000 bytes, AWS and SeaweedFS 5 MiB, so
+  the larger wins), at most 5 GB each and 10,000 per object; the part size grows as an upload
+  goes on (``part_size_for``) so that a stream of unknown length up to 10 TB fits;
+* ``DeleteObject`` only hides an object in a versioned bucket (B2's default), so ``delete`` also
+  removes every version and delete marker of the key.
+
+Memory: a ``put`` holds at most ``(max_inflight_parts + 1) x part size`` of part buffers (the parts
+in flight plus the one waiting for a free slot), plus one part-sized copy while a part is joined.
+
+Only requests inside ``put`` are retried here (a failed part is resent alone: parts are ``bytes``);
+``get``, ``stat``, ``list`` and ``delete`` raise ``TransientTargetError`` for ``RetryingTarget`` to
+retry.  botocore's own retries are off so that only btrsync's retry layer loops, and no botocore or
+urllib3 exception leaves this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import configparser
+import contextlib
+import hashlib
+import http.client
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import boto3
+import botocore.session
+import urllib3.exceptions
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+from btrsync.errors import BtrsyncError, ConfigError, TargetMissingError
+from btrsync.targets.base import (
+    Capabilities,
+    Leftover,
+    ObjectInfo,
+    Target,
+    check_range,
+    validate_key,
+    validate_prefix,
+)
+from btrsync.targets.errors import (
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    RangeError,
+    TargetError,
+    TransientTargetError,
+)
+from btrsync.targets.retry import RetryPolicy, transient
+from btrsync.units import parse_size
+
+log = logging.getLogger(__name__)
+
+MIN_PART_SIZE = 5 * 1024 * 1024  # AWS and SeaweedFS: 5 MiB; B2: 5,000,000 bytes
+MAX_PART_SIZE = 5_000_000_000  # B2 and AWS: 5 GB
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 10 * 10**12  # B2's largest file, 10 TB
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+GROWTH_START = 5_000  # parts kept at the configured size (5,000 x 16 MiB = 80 GiB)
+GROWTH_STEP = 250  # then the part size doubles every this many parts
+READ_BLOCK = 1 << 20
+
+B2_CAPABILITIES_HINT = (
+    "on Backblaze B2 the application key must be allowed this bucket and have the listBuckets, "
+    "listFiles, readFiles, writeFiles and deleteFiles capabilities (see docs/targets-s3.md)"
+)
+_B2_ENDPOINT_RE = re.compile(r"^https?://s3\.([a-z0-9-]+)\.backblazeb2\.com/?$", re.IGNORECASE)
+
+
+# -- part sizes --------------------------------------------------------------------------------
+def part_size_for(number: int, base: int) -> int:
+    """The size of part ``number`` (1-based) of an upload that started with ``base``-byte parts.
+
+    Parts keep ``base`` for the first ``GROWTH_START`` parts, then double every ``GROWTH_STEP``
+    parts up to ``MAX_PART_SIZE``, so that 10,000 parts hold at least 10 TB for any base from
+    ``MIN_PART_SIZE`` up.  S3 and B2 accept parts of unequal size.
+    """
+    if number <= GROWTH_START:
+        return base
+    doublings = (number - GROWTH_START - 1) // GROWTH_STEP + 1
+    return min(MAX_PART_SIZE, base << doublings)
+
+
+def max_object_size(base: int) -> int:
+    """The largest object ``MAX_PARTS`` parts grown from ``base`` can hold."""
+    return sum(part_size_for(n, base) for n in range(1, MAX_PARTS + 1))
+
+
+def rechunk(parts: Iterable[bytes], size_for: Callable[[int], int]) -> Iterator[bytes]:
+    """Re-cut a stream of byte strings into parts of ``size_for(1)``, ``size_for(2)``, ... bytes.
+
+    The last part may be shorter; an empty stream yields one empty part, so there is always at
+    least one.  Input parts are sliced, not copied, until a part is complete.
+    """
+    pending: list[memoryview] = []
+    have, number = 0, 1
+    want = size_for(number)
+    for part in parts:
+        view = memoryview(part if isinstance(part, bytes) else bytes(part))
+        while view:
+            take = view[: want - have]
+            pending.append(take)
+            have += len(take)
+            view = view[len(take) :]
+            if have == want:
+                yield b"".join(pending)
+                pending.clear()
+                have, number = 0, number + 1
+                want = size_for(number)
+    if have or number == 1:
+        yield b"".join(pending)
+
+
+def _drain(head: builtins.list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    """Yield the parts in ``head`` (dropping each reference as it goes), then those of ``rest``."""
+    while head:
+        yield head.pop(0)
+    yield from rest
+
+
+def _md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+# -- settings and credentials ------------------------------------------------------------------
+@dataclass(frozen=True)
+class S3Credentials:
+    """An access key; the secret never appears in ``repr``."""
+
+    key_id: str
+    secret: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+# Accepted names (lower-cased) for the key id and the secret in a credentials file.
+_KEY_ID_NAMES = "aws_access_key_id key_id keyid application_key_id applicationkeyid".split()
+_SECRET_NAMES = "aws_secret_access_key application_key applicationkey secret_access_key".split()
+
+
+def read_credentials_file(
+    path: str | os.PathLike[str], profile: str | None = None
+) -> S3Credentials:
+    """Read an access key from an AWS-style INI file or a ``key_id=``/``application_key=`` file.
+
+    INI files (``[profile]`` sections with ``aws_access_key_id`` and ``aws_secret_access_key``) use
+    section ``profile`` or ``default``.  Simple files hold ``name=value`` lines, where the key id
+    may be named ``key_id``, ``keyID``, ``application_key_id`` or ``AWS_ACCESS_KEY_ID`` and the
+    secret ``application_key``, ``applicationKey`` or ``AWS_SECRET_ACCESS_KEY`` (``export``
+    prefixes, quotes and ``#`` comments are allowed, so a shell environment file works too).  Raises
+    ``ConfigError``; messages name the file and the expected names, never the values.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read S3 credentials file {path}: {reason}") from None
+    is_ini = any(line.strip().startswith("[") for line in text.splitlines())
+    values = _ini_values(path, text, profile) if is_ini else _simple_values(text)
+    key_id = next((values[n] for n in _KEY_ID_NAMES if values.get(n)), None)
+    secret = next((values[n] for n in _SECRET_NAMES if values.get(n)), None)
+    if not key_id or not secret:
+        raise ConfigError(
+            f"S3 credentials file {path} lacks a key id or secret: write 'key_id=...' and "
+            "'application_key=...' lines, or an AWS [default] section with aws_access_key_id "
+            "and aws_secret_access_key"
+        )
+    return S3Credentials(key_id, secret, values.get("aws_session_token") or None)
+
+
+def _ini_values(path: Path, text: str, profile: str | None) -> dict[str, str]:
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error:
+        # configparser's messages quote the offending line, which may hold the secret
+        raise ConfigError(f"S3 credentials file {path} is not a valid INI file") from None
+    section = profile or "default"
+    if not parser.has_section(section):
+        found = ", ".join(parser.sections()) or "none"
+        raise ConfigError(f"S3 credentials file {path} has no [{section}] section (found: {found})")
+    return {k.lower(): v.strip() for k, v in parser.items(section)}
+
+
+def _simple_values(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, _, value = line.removeprefix("export ").partition("=")
+        values[name.strip().lower()] = value.strip().strip("'\"")
+    return values
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Per-target settings (all optional); unset ones come from the standard AWS env and files."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    credentials_file: Path | None = None
+    profile: str | None = None
+    part_size: int = DEFAULT_PART_SIZE
+    max_inflight_parts: int = 4
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_attempts: int = 5
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any]) -> S3Settings:
+        """Build from a config mapping (``-`` or ``_`` in names); raises ``ConfigError``."""
+        given = {str(k).replace("-", "_"): v for k, v in settings.items() if v is not None}
+        try:
+            made = cls(
+                endpoint=_opt_str(given.get("endpoint")),
+                region=_opt_str(given.get("region")),
+                credentials_file=Path(given["credentials_file"])
+                if "credentials_file" in given
+                else None,
+                profile=_opt_str(given.get("profile")),
+                part_size=parse_size(given.get("part_size", DEFAULT_PART_SIZE)),
+                max_inflight_parts=int(given.get("max_inflight_parts", 4)),
+                connect_timeout=float(given.get("connect_timeout", 10.0)),
+                read_timeout=float(given.get("read_timeout", 60.0)),
+                max_attempts=int(given.get("max_attempts", 5)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid S3 target setting: {exc}") from None
+        made.check()
+        return made
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for values S3 or B2 would refuse."""
+        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+            raise ConfigError(
+                f"S3 part_size {self.part_size} must be between {MIN_PART_SIZE} (5 MiB) and "
+                f"{MAX_PART_SIZE} bytes"
+            )
+        if self.max_inflight_parts < 1 or self.max_attempts < 1:
+            raise ConfigError("S3 max_inflight_parts and max_attempts must be at least 1")
+        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ConfigError("S3 connect_timeout and read_timeout must be positive")
+
+
+def _opt_str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _redact_url(url: str | None) -> str:
+    """An endpoint URL without any ``user:password@`` part."""
+    return re.sub(r"//[^/@]*@", "//", url) if url else "the default AWS endpoint"
+
+
+def region_from_endpoint(endpoint: str | None) -> str | None:
+    """``us-west-004`` for ``https://s3.us-west-004.backblazeb2.com`` (B2 signs with it)."""
+    match = _B2_ENDPOINT_RE.match(endpoint or "")
+    return match.group(1).lower() if match else None
+
+
+def make_client(settings: S3Settings) -> Any:
+    """A botocore S3 client fit for B2: no flexible checksums, no botocore retries."""
+    creds = (
+        read_credentials_file(settings.credentials_file, settings.profile)
+        if settings.credentials_file
+        else None
+    )
+    try:
+        session = boto3.session.Session(
+            botocore_session=_botocore_session(),
+            aws_access_key_id=creds.key_id if creds else None,
+            aws_secret_access_key=creds.secret if creds else None,
+            aws_session_token=creds.session_token if creds else None,
+            profile_name=settings.profile if not creds else None,
+        )
+    except ProfileNotFound:
+        raise ConfigError(
+            f"AWS profile {settings.profile!r} not found in the AWS config files"
+        ) from None
+    env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = (
+        settings.region
+        or session.region_name
+        or region_from_endpoint(settings.endpoint or env_endpoint)
+        or "us-east-1"
+    )
+    config = Config(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_pool_connections=max(10, 4 * settings.max_inflight_parts),
+        s3={"addressing_style": "path" if settings.endpoint or env_endpoint else "auto"},
+        signature_version="s3v4",
+    )
+    return session.client("s3", endpoint_url=settings.endpoint, region_name=region, config=config)
+
+
+_LOADER_LOCK = threading.Lock()
+_LOADER: list[Any] = []
+
+
+def _botocore_session() -> Any:
+    """A new botocore session sharing one model loader, which halves the cost of a client."""
+    session = botocore.session.get_session()
+    with _LOADER_LOCK:
+        if not _LOADER:
+            _LOADER.append(session.get_component("data_loader"))
+    session.register_component("data_loader", _LOADER[0])
+    return session
+
+
+# -- error translation -------------------------------------------------------------------------
+_NOT_FOUND_CODES = frozenset("NoSuchKey NotFound 404 NoSuchUpload NoSuchVersion".split())
+_DENIED_CODES = frozenset(
+    "AccessDenied 403 InvalidAccessKeyId SignatureDoesNotMatch AllAccessDisabled Forbidden "
+    "Unauthorized unauthorized".split()
+)
+_QUOTA_CODES = frozenset("QuotaExceeded cap_exceeded StorageQuotaExceeded".split())
+_TRANSIENT_CODES = frozenset(
+    "SlowDown RequestTimeout RequestTimeoutException Throttling ThrottlingException "
+    "RequestLimitExceeded TooManyRequests InternalError ServiceUnavailable BadDigest".split()
+)
+_NETWORK_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+_CONNECTION_ERRORS = (BotoConnectionError, HTTPClientError, IncompleteReadError, *_NETWORK_ERRORS)
+_STREAM_ERRORS = (BotoCoreError, *_NETWORK_ERRORS)
+
+
+def translate_client_error(exc: ClientError, what: str) -> BtrsyncError:
+    """The btrsync error for an S3 error answer (``what`` names the operation and object)."""
+    error = exc.response.get("Error", {})
+    meta = exc.response.get("ResponseMetadata", {})
+    code, status = str(error.get("Code", "")), int(meta.get("HTTPStatusCode") or 0)
+    message = str(error.get("Message", ""))[:300]
+    detail = f"{what}: {code or status} {message}".rstrip()
+    if code in _QUOTA_CODES or "cap exceeded" in message.lower() or "cap_exceeded" in message:
+        return QuotaExceeded(f"{detail} (raise the account's caps or free space, then run again)")
+    if code == "NoSuchBucket":
+        return TargetMissingError(f"{detail} (create the bucket or fix the target URL)")
+    if status == 416 or code == "InvalidRange":
+        return RangeError(detail)
+    if status == 404 or code in _NOT_FOUND_CODES:
+        return NotFound(detail)
+    if status == 403 or code in _DENIED_CODES:
+        return PermissionDenied(f"{detail} (check the key id and secret; {B2_CAPABILITIES_HINT})")
+    if code != "NotImplemented" and (status == 429 or status >= 500 or code in _TRANSIENT_CODES):
+        return transient(detail, _retry_after(meta.get("HTTPHeaders", {})))
+    return TargetError(detail)
+
+
+def translate(exc: Exception, what: str) -> BtrsyncError:
+    """The btrsync error for any exception botocore, urllib3 or the socket layer raises."""
+    if isinstance(exc, ClientError):
+        return translate_client_error(exc, what)
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return PermissionDenied(
+            f"{what}: no complete S3 credentials found: set credentials_file in the target's "
+            "settings, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return transient(f"{what}: {type(exc).__name__}: {exc}")
+    return TargetError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a ``Retry-After`` header (a number or an HTTP date), if there is one."""
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
+
+
+# -- the target --------------------------------------------------------------------------------
+class Upload(NamedTuple):
+    """An unfinished multipart upload (``btrsync clean`` lists and aborts them)."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+class S3Target(Target):
+    """Objects in one bucket under one prefix; thread-safe (boto3 clients are)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        settings: S3Settings | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        if not bucket or "@" in bucket or "/" in bucket:
+            raise ConfigError(
+                "S3 target URL must look like s3://BUCKET/PREFIX, without credentials "
+                "(put those in credentials_file)"
+            )
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if self.prefix:
+            validate_prefix(self.prefix)
+        self.settings = settings or S3Settings()
+        self.settings.check()
+        self.policy = policy or RetryPolicy(attempts=self.settings.max_attempts)
+        self.display_url = f"s3://{bucket}/{self.prefix}"
+        self.capabilities = Capabilities(
+            max_part_size=self.settings.part_size, connections=self.settings.max_inflight_parts
+        )
+        self._client = make_client(self.settings)
+        self.endpoint = _redact_url(self._client.meta.endpoint_url)
+
+    @classmethod
+    def from_url(cls, parsed: Any, settings: Mapping[str, Any]) -> S3Target:
+        """Build from a parsed ``s3://BUCKET/PREFIX`` URL and the target's settings."""
+        options = S3Settings.from_mapping(settings)
+        return cls(parsed.host, parsed.path, options, RetryPolicy(attempts=options.max_attempts))
+
+    def __enter__(self) -> S3Target:
+        return self
+
+    def __repr__(self) -> str:
+        return f"S3Target({self.display_url!r}, endpoint={self.endpoint!r})"
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _relative(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def _what(self, verb: str, key: str) -> str:
+        return f"{verb} {key} on {self.display_url}"
+
+    def _request(self, op: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        """Call client method ``op`` once, translating every failure to a btrsync error."""
+        try:
+            return getattr(self._client, op)(**kwargs)  # type: ignore[no-any-return]
+        except Exception as exc:  # translated, never leaked
+            raise translate(exc, what) from None
+
+    def _retried(
+        self, op: str, what: str, cancel: threading.Event | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        return self.policy.call(lambda: self._request(op, what, **kwargs), what, cancel)
+
+    # -- put -------------------------------------------------------------------------------
+    def put(self, key: str, parts: Iterable[bytes]) -> ObjectInfo:
+        full = self._full(validate_key(key))
+        chunks = rechunk(parts, lambda n: part_size_for(n, self.settings.part_size))
+        head = [next(chunks)]
+        following = next(chunks, None)
+        if following is None:
+            return self._put_single(key, full, head.pop())
+        head.append(following)
+        del following
+        return ObjectInfo(key, self._put_multipart(key, full, _drain(head, chunks)))
+
+    def _put_single(self, key: str, full: str, data: bytes) -> ObjectInfo:
+        self._retried(
+            "put_object",
+            self._what("put", key),
+            Bucket=self.bucket,
+            Key=full,
+            Body=data,
+            ContentMD5=_md5_b64(data),
+        )
+        return ObjectInfo(key, len(data))
+
+    def _put_multipart(self, key: str, full: str, chunks: Iterator[bytes]) -> int:
+        """Upload ``chunks`` as parts; Complete commits, any exception aborts.  Returns the size."""
+        created = self._retried(
+            "create_multipart_upload",
+            self._what("start upload of", key),
+            Bucket=self.bucket,
+            Key=full,
+        )
+        upload_id = created["UploadId"]
+        uploads = _BoundedUploads(
+            self.settings.max_inflight_parts,
+            lambda n, data, cancel: self._upload_part(key, upload_id, n, data, cancel),
+        )
+        try:
+            size = 0
+            for number, data in enumerate(chunks, start=1):
+                _check_part_number(number, size, self._what("put", key))
+                size += len(data)
+                uploads.submit(number, data)
+                del data  # the upload holds the only reference now
+            self._complete(key, upload_id, uploads.finish(), size)
+        except BaseException:
+            try:
+                uploads.cancel()
+            finally:
+                self._abort_quietly(key, upload_id)
+            raise
+        return size
+
+    def _upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes, cancel: threading.Event
+    ) -> str:
+        what = self._what(f"upload part {number} of", key)
+        answer = self._retried(
+            "upload_part",
+            what,
+            cancel,
+            Bucket=self.bucket,
+            Key=self._full(key),
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ContentMD5=_md5_b64(data),
+        )
+        return str(answer["ETag"])
+
+    def _complete(
+        self, key: str, upload_id: str, parts: builtins.list[dict[str, Any]], size: int
+    ) -> None:
+        """Complete the upload; a ``NoSuchUpload`` on a retry means a lost answer to a success."""
+        what = self._what("complete upload of", key)
+        attempt = 0
+
+        def complete() -> None:
+            nonlocal attempt
+            attempt += 1
+            try:
+                self._request(
+                    "complete_multipart_upload",
+                    what,
+                    Bucket=self.bucket,
+                    Key=self._full(key),
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            except NotFound:
+                if attempt == 1 or self.stat(key).size != size:
+                    raise
+
+        self.policy.call(complete, what)
+
+    def _abort_quietly(self, key: str, upload_id: str) -> None:
+        try:
+            self.abort_upload(key, upload_id)
+        except NotFound:
+            pass
+        except BtrsyncError as exc:
+            log.warning(
+                "could not abort the unfinished upload of %s (%s); 'btrsync clean' "
+                "removes it later",
+                self._what("", key).strip(),
+                exc,
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        full = self._full(validate_key(key))
+        return self._read(key, full, offset, length)
+
+    def _read(self, key: str, full: str, offset: int, length: int | None) -> Iterator[bytes]:
+        if offset < 0 or (length is not None and length <= 0):
+            check_range(key, self.stat(key).size, offset, length)
+            return
+        opened = self._open_range(key, full, offset, length)
+        if opened is None:
+            return
+        body, count = opened
+        yield from _stream(body, count, self._what("get", key))
+
+    def _open_range(
+        self, key: str, full: str, offset: int, length: int | None
+    ) -> tuple[Any, int] | None:
+        """Start a GET of the range; returns the body and its byte count (None: empty range)."""
+        kwargs: dict[str, Any] = {}
+        if offset or length is not None:
+            last = "" if length is None else str(offset + length - 1)
+            kwargs["Range"] = f"bytes={offset}-{last}"
+        try:
+            answer = self._request(
+                "get_object", self._what("get", key), Bucket=self.bucket, Key=full, **kwargs
+            )
+        except RangeError:
+            check_range(key, self.stat(key).size, offset, length)  # raises unless offset == size
+            return None
+        body = answer["Body"]
+        try:
+            count = _byte_count(key, answer, offset, length)
+        except BaseException:
+            body.close()
+            raise
+        return body, count
+
+    def stat(self, key: str) -> ObjectInfo:
+        answer = self._request(
+            "head_object",
+            self._what("stat", key),
+            Bucket=self.bucket,
+            Key=self._full(validate_key(key)),
+        )
+        return ObjectInfo(key, int(answer["ContentLength"]))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        full_prefix = self._full(prefix) if self.prefix else prefix
+        what = f"list {prefix!r} on {self.display_url}"
+        found: builtins.list[ObjectInfo] = []
+        token: dict[str, str] = {}
+        while True:
+            page = self._request(
+                "list_objects_v2", what, Bucket=self.bucket, Prefix=full_prefix, **token
+            )
+            found.extend(
+                ObjectInfo(self._relative(o["Key"]), int(o["Size"]))
+                for o in page.get("Contents", [])
+            )
+            if not page.get("IsTruncated"):
+                break
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+        found.sort(key=lambda o: o.key)
+        yield from found
+
+    # -- deleting --------------------------------------------------------------------------
+    def delete(self, key: str) -> None:
+        """Delete ``key`` and, in a versioned bucket, every version and delete marker of it."""
+        full = self._full(validate_key(key))
+        self.stat(key)  # S3 answers a delete of a missing key with success; we raise NotFound
+        what = self._what("delete", key)
+        self._request("delete_object", what, Bucket=self.bucket, Key=full)
+        for version_id in self._versions_of(full, what):
+            self._request("delete_object", what, Bucket=self.bucket, Key=full, VersionId=version_id)
+
+    def _versions_of(self, full: str, what: str) -> builtins.list[str]:
+        """Version ids of exactly ``full``, delete markers included ([] if unsupported)."""
+        found: builtins.list[str] = []
+        markers: dict[str, str] = {}
+        while True:
+            try:
+                page = self._request(
+                    "list_object_versions", what, Bucket=self.bucket, Prefix=full, **markers
+                )
+            except TargetError as exc:
+                if "NotImplemented" not in str(exc):
+                    raise
+                return found
+            entries = page.get("Versions", []) + page.get("DeleteMarkers", [])
+            found.extend(
+                e["VersionId"]
+                for e in entries
+                if e["Key"] == full and e.get("VersionId") not in (None, "")
+            )
+            if not page.get("IsTruncated") or any(e["Key"] != full for e in entries):
+                return found  # keys come sorted: once another key shows up, ours are all seen
+            markers = {
+                "KeyMarker": page["NextKeyMarker"],
+                "VersionIdMarker": page.get("NextVersionIdMarker", ""),
+            }
+
+    # -- unfinished uploads (btrsync clean) ------------------------------------------------
+    def list_uploads(self) -> builtins.list[Upload]:
+        """Unfinished multipart uploads under the prefix, oldest first."""
+        full_prefix = f"{self.prefix}/" if self.prefix else ""
+        what = f"list unfinished uploads on {self.display_url}"
+        found: builtins.list[Upload] = []
+        markers: dict[str, str] = {}
+        while True:
+            page = self._request(
+                "list_multipart_uploads", what, Bucket=self.bucket, Prefix=full_prefix, **markers
+            )
+            found.extend(
+                Upload(self._relative(u["Key"]), u["UploadId"], u["Initiated"])
+                for u in page.get("Uploads", [])
+            )
+            if not page.get("IsTruncated"):
+                break
+            markers = {
+                "KeyMarker": page["NextKeyMarker"],
+                "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+            }
+        found.sort(key=lambda u: (u.initiated, u.key))
+        return found
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one unfinished upload (retried); ``NotFound`` if the store says it is gone."""
+        self._retried(
+            "abort_multipart_upload",
+            self._what("abort upload of", key),
+            Bucket=self.bucket,
+            Key=self._full(key),
+            UploadId=upload_id,
+        )
+
+    def leftovers(self) -> builtins.list[Leftover]:
+        """Unfinished uploads under the prefix, with the bytes their parts hold (billed on B2)."""
+        return [
+            Leftover("unfinished upload", u.key, self._parts_size(u), u)
+            for u in self.list_uploads()
+        ]
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        """Abort an unfinished upload that ``leftovers`` reported (gone already is fine)."""
+        upload = leftover.handle
+        if not isinstance(upload, Upload):
+            raise TypeError(f"not a leftover of {self.display_url}: {leftover!r}")
+        with contextlib.suppress(NotFound):
+            self.abort_upload(upload.key, upload.upload_id)
+
+    def _parts_size(self, upload: Upload) -> int:
+        """Total size of the parts uploaded so far (0 if the upload has ended meanwhile)."""
+        what = self._what("list parts of", upload.key)
+        size, marker = 0, 0
+        while True:
+            try:
+                page = self._request(
+                    "list_parts",
+                    what,
+                    Bucket=self.bucket,
+                    Key=self._full(upload.key),
+                    UploadId=upload.upload_id,
+                    PartNumberMarker=marker,
+                )
+            except NotFound:
+                return size
+            size += sum(int(p["Size"]) for p in page.get("Parts", []))
+            if not page.get("IsTruncated"):
+                return size
+            marker = int(page["NextPartNumberMarker"])
+
+    # -- the rest of the interface ---------------------------------------------------------
+    def probe(self) -> None:
+        """Check that the bucket exists and the key may use it (retried)."""
+        what = f"check bucket {self.bucket} at {self.endpoint}"
+        try:
+            self._retried("head_bucket", what, Bucket=self.bucket)
+        except NotFound:
+            raise TargetMissingError(
+                f"bucket {self.bucket} does not exist at {self.endpoint}: create it, or fix the "
+                "bucket name or endpoint"
+            ) from None
+        except PermissionDenied:
+            raise PermissionDenied(
+                f"access to bucket {self.bucket} at {self.endpoint} was denied: check the key id "
+                f"and secret; {B2_CAPABILITIES_HINT}"
+            ) from None
+        except TransientTargetError as exc:
+            raise TargetMissingError(f"cannot reach {self.endpoint}: {exc}") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _check_part_number(number: int, size: int, what: str) -> None:
+    if number > MAX_PARTS:
+        raise TargetError(
+            f"{what}: the object exceeds {MAX_PARTS} parts after {size} bytes; raise part_size"
+        )
+
+
+def _byte_count(key: str, answer: Mapping[str, Any], offset: int, length: int | None) -> int:
+    """How many bytes a GET answer for ``offset``/``length`` carries; checks the served range."""
+    start, total = 0, int(answer["ContentLength"])
+    match = re.match(r"bytes (\d+)-\d+/(\d+)", answer.get("ContentRange") or "")
+    if match:
+        start, total = int(match.group(1)), int(match.group(2))
+    if start != offset:
+        raise TargetError(f"get {key}: the server ignored the Range header")
+    return check_range(key, total, offset, length) - offset
+
+
+def _stream(body: Any, count: int, what: str) -> Iterator[bytes]:
+    """Yield ``count`` bytes of a response body in blocks; a broken connection is transient."""
+    got = 0
+    try:
+        while got < count:
+            try:
+                block = body.read(min(READ_BLOCK, count - got))
+            except _STREAM_ERRORS as exc:
+                raise transient(
+                    f"{what}: connection broke after {got} of {count} bytes ({type(exc).__name__})"
+                ) from None
+            if not block:
+                raise transient(f"{what}: connection closed after {got} of {count} bytes")
+            got += len(block)
+            yield block
+    finally:
+        body.close()
+
+
+class _BoundedUploads:
+    """Runs part uploads on ``limit`` threads; ``submit`` blocks while ``limit`` are in flight.
+
+    Modelled on s3transfer's ``BoundedExecutor``: a slot is acquired before a part is submitted and
+    released by the future's done callback, so at most ``limit`` part buffers belong to uploads.
+    """
+
+    def __init__(self, limit: int, upload: Callable[[int, bytes, threading.Event], str]) -> None:
+        self._slots = threading.Semaphore(limit)
+        self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="btrsync-s3-part")
+        self._upload = upload
+        self._futures: dict[int, Future[str]] = {}
+        self._failure: BaseException | None = None
+        self.cancelled = threading.Event()
+
+    def submit(self, number: int, data: bytes) -> None:
+        """Start uploading part ``number``; re-raises the error of a part that already failed."""
+        self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        future = self._pool.submit(self._upload, number, data, self.cancelled)
+        future.add_done_callback(self._on_done)
+        self._futures[number] = future
+
+    def _on_done(self, future: Future[str]) -> None:
+        if not future.cancelled() and future.exception() is not None and self._failure is None:
+            self._failure = future.exception()
+        self._slots.release()
+
+    def finish(self) -> builtins.list[dict[str, Any]]:
+        """Wait for all parts; return the ``Parts`` for CompleteMultipartUpload, or raise."""
+        done, _pending = wait(self._futures.values(), return_when=FIRST_EXCEPTION)
+        for future in done:
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        self._pool.shutdown()
+        return [{"PartNumber": n, "ETag": f.result()} for n, f in sorted(self._futures.items())]
+
+    def cancel(self) -> None:
+        """Stop retrying, drop parts not yet started and wait for those in flight."""
+        self.cancelled.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)

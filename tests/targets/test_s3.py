@@ -1,0 +1,521 @@
+"""S3-specific behaviour: multipart uploads, B2's rules, retries through faults, versions, secrets.
+
+The shared contract is in test_conformance.py (factories ``s3`` and ``s3-b2rules``); these tests
+use the same SeaweedFS server and B2-rules proxy (see ``tests/targets/factories_s3.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from btrsync.errors import ConfigError, TargetMissingError
+from btrsync.targets.errors import (
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    RangeError,
+    TargetError,
+    TransientTargetError,
+)
+from btrsync.targets.registry import open_target
+from btrsync.targets.retry import RetryingTarget, retry_after_of
+from btrsync.targets.s3 import (
+    DEFAULT_PART_SIZE,
+    GROWTH_START,
+    MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    S3Settings,
+    S3Target,
+    max_object_size,
+    part_size_for,
+    read_credentials_file,
+    rechunk,
+    region_from_endpoint,
+    translate,
+)
+from tests.support.b2proxy import B2RulesProxy
+from tests.targets.factories_s3 import (
+    TEST_BUCKET,
+    TEST_PART_SIZE,
+    fresh_b2_proxy,
+    no_sleep_policy,
+    seaweed,
+    seaweed_settings,
+    seaweed_target,
+)
+
+PART = TEST_PART_SIZE
+CHECKSUM_HEADER_PREFIXES = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
+
+
+def blob(n: int) -> bytes:
+    return (os.urandom(4096) * (n // 4096 + 1))[:n]
+
+
+def pieces(data: bytes, size: int = 1 << 20) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@pytest.fixture
+def proxy(request: pytest.FixtureRequest) -> B2RulesProxy:
+    return fresh_b2_proxy(request)
+
+
+# -- pure functions ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "base", [MIN_PART_SIZE, DEFAULT_PART_SIZE, 100_000_000, 1 << 30, MAX_PART_SIZE]
+)
+def test_ten_terabytes_fit_in_ten_thousand_growing_parts(base: int) -> None:
+    """Part sizes grow late enough to keep memory low and early enough for a 10 TB stream."""
+    sizes = [part_size_for(n, base) for n in range(1, MAX_PARTS + 1)]
+    assert max_object_size(base) == sum(sizes) >= MAX_OBJECT_SIZE
+    assert sizes[:GROWTH_START] == [base] * GROWTH_START
+    assert sizes == sorted(sizes) and max(sizes) <= MAX_PART_SIZE
+
+
+def test_rechunk_cuts_exact_parts_whatever_the_input_pieces() -> None:
+    """Input piece boundaries do not matter; only the last part is short; empty gives one part."""
+    data = bytes(range(256)) * 40
+    for cut in (1, 7, 100, 1000, 20000):
+        parts = list(rechunk(pieces(data, cut), lambda n: 1000 + n))
+        assert b"".join(parts) == data
+        assert [len(p) for p in parts[:-1]] == [1000 + n for n in range(1, len(parts))]
+    assert list(rechunk([], lambda n: 10)) == [b""]
+    assert list(rechunk([b"", b"x" * 20], lambda n: 10)) == [b"x" * 10] * 2
+
+
+def test_settings_parse_sizes_and_refuse_parts_s3_would_refuse() -> None:
+    """part_size takes '16M'; below 5 MiB or above 5 GB is a configuration error."""
+    assert S3Settings.from_mapping({"part-size": "16M"}).part_size == 16 << 20
+    assert S3Settings.from_mapping({}).max_inflight_parts == 4
+    for bad in (
+        {"part_size": 5_000_000},
+        {"part_size": "6G"},
+        {"max_inflight_parts": 0},
+        {"read_timeout": "soon"},
+    ):
+        with pytest.raises(ConfigError):
+            S3Settings.from_mapping(bad)
+
+
+def test_b2_region_is_derived_from_the_endpoint() -> None:
+    """SigV4 on B2 needs the region of the endpoint, so it is derived when not given."""
+    assert region_from_endpoint("https://s3.us-west-004.backblazeb2.com") == "us-west-004"
+    assert region_from_endpoint("http://127.0.0.1:9000") is None
+
+
+def _client_error(
+    status: int, code: str, message: str = "", headers: dict | None = None
+) -> ClientError:
+    response = {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers or {}},
+    }
+    return ClientError(response, "Op")  # type: ignore[arg-type]
+
+
+def test_s3_errors_become_btrsync_errors() -> None:
+    """Each S3 answer maps to one btrsync error type; only throttling and 5xx are transient."""
+    cases = [
+        (_client_error(403, "AccessDenied"), PermissionDenied),
+        (_client_error(404, "NoSuchKey"), NotFound),
+        (_client_error(404, "404"), NotFound),
+        (_client_error(416, "InvalidRange"), RangeError),
+        (
+            _client_error(403, "AccessDenied", "Cannot upload files, storage cap exceeded."),
+            QuotaExceeded,
+        ),
+        (_client_error(403, "cap_exceeded"), QuotaExceeded),
+        (_client_error(404, "NoSuchBucket"), TargetMissingError),
+        (_client_error(400, "InvalidArgument"), TargetError),
+        (_client_error(501, "NotImplemented"), TargetError),
+        (_client_error(500, "InternalError"), TransientTargetError),
+        (_client_error(429, "TooManyRequests"), TransientTargetError),
+        (_client_error(400, "RequestTimeout"), TransientTargetError),
+        (ConnectionResetError(104, "Connection reset by peer"), TransientTargetError),
+    ]
+    for exc, expected in cases:
+        assert type(translate(exc, "op")) is expected, exc
+    slow = translate(_client_error(503, "SlowDown", headers={"retry-after": "3"}), "op")
+    assert isinstance(slow, TransientTargetError) and retry_after_of(slow) == 3.0
+
+
+# -- credentials and secrets -------------------------------------------------------------------
+SECRET = "Sup3rSecretApplicationKey0123456789"
+
+
+@pytest.mark.parametrize(
+    "text,profile",
+    [
+        ("key_id=0041234\napplication_key=" + SECRET + "\n", None),
+        ("# B2 key\nkeyID = '0041234'\napplicationKey = \"" + SECRET + '"\n', None),
+        ("export AWS_ACCESS_KEY_ID=0041234\nexport AWS_SECRET_ACCESS_KEY=" + SECRET + "\n", None),
+        ("[default]\naws_access_key_id = 0041234\naws_secret_access_key = " + SECRET + "\n", None),
+        (
+            "[default]\naws_access_key_id = x\naws_secret_access_key = y\n[b2]\n"
+            "aws_access_key_id = 0041234\naws_secret_access_key = " + SECRET + "\n",
+            "b2",
+        ),
+    ],
+)
+def test_credentials_files_in_every_accepted_format(
+    tmp_path: Path, text: str, profile: str | None
+) -> None:
+    """AWS INI files (with profiles) and simple key_id/application_key files both work."""
+    path = tmp_path / "creds"
+    path.write_text(text)
+    creds = read_credentials_file(path, profile)
+    assert (creds.key_id, creds.secret) == ("0041234", SECRET)
+    assert SECRET not in repr(creds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "key_id=0041234\n",
+        "[other]\naws_secret_access_key = " + SECRET + "\n",
+        "[default\naws_secret_access_key = " + SECRET + "\n",
+    ],
+)
+def test_bad_credentials_files_name_the_problem_not_the_secret(tmp_path: Path, text: str) -> None:
+    """Errors about credentials files never quote the file's contents."""
+    path = tmp_path / "creds"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_credentials_file(path)
+    assert str(path) in str(info.value) and SECRET not in str(info.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_credentials_file(tmp_path / "missing")
+
+
+def test_no_secret_in_repr_or_error_text(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A wrong secret gives PermissionDenied whose text, and the target's repr, omit the secret."""
+    server = seaweed(request)
+    creds = tmp_path / "wrong"
+    creds.write_text(f"key_id={server.account.key_id}\napplication_key={SECRET}\n")
+    settings = {**seaweed_settings(request, tmp_path), "credentials_file": str(creds)}
+    target = open_target(f"s3://{TEST_BUCKET}/p", settings)
+    for call in (lambda: target.put("k", [b"x"]), lambda: target.stat("k"), target.probe):
+        with pytest.raises(PermissionDenied) as info:
+            call()
+        exc = info.value
+        assert SECRET not in str(exc) and exc.__cause__ is None and exc.__suppress_context__
+    assert "listFiles" in str(exc)  # probe's hint names the B2 capabilities
+    for text in (
+        repr(target),
+        str(target),
+        repr(getattr(target, "settings", "")),
+        target.display_url,
+    ):
+        assert SECRET not in text and server.account.secret not in text
+    target.close()
+
+
+def test_url_with_credentials_is_refused(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Secrets belong in credentials_file, never in the URL (which shows up in messages)."""
+    with pytest.raises(ConfigError) as info:
+        open_target(f"s3://KEY:{SECRET}@{TEST_BUCKET}/p", seaweed_settings(request, tmp_path))
+    assert SECRET not in str(info.value)
+
+
+def test_standard_aws_environment_is_used_without_settings(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without settings AWS_ENDPOINT_URL, AWS_SHARED_CREDENTIALS_FILE, AWS_DEFAULT_REGION apply."""
+    server = seaweed(request)
+    shared = server.account.write_credentials_file(tmp_path / "aws-credentials", style="ini")
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL_S3",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.account.endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with open_target(f"s3://{TEST_BUCKET}/env-{uuid.uuid4().hex[:8]}") as target:
+        target.put("k", [b"hello"])
+        assert target.read("k") == b"hello"
+
+
+# -- probe -------------------------------------------------------------------------------------
+def test_probe_reports_a_missing_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A bucket that does not exist is TargetMissingError with the bucket's name."""
+    missing = pytest.raises(TargetMissingError, match="no-such-bucket-here does not exist")
+    with seaweed_target(request, tmp_path, bucket="no-such-bucket-here") as target, missing:
+        target.probe()
+    with seaweed_target(request, tmp_path) as target:
+        target.probe()
+
+
+def test_probe_reports_an_unreachable_endpoint(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Nothing listening is TargetMissingError after the (fake-time) retries."""
+    sleeps: list[float] = []
+    settings = S3Settings.from_mapping(
+        {
+            **seaweed_settings(request, tmp_path),
+            "endpoint": "http://127.0.0.1:9",
+            "connect_timeout": 1,
+        }
+    )
+    unreachable = pytest.raises(TargetMissingError, match="cannot reach")
+    with S3Target(TEST_BUCKET, "p", settings, no_sleep_policy(3, sleeps)) as target, unreachable:
+        target.probe()
+    assert len(sleeps) == 2
+
+
+# -- uploads -----------------------------------------------------------------------------------
+def test_small_object_is_a_single_put_with_content_md5(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """An object that fits in one part is one PutObject, never a multipart upload."""
+    with seaweed_target(request, tmp_path, via_proxy=True) as target:
+        target.put("small", pieces(blob(PART), 300_000))
+    assert [s.op for s in proxy.seen] == ["PutObject"]
+    assert "content-md5" in proxy.seen[0].headers
+
+
+def test_multipart_upload_bounds_parts_in_flight_and_memory(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """At most max_inflight_parts parts upload at once; the stream is read only as they finish."""
+    proxy.delays["UploadPart"] = 0.1
+    data = blob(4 * PART + 12345)
+    ahead: list[int] = []
+
+    def stream() -> Iterator[bytes]:
+        pulled = 0
+        for piece in pieces(data):
+            ahead.append(pulled - PART * proxy.answered["UploadPart"])
+            pulled += len(piece)
+            yield piece
+
+    with seaweed_target(request, tmp_path, via_proxy=True, max_inflight_parts=2) as target:
+        info = target.put("big", stream())
+        assert info.size == len(data)
+        assert target.read("big") == data
+        assert target.list_uploads() == []
+    parts = proxy.ops("UploadPart")
+    assert len(parts) == 5 and proxy.max_in_flight["UploadPart"] == 2
+    assert all("content-md5" in s.headers for s in parts)
+    assert max(ahead) <= (2 + 1) * PART  # (max_inflight_parts + 1) x part size
+
+
+def test_eleven_megabyte_object_meets_b2_minimum_part_size(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """With B2's real 5,000,000-byte minimum an 11 MB object completes (5 MiB, 5 MiB, rest)."""
+    assert proxy.min_part_size == 5_000_000
+    data = blob(11_000_000)
+    with seaweed_target(request, tmp_path, via_proxy=True) as target:
+        target.put("eleven", pieces(data))
+        assert target.read("eleven") == data
+    assert proxy.rejected == []
+    assert len(proxy.ops("UploadPart")) == 3 and len(proxy.ops("CompleteMultipartUpload")) == 1
+
+
+def test_proxy_refuses_small_parts_and_checksum_headers(
+    request: pytest.FixtureRequest, proxy: B2RulesProxy
+) -> None:
+    """The B2-rules proxy really refuses what B2 refuses (so the tests above mean something)."""
+    server = seaweed(request)
+    client = server.client(proxy.endpoint)
+    key = f"raw/{uuid.uuid4().hex}"
+    upload = client.create_multipart_upload(Bucket=TEST_BUCKET, Key=key)["UploadId"]
+    etags = [
+        client.upload_part(
+            Bucket=TEST_BUCKET, Key=key, UploadId=upload, PartNumber=n, Body=b"x" * size
+        )["ETag"]
+        for n, size in ((1, 4_999_999), (2, 10))
+    ]
+    with pytest.raises(ClientError, match="EntityTooSmall"):
+        client.complete_multipart_upload(
+            Bucket=TEST_BUCKET,
+            Key=key,
+            UploadId=upload,
+            MultipartUpload={
+                "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+            },
+        )
+    client.abort_multipart_upload(Bucket=TEST_BUCKET, Key=key, UploadId=upload)
+    default = boto3.client(
+        "s3",
+        endpoint_url=proxy.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=server.account.key_id,
+        aws_secret_access_key=server.account.secret,
+    )
+    with pytest.raises(ClientError, match="Unsupported header 'x-amz-"):
+        default.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"x")  # boto3's default checksums
+    assert len(proxy.rejected) == 2
+
+
+def test_no_checksum_headers_are_ever_sent(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """Every verb works behind the proxy without one x-amz-checksum header."""
+    with seaweed_target(request, tmp_path, via_proxy=True) as target:
+        target.put("one", [b"x" * 100])
+        target.put("many", pieces(blob(PART + 1)))
+        target.read("many", offset=5, length=10)
+        target.stat("one")
+        list(target.list())
+        target.delete("one")
+        target.list_uploads()
+    assert proxy.rejected == []
+    assert not [h for s in proxy.seen for h in s.headers if h.startswith(CHECKSUM_HEADER_PREFIXES)]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("producer died"), KeyboardInterrupt()])
+def test_failed_multipart_put_is_aborted(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy, failure: BaseException
+) -> None:
+    """An exception from the stream after parts were sent aborts the upload: nothing is left."""
+    data = blob(2 * PART + 100)
+
+    def stream() -> Iterator[bytes]:
+        yield from pieces(data)
+        raise failure
+
+    with seaweed_target(request, tmp_path, via_proxy=True) as target:
+        with pytest.raises(type(failure)):
+            target.put("half", stream())
+        assert target.list_uploads() == []
+        assert list(target.list()) == []
+        with pytest.raises(NotFound):
+            target.stat("half")
+    assert len(proxy.ops("UploadPart")) >= 1 and len(proxy.ops("AbortMultipartUpload")) == 1
+
+
+def test_failed_small_put_leaves_no_upload(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The conformance atomicity case, plus: ListMultipartUploads is empty afterwards."""
+
+    def stream() -> Iterator[bytes]:
+        yield b"x" * 256 * 1024
+        raise RuntimeError("producer died")
+
+    with seaweed_target(request, tmp_path) as target:
+        with pytest.raises(RuntimeError):
+            target.put("half/written", stream())
+        assert target.list_uploads() == [] and list(target.list()) == []
+
+
+def test_part_failing_every_retry_aborts_the_upload(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """When one part keeps failing, put raises TransientTargetError and leaves no upload."""
+    proxy.inject("slowdown", count=100, op="UploadPart")
+    with seaweed_target(request, tmp_path, via_proxy=True, policy=no_sleep_policy(3)) as target:
+        with pytest.raises(TransientTargetError, match="SlowDown"):
+            target.put("doomed", pieces(blob(3 * PART)))
+        assert target.list_uploads() == []
+
+
+# -- retries through faults --------------------------------------------------------------------
+def test_slowdown_is_retried_after_retry_after(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """503 SlowDown with Retry-After: 1 waits one (fake) second per retry, then succeeds."""
+    sleeps: list[float] = []
+    proxy.inject("slowdown", count=2, op="PutObject")
+    with seaweed_target(
+        request, tmp_path, via_proxy=True, policy=no_sleep_policy(5, sleeps)
+    ) as target:
+        target.put("k", [b"payload"])
+        assert target.read("k") == b"payload"
+    assert sleeps == [1.0, 1.0]
+    assert len(proxy.ops("PutObject")) == 3
+
+
+def test_a_failing_part_is_resent_alone(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """A reset mid-request and a SlowDown each resend one part; the others go once."""
+    proxy.inject("reset_request", count=1, op="UploadPart")
+    proxy.inject("slowdown", count=1, op="UploadPart")
+    data = blob(3 * PART + 7)
+    with seaweed_target(request, tmp_path, via_proxy=True, max_inflight_parts=1) as target:
+        target.put("k", pieces(data))
+        assert target.read("k") == data
+    numbers = [s.path.split("partNumber=")[1].split("&")[0] for s in proxy.ops("UploadPart")]
+    assert sorted(numbers) == ["1", "1", "1", "2", "3", "4"]
+    assert len(proxy.ops("CreateMultipartUpload")) == 1
+
+
+def test_reset_mid_get_resumes_at_the_right_offset(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """A connection reset mid-download is transient; RetryingTarget asks for the rest only."""
+    data = blob(6_000_000)
+    with seaweed_target(request, tmp_path, via_proxy=True) as target:
+        target.put("k", [data])
+        proxy.inject("reset_response", count=1, op="GetObject")
+        with pytest.raises(TransientTargetError):
+            target.read("k")
+        proxy.inject("reset_response", count=1, op="GetObject")
+        assert RetryingTarget(target, no_sleep_policy()).read("k", offset=10) == data[10:]
+    gets = proxy.ops("GetObject")
+    assert gets[-2].range == "bytes=10-"
+    resumed = int((gets[-1].range or "").removeprefix("bytes=").rstrip("-"))
+    assert 10 < resumed < len(data)
+
+
+# -- versions and unfinished uploads -----------------------------------------------------------
+def test_delete_removes_every_version_in_a_versioned_bucket(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """In a versioned bucket (B2's default) delete leaves no version and no delete marker."""
+    server = seaweed(request)
+    bucket = server.create_bucket(f"btrsync-versions-{uuid.uuid4().hex[:8]}", versioned=True)
+    with seaweed_target(request, tmp_path, bucket=bucket, prefix="p") as target:
+        target.put("k", [b"one"])
+        target.put("k", [b"two"])
+        target.put("k2", [b"sibling"])
+        target.delete("k")
+        with pytest.raises(NotFound):
+            target.stat("k")
+        assert target.read("k2") == b"sibling"
+    listing = server.client().list_object_versions(Bucket=bucket, Prefix="p/")
+    left = [v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
+    assert left == ["p/k2"]
+
+
+def test_unfinished_uploads_are_listed_and_aborted(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """list_uploads and leftovers show uploads under the prefix only; aborting removes them."""
+    client = seaweed(request).client()
+    with seaweed_target(request, tmp_path) as target:
+        mine = client.create_multipart_upload(Bucket=TEST_BUCKET, Key=f"{target.prefix}/a/b")
+        client.upload_part(
+            Bucket=TEST_BUCKET,
+            Key=f"{target.prefix}/a/b",
+            PartNumber=1,
+            UploadId=mine["UploadId"],
+            Body=b"x" * 1000,
+        )
+        other = client.create_multipart_upload(Bucket=TEST_BUCKET, Key="elsewhere/x")
+        uploads = target.list_uploads()
+        assert [(u.key, u.upload_id) for u in uploads] == [("a/b", mine["UploadId"])]
+        assert isinstance(uploads[0].initiated, datetime)
+        [leftover] = RetryingTarget(target).leftovers()
+        assert (leftover.kind, leftover.key, leftover.size) == ("unfinished upload", "a/b", 1000)
+        target.remove_leftover(leftover)
+        assert target.list_uploads() == []
+        target.remove_leftover(leftover)  # already gone: fine
+    client.abort_multipart_upload(Bucket=TEST_BUCKET, Key="elsewhere/x", UploadId=other["UploadId"])
