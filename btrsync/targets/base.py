@@ -9,6 +9,7 @@ suite (``tests/targets/test_conformance.py``) checks every implementation agains
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -107,7 +108,7 @@ class Target(ABC):
         """Bytes still free at the target, where the target can tell; ``None`` otherwise."""
         return None
 
-    def leftovers(self) -> list[Leftover]:
+    def leftovers(self) -> builtins.list[Leftover]:
         """Leftovers of interrupted writes (for ``btrsync clean``); none by default."""
         return []
 

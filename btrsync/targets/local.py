@@ -7,6 +7,7 @@ either absent or complete and durable, even across a power cut.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import secrets
@@ -158,7 +159,7 @@ class LocalTarget(Target):
         _fsync_dir(path.parent)
         self._remove_empty_dirs(path.parent)
 
-    def leftovers(self) -> list[Leftover]:
+    def leftovers(self) -> builtins.list[Leftover]:
         """Temporary files of interrupted writes (``<key>.tmp-<random>``)."""
         found = []
         for dirpath, _dirs, filenames in os.walk(self.root):
