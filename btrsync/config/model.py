@@ -9,7 +9,9 @@
     zstd_level = 3         # 0 disables compression
     workers = 2            # compression/encryption threads
     max_chain = 30         # incrementals before a new full
-    bwlimit = "25M"        # stored bytes per second, optional
+    bwlimit = "25M"        # stored bytes per second, optional ("unlimited" by default)
+    bwlimit_schedule = ["Mon-Fri 08:00-18:00 5M"]   # windows over bwlimit, host local time
+    bwlimit_timezone = "Europe/Berlin"              # optional: the windows' timezone
 
     [targets.usb]
     url = "file:///mnt/usb/backups"
@@ -24,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from btrsync.errors import ConfigError
+from btrsync.pipeline.schedule import RateSchedule
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN
 from btrsync.state import DEFAULT_STATE_DIR
 from btrsync.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/btrsync/config.toml")
 _TOP_KEYS = {"key_file", "state_dir", "push", "targets"}
-_PUSH_KEYS = {"chunk_size", "segment_size", "zstd_level", "workers", "max_chain", "bwlimit"}
+_PUSH_KEYS = {"chunk_size", "segment_size", "zstd_level", "workers", "max_chain", "bwlimit",
+              "bwlimit_schedule", "bwlimit_timezone"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +44,7 @@ class PushDefaults:
     zstd_level: int = 3
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     max_chain: int = DEFAULT_MAX_CHAIN
-    bwlimit: int | None = None
+    bwlimit: RateSchedule = field(default_factory=lambda: RateSchedule(None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +95,10 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
             zstd_level=int(push_doc.get("zstd_level", 3)),
             workers=int(push_doc.get("workers", PushDefaults().workers)),
             max_chain=int(push_doc.get("max_chain", DEFAULT_MAX_CHAIN)),
-            bwlimit=parse_size(push_doc["bwlimit"]) if push_doc.get("bwlimit") else None,
+            bwlimit=RateSchedule.parse(push_doc.get("bwlimit"), list(push_doc.get("bwlimit_schedule", [])),
+                                       push_doc.get("bwlimit_timezone")),
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{where} [push]: {exc}") from None
     _check_push(push, where)
     targets = doc.get("targets", {})

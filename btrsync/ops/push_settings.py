@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from btrsync.config.model import PushDefaults
 from btrsync.errors import UsageError
 from btrsync.ops.push import PushSettings
 from btrsync.pipeline.throttle import TokenBucket
-from btrsync.units import parse_size
+from btrsync.pipeline.schedule import RateSchedule
 
 
 def settings_from(defaults: PushDefaults, *, bwlimit: str | None = None, max_chain: int | None = None) -> PushSettings:
     try:
-        rate = parse_size(bwlimit) if bwlimit else defaults.bwlimit
+        schedule = RateSchedule.parse(bwlimit) if bwlimit else defaults.bwlimit
     except ValueError as exc:
         raise UsageError(f"--bwlimit: {exc}") from None
     if max_chain is not None and max_chain < 0:
@@ -20,5 +22,15 @@ def settings_from(defaults: PushDefaults, *, bwlimit: str | None = None, max_cha
         chunk_size=defaults.chunk_size, segment_size=defaults.segment_size,
         zstd_level=defaults.zstd_level, workers=defaults.workers,
         max_chain=defaults.max_chain if max_chain is None else max_chain,
-        bucket=TokenBucket(rate) if rate else None,
+        bucket=bucket_for(schedule),
     )
+
+
+def bucket_for(schedule: RateSchedule) -> TokenBucket | None:
+    """One token bucket for the whole process, following the schedule (None when unlimited)."""
+    if schedule.is_unlimited:
+        return None
+    if not schedule.windows:
+        assert schedule.default is not None
+        return TokenBucket(schedule.default)
+    return TokenBucket(schedule.default or 1 << 20, schedule=lambda: schedule.rate_at(datetime.now(UTC)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,26 +24,47 @@ class SystemClock:
 
 @dataclass
 class TokenBucket:
-    """``rate`` bytes per second with a burst of ``burst`` bytes (default: one second's worth)."""
+    """``rate`` bytes per second with a burst of ``burst`` bytes (default: one second's worth).
+
+    ``schedule``, if given, is asked for the rate every second (``None`` = unlimited), so a
+    transfer slows down or speeds up when a bandwidth window opens or closes.
+    """
 
     rate: float
     burst: float = 0.0
     clock: Clock = field(default_factory=SystemClock)
+    schedule: Callable[[], float | None] | None = None
 
     def __post_init__(self) -> None:
         self.burst = self.burst or max(self.rate, 256 * 1024)
         self._tokens = self.burst
         self._stamp = self.clock.monotonic()
+        self._checked = float("-inf")
+        self._unlimited = False
         self._lock = threading.Lock()
+
+    def _current_rate(self, now: float) -> float | None:
+        if self.schedule is not None and now - self._checked >= 1.0:
+            self._checked = now
+            rate = self.schedule()
+            self._unlimited = rate is None
+            if rate is not None and rate != self.rate:
+                self.rate, self.burst = rate, max(rate, 256 * 1024)
+                self._tokens = min(self._tokens, self.burst)
+        return None if self._unlimited else self.rate
 
     def take(self, n: int) -> None:
         """Block until ``n`` bytes may pass (large requests go into debt, then wait it off)."""
         with self._lock:
             now = self.clock.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            rate = self._current_rate(now)
+            if rate is None:  # unlimited right now
+                self._stamp, self._tokens = now, self.burst
+                return
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * rate)
             self._stamp = now
             self._tokens -= n
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+            wait = -self._tokens / rate if self._tokens < 0 else 0.0
         if wait > 0:
             self.clock.sleep(wait)
 

@@ -121,3 +121,15 @@ def test_invalid_timestamp_is_a_usage_error(tmp_path: Path, capsys) -> None:
     assert main(["snapshot", "create", str(tmp_path), "--snapshot-dir", str(tmp_path),
                  "--timestamp", "yesterday"]) == 2
     assert "invalid time" in capsys.readouterr().err
+
+
+def test_bad_bandwidth_schedule_is_a_config_error(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[push]\nbwlimit = "10M"\nbwlimit_schedule = ["weekdays 8-18 5M"]\n')
+    assert main(["--config", str(cfg), "list", "--from", "file:///x"]) == 2
+    assert "bad bandwidth window" in capsys.readouterr().err
+
+
+def test_bwlimit_flag_must_be_a_rate(capsys) -> None:
+    assert main(["push", "/x", "--snapshot-dir", "/y", "--to", "file:///z", "--bwlimit", "fast"]) == 2
+    assert "--bwlimit" in capsys.readouterr().err
