@@ -1,0 +1,543 @@
+"""The rsync-over-ssh target, ``ssh://[user@]host[:port]/path``.
+
+The remote layout is the directory target's (:mod:`btrsync.targets.local`): objects are files under
+the root and a key's ``/`` separators are directories.  Everything that is not a complete object has
+``.tmp-`` in its name, so ``list`` never shows it and ``btrsync clean`` finds it.
+
+``put`` in four steps:
+
+1. spool the parts into one local file (``spool_dir``; only this object is spooled),
+2. ``rsync`` that file to ``<key>.tmp-upload`` next to the final name, with
+   ``--partial-dir=.tmp-rsync-partial``: an interrupted transfer keeps what arrived, and the next
+   attempt sends only the missing blocks (rsync's delta algorithm uses the partial file as its
+   basis); rsync verifies every file with its whole-file checksum,
+3. on the remote, in the same ssh session: check the size, ``sync`` (fsync) the file, ``mv -T``
+   it to the final name (an atomic ``rename``), ``sync`` the directories up to the root,
+4. delete the spool file.
+
+So an object is either absent or complete and durable.  A transient transfer failure is retried
+from the spool file under ``policy``, each retry resuming the partial upload.  Unlike the other
+targets, a ``put`` whose transfer finally fails deliberately leaves its hidden partial upload for
+the next ``put`` of the key; ``leftovers`` (``list_temporaries``) and ``remove_leftover``
+(``remove_temporary``) let ``btrsync clean`` remove stale ones.  Small operations (``get``,
+``stat``, ``list``, ``delete``) are single remote commands run over one shared ssh master
+connection (:mod:`btrsync.targets.sshconn`).
+
+The remote host needs a POSIX login shell, rsync and GNU coreutils/findutils (``stat -c``,
+``dd iflag=skip_bytes``, ``sync FILE``, ``mv -T``, ``df --output``, ``find -printf``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import weakref
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Self
+
+from btrsync.errors import ConfigError, TargetMissingError, UsageError
+from btrsync.targets.base import (
+    TEMP_MARKER,
+    Capabilities,
+    Leftover,
+    ObjectInfo,
+    Target,
+    check_range,
+    validate_key,
+    validate_prefix,
+)
+from btrsync.targets.errors import InvalidKey, NotFound, TargetError, TransientTargetError
+from btrsync.targets.retry import RetryPolicy
+from btrsync.targets.sshconn import (
+    COMMIT_FAILED,
+    MISSING,
+    NO_RSYNC,
+    NOT_WRITABLE,
+    READ_BLOCK,
+    ROOT_MISSING_TEXT,
+    SIZE_MISMATCH,
+    UPLOAD_SUFFIX,
+    RemoteScripts,
+    SshConfig,
+    SshConnection,
+    config_from_settings,
+    remote_error,
+    rsync_error,
+    setting_int,
+    setting_path,
+    setting_str,
+    setting_strings,
+    ssh_error,
+)
+
+if TYPE_CHECKING:
+    from btrsync.targets.registry import TargetURL
+
+log = logging.getLogger(__name__)
+
+PARTIAL_DIR = f"{TEMP_MARKER}rsync-partial"  # rsync --partial-dir, relative to the key's directory
+_TEMP_RE = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
+_RSYNC_TEMP_RE = re.compile(rf"^\.(.+){re.escape(UPLOAD_SUFFIX)}\.[A-Za-z0-9]{{6}}$")  # rsync's own
+_STAT_RE = re.compile(r"^(Literal data|Matched data|Total bytes sent): ([0-9]+)", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStats:
+    """What rsync reported for one upload (logged at DEBUG as ``extra={"transfer": stats}``)."""
+
+    key: str
+    size: int
+    literal: int  # bytes sent as data
+    matched: int  # bytes rebuilt on the remote from an earlier partial upload
+    sent: int  # bytes on the wire from this side, protocol included
+
+
+@dataclass(frozen=True, slots=True)
+class TemporaryUpload:
+    """A leftover of an interrupted upload; ``path`` is relative to the target root."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+class SshTarget(Target):
+    """Objects as files under a directory on an ssh host, written with rsync.
+
+    Thread-safe for distinct keys (``capabilities.connections`` at once; each concurrent ``put``
+    spools one object).  Two concurrent ``put`` calls of the *same* key are not supported: they
+    share the resumable upload name.
+    """
+
+    capabilities = Capabilities(max_part_size=64 * 1024 * 1024, connections=4)
+
+    def __init__(
+        self,
+        config: SshConfig,
+        root: str,
+        *,
+        spool_dir: str | None = None,
+        rsync_options: Iterable[str] = (),
+        io_timeout: int = 300,
+        remote_rsync: str = "rsync",
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.root = root
+        self.conn = SshConnection(config)
+        self.scripts = RemoteScripts(root)
+        self.rsync_options = tuple(rsync_options)
+        self.io_timeout = io_timeout
+        self.remote_rsync = remote_rsync
+        self.policy = policy or RetryPolicy()
+        self._spool_setting = spool_dir
+        self._private_spool: str | None = None
+        self._spool_finalizer: weakref.finalize[Any, Any] | None = None
+        self._lock = threading.Lock()
+        shown = root if root.startswith("/") else f"/~/{root}"
+        self.display_url = f"ssh://{config.display}{shown}"
+
+    @classmethod
+    def from_url(cls, parsed: TargetURL, settings: Mapping[str, Any]) -> SshTarget:
+        """Build the target from a parsed ``ssh://`` URL; URL user and port win over settings.
+
+        Setting names may use ``-`` or ``_``; unknown names (such as ``url``) are ignored.
+        """
+        settings = {str(k).replace("-", "_"): v for k, v in settings.items() if v is not None}
+        return cls(
+            config_from_settings(parsed.host, parsed.user, parsed.port, settings),
+            remote_root(parsed.path),
+            spool_dir=setting_path(settings, "spool_dir"),
+            rsync_options=_rsync_options(settings),
+            io_timeout=setting_int(settings, "io_timeout", 300) or 300,
+            remote_rsync=setting_str(settings, "remote_rsync") or "rsync",
+            policy=RetryPolicy(attempts=setting_int(settings, "max_attempts", 5) or 5),
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    # -- remote commands ----------------------------------------------------------------------
+    def _run(self, script: str, where: str) -> bytes:
+        """Run a snippet; translate a non-zero exit (``MISSING`` is ``NotFound``)."""
+        result = self.conn.run(script, timeout=self.io_timeout)
+        if result.returncode == MISSING:
+            raise NotFound(f"{where} not found on {self.display_url}")
+        if result.returncode != 0:
+            raise remote_error(result.stderr, f"{where} on {self.display_url}")
+        return result.stdout
+
+    def _where(self, key: str) -> str:
+        return f"{key} on {self.display_url}"
+
+    # -- the interface ------------------------------------------------------------------------
+    def probe(self) -> None:
+        """Check that the root exists and is writable and that rsync runs there.
+
+        Raises ``TargetMissingError`` for a missing root, ``PermissionDenied`` for host-key or
+        login failures and ``TransientTargetError`` when the host cannot be reached.
+        """
+        host = self.conn.config.display
+        result = self.conn.run(self.scripts.probe(self.remote_rsync), timeout=self.io_timeout)
+        if result.returncode == MISSING:
+            raise TargetMissingError(
+                f"target directory {self.root} does not exist on {host}; create it with "
+                f"'ssh {host} mkdir -p {shlex.quote(self.root)}' if this is a new target"
+            )
+        if result.returncode == NOT_WRITABLE:
+            raise TargetError(
+                f"target directory {self.root} on {host} is not writable by the ssh user"
+            )
+        if result.returncode == NO_RSYNC:
+            raise TargetError(f"rsync is not installed on {host}: install it there")
+        if result.returncode != 0:
+            raise remote_error(result.stderr, self.display_url)
+
+    def free_space(self) -> int | None:
+        """Bytes available to the ssh user in the root's filesystem; ``None`` if unknown."""
+        result = self.conn.run(self.scripts.free_space(), timeout=self.io_timeout)
+        lines = result.stdout.decode(errors="replace").split()
+        if result.returncode != 0 or not lines or not lines[-1].isdigit():
+            log.debug("free space unknown url=%s error=%s", self.display_url, result.stderr.strip())
+            return None
+        return int(lines[-1])
+
+    def put(self, key: str, parts: Iterable[bytes]) -> ObjectInfo:
+        """Spool, rsync and atomically rename into place; see the module docstring.
+
+        A transient transfer failure is retried from the spool file under ``policy`` (each retry
+        resumes the partial upload), because the parts stream itself cannot be replayed.
+        """
+        validate_key(key)
+        with self._spooled(parts, key) as (spool, size):
+            stats = self.policy.call(
+                lambda: self._upload(spool, key, size), f"upload {key} to {self.display_url}"
+            )
+        log.debug(
+            "put finished key=%s bytes=%d literal=%d matched=%d sent=%d",
+            key,
+            size,
+            stats.literal,
+            stats.matched,
+            stats.sent,
+            extra={"transfer": stats},
+        )
+        return ObjectInfo(key, size)
+
+    def get(
+        self, key: str, *, offset: int = 0, length: int | None = None
+    ) -> Generator[bytes, None, None]:
+        """Stream a range with one remote ``dd`` (bounded memory: one block at a time)."""
+        validate_key(key)
+        if offset < 0 or (length is not None and length < 0):
+            check_range(key, 0, offset, length)
+        script = self.scripts.read_range(key, offset, length)
+        with tempfile.TemporaryFile() as err:
+            yield from self._stream(script, err, key, offset, length)
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size of the object file; ``NotFound`` if there is none."""
+        out = self._run(self.scripts.stat(validate_key(key)), self._where(key))
+        return ObjectInfo(key, _parse_int(out, self._where(key)))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """One remote ``find`` below the deepest directory the prefix names; sorted locally."""
+        validate_prefix(prefix)
+        base = "./" + prefix.rsplit("/", 1)[0] if "/" in prefix else "."
+        out = self._run(self.scripts.listing(base), f"list {prefix!r}")
+        found = [info for info in _parse_listing(out) if info.key.startswith(prefix)]
+        found.sort(key=lambda o: o.key)
+        yield from found
+
+    def delete(self, key: str) -> None:
+        """Remove the object, fsync its directory and remove directories left empty."""
+        self._run(self.scripts.remove(validate_key(key), sync=True), self._where(key))
+
+    def list_temporaries(self) -> builtins.list[TemporaryUpload]:
+        """Leftovers of interrupted uploads (``.tmp-`` files and rsync partials), for ``clean``.
+
+        An upload in progress in another process shows up too: look at ``mtime`` before removing.
+        """
+        out = self._run(self.scripts.temporaries(), "list temporaries")
+        return sorted(_parse_temporaries(out), key=lambda t: t.path)
+
+    def remove_temporary(self, path: str) -> None:
+        """Remove one file named by ``list_temporaries`` and the directories it leaves empty."""
+        if (
+            not _TEMP_RE.match(path)
+            or TEMP_MARKER not in posixpath.basename(path)
+            or any(part in (".", "..") for part in path.split("/"))
+        ):
+            raise InvalidKey(f"{path!r} is not a temporary file of this target")
+        self._run(self.scripts.remove(path, sync=False), f"temporary {path}")
+
+    def leftovers(self) -> builtins.list[Leftover]:
+        """``list_temporaries`` as ``Leftover``s, each with the key it was meant to become."""
+        return [
+            Leftover(_leftover_kind(t.path), _intended_key(t.path), t.size, t.path)
+            for t in self.list_temporaries()
+        ]
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        """Remove one leftover; one that is already gone is fine."""
+        assert isinstance(leftover.handle, str)
+        try:
+            self.remove_temporary(leftover.handle)
+        except NotFound:
+            pass
+
+    def close(self) -> None:
+        """Stop the ssh master and remove the private spool directory."""
+        self.conn.close()
+        with self._lock:
+            self._private_spool = None
+            finalizer, self._spool_finalizer = self._spool_finalizer, None
+        if finalizer is not None:
+            finalizer()
+
+    # -- put, step by step --------------------------------------------------------------------
+    @contextmanager
+    def _spooled(self, parts: Iterable[bytes], key: str) -> Iterator[tuple[str, int]]:
+        """Write the parts to one local spool file; yield its path and size; always delete it."""
+        directory = self._spool_dir()
+        try:
+            fd, path = tempfile.mkstemp(prefix="put-", dir=directory)
+        except OSError as exc:
+            raise TargetError(
+                f"cannot create a spool file in {directory}: {exc.strerror}"
+            ) from None
+        try:
+            try:
+                size = _write_all(fd, parts)
+            except OSError as exc:
+                raise TargetError(
+                    f"cannot spool {key} in {directory}: {exc.strerror}; set spool_dir to a "
+                    "directory with room for one object per concurrent upload"
+                ) from None
+            finally:
+                os.close(fd)
+            yield path, size
+        finally:
+            _unlink_quietly(path)
+
+    def _spool_dir(self) -> str:
+        if self._spool_setting:
+            os.makedirs(self._spool_setting, mode=0o700, exist_ok=True)
+            return self._spool_setting
+        with self._lock:
+            if self._private_spool is None:
+                self._private_spool = tempfile.mkdtemp(
+                    prefix="btrsync-spool-", dir=default_spool_parent()
+                )
+                self._spool_finalizer = weakref.finalize(
+                    self, shutil.rmtree, self._private_spool, ignore_errors=True
+                )
+            return self._private_spool
+
+    def _upload(self, spool: str, key: str, size: int) -> TransferStats:
+        """rsync the spool file to ``<key>.tmp-upload`` (resuming a kept partial upload), then
+        commit it on the remote in the same ssh session (see :meth:`RemoteScripts.rsync_path`)."""
+        argv = [
+            "rsync",
+            "--protect-args",
+            "--ignore-times",
+            f"--partial-dir={PARTIAL_DIR}",
+            "--stats",
+            "--no-human-readable",
+            f"--timeout={self.io_timeout}",
+            f"--rsync-path={self.scripts.rsync_path(key, size, self.remote_rsync)}",
+            *self.rsync_options,
+            "-e",
+            self.conn.rsync_rsh(),
+            "--",
+            spool,
+            f"{self.conn.rsync_host}:./{key}{UPLOAD_SUFFIX}",
+        ]
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        except FileNotFoundError:
+            raise TargetError("rsync is not installed on this machine") from None
+        stderr = proc.stderr.decode(errors="replace")
+        if proc.returncode != 0:
+            raise self._upload_error(proc.returncode, stderr, key)
+        return _parse_stats(key, size, proc.stdout.decode(errors="replace"))
+
+    def _upload_error(self, returncode: int, stderr: str, key: str) -> BaseException:
+        """Classify a failed upload: missing root, failed commit, or an rsync/ssh failure."""
+        if ROOT_MISSING_TEXT in stderr:
+            return TargetMissingError(
+                f"target directory {self.root} does not exist on {self.conn.config.display}"
+            )
+        if returncode == SIZE_MISMATCH:
+            return TargetError(f"upload of {self._where(key)} arrived with the wrong size")
+        if returncode == COMMIT_FAILED:
+            error = remote_error(stderr, self._where(key))
+            if isinstance(error, NotFound):  # the upload vanished (a concurrent clean?)
+                return TransientTargetError(f"upload of {self._where(key)} vanished before commit")
+            return error
+        return rsync_error(returncode, stderr, self._where(key), self.conn.config.display)
+
+    # -- get, step by step --------------------------------------------------------------------
+    def _stream(
+        self, script: str, err: IO[bytes], key: str, offset: int, length: int | None
+    ) -> Iterator[bytes]:
+        proc = self.conn.popen(script, err)
+        assert proc.stdout is not None
+        try:
+            size = self._read_size(proc, err, key)
+            remaining = check_range(key, size, offset, length) - offset
+            while remaining:
+                block = proc.stdout.read(min(READ_BLOCK, remaining))
+                if not block:
+                    break
+                remaining -= len(block)
+                yield block
+            if proc.wait() != 0 or remaining:
+                raise self._stream_error(proc.returncode, err, key)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+    def _read_size(self, proc: subprocess.Popen[bytes], err: IO[bytes], key: str) -> int:
+        """The size line the remote snippet prints first; errors when there is none."""
+        assert proc.stdout is not None
+        header = proc.stdout.readline(64)
+        if header.strip().isdigit():
+            return int(header)
+        if header:  # something else talks on stdout, e.g. a login script
+            raise TargetError(
+                f"unexpected output from the remote shell reading {self._where(key)}: "
+                f"{header[:40]!r}; make sure its startup files print nothing"
+            )
+        proc.wait()
+        raise self._stream_error(proc.returncode, err, key)
+
+    def _stream_error(self, returncode: int, err: IO[bytes], key: str) -> TargetError:
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+        if returncode == MISSING:
+            return NotFound(f"{self._where(key)} not found")
+        if returncode == 255:
+            return ssh_error(stderr, self.conn.config.display)
+        if returncode == 0:
+            return TransientTargetError(f"read of {self._where(key)} ended early")
+        return remote_error(stderr, self._where(key))
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def remote_root(url_path: str) -> str:
+    """The remote root from a URL path: ``/abs/path``, or ``/~/rel`` for a path under home."""
+    if "\0" in url_path or "\n" in url_path:
+        raise UsageError("ssh target path must not contain NUL or newline characters")
+    if url_path == "/~" or url_path.startswith("/~/"):
+        root = url_path[3:].strip("/")
+    else:
+        root = url_path.rstrip("/")
+    if not root:
+        raise UsageError("ssh URL must name a directory: ssh://[user@]host[:port]/path")
+    return root
+
+
+def _intended_key(path: str) -> str:
+    """The object key a temporary file was meant to become (``a/.tmp-rsync-partial/k.tmp-upload``,
+    ``a/.k.tmp-upload.XyZ123`` and ``a/k.tmp-upload`` all belong to ``a/k``)."""
+    directory, name = posixpath.split(path)
+    if posixpath.basename(directory) == PARTIAL_DIR:
+        directory = posixpath.dirname(directory)
+    match = _RSYNC_TEMP_RE.match(name)
+    stem = match.group(1) if match else name.split(TEMP_MARKER)[0]
+    return posixpath.join(directory, stem)
+
+
+def _leftover_kind(path: str) -> str:
+    if f"/{PARTIAL_DIR}/" in f"/{path}" or _RSYNC_TEMP_RE.match(posixpath.basename(path)):
+        return "partial upload"
+    return "temporary file"
+
+
+def _rsync_options(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``rsync_options`` setting, refusing the options the target itself depends on."""
+    options = setting_strings(settings, "rsync_options")
+    reserved = ("-e", "--rsh", "--rsync-path", "--partial-dir", "--inplace", "--append")
+    for option in options:
+        if option.split("=", 1)[0] in reserved:
+            raise ConfigError(
+                f"rsync option {option!r} is set by the ssh target itself; use the ssh_options "
+                "or remote_rsync settings instead"
+            )
+    return options
+
+
+def default_spool_parent() -> str:
+    """``$TMPDIR`` if set, else ``/var/tmp`` (disk-backed, unlike a tmpfs ``/tmp``)."""
+    if os.environ.get("TMPDIR"):
+        return os.environ["TMPDIR"]
+    return "/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir()
+
+
+def _write_all(fd: int, parts: Iterable[bytes]) -> int:
+    size = 0
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+            size += n
+    return size
+
+
+def _parse_int(out: bytes, where: str) -> int:
+    text = out.decode(errors="replace").strip()
+    if not text.isdigit():
+        raise TargetError(f"unexpected answer from the remote host for {where}: {text[:80]!r}")
+    return int(text)
+
+
+def _parse_listing(out: bytes) -> Iterator[ObjectInfo]:
+    """``./key<TAB>size`` lines; anything that is not a valid key is ignored."""
+    for line in out.decode(errors="replace").splitlines():
+        path, _, size = line.rpartition("\t")
+        key = path.removeprefix("./")
+        try:
+            validate_key(key)
+        except InvalidKey:
+            continue
+        if size.isdigit():
+            yield ObjectInfo(key, int(size))
+
+
+def _parse_temporaries(out: bytes) -> Iterator[TemporaryUpload]:
+    """``path<TAB>size<TAB>mtime`` lines; odd names that cannot be parsed are skipped."""
+    for line in out.decode(errors="replace").splitlines():
+        fields = line.rsplit("\t", 2)
+        if len(fields) == 3 and fields[1].isdigit():
+            yield TemporaryUpload(fields[0], int(fields[1]), float(fields[2]))
+
+
+def _parse_stats(key: str, size: int, output: str) -> TransferStats:
+    values = {name: int(value) for name, value in _STAT_RE.findall(output)}
+    return TransferStats(
+        key,
+        size,
+        values.get("Literal data", -1),
+        values.get("Matched data", -1),
+        values.get("Total bytes sent", -1),
+    )
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
