@@ -1,0 +1,100 @@
+"""Project-wide fixtures: real btrfs filesystems on loop devices, and a clean BTRSYNC_* environment.
+
+Tests that use ``btrfs_fs`` or ``btrfs_factory`` should also carry ``@pytest.mark.btrfs``. Where
+btrfs loop filesystems cannot be made (not root, no btrfs, no loop devices) those tests are skipped,
+except under CI (env ``CI`` set), where they fail: CI has root and btrfs, so a skip there would hide
+a broken environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.support.loopfs import (
+    btrfs_unavailable_reason,
+    default_pytest_root,
+    detach_loops_under,
+    loop_btrfs,
+    require_loop_btrfs,
+    sweep_orphaned_pytest_loops,
+)
+
+BtrfsFactory = Callable[..., Path]
+
+
+# --------------------------------------------------------------------------------------------------
+# Safety net: loop devices of crashed runs never outlive the next run
+
+
+def _may_manage_loops() -> bool:
+    return os.geteuid() == 0 and btrfs_unavailable_reason() is None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Release loop devices that dead pytest runs left under pytest's temporary directories.
+
+    Runs before pytest prunes old ``pytest-N`` directories, so their mounts are gone first.
+    Loop devices of live concurrent runs are left alone (see ``sweep_orphaned_pytest_loops``).
+    """
+    if not _may_manage_loops():
+        return
+    sweep_orphaned_pytest_loops(default_pytest_root())
+    given = session.config.option.basetemp
+    if given:
+        detach_loops_under([Path(given)])  # pytest is about to wipe it anyway
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_session_loops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At session end, release every loop device still backed by a file in this session's temp dir."""
+    yield
+    if _may_manage_loops():
+        detach_loops_under([tmp_path_factory.getbasetemp()])
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(autouse=True)
+def _clean_btrsync_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees BTRSYNC_* variables from the developer's or CI's environment."""
+    for name in list(os.environ):
+        if name.startswith("BTRSYNC_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def btrfs_factory(tmp_path: Path) -> Iterator[BtrfsFactory]:
+    """A callable making fresh mounted btrfs filesystems, all unmounted and detached at teardown.
+
+    ``btrfs_factory(size="512M", *, label="btrsync-test", mount_options=(), mkfs_options=())``
+    returns the mount point of a new filesystem.
+    """
+    require_loop_btrfs()
+    with ExitStack() as stack:
+
+        def make(
+            size: str = "512M",
+            *,
+            label: str = "btrsync-test",
+            mount_options: Sequence[str] = (),
+            mkfs_options: Sequence[str] = (),
+        ) -> Path:
+            return stack.enter_context(loop_btrfs(
+                tmp_path / "loopfs", size, label,
+                mount_options=mount_options, mkfs_options=mkfs_options,
+            ))
+
+        yield make
+
+
+@pytest.fixture
+def btrfs_fs(btrfs_factory: BtrfsFactory) -> Path:
+    """The mount point of one fresh 512M btrfs filesystem on a loop device."""
+    return btrfs_factory()
