@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 
 from btrsync.cli.main import main
+from btrsync.config.model import load_config
+from btrsync.targets.registry import open_target
 from btrsync.crypto.keys import generate_key_file
 from tests.support.loopfs import create_subvolume
 
@@ -48,6 +51,7 @@ class World:
     capsys: pytest.CaptureFixture[str]
     generation: int = 0
     snapshots: list[Path] = field(default_factory=list)
+    target_name: str | None = None  # a configured target; otherwise the directory target
 
     @property
     def subvol(self) -> Path:
@@ -59,7 +63,7 @@ class World:
 
     @property
     def url(self) -> str:
-        return f"file://{self.target_dir}"
+        return self.target_name or f"file://{self.target_dir}"
 
     def cli(self, *args: str, key: Path | None = None) -> Run:
         self.capsys.readouterr()
@@ -90,7 +94,30 @@ class World:
         return run.json()
 
     def data_files(self) -> list[str]:
-        return sorted(str(p.relative_to(self.target_dir)) for p in self.target_dir.rglob("*") if p.is_file())
+        """Object keys on the target (files, for the directory target, temporaries included)."""
+        if self.target_name is None:
+            return sorted(str(p.relative_to(self.target_dir)) for p in self.target_dir.rglob("*") if p.is_file())
+        url, settings = load_config(self.config, explicit=True).target(self.target_name)
+        with open_target(url, settings) as target:
+            return [o.key for o in target.list()]
+
+
+def toml_table(name: str, values: dict[str, Any]) -> str:
+    """A ``[targets.NAME]`` table for simple values (strings, ints, bools, lists of strings)."""
+    lines = [f"[targets.{name}]"]
+    for key, value in values.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def add_target(world: World, name: str, url: str, settings: dict[str, Any], **push: str) -> None:
+    """Point the world at a configured remote target: commands then use ``--to/--from NAME``.
+    ``push`` overrides [push] settings (e.g. ``segment_size="12M"``)."""
+    text = world.config.read_text()
+    for key, value in push.items():
+        text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {json.dumps(value)}", text)
+    world.config.write_text(text + "\n" + toml_table(name, {"url": url, **settings}))
+    world.target_name = name
 
 
 @pytest.fixture

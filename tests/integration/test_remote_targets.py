@@ -1,0 +1,106 @@
+"""The engine end to end against every remote target: S3 (SeaweedFS), S3 behind the B2-rules
+proxy, and rsync over ssh to a throwaway sshd.  Push, list, receive, resume, clean and usage."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.integration.conftest import World, add_target
+from tests.integration.test_resume import _killed_push
+from tests.support import tree
+from tests.targets.factories_s3 import TEST_BUCKET, fresh_b2_proxy, seaweed_settings
+from tests.targets.factories_ssh import ssh_server, ssh_settings
+
+pytestmark = pytest.mark.btrfs
+
+KINDS = ["s3", "s3-b2rules", "ssh"]
+
+
+@pytest.fixture(params=KINDS)
+def remote(request: pytest.FixtureRequest, world: World, tmp_path) -> World:
+    kind = request.param
+    if kind == "ssh":
+        server = ssh_server(request)
+        root = tmp_path / "remote root"
+        root.mkdir()
+        world.target_dir = root  # the "remote" host is this machine: tests may look at the files
+        add_target(world, "remote", server.url(root), dict(ssh_settings(server, tmp_path)))
+    else:
+        if kind == "s3-b2rules":
+            request.node.b2proxy = fresh_b2_proxy(request)
+        settings = seaweed_settings(request, tmp_path, via_proxy=kind == "s3-b2rules")
+        url = f"s3://{TEST_BUCKET}/it-{uuid.uuid4().hex[:12]}"
+        # segments of 12 MiB go up as multipart uploads of 5 MiB parts
+        add_target(world, "remote", url, settings, chunk_size="1M", segment_size="12M")
+    world.kind = kind  # type: ignore[attr-defined]
+    return world
+
+
+def _tree_with_big_file(world: World, seed: int) -> None:
+    tree.populate(world.subvol, seed)
+    with open(world.subvol / "big.bin", "wb") as f:
+        f.write(os.urandom(26 << 20))
+
+
+def test_push_list_receive_round_trip(remote: World) -> None:
+    _tree_with_big_file(remote, 31)
+    remote.snapshot()
+    tree.mutate(remote.subvol, 31, 1)
+    remote.snapshot()
+    run = remote.push("--json")
+    assert run.code == 0, run.err
+    backups = remote.listing()
+    assert [b["depth"] for b in backups] == [0, 1]
+    run = remote.receive("data@latest")
+    assert run.code == 0, run.err
+    for snap in remote.snapshots:
+        ignore = tree.SEND_BEST_EFFORT if snap != remote.snapshots[0] else ()
+        assert tree.compare(tree.describe(snap), tree.describe(remote.restore / snap.name), ignore=ignore) == []
+    usage = remote.cli("usage", "--from", remote.url, "--json").json()
+    assert usage["stored_bytes"] == sum(b["stored_bytes"] for b in backups)
+    if remote.kind == "ssh":  # type: ignore[attr-defined]
+        assert usage["free_bytes"] > 0
+
+
+def test_killed_push_resumes_and_clean_finds_its_leftovers(remote: World) -> None:
+    if remote.kind != "ssh":  # type: ignore[attr-defined]
+        remote.config.write_text(remote.config.read_text().replace('segment_size = "12M"',
+                                                                   'segment_size = "6M"'))
+    _killed_push(remote, size_mib=40)
+    assert remote.listing() == []
+    dry = remote.cli("clean", "--from", remote.url, "--dry-run", "--json")
+    assert dry.code == 0, dry.err
+    assert "orphaned data" in {i["kind"] for i in dry.json()["items"]}
+    run = remote.push("--json")
+    assert run.code == 0, run.err
+    [backup] = run.json()["backups"]
+    assert backup["resumed_bytes"] > 0
+    assert backup["uploaded_bytes"] + backup["resumed_bytes"] == backup["stored_bytes"]
+    after = remote.cli("clean", "--from", remote.url, "--json").json()
+    assert [i for i in after["items"] if i["kind"] == "orphaned data"] == []
+    assert remote.receive("latest").code == 0
+    name = remote.snapshots[0].name
+    assert (remote.restore / name / "big.bin").read_bytes() == (remote.snapdir / name / "big.bin").read_bytes()
+
+
+def test_b2_slowdown_and_resets_are_retried(world: World, request: pytest.FixtureRequest, tmp_path) -> None:
+    proxy = fresh_b2_proxy(request)
+    settings = seaweed_settings(request, tmp_path, via_proxy=True)
+    add_target(world, "b2", f"s3://{TEST_BUCKET}/it-{uuid.uuid4().hex[:12]}", settings,
+               chunk_size="1M", segment_size="12M")
+    with open(world.subvol / "big.bin", "wb") as f:
+        f.write(os.urandom(16 << 20))
+    world.snapshot()
+    proxy.inject("slowdown", 2, op="UploadPart")
+    proxy.inject("reset_response", 1, op="UploadPart")
+    run = world.push()
+    assert run.code == 0, run.err
+    assert proxy.answered["UploadPart"] >= 1 and not proxy.rejected
+    proxy.inject("reset_response", 1, op="GetObject")
+    proxy.inject("slowdown", 1, op="GetObject")
+    assert world.receive("latest").code == 0
+    name = world.snapshots[0].name
+    assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
