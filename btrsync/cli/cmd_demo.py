@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from btrsync.cli.options import global_options
-
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError
 from btrsync.ops.demo import run_demo
 

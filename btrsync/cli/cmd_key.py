@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from btrsync.cli.options import global_options
-
 from btrsync.crypto.keys import generate_key_file
 from btrsync.errors import EXIT_STATUS_HELP
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from btrsync.cli.options import global_options
-
 from btrsync.catalog.repository import Repository
 from btrsync.cli.main import App, pass_app
+from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP
 from btrsync.units import format_bytes

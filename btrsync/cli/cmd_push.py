@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-from btrsync.cli.options import global_options
-
 from btrsync.cli.main import App, pass_app
+from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP
 from btrsync.ops.push import PushResult, push, raise_for_failures

@@ -84,8 +84,15 @@ def cli(ctx: click.Context, config_path: Path | None, key_file: Path | None, sta
 
 
 def _register() -> None:
-    from btrsync.cli import (cmd_demo, cmd_key, cmd_list, cmd_maintenance, cmd_push, cmd_receive,
-                             cmd_snapshot)
+    from btrsync.cli import (
+        cmd_demo,
+        cmd_key,
+        cmd_list,
+        cmd_maintenance,
+        cmd_push,
+        cmd_receive,
+        cmd_snapshot,
+    )
 
     for module in (cmd_key, cmd_snapshot, cmd_push, cmd_list, cmd_receive, cmd_maintenance, cmd_demo):
         for command in module.COMMANDS:

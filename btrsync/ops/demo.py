@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from btrsync.btrfs.runner import run_btrfs
 from btrsync.btrfs.scratch import scratch_btrfs
 from btrsync.btrfs.subvolume import is_subvolume
-from btrsync.btrfs.runner import run_btrfs
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import generate_key_file
 from btrsync.errors import BtrsyncError

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from btrsync.config.model import PushDefaults
 from btrsync.errors import UsageError
 from btrsync.ops.push import PushSettings
-from btrsync.pipeline.throttle import TokenBucket
 from btrsync.pipeline.schedule import RateSchedule
+from btrsync.pipeline.throttle import TokenBucket
 
 
 def settings_from(defaults: PushDefaults, *, bwlimit: str | None = None, max_chain: int | None = None) -> PushSettings:

@@ -8,7 +8,13 @@ from typing import Any
 
 from btrsync.errors import SnapshotError
 from btrsync.snapshots.naming import parse_name
-from btrsync.snapshots.store import Snapshot, create_snapshot, delete_snapshot, list_snapshots, subvolume_name
+from btrsync.snapshots.store import (
+    Snapshot,
+    create_snapshot,
+    delete_snapshot,
+    list_snapshots,
+    subvolume_name,
+)
 from btrsync.state import State
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 
-from btrsync.targets.base import Capabilities, ObjectInfo, Target, check_range, validate_key, validate_prefix
+from btrsync.targets.base import (
+    Capabilities,
+    ObjectInfo,
+    Target,
+    check_range,
+    validate_key,
+    validate_prefix,
+)
 from btrsync.targets.errors import NotFound
 
 

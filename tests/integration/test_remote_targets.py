@@ -27,7 +27,8 @@ def remote(request: pytest.FixtureRequest, world: World, tmp_path) -> World:
         root = tmp_path / "remote root"
         root.mkdir()
         world.target_dir = root  # the "remote" host is this machine: tests may look at the files
-        add_target(world, "remote", server.url(root), dict(ssh_settings(server, tmp_path)))
+        add_target(world, "remote", server.url(root), dict(ssh_settings(server, tmp_path)),
+                   chunk_size="1M", segment_size="4M")
     else:
         if kind == "s3-b2rules":
             request.node.b2proxy = fresh_b2_proxy(request)
@@ -66,9 +67,7 @@ def test_push_list_receive_round_trip(remote: World) -> None:
 
 
 def test_killed_push_resumes_and_clean_finds_its_leftovers(remote: World) -> None:
-    if remote.kind != "ssh":  # type: ignore[attr-defined]
-        remote.config.write_text(remote.config.read_text().replace('segment_size = "12M"',
-                                                                   'segment_size = "6M"'))
+    remote.config.write_text(remote.config.read_text().replace('segment_size = "12M"', 'segment_size = "6M"'))
     _killed_push(remote, size_mib=40)
     assert remote.listing() == []
     dry = remote.cli("clean", "--from", remote.url, "--dry-run", "--json")
