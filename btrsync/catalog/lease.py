@@ -1,6 +1,6 @@
 """Upload leases: a push announces, on the target, which backup it is writing.
 
-``locks/<backup-id>.lease`` is plain JSON ``{host, pid, boot_id, started, refreshed}`` written when
+``locks/<backup-id>.lease`` is plain JSON ``{host, pid, boot_id, parent_id, started, refreshed}`` written when
 a push of that backup starts, refreshed at least every ``REFRESH`` while segments are stored, and
 deleted when the push ends.  ``clean`` and ``prune`` leave a backup alone while its lease is live:
 refreshed less than ``STALE`` ago, or held by a process of this host that still runs.  A lease of
@@ -42,6 +42,7 @@ class LeaseInfo:
     pid: int
     boot_id: str
     refreshed: datetime
+    parent_id: str | None = None
 
     def is_live(self, now: datetime) -> bool:
         if self.host == socket.gethostname() and self.boot_id == boot_id():
@@ -52,9 +53,10 @@ class LeaseInfo:
 class Lease:
     """Held by one push of one backup; ``refresh`` is cheap to call often."""
 
-    def __init__(self, target: Target, backup_id: str) -> None:
+    def __init__(self, target: Target, backup_id: str, parent_id: str | None = None) -> None:
         self.target = target
         self.backup_id = backup_id
+        self.parent_id = parent_id
         self.started = datetime.now(UTC)
         self._last = 0.0
 
@@ -67,7 +69,8 @@ class Lease:
             self._write()
 
     def _write(self) -> None:
-        doc = {"backup_id": self.backup_id, "host": socket.gethostname(), "pid": os.getpid(),
+        doc = {"backup_id": self.backup_id, "parent_id": self.parent_id,
+               "host": socket.gethostname(), "pid": os.getpid(),
                "boot_id": boot_id(), "started": self.started.isoformat(),
                "refreshed": datetime.now(UTC).isoformat()}
         self.target.put_bytes(lease_key(self.backup_id), json.dumps(doc).encode())
@@ -86,15 +89,20 @@ def read_leases(target: Target) -> list[LeaseInfo]:
         try:
             doc = json.loads(target.read(obj.key))
             found.append(LeaseInfo(str(doc["backup_id"]), str(doc["host"]), int(doc["pid"]),
-                                   str(doc.get("boot_id", "")), datetime.fromisoformat(doc["refreshed"])))
+                                   str(doc.get("boot_id", "")), datetime.fromisoformat(doc["refreshed"]),
+                                   doc.get("parent_id")))
         except (NotFound, ValueError, KeyError, TypeError):
             continue
     return found
 
 
-def live_backup_ids(target: Target, now: datetime | None = None) -> set[str]:
+def live_leases(target: Target, now: datetime | None = None) -> list[LeaseInfo]:
     now = now or datetime.now(UTC)
-    return {lease.backup_id for lease in read_leases(target) if lease.is_live(now)}
+    return [lease for lease in read_leases(target) if lease.is_live(now)]
+
+
+def live_backup_ids(target: Target, now: datetime | None = None) -> set[str]:
+    return {lease.backup_id for lease in live_leases(target, now)}
 
 
 def _pid_alive(pid: int) -> bool:

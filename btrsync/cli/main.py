@@ -89,12 +89,14 @@ def _register() -> None:
         cmd_key,
         cmd_list,
         cmd_maintenance,
+        cmd_prune,
         cmd_push,
         cmd_receive,
         cmd_snapshot,
     )
 
-    for module in (cmd_key, cmd_snapshot, cmd_push, cmd_list, cmd_receive, cmd_maintenance, cmd_demo):
+    modules = (cmd_key, cmd_snapshot, cmd_push, cmd_list, cmd_receive, cmd_prune, cmd_maintenance, cmd_demo)
+    for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)
 

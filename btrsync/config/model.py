@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from btrsync.config.retention import RetentionConfig, parse_retention
 from btrsync.errors import ConfigError
 from btrsync.pipeline.schedule import RateSchedule
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN
@@ -32,7 +33,7 @@ from btrsync.state import DEFAULT_STATE_DIR
 from btrsync.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/btrsync/config.toml")
-_TOP_KEYS = {"key_file", "state_dir", "push", "targets"}
+_TOP_KEYS = {"key_file", "state_dir", "push", "targets", "retention"}
 _PUSH_KEYS = {"chunk_size", "segment_size", "zstd_level", "workers", "max_chain", "bwlimit",
               "bwlimit_schedule", "bwlimit_timezone"}
 
@@ -54,6 +55,11 @@ class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     push: PushDefaults = field(default_factory=PushDefaults)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+
+    def target_names(self, url: str) -> tuple[str, ...]:
+        """The configured names of a target URL, and the URL itself (for per-target settings)."""
+        return (*(n for n, s in self.targets.items() if s.get("url") == url), url)
 
     def target(self, url_or_name: str) -> tuple[str, dict[str, Any]]:
         """A ``--to``/``--from`` value, a URL or a target name, -> (url, settings)."""
@@ -111,6 +117,7 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
         state_dir=Path(doc.get("state_dir", DEFAULT_STATE_DIR)),
         push=push,
         targets=targets,
+        retention=parse_retention(doc.get("retention", {}), where),
     )
 
 

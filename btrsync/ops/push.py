@@ -198,7 +198,7 @@ class _Attempt:
                 "send": self.options.as_dict(), "key_id": self.repo.key.key_id}
 
     def run(self, *, resume: bool) -> Manifest:
-        with Lease(self.repo.target, self.backup_id) as lease:
+        with Lease(self.repo.target, self.backup_id, self.step.parent_backup_id) as lease:
             return self._run(lease, resume=resume)
 
     def _run(self, lease: Lease, *, resume: bool) -> Manifest:

@@ -133,3 +133,33 @@ def test_bad_bandwidth_schedule_is_a_config_error(tmp_path: Path, capsys) -> Non
 def test_bwlimit_flag_must_be_a_rate(capsys) -> None:
     assert main(["push", "/x", "--snapshot-dir", "/y", "--to", "file:///z", "--bwlimit", "fast"]) == 2
     assert "--bwlimit" in capsys.readouterr().err
+
+
+def test_bad_keep_flags_are_usage_errors(tmp_path: Path, capsys) -> None:
+    key = tmp_path / "k"
+    main(["key", "generate", str(key)])
+    (tmp_path / "t").mkdir()
+    code = main(["--state-dir", str(tmp_path / "s"), "prune", "--from", f"file://{tmp_path}/t",
+                 "--key-file", str(key), "--keep-dayly", "3"])
+    assert code == 2 and "No such option" in capsys.readouterr().err
+    code = main(["prune", "--from", f"file://{tmp_path}/t", "--key-file", str(key), "--keep-daily", "x"])
+    assert code == 2 and "keep_daily" in capsys.readouterr().err
+    code = main(["prune", "--from", f"file://{tmp_path}/t", "--key-file", str(key), "--keep-within", "3 fortnights"])
+    assert code == 2 and "keep_within" in capsys.readouterr().err
+
+
+def test_retention_profiles_are_validated(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[retention]\ndefault_profile = "nope"\n')
+    assert main(["--config", str(cfg), "list", "--from", "file:///x"]) == 2
+    assert "no profile named 'nope'" in capsys.readouterr().err
+    cfg.write_text('[retention.profiles.a]\nbackups = { keep_dayly = 3 }\n')
+    assert main(["--config", str(cfg), "list", "--from", "file:///x"]) == 2
+    assert "did you mean 'keep_daily'" in capsys.readouterr().err
+
+
+def test_retention_simulate_answers_what_a_year_holds(capsys) -> None:
+    assert main(["retention", "simulate", "--keep-daily", "7", "--keep-monthly", "12", "--max-chain", "23"]) == 0
+    out = capsys.readouterr().out
+    assert "held" in out and "monthly" in out
+    assert main(["retention", "simulate"]) == 2

@@ -103,3 +103,24 @@ def test_b2_slowdown_and_resets_are_retried(world: World, request: pytest.Fixtur
     assert world.receive("latest").code == 0
     name = world.snapshots[0].name
     assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
+
+
+def test_prune_then_restore_the_oldest_and_newest_survivors(remote: World) -> None:
+    tree.populate(remote.subvol, 51)
+    for g in range(5):
+        if g:
+            tree.mutate(remote.subvol, 51, g)
+        remote.snapshot()
+    assert remote.push("--max-chain", "1").code == 0  # chains: 0-1, 2-3, 4
+    ids = [b["id"] for b in remote.listing()]
+    run = remote.cli("prune", "--from", remote.url, "--keep-last", "2", "--now", "2026-11-20T09:00:00Z", "--json")
+    assert run.code == 0, run.err
+    assert [d["action"] for d in run.json()] == ["delete", "delete", "keep", "keep", "keep"]
+    survivors = [b["id"] for b in remote.listing()]
+    assert survivors == ids[2:]
+    assert not [k for k in remote.data_files() if k.startswith(("data/" + ids[0], "data/" + ids[1]))]
+    for backup_id in (survivors[1], survivors[-1]):  # the oldest kept needs its parent, survivors[0]
+        assert remote.receive(backup_id).code == 0
+    for snap in remote.snapshots[2:]:
+        assert tree.compare(tree.describe(snap), tree.describe(remote.restore / snap.name),
+                            ignore=tree.SEND_BEST_EFFORT) == []

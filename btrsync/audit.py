@@ -1,0 +1,58 @@
+"""The audit log: every deletion and every prune run as one JSON line, in the state directory
+(``audit.log``) and in the system journal (syslog, when ``/dev/log`` exists)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class AuditLog:
+    def __init__(self, state_dir: Path, *, syslog: bool = True) -> None:
+        self.path = Path(state_dir) / "audit.log"
+        self._syslog = _syslog_logger() if syslog else None
+
+    def record(self, event: str, **fields: Any) -> None:
+        entry = {"time": datetime.now(UTC).isoformat().replace("+00:00", "Z"), "host": socket.gethostname(),
+                 "event": event, **fields}
+        line = json.dumps(entry, sort_keys=True, default=str)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._syslog is not None:
+            self._syslog.info("btrsync-audit %s", line)
+
+
+def read_audit(state_dir: Path) -> list[dict[str, Any]]:
+    path = Path(state_dir) / "audit.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _syslog_logger() -> logging.Logger | None:
+    if not os.path.exists("/dev/log"):
+        return None
+    logger = logging.getLogger("btrsync.audit.syslog")
+    if not logger.handlers:
+        try:
+            handler = logging.handlers.SysLogHandler(address="/dev/log")
+        except OSError:
+            return None
+        handler.ident = "btrsync: "
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    return logger

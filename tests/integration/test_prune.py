@@ -1,0 +1,145 @@
+"""Chain-safe pruning on real btrfs: target backups, local snapshots, crashes, audit log."""
+
+from __future__ import annotations
+
+import pytest
+
+from btrsync.audit import read_audit
+from btrsync.catalog.lease import Lease
+from btrsync.targets.local import LocalTarget
+from tests.integration.conftest import World
+from tests.support import tree
+
+pytestmark = pytest.mark.btrfs
+
+
+def _history(world: World, count: int, *extra: str) -> list[dict]:
+    tree.populate(world.subvol, 41)
+    for g in range(count):
+        if g:
+            tree.mutate(world.subvol, 41, g)
+        world.snapshot()
+    assert world.push(*extra).code == 0
+    return world.listing()
+
+
+def _decisions(run) -> dict[str, dict]:
+    return {d["id"]: d for d in run.json()}
+
+
+def test_prune_keeps_parents_of_kept_backups_and_explains_every_decision(world: World) -> None:
+    backups = _history(world, 6, "--max-chain", "2")  # chains: 0-1-2, 3-4-5
+    assert [b["depth"] for b in backups] == [0, 1, 2, 0, 1, 2]
+    run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--dry-run", "--json",
+                    "--now", "2026-11-20T09:00:00Z")
+    assert run.code == 0, run.err
+    d = _decisions(run)
+    ids = [b["id"] for b in backups]
+    assert [d[i]["action"] for i in ids] == ["delete"] * 3 + ["keep"] * 3
+    assert any(r.startswith("parent of kept") for r in d[ids[3]]["reasons"])
+    assert "newest" in d[ids[5]]["reasons"]
+    assert all(x["reasons"] for x in d.values() if x["action"] == "keep")
+    assert set(d[ids[0]]) >= {"id", "snapshot", "action", "reasons"}
+    assert len(world.listing()) == 6  # dry run
+    run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--now", "2026-11-20T09:00:00Z")
+    assert run.code == 0 and "deleted 3 of 6" in run.err
+    assert [b["id"] for b in world.listing()] == ids[3:]
+    assert world.receive(ids[3]).code == 0 and world.receive("latest").code == 0
+    audit = read_audit(world.state)
+    deleted = [e for e in audit if e["event"] == "delete-backup"]
+    assert sorted(e["backup_id"] for e in deleted) == sorted(ids[:3])
+    assert all(e["freed_bytes"] > 0 and e["policy"] and e["target"] for e in deleted)
+    assert [e["event"] for e in audit][-1] == "prune"
+    rerun = world.cli("prune", "--from", world.url, "--keep-last", "1", "--now", "2026-11-20T09:00:00Z")
+    assert rerun.code == 0 and "deleted 0 of 3" in rerun.err
+
+
+def test_prune_uses_the_profile_of_the_subvolume(world: World) -> None:
+    _history(world, 4, "--max-chain", "0")
+    world.config.write_text(world.config.read_text() + """
+[retention]
+default_profile = "scratch"
+[retention.profiles.scratch]
+backups = { keep_last = 2 }
+""")
+    run = world.cli("prune", "--from", world.url, "--now", "2026-11-20T09:00:00Z", "--json")
+    assert run.code == 0, run.err
+    assert [x["action"] for x in run.json()] == ["delete", "delete", "keep", "keep"]
+    assert len(world.listing()) == 2
+
+
+def test_no_policy_keeps_everything(world: World) -> None:
+    _history(world, 2)
+    run = world.cli("prune", "--from", world.url, "--json")
+    assert run.code == 0 and {x["action"] for x in run.json()} == {"keep"}
+    assert all(x["reasons"] == ["no policy"] for x in run.json())
+
+
+def test_parent_of_an_upload_in_progress_is_kept(world: World) -> None:
+    backups = _history(world, 3, "--max-chain", "0")
+    target = LocalTarget(world.target_dir)
+    with Lease(target, "data.in-flight-1", parent_id=backups[0]["id"]):
+        run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--json", "--now", "2026-11-20T09:00:00Z")
+    d = _decisions(run)
+    assert d[backups[0]["id"]]["action"] == "keep"
+    assert d[backups[0]["id"]]["reasons"] == ["parent of an upload in progress"]
+    assert d[backups[1]["id"]]["action"] == "delete"
+
+
+def test_crash_between_manifest_and_data_leaves_only_orphans(world: World, monkeypatch) -> None:
+    backups = _history(world, 3, "--max-chain", "0")
+    original = LocalTarget.delete
+    calls = {"n": 0}
+
+    def crashing_delete(self, key: str) -> None:
+        if key.startswith("data/"):
+            calls["n"] += 1
+            raise KeyboardInterrupt  # the process dies right after the first manifest went
+        original(self, key)
+
+    monkeypatch.setattr(LocalTarget, "delete", crashing_delete)
+    run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--now", "2026-11-20T09:00:00Z")
+    assert run.code == 130 and calls["n"] == 1
+    monkeypatch.undo()
+    survivors = world.listing()
+    assert len(survivors) == 2  # one manifest went; its data is an orphan, nothing dangles
+    for b in survivors:
+        assert world.cli("receive", b["id"], "--from", world.url, "--into", str(world.restore)).code == 0
+    clean = world.cli("clean", "--from", world.url, "--json")
+    assert {i["kind"] for i in clean.json()["items"]} == {"orphaned data"}
+    assert all(f.split("/")[1] in {b["id"] for b in survivors} for f in world.data_files() if f.startswith("data/"))
+    assert world.cli("prune", "--from", world.url, "--keep-last", "1", "--now", "2026-11-20T09:00:00Z").code == 0
+    assert [b["id"] for b in world.listing()] == [backups[-1]["id"]]
+
+
+def test_snapshot_prune_protects_what_targets_still_need(world: World) -> None:
+    for g in range(5):
+        (world.subvol / f"f{g}").write_text(str(g))
+        world.snapshot()
+        if g == 2:
+            assert world.push().code == 0  # the target holds snapshots 0..2; 3 and 4 not yet
+    names = [s.name for s in world.snapshots]
+    args = ["snapshot", "prune", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--keep-last", "1",
+            "--now", "2026-11-20T09:00:00Z", "--json"]
+    run = world.cli(*args, "--dry-run")
+    assert run.code == 0, run.err
+    d = _decisions(run)
+    assert [d[n]["action"] for n in names] == ["delete", "delete", "keep", "keep", "keep"]
+    assert d[names[2]]["reasons"][0].startswith("newest common with file://")
+    assert d[names[3]]["reasons"][0].startswith("not yet on file://")
+    run = world.cli(*args, "--protect-for", world.url)
+    assert run.code == 0
+    assert sorted(p.name for p in world.snapdir.iterdir()) == names[2:]
+    assert world.push("--json").json()["plan"][0]["parent"] == names[2]  # the chain continues
+    audit = read_audit(world.state)
+    assert sorted(e["snapshot"] for e in audit if e["event"] == "delete-snapshot") == names[:2]
+
+
+def test_snapshot_prune_without_targets_follows_the_policy(world: World) -> None:
+    for g in range(4):
+        (world.subvol / f"f{g}").write_text(str(g))
+        world.snapshot()
+    run = world.cli("snapshot", "prune", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+                    "--keep-last", "2", "--now", "2026-11-20T09:00:00Z")
+    assert run.code == 0, run.err
+    assert sorted(p.name for p in world.snapdir.iterdir()) == [s.name for s in world.snapshots[2:]]
