@@ -151,3 +151,11 @@ def test_push_to_a_missing_target_directory_exits_10(world: World) -> None:
     run = world.push()
     assert run.code == 10 and "is the disk mounted?" in run.err
     assert not world.target_dir.exists()
+
+
+def test_snapshot_dir_on_another_filesystem_says_what_to_do(world: World, tmp_path: Path) -> None:
+    other = world.restore / "snaps"
+    other.mkdir()
+    run = world.cli("snapshot", "create", str(world.subvol), "--snapshot-dir", str(other))
+    assert run.code == 1
+    assert "same btrfs filesystem" in run.err and str(world.subvol) in run.err
