@@ -30,38 +30,15 @@ from __future__ import annotations
 
 import base64
 import builtins
-import configparser
 import contextlib
 import hashlib
-import http.client
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from datetime import datetime
-from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any, NamedTuple
-
-import boto3
-import botocore.session
-import urllib3.exceptions
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ProfileNotFound,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
 
 from btrsync.errors import BtrsyncError, ConfigError, TargetMissingError
 from btrsync.targets.base import (
@@ -76,30 +53,26 @@ from btrsync.targets.base import (
 from btrsync.targets.errors import (
     NotFound,
     PermissionDenied,
-    QuotaExceeded,
     RangeError,
     TargetError,
     TransientTargetError,
 )
 from btrsync.targets.retry import RetryPolicy, transient
-from btrsync.units import parse_size
+from btrsync.targets.s3config import (
+    _STREAM_ERRORS,
+    B2_CAPABILITIES_HINT,
+    GROWTH_START,
+    GROWTH_STEP,
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    READ_BLOCK,
+    S3Settings,
+    _redact_url,
+    make_client,
+    translate,
+)
 
 log = logging.getLogger(__name__)
-
-MIN_PART_SIZE = 5 * 1024 * 1024  # AWS and SeaweedFS: 5 MiB; B2: 5,000,000 bytes
-MAX_PART_SIZE = 5_000_000_000  # B2 and AWS: 5 GB
-MAX_PARTS = 10_000
-MAX_OBJECT_SIZE = 10 * 10**12  # B2's largest file, 10 TB
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
-GROWTH_START = 5_000  # parts kept at the configured size (5,000 x 16 MiB = 80 GiB)
-GROWTH_STEP = 250  # then the part size doubles every this many parts
-READ_BLOCK = 1 << 20
-
-B2_CAPABILITIES_HINT = (
-    "on Backblaze B2 the application key must be allowed this bucket and have the listBuckets, "
-    "listFiles, readFiles, writeFiles and deleteFiles capabilities (see docs/targets-s3.md)"
-)
-_B2_ENDPOINT_RE = re.compile(r"^https?://s3\.([a-z0-9-]+)\.backblazeb2\.com/?$", re.IGNORECASE)
 
 
 # -- part sizes --------------------------------------------------------------------------------
@@ -157,264 +130,6 @@ def _md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
 
 
-# -- settings and credentials ------------------------------------------------------------------
-@dataclass(frozen=True)
-class S3Credentials:
-    """An access key; the secret never appears in ``repr``."""
-
-    key_id: str
-    secret: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-
-# Accepted names (lower-cased) for the key id and the secret in a credentials file.
-_KEY_ID_NAMES = "aws_access_key_id key_id keyid application_key_id applicationkeyid".split()
-_SECRET_NAMES = "aws_secret_access_key application_key applicationkey secret_access_key".split()
-
-
-def read_credentials_file(
-    path: str | os.PathLike[str], profile: str | None = None
-) -> S3Credentials:
-    """Read an access key from an AWS-style INI file or a ``key_id=``/``application_key=`` file.
-
-    INI files (``[profile]`` sections with ``aws_access_key_id`` and ``aws_secret_access_key``) use
-    section ``profile`` or ``default``.  Simple files hold ``name=value`` lines, where the key id
-    may be named ``key_id``, ``keyID``, ``application_key_id`` or ``AWS_ACCESS_KEY_ID`` and the
-    secret ``application_key``, ``applicationKey`` or ``AWS_SECRET_ACCESS_KEY`` (``export``
-    prefixes, quotes and ``#`` comments are allowed, so a shell environment file works too).  Raises
-    ``ConfigError``; messages name the file and the expected names, never the values.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"cannot read S3 credentials file {path}: {reason}") from None
-    is_ini = any(line.strip().startswith("[") for line in text.splitlines())
-    values = _ini_values(path, text, profile) if is_ini else _simple_values(text)
-    key_id = next((values[n] for n in _KEY_ID_NAMES if values.get(n)), None)
-    secret = next((values[n] for n in _SECRET_NAMES if values.get(n)), None)
-    if not key_id or not secret:
-        raise ConfigError(
-            f"S3 credentials file {path} lacks a key id or secret: write 'key_id=...' and "
-            "'application_key=...' lines, or an AWS [default] section with aws_access_key_id "
-            "and aws_secret_access_key"
-        )
-    return S3Credentials(key_id, secret, values.get("aws_session_token") or None)
-
-
-def _ini_values(path: Path, text: str, profile: str | None) -> dict[str, str]:
-    parser = configparser.RawConfigParser()
-    try:
-        parser.read_string(text, source=str(path))
-    except configparser.Error:
-        # configparser's messages quote the offending line, which may hold the secret
-        raise ConfigError(f"S3 credentials file {path} is not a valid INI file") from None
-    section = profile or "default"
-    if not parser.has_section(section):
-        found = ", ".join(parser.sections()) or "none"
-        raise ConfigError(f"S3 credentials file {path} has no [{section}] section (found: {found})")
-    return {k.lower(): v.strip() for k, v in parser.items(section)}
-
-
-def _simple_values(text: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        name, _, value = line.removeprefix("export ").partition("=")
-        values[name.strip().lower()] = value.strip().strip("'\"")
-    return values
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Per-target settings (all optional); unset ones come from the standard AWS env and files."""
-
-    endpoint: str | None = None
-    region: str | None = None
-    credentials_file: Path | None = None
-    profile: str | None = None
-    part_size: int = DEFAULT_PART_SIZE
-    max_inflight_parts: int = 4
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    max_attempts: int = 5
-
-    @classmethod
-    def from_mapping(cls, settings: Mapping[str, Any]) -> S3Settings:
-        """Build from a config mapping (``-`` or ``_`` in names); raises ``ConfigError``."""
-        given = {str(k).replace("-", "_"): v for k, v in settings.items() if v is not None}
-        try:
-            made = cls(
-                endpoint=_opt_str(given.get("endpoint")),
-                region=_opt_str(given.get("region")),
-                credentials_file=Path(given["credentials_file"])
-                if "credentials_file" in given
-                else None,
-                profile=_opt_str(given.get("profile")),
-                part_size=parse_size(given.get("part_size", DEFAULT_PART_SIZE)),
-                max_inflight_parts=int(given.get("max_inflight_parts", 4)),
-                connect_timeout=float(given.get("connect_timeout", 10.0)),
-                read_timeout=float(given.get("read_timeout", 60.0)),
-                max_attempts=int(given.get("max_attempts", 5)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid S3 target setting: {exc}") from None
-        made.check()
-        return made
-
-    def check(self) -> None:
-        """Raise ``ConfigError`` for values S3 or B2 would refuse."""
-        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
-            raise ConfigError(
-                f"S3 part_size {self.part_size} must be between {MIN_PART_SIZE} (5 MiB) and "
-                f"{MAX_PART_SIZE} bytes"
-            )
-        if self.max_inflight_parts < 1 or self.max_attempts < 1:
-            raise ConfigError("S3 max_inflight_parts and max_attempts must be at least 1")
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ConfigError("S3 connect_timeout and read_timeout must be positive")
-
-
-def _opt_str(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None
-
-
-def _redact_url(url: str | None) -> str:
-    """An endpoint URL without any ``user:password@`` part."""
-    return re.sub(r"//[^/@]*@", "//", url) if url else "the default AWS endpoint"
-
-
-def region_from_endpoint(endpoint: str | None) -> str | None:
-    """``us-west-004`` for ``https://s3.us-west-004.backblazeb2.com`` (B2 signs with it)."""
-    match = _B2_ENDPOINT_RE.match(endpoint or "")
-    return match.group(1).lower() if match else None
-
-
-def make_client(settings: S3Settings) -> Any:
-    """A botocore S3 client fit for B2: no flexible checksums, no botocore retries."""
-    creds = (
-        read_credentials_file(settings.credentials_file, settings.profile)
-        if settings.credentials_file
-        else None
-    )
-    try:
-        session = boto3.session.Session(
-            botocore_session=_botocore_session(),
-            aws_access_key_id=creds.key_id if creds else None,
-            aws_secret_access_key=creds.secret if creds else None,
-            aws_session_token=creds.session_token if creds else None,
-            profile_name=settings.profile if not creds else None,
-        )
-    except ProfileNotFound:
-        raise ConfigError(
-            f"AWS profile {settings.profile!r} not found in the AWS config files"
-        ) from None
-    env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = (
-        settings.region
-        or session.region_name
-        or region_from_endpoint(settings.endpoint or env_endpoint)
-        or "us-east-1"
-    )
-    config = Config(
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        max_pool_connections=max(10, 4 * settings.max_inflight_parts),
-        s3={"addressing_style": "path" if settings.endpoint or env_endpoint else "auto"},
-        signature_version="s3v4",
-    )
-    return session.client("s3", endpoint_url=settings.endpoint, region_name=region, config=config)
-
-
-_LOADER_LOCK = threading.Lock()
-_LOADER: list[Any] = []
-
-
-def _botocore_session() -> Any:
-    """A new botocore session sharing one model loader, which halves the cost of a client."""
-    session = botocore.session.get_session()
-    with _LOADER_LOCK:
-        if not _LOADER:
-            _LOADER.append(session.get_component("data_loader"))
-    session.register_component("data_loader", _LOADER[0])
-    return session
-
-
-# -- error translation -------------------------------------------------------------------------
-_NOT_FOUND_CODES = frozenset("NoSuchKey NotFound 404 NoSuchUpload NoSuchVersion".split())
-_DENIED_CODES = frozenset(
-    "AccessDenied 403 InvalidAccessKeyId SignatureDoesNotMatch AllAccessDisabled Forbidden "
-    "Unauthorized unauthorized".split()
-)
-_QUOTA_CODES = frozenset("QuotaExceeded cap_exceeded StorageQuotaExceeded".split())
-_TRANSIENT_CODES = frozenset(
-    "SlowDown RequestTimeout RequestTimeoutException Throttling ThrottlingException "
-    "RequestLimitExceeded TooManyRequests InternalError ServiceUnavailable BadDigest".split()
-)
-_NETWORK_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
-_CONNECTION_ERRORS = (BotoConnectionError, HTTPClientError, IncompleteReadError, *_NETWORK_ERRORS)
-_STREAM_ERRORS = (BotoCoreError, *_NETWORK_ERRORS)
-
-
-def translate_client_error(exc: ClientError, what: str) -> BtrsyncError:
-    """The btrsync error for an S3 error answer (``what`` names the operation and object)."""
-    error = exc.response.get("Error", {})
-    meta = exc.response.get("ResponseMetadata", {})
-    code, status = str(error.get("Code", "")), int(meta.get("HTTPStatusCode") or 0)
-    message = str(error.get("Message", ""))[:300]
-    detail = f"{what}: {code or status} {message}".rstrip()
-    if code in _QUOTA_CODES or "cap exceeded" in message.lower() or "cap_exceeded" in message:
-        return QuotaExceeded(f"{detail} (raise the account's caps or free space, then run again)")
-    if code == "NoSuchBucket":
-        return TargetMissingError(f"{detail} (create the bucket or fix the target URL)")
-    if status == 416 or code == "InvalidRange":
-        return RangeError(detail)
-    if status == 404 or code in _NOT_FOUND_CODES:
-        return NotFound(detail)
-    if status == 403 or code in _DENIED_CODES:
-        return PermissionDenied(f"{detail} (check the key id and secret; {B2_CAPABILITIES_HINT})")
-    if code != "NotImplemented" and (status == 429 or status >= 500 or code in _TRANSIENT_CODES):
-        return transient(detail, _retry_after(meta.get("HTTPHeaders", {})))
-    return TargetError(detail)
-
-
-def translate(exc: Exception, what: str) -> BtrsyncError:
-    """The btrsync error for any exception botocore, urllib3 or the socket layer raises."""
-    if isinstance(exc, ClientError):
-        return translate_client_error(exc, what)
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return PermissionDenied(
-            f"{what}: no complete S3 credentials found: set credentials_file in the target's "
-            "settings, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        )
-    if isinstance(exc, _CONNECTION_ERRORS):
-        return transient(f"{what}: {type(exc).__name__}: {exc}")
-    return TargetError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a ``Retry-After`` header (a number or an HTTP date), if there is one."""
-    value = headers.get("retry-after") or headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
-
-
-# -- the target --------------------------------------------------------------------------------
 class Upload(NamedTuple):
     """An unfinished multipart upload (``btrsync clean`` lists and aborts them)."""
 
@@ -555,9 +270,7 @@ class S3Target(Target):
         )
         return str(answer["ETag"])
 
-    def _complete(
-        self, key: str, upload_id: str, parts: builtins.list[dict[str, Any]], size: int
-    ) -> None:
+    def _complete(self, key: str, upload_id: str, parts: builtins.list[dict[str, Any]], size: int) -> None:
         """Complete the upload; a ``NoSuchUpload`` on a retry means a lost answer to a success."""
         what = self._what("complete upload of", key)
         attempt = 0
@@ -587,8 +300,7 @@ class S3Target(Target):
             pass
         except BtrsyncError as exc:
             log.warning(
-                "could not abort the unfinished upload of %s (%s); 'btrsync clean' "
-                "removes it later",
+                "could not abort the unfinished upload of %s (%s); 'btrsync clean' removes it later",
                 self._what("", key).strip(),
                 exc,
             )
@@ -608,9 +320,7 @@ class S3Target(Target):
         body, count = opened
         yield from _stream(body, count, self._what("get", key))
 
-    def _open_range(
-        self, key: str, full: str, offset: int, length: int | None
-    ) -> tuple[Any, int] | None:
+    def _open_range(self, key: str, full: str, offset: int, length: int | None) -> tuple[Any, int] | None:
         """Start a GET of the range; returns the body and its byte count (None: empty range)."""
         kwargs: dict[str, Any] = {}
         if offset or length is not None:
@@ -647,12 +357,9 @@ class S3Target(Target):
         found: builtins.list[ObjectInfo] = []
         token: dict[str, str] = {}
         while True:
-            page = self._request(
-                "list_objects_v2", what, Bucket=self.bucket, Prefix=full_prefix, **token
-            )
+            page = self._request("list_objects_v2", what, Bucket=self.bucket, Prefix=full_prefix, **token)
             found.extend(
-                ObjectInfo(self._relative(o["Key"]), int(o["Size"]))
-                for o in page.get("Contents", [])
+                ObjectInfo(self._relative(o["Key"]), int(o["Size"])) for o in page.get("Contents", [])
             )
             if not page.get("IsTruncated"):
                 break
@@ -676,18 +383,14 @@ class S3Target(Target):
         markers: dict[str, str] = {}
         while True:
             try:
-                page = self._request(
-                    "list_object_versions", what, Bucket=self.bucket, Prefix=full, **markers
-                )
+                page = self._request("list_object_versions", what, Bucket=self.bucket, Prefix=full, **markers)
             except TargetError as exc:
                 if "NotImplemented" not in str(exc):
                     raise
                 return found
             entries = page.get("Versions", []) + page.get("DeleteMarkers", [])
             found.extend(
-                e["VersionId"]
-                for e in entries
-                if e["Key"] == full and e.get("VersionId") not in (None, "")
+                e["VersionId"] for e in entries if e["Key"] == full and e.get("VersionId") not in (None, "")
             )
             if not page.get("IsTruncated") or any(e["Key"] != full for e in entries):
                 return found  # keys come sorted: once another key shows up, ours are all seen
@@ -732,10 +435,7 @@ class S3Target(Target):
 
     def leftovers(self) -> builtins.list[Leftover]:
         """Unfinished uploads under the prefix, with the bytes their parts hold (billed on B2)."""
-        return [
-            Leftover("unfinished upload", u.key, self._parts_size(u), u)
-            for u in self.list_uploads()
-        ]
+        return [Leftover("unfinished upload", u.key, self._parts_size(u), u) for u in self.list_uploads()]
 
     def remove_leftover(self, leftover: Leftover) -> None:
         """Abort an unfinished upload that ``leftovers`` reported (gone already is fine)."""
@@ -791,9 +491,7 @@ class S3Target(Target):
 
 def _check_part_number(number: int, size: int, what: str) -> None:
     if number > MAX_PARTS:
-        raise TargetError(
-            f"{what}: the object exceeds {MAX_PARTS} parts after {size} bytes; raise part_size"
-        )
+        raise TargetError(f"{what}: the object exceeds {MAX_PARTS} parts after {size} bytes; raise part_size")
 
 
 def _byte_count(key: str, answer: Mapping[str, Any], offset: int, length: int | None) -> int:

@@ -24,7 +24,13 @@ import pytest
 from btrsync.targets.base import Target
 from btrsync.targets.registry import open_target
 from btrsync.targets.retry import RetryPolicy
-from btrsync.targets.s3 import MIN_PART_SIZE, S3Settings, S3Target
+from btrsync.targets.s3 import (
+    S3Target,
+)
+from btrsync.targets.s3config import (
+    MIN_PART_SIZE,
+    S3Settings,
+)
 from tests.support.b2proxy import B2_MIN_PART_SIZE, B2RulesProxy
 from tests.support.s3server import SeaweedServer, session_server
 
@@ -79,9 +85,7 @@ def seaweed_settings(
     """Target settings for the session's server (or its proxy), credentials in a file."""
     server = seaweed(request)
     endpoint = b2_proxy(request).endpoint if via_proxy else server.account.endpoint
-    creds = server.account.write_credentials_file(
-        tmp_path / f"s3-credentials-{uuid.uuid4().hex[:6]}"
-    )
+    creds = server.account.write_credentials_file(tmp_path / f"s3-credentials-{uuid.uuid4().hex[:6]}")
     return {
         "endpoint": endpoint,
         "region": server.account.region,
@@ -102,9 +106,7 @@ def seaweed_target(
     **extra: Any,
 ) -> S3Target:
     """An S3Target on a fresh prefix of ``bucket`` at SeaweedFS (or behind the proxy)."""
-    settings = S3Settings.from_mapping(
-        seaweed_settings(request, tmp_path, via_proxy=via_proxy, **extra)
-    )
+    settings = S3Settings.from_mapping(seaweed_settings(request, tmp_path, via_proxy=via_proxy, **extra))
     return S3Target(
         bucket, unique_prefix() if prefix is None else prefix, settings, policy or no_sleep_policy()
     )

@@ -28,6 +28,12 @@ from btrsync.targets.errors import (
 from btrsync.targets.registry import open_target
 from btrsync.targets.retry import RetryingTarget, retry_after_of
 from btrsync.targets.s3 import (
+    S3Target,
+    max_object_size,
+    part_size_for,
+    rechunk,
+)
+from btrsync.targets.s3config import (
     DEFAULT_PART_SIZE,
     GROWTH_START,
     MAX_OBJECT_SIZE,
@@ -35,11 +41,7 @@ from btrsync.targets.s3 import (
     MAX_PARTS,
     MIN_PART_SIZE,
     S3Settings,
-    S3Target,
-    max_object_size,
-    part_size_for,
     read_credentials_file,
-    rechunk,
     region_from_endpoint,
     translate,
 )
@@ -73,9 +75,7 @@ def proxy(request: pytest.FixtureRequest) -> B2RulesProxy:
 
 
 # -- pure functions ----------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "base", [MIN_PART_SIZE, DEFAULT_PART_SIZE, 100_000_000, 1 << 30, MAX_PART_SIZE]
-)
+@pytest.mark.parametrize("base", [MIN_PART_SIZE, DEFAULT_PART_SIZE, 100_000_000, 1 << 30, MAX_PART_SIZE])
 def test_ten_terabytes_fit_in_ten_thousand_growing_parts(base: int) -> None:
     """Part sizes grow late enough to keep memory low and early enough for a 10 TB stream."""
     sizes = [part_size_for(n, base) for n in range(1, MAX_PARTS + 1)]
@@ -115,9 +115,7 @@ def test_b2_region_is_derived_from_the_endpoint() -> None:
     assert region_from_endpoint("http://127.0.0.1:9000") is None
 
 
-def _client_error(
-    status: int, code: str, message: str = "", headers: dict | None = None
-) -> ClientError:
+def _client_error(status: int, code: str, message: str = "", headers: dict | None = None) -> ClientError:
     response = {
         "Error": {"Code": code, "Message": message},
         "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers or {}},
@@ -169,9 +167,7 @@ SECRET = "Sup3rSecretApplicationKey0123456789"
         ),
     ],
 )
-def test_credentials_files_in_every_accepted_format(
-    tmp_path: Path, text: str, profile: str | None
-) -> None:
+def test_credentials_files_in_every_accepted_format(tmp_path: Path, text: str, profile: str | None) -> None:
     """AWS INI files (with profiles) and simple key_id/application_key files both work."""
     path = tmp_path / "creds"
     path.write_text(text)
@@ -261,9 +257,7 @@ def test_probe_reports_a_missing_bucket(request: pytest.FixtureRequest, tmp_path
         target.probe()
 
 
-def test_probe_reports_an_unreachable_endpoint(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+def test_probe_reports_an_unreachable_endpoint(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """Nothing listening is TargetMissingError after the (fake-time) retries."""
     sleeps: list[float] = []
     settings = S3Settings.from_mapping(
@@ -338,9 +332,9 @@ def test_proxy_refuses_small_parts_and_checksum_headers(
     key = f"raw/{uuid.uuid4().hex}"
     upload = client.create_multipart_upload(Bucket=TEST_BUCKET, Key=key)["UploadId"]
     etags = [
-        client.upload_part(
-            Bucket=TEST_BUCKET, Key=key, UploadId=upload, PartNumber=n, Body=b"x" * size
-        )["ETag"]
+        client.upload_part(Bucket=TEST_BUCKET, Key=key, UploadId=upload, PartNumber=n, Body=b"x" * size)[
+            "ETag"
+        ]
         for n, size in ((1, 4_999_999), (2, 10))
     ]
     with pytest.raises(ClientError, match="EntityTooSmall"):
@@ -348,9 +342,7 @@ def test_proxy_refuses_small_parts_and_checksum_headers(
             Bucket=TEST_BUCKET,
             Key=key,
             UploadId=upload,
-            MultipartUpload={
-                "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
-            },
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]},
         )
     client.abort_multipart_upload(Bucket=TEST_BUCKET, Key=key, UploadId=upload)
     default = boto3.client(
@@ -433,9 +425,7 @@ def test_slowdown_is_retried_after_retry_after(
     """503 SlowDown with Retry-After: 1 waits one (fake) second per retry, then succeeds."""
     sleeps: list[float] = []
     proxy.inject("slowdown", count=2, op="PutObject")
-    with seaweed_target(
-        request, tmp_path, via_proxy=True, policy=no_sleep_policy(5, sleeps)
-    ) as target:
+    with seaweed_target(request, tmp_path, via_proxy=True, policy=no_sleep_policy(5, sleeps)) as target:
         target.put("k", [b"payload"])
         assert target.read("k") == b"payload"
     assert sleeps == [1.0, 1.0]
@@ -495,9 +485,7 @@ def test_delete_removes_every_version_in_a_versioned_bucket(
     assert left == ["p/k2"]
 
 
-def test_unfinished_uploads_are_listed_and_aborted(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+def test_unfinished_uploads_are_listed_and_aborted(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """list_uploads and leftovers show uploads under the prefix only; aborting removes them."""
     client = seaweed(request).client()
     with seaweed_target(request, tmp_path) as target:
