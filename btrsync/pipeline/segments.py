@@ -1,33 +1,88 @@
-"""Pack sealed chunks into segment objects and record where each chunk landed."""
+"""Pack sealed chunks into segment objects and record where each chunk landed.
+
+Each segment is one atomic ``target.put`` running on a thread of its own and fed frame by frame
+through a small bounded queue, so that the slow end of one segment (an fsync, a multipart
+completion, an rsync) overlaps with sealing and sending the next one.  At most
+``max_inflight`` segment puts run at once; segments are acknowledged (``on_segment``) strictly in
+order, each after its ``put`` has returned, i.e. after it is durable.
+"""
 
 from __future__ import annotations
 
+import queue
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from btrsync.catalog.layout import segment_key
 from btrsync.catalog.manifest import ChunkRecord
 from btrsync.pipeline.seal import SealedChunk
 from btrsync.pipeline.throttle import TokenBucket, throttle
-from btrsync.targets.base import Target
+from btrsync.targets.base import ObjectInfo, Target
+
+QUEUE_FRAMES = 4  # frames waiting per segment put: bounds memory to QUEUE_FRAMES x chunk size each
+_END = object()
 
 
-class _Peekable:
-    def __init__(self, items: Iterable[SealedChunk]) -> None:
-        self._it = iter(items)
-        self._head: SealedChunk | None = None
-        self._done = False
+class _ProducerFailed(Exception):
+    """Raised inside a segment's parts iterator so the put discards the half-written segment."""
 
-    def peek(self) -> SealedChunk | None:
-        if self._head is None and not self._done:
-            self._head = next(self._it, None)
-            self._done = self._head is None
-        return self._head
 
-    def pop(self) -> SealedChunk:
-        head = self.peek()
-        assert head is not None
-        self._head = None
-        return head
+@dataclass
+class _SegmentPut:
+    """One segment's ``put`` on a pool thread, fed through a bounded queue."""
+
+    segment: int
+    records: list[ChunkRecord] = field(default_factory=list)
+    size: int = 0
+    ended: bool = False
+    queue: queue.Queue[object] = field(default_factory=lambda: queue.Queue(maxsize=QUEUE_FRAMES))
+    future: Future[ObjectInfo] | None = None
+
+    def start(self, pool: ThreadPoolExecutor, target: Target, backup_id: str,
+              bucket: TokenBucket | None) -> None:
+        self.future = pool.submit(target.put, segment_key(backup_id, self.segment),
+                                  throttle(self._frames(), bucket))
+
+    def _frames(self) -> Iterator[bytes]:
+        while (item := self.queue.get()) is not _END:
+            if isinstance(item, _ProducerFailed):
+                raise item
+            yield item  # type: ignore[misc]
+
+    def feed(self, item: object) -> None:
+        """Hand one frame (or the end marker) to the put; if the put already failed, raise its error."""
+        assert self.future is not None
+        while True:
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self.future.done():
+                    self.future.result()  # raises the put's error
+                    raise RuntimeError("a segment put returned before its last frame")
+
+    def end(self) -> None:
+        self.feed(_END)
+        self.ended = True
+
+    def abort(self) -> None:
+        """Make an unfinished put fail (and clean up) without waiting for it to drain its queue;
+        a segment whose every frame was handed over is complete and may finish."""
+        if self.future is not None and not self.ended and not self.future.done():
+            try:
+                self.queue.put_nowait(_ProducerFailed("the segment's producer failed"))
+            except queue.Full:
+                self._drain_then_abort()
+
+    def _drain_then_abort(self) -> None:
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.queue.put_nowait(_ProducerFailed("the segment's producer failed"))
 
 
 def write_segments(
@@ -40,39 +95,53 @@ def write_segments(
     on_stored: Callable[[int], None] | None = None,
     first_segment: int = 0,
     on_segment: Callable[[int, list[ChunkRecord]], None] | None = None,
+    max_inflight: int = 2,
 ) -> tuple[list[ChunkRecord], int]:
     """Store chunks in order as ``data/<id>/<NNNNNN>`` objects of about ``segment_size`` bytes.
 
-    Each segment is one atomic ``put``; a chunk never spans segments.  ``on_segment(n, records)``
-    runs after segment ``n`` is durable.  Returns the new chunk records and the number of the next
-    segment.
+    A chunk never spans segments.  ``on_segment(n, records)`` runs, in order, after segment ``n``
+    is durable.  Returns the new chunk records and the number of the next segment.  On any error
+    no partial segment remains: unfinished puts are failed through their parts iterator.
     """
-    source = _Peekable(sealed)
+    inflight: deque[_SegmentPut] = deque()
     records: list[ChunkRecord] = []
-    segment = first_segment
-    while source.peek() is not None:
-        before = len(records)
-        frames = _segment_frames(source, segment, segment_size, records, on_stored)
-        target.put(segment_key(backup_id, segment), throttle(frames, bucket))
-        if on_segment is not None:
-            on_segment(segment, records[before:])
-        segment += 1
-    return records, segment
+    current: _SegmentPut | None = None
+    number = first_segment
+    limit = max(1, min(max_inflight, target.capabilities.connections))
+    with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="btrsync-put") as pool:
+        try:
+            for chunk in sealed:
+                frame = chunk.frame
+                if current is None or (current.size and current.size + len(frame) > segment_size):
+                    if current is not None:
+                        current.end()
+                    while len(inflight) >= limit:
+                        _finish(inflight.popleft(), records, on_segment)
+                    current = _SegmentPut(number)
+                    number += 1
+                    current.start(pool, target, backup_id, bucket)
+                    inflight.append(current)
+                current.records.append(ChunkRecord(current.segment, current.size, len(frame), chunk.raw_size,
+                                                   chunk.stored_xxh3, chunk.raw_xxh3))
+                current.feed(frame)
+                current.size += len(frame)
+                if on_stored is not None:
+                    on_stored(len(frame))
+            if current is not None:
+                current.end()
+            while inflight:
+                _finish(inflight.popleft(), records, on_segment)
+        except BaseException:
+            for put in inflight:
+                put.abort()
+            raise
+    return records, number
 
 
-def _segment_frames(
-    source: _Peekable,
-    segment: int,
-    segment_size: int,
-    records: list[ChunkRecord],
-    on_stored: Callable[[int], None] | None,
-) -> Iterator[bytes]:
-    offset = 0
-    while (head := source.peek()) is not None and (offset == 0 or offset + len(head.frame) <= segment_size):
-        chunk = source.pop()
-        size = len(chunk.frame)
-        records.append(ChunkRecord(segment, offset, size, chunk.raw_size, chunk.stored_xxh3, chunk.raw_xxh3))
-        offset += size
-        yield chunk.frame
-        if on_stored is not None:
-            on_stored(size)
+def _finish(put: _SegmentPut, records: list[ChunkRecord],
+            on_segment: Callable[[int, list[ChunkRecord]], None] | None) -> None:
+    assert put.future is not None
+    put.future.result()
+    records.extend(put.records)
+    if on_segment is not None:
+        on_segment(put.segment, put.records)

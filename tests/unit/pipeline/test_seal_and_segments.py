@@ -95,3 +95,56 @@ def test_a_chunk_larger_than_a_segment_gets_its_own_segment() -> None:
     sealer = ChunkSealer(KEY, "bid", 0)
     records, count = write_segments(target, "bid", iter([sealer((0, os.urandom(5000)))]), segment_size=100)
     assert count == 1 and records[0].stored_size == 5040
+
+
+def test_segments_are_acknowledged_in_order_after_they_are_stored() -> None:
+    target = MemoryTarget()
+    sealer = ChunkSealer(KEY, "bid", 0)
+    acked: list[tuple[int, bool]] = []
+
+    def on_segment(n, recs):
+        acked.append((n, segment_key("bid", n) in target.objects))
+
+    records, nxt = write_segments(target, "bid", (sealer((i, os.urandom(1000))) for i in range(20)),
+                                  segment_size=2100, first_segment=5, on_segment=on_segment)
+    assert nxt == 15 and acked == [(n, True) for n in range(5, 15)]
+    assert [r.segment for r in records] == [5 + i // 2 for i in range(20)]
+
+
+def test_a_failing_producer_leaves_no_partial_segment() -> None:
+    target = MemoryTarget()
+    sealer = ChunkSealer(KEY, "bid", 0)
+
+    def sealed():
+        for i in range(7):
+            yield sealer((i, os.urandom(1000)))
+        raise OSError("btrfs send died")
+
+    with pytest.raises(OSError, match="send died"):
+        write_segments(target, "bid", sealed(), segment_size=3 * 1040)
+    # the unfinished third segment is gone; the two complete ones may have landed
+    assert sorted(target.objects) == [segment_key("bid", 0), segment_key("bid", 1)]
+    assert all(len(v) == 3 * 1040 for v in target.objects.values())
+
+
+def test_a_failing_put_stops_the_producer_with_its_error() -> None:
+    from btrsync.targets.errors import QuotaExceeded
+
+    class FullTarget(MemoryTarget):
+        def put(self, key, parts):
+            for i, _ in enumerate(parts):
+                if i == 2:
+                    raise QuotaExceeded("target full")
+            return super().put(key, [])
+
+    sealer = ChunkSealer(KEY, "bid", 0)
+    produced = []
+
+    def sealed():
+        for i in range(1000):
+            produced.append(i)
+            yield sealer((i, os.urandom(1000)))
+
+    with pytest.raises(QuotaExceeded):
+        write_segments(FullTarget(), "bid", sealed(), segment_size=1 << 30)
+    assert len(produced) < 20  # the producer was stopped, not run to the end
