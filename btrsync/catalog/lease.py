@@ -46,7 +46,7 @@ class LeaseInfo:
 
     def is_live(self, now: datetime) -> bool:
         if self.host == socket.gethostname() and self.boot_id == boot_id():
-            return _pid_alive(self.pid)
+            return pid_alive(self.pid)
         return now - self.refreshed < STALE
 
 
@@ -105,7 +105,8 @@ def live_backup_ids(target: Target, now: datetime | None = None) -> set[str]:
     return {lease.backup_id for lease in live_leases(target, now)}
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -14,7 +13,7 @@ from btrsync.catalog.manifest import Manifest
 from btrsync.crypto import frames
 from btrsync.crypto.keys import MasterKey
 from btrsync.errors import DamageError, TargetMissingError, WrongKeyError
-from btrsync.targets.base import Target
+from btrsync.targets.base import ObjectInfo, Target
 from btrsync.targets.errors import NotFound, RangeError
 
 log = logging.getLogger(__name__)
@@ -126,12 +125,11 @@ class Repository:
         for key in self.data_keys(backup_id):
             self.target.delete(key)
 
-    def orphaned_data(self) -> Iterator[str]:
+    def orphaned_data(self) -> list[ObjectInfo]:
+        """Data objects of backups without a manifest (interrupted pushes, crashed prunes)."""
         committed = set(self.backup_ids())
-        for obj in self.target.list("data/"):
-            bid = layout.backup_id_of_data_key(obj.key)
-            if bid and bid not in committed:
-                yield obj.key
+        return [obj for obj in self.target.list("data/")
+                if (bid := layout.backup_id_of_data_key(obj.key)) and bid not in committed]
 
 
 def _parse_marker(data: bytes, target: Target) -> RepoInfo:

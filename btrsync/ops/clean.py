@@ -42,7 +42,6 @@ def _backup_of(key: str) -> str | None:
 def clean(repo: Repository, *, dry_run: bool = False) -> CleanResult:
     target = repo.target
     live = live_backup_ids(target)
-    committed = set(repo.backup_ids())
     result = CleanResult()
 
     def handle(kind: str, key: str, size: int, remove: object) -> None:
@@ -55,10 +54,8 @@ def clean(repo: Repository, *, dry_run: bool = False) -> CleanResult:
         result.items.append(CleanItem(kind, key, size, "would remove" if dry_run else "removed"))
         log.info("clean %s key=%s bytes=%d dry_run=%s", kind, key, size, dry_run)
 
-    for obj in list(target.list("data/")):
-        bid = _backup_of(obj.key)
-        if bid is not None and bid not in committed:
-            handle("orphaned data", obj.key, obj.size, lambda k=obj.key: target.delete(k))
+    for obj in repo.orphaned_data():
+        handle("orphaned data", obj.key, obj.size, lambda k=obj.key: target.delete(k))
     for leftover in target.leftovers():
         handle(leftover.kind, leftover.key, leftover.size, lambda lo=leftover: target.remove_leftover(lo))
     for lease in read_leases(target):

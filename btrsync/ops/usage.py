@@ -92,9 +92,7 @@ def usage(repo: Repository, *, quota_bytes: int | None = None) -> UsageReport:
         chain.newest = m.backup_id
     for (subvolume, _root), chain in chains.items():
         subvols[subvolume].chains.append(chain)
-    committed = set(repo.backup_ids())
-    uncommitted = sum(o.size for o in repo.target.list("data/")
-                      if o.key.split("/")[1] not in committed)
+    uncommitted = sum(o.size for o in repo.orphaned_data())
     return UsageReport(repo.target.display_url, sorted(subvols.values(), key=lambda s: s.subvolume),
                        sum(m.stored_bytes for m in manifests), uncommitted, quota_bytes,
                        repo.target.free_space())

@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from btrsync.catalog.lease import pid_alive
+
 REQUIRED_TOOLS = ("mkfs.btrfs", "btrfs", "losetup", "mount", "umount", "truncate")
 
 UMOUNT_ATTEMPTS = 10
@@ -326,16 +328,6 @@ def detach_loops_under(roots: Iterable[Path]) -> list[str]:
     return released
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _run_is_live(numbered_dir: Path) -> bool:
     """Whether the pytest run owning ``numbered_dir`` (``pytest-N``) is still running.
 
@@ -345,7 +337,7 @@ def _run_is_live(numbered_dir: Path) -> bool:
         pid = int((numbered_dir / ".lock").read_text().strip())
     except (OSError, ValueError):
         return False
-    return _pid_alive(pid)
+    return pid_alive(pid)
 
 
 def sweep_orphaned_pytest_loops(pytest_root: Path) -> list[str]:
