@@ -36,6 +36,7 @@ from benchmarks.common import (
     make_small_tree,
     reflink_copy,
     remove_tree,
+    repo_at,
     run,
     sh,
     small_change,
@@ -45,7 +46,6 @@ from benchmarks.common import (
 from btrsync.crypto.keys import load_key_file
 from btrsync.ops.push import PushSettings, push
 from btrsync.snapshots.store import create_snapshot
-from btrsync.targets.local import LocalTarget
 
 PIPELINE = "send -p | zstd -3 -T0 | openssl"
 RAW = "btrfs send -p > /dev/null"
@@ -74,7 +74,7 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     # untimed: the full backups every tool starts from
     base = out / "btrsync-base"
     base.mkdir()
-    (full,) = push(subvol, snapdir, LocalTarget(base), key, settings).results
+    (full,) = push(subvol, snapdir, repo_at(base, key), settings).results
     res.check("btrsync full of A", full.status == "ok" and full.kind == "full", str(full.error or ""))
     use_restic = restic_available()
     mnt = ws.base / "restic-src"  # one fixed path for both snapshots (restic finds its parent by path)
@@ -103,7 +103,7 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         return out / f"btrsync-{rep}"
 
     def bs_run(rep: int) -> dict[str, Any]:
-        result = push(subvol, snapdir, LocalTarget(bs_dir(rep)), key, settings)
+        result = push(subvol, snapdir, repo_at(bs_dir(rep), key), settings)
         (r,) = result.results
         if r.status != "ok" or r.kind != "incremental":
             raise RuntimeError(f"btrsync incremental push: {r.kind} {r.status} {r.error}")

@@ -33,6 +33,7 @@ from benchmarks.common import (
     drop_caches,
     file_xxh3,
     remove_tree,
+    run,
     subvol_create,
     subvol_delete,
     write_random_file,
@@ -100,6 +101,7 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         target.mkdir()
         into = ws.rst / f"mem-{size >> 20}M"
         into.mkdir()
+        run([*cli, "init", "--to", f"file://{target}"])
         drop_caches()
         pushed = run_sampled([*cli, "push", str(subvol), "--snapshot-dir", str(snapdir),
                               "--to", f"file://{target}", "--json"])

@@ -35,6 +35,7 @@ from benchmarks.common import (
     make_dataset,
     measure,
     remove_tree,
+    repo_at,
     sh,
     subvol_create,
     subvol_delete,
@@ -43,7 +44,6 @@ from btrsync.btrfs.send import best_send_options
 from btrsync.crypto.keys import load_key_file
 from btrsync.ops.push import PushSettings, push
 from btrsync.snapshots.store import create_snapshot
-from btrsync.targets.local import LocalTarget
 
 PIPELINE = "send | zstd -3 -T0 | openssl (btrbk raw)"
 RAW = "btrfs send > /dev/null"
@@ -121,7 +121,7 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         return out / f"btrsync-{rep}"
 
     def bs_run(rep: int) -> dict[str, Any]:
-        result = push(subvol, snapdir, LocalTarget(bs_dir(rep)), key, settings)
+        result = push(subvol, snapdir, repo_at(bs_dir(rep), key), settings)
         (r,) = result.results
         if r.status != "ok":
             raise RuntimeError(f"btrsync push failed: {r.error}")
@@ -242,7 +242,7 @@ def sweep(ws: Workspace, cfg: Config, log: Callable[[str], None], subvol: Path, 
         target = out / label.split()[0].replace("=", "-")
 
         def go(rep: int) -> dict[str, Any]:
-            (r,) = push(subvol, snapdir, LocalTarget(target), key, settings).results
+            (r,) = push(subvol, snapdir, repo_at(target, key), settings).results
             if r.status != "ok":
                 raise RuntimeError(f"btrsync push ({label}) failed: {r.error}")
             res.work_bytes = r.stream_bytes
@@ -265,7 +265,7 @@ def sweep(ws: Workspace, cfg: Config, log: Callable[[str], None], subvol: Path, 
 
 def _profiled_push(subvol: Path, snapdir: Path, target: Path, key: Any,
                    settings: PushSettings) -> dict[str, Any]:
-    (r,) = push(subvol, snapdir, LocalTarget(target), key, settings).results
+    (r,) = push(subvol, snapdir, repo_at(target, key), settings).results
     return {"stream_bytes": r.stream_bytes}
 
 

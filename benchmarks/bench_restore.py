@@ -26,6 +26,7 @@ from benchmarks.common import (
     alternate,
     drop_caches,
     measure,
+    repo_at,
     sh,
     subvol_delete,
 )
@@ -45,8 +46,8 @@ def _ensure_backups(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> d
     if "btrsync_target" not in shared:
         target = shared["out"] / "btrsync-restore"
         target.mkdir()
-        (r,) = push(shared["subvol"], shared["snapdir"], LocalTarget(target),
-                    load_key_file(ws.key_file), PushSettings()).results
+        (r,) = push(shared["subvol"], shared["snapdir"], repo_at(target, load_key_file(ws.key_file)),
+                    PushSettings()).results
         if r.status != "ok":
             raise RuntimeError(f"btrsync push failed: {r.error}")
         shared["btrsync_target"] = target

@@ -2,7 +2,7 @@
 
 * ``plan_push``: 100,000 local snapshots against 100,000 held backups (99 % shared by uuid, 1,000
   held backups whose snapshots are gone locally, 1,000 local snapshots not yet sent), with the
-  same ``backup_id_for`` and ``trusted`` arguments ``ops.push.plan_for`` passes;
+  same ``backup_id_for`` and ``skip`` arguments ``ops.push.plan_for`` passes;
 * ``retention.gfs.decide``: hourly backups over ~11 years (chains of 31: a full and 30
   incrementals), a GFS policy with every rule in Europe/Berlin (DST included), plus
   ``deletion_order`` when the module has it.
@@ -70,7 +70,7 @@ def run_bench(ws: Any, cfg: Config, log: Callable[[str], None]) -> BenchResult:
 
     def plan() -> Any:
         return plan_push(snaps, held, max_chain=30, backup_id_for=lambda s: f"{s.name}-{s.uuid[:8]}",
-                         trusted=[s.name for s in snaps])
+                         skip={})
 
     times, p = _time(plan, reps)
     res.runs["plan_push"] = [{"seconds": t} for t in times]

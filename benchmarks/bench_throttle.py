@@ -24,6 +24,7 @@ from benchmarks.common import (
     Workspace,
     alternate,
     remove_tree,
+    repo_at,
     subvol_create,
     write_random_file,
 )
@@ -31,7 +32,6 @@ from btrsync.crypto.keys import load_key_file
 from btrsync.ops.push import PushSettings, push
 from btrsync.pipeline.throttle import TokenBucket
 from btrsync.snapshots.store import create_snapshot
-from btrsync.targets.local import LocalTarget
 
 PUSH = "btrsync push --bwlimit"
 BUCKET = "TokenBucket alone"
@@ -54,7 +54,7 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     def push_run(rep: int) -> dict[str, float]:
         bucket = TokenBucket(rate)
         t0 = time.perf_counter()
-        (r,) = push(subvol, snapdir, LocalTarget(target), key, PushSettings(bucket=bucket)).results
+        (r,) = push(subvol, snapdir, repo_at(target, key), PushSettings(bucket=bucket)).results
         elapsed = time.perf_counter() - t0
         if r.status != "ok":
             raise RuntimeError(f"throttled push failed: {r.error}")

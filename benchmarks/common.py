@@ -32,7 +32,9 @@ import xxhash
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from btrsync.btrfs.scratch import scratch_btrfs
+from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import generate_key_file
+from btrsync.targets.local import LocalTarget
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 REPO = Path(__file__).resolve().parent.parent
@@ -299,6 +301,11 @@ def du_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return tree_bytes(path)[0]
+
+
+def repo_at(path: Path, key: Any) -> Repository:
+    """The repository in directory ``path``, initialised when empty (what 'btrsync init' does)."""
+    return Repository.open(LocalTarget(path), key, create=True)
 
 
 def cli_argv() -> list[str]:

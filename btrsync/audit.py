@@ -1,5 +1,9 @@
 """The audit log: every deletion and every prune run as one JSON line, in the state directory
-(``audit.log``) and in the system journal (syslog, when ``/dev/log`` exists)."""
+(``audit.log``) and in the system journal (syslog, when ``/dev/log`` exists).
+
+A deletion is logged twice: its intent before anything is removed (``phase: intent``) and its
+outcome after (``done`` or ``failed``), so a crash in between still leaves a trace of what was
+about to go.  Deletions by prune, clean, a resumed push and ``snapshot delete`` all land here."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import logging
 import logging.handlers
 import os
 import socket
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,25 @@ class AuditLog:
             os.close(fd)
         if self._syslog is not None:
             self._syslog.info("btrsync-audit %s", line)
+
+
+    @contextmanager
+    def deletion(self, event: str, **fields: Any) -> Iterator[None]:
+        """Log the intent, run the deletion inside the ``with``, log its outcome."""
+        self.record(event, phase="intent", **fields)
+        try:
+            yield
+        except BaseException as exc:
+            self.record(event, phase="failed", error=f"{type(exc).__name__}: {exc}", **fields)
+            raise
+        self.record(event, phase="done", **fields)
+
+    def object_deletions(self, target: str, reason: str) -> ObjectDeletionHook:
+        """A hook for ``Repository`` deletions: one intent/outcome pair per object key."""
+        return lambda key: self.deletion("delete-object", target=target, key=key, reason=reason)
+
+
+ObjectDeletionHook = Callable[[str], AbstractContextManager[None]]
 
 
 def read_audit(state_dir: Path) -> list[dict[str, Any]]:

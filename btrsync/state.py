@@ -1,21 +1,60 @@
-"""Local state (``state_dir``, default /var/lib/btrsync): what each target held at the last push
-or list, so that snapshot listing and deletion can protect the parents of the next incremental
-without contacting the targets."""
+"""Local state (``state_dir``, default /var/lib/btrsync): what this host knows of each target.
+
+Per target URL, ``targets/<hash of url>.json`` records:
+
+- ``repo_id``: the repository found there the first time; a different repository at the same URL
+  is refused (exit 10, naming both ids), so a disk swapped for another, or a prefix replaced
+  under us, is noticed before anything is written or deleted;
+- ``held``: the snapshot uuids the target held at the last push or list (snapshot listing and
+  deletion protect the parent of the next incremental without contacting the target);
+- ``seen``: the backups *this host* pushed that it has seen there, and ``vanished``: those that
+  disappeared without a prune by this host (a rollback of the target, or someone deleting
+  backups): reported by ``list`` and ``push`` until ``btrsync state acknowledge``.
+
+The state is a cache and a memory, never the truth about a target: the manifests are.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from btrsync.catalog.manifest import Manifest
+from btrsync.errors import TargetMissingError
 
 DEFAULT_STATE_DIR = Path("/var/lib/btrsync")
+
+
+@dataclass(slots=True)
+class TargetState:
+    url: str
+    repo_id: str | None = None
+    held: dict[str, dict[str, Any]] = field(default_factory=dict)  # uuid -> {id, snapshot, subvolume}
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)  # backup id -> {snapshot, subvolume}
+    vanished: dict[str, dict[str, Any]] = field(default_factory=dict)  # backup id -> {snapshot, noticed}
+    updated: str = ""
+
+    @property
+    def subvolumes(self) -> set[str]:
+        """Subvolumes this target receives (it holds at least one backup of each)."""
+        return {str(h.get("subvolume")) for h in self.held.values()}
+
+    def as_doc(self) -> dict[str, Any]:
+        return {"url": self.url, "repo_id": self.repo_id, "held": self.held, "seen": self.seen,
+                "vanished": self.vanished, "updated": self.updated}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> TargetState:
+        return cls(str(doc["url"]), doc.get("repo_id"), dict(doc.get("held", {})), dict(doc.get("seen", {})),
+                   dict(doc.get("vanished", {})), str(doc.get("updated", "")))
 
 
 class State:
@@ -25,29 +64,97 @@ class State:
     def _target_file(self, url: str) -> Path:
         return self.root / "targets" / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".json")
 
-    def record_target(self, url: str, manifests: Iterable[Manifest]) -> None:
-        """Remember which snapshots (by uuid) ``url`` holds, as of now."""
-        doc = {
-            "url": url,
-            "updated": datetime.now(UTC).isoformat(),
-            "held": {m.snapshot_uuid: {"id": m.backup_id, "snapshot": m.snapshot, "subvolume": m.subvolume}
-                     for m in manifests},
-        }
-        write_json_atomic(self._target_file(url), doc)
+    def target(self, url: str) -> TargetState | None:
+        path = self._target_file(url)
+        try:
+            return TargetState.from_doc(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a damaged cache entry is rebuilt by the next list or push
+
+    def bind(self, url: str, repo_id: str) -> None:
+        """Remember the repository at ``url``; refuse another one there (exit 10)."""
+        known = self.target(url)
+        if known is not None and known.repo_id and known.repo_id != repo_id:
+            raise TargetMissingError(
+                f"{url} now holds btrsync repository {repo_id}, but this host knows repository "
+                f"{known.repo_id} there (another disk, or the location was replaced); if that is "
+                f"intended, run 'btrsync state forget {url}' first")
+        if known is None or known.repo_id != repo_id:
+            known = known or TargetState(url)
+            known.repo_id = repo_id
+            self._write(known)
+
+    def record_target(self, url: str, manifests: Iterable[Manifest], *, repo_id: str | None = None,
+                      deleted: Iterable[str] = (), complete: bool = True) -> list[str]:
+        """Remember what ``url`` holds now; returns the ids of this host's backups that vanished.
+
+        ``deleted`` are backups this host removed on purpose (prune).  ``complete=False`` (a
+        catalog with damaged manifests) updates what is held but decides nothing about vanishing.
+        """
+        manifests = list(manifests)
+        st = self.target(url) or TargetState(url)
+        st.repo_id = repo_id or st.repo_id
+        st.held = {m.snapshot_uuid: {"id": m.backup_id, "snapshot": m.snapshot, "subvolume": m.subvolume}
+                   for m in manifests}
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        present = {m.backup_id for m in manifests}
+        gone = set(deleted)
+        if complete:
+            for bid, info in st.seen.items():
+                if bid not in present and bid not in gone and bid not in st.vanished:
+                    st.vanished[bid] = {**info, "noticed": now}
+            st.seen = {}
+        for bid in present | gone:
+            st.vanished.pop(bid, None)
+        host = socket.gethostname()
+        st.seen.update({m.backup_id: {"snapshot": m.snapshot, "subvolume": m.subvolume}
+                        for m in manifests if m.host == host})
+        for bid in gone:
+            st.seen.pop(bid, None)
+        st.updated = now
+        self._write(st)
+        return sorted(st.vanished)
+
+    def acknowledge(self, url: str) -> list[str]:
+        """Stop reporting vanished backups of ``url``; returns the ids acknowledged."""
+        st = self.target(url)
+        if st is None or not st.vanished:
+            return []
+        ids = sorted(st.vanished)
+        st.vanished = {}
+        self._write(st)
+        return ids
+
+    def forget(self, urls: Iterable[str] = (), repo_id: str | None = None) -> list[str]:
+        """Forget targets by URL or repository id; returns the URLs forgotten."""
+        forgotten = []
+        wanted = set(urls)
+        for st in self.all_targets():
+            if st.url in wanted or (repo_id is not None and st.repo_id == repo_id):
+                self._target_file(st.url).unlink(missing_ok=True)
+                forgotten.append(st.url)
+        return forgotten
+
+    def all_targets(self) -> list[TargetState]:
+        directory = self.root / "targets"
+        if not directory.is_dir():
+            return []
+        found = []
+        for path in sorted(directory.glob("*.json")):
+            try:
+                found.append(TargetState.from_doc(json.loads(path.read_text())))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return found
 
     def targets(self) -> dict[str, dict[str, Any]]:
         """url -> {uuid: {id, snapshot, subvolume}} for every target seen from this host."""
-        found: dict[str, dict[str, Any]] = {}
-        directory = self.root / "targets"
-        if not directory.is_dir():
-            return found
-        for path in sorted(directory.glob("*.json")):
-            try:
-                doc = json.loads(path.read_text())
-                found[str(doc["url"])] = dict(doc["held"])
-            except (OSError, ValueError, KeyError):
-                continue
-        return found
+        return {st.url: st.held for st in self.all_targets()}
+
+    def _write(self, st: TargetState) -> None:
+        write_json_atomic(self._target_file(st.url), st.as_doc())
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:

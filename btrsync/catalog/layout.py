@@ -1,6 +1,7 @@
-"""Object keys of a btrsync repository on a target (format version 1).
+"""Object keys of a btrsync repository on a target (format version 2; 1 is read).
 
-    btrsync-repo.json            plain JSON: format version, repository id, key id
+    btrsync-repo.json            plain JSON: format version, repository id, key id, and (format 2)
+                                 an HMAC under the key, so the marker itself is authenticated
     data/<backup-id>/<NNNNNN>    segments: concatenated encrypted chunk frames
     data/<backup-id>/<NNNNNN>.idx  encrypted index of a durable segment (what resuming trusts)
     backups/<backup-id>/manifest the encrypted manifest, written last: its presence commits the backup
@@ -11,7 +12,8 @@ from __future__ import annotations
 import re
 
 REPO_MARKER = "btrsync-repo.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this btrsync writes
+READABLE_FORMATS = (1, 2)  # what it reads (format 1: read-only, see Repository.require_writable)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -35,6 +37,10 @@ def segment_key(backup_id: str, segment: int) -> str:
 
 def index_key(backup_id: str, segment: int) -> str:
     return f"{segment_key(backup_id, segment)}.idx"
+
+
+def lease_key(backup_id: str) -> str:
+    return f"locks/{backup_id}.lease"
 
 
 def backup_id_of_manifest_key(key: str) -> str | None:

@@ -1,31 +1,44 @@
 """Upload leases: a push announces, on the target, which backup it is writing.
 
-``locks/<backup-id>.lease`` is plain JSON ``{host, pid, boot_id, parent_id, started, refreshed}`` written when
-a push of that backup starts, refreshed at least every ``REFRESH`` while segments are stored, and
-deleted when the push ends.  ``clean`` and ``prune`` leave a backup alone while its lease is live:
-refreshed less than ``STALE`` ago, or held by a process of this host that still runs.  A lease of
-a dead process on this host is stale at once, so a killed push never needs a manual unlock.
+``locks/<backup-id>.lease`` is plain JSON ``{backup_id, parent_id, host, pid, boot_id, token,
+started, refreshed}``, written before the first byte of a backup and deleted only after its
+manifest is committed (or the attempt has failed and cleaned up).  While it is held, a thread
+rewrites it every ``REFRESH``, however slow the upload (a throttled push is never mistaken for a
+dead one).  ``clean`` and ``prune`` leave a backup alone while its lease is live: refreshed less
+than ``STALE`` ago, or held by a process of this host and boot that still runs (so a killed push's
+lease is stale at once and never needs a manual unlock).  A second push of the same backup, from
+this host or another, refuses to start while another holder's lease is live (exit 11).
+
+Leases are input from a shared place: reads are size-capped, times must carry a timezone, and a
+time in the future is clamped to now; a lease that does not parse is *invalid*, reported by
+``clean`` (which removes it), and never crashes anything.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import secrets
 import socket
-import time
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from btrsync.catalog.layout import lease_key
+from btrsync.errors import LockedError
 from btrsync.targets.base import Target
-from btrsync.targets.errors import NotFound
+from btrsync.targets.errors import NotFound, TargetError
+
+log = logging.getLogger(__name__)
 
 REFRESH = timedelta(minutes=5)
 STALE = timedelta(minutes=30)
+MAX_LEASE_BYTES = 4096
 
-
-def lease_key(backup_id: str) -> str:
-    return f"locks/{backup_id}.lease"
+__all__ = ["REFRESH", "STALE", "Lease", "LeaseInfo", "boot_id", "lease_key", "live_backup_ids",
+           "live_leases", "pid_alive", "read_leases"]
 
 
 def boot_id() -> str:
@@ -43,74 +56,159 @@ class LeaseInfo:
     boot_id: str
     refreshed: datetime
     parent_id: str | None = None
+    token: str = ""
+    key: str = ""
+    error: str | None = None  # set for an invalid lease: what is wrong with it
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
 
     def is_live(self, now: datetime) -> bool:
+        if not self.valid:
+            return False
         if self.host == socket.gethostname() and self.boot_id == boot_id():
             return pid_alive(self.pid)
-        return now - self.refreshed < STALE
+        return now - min(self.refreshed, now) < STALE
+
+    def describe(self) -> str:
+        if not self.valid:
+            return f"invalid lease {self.key}: {self.error}"
+        return (f"host {self.host} pid {self.pid}, refreshed "
+                f"{self.refreshed.isoformat(timespec='seconds').replace('+00:00', 'Z')}")
 
 
-class Lease:
-    """Held by one push of one backup; ``refresh`` is cheap to call often."""
-
-    def __init__(self, target: Target, backup_id: str, parent_id: str | None = None) -> None:
-        self.target = target
-        self.backup_id = backup_id
-        self.parent_id = parent_id
-        self.started = datetime.now(UTC)
-        self._last = 0.0
-
-    def __enter__(self) -> Lease:
-        self._write()
-        return self
-
-    def refresh(self) -> None:
-        if time.monotonic() - self._last >= REFRESH.total_seconds():
-            self._write()
-
-    def _write(self) -> None:
-        doc = {"backup_id": self.backup_id, "parent_id": self.parent_id,
-               "host": socket.gethostname(), "pid": os.getpid(),
-               "boot_id": boot_id(), "started": self.started.isoformat(),
-               "refreshed": datetime.now(UTC).isoformat()}
-        self.target.put_bytes(lease_key(self.backup_id), json.dumps(doc).encode())
-        self._last = time.monotonic()
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.target.delete(lease_key(self.backup_id))
-        except NotFound:
-            pass
+def parse_lease(key: str, data: bytes, now: datetime) -> LeaseInfo:
+    """A lease's fields, validated; an ``error`` instead of an exception for anything bad."""
+    backup_id = key.removeprefix("locks/").removesuffix(".lease")
+    try:
+        doc = json.loads(data)
+        refreshed = datetime.fromisoformat(str(doc["refreshed"]))
+        if refreshed.tzinfo is None:
+            raise ValueError("refreshed time has no timezone")
+        if str(doc["backup_id"]) != backup_id:
+            raise ValueError(f"names backup {doc['backup_id']!r}")
+        parent = doc.get("parent_id")
+        return LeaseInfo(backup_id, str(doc["host"]), int(doc["pid"]), str(doc.get("boot_id", "")),
+                         min(refreshed, now), None if parent is None else str(parent),
+                         str(doc.get("token", "")), key)
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        return LeaseInfo(backup_id, "", 0, "", now, key=key, error=f"{type(exc).__name__}: {exc}")
 
 
-def read_leases(target: Target) -> list[LeaseInfo]:
+def read_lease(target: Target, key: str, now: datetime | None = None) -> LeaseInfo | None:
+    now = now or datetime.now(UTC)
+    try:
+        size = target.stat(key).size
+        if size > MAX_LEASE_BYTES:
+            return LeaseInfo(key.removeprefix("locks/").removesuffix(".lease"), "", 0, "", now, key=key,
+                             error=f"{size} bytes, more than a lease ever holds")
+        return parse_lease(key, target.read(key), now)
+    except NotFound:
+        return None
+
+
+def read_leases(target: Target, now: datetime | None = None) -> list[LeaseInfo]:
     found = []
     for obj in target.list("locks/"):
-        try:
-            doc = json.loads(target.read(obj.key))
-            found.append(LeaseInfo(str(doc["backup_id"]), str(doc["host"]), int(doc["pid"]),
-                                   str(doc.get("boot_id", "")), datetime.fromisoformat(doc["refreshed"]),
-                                   doc.get("parent_id")))
-        except (NotFound, ValueError, KeyError, TypeError):
+        if not obj.key.endswith(".lease"):
             continue
+        lease = read_lease(target, obj.key, now)
+        if lease is not None:
+            found.append(lease)
     return found
 
 
 def live_leases(target: Target, now: datetime | None = None) -> list[LeaseInfo]:
     now = now or datetime.now(UTC)
-    return [lease for lease in read_leases(target) if lease.is_live(now)]
+    return [lease for lease in read_leases(target, now) if lease.is_live(now)]
 
 
 def live_backup_ids(target: Target, now: datetime | None = None) -> set[str]:
     return {lease.backup_id for lease in live_leases(target, now)}
 
 
+class Lease:
+    """Held by one push of one backup, from before its first segment until after its manifest.
+
+    ``with Lease(target, backup_id, parent_id):`` refuses (``LockedError``, exit 11) when another
+    holder's lease on the same backup is live; a thread refreshes it every ``refresh_every``.
+    """
+
+    def __init__(self, target: Target, backup_id: str, parent_id: str | None = None, *,
+                 refresh_every: timedelta = REFRESH) -> None:
+        self.target = target
+        self.backup_id = backup_id
+        self.parent_id = parent_id
+        self.key = lease_key(backup_id)
+        self.token = secrets.token_hex(8)
+        self.started = datetime.now(UTC)
+        self.refresh_every = refresh_every
+        self.refresh_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Lease:
+        other = read_lease(self.target, self.key)
+        if other is not None and other.is_live(datetime.now(UTC)):
+            raise LockedError(
+                f"backup {self.backup_id} is being uploaded by another btrsync ({other.describe()}) to "
+                f"{self.target.display_url}; try again when it has finished")
+        self._write()
+        self._thread = threading.Thread(target=self._refresh_loop, name=f"lease {self.backup_id}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def refresh(self) -> None:
+        """Kept for callers that want an immediate refresh; the thread refreshes anyway."""
+        self._write()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_every.total_seconds()):
+            try:
+                self._write()
+                self.refresh_error = None
+            except (TargetError, OSError) as exc:  # the next refresh may succeed; STALE is 6 refreshes
+                self.refresh_error = str(exc)
+                log.warning("could not refresh the upload lease %s: %s", self.key, exc)
+
+    def _write(self) -> None:
+        doc = {"backup_id": self.backup_id, "parent_id": self.parent_id, "token": self.token,
+               "host": socket.gethostname(), "pid": os.getpid(),
+               "boot_id": boot_id(), "started": self.started.isoformat(),
+               "refreshed": datetime.now(UTC).isoformat()}
+        self.target.put_bytes(self.key, json.dumps(doc).encode())
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            current = read_lease(self.target, self.key)
+            if current is not None and current.valid and current.token != self.token:
+                log.warning("upload lease %s was taken over (%s); leaving it", self.key, current.describe())
+                return
+            self.target.delete(self.key)
+        except NotFound:
+            pass
+        except (TargetError, OSError) as exc:
+            if exc_type is None:
+                raise
+            # already failing: do not hide the first error; the lease goes stale on its own
+            log.warning("could not remove the upload lease %s: %s", self.key, exc)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (one we may not signal counts)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    except OverflowError:
+        return False
     return True

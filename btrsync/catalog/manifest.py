@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from btrsync.catalog.layout import FORMAT_VERSION
+from btrsync.catalog.layout import FORMAT_VERSION, READABLE_FORMATS
 from btrsync.errors import DamageError
 
 
@@ -76,16 +76,30 @@ class Manifest:
     def from_json(cls, data: bytes, where: str) -> Manifest:
         try:
             doc = json.loads(data)
-            if doc.get("format") != FORMAT_VERSION:
-                raise DamageError(f"{where} has format {doc.get('format')!r}; this btrsync reads {FORMAT_VERSION}")
+            if doc.get("format") not in READABLE_FORMATS:
+                raise DamageError(f"{where} has format {doc.get('format')!r}; this btrsync reads "
+                                  f"{', '.join(map(str, READABLE_FORMATS))}")
             doc["chunks"] = tuple(ChunkRecord.from_list(r) for r in doc["chunks"])
             for name in ("snapshot_time", "started", "finished"):
                 doc[name] = datetime.fromisoformat(doc[name])
-            return cls(**doc)
+            manifest = cls(**doc)
         except DamageError:
             raise
         except (ValueError, TypeError, KeyError) as exc:
             raise DamageError(f"{where} is not a valid manifest: {exc}") from None
+        manifest.validate(where)
+        return manifest
+
+    def validate(self, where: str) -> None:
+        """Fields that name things on a restore machine must be safe there (hostile input)."""
+        if not _single_component(self.snapshot):
+            raise DamageError(f"{where} names snapshot {self.snapshot!r}, which is not a single path "
+                              "component: refusing to use it")
+        if self.depth < 0 or (self.parent_id is None) != (self.depth == 0) or self.backup_id == self.parent_id:
+            raise DamageError(f"{where} has an inconsistent chain link (depth {self.depth}, "
+                              f"parent {self.parent_id})")
+        if self.snapshot_time.tzinfo is None:
+            raise DamageError(f"{where} has a snapshot time without a timezone")
 
     def summary(self) -> dict[str, Any]:
         """The fields ``btrsync list --json`` prints."""
@@ -105,6 +119,11 @@ class Manifest:
             "chunks": len(self.chunks),
             "pushed": _iso(self.finished),
         }
+
+
+def _single_component(name: object) -> bool:
+    return (isinstance(name, str) and 0 < len(name.encode()) <= 255 and name not in (".", "..")
+            and "/" not in name and "\0" not in name)
 
 
 def _iso(t: datetime) -> str:

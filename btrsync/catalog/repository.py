@@ -1,22 +1,37 @@
-"""A btrsync repository on a target: initialisation, key check, manifests, commit and removal."""
+"""A btrsync repository on a target: explicit initialisation, key check, the catalog of manifests,
+commit and removal.
+
+A repository exists only where ``btrsync init`` created one (the marker ``btrsync-repo.json``):
+every other command opens an existing repository and fails with exit 10 where there is none, so
+an unmounted disk or a mistyped URL is an error, never a fresh repository on the wrong disk.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from btrsync.catalog import layout
+from btrsync.catalog.chains import BrokenChain, broken_chains
 from btrsync.catalog.manifest import Manifest
 from btrsync.crypto import frames
 from btrsync.crypto.keys import MasterKey
-from btrsync.errors import DamageError, TargetMissingError, WrongKeyError
+from btrsync.errors import BtrsyncError, DamageError, TargetMissingError, UsageError, WrongKeyError
+from btrsync.snapshots.naming import parse_name
 from btrsync.targets.base import ObjectInfo, Target
 from btrsync.targets.errors import NotFound, RangeError
 
 log = logging.getLogger(__name__)
+
+MARKER_MAX_BYTES = 4096
+MARKER_INFO = b"btrsync marker v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +40,59 @@ class RepoInfo:
     repo_id: str
     key_id: str
     created: str
+    mac: str = ""  # format 2: HMAC of the other fields under the key (see marker_mac)
+
+    def fields(self) -> dict[str, object]:
+        return {"btrsync": "repository", "format": self.format, "repo_id": self.repo_id,
+                "key_id": self.key_id, "created": self.created}
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedManifest:
+    """A manifest that exists but cannot be trusted (authentication, format or identity)."""
+
+    backup_id: str
+    key: str
+    error: str
+
+    @property
+    def subvolume(self) -> str | None:
+        """The subvolume its id names (``<subvol>.<stamp>-<uuid8>``), ``None`` if it names none."""
+        parsed = parse_name(self.backup_id.rsplit("-", 1)[0])
+        return parsed.base if parsed else None
+
+    def advice(self, target: str) -> str:
+        return (f"manifest {self.key} on {target} is damaged ({self.error}); restore it from a copy, "
+                f"or move it aside (rename it to {self.key}.damaged: its data then counts as orphaned "
+                "and 'btrsync clean' removes it)")
+
+
+@dataclass(slots=True)
+class Catalog:
+    """The committed backups of a repository: those that authenticate, and those that do not."""
+
+    manifests: list[Manifest] = field(default_factory=list)  # oldest snapshot first
+    damaged: list[DamagedManifest] = field(default_factory=list)
+    _broken: dict[str, BrokenChain] | None = field(default=None, repr=False)
+
+    @property
+    def broken(self) -> dict[str, BrokenChain]:
+        """Backups whose chain cannot be followed to a full (missing, damaged or wrong parent)."""
+        if self._broken is None:
+            self._broken = broken_chains(self.manifests, {d.backup_id for d in self.damaged})
+        return self._broken
+
+    @property
+    def restorable(self) -> list[Manifest]:
+        return [m for m in self.manifests if m.backup_id not in self.broken]
+
+    @property
+    def ids(self) -> set[str]:
+        return {m.backup_id for m in self.manifests} | {d.backup_id for d in self.damaged}
+
+    def damaged_subvolumes(self) -> set[str | None]:
+        """Subvolumes with a damaged manifest (``None``: one whose subvolume cannot be told)."""
+        return {d.subvolume for d in self.damaged}
 
 
 class Repository:
@@ -34,33 +102,40 @@ class Repository:
         self.target = target
         self.key = key
         self.info = info
+        self.binding = frames.Binding(key, info.repo_id if info.format >= 2 else None)
+
+    @property
+    def repo_id(self) -> str:
+        return self.info.repo_id
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
     def open(cls, target: Target, key: MasterKey, *, create: bool = False) -> Repository:
-        """Open the repository at ``target``; with ``create``, initialise an empty target.
+        """Open the repository at ``target``.
 
-        Raises ``TargetMissingError`` (exit 10) when there is no repository and ``WrongKeyError``
-        (exit 12) when the key is not the repository's, before anything is written.
+        Raises ``TargetMissingError`` (exit 10) when there is none and ``WrongKeyError`` (exit 12)
+        when the key is not the repository's, before anything is written.  ``create`` initialises
+        a missing one: for tests and the demo only; the command line creates repositories with
+        ``btrsync init`` alone.
         """
-        target.probe()
-        try:
-            info = _parse_marker(target.read(layout.REPO_MARKER), target)
-        except NotFound:
+        info = read_marker(target)
+        if info is None:
             if not create:
                 raise TargetMissingError(
-                    f"{target.display_url} holds no btrsync repository (push to it once to create one)"
-                ) from None
-            info = cls._initialise(target, key)
-        if info.key_id != key.key_id:
-            raise WrongKeyError(
-                f"wrong key for {target.display_url}: the key file has id {key.key_id}, "
-                f"the repository was written with key id {info.key_id}"
-            )
+                    f"{target.display_url} holds no btrsync repository: if this is the right place "
+                    f"(is the disk mounted?), create one with 'btrsync init --to {target.display_url}'"
+                )
+            return cls.init(target, key)
+        check_marker(info, key, target)
         return cls(target, key, info)
 
-    @staticmethod
-    def _initialise(target: Target, key: MasterKey) -> RepoInfo:
+    @classmethod
+    def init(cls, target: Target, key: MasterKey) -> Repository:
+        """Create a repository at an empty location (``btrsync init``)."""
+        existing = read_marker(target)
+        if existing is not None:
+            raise RepositoryExistsError(f"{target.display_url} already holds btrsync repository "
+                                        f"{existing.repo_id} (key id {existing.key_id}); nothing changed")
         leftovers = [o.key for o in target.list()][:3]
         if leftovers:
             raise TargetMissingError(
@@ -69,11 +144,19 @@ class Repository:
             )
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         info = RepoInfo(layout.FORMAT_VERSION, secrets.token_hex(8), key.key_id, now)
-        doc = {"btrsync": "repository", "format": info.format, "repo_id": info.repo_id,
-               "key_id": info.key_id, "created": info.created}
+        info = RepoInfo(info.format, info.repo_id, info.key_id, info.created, marker_mac(key, info))
+        doc = {**info.fields(), "mac": info.mac}
         target.put_bytes(layout.REPO_MARKER, json.dumps(doc, indent=2).encode() + b"\n")
         log.info("repository created target=%s repo_id=%s", target.display_url, info.repo_id)
-        return info
+        return cls(target, key, info)
+
+    def require_writable(self) -> None:
+        """Format 1 repositories are read-only: their objects are not bound to the repository."""
+        if self.info.format < layout.FORMAT_VERSION:
+            raise UsageError(
+                f"{self.target.display_url} is a format {self.info.format} repository: it can be listed, "
+                f"verified and restored from, but not written; create a new repository elsewhere with "
+                f"'btrsync init' and push there (docs/restore.md, 'Older repositories')")
 
     # -- manifests ---------------------------------------------------------------------------
     def backup_ids(self) -> list[str]:
@@ -82,21 +165,40 @@ class Repository:
 
     def load_manifest(self, backup_id: str) -> Manifest:
         key = layout.manifest_key(backup_id)
-        payload = frames.open_manifest(self.key, key, self.target.read(key))
+        payload = self.binding.open_manifest(key, self.target.read(key))
         manifest = Manifest.from_json(payload, key)
         if manifest.backup_id != backup_id:
             raise DamageError(f"{key} describes backup {manifest.backup_id}, not {backup_id}")
+        if manifest.format != self.info.format:
+            raise DamageError(f"{key} has format {manifest.format} in a format {self.info.format} repository")
         return manifest
 
+    def catalog(self, ids: list[str] | None = None) -> Catalog:
+        """Every committed backup; one that fails to load is reported, not fatal to the others."""
+        catalog = Catalog()
+        for backup_id in self.backup_ids() if ids is None else ids:
+            try:
+                catalog.manifests.append(self.load_manifest(backup_id))
+            except NotFound:
+                continue  # deleted between listing and reading
+            except DamageError as exc:
+                key = layout.manifest_key(backup_id)
+                catalog.damaged.append(DamagedManifest(backup_id, key, str(exc)))
+                log.warning("%s", catalog.damaged[-1].advice(self.target.display_url))
+        catalog.manifests.sort(key=lambda m: (m.snapshot_time, m.snapshot, m.backup_id))
+        return catalog
+
     def manifests(self) -> list[Manifest]:
-        """Every committed backup, oldest snapshot first."""
-        found = [self.load_manifest(i) for i in self.backup_ids()]
-        return sorted(found, key=lambda m: (m.snapshot_time, m.snapshot, m.backup_id))
+        """Every committed backup, oldest snapshot first; any damaged manifest raises."""
+        catalog = self.catalog()
+        if catalog.damaged:
+            raise DamageError(catalog.damaged[0].advice(self.target.display_url))
+        return catalog.manifests
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest: the commit point of a backup (all segments must be durable)."""
         key = layout.manifest_key(manifest.backup_id)
-        self.target.put_bytes(key, frames.seal_manifest(self.key, key, manifest.to_json()))
+        self.target.put_bytes(key, self.binding.seal_manifest(key, manifest.to_json()))
 
     # -- data --------------------------------------------------------------------------------
     def data_keys(self, backup_id: str) -> list[str]:
@@ -112,17 +214,21 @@ class Repository:
             raise DamageError(f"chunk {index} of backup {manifest.backup_id}: segment {key} is missing "
                               f"or shorter than recorded on {self.target.display_url}") from None
 
-    def discard_uncommitted(self, backup_id: str) -> int:
+    def discard_uncommitted(self, backup_id: str, before_delete: DeleteHook | None = None) -> int:
         """Delete data of a backup that has no manifest (leftovers of an interrupted push)."""
         keys = self.data_keys(backup_id)
         for key in keys:
-            self.target.delete(key)
+            self._delete(key, before_delete)
         return len(keys)
 
-    def delete_backup(self, backup_id: str) -> None:
+    def delete_backup(self, backup_id: str, before_delete: DeleteHook | None = None) -> None:
         """Manifest first (the backup stops existing), then its data: a crash leaves only orphans."""
-        self.target.delete(layout.manifest_key(backup_id))
+        self._delete(layout.manifest_key(backup_id), before_delete)
         for key in self.data_keys(backup_id):
+            self._delete(key, before_delete)
+
+    def _delete(self, key: str, before_delete: DeleteHook | None) -> None:
+        with before_delete(key) if before_delete is not None else nullcontext():
             self.target.delete(key)
 
     def orphaned_data(self) -> list[ObjectInfo]:
@@ -132,15 +238,53 @@ class Repository:
                 if (bid := layout.backup_id_of_data_key(obj.key)) and bid not in committed]
 
 
-def _parse_marker(data: bytes, target: Target) -> RepoInfo:
+# wraps each deletion of an object key (the audit log records intent and outcome)
+DeleteHook = Callable[[str], AbstractContextManager[None]]
+
+
+class RepositoryExistsError(BtrsyncError):
+    """``btrsync init`` found a repository already there."""
+
+
+def marker_mac(key: MasterKey, info: RepoInfo) -> str:
+    """HMAC-SHA256 of the marker's fields under a key derived from the master key."""
+    mac_key = key.derive(MARKER_INFO, b"")
+    body = json.dumps(info.fields(), sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(mac_key, body, hashlib.sha256).hexdigest()
+
+
+def read_marker(target: Target) -> RepoInfo | None:
+    """The repository marker's fields (unauthenticated yet), ``None`` if there is no marker."""
+    target.probe()
+    try:
+        size = target.stat(layout.REPO_MARKER).size
+        if size > MARKER_MAX_BYTES:
+            raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} is {size} bytes: not a "
+                              "btrsync marker")
+        data = target.read(layout.REPO_MARKER)
+    except NotFound:
+        return None
     try:
         doc = json.loads(data)
-        info = RepoInfo(int(doc["format"]), str(doc["repo_id"]), str(doc["key_id"]), str(doc["created"]))
+        info = RepoInfo(int(doc["format"]), str(doc["repo_id"]), str(doc["key_id"]), str(doc["created"]),
+                        str(doc.get("mac", "")))
     except (ValueError, KeyError, TypeError):
         raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} is damaged") from None
-    if info.format != layout.FORMAT_VERSION:
+    if info.format not in layout.READABLE_FORMATS:
         raise DamageError(
             f"{target.display_url} uses repository format {info.format}; this btrsync reads "
-            f"format {layout.FORMAT_VERSION}"
+            f"formats {', '.join(map(str, layout.READABLE_FORMATS))} (upgrade btrsync)"
         )
     return info
+
+
+def check_marker(info: RepoInfo, key: MasterKey, target: Target) -> None:
+    """Wrong key (exit 12) before anything else; then, in format 2, the marker's own MAC."""
+    if info.key_id != key.key_id:
+        raise WrongKeyError(
+            f"wrong key for {target.display_url}: the key file has id {key.key_id}, "
+            f"the repository was written with key id {info.key_id}"
+        )
+    if info.format >= 2 and not hmac.compare_digest(info.mac, marker_mac(key, info)):
+        raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} failed authentication "
+                          "(edited or forged): refusing to use this repository")

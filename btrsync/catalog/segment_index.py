@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from btrsync.catalog import layout
 from btrsync.catalog.manifest import ChunkRecord
-from btrsync.catalog.repository import Repository
-from btrsync.crypto import frames
+from btrsync.catalog.repository import DeleteHook, Repository
 from btrsync.errors import DamageError
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,19 @@ def write_index(repo: Repository, backup_id: str, segment: int, params: dict[str
     doc = {"format": layout.FORMAT_VERSION, "backup_id": backup_id, "segment": segment, "params": params,
            "chunks": [r.to_list() for r in records]}
     payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    repo.target.put_bytes(key, frames.seal_index(repo.key, key, payload))
+    repo.target.put_bytes(key, repo.binding.seal_index(key, payload))
 
 
 def _load_index(repo: Repository, backup_id: str, segment: int) -> dict[str, Any]:
     key = layout.index_key(backup_id, segment)
-    doc = json.loads(frames.open_index(repo.key, key, repo.target.read(key)))
+    doc = json.loads(repo.binding.open_index(key, repo.target.read(key)))
     if doc.get("backup_id") != backup_id or doc.get("segment") != segment:
         raise DamageError(f"{key} describes another segment")
     return dict(doc)
 
 
-def find_resume_point(repo: Repository, backup_id: str, params: dict[str, Any]) -> ResumePoint:
+def find_resume_point(repo: Repository, backup_id: str, params: dict[str, Any],
+                      before_delete: DeleteHook | None = None) -> ResumePoint:
     """Keep the durable prefix of an interrupted push of ``backup_id``; delete the rest."""
     sizes = {o.key: o.size for o in repo.target.list(layout.data_prefix(backup_id))}
     records: list[ChunkRecord] = []
@@ -66,7 +67,8 @@ def find_resume_point(repo: Repository, backup_id: str, params: dict[str, Any]) 
     keep = {layout.segment_key(backup_id, i) for i in range(segment)}
     keep |= {layout.index_key(backup_id, i) for i in range(segment)}
     for key in sorted(set(sizes) - keep):
-        repo.target.delete(key)
+        with before_delete(key) if before_delete is not None else nullcontext():
+            repo.target.delete(key)
     if segment:
         log.info("resuming backup=%s segments=%d chunks=%d", backup_id, segment, len(records))
     return ResumePoint(segment, tuple(records))

@@ -2,33 +2,64 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from btrsync.catalog.repository import Repository
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
-from btrsync.errors import EXIT_STATUS_HELP
+from btrsync.cli.problems import report_catalog_problems
+from btrsync.errors import EXIT_STATUS_HELP, DamageError
 from btrsync.units import format_bytes
 
 
 @click.command("list", epilog=EXIT_STATUS_HELP)
 @global_options
 @click.option("--from", "source", required=True, help="target URL or configured name")
+@click.option("--check", is_flag=True,
+              help="exit 4 when a manifest is damaged or a backup cannot be restored (broken chain)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list of backups")
 @pass_app
-def list_cmd(app: App, source: str, as_json: bool) -> None:
-    """List the backups on a target with their chains and sizes."""
-    with app.target(source) as target:
-        manifests = Repository.open(target, app.key()).manifests()
-        app.state().record_target(target.display_url, manifests)
-    rows = [m.summary() for m in manifests]
+def list_cmd(app: App, source: str, check: bool, as_json: bool) -> None:
+    """List the backups on a target with their chains and sizes.
+
+    A damaged manifest does not hide the other backups: it is listed as DAMAGED, and a backup
+    whose chain is broken (a parent missing, damaged or not the one it was sent on) as BROKEN;
+    warnings say what to do. With --check, either makes the exit status 4.
+
+    \b
+    Examples:
+      btrsync list --from file:///mnt/usb/backups
+      btrsync list --from b2 --json --check
+    """
+    with app.repository(source) as repo:
+        catalog = repo.catalog()
+        vanished = app.state().record_target(repo.target.display_url, catalog.manifests, repo_id=repo.repo_id,
+                                             complete=not catalog.damaged)
+    url = repo.target.display_url
+    rows: list[dict[str, Any]] = []
+    for m in catalog.manifests:
+        broken = catalog.broken.get(m.backup_id)
+        rows.append({**m.summary(), "status": "broken" if broken else "ok",
+                     "problem": broken.reason if broken else None})
+    rows += [{"id": d.backup_id, "subvolume": d.subvolume, "status": "damaged", "problem": d.error}
+             for d in catalog.damaged]
+    problems = report_catalog_problems(catalog, url, vanished)
     if as_json:
         emit_json(rows)
-        return
-    emit_table([(r["id"], r["subvolume"], r["created"], r["kind"], r["parent"], r["depth"],
-                 format_bytes(r["stream_bytes"]), format_bytes(r["stored_bytes"])) for r in rows],
-               ["ID", "SUBVOLUME", "CREATED", "KIND", "PARENT", "DEPTH", "STREAM", "STORED"])
+    else:
+        emit_table([(r["id"], r["subvolume"], r.get("created"), r.get("kind"), r.get("parent"), r.get("depth"),
+                     _size(r.get("stream_bytes")), _size(r.get("stored_bytes")),
+                     None if r["status"] == "ok" else r["status"].upper()) for r in rows],
+                   ["ID", "SUBVOLUME", "CREATED", "KIND", "PARENT", "DEPTH", "STREAM", "STORED", "STATUS"])
+    if check and (catalog.damaged or catalog.broken):
+        raise DamageError(f"{len(catalog.damaged)} damaged manifest(s) and {len(catalog.broken)} unrestorable "
+                          f"backup(s) on {url}" + (f" ({len(problems)} problem(s) above)" if problems else ""))
+
+
+def _size(n: int | None) -> str | None:
+    return None if n is None else format_bytes(n)
 
 
 COMMANDS = [list_cmd]

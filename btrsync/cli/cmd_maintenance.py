@@ -6,10 +6,11 @@ from dataclasses import asdict
 
 import click
 
-from btrsync.catalog.repository import Repository
+from btrsync.audit import AuditLog
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
+from btrsync.cli.problems import report_catalog_problems
 from btrsync.errors import EXIT_STATUS_HELP, ConfigError
 from btrsync.ops.clean import clean
 from btrsync.ops.usage import usage
@@ -25,8 +26,8 @@ from btrsync.units import format_bytes, parse_size
 def clean_cmd(app: App, source: str, dry_run: bool, as_json: bool) -> None:
     """Remove leftovers of interrupted pushes and prunes: data without a manifest, stale leases,
     temporary files, unfinished multipart uploads.  Uploads in progress are left alone."""
-    with app.target(source) as target, app.lock(target.display_url):
-        result = clean(Repository.open(target, app.key()), dry_run=dry_run)
+    with app.repository(source, write=not dry_run, lock=True) as repo:
+        result = clean(repo, dry_run=dry_run, audit=AuditLog(app.state().root))
     if as_json:
         emit_json({"freed_bytes": result.freed, "items": [asdict(i) for i in result.items]})
         return
@@ -47,8 +48,9 @@ def usage_cmd(app: App, source: str, as_json: bool) -> None:
         quota = parse_size(settings["quota"]) if settings.get("quota") else None
     except ValueError as exc:
         raise ConfigError(f"quota of target {source}: {exc}") from None
-    with app.target(source) as target:
-        report = usage(Repository.open(target, app.key()), quota_bytes=quota)
+    with app.repository(source) as repo:
+        report = usage(repo, quota_bytes=quota)
+    report_catalog_problems(report.catalog, repo.target.display_url)
     if as_json:
         emit_json(report.as_dict())
         return

@@ -10,12 +10,11 @@ from typing import Any, TypeVar
 import click
 
 from btrsync.audit import AuditLog
-from btrsync.catalog.repository import Repository
 from btrsync.cli.cmd_snapshot import snapshot
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
-from btrsync.errors import EXIT_STATUS_HELP, UsageError
+from btrsync.errors import EXIT_STATUS_HELP, DamageError, UsageError
 from btrsync.ops.prune import PruneResult, prune_backups, prune_snapshots
 from btrsync.retention import Policy, parse_duration, render_simulation, simulate
 from btrsync.snapshots.naming import parse_timestamp
@@ -66,7 +65,7 @@ def _render(result: PruneResult, as_json: bool) -> None:
 @global_options
 @click.option("--from", "source", required=True, help="target URL or configured name")
 @keep_options
-@click.option("--now", "now_text", metavar="TIME", help="evaluate the policy as of TIME (a simulator)")
+@click.option("--now", "now_text", metavar="TIME", help="with --dry-run: evaluate the policy as of TIME")
 @click.option("--dry-run", is_flag=True, help="print keep/delete with the rule that decided each")
 @click.option("--json", "as_json", is_flag=True, help="print the decisions as JSON")
 @pass_app
@@ -88,10 +87,18 @@ def prune_cmd(app: App, source: str, now_text: str | None, dry_run: bool, as_jso
         p = policy_for(subvolume)
         return p.describe() if p else "keep all"
 
-    with app.target(source) as target, app.lock(target.display_url):
-        result = prune_backups(Repository.open(target, app.key()), policy_for, _now(now_text),
-                               dry_run=dry_run, audit=AuditLog(app.state().root), policy_text=policy_text)
+    if now_text and not dry_run:
+        raise UsageError("--now evaluates the policy as of another time, a simulation: it needs --dry-run")
+    with app.repository(source, write=not dry_run, lock=True) as repo:
+        result = prune_backups(repo, policy_for, _now(now_text), dry_run=dry_run,
+                               audit=AuditLog(app.state().root), policy_text=policy_text)
+        if not dry_run:
+            app.state().record_target(repo.target.display_url, result.remaining, repo_id=repo.repo_id,
+                                      deleted=result.deleted, complete=not result.damaged)
+    for line in result.damaged:
+        click.echo(f"btrsync: warning: {line}", err=True)
     _render(result, as_json)
+    result.raise_for_damage()
 
 
 @snapshot.command("prune", epilog=EXIT_STATUS_HELP)
@@ -102,7 +109,7 @@ def prune_cmd(app: App, source: str, now_text: str | None, dry_run: bool, as_jso
 @click.option("--protect-for", "protect_for", multiple=True, metavar="URL",
               help="also ask this target (live) which snapshots it holds; targets known from earlier "
                    "pushes are always protected")
-@click.option("--now", "now_text", metavar="TIME", help="evaluate the policy as of TIME")
+@click.option("--now", "now_text", metavar="TIME", help="with --dry-run: evaluate the policy as of TIME")
 @click.option("--dry-run", is_flag=True, help="print keep/delete with the rule that decided each")
 @click.option("--json", "as_json", is_flag=True, help="print the decisions as JSON")
 @pass_app
@@ -110,14 +117,19 @@ def snapshot_prune_cmd(app: App, subvol: Path, snapshot_dir: Path, protect_for: 
                        now_text: str | None, dry_run: bool, as_json: bool, **flags: Any) -> None:
     """Apply retention to local snapshots of SUBVOL; never deletes the newest snapshot a target
     also holds, nor newer ones it has not received yet."""
+    if now_text and not dry_run:
+        raise UsageError("--now evaluates the policy as of another time, a simulation: it needs --dry-run")
     name = subvolume_name(subvol)
     policy = policy_from_flags(flags, app.config.retention.timezone) or app.config.retention.snapshot_policy(name)
     held_by = dict(app.state().targets())
     for source in protect_for:
-        with app.target(source) as target:
-            manifests = Repository.open(target, app.key()).manifests()
-            app.state().record_target(target.display_url, manifests)
-            held_by[target.display_url] = {m.snapshot_uuid for m in manifests}
+        with app.repository(source) as repo:
+            catalog = repo.catalog()
+            if catalog.damaged:
+                raise DamageError(f"cannot tell which snapshots {repo.target.display_url} holds: "
+                                  + catalog.damaged[0].advice(repo.target.display_url))
+            app.state().record_target(repo.target.display_url, catalog.manifests, repo_id=repo.repo_id)
+            held_by[repo.target.display_url] = {m.snapshot_uuid for m in catalog.manifests}
     result = prune_snapshots(snapshot_dir, name, policy, _now(now_text), held_by=held_by, dry_run=dry_run,
                              audit=AuditLog(app.state().root))
     _render(result, as_json)

@@ -8,13 +8,16 @@ from typing import Any
 
 import click
 
+from btrsync.audit import AuditLog
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
+from btrsync.cli.problems import report_catalog_problems
 from btrsync.errors import EXIT_STATUS_HELP
 from btrsync.ops.push import PushResult, push, raise_for_failures
 from btrsync.ops.push_settings import settings_from
 from btrsync.progress import terminal_progress
+from btrsync.snapshots.store import subvolume_name
 from btrsync.units import format_bytes
 
 
@@ -26,26 +29,44 @@ from btrsync.units import format_bytes
 @click.option("--dry-run", is_flag=True, help="print the plan (parent, full/incremental, why); send nothing")
 @click.option("--bwlimit", help="limit stored bytes per second, e.g. 25M (MiB/s)")
 @click.option("--max-chain", type=int, help="incrementals before a new full [default: 30]")
+@click.option("--backfill", is_flag=True,
+              help="also send snapshots older than the newest backup on the target that its retention "
+                   "would not keep")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @pass_app
 def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool, bwlimit: str | None,
-             max_chain: int | None, as_json: bool) -> None:
-    """Send every snapshot of SUBVOL that the target lacks, oldest first, each on its best parent."""
+             max_chain: int | None, backfill: bool, as_json: bool) -> None:
+    """Send every snapshot of SUBVOL that the target lacks, oldest first, each on its best parent.
+
+    The target must hold a repository ('btrsync init --to URL' creates one). SUBVOL must be a
+    btrfs subvolume with at least one snapshot in --snapshot-dir; a push that finds nothing to
+    send at all is an error, never a silent success.
+    """
     settings = settings_from(app.config.push, bwlimit=bwlimit, max_chain=max_chain)
-    with app.target(to) as target, app.lock(target.display_url):
-        result = push(subvol, snapshot_dir, target, app.key(), settings, dry_run=dry_run,
-                      progress=None if as_json else terminal_progress())
-        if not dry_run:
-            app.state().record_target(target.display_url, result.held)
+    url, _ = app.config.target(to)
+    policy = app.config.retention.backup_policy(subvolume_name(subvol), app.config.target_names(url) + (to,))
+    with app.repository(to, write=not dry_run, lock=not dry_run) as repo:
+        result = push(subvol, snapshot_dir, repo, settings, dry_run=dry_run,
+                      progress=None if as_json else terminal_progress(), backfill=backfill, policy=policy,
+                      audit=AuditLog(app.state().root))
+        complete = not (result.catalog and result.catalog.damaged)
+        # what vanished is judged on the catalog as found, before this push re-sent anything
+        vanished = app.state().record_target(repo.target.display_url, result.catalog.manifests
+                                             if result.catalog else [], repo_id=repo.repo_id, complete=complete)
+        if result.results:
+            app.state().record_target(repo.target.display_url, result.held, repo_id=repo.repo_id,
+                                      complete=complete)
+    report_catalog_problems(result.catalog, repo.target.display_url, vanished)
     if as_json:
-        emit_json(_as_json(result, dry_run))
+        emit_json(_as_json(result, dry_run, vanished))
     else:
         _render(result, dry_run)
     raise_for_failures(result)
 
 
-def _as_json(result: PushResult, dry_run: bool) -> dict[str, Any]:
+def _as_json(result: PushResult, dry_run: bool, vanished: list[str]) -> dict[str, Any]:
     return {
+        "vanished": vanished,
         "target": result.target, "subvolume": result.subvolume, "dry_run": dry_run,
         "plan": [{"snapshot": s.snapshot.name, "kind": s.kind, "parent": s.parent.name if s.parent else None,
                   "parent_id": s.parent_backup_id, "depth": s.depth, "reason": s.reason}
@@ -61,10 +82,10 @@ def _render(result: PushResult, dry_run: bool) -> None:
     if dry_run:
         emit_table([(s.snapshot.name, s.kind, s.parent.name if s.parent else None, s.reason)
                     for s in result.plan.steps], ["SNAPSHOT", "KIND", "PARENT", "WHY"])
-    else:
+    else:  # a failure's message is printed once, as the command's error, not in the table
         emit_table([(r.backup_id, r.kind, r.status, format_bytes(r.stream_bytes), format_bytes(r.stored_bytes),
-                     f"{r.seconds:.1f}s", r.error) for r in result.results],
-                   ["BACKUP", "KIND", "STATUS", "STREAM", "STORED", "TIME", "ERROR"])
+                     f"{r.seconds:.1f}s") for r in result.results],
+                   ["BACKUP", "KIND", "STATUS", "STREAM", "STORED", "TIME"])
     for skip in result.plan.skipped:
         click.echo(f"skipped {skip.snapshot.name}: {skip.reason}", err=True)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from btrsync.catalog.repository import Repository
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
+from btrsync.cli.problems import report_catalog_problems
 from btrsync.errors import EXIT_STATUS_HELP
 from btrsync.ops.receive import receive
 from btrsync.progress import terminal_progress
@@ -30,9 +30,12 @@ def receive_cmd(app: App, backup: str, source: str, into: Path, as_json: bool) -
     Replays the chain (the full, then each incremental), skipping links already in DIR; every
     chunk's hash and authentication tag are checked before btrfs receive sees its bytes.
     """
-    with app.target(source) as target:
+    with app.repository(source) as repo:
+        known = app.state().target(repo.target.display_url)
+        if known is not None and known.vanished:
+            report_catalog_problems(None, repo.target.display_url, sorted(known.vanished))
         progress = None if as_json else terminal_progress("received")
-        result = receive(Repository.open(target, app.key()), backup, into, progress=progress)
+        result = receive(repo, backup, into, progress=progress)
         if progress:
             progress.finish()
     if as_json:

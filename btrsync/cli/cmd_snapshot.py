@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
+from btrsync.audit import AuditLog
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
-from btrsync.errors import EXIT_STATUS_HELP
+from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, PartialError, SnapshotError
 from btrsync.ops import snapshots as ops
 from btrsync.snapshots.naming import parse_timestamp
 
@@ -54,10 +55,26 @@ def list_(app: App, subvol: Path | None, snapshot_dir: Path, as_json: bool) -> N
 @click.option("--force", is_flag=True, help="delete even the newest snapshot a target also holds")
 @pass_app
 def delete(app: App, paths: tuple[Path, ...], force: bool) -> None:
-    """Delete snapshots; refuses the newest snapshot a target also holds unless --force."""
+    """Delete snapshots; refuses the newest snapshot a target also holds unless --force.
+
+    Every path is tried; exit 3 when some were deleted and others refused, 1 when none was.
+    """
+    failures: list[str] = []
     for path in paths:
-        ops.delete(path, app.state(), force=force)
+        try:
+            ops.delete(path, app.state(), force=force, audit=AuditLog(app.state().root))
+        except BtrsyncError as exc:
+            if len(paths) == 1:
+                raise
+            failures.append(str(exc))
+            click.echo(f"btrsync: not deleted: {exc}", err=True)
+            continue
         click.echo(f"deleted {path}", err=True)
+    if failures:
+        if len(failures) < len(paths):
+            raise PartialError(f"deleted {len(paths) - len(failures)} of {len(paths)} snapshots; "
+                               f"{len(failures)} refused (see above)")
+        raise SnapshotError(f"none of the {len(paths)} snapshots was deleted (see above)")
 
 
 COMMANDS = [snapshot]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import click
 
 from btrsync import __version__
 from btrsync.cli.options import configure_logging
+from btrsync.catalog.repository import Repository
 from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
 from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
@@ -52,13 +54,30 @@ class App:
     def state(self) -> State:
         return State(self.state_dir or self.config.state_dir)
 
-    def lock(self, url: str) -> AbstractContextManager[None]:
-        """The local per-target lock (exit 11 when another process holds it)."""
-        return target_lock(self.state().root, url)
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """A local lock (exit 11 when another process holds it): per repository, per job."""
+        return target_lock(self.state().root, name)
 
     def target(self, url_or_name: str) -> Target:
         url, settings = self.config.target(url_or_name)
         return open_target(url, settings)
+
+    @contextmanager
+    def repository(self, url_or_name: str, *, write: bool = False, lock: bool = False) -> Iterator[Repository]:
+        """Open the repository at a target, checked against what this host knows of it.
+
+        Exit 10 when there is none (``btrsync init`` creates one) or when the URL now holds a
+        different repository than this host saw there; 12 for a wrong key.  ``write`` refuses
+        read-only (format 1) repositories; ``lock`` takes the local lock of the repository (by
+        its id, however the URL is spelled), exit 11 when another process holds it.
+        """
+        with self.target(url_or_name) as target:
+            repo = Repository.open(target, self.key())
+            self.state().bind(target.display_url, repo.repo_id)
+            if write:
+                repo.require_writable()
+            with self.lock(f"repository {repo.repo_id}") if lock else nullcontext():
+                yield repo
 
 
 pass_app = click.make_pass_decorator(App)
@@ -92,10 +111,12 @@ def _register() -> None:
         cmd_prune,
         cmd_push,
         cmd_receive,
+        cmd_repo,
         cmd_snapshot,
     )
 
-    modules = (cmd_key, cmd_snapshot, cmd_push, cmd_list, cmd_receive, cmd_prune, cmd_maintenance, cmd_demo)
+    modules = (cmd_key, cmd_repo, cmd_snapshot, cmd_push, cmd_list, cmd_receive, cmd_prune, cmd_maintenance,
+               cmd_demo)
     for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -1,4 +1,4 @@
-"""Authenticated framing of stored chunks and manifests (format version 1).
+"""Authenticated framing of stored chunks, manifests and segment indexes (formats 1 and 2).
 
 A *frame* is one AES-256-GCM message::
 
@@ -11,6 +11,11 @@ frames: below 2^-49 after 2^40 frames).  Retries resend the same ciphertext; any
 after a crash or a resume, draws a new salt.  The header and a caller-chosen context (backup id and
 chunk number, or the manifest's object key) are authenticated as associated data, so frames cannot
 be swapped, reordered or moved between backups without detection.
+
+Format 2 prefixes every context with the repository id (``Binding``), so an object sealed in one
+repository fails authentication in another written with the same key (two hosts sharing a key
+under different prefixes cannot be made to restore each other's data).  Format 1 contexts lack
+the prefix; they are still opened, for reading old repositories.
 """
 
 from __future__ import annotations
@@ -73,28 +78,37 @@ def chunk_context(backup_id: str, seq: int) -> bytes:
     return backup_id.encode() + b"\0" + struct.pack(">Q", seq)
 
 
-def seal_chunk(key: MasterKey, backup_id: str, seq: int, payload: bytes, flags: int) -> bytes:
-    return seal(key, CHUNK_MAGIC, CHUNK_INFO, flags, payload, chunk_context(backup_id, seq))
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The key and the repository every sealed object is bound to (``repo_id=None``: format 1)."""
 
+    key: MasterKey
+    repo_id: str | None
 
-def open_chunk(key: MasterKey, backup_id: str, seq: int, frame: bytes) -> Opened:
-    what = f"chunk {seq} of backup {backup_id}"
-    return open_frame(key, CHUNK_MAGIC, CHUNK_INFO, frame, chunk_context(backup_id, seq), what)
+    def _context(self, context: bytes) -> bytes:
+        return context if self.repo_id is None else b"repo " + self.repo_id.encode() + b"\0" + context
 
+    def seal_chunk(self, backup_id: str, seq: int, payload: bytes, flags: int) -> bytes:
+        return seal(self.key, CHUNK_MAGIC, CHUNK_INFO, flags, payload,
+                    self._context(chunk_context(backup_id, seq)))
 
-def seal_manifest(key: MasterKey, object_key: str, payload: bytes) -> bytes:
-    return seal(key, MANIFEST_MAGIC, MANIFEST_INFO, 0, payload, object_key.encode())
+    def open_chunk(self, backup_id: str, seq: int, frame: bytes) -> Opened:
+        what = f"chunk {seq} of backup {backup_id}"
+        return open_frame(self.key, CHUNK_MAGIC, CHUNK_INFO, frame,
+                          self._context(chunk_context(backup_id, seq)), what)
 
+    def seal_manifest(self, object_key: str, payload: bytes) -> bytes:
+        return seal(self.key, MANIFEST_MAGIC, MANIFEST_INFO, 0, payload, self._context(object_key.encode()))
 
-def open_manifest(key: MasterKey, object_key: str, frame: bytes) -> bytes:
-    what = f"manifest {object_key}"
-    return open_frame(key, MANIFEST_MAGIC, MANIFEST_INFO, frame, object_key.encode(), what).payload
+    def open_manifest(self, object_key: str, frame: bytes) -> bytes:
+        what = f"manifest {object_key}"
+        return open_frame(self.key, MANIFEST_MAGIC, MANIFEST_INFO, frame,
+                          self._context(object_key.encode()), what).payload
 
+    def seal_index(self, object_key: str, payload: bytes) -> bytes:
+        return seal(self.key, INDEX_MAGIC, INDEX_INFO, 0, payload, self._context(object_key.encode()))
 
-def seal_index(key: MasterKey, object_key: str, payload: bytes) -> bytes:
-    return seal(key, INDEX_MAGIC, INDEX_INFO, 0, payload, object_key.encode())
-
-
-def open_index(key: MasterKey, object_key: str, frame: bytes) -> bytes:
-    what = f"segment index {object_key}"
-    return open_frame(key, INDEX_MAGIC, INDEX_INFO, frame, object_key.encode(), what).payload
+    def open_index(self, object_key: str, frame: bytes) -> bytes:
+        what = f"segment index {object_key}"
+        return open_frame(self.key, INDEX_MAGIC, INDEX_INFO, frame,
+                          self._context(object_key.encode()), what).payload

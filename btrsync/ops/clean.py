@@ -9,10 +9,14 @@ upload lease is live is kept.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from btrsync.audit import AuditLog
 from btrsync.catalog import layout
-from btrsync.catalog.lease import lease_key, live_backup_ids, read_leases
+from btrsync.catalog.lease import lease_key, read_leases
 from btrsync.catalog.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -39,18 +43,28 @@ def _backup_of(key: str) -> str | None:
     return layout.backup_id_of_data_key(key)
 
 
-def clean(repo: Repository, *, dry_run: bool = False) -> CleanResult:
+def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = None) -> CleanResult:
+    """Remove leftovers; every listing it relies on fails closed, so an unreadable directory or a
+    failed page is an error here, never an empty catalog whose data would all look orphaned."""
     target = repo.target
-    live = live_backup_ids(target)
+    where = target.display_url
+    now = datetime.now(UTC)
+    leases = read_leases(target, now)
+    live = {lease.backup_id for lease in leases if lease.is_live(now)}
     result = CleanResult()
+    catalog = repo.catalog()
+    for d in catalog.damaged:
+        result.items.append(CleanItem("damaged manifest", d.key, 0, "kept: " + d.advice(where)))
 
-    def handle(kind: str, key: str, size: int, remove: object) -> None:
+    def handle(kind: str, key: str, size: int, remove: Callable[[], None]) -> None:
         bid = _backup_of(key)
         if bid is not None and bid in live:
             result.items.append(CleanItem(kind, key, size, "kept: upload in progress"))
             return
         if not dry_run:
-            remove()  # type: ignore[operator]
+            with (audit.deletion("clean", target=where, kind=kind, key=key, bytes=size)
+                  if audit is not None else nullcontext()):
+                remove()
         result.items.append(CleanItem(kind, key, size, "would remove" if dry_run else "removed"))
         log.info("clean %s key=%s bytes=%d dry_run=%s", kind, key, size, dry_run)
 
@@ -58,8 +72,9 @@ def clean(repo: Repository, *, dry_run: bool = False) -> CleanResult:
         handle("orphaned data", obj.key, obj.size, lambda k=obj.key: target.delete(k))
     for leftover in target.leftovers():
         handle(leftover.kind, leftover.key, leftover.size, lambda lo=leftover: target.remove_leftover(lo))
-    for lease in read_leases(target):
+    for lease in leases:
         if lease.backup_id not in live:
-            key = lease_key(lease.backup_id)
-            handle("stale lease", key, 0, lambda k=key: target.delete(k))
+            kind = "stale lease" if lease.valid else f"invalid lease ({lease.error})"
+            key = lease.key or lease_key(lease.backup_id)
+            handle(kind, key, 0, lambda k=key: target.delete(k))
     return result

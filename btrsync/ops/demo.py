@@ -1,6 +1,6 @@
 """``btrsync demo``: the whole tour on throwaway loopback btrfs filesystems.
 
-snapshot -> full push -> change -> snapshot -> plan -> incremental push -> list -> restore into a
+init -> snapshot -> full push -> change -> snapshot -> plan -> incremental push -> list -> restore into a
 second filesystem -> compare restored and original trees.  Everything lives under one temporary
 directory that is removed at the end (unless ``keep``).
 """
@@ -85,23 +85,23 @@ def _tour(stack: ExitStack, base: Path, say: Say, result: DemoResult) -> None:
     target_dir.mkdir()
     key = generate_key_file(base / "demo.key")
     say(f"$ btrsync key generate {base / 'demo.key'}   (key id {key.key_id})")
-    target = LocalTarget(target_dir)
+    repo = Repository.init(LocalTarget(target_dir), key)
+    say(f"$ btrsync init --to file://{target_dir}\n  repository {repo.repo_id} (key id {key.key_id})")
     settings = PushSettings(chunk_size=1 << 20, segment_size=8 << 20)
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     for generation in range(2):
         _write_tree(src / "data", generation)
         snap = create_snapshot(src / "data", src / ".snapshots", t0 + timedelta(hours=generation))
         say(f"$ btrsync snapshot create {src / 'data'} --snapshot-dir {src / '.snapshots'}\n  {snap.path}")
-        plan = push(src / "data", src / ".snapshots", target, key, settings, dry_run=True).plan
+        plan = push(src / "data", src / ".snapshots", repo, settings, dry_run=True).plan
         for step in plan.steps:
             say(f"$ btrsync push --dry-run ...\n  {step.snapshot.name}: {step.reason}")
-        pushed = push(src / "data", src / ".snapshots", target, key, settings)
+        pushed = push(src / "data", src / ".snapshots", repo, settings)
         raise_for_failures(pushed)
         for r in pushed.results:
             result.backups.append(r.backup_id)
             say(f"$ btrsync push ... --to file://{target_dir}\n  {r.backup_id}: {r.kind}, "
                 f"stream {format_bytes(r.stream_bytes)}, stored {format_bytes(r.stored_bytes)}")
-    repo = Repository.open(target, key)
     say("$ btrsync list --from file://" + str(target_dir))
     for m in repo.manifests():
         say(f"  {m.backup_id}  depth {m.depth}  parent {m.parent_id or '-'}  "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from btrsync.audit import AuditLog
 from btrsync.catalog.lease import live_leases
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
+from btrsync.errors import DamageError
 from btrsync.retention import Decision, Item, Policy, decide, deletion_order
 from btrsync.snapshots.store import Snapshot, delete_snapshot, list_snapshots
 
@@ -50,6 +52,22 @@ class PruneResult:
     dry_run: bool
     decisions: list[PruneDecision] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    unrestorable: list[str] = field(default_factory=list)  # "id: why", kept and reported
+    refused: dict[str, str] = field(default_factory=dict)  # subvolume -> why it was not pruned
+    damaged: list[str] = field(default_factory=list)  # advice per damaged manifest
+    remaining: list[Manifest] = field(default_factory=list)  # backups left (what the state records)
+
+    def raise_for_damage(self) -> None:
+        """Exit 4 after a real prune that met unrestorable backups or damaged manifests."""
+        if self.dry_run or not (self.unrestorable or self.refused):
+            return
+        parts = []
+        if self.unrestorable:
+            parts.append(f"{len(self.unrestorable)} backup(s) cannot be restored and were kept: "
+                         + "; ".join(self.unrestorable[:5]))
+        if self.refused:
+            parts.append("not pruned: " + "; ".join(f"{k} ({v})" for k, v in sorted(self.refused.items())))
+        raise DamageError(f"prune of {self.where}: " + ". ".join(parts))
 
     @property
     def freed(self) -> int:
@@ -66,14 +84,34 @@ def _decide(items: list[Item], policy: Policy | None, now: datetime,
 
 def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry_run: bool,
                   audit: AuditLog | None, policy_text: Callable[[str], str] = str) -> PruneResult:
-    manifests = repo.manifests()
+    """Apply retention per subvolume to the restorable backups of a repository.
+
+    Unrestorable backups (broken chains) never count toward a keep rule and are never deleted:
+    they are kept and reported.  A subvolume with a damaged manifest is not pruned at all (its
+    catalog is incomplete); when a damaged manifest's subvolume cannot be told, nothing is.
+    """
+    catalog = repo.catalog()
+    result = PruneResult(repo.target.display_url, dry_run)
+    result.damaged = [d.advice(repo.target.display_url) for d in catalog.damaged]
+    damaged_subvolumes = catalog.damaged_subvolumes()
+    if None in damaged_subvolumes:
+        raise DamageError(f"not pruning {repo.target.display_url}: {result.damaged[0]}; its subvolume "
+                          "cannot be told, so no subvolume's catalog is known to be complete")
     protected = {lease.parent_id: "parent of an upload in progress"
                  for lease in live_leases(repo.target) if lease.parent_id}
-    result = PruneResult(repo.target.display_url, dry_run)
-    by_id = {m.backup_id: m for m in manifests}
-    for subvolume in sorted({m.subvolume for m in manifests}):
-        group = [m for m in manifests if m.subvolume == subvolume]
-        items = [Item(m.backup_id, m.snapshot_time, m.parent_id) for m in group]
+    by_id = {m.backup_id: m for m in catalog.manifests}
+    for subvolume in sorted({m.subvolume for m in catalog.manifests} | damaged_subvolumes):  # type: ignore[arg-type]
+        group = [m for m in catalog.manifests if m.subvolume == subvolume]
+        if subvolume in damaged_subvolumes:
+            result.refused[subvolume] = "a manifest of this subvolume is damaged"
+            result.decisions += [_kept(m, "not pruned: a manifest of this subvolume is damaged") for m in group]
+            continue
+        broken = [m for m in group if m.backup_id in catalog.broken]
+        for m in broken:
+            result.unrestorable.append(f"{m.backup_id}: {catalog.broken[m.backup_id].reason}")
+            result.decisions.append(_kept(m, "unrestorable (chain broken): kept, counts toward no rule"))
+        restorable = [m for m in group if m.backup_id not in catalog.broken]
+        items = [Item(m.backup_id, m.snapshot_time, m.parent_id) for m in restorable]
         policy = policy_for(subvolume)
         decisions = _decide(items, policy, now, protected)
         decided = {d.id: d for d in decisions}
@@ -82,10 +120,13 @@ def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry
             _delete_backup(repo, by_id[backup_id], result, dry_run, audit, decided[backup_id],
                            policy_text(subvolume))
     result.decisions.sort(key=lambda d: (d.subvolume, d.created, d.id))
+    gone = set(result.deleted) if not dry_run else set()
+    result.remaining = [m for m in catalog.manifests if m.backup_id not in gone]
     if audit is not None:
         audit.record("prune", target=result.where, dry_run=dry_run, deleted=len(result.deleted),
                      kept=sum(d.action == "keep" for d in result.decisions), freed_bytes=result.freed,
-                     now=now.isoformat())
+                     now=now.isoformat(), unrestorable=len(result.unrestorable),
+                     refused=sorted(result.refused))
     return result
 
 
@@ -93,25 +134,36 @@ def _backup_decision(d: Decision, m: Manifest) -> PruneDecision:
     return PruneDecision(d.id, m.snapshot, m.subvolume, m.snapshot_time, d.action, d.reasons, m.stored_bytes)
 
 
+def _kept(m: Manifest, reason: str) -> PruneDecision:
+    return PruneDecision(m.backup_id, m.snapshot, m.subvolume, m.snapshot_time, "keep", (reason,), m.stored_bytes)
+
+
 def _delete_backup(repo: Repository, m: Manifest, result: PruneResult, dry_run: bool,
                    audit: AuditLog | None, decision: Decision, policy: str) -> None:
     if not dry_run:
-        repo.delete_backup(m.backup_id)
-        if audit is not None:
-            audit.record("delete-backup", target=repo.target.display_url, backup_id=m.backup_id,
-                         snapshot=m.snapshot, subvolume=m.subvolume, reasons=list(decision.reasons),
-                         freed_bytes=m.stored_bytes, policy=policy)
-        log.info("pruned backup=%s target=%s bytes=%d", m.backup_id, repo.target.display_url, m.stored_bytes)
+        where = repo.target.display_url
+        with (audit.deletion("delete-backup", target=where, backup_id=m.backup_id, snapshot=m.snapshot,
+                             subvolume=m.subvolume, reasons=list(decision.reasons),
+                             freed_bytes=m.stored_bytes, policy=policy)
+              if audit is not None else nullcontext()):
+            repo.delete_backup(m.backup_id, audit.object_deletions(where, f"prune {m.backup_id}")
+                               if audit is not None else None)
+        log.info("pruned backup=%s target=%s bytes=%d", m.backup_id, where, m.stored_bytes)
     result.deleted.append(m.backup_id)
 
 
 def protect_for_targets(snaps: list[Snapshot], held_by: Mapping[str, Iterable[str]]) -> dict[str, str]:
-    """Per target: its newest common snapshot, and every newer one it has not received yet."""
+    """Per target that receives this subvolume (holds a backup of one of ``snaps``): its newest
+    common snapshot, and every newer one it has not received yet.  A target that holds none of
+    them does not receive this subvolume and protects nothing (else one push of any subvolume
+    would pin every other subvolume's snapshots forever)."""
     protected: dict[str, str] = {}
     for url, held in held_by.items():
         held = set(held)
         common = [i for i, s in enumerate(snaps) if s.uuid in held]
-        start = common[-1] if common else 0
+        if not common:
+            continue
+        start = common[-1]
         for s in snaps[start:]:
             reason = f"newest common with {url}" if s.uuid in held else f"not yet on {url}"
             protected.setdefault(s.name, reason)
@@ -132,11 +184,11 @@ def prune_snapshots(snapshot_dir: Path, subvolume: str, policy: Policy | None, n
         result.decisions.append(PruneDecision(d.id, d.id, subvolume, d.time, d.action, d.reasons))
     for name in deletion_order(decisions, items):
         if not dry_run:
-            delete_snapshot(by_name[name].path)
-            if audit is not None:
-                audit.record("delete-snapshot", path=str(by_name[name].path), snapshot=name,
-                             subvolume=subvolume, policy=policy.describe() if policy else None,
-                             reasons=list(decided[name].reasons))
+            with (audit.deletion("delete-snapshot", path=str(by_name[name].path), snapshot=name,
+                                 subvolume=subvolume, policy=policy.describe() if policy else None,
+                                 reasons=list(decided[name].reasons))
+                  if audit is not None else nullcontext()):
+                delete_snapshot(by_name[name].path)
         result.deleted.append(name)
     if audit is not None:
         audit.record("snapshot-prune", snapshot_dir=str(snapshot_dir), subvolume=subvolume, dry_run=dry_run,

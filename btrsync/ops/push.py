@@ -22,23 +22,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from btrsync import __version__
+from btrsync.audit import AuditLog
 from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendOptions, SendProcess, best_send_options
+from btrsync.btrfs.subvolume import is_subvolume
 from btrsync.catalog.layout import backup_id_for
 from btrsync.catalog.lease import Lease
 from btrsync.catalog.manifest import ChunkRecord, Manifest
-from btrsync.catalog.repository import Repository
+from btrsync.catalog.repository import Catalog, Repository
 from btrsync.catalog.segment_index import ResumePoint, find_resume_point, write_index
-from btrsync.crypto.keys import MasterKey
-from btrsync.errors import BtrsyncError, PushError, TargetMissingError
+from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, UsageError
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, xxh3
 from btrsync.pipeline.segments import write_segments
 from btrsync.pipeline.throttle import TokenBucket
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN, Plan, Step, plan_push
+from btrsync.retention import Item, Policy, decide
 from btrsync.sendstream.framing import StreamFraming
 from btrsync.snapshots.store import Snapshot, list_snapshots, subvolume_name
-from btrsync.targets.base import Target
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class PushResult:
     plan: Plan
     results: list[BackupResult] = field(default_factory=list)
     held: list[Manifest] = field(default_factory=list)  # the target's backups afterwards
+    catalog: Catalog | None = None  # what the target held before (damaged and broken included)
 
     @property
     def failed(self) -> list[BackupResult]:
@@ -95,39 +97,87 @@ class PushResult:
 ProgressFn = Callable[[str, int, int], None]  # (backup id, raw bytes read, stored bytes written)
 
 
-def plan_for(subvol: Path, snapshot_dir: Path, repo_manifests: list[Manifest], max_chain: int) -> Plan:
-    snaps = list_snapshots(snapshot_dir, subvolume_name(subvol))
-    return plan_push(
-        snaps, repo_manifests, max_chain=max_chain,
-        backup_id_for=lambda s: backup_id_for(s.name, s.uuid),
-        trusted=[s.name for s in snaps if s.info.is_trusted_parent],
-    )
+def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int, *,
+             backfill: bool = False, policy: Policy | None = None, now: datetime | None = None) -> Plan:
+    """The plan for ``subvol``: which snapshots to send, on which parents, and why others are not.
+
+    Only restorable backups serve as parents.  A snapshot whose backup is on the target but
+    damaged or unrestorable is skipped (never overwritten: an operator looks at it first).  A
+    snapshot older than the newest backup of the subvolume on the target is sent only with
+    ``backfill`` or when the target's retention ``policy`` would keep it (btrbk's rule), so
+    snapshots that retention already removed from the target are not sent again every run.
+    """
+    name = subvolume_name(subvol)
+    snaps = list_snapshots(snapshot_dir, name)
+    if not snaps:
+        raise PushError(f"no snapshots of subvolume {name!r} in {snapshot_dir} (looked for "
+                        f"{name}.<YYYYMMDDTHHMMSSZ>): create one with 'btrsync snapshot create {subvol} "
+                        f"--snapshot-dir {snapshot_dir}'; nothing was pushed")
+    skip = {s.name: "writable or modified since received: never sent, never a parent"
+            for s in snaps if not s.info.is_trusted_parent}
+    unusable = {d.backup_id: f"its manifest on the target is damaged ({d.error}); move it aside first"
+                for d in catalog.damaged}
+    unusable.update({bid: f"on the target but not restorable: {b.reason}" for bid, b in catalog.broken.items()})
+    held = [m for m in catalog.restorable if m.subvolume == name]
+    ids = {s.name: backup_id_for(s.name, s.uuid) for s in snaps}
+    held_uuids = {m.snapshot_uuid for m in held}
+    newest_held = max((m.snapshot_time for m in held), default=None)
+    older = [s for s in snaps if newest_held is not None and s.time < newest_held
+             and s.uuid not in held_uuids and s.name not in skip and ids[s.name] not in unusable]
+    kept = _kept_by_retention(older, held, policy, now) if older and not backfill else set()
+    older_names = {s.name for s in older}
+    for s in snaps:
+        if s.name in skip:
+            continue
+        if ids[s.name] in unusable:
+            skip[s.name] = unusable[ids[s.name]]
+        elif s.name in older_names and not backfill and s.name not in kept:
+            skip[s.name] = ("older than the newest backup on the target and not kept by its retention "
+                            "(use --backfill to send it anyway)")
+    return plan_push(snaps, held, max_chain=max_chain, backup_id_for=lambda s: ids[s.name], skip=skip)
+
+
+def _kept_by_retention(older: list[Snapshot], held: list[Manifest], policy: Policy | None,
+                       now: datetime | None) -> set[str]:
+    """Names of ``older`` snapshots the target's retention would keep if they were there."""
+    if policy is None:
+        return set()
+    items = [Item(m.backup_id, m.snapshot_time, m.parent_id) for m in held]
+    items += [Item(f"candidate:{s.name}", s.time, None) for s in older]
+    decisions = decide(items, policy, now or datetime.now(UTC))
+    return {d.id.removeprefix("candidate:") for d in decisions if d.kept and d.id.startswith("candidate:")}
 
 
 def push(
     subvol: Path,
     snapshot_dir: Path,
-    target: Target,
-    key: MasterKey,
+    repo: Repository,
     settings: PushSettings,
     *,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
+    backfill: bool = False,
+    policy: Policy | None = None,
+    audit: AuditLog | None = None,
 ) -> PushResult:
-    """Send every snapshot of ``subvol`` the target lacks, oldest first; stop at the first failure."""
-    try:
-        repo: Repository | None = Repository.open(target, key, create=not dry_run)
-    except TargetMissingError:
-        if not dry_run:
-            raise
-        repo = None  # a dry run against an empty location plans full sends
-    manifests = repo.manifests() if repo else []
-    plan = plan_for(subvol, snapshot_dir, manifests, settings.max_chain)
-    result = PushResult(target.display_url, subvolume_name(subvol), plan, held=list(manifests))
-    if dry_run or repo is None:
+    """Send every snapshot of ``subvol`` the target lacks, oldest first; stop at the first failure.
+
+    ``subvol`` must be a btrfs subvolume (exit 2 otherwise) with at least one snapshot in
+    ``snapshot_dir`` (exit 1 otherwise): a push that could send nothing is never a success.
+    """
+    if not is_subvolume(subvol):
+        raise UsageError(f"{subvol} is not a btrfs subvolume: push takes the subvolume whose snapshots "
+                         "are in --snapshot-dir (check the path)")
+    if not dry_run:
+        repo.require_writable()
+    catalog = repo.catalog()
+    plan = plan_for(subvol, snapshot_dir, catalog, settings.max_chain, backfill=backfill, policy=policy)
+    result = PushResult(repo.target.display_url, subvolume_name(subvol), plan, held=list(catalog.manifests),
+                        catalog=catalog)
+    if dry_run:
         return result
     for step in plan.steps:
-        outcome, manifest = push_step(repo, step, subvolume_name(subvol), subvol, settings, progress)
+        outcome, manifest = push_step(repo, step, subvolume_name(subvol), subvol, settings, progress, audit)
         result.results.append(outcome)
         if manifest is None:
             break  # later steps would build on the backup that failed
@@ -142,28 +192,26 @@ def push_step(
     source: Path,
     settings: PushSettings,
     progress: ProgressFn | None = None,
+    audit: AuditLog | None = None,
 ) -> tuple[BackupResult, Manifest | None]:
     """Send one snapshot and commit its manifest; on failure nothing is committed.
 
     Durable segments of an interrupted earlier attempt are resumed (after the re-run stream is
     checked against them); if the stream differs, the backup restarts from scratch once.
     """
-    attempt = _Attempt(repo, step, subvolume, source, settings, progress)
+    attempt = _Attempt(repo, step, subvolume, source, settings, progress, audit)
     outcome = BackupResult(attempt.backup_id, attempt.snap.name, step.kind, step.parent_backup_id, step.depth)
     t0 = time.monotonic()
     log.info("push started backup=%s kind=%s parent=%s target=%s", attempt.backup_id, step.kind,
              step.parent_backup_id, repo.target.display_url)
     try:
-        try:
-            manifest = attempt.run(resume=True)
-        except StreamChangedError as exc:
-            log.warning("restarting backup=%s from scratch: %s", attempt.backup_id, exc)
-            manifest = attempt.run(resume=False)
-        repo.commit(manifest)
+        manifest = attempt.run()
+    except LockedError:
+        raise  # another process is sending this very backup: not a failure of ours to record
     except (BtrsyncError, OSError) as exc:
         outcome.status, outcome.error = "failed", _describe(exc)
-        log.error("push failed backup=%s: %s (durable segments are kept for the next run)",
-                  attempt.backup_id, outcome.error)
+        log.info("push failed backup=%s: %s (durable segments are kept for the next run)",
+                 attempt.backup_id, outcome.error)
         return outcome, None
     outcome.stream_bytes, outcome.stored_bytes = manifest.stream_bytes, manifest.stored_bytes
     outcome.uploaded_bytes, outcome.resumed_bytes = attempt.uploaded, attempt.resumed
@@ -182,9 +230,12 @@ class _Attempt:
     """One backup's transfer: resume point, send, seal, segments, manifest."""
 
     def __init__(self, repo: Repository, step: Step, subvolume: str, source: Path,
-                 settings: PushSettings, progress: ProgressFn | None) -> None:
+                 settings: PushSettings, progress: ProgressFn | None, audit: AuditLog | None) -> None:
         self.repo, self.step, self.subvolume, self.source = repo, step, subvolume, source
         self.settings, self.progress = settings, progress
+        self.deletions = (audit.object_deletions(repo.target.display_url, "push: discard an interrupted "
+                                                 "attempt's data that cannot be resumed")
+                          if audit is not None else None)
         self.snap: Snapshot = step.snapshot  # type: ignore[assignment]
         self.parent: Snapshot | None = step.parent  # type: ignore[assignment]
         self.backup_id = backup_id_for(self.snap.name, self.snap.uuid)
@@ -197,20 +248,31 @@ class _Attempt:
                 "chunk_size": self.settings.chunk_size, "zstd_level": self.settings.zstd_level,
                 "send": self.options.as_dict(), "key_id": self.repo.key.key_id}
 
-    def run(self, *, resume: bool) -> Manifest:
+    def run(self) -> Manifest:
+        """Send and commit, all under the upload lease: the lease goes only after the commit, so
+        a clean or prune elsewhere never sees this backup's data without either."""
         with Lease(self.repo.target, self.backup_id, self.step.parent_backup_id) as lease:
-            return self._run(lease, resume=resume)
+            if self.backup_id in set(self.repo.backup_ids()):
+                raise PushError(f"backup {self.backup_id} was committed meanwhile (by another push); "
+                                "nothing was changed")
+            try:
+                manifest = self._run(lease, resume=True)
+            except StreamChangedError as exc:
+                log.warning("restarting backup=%s from scratch: %s", self.backup_id, exc)
+                manifest = self._run(lease, resume=False)
+            self.repo.commit(manifest)
+            return manifest
 
     def _run(self, lease: Lease, *, resume: bool) -> Manifest:
         started = datetime.now(UTC)
         if resume:
-            point = find_resume_point(self.repo, self.backup_id, self.params())
+            point = find_resume_point(self.repo, self.backup_id, self.params(), self.deletions)
         else:
-            self.repo.discard_uncommitted(self.backup_id)
+            self.repo.discard_uncommitted(self.backup_id, self.deletions)
             point = ResumePoint()
         self.raw, self.uploaded, self.resumed = 0, 0, point.stored_bytes
         framing = StreamFraming(f"btrfs send of {self.snap.path}")
-        sealer = ChunkSealer(self.repo.key, self.backup_id, self.settings.zstd_level)
+        sealer = ChunkSealer(self.repo.binding, self.backup_id, self.settings.zstd_level)
         with (SendProcess(self.snap.path, self.parent.path if self.parent else None, self.options) as send,
               closing(ordered_map(sealer, self._fresh_chunks(send, framing, point),
                                   workers=self.settings.workers, window=self.settings.window)) as sealed):
@@ -239,7 +301,6 @@ class _Attempt:
 
     def _segment_done(self, lease: Lease, segment: int, records: list[ChunkRecord]) -> None:
         write_index(self.repo, self.backup_id, segment, self.params(), records)
-        lease.refresh()
 
     def _stored(self, n: int) -> None:
         self.uploaded += n
@@ -270,6 +331,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def raise_for_failures(result: PushResult) -> None:
+    """Exit 1 when nothing was sent, 3 (partial) when earlier backups of the run were committed."""
     if result.failed:
         first = result.failed[0]
-        raise PushError(f"backup {first.backup_id} of {result.subvolume} to {result.target} failed: {first.error}")
+        message = f"backup {first.backup_id} of {result.subvolume} to {result.target} failed: {first.error}"
+        done = [r.backup_id for r in result.results if r.status == "ok"]
+        if done:
+            raise PartialError(f"{message} ({len(done)} earlier backup(s) of this run were committed: "
+                               f"{', '.join(done)}; run again to send the rest)")
+        raise PushError(message)

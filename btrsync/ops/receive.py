@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from btrsync.btrfs.receive import ReceiveProcess
 from btrsync.btrfs.subvolume import child_subvolumes, is_on_btrfs
+from btrsync.catalog.chains import walk_chain
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
-from btrsync.errors import BackupNotFoundError, PlanError, ReceiveFailedError, UsageError
+from btrsync.errors import BackupNotFoundError, ReceiveFailedError, UsageError
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
 
@@ -74,20 +75,12 @@ def resolve(manifests: list[Manifest], spec: str) -> Manifest:
     raise BackupNotFoundError(f"no backup {spec!r} on the target (see 'btrsync list')")
 
 
-def chain_of(manifests: list[Manifest], last: Manifest) -> list[Manifest]:
-    """The links to replay for ``last``: its full, then every incremental up to it."""
-    by_id = {m.backup_id: m for m in manifests}
-    chain = [last]
-    while chain[-1].parent_id is not None:
-        parent = by_id.get(chain[-1].parent_id)
-        if parent is None:
-            raise PlanError(f"backup {chain[-1].backup_id} needs parent {chain[-1].parent_id}, "
-                            "which is missing from the target: it cannot be restored")
-        if parent.snapshot_uuid != chain[-1].parent_uuid:
-            raise PlanError(f"backup {chain[-1].backup_id}: parent {parent.backup_id} has uuid "
-                            f"{parent.snapshot_uuid}, the manifest expects {chain[-1].parent_uuid}")
-        chain.append(parent)
-    return chain[::-1]
+def chain_of(manifests: list[Manifest], last: Manifest, damaged: Iterable[str] = ()) -> list[Manifest]:
+    """The links to replay for ``last``: its full, then every incremental up to it.
+
+    A missing, damaged or mismatched parent, or a loop, is damage (exit 4), named in the message.
+    """
+    return walk_chain({m.backup_id: m for m in manifests}, last, damaged)
 
 
 def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
@@ -96,9 +89,10 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
         raise UsageError(f"{into} is not a directory; create it on a btrfs filesystem")
     if not is_on_btrfs(into):
         raise UsageError(f"{into} is not on a btrfs filesystem; btrfs receive needs one")
-    manifests = repo.manifests()
+    catalog = repo.catalog()
+    manifests = catalog.manifests
     last = resolve(manifests, spec)
-    chain = chain_of(manifests, last)
+    chain = chain_of(manifests, last, {d.backup_id for d in catalog.damaged})
     present = {s.received_uuid: s for s in child_subvolumes(into) if s.received_uuid}
     result = ReceiveResult(last.backup_id, str(into))
     for link in chain:
@@ -118,7 +112,7 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
 def receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: int,
                  progress: ProgressFn | None = None) -> LinkResult:
     """Stream one backup into ``btrfs receive``; every chunk is verified before it is written."""
-    opener = ChunkOpener(repo.key, manifest.backup_id)
+    opener = ChunkOpener(repo.binding, manifest.backup_id)
     t0 = time.monotonic()
 
     def fetch(index: int) -> bytes:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from btrsync.audit import AuditLog
 from btrsync.errors import SnapshotError
 from btrsync.snapshots.naming import parse_name
 from btrsync.snapshots.store import (
@@ -46,7 +48,7 @@ def protecting_targets(snap: Snapshot, siblings: list[Snapshot], state: State) -
     return urls
 
 
-def delete(path: Path, state: State, *, force: bool) -> None:
+def delete(path: Path, state: State, *, force: bool, audit: AuditLog | None = None) -> None:
     parsed = parse_name(path.name)
     if parsed is None:
         raise SnapshotError(f"{path} is not a btrsync snapshot; refusing to delete it")
@@ -59,4 +61,7 @@ def delete(path: Path, state: State, *, force: bool) -> None:
         raise SnapshotError(
             f"{path.name} is the newest snapshot that {', '.join(urls)} also holds: the parent of the "
             "next incremental push; deleting it forces a full send (use --force to delete anyway)")
-    delete_snapshot(path)
+    with (audit.deletion("delete-snapshot", path=str(path), snapshot=path.name, subvolume=parsed.base,
+                         reasons=["snapshot delete" + (" --force" if force else "")])
+          if audit is not None else nullcontext()):
+        delete_snapshot(path)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from btrsync.catalog.manifest import Manifest
-from btrsync.catalog.repository import Repository
+from btrsync.catalog.repository import Catalog, Repository
 
 
 @dataclass(slots=True)
@@ -36,6 +36,7 @@ class UsageReport:
     uncommitted_bytes: int
     quota_bytes: int | None
     free_bytes: int | None
+    catalog: Catalog | None = None  # damaged manifests and broken chains are reported beside the sums
 
     @property
     def quota_share(self) -> float | None:
@@ -48,6 +49,7 @@ class UsageReport:
             "target": self.target, "stored_bytes": self.stored_bytes,
             "uncommitted_bytes": self.uncommitted_bytes, "quota_bytes": self.quota_bytes,
             "quota_share": self.quota_share, "free_bytes": self.free_bytes,
+            "damaged_manifests": [d.key for d in self.catalog.damaged] if self.catalog else [],
             "subvolumes": [
                 {"subvolume": s.subvolume, "backups": s.backups, "stream_bytes": s.stream_bytes,
                  "stored_bytes": s.stored_bytes,
@@ -75,7 +77,8 @@ def chain_roots(manifests: list[Manifest]) -> dict[str, str]:
 
 
 def usage(repo: Repository, *, quota_bytes: int | None = None) -> UsageReport:
-    manifests = repo.manifests()
+    catalog = repo.catalog()
+    manifests = catalog.manifests
     roots = chain_roots(manifests)
     subvols: dict[str, SubvolumeUsage] = {}
     chains: dict[tuple[str, str], ChainUsage] = defaultdict(lambda: ChainUsage(""))
@@ -95,4 +98,4 @@ def usage(repo: Repository, *, quota_bytes: int | None = None) -> UsageReport:
     uncommitted = sum(o.size for o in repo.orphaned_data())
     return UsageReport(repo.target.display_url, sorted(subvols.values(), key=lambda s: s.subvolume),
                        sum(m.stored_bytes for m in manifests), uncommitted, quota_bytes,
-                       repo.target.free_space())
+                       repo.target.free_space(), catalog)

@@ -1,7 +1,7 @@
 """Turn raw send-stream chunks into stored frames, and back.
 
 Sealing a chunk: xxh3-128 of the raw bytes, zstd (kept only if smaller), AES-256-GCM frame bound to
-(backup id, chunk number), xxh3-128 of the stored frame.  Each worker thread has its own
+(repository, backup id, chunk number), xxh3-128 of the stored frame.  Each worker thread has its own
 ``ZstdCompressor``/``ZstdDecompressor``: one instance is never used by two threads at once.
 """
 
@@ -14,7 +14,6 @@ import xxhash
 import zstandard
 
 from btrsync.crypto import frames
-from btrsync.crypto.keys import MasterKey
 from btrsync.errors import DamageError
 
 
@@ -34,8 +33,8 @@ def xxh3(data: bytes) -> str:
 class ChunkSealer:
     """A picklable-free callable for ``ordered_map``: ``(seq, raw) -> SealedChunk``."""
 
-    def __init__(self, key: MasterKey, backup_id: str, zstd_level: int) -> None:
-        self.key = key
+    def __init__(self, binding: frames.Binding, backup_id: str, zstd_level: int) -> None:
+        self.binding = binding
         self.backup_id = backup_id
         self.zstd_level = zstd_level
         self._local = threading.local()
@@ -53,15 +52,15 @@ class ChunkSealer:
             packed = self._compressor().compress(raw)
             if len(packed) < len(raw):
                 flags, payload = frames.FLAG_ZSTD, packed
-        frame = frames.seal_chunk(self.key, self.backup_id, seq, payload, flags)
+        frame = self.binding.seal_chunk(self.backup_id, seq, payload, flags)
         return SealedChunk(seq, frame, len(raw), xxh3(raw), xxh3(frame))
 
 
 class ChunkOpener:
     """The inverse of ``ChunkSealer``, checking both hashes and the tag before returning bytes."""
 
-    def __init__(self, key: MasterKey, backup_id: str) -> None:
-        self.key = key
+    def __init__(self, binding: frames.Binding, backup_id: str) -> None:
+        self.binding = binding
         self.backup_id = backup_id
         self._local = threading.local()
 
@@ -75,7 +74,7 @@ class ChunkOpener:
         where = f"chunk {seq} of backup {self.backup_id}"
         if xxh3(frame) != stored_xxh3:
             raise DamageError(f"{where}: stored bytes do not match their recorded xxh3-128 hash")
-        opened = frames.open_chunk(self.key, self.backup_id, seq, frame)
+        opened = self.binding.open_chunk(self.backup_id, seq, frame)
         raw = opened.payload
         if opened.flags & frames.FLAG_ZSTD:
             try:

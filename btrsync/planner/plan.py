@@ -8,7 +8,7 @@ backup replays at most ``max_chain + 1`` streams.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,22 +70,23 @@ def plan_push(
     *,
     max_chain: int = DEFAULT_MAX_CHAIN,
     backup_id_for: Callable[[LocalSnapshot], str],
-    trusted: Iterable[str] | None = None,
+    skip: Mapping[str, str] | None = None,
 ) -> Plan:
     """Plan the push of ``snapshots`` (oldest first) to a target holding ``held``.
 
-    ``trusted`` names the snapshots (by name) that may be sent and used as parents; others are
-    skipped with a reason.  ``backup_id_for(snapshot)`` gives the id a new backup will get.
+    ``skip`` maps snapshot names that must be neither sent nor used as parents to the reason
+    (writable, damaged on the target, ...).  ``backup_id_for(snapshot)`` gives the id a new backup
+    will get.
     """
     by_uuid = {b.snapshot_uuid: b for b in held}
-    trusted_names = None if trusted is None else set(trusted)
+    skip = skip or {}
     newest: _Base | None = None
     steps: list[Step] = []
     skipped: list[Skip] = []
     current: list[LocalSnapshot] = []
     for snap in snapshots:
-        if trusted_names is not None and snap.name not in trusted_names:
-            skipped.append(Skip(snap, "writable or modified since received: never sent, never a parent"))
+        if snap.name in skip:
+            skipped.append(Skip(snap, skip[snap.name]))
             continue
         existing = by_uuid.get(snap.uuid)
         if existing is not None:

@@ -73,6 +73,12 @@ class World:
         captured = self.capsys.readouterr()
         return Run(code, captured.out, captured.err)
 
+    def init(self) -> Run:
+        """``btrsync init`` of the world's target (the only way a repository comes to exist)."""
+        run = self.cli("init", "--to", self.url)
+        assert run.code == 0, run.err
+        return run
+
     def snapshot(self) -> Path:
         when = T0 + timedelta(hours=len(self.snapshots))
         run = self.cli("snapshot", "create", str(self.subvol), "--snapshot-dir", str(self.snapdir),
@@ -118,6 +124,7 @@ def add_target(world: World, name: str, url: str, settings: dict[str, Any], **pu
         text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {json.dumps(value)}", text)
     world.config.write_text(text + "\n" + toml_table(name, {"url": url, **settings}))
     world.target_name = name
+    world.init()
 
 
 @pytest.fixture
@@ -133,4 +140,6 @@ def world(btrfs_factory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     config = tmp_path / "config.toml"
     config.write_text(CONFIG)
     os.environ.pop("BTRSYNC_KEY_FILE", None)
-    return World(src, restore, target_dir, key, config, tmp_path / "state", capsys)
+    world = World(src, restore, target_dir, key, config, tmp_path / "state", capsys)
+    world.init()
+    return world

@@ -69,7 +69,10 @@ def test_truncated_manifest_is_reported_as_damage(world: World) -> None:
     manifest = world.target_dir / layout.manifest_key(backup["id"])
     manifest.write_bytes(manifest.read_bytes()[:100])
     run = world.cli("list", "--from", world.url)
-    assert run.code == 4 and "manifest" in run.err and "Traceback" not in run.err
+    assert run.code == 0 and "DAMAGED" in run.out and "Traceback" not in run.err
+    assert f"manifest {layout.manifest_key(backup['id'])}" in run.err and "move it aside" in run.err
+    run = world.cli("list", "--from", world.url, "--check")
+    assert run.code == 4 and "1 damaged manifest" in run.err
 
 
 def test_btrfs_send_dying_mid_stream_commits_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,6 +102,7 @@ def test_full_target_fails_cleanly_and_keeps_earlier_backups(world: World, btrfs
     small = btrfs_factory("256M", label="small", mkfs_options=["--mixed"])
     world.target_dir = small / "target"
     world.target_dir.mkdir()
+    world.init()
     (world.subvol / "small.txt").write_text("first backup\n")
     world.snapshot()
     assert world.push().code == 0
@@ -108,7 +112,7 @@ def test_full_target_fails_cleanly_and_keeps_earlier_backups(world: World, btrfs
     world.snapshot()
     run = world.push()
     assert run.code == 1, run.err
-    assert "target full" in run.err
+    assert run.err.count("target full") == 1, run.err  # said once, not by log, table and error
     assert [b["snapshot"] for b in world.listing()] == [world.snapshots[0].name]
     assert not [f for f in world.data_files() if ".tmp-" in f]
     assert world.receive("latest").code == 0

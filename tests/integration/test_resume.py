@@ -14,7 +14,6 @@ import pytest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import write_index
 from btrsync.catalog.manifest import ChunkRecord
-from btrsync.crypto import frames
 from btrsync.crypto.keys import load_key_file
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
@@ -61,8 +60,8 @@ def test_a_stream_that_differs_from_the_stored_part_restarts_cleanly(world: Worl
     _killed_push(world)
     repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
     [bid] = {f.split("/")[1] for f in world.data_files() if f.startswith("data/")}
-    idx = json.loads(frames.open_index(
-        repo.key, f"data/{bid}/000000.idx", repo.target.read(f"data/{bid}/000000.idx")))
+    idx = json.loads(repo.binding.open_index(
+        f"data/{bid}/000000.idx", repo.target.read(f"data/{bid}/000000.idx")))
     rows = [ChunkRecord.from_list(r) for r in idx["chunks"]]
     forged = [ChunkRecord(r.segment, r.offset, r.stored_size, r.raw_size, r.stored_xxh3, "0" * 32) for r in rows]
     write_index(repo, bid, 0, idx["params"], forged)  # as if btrfs send now produced other bytes

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from btrsync.catalog.layout import segment_key
+from btrsync.crypto.frames import Binding
 from btrsync.crypto.keys import MasterKey
 from btrsync.errors import DamageError
 from btrsync.pipeline.ordered import ordered_map
@@ -15,6 +16,7 @@ from btrsync.pipeline.segments import write_segments
 from btrsync.targets.memory import MemoryTarget
 
 KEY = MasterKey(os.urandom(32))
+BINDING = Binding(KEY, "repo")
 
 
 def _chunks() -> list[bytes]:
@@ -22,7 +24,7 @@ def _chunks() -> list[bytes]:
 
 
 def test_sealed_chunks_open_to_the_original_bytes() -> None:
-    sealer, opener = ChunkSealer(KEY, "bid", 3), ChunkOpener(KEY, "bid")
+    sealer, opener = ChunkSealer(BINDING, "bid", 3), ChunkOpener(BINDING, "bid")
     for seq, raw in enumerate(_chunks()):
         s = sealer((seq, raw))
         assert opener.open(seq, s.frame, stored_xxh3=s.stored_xxh3, raw_size=s.raw_size,
@@ -30,14 +32,14 @@ def test_sealed_chunks_open_to_the_original_bytes() -> None:
 
 
 def test_compression_is_kept_only_when_it_helps() -> None:
-    sealer = ChunkSealer(KEY, "bid", 3)
+    sealer = ChunkSealer(BINDING, "bid", 3)
     assert len(sealer((0, b"a" * 100000)).frame) < 1000
     noise = os.urandom(100000)
     assert len(sealer((1, noise)).frame) == len(noise) + 40  # stored raw: header + tag only
 
 
 def test_opener_rejects_bytes_that_do_not_match_the_manifest() -> None:
-    sealer, opener = ChunkSealer(KEY, "bid", 3), ChunkOpener(KEY, "bid")
+    sealer, opener = ChunkSealer(BINDING, "bid", 3), ChunkOpener(BINDING, "bid")
     s = sealer((0, b"hello" * 100))
     with pytest.raises(DamageError, match="chunk 0 of backup bid.*xxh3"):
         opener.open(0, s.frame[:-1] + b"\0", stored_xxh3=s.stored_xxh3, raw_size=s.raw_size,
@@ -81,7 +83,7 @@ def test_ordered_map_propagates_the_first_error() -> None:
 
 def test_segments_split_on_size_and_record_offsets() -> None:
     target = MemoryTarget()
-    sealer = ChunkSealer(KEY, "bid", 0)
+    sealer = ChunkSealer(BINDING, "bid", 0)
     sealed = [sealer((i, os.urandom(1000))) for i in range(10)]
     records, count = write_segments(target, "bid", iter(sealed), segment_size=3 * 1040)
     assert count == 4 and [r.segment for r in records] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
@@ -92,14 +94,14 @@ def test_segments_split_on_size_and_record_offsets() -> None:
 
 def test_a_chunk_larger_than_a_segment_gets_its_own_segment() -> None:
     target = MemoryTarget()
-    sealer = ChunkSealer(KEY, "bid", 0)
+    sealer = ChunkSealer(BINDING, "bid", 0)
     records, count = write_segments(target, "bid", iter([sealer((0, os.urandom(5000)))]), segment_size=100)
     assert count == 1 and records[0].stored_size == 5040
 
 
 def test_segments_are_acknowledged_in_order_after_they_are_stored() -> None:
     target = MemoryTarget()
-    sealer = ChunkSealer(KEY, "bid", 0)
+    sealer = ChunkSealer(BINDING, "bid", 0)
     acked: list[tuple[int, bool]] = []
 
     def on_segment(n, recs):
@@ -113,7 +115,7 @@ def test_segments_are_acknowledged_in_order_after_they_are_stored() -> None:
 
 def test_a_failing_producer_leaves_no_partial_segment() -> None:
     target = MemoryTarget()
-    sealer = ChunkSealer(KEY, "bid", 0)
+    sealer = ChunkSealer(BINDING, "bid", 0)
 
     def sealed():
         for i in range(7):
@@ -137,7 +139,7 @@ def test_a_failing_put_stops_the_producer_with_its_error() -> None:
                     raise QuotaExceeded("target full")
             return super().put(key, [])
 
-    sealer = ChunkSealer(KEY, "bid", 0)
+    sealer = ChunkSealer(BINDING, "bid", 0)
     produced = []
 
     def sealed():

@@ -24,7 +24,7 @@ SNAPS = [Snap(f"s{i}", f"u{i}") for i in range(6)]
 
 
 def _plan(held, snaps=SNAPS, max_chain=30, trusted=None):
-    return plan_push(snaps, held, max_chain=max_chain, backup_id_for=lambda s: "id-" + s.name, trusted=trusted)
+    return plan_push(snaps, held, max_chain=max_chain, backup_id_for=lambda s: "id-" + s.name, skip={s.name: "untrusted" for s in snaps if trusted is not None and s.name not in trusted})
 
 
 def test_empty_target_gets_a_full_then_a_chain() -> None:

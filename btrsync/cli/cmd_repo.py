@@ -1,0 +1,113 @@
+"""btrsync init --to URL; btrsync state show | forget | acknowledge"""
+
+from __future__ import annotations
+
+import click
+
+from btrsync.catalog.repository import Repository
+from btrsync.cli.main import App, pass_app
+from btrsync.cli.options import global_options
+from btrsync.cli.output import emit_json, emit_table
+from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, TargetMissingError, UsageError
+
+
+@click.command("init", epilog=EXIT_STATUS_HELP)
+@global_options
+@click.option("--to", "to", required=True, help="target URL (file://, s3://, ssh://) or configured name")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_app
+def init_cmd(app: App, to: str, as_json: bool) -> None:
+    """Create a repository at an empty location: the only command that creates one.
+
+    Every other command fails with exit 10 where there is no repository, so an unmounted disk or
+    a mistyped URL never receives a fresh repository by accident. Prints the repository id and
+    the key id; this host remembers the repository id of the URL and refuses another repository
+    there later.
+
+    \b
+    Examples:
+      btrsync init --to file:///mnt/usb/backups --key-file /root/backup.key
+      btrsync init --to b2          # a target configured as [targets.b2]
+    """
+    key = app.key()
+    with app.target(to) as target:
+        known = app.state().target(target.display_url)
+        if known is not None and known.repo_id:
+            raise TargetMissingError(
+                f"this host knows btrsync repository {known.repo_id} at {target.display_url}: if it is "
+                "missing now, is the disk mounted? If that repository is gone for good, run "
+                f"'btrsync state forget {target.display_url}' first, then init again")
+        repo = Repository.init(target, key)
+        app.state().bind(target.display_url, repo.repo_id)
+    if as_json:
+        emit_json({"target": target.display_url, "repo_id": repo.repo_id, "key_id": key.key_id,
+                   "format": repo.info.format})
+        return
+    click.echo(f"initialised btrsync repository {repo.repo_id} at {target.display_url} "
+               f"(format {repo.info.format}, key id {key.key_id})")
+
+
+@click.group("state", epilog=EXIT_STATUS_HELP)
+def state_group() -> None:
+    """What this host remembers of its targets (state_dir)."""
+
+
+@state_group.command("show", epilog=EXIT_STATUS_HELP)
+@global_options
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_app
+def state_show(app: App, as_json: bool) -> None:
+    """Known targets: repository id, backups held, vanished backups."""
+    targets = app.state().all_targets()
+    if as_json:
+        emit_json([t.as_doc() for t in targets])
+        return
+    emit_table([(t.url, t.repo_id, len(t.held), ", ".join(sorted(t.subvolumes)) or None,
+                 len(t.vanished) or None, t.updated) for t in targets],
+               ["TARGET", "REPOSITORY", "BACKUPS", "SUBVOLUMES", "VANISHED", "UPDATED"])
+
+
+def _urls(app: App, target: str) -> list[str]:
+    """A target as the state knows it: a configured name, a URL, or a repository id."""
+    known = app.state().all_targets()
+    if target in app.config.targets:
+        target = str(app.config.targets[target]["url"])
+    urls = [t.url for t in known if target in (t.url, t.repo_id)]
+    if not urls:
+        # the state keys targets by the URL as the target displays it (e.g. file:///path)
+        try:
+            with app.target(target) as opened:
+                urls = [t.url for t in known if t.url == opened.display_url]
+        except BtrsyncError:  # not a URL either: matches nothing
+            urls = []
+    if not urls:
+        raise UsageError(f"this host knows no target {target!r} (see 'btrsync state show')")
+    return urls
+
+
+@state_group.command("forget", epilog=EXIT_STATUS_HELP)
+@global_options
+@click.argument("target")
+@pass_app
+def state_forget(app: App, target: str) -> None:
+    """Forget TARGET (URL, configured name or repository id): its repository id, what it held.
+
+    Local snapshots are then no longer protected for it by 'snapshot prune' and 'snapshot
+    delete', and another repository may be used at its URL.
+    """
+    for url in app.state().forget(_urls(app, target)):
+        click.echo(f"forgot {url}", err=True)
+
+
+@state_group.command("acknowledge", epilog=EXIT_STATUS_HELP)
+@global_options
+@click.argument("target")
+@pass_app
+def state_acknowledge(app: App, target: str) -> None:
+    """Stop warning about backups of TARGET that vanished (after checking why)."""
+    for url in _urls(app, target):
+        ids = app.state().acknowledge(url)
+        click.echo(f"{url}: acknowledged {len(ids)} vanished backup(s)", err=True)
+
+
+COMMANDS = [init_cmd, state_group]

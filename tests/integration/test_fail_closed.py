@@ -1,0 +1,329 @@
+"""Where the data goes, and what push may believe: each test reproduces a way the first version
+lost or misplaced data (an unmounted disk, a push that sent nothing, a replaced repository, a
+rolled-back target, a second pusher) and checks that btrsync now fails closed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from btrsync.audit import read_audit
+from btrsync.btrfs.send import SendProcess
+from btrsync.catalog import layout
+from btrsync.catalog.lease import Lease, boot_id
+from btrsync.catalog.repository import Repository
+from btrsync.crypto.frames import Binding
+from btrsync.crypto.keys import load_key_file
+from btrsync.locking import target_lock
+from btrsync.targets.local import LocalTarget
+from tests.integration.conftest import World
+from tests.support import tree
+
+pytestmark = pytest.mark.btrfs
+
+
+@contextmanager
+def tmpfs(path: Path, *, options: str = "size=256m") -> Iterator[Path]:
+    """A real mount (an 'external disk') at ``path``, unmounted at the end if still mounted."""
+    path.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        if os.path.ismount(path):
+            subprocess.run(["umount", str(path)], check=True)
+
+
+def _backup(world: World, seed: int = 1, *extra: str) -> None:
+    (world.subvol / f"generation-{seed}").write_bytes(os.urandom(100_000))
+    world.snapshot()
+    run = world.push(*extra)
+    assert run.code == 0, run.err
+
+
+def test_unmounted_disk_is_never_written_and_init_is_explicit(world: World, tmp_path: Path) -> None:
+    mnt = tmp_path / "usb"
+    with tmpfs(mnt):
+        world.target_dir = mnt
+        run = world.push()
+        assert run.code == 10 and "btrsync init" in run.err, run.err  # a push never creates one
+        assert list(mnt.iterdir()) == []
+        init = world.cli("init", "--to", world.url, "--json")
+        assert init.code == 0, init.err
+        repo_id = init.json()["repo_id"]
+        _backup(world)
+    # the disk is gone: the mount point is an empty directory on the root filesystem
+    world.snapshot()
+    for args in (["push", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--to", world.url],
+                 ["prune", "--from", world.url, "--keep-last", "1"], ["clean", "--from", world.url],
+                 ["list", "--from", world.url], ["receive", "latest", "--from", world.url, "--into",
+                                                  str(world.restore)]):
+        run = world.cli(*args)
+        assert run.code == 10, (args, run.err)
+        assert "is the disk mounted?" in run.err and "Traceback" not in run.err
+    assert list(mnt.iterdir()) == []
+    # following the advice blindly is refused too: this host knows a repository there
+    run = world.cli("init", "--to", world.url)
+    assert run.code == 10 and repo_id in run.err and "state forget" in run.err
+    assert list(mnt.iterdir()) == []
+
+
+def test_another_repository_at_a_known_url_is_refused(world: World, tmp_path: Path) -> None:
+    _backup(world)
+    first = json.loads((world.target_dir / layout.REPO_MARKER).read_text())["repo_id"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert world.cli("init", "--to", f"file://{elsewhere}").code == 0
+    second = json.loads((elsewhere / layout.REPO_MARKER).read_text())["repo_id"]
+    shutil.rmtree(world.target_dir)  # a different disk now mounted at the same place
+    shutil.copytree(elsewhere, world.target_dir)
+    world.snapshot()
+    run = world.push()
+    assert run.code == 10 and first in run.err and second in run.err and "state forget" in run.err
+    assert not (world.target_dir / "backups").exists()
+    assert world.cli("state", "forget", world.url).code == 0
+    assert world.push().code == 0  # the operator said so
+
+
+def test_a_second_spelling_of_the_url_shares_the_lock(world: World, tmp_path: Path) -> None:
+    _backup(world)
+    repo_id = json.loads((world.target_dir / layout.REPO_MARKER).read_text())["repo_id"]
+    world.snapshot()
+    with target_lock(world.state, f"repository {repo_id}"):
+        run = world.cli("push", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+                        "--to", f"file://localhost{world.target_dir}/")
+    assert run.code == 11, run.err
+
+
+def test_edited_marker_fails_authentication(world: World) -> None:
+    _backup(world)
+    marker = world.target_dir / layout.REPO_MARKER
+    doc = json.loads(marker.read_text())
+    doc["created"] = "2020-01-01T00:00:00Z"
+    marker.write_text(json.dumps(doc))
+    run = world.cli("list", "--from", world.url)
+    assert run.code == 4 and "failed authentication" in run.err
+
+
+def test_format_1_repository_is_read_only(world: World) -> None:
+    """An old repository (objects not bound to the repository) lists and restores, never takes writes."""
+    _backup(world)
+    key = load_key_file(world.key)
+    target = LocalTarget(world.target_dir)
+    repo = Repository.open(target, key)
+    manifests = repo.manifests()
+    v1 = Binding(key, None)
+    marker = json.loads((world.target_dir / layout.REPO_MARKER).read_text())
+    (world.target_dir / layout.REPO_MARKER).write_text(json.dumps(
+        {k: marker[k] for k in ("btrsync", "repo_id", "key_id", "created")} | {"format": 1}))
+    # re-seal every object as btrsync 0.1 did
+    from btrsync.pipeline.seal import ChunkOpener, ChunkSealer
+    for m in manifests:
+        old = ChunkOpener(repo.binding, m.backup_id)
+        sealer = ChunkSealer(v1, m.backup_id, 3)
+        seg: dict[int, bytearray] = {}
+        rows = []
+        for i, rec in enumerate(m.chunks):
+            raw = old.open(i, repo.read_frame(m, i), stored_xxh3=rec.stored_xxh3, raw_size=rec.raw_size,
+                           raw_xxh3=rec.raw_xxh3)
+            sealed = sealer((i, raw))
+            buf = seg.setdefault(rec.segment, bytearray())
+            rows.append([rec.segment, len(buf), len(sealed.frame), sealed.raw_size, sealed.stored_xxh3,
+                         sealed.raw_xxh3])
+            buf += sealed.frame
+        for n, data in seg.items():
+            target.put_bytes(layout.segment_key(m.backup_id, n), bytes(data))
+        doc = json.loads(m.to_json())
+        doc["format"], doc["chunks"] = 1, rows
+        key_name = layout.manifest_key(m.backup_id)
+        target.put_bytes(key_name, v1.seal_manifest(key_name, json.dumps(doc).encode()))
+    listed = world.cli("list", "--from", world.url, "--check")
+    assert listed.code == 0, listed.err
+    assert world.receive("latest").code == 0
+    world.snapshot()
+    run = world.push()
+    assert run.code == 2 and "format 1" in run.err and "btrsync init" in run.err
+    assert world.cli("prune", "--from", world.url, "--keep-last", "1").code == 2
+
+
+def test_rolled_back_target_is_reported_until_acknowledged(world: World, tmp_path: Path) -> None:
+    _backup(world, 1)
+    saved = tmp_path / "saved"
+    shutil.copytree(world.target_dir, saved)
+    _backup(world, 2)
+    _backup(world, 3)
+    gone = [b["id"] for b in world.listing()][1:]
+    shutil.rmtree(world.target_dir)
+    shutil.copytree(saved, world.target_dir)  # the storage was rolled back to an older copy
+    run = world.cli("list", "--from", world.url)
+    assert run.code == 0 and "gone without a prune" in run.err and all(g in run.err for g in gone[:1])
+    run = world.receive("latest")
+    assert "gone without a prune" in run.err  # never a silent "latest"
+    world.snapshot()
+    run = world.push("--json")
+    assert run.code == 0, run.err
+    assert sorted(run.json()["vanished"]) == sorted(gone), run.err
+    assert world.cli("state", "acknowledge", world.url).code == 0
+    assert "gone without" not in world.cli("list", "--from", world.url).err
+
+
+def test_pruned_backups_are_not_reported_as_vanished(world: World) -> None:
+    for seed in range(3):
+        _backup(world, seed, "--max-chain", "0")
+    assert world.cli("prune", "--from", world.url, "--keep-last", "1").code == 0
+    run = world.cli("list", "--from", world.url)
+    assert run.code == 0 and "gone without" not in run.err
+
+
+def test_push_that_could_send_nothing_is_an_error(world: World, tmp_path: Path) -> None:
+    run = world.push()  # a subvolume without any snapshot
+    assert run.code == 1
+    assert str(world.snapdir) in run.err and "data.<YYYYMMDDTHHMMSSZ>" in run.err
+    for wrong in (tmp_path / "no-such-subvolume", Path("/tmp"), world.snapdir):  # mistyped, not btrfs, a plain dir
+        run = world.cli("push", str(wrong), "--snapshot-dir", str(world.snapdir), "--to", world.url)
+        assert run.code == 2 and "not a btrfs subvolume" in run.err, (wrong, run.err)
+
+
+def test_commit_happens_inside_the_lease(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease goes only after the manifest: a clean/prune elsewhere never sees data without both."""
+    events: list[str] = []
+    original_put, original_delete = LocalTarget.put, LocalTarget.delete
+
+    def put(self, key, parts):  # noqa: ANN001
+        events.append(f"put {key.split('/')[0]}")
+        return original_put(self, key, parts)
+
+    def delete(self, key):  # noqa: ANN001
+        events.append(f"delete {key.split('/')[0]}")
+        return original_delete(self, key)
+
+    monkeypatch.setattr(LocalTarget, "put", put)
+    monkeypatch.setattr(LocalTarget, "delete", delete)
+    _backup(world)
+    assert events.index("put backups") < events.index("delete locks"), events
+
+
+def test_lease_is_refreshed_by_a_timer(tmp_path: Path) -> None:
+    target = LocalTarget(tmp_path)
+    stamps = []
+    with Lease(target, "b-1", refresh_every=timedelta(seconds=0.2)):
+        for _ in range(3):
+            stamps.append(json.loads(target.read("locks/b-1.lease"))["refreshed"])
+            import time
+            time.sleep(0.35)
+    assert len(set(stamps)) == 3  # rewritten while the holder did nothing else
+    assert not list(target.list("locks/"))
+
+
+def test_a_backup_another_live_holder_uploads_is_refused(world: World) -> None:
+    tree.populate(world.subvol, 1)
+    snap = world.snapshot()
+    listing = world.cli("snapshot", "list", "--snapshot-dir", str(world.snapdir), "--json").json()
+    uuid = listing[0]["uuid"]
+    bid = layout.backup_id_for(snap.name, uuid)
+    lease = {"backup_id": bid, "parent_id": None, "host": "other-host", "pid": 4242, "boot_id": "x",
+             "token": "t", "refreshed": datetime.now(UTC).isoformat(), "started": "s"}
+    (world.target_dir / "locks").mkdir()
+    (world.target_dir / "locks" / f"{bid}.lease").write_text(json.dumps(lease))
+    run = world.push()
+    assert run.code == 11 and "other-host" in run.err, run.err
+    assert not (world.target_dir / "data").exists()  # nothing of the other holder's was touched
+    # the same host, another live process (a push with another state dir): refused as well
+    lease.update(host=socket.gethostname(), pid=os.getppid(), boot_id=boot_id())
+    (world.target_dir / "locks" / f"{bid}.lease").write_text(json.dumps(lease))
+    assert world.push().code == 11
+
+
+@pytest.mark.parametrize("content", [
+    b"\x00garbage",
+    json.dumps({"backup_id": "X", "host": "h", "pid": 1, "refreshed": "2026-01-01T00:00:00"}).encode(),
+    json.dumps({"backup_id": "X", "host": "h", "pid": 10**30, "refreshed": "3026-01-01T00:00:00+00:00",
+                "parent_id": None}).encode(),
+    b"{" + b" " * 100_000 + b"}",
+])
+def test_bad_leases_never_crash_prune_or_clean(world: World, content: bytes) -> None:
+    _backup(world, 1, "--max-chain", "0")
+    _backup(world, 2, "--max-chain", "0")
+    (world.target_dir / "locks").mkdir(exist_ok=True)
+    (world.target_dir / "locks" / "X.lease").write_bytes(content)
+    run = world.cli("prune", "--from", world.url, "--keep-last", "1")
+    assert run.code == 0, run.err
+    run = world.cli("clean", "--from", world.url, "--json")
+    assert run.code == 0, run.err
+    items = run.json()["items"]
+    future = b"3026" in content
+    assert any(i["key"] == "locks/X.lease" for i in items) or future
+    if future:  # clamped to now: live for STALE, kept (a clock far ahead is reported, not obeyed forever)
+        assert (world.target_dir / "locks" / "X.lease").exists()
+
+
+def test_prune_now_is_a_simulation_only(world: World) -> None:
+    _backup(world)
+    run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--now", "2030-01-01T00:00:00Z")
+    assert run.code == 2 and "--dry-run" in run.err
+    run = world.cli("snapshot", "prune", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+                    "--keep-last", "1", "--now", "2030-01-01T00:00:00Z")
+    assert run.code == 2
+
+
+def test_every_deletion_is_audited_before_and_after(world: World) -> None:
+    _backup(world, 1)
+    # a stray object of an interrupted attempt that cannot be resumed: the next push discards it
+    world.snapshot()
+    listing = world.cli("snapshot", "list", "--snapshot-dir", str(world.snapdir), "--json").json()
+    bid = layout.backup_id_for(listing[-1]["name"], listing[-1]["uuid"])
+    stray = world.target_dir / layout.segment_key(bid, 7)
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"left by a crashed push")
+    assert world.push().code == 0
+    assert not stray.exists()
+    orphan = world.target_dir / "data" / "data.20200101T000000Z-deadbeef" / "000000"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"orphan")
+    assert world.cli("clean", "--from", world.url).code == 0
+    snap = world.snapshots[0]
+    assert world.cli("snapshot", "delete", str(snap)).code == 0
+    audit = read_audit(world.state)
+
+    def phases(pred) -> list[str]:  # noqa: ANN001
+        return [e["phase"] for e in audit if pred(e)]
+
+    assert phases(lambda e: e["event"] == "delete-object" and e["key"] == str(stray.relative_to(world.target_dir))) \
+        == ["intent", "done"]
+    assert phases(lambda e: e["event"] == "clean" and e["key"].endswith("deadbeef/000000")) == ["intent", "done"]
+    assert phases(lambda e: e["event"] == "delete-snapshot" and e["snapshot"] == snap.name) == ["intent", "done"]
+
+
+def test_push_that_commits_some_and_fails_later_is_partial(world: World, monkeypatch) -> None:
+    tree.populate(world.subvol, 1)
+    world.snapshot()
+    (world.subvol / "more").write_bytes(os.urandom(100_000))
+    world.snapshot()
+    original = SendProcess.chunks
+
+    def failing_second(self, size):  # noqa: ANN001
+        if self.parent is not None:
+            raise OSError(5, "Input/output error")
+        yield from original(self, size)
+
+    monkeypatch.setattr(SendProcess, "chunks", failing_second)
+    run = world.push()
+    assert run.code == 3, run.err
+    assert "1 earlier backup(s) of this run were committed" in run.err
+    assert len(world.listing()) == 1
+
+
+def test_snapshot_delete_of_some_paths_is_partial(world: World, tmp_path: Path) -> None:
+    _backup(world)
+    world.snapshot()
+    run = world.cli("snapshot", "delete", str(world.snapshots[1]), str(tmp_path / "not-a-snapshot"))
+    assert run.code == 3 and "deleted 1 of 2" in run.err
