@@ -124,3 +124,32 @@ def test_prune_then_restore_the_oldest_and_newest_survivors(remote: World) -> No
     for snap in remote.snapshots[2:]:
         assert tree.compare(tree.describe(snap), tree.describe(remote.restore / snap.name),
                             ignore=tree.SEND_BEST_EFFORT) == []
+
+
+def test_a_location_without_a_repository_is_never_written(remote: World) -> None:
+    """The remote disk is not mounted (ssh: an empty directory; S3: an empty prefix): every command
+    exits 10 and nothing is created there.  For ssh the remote root is a real mount, unmounted."""
+    tree.populate(remote.subvol, 3)
+    remote.snapshot()
+    if remote.kind == "ssh":  # type: ignore[attr-defined]
+        from tests.integration.test_fail_closed import tmpfs
+
+        (remote.target_dir / "btrsync-repo.json").unlink()  # the world's repository: start over
+        assert remote.cli("state", "forget", "remote").code == 0
+        with tmpfs(remote.target_dir):  # the backup server's disk, mounted at the target root
+            assert remote.init().code == 0
+            assert remote.push().code == 0
+        assert list(remote.target_dir.iterdir()) == []  # unmounted: the bare mount point
+    else:  # a prefix nobody initialised
+        text = remote.config.read_text()
+        fresh = f"s3://{TEST_BUCKET}/it-empty-{uuid.uuid4().hex[:8]}"
+        remote.config.write_text(text.replace('url = "s3://', f'url = "{fresh}" #', 1))
+    remote.snapshot()
+    for args in (["push", str(remote.subvol), "--snapshot-dir", str(remote.snapdir), "--to", remote.url],
+                 ["clean", "--from", remote.url], ["list", "--from", remote.url]):
+        run = remote.cli(*args)
+        assert run.code == 10 and "btrsync init" in run.err, (args, run.err)
+    if remote.kind == "ssh":  # type: ignore[attr-defined]
+        assert list(remote.target_dir.iterdir()) == []
+    else:
+        assert remote.data_files() == []

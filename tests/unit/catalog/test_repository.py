@@ -105,3 +105,74 @@ def test_delete_removes_manifest_before_data() -> None:
 def test_backup_ids_are_readable_and_key_safe() -> None:
     bid = layout.backup_id_for("my data.20261126T030000Z", "0fa0cfa8-9604-fb4c-86a7-b2741ad3aa13")
     assert bid == "my_data.20261126T030000Z-0fa0cfa8"
+
+
+def test_init_refuses_a_location_that_holds_a_repository() -> None:
+    from btrsync.catalog.repository import RepositoryExistsError
+
+    target = MemoryTarget()
+    repo = Repository.init(target, KEY)
+    before = dict(target.objects)
+    with pytest.raises(RepositoryExistsError, match=repo.repo_id):
+        Repository.init(target, KEY)
+    assert target.objects == before
+
+
+def test_marker_fields_are_authenticated() -> None:
+    import json
+
+    target = MemoryTarget()
+    Repository.init(target, KEY)
+    doc = json.loads(target.objects[layout.REPO_MARKER])
+    for field_name, value in (("repo_id", "0" * 16), ("created", "2020-01-01T00:00:00Z"), ("mac", "")):
+        target.objects[layout.REPO_MARKER] = json.dumps({**doc, field_name: value}).encode()
+        with pytest.raises(DamageError, match="failed authentication"):
+            Repository.open(target, KEY)
+    target.objects[layout.REPO_MARKER] = b"{" + b" " * 10_000 + b"}"
+    with pytest.raises(DamageError, match="not a btrsync marker"):
+        Repository.open(target, KEY)
+
+
+def test_one_damaged_manifest_is_isolated_in_the_catalog() -> None:
+    target = MemoryTarget()
+    repo = Repository.init(target, KEY)
+    good, bad = manifest("data.20261126T030000Z-aaaa1111"), manifest("data.20261126T040000Z-bbbb2222")
+    repo.commit(good)
+    repo.commit(bad)
+    key = layout.manifest_key(bad.backup_id)
+    target.objects[key] = target.objects[key][:-1] + bytes([target.objects[key][-1] ^ 1])
+    catalog = repo.catalog()
+    assert [m.backup_id for m in catalog.manifests] == [good.backup_id]
+    assert [(d.backup_id, d.subvolume) for d in catalog.damaged] == [(bad.backup_id, "data")]
+    with pytest.raises(DamageError, match="move it aside"):
+        repo.manifests()  # the strict accessor still refuses
+
+
+def test_broken_chains_name_their_first_bad_link() -> None:
+    from dataclasses import replace
+
+    from btrsync.catalog.chains import broken_chains
+
+    full = manifest("f-1")
+    inc = replace(manifest("i-1", parent="f-1"), depth=1, parent_uuid="u")
+    orphan = replace(manifest("i-2", parent="gone-1"), depth=1, parent_uuid="u")
+    wrong = replace(manifest("i-3", parent="f-1"), depth=1, parent_uuid="other")
+    loop_a = replace(manifest("l-a", parent="l-b"), depth=1, parent_uuid="u")
+    loop_b = replace(manifest("l-b", parent="l-a"), depth=1, parent_uuid="u")
+    on_damaged = replace(manifest("i-4", parent="d-1"), depth=1, parent_uuid="u")
+    broken = broken_chains([full, inc, orphan, wrong, loop_a, loop_b, on_damaged], damaged={"d-1"})
+    assert set(broken) == {"i-2", "i-3", "l-a", "l-b", "i-4"}
+    assert "missing" in broken["i-2"].reason and "expects other" in broken["i-3"].reason
+    assert "loops" in broken["l-a"].reason and "damaged" in broken["i-4"].reason
+
+
+def test_hostile_snapshot_names_are_refused() -> None:
+    from dataclasses import replace
+
+    target = MemoryTarget()
+    repo = Repository.init(target, KEY)
+    for name in ("../escape", "a/b", "..", ".", "", "x\0y"):
+        m = replace(manifest(f"h-{abs(hash(name)) % 1000}"), snapshot=name)
+        repo.commit(m)
+        with pytest.raises(DamageError, match="single path"):
+            repo.load_manifest(m.backup_id)
