@@ -327,3 +327,17 @@ def test_snapshot_delete_of_some_paths_is_partial(world: World, tmp_path: Path) 
     world.snapshot()
     run = world.cli("snapshot", "delete", str(world.snapshots[1]), str(tmp_path / "not-a-snapshot"))
     assert run.code == 3 and "deleted 1 of 2" in run.err
+
+
+def test_read_only_target_is_reported_once(world: World, tmp_path: Path) -> None:
+    mnt = tmp_path / "ro"
+    with tmpfs(mnt):
+        world.target_dir = mnt
+        world.init()
+        tree.populate(world.subvol, 1)
+        world.snapshot()
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        run = world.push()
+        assert run.code == 1
+        assert run.err.count("Read-only file system") == 1, run.err
+        assert "Traceback" not in run.err
