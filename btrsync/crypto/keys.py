@@ -12,7 +12,6 @@ import binascii
 import hashlib
 import hmac
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +19,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from btrsync.errors import KeyFileError
+from btrsync.secretfile import create_secret_file, looks_like_secret, read_secret_file
 
 KEY_BYTES = 32
+KEY_FILE_LIMIT = 4096  # a key file is 45 bytes; anything this large is not one
+_NOT_A_PATH = (
+    "the --key-file argument (or BTRSYNC_KEY_FILE, or key_file in the configuration) is not a path "
+    "(it looks like key material: it was not printed; put the key in a file and pass the file's "
+    "path)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,32 +53,36 @@ class MasterKey:
 
 
 def generate_key_file(path: Path) -> MasterKey:
-    """Write a new random key to ``path`` with mode 0600; refuse to overwrite anything."""
+    """Write a new random key to a new file ``path``, mode 0600, fsynced with its directory.
+
+    Refuses to overwrite anything, a symbolic link included, and a ``path`` that looks like key
+    material (it is not printed).
+    """
+    if looks_like_secret(os.fspath(path)):
+        raise KeyFileError(
+            "the file argument is not a path (it looks like key material: it was not printed; "
+            "name the new key file instead, e.g. /root/backup.key)"
+        )
     key = MasterKey(os.urandom(KEY_BYTES))
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path} already exists; btrsync never overwrites a key file") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot create key file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64encode(key.secret) + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    create_secret_file(path, base64.b64encode(key.secret) + b"\n", what="key file", error=KeyFileError)
     return key
 
 
 def load_key_file(path: Path) -> MasterKey:
-    """Read a key file; fail closed on anything unexpected (size, format, world-readable)."""
-    try:
-        st = os.stat(path)
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"key file {path} does not exist (create one with 'btrsync key generate')") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
-    if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
-        raise KeyFileError(f"key file {path} is readable or writable by others; run 'chmod 600 {path}'")
+    """Read a key file; fail closed on anything unexpected (see :mod:`btrsync.secretfile`).
+
+    The file must be a regular file (not a link), owned by the caller or root, with no access for
+    group or others, and at most 4 KiB.  A ``path`` that looks like key material is refused
+    without being printed.
+    """
+    data = read_secret_file(
+        path,
+        what="key file",
+        limit=KEY_FILE_LIMIT,
+        error=KeyFileError,
+        not_a_path=_NOT_A_PATH,
+        missing_hint=" (create one with 'btrsync key generate FILE')",
+    )
     return MasterKey(_decode(data, path))
 
 

@@ -39,6 +39,7 @@ from botocore.exceptions import (
 )
 
 from btrsync.errors import BtrsyncError, ConfigError, TargetMissingError
+from btrsync.secretfile import looks_like_secret, read_secret_file
 from btrsync.targets.errors import (
     NotFound,
     PermissionDenied,
@@ -77,6 +78,12 @@ class S3Credentials:
     session_token: str | None = field(default=None, repr=False)
 
 
+CREDENTIALS_FILE_LIMIT = 64 * 1024  # a few lines; a larger file is refused unread
+_CREDENTIALS_NOT_A_PATH = (
+    "the S3 credentials_file setting is not a path (it looks like a secret: it was not printed; "
+    "put the key id and the secret in a file and set credentials_file to the file's path)"
+)
+
 # Accepted names (lower-cased) for the key id and the secret in a credentials file.
 _KEY_ID_NAMES = "aws_access_key_id key_id keyid application_key_id applicationkeyid".split()
 _SECRET_NAMES = "aws_secret_access_key application_key applicationkey secret_access_key".split()
@@ -89,15 +96,23 @@ def read_credentials_file(path: str | os.PathLike[str], profile: str | None = No
     section ``profile`` or ``default``.  Simple files hold ``name=value`` lines, where the key id
     may be named ``key_id``, ``keyID``, ``application_key_id`` or ``AWS_ACCESS_KEY_ID`` and the
     secret ``application_key``, ``applicationKey`` or ``AWS_SECRET_ACCESS_KEY`` (``export``
-    prefixes, quotes and ``#`` comments are allowed, so a shell environment file works too).  Raises
-    ``ConfigError``; messages name the file and the expected names, never the values.
+    prefixes, quotes and ``#`` comments are allowed, so a shell environment file works too).  The
+    file is read like a key file (:func:`btrsync.secretfile.read_secret_file`: no links, owned by
+    the caller or root, no group or other access, at most 64 KiB).  Raises ``ConfigError``;
+    messages name the file and the expected names, never the values.
     """
-    path = Path(path)
+    path = os.fspath(path)  # as given: Path() would drop a leading ./ that marks it as a path
+    data = read_secret_file(
+        path,
+        what="S3 credentials file",
+        limit=CREDENTIALS_FILE_LIMIT,
+        error=ConfigError,
+        not_a_path=_CREDENTIALS_NOT_A_PATH,
+    )
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"cannot read S3 credentials file {path}: {reason}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read S3 credentials file {path}: not UTF-8 text") from None
     is_ini = any(line.strip().startswith("[") for line in text.splitlines())
     values = _ini_values(path, text, profile) if is_ini else _simple_values(text)
     key_id = next((values[n] for n in _KEY_ID_NAMES if values.get(n)), None)
@@ -111,7 +126,7 @@ def read_credentials_file(path: str | os.PathLike[str], profile: str | None = No
     return S3Credentials(key_id, secret, values.get("aws_session_token") or None)
 
 
-def _ini_values(path: Path, text: str, profile: str | None) -> dict[str, str]:
+def _ini_values(path: str, text: str, profile: str | None) -> dict[str, str]:
     parser = configparser.RawConfigParser()
     try:
         parser.read_string(text, source=str(path))
@@ -120,7 +135,8 @@ def _ini_values(path: Path, text: str, profile: str | None) -> dict[str, str]:
         raise ConfigError(f"S3 credentials file {path} is not a valid INI file") from None
     section = profile or "default"
     if not parser.has_section(section):
-        found = ", ".join(parser.sections()) or "none"
+        # section names are names, but never echo one that looks like a pasted secret
+        found = ", ".join("?" if looks_like_secret(s) else s for s in parser.sections()) or "none"
         raise ConfigError(f"S3 credentials file {path} has no [{section}] section (found: {found})")
     return {k.lower(): v.strip() for k, v in parser.items(section)}
 
