@@ -171,6 +171,7 @@ def test_credentials_files_in_every_accepted_format(tmp_path: Path, text: str, p
     """AWS INI files (with profiles) and simple key_id/application_key files both work."""
     path = tmp_path / "creds"
     path.write_text(text)
+    path.chmod(0o600)  # credentials files with group or other access are refused
     creds = read_credentials_file(path, profile)
     assert (creds.key_id, creds.secret) == ("0041234", SECRET)
     assert SECRET not in repr(creds)
@@ -188,6 +189,7 @@ def test_bad_credentials_files_name_the_problem_not_the_secret(tmp_path: Path, t
     """Errors about credentials files never quote the file's contents."""
     path = tmp_path / "creds"
     path.write_text(text)
+    path.chmod(0o600)  # credentials files with group or other access are refused
     with pytest.raises(ConfigError) as info:
         read_credentials_file(path)
     assert str(path) in str(info.value) and SECRET not in str(info.value)
