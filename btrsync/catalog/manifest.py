@@ -1,8 +1,11 @@
-"""The per-backup manifest: what a backup is, what it depends on, and where every chunk is.
+"""The per-backup manifest: what a backup is, what it depends on, and how its chunks are found.
 
-A manifest is JSON inside an authenticated, encrypted frame (``crypto.frames.seal_manifest``), bound
-to its own object key.  It is written after every segment is durable; its presence is what makes a
-backup exist.
+A manifest is JSON inside an authenticated, encrypted frame (``crypto.frames.Binding``), bound to
+its repository and its own object key.  It is written after every segment is durable; its
+presence is what makes a backup exist.  In format 2 it is a small header: the chunk records live
+in the segment indexes (one per segment, written as each segment becomes durable), and the header
+pins them by count, the attempt that wrote them and a digest over the indexes, so neither commit
+nor restore ever holds the whole table.  Format 1 manifests carry every chunk record themselves.
 """
 
 from __future__ import annotations
@@ -52,7 +55,6 @@ class Manifest:
     compression: dict[str, Any]
     encryption: dict[str, Any]
     chunk_size: int
-    chunks: tuple[ChunkRecord, ...]
     stream_bytes: int
     stored_bytes: int
     segments: int
@@ -60,14 +62,27 @@ class Manifest:
     finished: datetime
     tool: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+    # format 2: the chunk table lives in the segment indexes; the header pins it
+    chunk_count: int = 0
+    table: dict[str, Any] = field(default_factory=dict)  # {"attempt": token, "digest": sha256 hex}
+    # format 1: every chunk record, in the manifest itself
+    chunks: tuple[ChunkRecord, ...] = ()
 
     @property
     def is_full(self) -> bool:
         return self.parent_id is None
 
+    @property
+    def n_chunks(self) -> int:
+        return self.chunk_count if self.format >= 2 else len(self.chunks)
+
     def to_json(self) -> bytes:
         doc = asdict(self)
         doc["chunks"] = [c.to_list() for c in self.chunks]
+        if self.format >= 2:
+            del doc["chunks"]
+        else:
+            del doc["chunk_count"], doc["table"]
         for name in ("snapshot_time", "started", "finished"):
             doc[name] = _iso(getattr(self, name))
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -79,7 +94,7 @@ class Manifest:
             if doc.get("format") not in READABLE_FORMATS:
                 raise DamageError(f"{where} has format {doc.get('format')!r}; this btrsync reads "
                                   f"{', '.join(map(str, READABLE_FORMATS))}")
-            doc["chunks"] = tuple(ChunkRecord.from_list(r) for r in doc["chunks"])
+            doc["chunks"] = tuple(ChunkRecord.from_list(r) for r in doc.get("chunks", ()))
             for name in ("snapshot_time", "started", "finished"):
                 doc[name] = datetime.fromisoformat(doc[name])
             manifest = cls(**doc)
@@ -100,6 +115,9 @@ class Manifest:
                               f"parent {self.parent_id})")
         if self.snapshot_time.tzinfo is None:
             raise DamageError(f"{where} has a snapshot time without a timezone")
+        if self.format >= 2 and (self.chunk_count < 0 or self.segments < 0 or not isinstance(self.table, dict)
+                                 or not {"attempt", "digest"} <= set(self.table)):
+            raise DamageError(f"{where} does not pin its chunk table (format {self.format})")
 
     def summary(self) -> dict[str, Any]:
         """The fields ``btrsync list --json`` prints."""
@@ -116,7 +134,7 @@ class Manifest:
             "kind": "full" if self.is_full else "incremental",
             "stream_bytes": self.stream_bytes,
             "stored_bytes": self.stored_bytes,
-            "chunks": len(self.chunks),
+            "chunks": self.n_chunks,
             "pushed": _iso(self.finished),
         }
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from btrsync.catalog import layout
 from btrsync.catalog.chains import BrokenChain, broken_chains
-from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.crypto import frames
 from btrsync.crypto.keys import MasterKey
 from btrsync.errors import BtrsyncError, DamageError, TargetMissingError, UsageError, WrongKeyError
@@ -60,6 +60,12 @@ class DamagedManifest:
         """The subvolume its id names (``<subvol>.<stamp>-<uuid8>``), ``None`` if it names none."""
         parsed = parse_name(self.backup_id.rsplit("-", 1)[0])
         return parsed.base if parsed else None
+
+    @property
+    def snapshot_time(self) -> datetime | None:
+        """The snapshot time its id names, ``None`` if it names none."""
+        parsed = parse_name(self.backup_id.rsplit("-", 1)[0])
+        return parsed.time if parsed else None
 
     def advice(self, target: str) -> str:
         return (f"manifest {self.key} on {target} is damaged ({self.error}); restore it from a copy, "
@@ -184,7 +190,7 @@ class Repository:
             except DamageError as exc:
                 key = layout.manifest_key(backup_id)
                 catalog.damaged.append(DamagedManifest(backup_id, key, str(exc)))
-                log.warning("%s", catalog.damaged[-1].advice(self.target.display_url))
+                log.debug("%s", catalog.damaged[-1].advice(self.target.display_url))  # callers report it
         catalog.manifests.sort(key=lambda m: (m.snapshot_time, m.snapshot, m.backup_id))
         return catalog
 
@@ -204,14 +210,13 @@ class Repository:
     def data_keys(self, backup_id: str) -> list[str]:
         return [o.key for o in self.target.list(layout.data_prefix(backup_id))]
 
-    def read_frame(self, manifest: Manifest, index: int) -> bytes:
+    def read_frame(self, backup_id: str, index: int, rec: ChunkRecord) -> bytes:
         """The stored frame of chunk ``index``; a missing or short segment is damage."""
-        rec = manifest.chunks[index]
-        key = layout.segment_key(manifest.backup_id, rec.segment)
+        key = layout.segment_key(backup_id, rec.segment)
         try:
             return self.target.read(key, offset=rec.offset, length=rec.stored_size)
         except (NotFound, RangeError):
-            raise DamageError(f"chunk {index} of backup {manifest.backup_id}: segment {key} is missing "
+            raise DamageError(f"chunk {index} of backup {backup_id}: segment {key} is missing "
                               f"or shorter than recorded on {self.target.display_url}") from None
 
     def discard_uncommitted(self, backup_id: str, before_delete: DeleteHook | None = None) -> int:

@@ -1,94 +1,217 @@
-"""Segment indexes: what an interrupted push leaves behind that a later push may trust.
+"""Segment indexes: the chunk table of a backup, one piece per segment, and what resuming trusts.
 
 After a segment's ``put`` returns (the segment is durable), an encrypted index object
-``data/<id>/<NNNNNN>.idx`` records its chunks and the parameters of the attempt.  A new push of the
-same backup keeps the longest run of segments 0..k-1 whose indexes are intact and whose parameters
-match, checks the re-run ``btrfs send`` stream against their recorded raw hashes before skipping
-them, and deletes everything after them.
+``data/<id>/<NNNNNN>.idx`` records its chunks and the parameters of the attempt, including a
+random ``attempt`` token.  In format 2 the indexes *are* the chunk table: the manifest header
+pins them by chunk count, segment count, the attempt token and a digest (SHA-256 over the
+SHA-256 of each index's plaintext, in segment order), so a commit and a restore stream the table
+one segment at a time and never hold it whole.
+
+A new push of the same backup keeps the longest run of segments 0..k-1 whose indexes are intact,
+whose parameters match and which share one attempt token (the new attempt adopts it), checks the
+re-run ``btrfs send`` stream against their recorded raw hashes before skipping them, and deletes
+everything after them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import secrets
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from btrsync.catalog import layout
-from btrsync.catalog.manifest import ChunkRecord
+from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import DeleteHook, Repository
 from btrsync.errors import DamageError
+from btrsync.targets.errors import NotFound
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ResumePoint:
-    """Durable segments ``0..segments-1`` and their chunk records, in stream order."""
+def new_attempt() -> str:
+    return secrets.token_hex(8)
 
+
+@dataclass(slots=True)
+class TableDigest:
+    """The running pin of a chunk table: counts, sizes and the digest over the index plaintexts."""
+
+    chunks: int = 0
     segments: int = 0
-    records: tuple[ChunkRecord, ...] = field(default_factory=tuple)
+    stream_bytes: int = 0
+    stored_bytes: int = 0
+    _hash: Any = field(default_factory=hashlib.sha256)
+
+    def add(self, payload: bytes, records: list[ChunkRecord]) -> None:
+        self._hash.update(hashlib.sha256(payload).digest())
+        self.chunks += len(records)
+        self.segments += 1
+        self.stream_bytes += sum(r.raw_size for r in records)
+        self.stored_bytes += sum(r.stored_size for r in records)
+
+    def copy(self) -> TableDigest:
+        return TableDigest(self.chunks, self.segments, self.stream_bytes, self.stored_bytes, self._hash.copy())
+
+    @property
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+@dataclass(slots=True)
+class ResumePoint:
+    """Durable segments ``0..segments-1`` of an earlier attempt, pinned by ``table``."""
+
+    attempt: str = field(default_factory=new_attempt)
+    table: TableDigest = field(default_factory=TableDigest)
+
+    @property
+    def segments(self) -> int:
+        return self.table.segments
+
+    @property
+    def chunks(self) -> int:
+        return self.table.chunks
 
     @property
     def stored_bytes(self) -> int:
-        return sum(r.stored_size for r in self.records)
+        return self.table.stored_bytes
+
+
+def _payload(backup_id: str, segment: int, params: dict[str, Any], records: list[ChunkRecord]) -> bytes:
+    doc = {"format": layout.FORMAT_VERSION, "backup_id": backup_id, "segment": segment, "params": params,
+           "chunks": [r.to_list() for r in records]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def write_index(repo: Repository, backup_id: str, segment: int, params: dict[str, Any],
-                records: list[ChunkRecord]) -> None:
+                records: list[ChunkRecord]) -> bytes:
+    """Seal and store the index of a durable segment; returns its plaintext (for the table digest)."""
     key = layout.index_key(backup_id, segment)
-    doc = {"format": layout.FORMAT_VERSION, "backup_id": backup_id, "segment": segment, "params": params,
-           "chunks": [r.to_list() for r in records]}
-    payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    payload = _payload(backup_id, segment, params, records)
     repo.target.put_bytes(key, repo.binding.seal_index(key, payload))
+    return payload
 
 
-def _load_index(repo: Repository, backup_id: str, segment: int) -> dict[str, Any]:
+def _load_index(repo: Repository, backup_id: str, segment: int) -> tuple[bytes, dict[str, Any]]:
     key = layout.index_key(backup_id, segment)
-    doc = json.loads(repo.binding.open_index(key, repo.target.read(key)))
+    payload = repo.binding.open_index(key, repo.target.read(key))
+    doc = json.loads(payload)
     if doc.get("backup_id") != backup_id or doc.get("segment") != segment:
         raise DamageError(f"{key} describes another segment")
-    return dict(doc)
+    return payload, dict(doc)
+
+
+def _records(doc: dict[str, Any], segment: int, where: str) -> list[ChunkRecord]:
+    try:
+        records = [ChunkRecord.from_list(r) for r in doc["chunks"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DamageError(f"{where} is not a valid segment index: {exc}") from None
+    if any(r.segment != segment for r in records):
+        raise DamageError(f"{where} names chunks of another segment")
+    return records
+
+
+def table_records(repo: Repository, manifest: Manifest) -> Iterator[ChunkRecord]:
+    """The chunk records of a backup in stream order, one segment index at a time.
+
+    Each index is authenticated (repository, object key), must belong to the attempt the
+    manifest names, and the whole table must match the manifest's count and digest: a missing,
+    swapped, stale or extra index is damage (``DamageError``), found before the last chunk is
+    used.  Format 1 manifests yield their own records.
+    """
+    if manifest.format < 2:
+        yield from manifest.chunks
+        return
+    table = TableDigest()
+    for segment in range(manifest.segments):
+        key = layout.index_key(manifest.backup_id, segment)
+        try:
+            payload, doc = _load_index(repo, manifest.backup_id, segment)
+        except NotFound:
+            raise DamageError(f"backup {manifest.backup_id}: segment index {key} is missing on "
+                              f"{repo.target.display_url}") from None
+        except ValueError as exc:
+            raise DamageError(f"{key} is not a valid segment index: {exc}") from None
+        if (doc.get("params") or {}).get("attempt") != manifest.table.get("attempt"):
+            raise DamageError(f"{key} belongs to another attempt than backup {manifest.backup_id}'s manifest")
+        records = _records(doc, segment, key)
+        table.add(payload, records)
+        if table.chunks > manifest.chunk_count:
+            break
+        yield from records
+    if (table.chunks, table.hexdigest) != (manifest.chunk_count, manifest.table.get("digest")):
+        raise DamageError(f"backup {manifest.backup_id}: the segment indexes do not match the manifest "
+                          f"({table.chunks} chunks found, {manifest.chunk_count} recorded)")
 
 
 def find_resume_point(repo: Repository, backup_id: str, params: dict[str, Any],
                       before_delete: DeleteHook | None = None) -> ResumePoint:
-    """Keep the durable prefix of an interrupted push of ``backup_id``; delete the rest."""
+    """Keep the durable prefix of an interrupted push of ``backup_id``; delete the rest.
+
+    ``params`` are the new attempt's (without the attempt token); kept segments must match them
+    and share one attempt token, which the returned point carries on.
+    """
     sizes = {o.key: o.size for o in repo.target.list(layout.data_prefix(backup_id))}
-    records: list[ChunkRecord] = []
+    point: ResumePoint | None = None
+    table = TableDigest()
     segment = 0
     while True:
-        chunks = _trusted_chunks(repo, backup_id, segment, params, sizes)
-        if chunks is None:
+        found = _trusted_index(repo, backup_id, segment, params, sizes)
+        if found is None:
             break
-        records.extend(chunks)
+        attempt, payload, records = found
+        if point is None:
+            point = ResumePoint(attempt)
+        elif attempt != point.attempt:
+            break
+        table.add(payload, records)
         segment += 1
     keep = {layout.segment_key(backup_id, i) for i in range(segment)}
     keep |= {layout.index_key(backup_id, i) for i in range(segment)}
     for key in sorted(set(sizes) - keep):
         with before_delete(key) if before_delete is not None else nullcontext():
             repo.target.delete(key)
-    if segment:
-        log.info("resuming backup=%s segments=%d chunks=%d", backup_id, segment, len(records))
-    return ResumePoint(segment, tuple(records))
+    if point is None:
+        return ResumePoint()
+    point.table = table
+    log.info("resuming backup=%s segments=%d chunks=%d", backup_id, segment, table.chunks)
+    return point
 
 
-def _trusted_chunks(repo: Repository, backup_id: str, segment: int, params: dict[str, Any],
-                    sizes: dict[str, int]) -> list[ChunkRecord] | None:
+def resumed_records(repo: Repository, backup_id: str, point: ResumePoint) -> Iterator[ChunkRecord]:
+    """The kept segments' records again, one index at a time (checked against the point's digest)."""
+    table = TableDigest()
+    for segment in range(point.segments):
+        payload, doc = _load_index(repo, backup_id, segment)
+        records = _records(doc, segment, layout.index_key(backup_id, segment))
+        table.add(payload, records)
+        yield from records
+    if table.hexdigest != point.table.hexdigest:
+        raise DamageError(f"backup {backup_id}: the kept segment indexes changed while resuming")
+
+
+def _trusted_index(repo: Repository, backup_id: str, segment: int, params: dict[str, Any],
+                   sizes: dict[str, int]) -> tuple[str, bytes, list[ChunkRecord]] | None:
     seg_key, idx_key = layout.segment_key(backup_id, segment), layout.index_key(backup_id, segment)
     if seg_key not in sizes or idx_key not in sizes:
         return None
     try:
-        doc = _load_index(repo, backup_id, segment)
-        chunks = [ChunkRecord.from_list(r) for r in doc["chunks"]]
+        payload, doc = _load_index(repo, backup_id, segment)
+        chunks = _records(doc, segment, idx_key)
+        theirs = dict(doc["params"])
+        attempt = str(theirs.pop("attempt", ""))
     except (DamageError, ValueError, KeyError, TypeError) as exc:
         log.warning("not resuming from %s: %s", idx_key, exc)
         return None
-    if doc["params"] != params:
+    if theirs != params or not attempt:
         log.info("not resuming backup=%s: settings or parent changed since the interrupted push", backup_id)
         return None
-    if sizes[seg_key] != sum(c.stored_size for c in chunks) or any(c.segment != segment for c in chunks):
+    if sizes[seg_key] != sum(c.stored_size for c in chunks):
         log.warning("not resuming from %s: segment size does not match its index", seg_key)
         return None
-    return chunks
+    return attempt, payload, chunks

@@ -16,7 +16,7 @@ import platform
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +27,16 @@ from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendOptions, SendProcess, best_send_options
 from btrsync.btrfs.subvolume import is_subvolume
 from btrsync.catalog.layout import backup_id_for
-from btrsync.catalog.lease import Lease
+from btrsync.catalog.lease import Lease, lease_key
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Catalog, Repository
-from btrsync.catalog.segment_index import ResumePoint, find_resume_point, write_index
+from btrsync.catalog.segment_index import (
+    ResumePoint,
+    TableDigest,
+    find_resume_point,
+    resumed_records,
+    write_index,
+)
 from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, UsageError
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, xxh3
@@ -40,6 +46,7 @@ from btrsync.planner.plan import DEFAULT_MAX_CHAIN, Plan, Step, plan_push
 from btrsync.retention import Item, Policy, decide
 from btrsync.sendstream.framing import StreamFraming
 from btrsync.snapshots.store import Snapshot, list_snapshots, subvolume_name
+from btrsync.targets.base import Target
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +243,14 @@ class _Attempt:
         self.deletions = (audit.object_deletions(repo.target.display_url, "push: discard an interrupted "
                                                  "attempt's data that cannot be resumed")
                           if audit is not None else None)
+        self.audit = audit
         self.snap: Snapshot = step.snapshot  # type: ignore[assignment]
         self.parent: Snapshot | None = step.parent  # type: ignore[assignment]
         self.backup_id = backup_id_for(self.snap.name, self.snap.uuid)
         self.options = settings.send_options or best_send_options()
         self.raw = self.uploaded = self.resumed = 0
+        self.point = ResumePoint()
+        self.table = TableDigest()
 
     def params(self) -> dict[str, object]:
         """What must be unchanged for durable segments of an earlier attempt to be reused."""
@@ -251,64 +261,67 @@ class _Attempt:
     def run(self) -> Manifest:
         """Send and commit, all under the upload lease: the lease goes only after the commit, so
         a clean or prune elsewhere never sees this backup's data without either."""
-        with Lease(self.repo.target, self.backup_id, self.step.parent_backup_id) as lease:
+        with Lease(self.repo.target, self.backup_id, self.step.parent_backup_id):
             if self.backup_id in set(self.repo.backup_ids()):
                 raise PushError(f"backup {self.backup_id} was committed meanwhile (by another push); "
                                 "nothing was changed")
             try:
-                manifest = self._run(lease, resume=True)
+                manifest = self._run(resume=True)
             except StreamChangedError as exc:
                 log.warning("restarting backup=%s from scratch: %s", self.backup_id, exc)
-                manifest = self._run(lease, resume=False)
+                manifest = self._run(resume=False)
             self.repo.commit(manifest)
+            remove_temporaries(self.repo.target, self.backup_id, self.audit)
             return manifest
 
-    def _run(self, lease: Lease, *, resume: bool) -> Manifest:
+    def _run(self, *, resume: bool) -> Manifest:
         started = datetime.now(UTC)
         if resume:
             point = find_resume_point(self.repo, self.backup_id, self.params(), self.deletions)
         else:
             self.repo.discard_uncommitted(self.backup_id, self.deletions)
             point = ResumePoint()
+        self.point, self.table = point, point.table.copy()
         self.raw, self.uploaded, self.resumed = 0, 0, point.stored_bytes
         framing = StreamFraming(f"btrfs send of {self.snap.path}")
         sealer = ChunkSealer(self.repo.binding, self.backup_id, self.settings.zstd_level)
         with (SendProcess(self.snap.path, self.parent.path if self.parent else None, self.options) as send,
               closing(ordered_map(sealer, self._fresh_chunks(send, framing, point),
                                   workers=self.settings.workers, window=self.settings.window)) as sealed):
-            records, segments = write_segments(
+            write_segments(
                 self.repo.target, self.backup_id, sealed, segment_size=self.settings.segment_size,
                 bucket=self.settings.bucket, on_stored=self._stored, first_segment=point.segments,
-                on_segment=lambda n, recs: self._segment_done(lease, n, recs))
+                on_segment=self._segment_done)
         framing.finish()
-        return self._manifest([*point.records, *records], segments or point.segments, framing, started)
+        return self._manifest(framing, started)
 
     def _fresh_chunks(self, send: SendProcess, framing: StreamFraming,
                       point: ResumePoint) -> Iterator[tuple[int, bytes]]:
         """Chunks to seal; those already durable are checked against their hashes and skipped."""
         seq = -1
+        kept = resumed_records(self.repo, self.backup_id, point)  # one index at a time
         for seq, chunk in enumerate(send.chunks(self.settings.chunk_size)):
             framing.feed(chunk)
             self.raw += len(chunk)
-            if seq < len(point.records):
-                rec = point.records[seq]
+            if seq < point.chunks:
+                rec = next(kept)
                 if len(chunk) != rec.raw_size or xxh3(chunk) != rec.raw_xxh3:
                     raise StreamChangedError(f"chunk {seq} of the new stream differs from the stored one")
                 continue
             yield seq, chunk
-        if seq + 1 < len(point.records):
+        if seq + 1 < point.chunks:
             raise StreamChangedError("the new stream is shorter than the stored part")
 
-    def _segment_done(self, lease: Lease, segment: int, records: list[ChunkRecord]) -> None:
-        write_index(self.repo, self.backup_id, segment, self.params(), records)
+    def _segment_done(self, segment: int, records: list[ChunkRecord]) -> None:
+        params = {**self.params(), "attempt": self.point.attempt}
+        self.table.add(write_index(self.repo, self.backup_id, segment, params, records), records)
 
     def _stored(self, n: int) -> None:
         self.uploaded += n
         if self.progress:
             self.progress(self.backup_id, self.raw, self.uploaded + self.resumed)
 
-    def _manifest(self, records: list[ChunkRecord], segments: int, framing: StreamFraming,
-                  started: datetime) -> Manifest:
+    def _manifest(self, framing: StreamFraming, started: datetime) -> Manifest:
         snap, parent = self.snap, self.parent
         return Manifest(
             backup_id=self.backup_id, host=socket.gethostname(), subvolume=self.subvolume,
@@ -319,11 +332,35 @@ class _Attempt:
             compression={"algorithm": "zstd", "level": self.settings.zstd_level, "per_chunk": True},
             encryption={"algorithm": "AES-256-GCM", "kdf": "HKDF-SHA256", "frame": "BSC1",
                         "key_id": self.repo.key.key_id},
-            chunk_size=self.settings.chunk_size, chunks=tuple(records),
-            stream_bytes=sum(r.raw_size for r in records), stored_bytes=sum(r.stored_size for r in records),
-            segments=segments, started=started, finished=datetime.now(UTC).replace(microsecond=0),
+            chunk_size=self.settings.chunk_size, chunk_count=self.table.chunks,
+            table={"attempt": self.point.attempt, "digest": self.table.hexdigest},
+            stream_bytes=self.table.stream_bytes, stored_bytes=self.table.stored_bytes,
+            segments=self.table.segments, started=started, finished=datetime.now(UTC).replace(microsecond=0),
             tool={"btrsync": __version__, "btrfs_progs": progs_version(), "kernel": platform.release()},
         )
+
+
+def remove_temporaries(target: Target, backup_id: str, audit: AuditLog | None = None) -> None:
+    """Remove what killed earlier attempts at ``backup_id`` left on the target: temporary files,
+    partial rsync uploads, unfinished multipart uploads of its segments, indexes, manifest and
+    lease.  Called under the backup's lease after its commit, so no live push writes them (a
+    second push of the same backup refuses to start while the lease is live).  Failing to list
+    or remove them is only a warning: the backup is committed, and ``btrsync clean`` removes
+    them too."""
+    own = (f"data/{backup_id}/", f"backups/{backup_id}/", lease_key(backup_id))
+    where = target.display_url
+    try:
+        for leftover in target.leftovers():
+            if not leftover.key.startswith(own):
+                continue
+            with (audit.deletion("push-temporary", target=where, kind=leftover.kind, key=leftover.key,
+                                 bytes=leftover.size) if audit is not None else nullcontext()):
+                target.remove_leftover(leftover)
+            log.info("removed %s of an interrupted push key=%s bytes=%d", leftover.kind, leftover.key,
+                     leftover.size)
+    except (BtrsyncError, OSError) as exc:
+        log.warning("could not remove the temporaries of interrupted pushes of backup %s on %s: %s "
+                    "('btrsync clean' removes them)", backup_id, where, _describe(exc))
 
 
 def _describe(exc: BaseException) -> str:

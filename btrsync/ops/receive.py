@@ -20,9 +20,10 @@ from pathlib import Path
 from btrsync.btrfs.receive import ReceiveProcess
 from btrsync.btrfs.subvolume import child_subvolumes, is_on_btrfs
 from btrsync.catalog.chains import walk_chain
-from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
-from btrsync.errors import BackupNotFoundError, ReceiveFailedError, UsageError
+from btrsync.catalog.segment_index import table_records
+from btrsync.errors import BackupNotFoundError, DamageError, ReceiveFailedError, UsageError
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
 
@@ -91,7 +92,18 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
         raise UsageError(f"{into} is not on a btrfs filesystem; btrfs receive needs one")
     catalog = repo.catalog()
     manifests = catalog.manifests
+    url = repo.target.display_url
+    for d in catalog.damaged:
+        if spec in (d.backup_id, d.backup_id.rsplit("-", 1)[0]):
+            raise DamageError(f"backup {d.backup_id} cannot be restored: {d.advice(url)}")
     last = resolve(manifests, spec)
+    if spec == "latest" or spec.endswith("@latest"):
+        newer = [d for d in catalog.damaged if d.subvolume in (last.subvolume, None)
+                 and (d.snapshot_time is None or d.snapshot_time > last.snapshot_time)]
+        if newer:
+            raise DamageError(f"'{spec}' is ambiguous: a newer backup of {last.subvolume} may exist but its "
+                              f"manifest is damaged ({newer[0].key}); restore a backup by its id "
+                              f"(the newest intact one is {last.backup_id}) or repair the manifest")
     chain = chain_of(manifests, last, {d.backup_id for d in catalog.damaged})
     present = {s.received_uuid: s for s in child_subvolumes(into) if s.received_uuid}
     result = ReceiveResult(last.backup_id, str(into))
@@ -115,17 +127,19 @@ def receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: i
     opener = ChunkOpener(repo.binding, manifest.backup_id)
     t0 = time.monotonic()
 
-    def fetch(index: int) -> bytes:
-        rec = manifest.chunks[index]
-        frame = repo.read_frame(manifest, index)
+    def fetch(item: tuple[int, ChunkRecord]) -> bytes:
+        index, rec = item
+        frame = repo.read_frame(manifest.backup_id, index, rec)
         return opener.open(index, frame, stored_xxh3=rec.stored_xxh3, raw_size=rec.raw_size,
                            raw_xxh3=rec.raw_xxh3)
 
     what = f"restore of backup {manifest.backup_id}"
-    log.info("receive started backup=%s into=%s chunks=%d", manifest.backup_id, into, len(manifest.chunks))
+    log.info("receive started backup=%s into=%s chunks=%d", manifest.backup_id, into, manifest.n_chunks)
     written = 0
-    chunks = ordered_map(fetch, range(len(manifest.chunks)), workers=workers, window=2 * workers)
-    with ReceiveProcess(into, manifest.snapshot, what) as rx, closing(chunks):
+    # the chunk table streams in one segment index at a time, checked against the manifest
+    chunks = ordered_map(fetch, enumerate(table_records(repo, manifest)), workers=workers, window=2 * workers)
+    with (ReceiveProcess(into, manifest.snapshot, what, parent_uuid=manifest.parent_uuid) as rx,
+          closing(chunks)):
         for raw in chunks:
             rx.write(raw)
             written += len(raw)

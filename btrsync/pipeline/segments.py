@@ -96,15 +96,15 @@ def write_segments(
     first_segment: int = 0,
     on_segment: Callable[[int, list[ChunkRecord]], None] | None = None,
     max_inflight: int = 2,
-) -> tuple[list[ChunkRecord], int]:
+) -> int:
     """Store chunks in order as ``data/<id>/<NNNNNN>`` objects of about ``segment_size`` bytes.
 
     A chunk never spans segments.  ``on_segment(n, records)`` runs, in order, after segment ``n``
-    is durable.  Returns the new chunk records and the number of the next segment.  On any error
-    no partial segment remains: unfinished puts are failed through their parts iterator.
+    is durable; records are not kept beyond that, so memory does not grow with the stream.
+    Returns the number of the next segment.  On any error no partial segment remains: unfinished
+    puts are failed through their parts iterator.
     """
     inflight: deque[_SegmentPut] = deque()
-    records: list[ChunkRecord] = []
     current: _SegmentPut | None = None
     number = first_segment
     limit = max(1, min(max_inflight, target.capabilities.connections))
@@ -116,7 +116,7 @@ def write_segments(
                     if current is not None:
                         current.end()
                     while len(inflight) >= limit:
-                        _finish(inflight.popleft(), records, on_segment)
+                        _finish(inflight.popleft(), on_segment)
                     current = _SegmentPut(number)
                     number += 1
                     current.start(pool, target, backup_id, bucket)
@@ -130,18 +130,16 @@ def write_segments(
             if current is not None:
                 current.end()
             while inflight:
-                _finish(inflight.popleft(), records, on_segment)
+                _finish(inflight.popleft(), on_segment)
         except BaseException:
             for put in inflight:
                 put.abort()
             raise
-    return records, number
+    return number
 
 
-def _finish(put: _SegmentPut, records: list[ChunkRecord],
-            on_segment: Callable[[int, list[ChunkRecord]], None] | None) -> None:
+def _finish(put: _SegmentPut, on_segment: Callable[[int, list[ChunkRecord]], None] | None) -> None:
     assert put.future is not None
     put.future.result()
-    records.extend(put.records)
     if on_segment is not None:
         on_segment(put.segment, put.records)

@@ -23,7 +23,7 @@ def manifest(bid: str = "data.20261126T030000Z-abcd1234", parent: str | None = N
         backup_id=bid, host="h", subvolume="data", source_path="/data", snapshot="data.20261126T030000Z",
         snapshot_time=NOW, snapshot_uuid="u", parent_uuid=None, parent_id=parent, depth=0,
         send={"proto": 1}, compression={"algorithm": "zstd"}, encryption={"key_id": KEY.key_id},
-        chunk_size=4, chunks=(ChunkRecord(0, 0, 44, 4, "a" * 32, "b" * 32),), stream_bytes=4,
+        chunk_size=4, chunk_count=1, table={"attempt": "t", "digest": "d"}, stream_bytes=4,
         stored_bytes=44, segments=1, started=NOW, finished=NOW)
 
 

@@ -85,7 +85,9 @@ def test_segments_split_on_size_and_record_offsets() -> None:
     target = MemoryTarget()
     sealer = ChunkSealer(BINDING, "bid", 0)
     sealed = [sealer((i, os.urandom(1000))) for i in range(10)]
-    records, count = write_segments(target, "bid", iter(sealed), segment_size=3 * 1040)
+    records: list = []
+    count = write_segments(target, "bid", iter(sealed), segment_size=3 * 1040,
+                           on_segment=lambda n, recs: records.extend(recs))
     assert count == 4 and [r.segment for r in records] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
     for rec, s in zip(records, sealed, strict=True):
         seg = target.objects[segment_key("bid", rec.segment)]
@@ -95,7 +97,9 @@ def test_segments_split_on_size_and_record_offsets() -> None:
 def test_a_chunk_larger_than_a_segment_gets_its_own_segment() -> None:
     target = MemoryTarget()
     sealer = ChunkSealer(BINDING, "bid", 0)
-    records, count = write_segments(target, "bid", iter([sealer((0, os.urandom(5000)))]), segment_size=100)
+    records: list = []
+    count = write_segments(target, "bid", iter([sealer((0, os.urandom(5000)))]), segment_size=100,
+                           on_segment=lambda n, recs: records.extend(recs))
     assert count == 1 and records[0].stored_size == 5040
 
 
@@ -103,11 +107,13 @@ def test_segments_are_acknowledged_in_order_after_they_are_stored() -> None:
     target = MemoryTarget()
     sealer = ChunkSealer(BINDING, "bid", 0)
     acked: list[tuple[int, bool]] = []
+    records: list = []
 
     def on_segment(n, recs):
         acked.append((n, segment_key("bid", n) in target.objects))
+        records.extend(recs)
 
-    records, nxt = write_segments(target, "bid", (sealer((i, os.urandom(1000))) for i in range(20)),
+    nxt = write_segments(target, "bid", (sealer((i, os.urandom(1000))) for i in range(20)),
                                   segment_size=2100, first_segment=5, on_segment=on_segment)
     assert nxt == 15 and acked == [(n, True) for n in range(5, 15)]
     assert [r.segment for r in records] == [5 + i // 2 for i in range(20)]
