@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from btrsync.catalog import layout
+from btrsync.catalog.cache import CatalogCache
 from btrsync.catalog.chains import BrokenChain, broken_chains
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.crypto import frames
@@ -109,6 +110,7 @@ class Repository:
         self.key = key
         self.info = info
         self.binding = frames.Binding(key, info.repo_id if info.format >= 2 else None)
+        self.cache: CatalogCache | None = None  # set by the command line: see catalog/cache.py
 
     @property
     def repo_id(self) -> str:
@@ -169,9 +171,10 @@ class Repository:
         ids = (layout.backup_id_of_manifest_key(o.key) for o in self.target.list("backups/"))
         return sorted(i for i in ids if i)
 
-    def load_manifest(self, backup_id: str) -> Manifest:
+    def load_manifest(self, backup_id: str, sealed: bytes | None = None) -> Manifest:
+        """A manifest, read from the target (or given as ``sealed`` bytes), authenticated."""
         key = layout.manifest_key(backup_id)
-        payload = self.binding.open_manifest(key, self.target.read(key))
+        payload = self.binding.open_manifest(key, self.target.read(key) if sealed is None else sealed)
         manifest = Manifest.from_json(payload, key)
         if manifest.backup_id != backup_id:
             raise DamageError(f"{key} describes backup {manifest.backup_id}, not {backup_id}")
@@ -179,20 +182,55 @@ class Repository:
             raise DamageError(f"{key} has format {manifest.format} in a format {self.info.format} repository")
         return manifest
 
-    def catalog(self, ids: list[str] | None = None) -> Catalog:
-        """Every committed backup; one that fails to load is reported, not fatal to the others."""
+    def catalog(self) -> Catalog:
+        """Every committed backup; one that fails to load is reported, not fatal to the others.
+
+        With a cache, a manifest the target lists unchanged is not downloaded again (its sealed
+        bytes are still authenticated); the listing itself is always fresh.
+        """
         catalog = Catalog()
-        for backup_id in self.backup_ids() if ids is None else ids:
+        listed = [o for o in self.target.list("backups/") if layout.backup_id_of_manifest_key(o.key)]
+        for obj in listed:
+            backup_id = layout.backup_id_of_manifest_key(obj.key)
+            assert backup_id is not None
             try:
-                catalog.manifests.append(self.load_manifest(backup_id))
+                catalog.manifests.append(self._cached_manifest(backup_id, obj))
             except NotFound:
                 continue  # deleted between listing and reading
             except DamageError as exc:
-                key = layout.manifest_key(backup_id)
-                catalog.damaged.append(DamagedManifest(backup_id, key, str(exc)))
+                catalog.damaged.append(DamagedManifest(backup_id, obj.key, str(exc)))
                 log.debug("%s", catalog.damaged[-1].advice(self.target.display_url))  # callers report it
+        if self.cache is not None:
+            self.cache.save(o.key for o in listed)
         catalog.manifests.sort(key=lambda m: (m.snapshot_time, m.snapshot, m.backup_id))
         return catalog
+
+    def _cached_manifest(self, backup_id: str, obj: ObjectInfo) -> Manifest:
+        cached = self.cache.get(obj) if self.cache is not None else None
+        if cached is not None:
+            try:
+                return self.load_manifest(backup_id, cached)
+            except DamageError:  # the cached copy, not necessarily the target's: read it again
+                assert self.cache is not None
+                self.cache.forget(obj.key)
+        sealed = self.target.read(obj.key)
+        manifest = self.load_manifest(backup_id, sealed)
+        if self.cache is not None:
+            self.cache.put(obj, sealed)
+        return manifest
+
+    def reread(self, manifests: list[Manifest]) -> None:
+        """Read these manifests again from the target, past any cache; ``DamageError`` unless each
+        is still there and unchanged (what ``prune`` does before it trusts a decision)."""
+        for m in manifests:
+            try:
+                fresh = self.load_manifest(m.backup_id)
+            except NotFound:
+                raise DamageError(f"backup {m.backup_id} vanished from {self.target.display_url} while "
+                                  "deciding; nothing was deleted, run the command again") from None
+            if fresh != m:
+                raise DamageError(f"the manifest of {m.backup_id} on {self.target.display_url} changed "
+                                  "while deciding; nothing was deleted, run the command again")
 
     def manifests(self) -> list[Manifest]:
         """Every committed backup, oldest snapshot first; any damaged manifest raises."""

@@ -19,9 +19,10 @@ from btrsync.units import format_bytes
 @click.option("--from", "source", required=True, help="target URL or configured name")
 @click.option("--check", is_flag=True,
               help="exit 4 when a manifest is damaged or a backup cannot be restored (broken chain)")
+@click.option("--refresh", is_flag=True, help="rebuild this host's cache of the target's manifests")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list of backups")
 @pass_app
-def list_cmd(app: App, source: str, check: bool, as_json: bool) -> None:
+def list_cmd(app: App, source: str, check: bool, refresh: bool, as_json: bool) -> None:
     """List the backups on a target with their chains and sizes.
 
     A damaged manifest does not hide the other backups: it is listed as DAMAGED, and a backup
@@ -34,6 +35,8 @@ def list_cmd(app: App, source: str, check: bool, as_json: bool) -> None:
       btrsync list --from b2 --json --check
     """
     with app.repository(source) as repo:
+        if refresh and repo.cache is not None:
+            repo.cache.clear()
         catalog = repo.catalog()
         vanished = app.state().record_target(repo.target.display_url, catalog.manifests, repo_id=repo.repo_id,
                                              complete=not catalog.damaged)

@@ -14,6 +14,7 @@ import click
 
 from btrsync import __version__
 from btrsync.cli.options import configure_logging
+from btrsync.catalog.cache import CatalogCache
 from btrsync.catalog.repository import Repository
 from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
 from btrsync.crypto.keys import MasterKey, load_key_file
@@ -74,6 +75,7 @@ class App:
         with self.target(url_or_name) as target:
             repo = Repository.open(target, self.key())
             self.state().bind(target.display_url, repo.repo_id)
+            repo.cache = CatalogCache.for_repository(self.state().root, repo.repo_id)
             if write:
                 repo.require_writable()
             with self.lock(f"repository {repo.repo_id}") if lock else nullcontext():

@@ -116,7 +116,11 @@ def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry
         decisions = _decide(items, policy, now, protected)
         decided = {d.id: d for d in decisions}
         result.decisions += [_backup_decision(d, by_id[d.id]) for d in decisions]
-        for backup_id in deletion_order(decisions, items):
+        doomed = deletion_order(decisions, items)
+        if doomed and not dry_run:  # the decision may rest on a cache: check what it relies on
+            parents = {by_id[d.id].parent_id for d in decisions if d.kept} & set(by_id)
+            repo.reread([by_id[i] for i in sorted(set(doomed) | parents)])  # type: ignore[arg-type]
+        for backup_id in doomed:
             _delete_backup(repo, by_id[backup_id], result, dry_run, audit, decided[backup_id],
                            policy_text(subvolume))
     result.decisions.sort(key=lambda d: (d.subvolume, d.created, d.id))

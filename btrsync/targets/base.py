@@ -13,7 +13,7 @@ import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from btrsync.targets.errors import InvalidKey, RangeError
 
@@ -25,6 +25,9 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
 class ObjectInfo:
     key: str
     size: int
+    # what changes when the object is replaced (an S3 ETag, a file's mtime and inode), where the
+    # target can tell at no extra cost; lets caches notice a rewritten object of the same size
+    version: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

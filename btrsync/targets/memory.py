@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 
+import xxhash
+
 from btrsync.targets.base import (
     Capabilities,
     ObjectInfo,
@@ -44,9 +46,9 @@ class MemoryTarget(Target):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
         with self._lock:
-            items = sorted((k, len(v)) for k, v in self.objects.items() if k.startswith(prefix))
-        for key, size in items:
-            yield ObjectInfo(key, size)
+            items = sorted((k, v) for k, v in self.objects.items() if k.startswith(prefix))
+        for key, data in items:
+            yield ObjectInfo(key, len(data), xxhash.xxh3_64_hexdigest(data))  # changes when it is replaced
 
     def delete(self, key: str) -> None:
         validate_key(key)
