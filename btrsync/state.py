@@ -41,6 +41,8 @@ class TargetState:
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)  # backup id -> {snapshot, subvolume}
     vanished: dict[str, dict[str, Any]] = field(default_factory=dict)  # backup id -> {snapshot, noticed}
     updated: str = ""
+    verification: dict[str, Any] = field(default_factory=dict)  # the last verify's summary
+    drill: dict[str, Any] = field(default_factory=dict)  # the last restore drill's summary
 
     @property
     def subvolumes(self) -> set[str]:
@@ -49,12 +51,14 @@ class TargetState:
 
     def as_doc(self) -> dict[str, Any]:
         return {"url": self.url, "repo_id": self.repo_id, "held": self.held, "seen": self.seen,
-                "vanished": self.vanished, "updated": self.updated}
+                "vanished": self.vanished, "updated": self.updated, "verification": self.verification,
+                "drill": self.drill}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> TargetState:
         return cls(str(doc["url"]), doc.get("repo_id"), dict(doc.get("held", {})), dict(doc.get("seen", {})),
-                   dict(doc.get("vanished", {})), str(doc.get("updated", "")))
+                   dict(doc.get("vanished", {})), str(doc.get("updated", "")),
+                   dict(doc.get("verification", {})), dict(doc.get("drill", {})))
 
 
 class State:
@@ -116,6 +120,14 @@ class State:
         st.updated = now
         self._write(st)
         return sorted(st.vanished)
+
+    def record_verification(self, url: str, summary: dict[str, Any]) -> None:
+        """Remember the last verification (and restore drill) of ``url`` for status and metrics."""
+        st = self.target(url) or TargetState(url)
+        st.verification = summary
+        if summary.get("drill"):
+            st.drill = {**summary["drill"], "time": summary.get("started")}
+        self._write(st)
 
     def acknowledge(self, url: str) -> list[str]:
         """Stop reporting vanished backups of ``url``; returns the ids acknowledged."""

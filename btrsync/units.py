@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?\s*(?:/s)?\s*$", re.IGNORECASE)
 _FACTORS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -26,3 +27,15 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover
+
+
+_INTERVAL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
+_INTERVAL_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_interval(text: str) -> timedelta:
+    """``90s``, ``30m`` (minutes), ``2h``, ``30d``, ``2w`` -> a timedelta; raises ValueError."""
+    m = _INTERVAL_RE.match(text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 2h, 30d, 2w)")
+    return timedelta(seconds=float(m.group(1)) * _INTERVAL_SECONDS[m.group(2).lower()])

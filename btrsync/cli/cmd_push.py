@@ -9,16 +9,20 @@ from typing import Any
 import click
 
 from btrsync.audit import AuditLog
+from btrsync.catalog.repository import Repository
+from btrsync.cli.cmd_verify import render as render_verify
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.cli.problems import report_catalog_problems
-from btrsync.errors import EXIT_STATUS_HELP
+from btrsync.errors import EXIT_STATUS_HELP, DamageError
 from btrsync.ops.push import PushResult, push, raise_for_failures
 from btrsync.ops.push_settings import settings_from
+from btrsync.ops.verify import Options, VerifyReport, verify
 from btrsync.progress import terminal_progress
 from btrsync.snapshots.store import subvolume_name
 from btrsync.units import format_bytes
+from btrsync.verify.ledger import Ledger
 
 
 @click.command("push", epilog=EXIT_STATUS_HELP)
@@ -32,10 +36,13 @@ from btrsync.units import format_bytes
 @click.option("--backfill", is_flag=True,
               help="also send snapshots older than the newest backup on the target that its retention "
                    "would not keep")
+@click.option("--verify", "verify_level", type=click.Choice(["none", "catalog", "data"]),
+              help="after committing, re-read what was written (data: download it again) "
+                   "[default: verify_after_push from the configuration, else none]")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @pass_app
 def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool, bwlimit: str | None,
-             max_chain: int | None, backfill: bool, as_json: bool) -> None:
+             max_chain: int | None, backfill: bool, verify_level: str | None, as_json: bool) -> None:
     """Send every snapshot of SUBVOL that the target lacks, oldest first, each on its best parent.
 
     The target must hold a repository ('btrsync init --to URL' creates one). SUBVOL must be a
@@ -56,12 +63,29 @@ def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool,
         if result.results:
             app.state().record_target(repo.target.display_url, result.held, repo_id=repo.repo_id,
                                       complete=complete)
+        level = verify_level or app.config.push.verify_after_push
+        pushed = [r.backup_id for r in result.results if r.status == "ok"]
+        checked = _verify_pushed(app, repo, pushed, level) if pushed and level != "none" and not dry_run else None
     report_catalog_problems(result.catalog, repo.target.display_url, vanished)
     if as_json:
-        emit_json(_as_json(result, dry_run, vanished))
+        emit_json({**_as_json(result, dry_run, vanished),
+                   "verify": checked.summary() if checked is not None else None})
     else:
         _render(result, dry_run)
+        if checked is not None:
+            render_verify(checked, False)
     raise_for_failures(result)
+    if checked is not None and not checked.ok:
+        raise DamageError(f"verification after the push found damage in {len(checked.damaged)} backup(s) on "
+                          f"{checked.target}: the upload path is broken; see docs/verify.md")
+
+
+def _verify_pushed(app: App, repo: Repository, ids: list[str], level: str) -> VerifyReport:
+    """Re-read what was just written, past any cache: a broken upload path is caught the same night."""
+    report = verify(repo, ids, Options(level=level, workers=app.config.push.workers),
+                    ledger=Ledger.for_repository(app.state().root, repo.repo_id))
+    app.state().record_verification(repo.target.display_url, report.summary())
+    return report
 
 
 def _as_json(result: PushResult, dry_run: bool, vanished: list[str]) -> dict[str, Any]:

@@ -105,23 +105,19 @@ def cli(ctx: click.Context, config_path: Path | None, key_file: Path | None, sta
 
 
 def _register() -> None:
-    from btrsync.cli import (
-        cmd_demo,
-        cmd_key,
-        cmd_list,
-        cmd_maintenance,
-        cmd_prune,
-        cmd_push,
-        cmd_receive,
-        cmd_repo,
-        cmd_snapshot,
-    )
+    """Every ``btrsync/cli/cmd_*.py`` module contributes its ``COMMANDS`` (so adding a command
+    means adding a module, not editing a list here)."""
+    import importlib
+    import pkgutil
 
-    modules = (cmd_key, cmd_repo, cmd_snapshot, cmd_push, cmd_list, cmd_receive, cmd_prune, cmd_maintenance,
-               cmd_demo)
-    for module in modules:
-        for command in module.COMMANDS:
-            cli.add_command(command)
+    import btrsync.cli as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("cmd_"):
+            module = importlib.import_module(f"btrsync.cli.{info.name}")
+            for command in module.COMMANDS:
+                if command.name not in cli.commands:
+                    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

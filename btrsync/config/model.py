@@ -35,7 +35,7 @@ from btrsync.units import parse_size
 DEFAULT_CONFIG = Path("/etc/btrsync/config.toml")
 _TOP_KEYS = {"key_file", "state_dir", "push", "targets", "retention"}
 _PUSH_KEYS = {"chunk_size", "segment_size", "zstd_level", "workers", "max_chain", "bwlimit",
-              "bwlimit_schedule", "bwlimit_timezone"}
+              "bwlimit_schedule", "bwlimit_timezone", "verify_after_push"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,7 @@ class PushDefaults:
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     max_chain: int = DEFAULT_MAX_CHAIN
     bwlimit: RateSchedule = field(default_factory=lambda: RateSchedule(None))
+    verify_after_push: str = "none"  # none | catalog | data: re-read what a push just wrote
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,7 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
             max_chain=int(push_doc.get("max_chain", DEFAULT_MAX_CHAIN)),
             bwlimit=RateSchedule.parse(push_doc.get("bwlimit"), list(push_doc.get("bwlimit_schedule", [])),
                                        push_doc.get("bwlimit_timezone")),
+            verify_after_push=str(push_doc.get("verify_after_push", "none")),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{where} [push]: {exc}") from None
@@ -139,5 +141,7 @@ def _check_push(push: PushDefaults, where: str) -> None:
         raise ConfigError(f"{where} [push] zstd_level must be 0 (off) to 22")
     if not 1 <= push.workers <= 64:
         raise ConfigError(f"{where} [push] workers must be 1 to 64")
+    if push.verify_after_push not in ("none", "catalog", "data"):
+        raise ConfigError(f"{where} [push] verify_after_push must be none, catalog or data")
     if push.max_chain < 0:
         raise ConfigError(f"{where} [push] max_chain must be 0 or more")

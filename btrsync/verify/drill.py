@@ -1,0 +1,105 @@
+"""Restore drills: replay a backup's chain into a scratch btrfs and compare it with the original.
+
+The scratch filesystem is a sparse image in ``scratch_dir`` (default ``/var/tmp/btrsync-drills``)
+on a loop device, always unmounted, detached and deleted afterwards; leftovers of an earlier drill
+that was killed (SIGKILL, power cut) are removed before a new one starts, so drills never pile up
+loop devices or disk space.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from btrsync.btrfs.scratch import scratch_btrfs
+from btrsync.btrfs.subvolume import is_subvolume, subvolume_info
+from btrsync.catalog.chains import walk_chain
+from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.repository import Catalog, Repository
+from btrsync.ops.receive import receive
+from btrsync.ops.treecompare import diff_trees
+
+log = logging.getLogger(__name__)
+
+PREFIX = "btrsync-drill"
+MiB = 1 << 20
+
+
+@dataclass(slots=True)
+class DrillResult:
+    backup_id: str
+    bytes: int
+    differences: list[str]
+    compared_with: str | None
+    note: str | None = None
+
+
+def clean_leftovers(scratch_dir: Path) -> list[str]:
+    """Unmount, detach and delete what earlier drills left in ``scratch_dir``; returns what went."""
+    removed: list[str] = []
+    if not scratch_dir.is_dir():
+        return removed
+    root = str(scratch_dir.resolve()) + "/"
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point.startswith(root) and Path(point).name.startswith(PREFIX):
+                mounts.append(point)
+    for point in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        removed.append(f"mount {point}")
+    listing = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"],
+                             capture_output=True, text=True, check=False)
+    if listing.returncode == 0 and listing.stdout.strip():
+        for dev in json.loads(listing.stdout).get("loopdevices", []):
+            back = (dev.get("back-file") or "").removesuffix(" (deleted)")
+            if back.startswith(root) and Path(back).name.startswith(PREFIX):
+                subprocess.run(["losetup", "-d", dev["name"]], capture_output=True, check=False)
+                removed.append(f"loop {dev['name']}")
+    for entry in scratch_dir.iterdir():
+        if not entry.name.startswith(PREFIX):
+            continue
+        if entry.is_dir() and not os.path.ismount(entry):
+            try:
+                entry.rmdir()
+            except OSError:
+                continue
+        elif entry.is_file():
+            entry.unlink(missing_ok=True)
+        removed.append(f"file {entry}")
+    if removed:
+        log.warning("removed leftovers of an earlier restore drill: %s", ", ".join(removed))
+    return removed
+
+
+def local_original(snapshot_dirs: tuple[Path, ...], m: Manifest) -> Path | None:
+    """The local read-only snapshot this backup was made from, if it still exists unchanged."""
+    for directory in snapshot_dirs:
+        path = directory / m.snapshot
+        if is_subvolume(path):
+            info = subvolume_info(path)
+            if info.stream_uuid == m.snapshot_uuid and info.readonly:
+                return path
+    return None
+
+
+def drill(repo: Repository, catalog: Catalog, backup_id: str, scratch_dir: Path,
+          snapshot_dirs: tuple[Path, ...] = (), *, workers: int = 2) -> DrillResult:
+    by_id = {m.backup_id: m for m in catalog.manifests}
+    chain = walk_chain(by_id, by_id[backup_id], {d.backup_id for d in catalog.damaged})
+    stream = sum(m.stream_bytes for m in chain)
+    size = max(512 * MiB, 2 * stream + 256 * MiB)
+    clean_leftovers(scratch_dir)
+    with scratch_btrfs(scratch_dir, str(size), PREFIX) as mnt:
+        result = receive(repo, backup_id, mnt, workers=workers)
+        restored = Path(result.path)
+        original = local_original(snapshot_dirs, by_id[backup_id])
+        if original is None:
+            return DrillResult(backup_id, stream, [], None,
+                               "received and checked by btrfs receive; no local snapshot to compare with")
+        return DrillResult(backup_id, stream, diff_trees(original, restored), str(original))
