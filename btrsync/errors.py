@@ -19,14 +19,18 @@ class ExitCode(enum.IntEnum):
     TARGET_MISSING = 10
     LOCKED = 11
     WRONG_KEY = 12
-    INTERRUPTED = 130
+    HANGUP = 129  # SIGHUP; 128 + signal number, as a shell reports a process the signal killed
+    INTERRUPTED = 130  # SIGINT (Ctrl-C)
+    TERMINATED = 143  # SIGTERM (systemctl stop, timeout, kill)
 
 
 EXIT_STATUS_HELP = """\b
 EXIT STATUS
   0 success; 1 failure; 2 usage or configuration error; 3 partial (some
   jobs or targets failed); 4 verification found damage; 10 target missing or
-  not initialised; 11 another run holds the lock; 12 wrong key; 130 interrupted.
+  not initialised; 11 another run holds the lock; 12 wrong key; 129 hung up
+  (SIGHUP), 130 interrupted (SIGINT), 143 terminated (SIGTERM), each after
+  cleaning up: run the command again to resume.
 """
 
 

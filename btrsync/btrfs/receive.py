@@ -2,43 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import subprocess
 from pathlib import Path
 from types import TracebackType
 
 from btrsync.btrfs.runner import btrfs_binary
-from btrsync.btrfs.send import StderrDrain
-from btrsync.btrfs.subvolume import delete_subvolume, is_subvolume, subvolume_info
-from btrsync.errors import ReceiveFailedError
+from btrsync.btrfs.send import StderrDrain, start_supervised
+from btrsync.btrfs.subvolume import child_subvolumes, delete_subvolume, is_subvolume, subvolume_info
+from btrsync.errors import BtrfsError, ReceiveFailedError
 
 log = logging.getLogger(__name__)
 
 
 class ReceiveProcess:
-    """``with ReceiveProcess(into, name) as rx: rx.write(b)``: on any failure the partially
-    received subvolume ``into/name`` is deleted and ``ReceiveFailedError`` raised."""
+    """``with ReceiveProcess(into, name) as rx: rx.write(b)``: on any failure (a signal included)
+    btrfs receive is killed, the partially received subvolume ``into/name`` is deleted and
+    ``ReceiveFailedError`` raised (or the signal's exception passed on).
 
-    def __init__(self, into: Path, name: str, what: str) -> None:
+    ``parent_uuid`` is the received uuid of the stream's parent (None for a full stream): with it,
+    a partial receive of this very stream that a killed run left at ``into/name`` is recognised
+    and replaced; anything else there is refused.
+    """
+
+    def __init__(self, into: Path, name: str, what: str, *, parent_uuid: str | None = None) -> None:
         self.into = into
         self.name = name
         self.what = what
+        self.parent_uuid = parent_uuid
         self._proc: subprocess.Popen[bytes] | None = None
         self._drain: StderrDrain | None = None
+        self._delivered = False  # the whole stream was handed over (stdin closed)
 
     @property
     def path(self) -> Path:
         return self.into / self.name
 
     def __enter__(self) -> ReceiveProcess:
-        if self.path.exists():
-            raise ReceiveFailedError(f"{self.path} already exists; move it away or receive elsewhere")
+        if os.path.lexists(self.path):
+            self._replace_own_leftover()
         argv = [btrfs_binary(), "receive", str(self.into)]
         log.debug("start %s", " ".join(argv))
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, bufsize=0)
-        self._drain = StderrDrain(self._proc.stderr)
-        self._drain.start()
+        self._proc, self._drain = start_supervised(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         return self
 
     def write(self, data: bytes) -> None:
@@ -58,16 +65,19 @@ class ReceiveProcess:
                  tb: TracebackType | None) -> None:
         assert self._proc is not None
         if exc_type is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._remove_partial()
+            self._abort()
             return
         try:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        rc = self._proc.wait()
+            try:
+                assert self._proc.stdin is not None
+                self._proc.stdin.close()
+                self._delivered = True
+            except BrokenPipeError:
+                pass
+            rc = self._proc.wait()
+        except BaseException:  # a signal (btrsync.signals) while btrfs receive finishes
+            self._abort()
+            raise
         if rc != 0:
             message = self._stderr()
             self._remove_partial()
@@ -78,7 +88,61 @@ class ReceiveProcess:
             self._remove_partial()
             raise ReceiveFailedError(f"{self.what}: btrfs receive did not finish {self.path}")
 
+    def _abort(self) -> None:
+        """Stop btrfs receive and wait for it; delete what it created unless it had finished the
+        whole stream on its own (then the subvolume is complete and a rerun skips it)."""
+        assert self._proc is not None
+        finished = self._delivered and self._proc.poll() == 0
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        if finished and self._complete():
+            return
+        self._remove_partial()
+
+    def _complete(self) -> bool:
+        try:
+            info = subvolume_info(self.path)
+        except BtrfsError:
+            return False
+        return info.readonly and info.received_uuid is not None
+
     def _remove_partial(self) -> None:
         if is_subvolume(self.path):
             log.info("removing partially received subvolume %s", self.path)
             delete_subvolume(self.path)
+
+    def _replace_own_leftover(self) -> None:
+        """``into/name`` exists.  A partial receive of this stream that a killed run left there
+        (writable, no received uuid, created as this stream creates it: a new subvolume for a
+        full, a snapshot of the parent link for an incremental) is removed; anything else is
+        refused, untouched."""
+        path = self.path
+        move = "move it away or receive elsewhere"
+        if path.is_symlink() or not is_subvolume(path):
+            raise ReceiveFailedError(f"{path} already exists and is not a subvolume; {move}")
+        info = subvolume_info(path)
+        if info.readonly:
+            origin = (f"received from another stream (received uuid {info.received_uuid})"
+                      if info.received_uuid else "not received")
+            raise ReceiveFailedError(f"{path} already exists as a read-only subvolume {origin}; {move}")
+        if info.received_uuid is not None:
+            raise ReceiveFailedError(f"{path} already exists as a writable subvolume with received uuid "
+                                     f"{info.received_uuid} (a received subvolume made writable?); {move}")
+        if self.parent_uuid is None:
+            expected, wanted = None, "a new subvolume"
+        else:
+            parents = [sub.uuid for sub in child_subvolumes(self.into) if sub.received_uuid == self.parent_uuid]
+            expected = parents[0] if parents else None
+            wanted = (f"a snapshot of the parent link {expected}" if expected else
+                      f"a snapshot of the subvolume received as {self.parent_uuid}, which is not in {self.into}")
+        if info.parent_uuid != expected or (self.parent_uuid is not None and expected is None):
+            actual = f"a snapshot of {info.parent_uuid}" if info.parent_uuid else "a new subvolume"
+            raise ReceiveFailedError(f"{path} already exists as a writable subvolume, {actual}, not a partial "
+                                     f"receive of this backup (that would be {wanted}); {move}")
+        log.warning("removing %s: a partial receive of %s left by an interrupted run; receiving it again",
+                    path, self.name)
+        delete_subvolume(path)

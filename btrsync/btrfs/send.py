@@ -18,6 +18,7 @@ from pathlib import Path
 
 from btrsync.btrfs.runner import btrfs_binary, progs_version
 from btrsync.errors import SendFailedError
+from btrsync.signals import deferred
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,32 @@ class StderrDrain(threading.Thread):
         return self.tail.decode(errors="replace").strip()
 
     def errors(self) -> list[str]:
-        return [ln for ln in self.text().splitlines() if ln.startswith("ERROR") or "error" in ln.lower()]
+        """btrfs-progs' error lines: ``ERROR: …`` (its ``error()`` helper), case-sensitive.  Not any
+        line that mentions "error": ``At subvol /mnt/error-logs…`` is how send and receive name the
+        subvolume they work on."""
+        return [ln for ln in self.text().splitlines() if is_error_line(ln)]
+
+
+def is_error_line(line: str) -> bool:
+    """A line btrfs-progs prints for an error: it starts with ``ERROR:`` or ``ERROR ``."""
+    return line.lstrip().startswith(("ERROR:", "ERROR "))
+
+
+def start_supervised(argv: list[str], **pipes: object) -> tuple[subprocess.Popen[bytes], StderrDrain]:
+    """Start a child and the thread draining its stderr.  A signal meanwhile (``btrsync.signals``)
+    takes effect once both are set up, and then the child is killed: it never runs unsupervised."""
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with deferred():
+            proc = subprocess.Popen(argv, stderr=subprocess.PIPE, bufsize=0, **pipes)  # type: ignore[call-overload]
+            drain = StderrDrain(proc.stderr)
+            drain.start()
+    except BaseException:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        raise
+    return proc, drain
 
 
 class SendProcess:
@@ -95,10 +121,7 @@ class SendProcess:
 
     def __enter__(self) -> SendProcess:
         log.debug("start %s", " ".join(self.argv()))
-        self._proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, bufsize=0)
-        self._drain = StderrDrain(self._proc.stderr)
-        self._drain.start()
+        self._proc, self._drain = start_supervised(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         return self
 
     def chunks(self, size: int) -> Iterator[bytes]:
@@ -124,10 +147,16 @@ class SendProcess:
         assert self._proc is not None and self._drain is not None
         if exc_type is not None and self._proc.poll() is None:
             self._proc.kill()
-        rc = self._proc.wait()
-        self._drain.join(timeout=10)
-        if self._proc.stdout:
-            self._proc.stdout.close()
+        try:
+            rc = self._proc.wait()
+        except BaseException:  # a signal (btrsync.signals) while waiting: never leave it running
+            self._proc.kill()
+            self._proc.wait()
+            raise
+        finally:
+            self._drain.join(timeout=10)
+            if self._proc.stdout:
+                self._proc.stdout.close()
         if exc_type is None:
             self.check(rc)
 

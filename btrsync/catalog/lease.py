@@ -154,10 +154,14 @@ class Lease:
             raise LockedError(
                 f"backup {self.backup_id} is being uploaded by another btrsync ({other.describe()}) to "
                 f"{self.target.display_url}; try again when it has finished")
-        self._write()
-        self._thread = threading.Thread(target=self._refresh_loop, name=f"lease {self.backup_id}",
-                                        daemon=True)
-        self._thread.start()
+        try:
+            self._write()
+            self._thread = threading.Thread(target=self._refresh_loop, name=f"lease {self.backup_id}",
+                                            daemon=True)
+            self._thread.start()
+        except BaseException as exc:  # a signal (btrsync.signals) or a failed write: release it
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     def refresh(self) -> None:
@@ -182,7 +186,7 @@ class Lease:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():  # (started: see __enter__)
             self._thread.join()
         try:
             current = read_lease(self.target, self.key)

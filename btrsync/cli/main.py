@@ -6,20 +6,21 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from btrsync import __version__
-from btrsync.cli.options import configure_logging
 from btrsync.catalog.cache import CatalogCache
 from btrsync.catalog.repository import Repository
+from btrsync.cli.options import configure_logging
 from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
 from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
 from btrsync.locking import target_lock
+from btrsync.signals import Terminated, signals_raise, wait_for_workers
 from btrsync.state import State
 from btrsync.targets.base import Target
 from btrsync.targets.registry import open_target
@@ -84,6 +85,8 @@ class App:
 
 pass_app = click.make_pass_decorator(App)
 
+SIGNAL_EXITS = frozenset({ExitCode.HANGUP, ExitCode.INTERRUPTED, ExitCode.TERMINATED})
+
 
 @click.group(epilog=EXIT_STATUS_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="btrsync")
@@ -120,13 +123,35 @@ def _register() -> None:
                     cli.add_command(command)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; every outcome becomes one of the documented exit codes."""
+def main(argv: list[str] | None = None, *, process: bool = False) -> int:
+    """Run the CLI; every outcome becomes one of the documented exit codes.
+
+    SIGTERM, SIGHUP and SIGINT raise ``Terminated`` in the main thread (``btrsync.signals``), so
+    every ``with``/``finally`` cleans up before the exit status 128 + signal number.  ``process``
+    (the ``btrsync`` executable): after that cleanup, threads still running get a grace period,
+    then the process exits without them.
+    """
+    with signals_raise():
+        code = _main(argv)
+        if process and code in SIGNAL_EXITS and not wait_for_workers():
+            for stream in (sys.stdout, sys.stderr):
+                with suppress(Exception):
+                    stream.flush()
+            os._exit(code)
+        return code
+
+
+def _main(argv: list[str] | None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         _register()
         cli.main(args=argv, prog_name="btrsync", standalone_mode=False)
         return ExitCode.OK
+    except Terminated as exc:
+        if debug:
+            log.debug("stopped by %s", exc.name, exc_info=True)
+        click.echo(f"btrsync: {exc.describe()}; cleaned up, run the command again to resume", err=True)
+        return exc.exit_code
     except BtrsyncError as exc:
         if debug:
             log.exception("failed")
@@ -146,4 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    sys.exit(main(process=True))

@@ -69,8 +69,10 @@ class _SegmentPut:
 
     def abort(self) -> None:
         """Make an unfinished put fail (and clean up) without waiting for it to drain its queue;
-        a segment whose every frame was handed over is complete and may finish."""
-        if self.future is not None and not self.ended and not self.future.done():
+        a segment whose every frame was handed over is complete and may finish.  Also when
+        ``start`` was cut short by a signal before it could record the future: the put may
+        still run, and then it finds the failure in its queue instead of waiting forever."""
+        if not self.ended and not (self.future is not None and self.future.done()):
             try:
                 self.queue.put_nowait(_ProducerFailed("the segment's producer failed"))
             except queue.Full:
@@ -119,8 +121,8 @@ def write_segments(
                         _finish(inflight.popleft(), on_segment)
                     current = _SegmentPut(number)
                     number += 1
+                    inflight.append(current)  # before start: an abort must reach every started put
                     current.start(pool, target, backup_id, bucket)
-                    inflight.append(current)
                 current.records.append(ChunkRecord(current.segment, current.size, len(frame), chunk.raw_size,
                                                    chunk.stored_xxh3, chunk.raw_xxh3))
                 current.feed(frame)
