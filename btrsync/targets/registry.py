@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 from btrsync.errors import UsageError
 from btrsync.targets.base import Target
+from btrsync.targets.safety import refuse_system_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ def parse_url(url: str) -> TargetURL:
         path = unquote(parts.path)
         if not path.startswith("/"):
             raise UsageError(f"file URL {url!r} must name an absolute path")
+        refuse_system_dir(path, "target directory")
         return TargetURL("file", "", path.rstrip("/") or "/")
     if scheme == "s3":
         if not parts.hostname:
@@ -36,8 +38,16 @@ def parse_url(url: str) -> TargetURL:
     if scheme == "ssh":
         if not parts.hostname:
             raise UsageError(f"ssh URL {url!r} must look like ssh://[user@]host[:port]/path")
-        return TargetURL("ssh", parts.hostname, unquote(parts.path), parts.username, parts.port)
+        path = unquote(parts.path)
+        if path.startswith("/") and not is_home_relative(path):
+            refuse_system_dir(path, f"ssh target directory on {parts.hostname}", resolve=False)
+        return TargetURL("ssh", parts.hostname, path, parts.username, parts.port)
     raise UsageError(f"unsupported target URL {url!r}: use file:///path, s3://BUCKET/PREFIX or ssh://host/path")
+
+
+def is_home_relative(url_path: str) -> bool:
+    """``ssh://host/~/dir`` names ``dir`` under the remote user's home directory."""
+    return url_path == "/~" or url_path.startswith("/~/")
 
 
 def open_target(url: str, settings: Any = None) -> Target:
