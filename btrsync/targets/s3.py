@@ -351,6 +351,8 @@ class S3Target(Target):
         return ObjectInfo(key, int(answer["ContentLength"]))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under the prefix, sorted, or an error: a failed page (after the retry
+        layer's budget, for transient ones) raises, never returns the pages before it."""
         validate_prefix(prefix)
         full_prefix = self._full(prefix) if self.prefix else prefix
         what = f"list {prefix!r} on {self.display_url}"

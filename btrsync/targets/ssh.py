@@ -23,8 +23,16 @@ the next ``put`` of the key; ``leftovers`` (``list_temporaries``) and ``remove_l
 ``stat``, ``list``, ``delete``) are single remote commands run over one shared ssh master
 connection (:mod:`btrsync.targets.sshconn`).
 
+Safety rules shared with the directory target (:mod:`btrsync.targets.safety`): listings fail
+closed (one remote ``find -P``; any error it meets raises, only a missing root or prefix is
+empty), no command reads, writes or deletes through a symlink inside the root (each path
+component is checked with ``[ -L ]`` first; listings skip links with a warning), and system
+directories are refused as roots.  ``set_rate_limit`` passes the push's rate to rsync as
+``--bwlimit``.
+
 The remote host needs a POSIX login shell, rsync and GNU coreutils/findutils (``stat -c``,
-``dd iflag=skip_bytes``, ``sync FILE``, ``mv -T``, ``df --output``, ``find -printf``).
+``dd iflag=skip_bytes``, ``sync FILE``, ``mv -T``, ``df --output``,
+``find -P -ignore_readdir_race -printf``).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import subprocess
 import tempfile
 import threading
 import weakref
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Self
@@ -56,16 +64,25 @@ from btrsync.targets.base import (
     validate_key,
     validate_prefix,
 )
-from btrsync.targets.errors import InvalidKey, NotFound, TargetError, TransientTargetError
+from btrsync.targets.errors import (
+    InvalidKey,
+    NotFound,
+    TargetError,
+    TransientTargetError,
+)
 from btrsync.targets.retry import RetryPolicy
+from btrsync.targets.safety import SymlinkInTarget, refuse_system_dir
 from btrsync.targets.sshconn import (
     COMMIT_FAILED,
     MISSING,
     NO_RSYNC,
+    NOT_A_DIRECTORY,
     NOT_WRITABLE,
     READ_BLOCK,
     ROOT_MISSING_TEXT,
     SIZE_MISMATCH,
+    SYMLINK,
+    SYMLINK_TEXT,
     UPLOAD_SUFFIX,
     RemoteScripts,
     SshConfig,
@@ -89,6 +106,10 @@ PARTIAL_DIR = f"{TEMP_MARKER}rsync-partial"  # rsync --partial-dir, relative to 
 _TEMP_RE = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
 _RSYNC_TEMP_RE = re.compile(rf"^\.(.+){re.escape(UPLOAD_SUFFIX)}\.[A-Za-z0-9]{{6}}$")  # rsync's own
 _STAT_RE = re.compile(r"^(Literal data|Matched data|Total bytes sent): ([0-9]+)", re.MULTILINE)
+_SYMLINK_RE = re.compile(rf"{re.escape(SYMLINK_TEXT)}: (.*)")
+
+#: bytes per second for rsync's ``--bwlimit`` (``None``: unlimited), asked at each transfer's start
+RateLimit = Callable[[], "float | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +164,8 @@ class SshTarget(Target):
         self._private_spool: str | None = None
         self._spool_finalizer: weakref.finalize[Any, Any] | None = None
         self._lock = threading.Lock()
+        self._rate_limit: RateLimit | None = None
+        self._transfers = 0  # rsync transfers running now (they share the rate limit)
         shown = root if root.startswith("/") else f"/~/{root}"
         self.display_url = f"ssh://{config.display}{shown}"
 
@@ -166,15 +189,69 @@ class SshTarget(Target):
     def __enter__(self) -> Self:
         return self
 
+    def set_rate_limit(self, rate: float | RateLimit | None) -> None:
+        """Limit what rsync sends: bytes per second, or a function asked for the current rate at
+        the start of each transfer (``None``: unlimited).
+
+        The push throttles the parts it hands to ``put`` with its token bucket, but that only
+        paces the local spooling; rsync then sent each object at line rate.  The push (or whoever
+        holds the bucket) passes the same rate here, and each rsync gets ``--bwlimit`` = its share
+        of it (the rate divided by the transfers running when it starts, in KiB/s as rsync
+        wants).  Reachable through ``RetryingTarget``, which forwards unknown attributes.
+        """
+        if rate is None or callable(rate):
+            self._rate_limit = rate
+        elif isinstance(rate, int | float) and not isinstance(rate, bool) and rate > 0:
+            fixed = float(rate)
+            self._rate_limit = lambda: fixed
+        else:
+            raise ConfigError(f"rate limit must be a positive number of bytes per second, not {rate!r}")
+
+    def bwlimit_options(self, transfers: int = 1) -> builtins.list[str]:
+        """``["--bwlimit=KIB"]`` for one of ``transfers`` concurrent rsyncs, or ``[]``."""
+        rate = self._rate_limit() if self._rate_limit is not None else None
+        if rate is None or rate <= 0:
+            return []
+        return [f"--bwlimit={max(1, int(rate / max(1, transfers) / 1024))}"]
+
     # -- remote commands ----------------------------------------------------------------------
     def _run(self, script: str, where: str) -> bytes:
         """Run a snippet; translate a non-zero exit (``MISSING`` is ``NotFound``)."""
         result = self.conn.run(script, timeout=self.io_timeout)
         if result.returncode == MISSING:
             raise NotFound(f"{where} not found on {self.display_url}")
+        if result.returncode == SYMLINK:
+            raise self._symlink_error(result.stderr)
         if result.returncode != 0:
             raise remote_error(result.stderr, f"{where} on {self.display_url}")
         return result.stdout
+
+    def _run_listing(self, script: str, what: str) -> bytes | None:
+        """Run a listing snippet: its output, or ``None`` when the listed path goes through a
+        symlink (warned about).  Fails closed: any other failure raises a ``TargetError`` that
+        is never ``NotFound`` (a find that could not read a directory is not an empty one)."""
+        result = self.conn.run(script, timeout=self.io_timeout)
+        if result.returncode == SYMLINK:
+            self._warn_symlink(_symlink_path(result.stderr))
+            return None
+        if result.returncode != 0:
+            error = remote_error(result.stderr, f"{what} on {self.display_url}")
+            if isinstance(error, NotFound) or type(error) is TargetError:
+                error = TargetError(
+                    f"cannot {what} on {self.display_url}: {result.stderr.strip()[-300:] or 'no message'}"
+                    f" (exit {result.returncode}); a listing with holes would make stored data look "
+                    "orphaned: check the remote disk and run again"
+                )
+            raise error
+        return result.stdout
+
+    def _symlink_error(self, stderr: str) -> SymlinkInTarget:
+        return SymlinkInTarget(self.display_url, _symlink_path(stderr))
+
+    def _warn_symlink(self, path: str) -> None:
+        log.warning("symlink in target %s not followed, skipped: %s (btrsync never follows links "
+                    "inside a target; replace it with the real file or directory, or remove it)",
+                    self.display_url, path)
 
     def _where(self, key: str) -> str:
         return f"{key} on {self.display_url}"
@@ -192,6 +269,10 @@ class SshTarget(Target):
             raise TargetMissingError(
                 f"target directory {self.root} does not exist on {host}; create it with "
                 f"'ssh {host} mkdir -p {shlex.quote(self.root)}' if this is a new target"
+            )
+        if result.returncode == NOT_A_DIRECTORY:
+            raise TargetMissingError(
+                f"target path {self.root} on {host} is not a directory; use a directory there"
             )
         if result.returncode == NOT_WRITABLE:
             raise TargetError(
@@ -250,11 +331,20 @@ class SshTarget(Target):
         return ObjectInfo(key, _parse_int(out, self._where(key)))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """One remote ``find`` below the deepest directory the prefix names; sorted locally."""
+        """One remote ``find -P`` below the deepest directory the prefix names; sorted locally.
+
+        Complete or an error (see :meth:`RemoteScripts.listing`); symlinks are skipped with a
+        warning.
+        """
         validate_prefix(prefix)
-        base = "./" + prefix.rsplit("/", 1)[0] if "/" in prefix else "."
-        out = self._run(self.scripts.listing(base), f"list {prefix!r}")
-        found = [info for info in _parse_listing(out) if info.key.startswith(prefix)]
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        out = self._run_listing(self.scripts.listing(base), f"list {prefix or 'everything'!r}")
+        found: builtins.list[ObjectInfo] = []
+        for kind, path, info in _parse_listing(out or b""):
+            if kind == "l":
+                self._warn_symlink(path)
+            elif info is not None and info.key.startswith(prefix):
+                found.append(info)
         found.sort(key=lambda o: o.key)
         yield from found
 
@@ -267,8 +357,8 @@ class SshTarget(Target):
 
         An upload in progress in another process shows up too: look at ``mtime`` before removing.
         """
-        out = self._run(self.scripts.temporaries(), "list temporaries")
-        return sorted(_parse_temporaries(out), key=lambda t: t.path)
+        out = self._run_listing(self.scripts.temporaries(), "list temporary files")
+        return sorted(_parse_temporaries(out or b""), key=lambda t: t.path)
 
     def remove_temporary(self, path: str) -> None:
         """Remove one file named by ``list_temporaries`` and the directories it leaves empty."""
@@ -345,8 +435,23 @@ class SshTarget(Target):
 
     def _upload(self, spool: str, key: str, size: int) -> TransferStats:
         """rsync the spool file to ``<key>.tmp-upload`` (resuming a kept partial upload), then
-        commit it on the remote in the same ssh session (see :meth:`RemoteScripts.rsync_path`)."""
-        argv = [
+        commit it on the remote in the same ssh session (see :meth:`RemoteScripts.rsync_path`).
+
+        With a rate limit (:meth:`set_rate_limit`), rsync gets ``--bwlimit`` after the
+        ``rsync_options``, so it wins over one given there."""
+        with self._lock:
+            self._transfers += 1
+            transfers = self._transfers
+        try:
+            return self._rsync(spool, key, size, transfers)
+        finally:
+            with self._lock:
+                self._transfers -= 1
+
+    def rsync_argv(self, spool: str, key: str, size: int, transfers: int = 1) -> builtins.list[str]:
+        """The rsync command line of one upload (ssh options, remote commit, rate limit)."""
+        rsync_path = self.scripts.rsync_path(key, size, self.remote_rsync, PARTIAL_DIR)
+        return [
             "rsync",
             "--protect-args",
             "--ignore-times",
@@ -354,14 +459,19 @@ class SshTarget(Target):
             "--stats",
             "--no-human-readable",
             f"--timeout={self.io_timeout}",
-            f"--rsync-path={self.scripts.rsync_path(key, size, self.remote_rsync)}",
+            f"--rsync-path={rsync_path}",
             *self.rsync_options,
+            *self.bwlimit_options(transfers),
             "-e",
             self.conn.rsync_rsh(),
             "--",
             spool,
             f"{self.conn.rsync_host}:./{key}{UPLOAD_SUFFIX}",
         ]
+
+    def _rsync(self, spool: str, key: str, size: int, transfers: int) -> TransferStats:
+        argv = self.rsync_argv(spool, key, size, transfers)
+        log.debug("rsync key=%s bwlimit=%s", key, [a for a in argv if a.startswith("--bwlimit")])
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
         except FileNotFoundError:
@@ -373,6 +483,8 @@ class SshTarget(Target):
 
     def _upload_error(self, returncode: int, stderr: str, key: str) -> BaseException:
         """Classify a failed upload: missing root, failed commit, or an rsync/ssh failure."""
+        if SYMLINK_TEXT in stderr:
+            return self._symlink_error(stderr)
         if ROOT_MISSING_TEXT in stderr:
             return TargetMissingError(
                 f"target directory {self.root} does not exist on {self.conn.config.display}"
@@ -428,6 +540,8 @@ class SshTarget(Target):
         stderr = err.read().decode(errors="replace")
         if returncode == MISSING:
             return NotFound(f"{self._where(key)} not found")
+        if returncode == SYMLINK:
+            return self._symlink_error(stderr)
         if returncode == 255:
             return ssh_error(stderr, self.conn.config.display)
         if returncode == 0:
@@ -442,8 +556,15 @@ def remote_root(url_path: str) -> str:
         raise UsageError("ssh target path must not contain NUL or newline characters")
     if url_path == "/~" or url_path.startswith("/~/"):
         root = url_path[3:].strip("/")
+        if root and posixpath.normpath(root) == ".":
+            raise UsageError(
+                f"refusing ssh target directory {url_path}: it is the remote home directory itself; "
+                "use a dedicated directory, e.g. ssh://host/~/backups"
+            )
     else:
         root = url_path.rstrip("/")
+        if url_path.startswith("/"):
+            refuse_system_dir(url_path, "ssh target directory", resolve=False)
     if not root:
         raise UsageError("ssh URL must name a directory: ssh://[user@]host[:port]/path")
     return root
@@ -504,22 +625,34 @@ def _parse_int(out: bytes, where: str) -> int:
     return int(text)
 
 
-def _parse_listing(out: bytes) -> Iterator[ObjectInfo]:
-    """``./key<TAB>size`` lines; anything that is not a valid key is ignored."""
-    for line in out.decode(errors="replace").splitlines():
-        path, _, size = line.rpartition("\t")
-        key = path.removeprefix("./")
-        try:
-            validate_key(key)
-        except InvalidKey:
-            continue
-        if size.isdigit():
-            yield ObjectInfo(key, int(size))
+def _parse_listing(out: bytes) -> Iterator[tuple[str, str, ObjectInfo | None]]:
+    """``(kind, path, info)`` per NUL-terminated record of :meth:`RemoteScripts.listing`:
+    ``f`` files (``info`` is ``None`` for a name that is not a valid key) and ``l`` symlinks."""
+    for record in out.decode(errors="replace").split("\0"):
+        kind, _, rest = record.partition("\t")
+        if kind == "l":
+            yield "l", rest.removeprefix("./"), None
+        elif kind == "f":
+            path, _, size = rest.rpartition("\t")
+            key = path.removeprefix("./")
+            try:
+                validate_key(key)
+            except InvalidKey:
+                yield "f", key, None
+                continue
+            yield "f", key, ObjectInfo(key, int(size)) if size.isdigit() else None
+
+
+def _symlink_path(stderr: str) -> str:
+    """The path a remote snippet named after ``SYMLINK_TEXT``."""
+    match = _SYMLINK_RE.search(stderr)
+    return match.group(1).strip() if match else "(a path in the target)"
 
 
 def _parse_temporaries(out: bytes) -> Iterator[TemporaryUpload]:
-    """``path<TAB>size<TAB>mtime`` lines; odd names that cannot be parsed are skipped."""
-    for line in out.decode(errors="replace").splitlines():
+    """NUL-terminated ``path<TAB>size<TAB>mtime`` records; odd names that cannot be parsed are
+    skipped."""
+    for line in out.decode(errors="replace").split("\0"):
         fields = line.rsplit("\t", 2)
         if len(fields) == 3 and fields[1].isdigit():
             yield TemporaryUpload(fields[0], int(fields[1]), float(fields[2]))

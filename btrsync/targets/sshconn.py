@@ -45,8 +45,13 @@ _TRANSIENT_RSYNC_CODES = {5, 10, 12, 20, 30, 35, 255}  # start-up, socket, strea
 # Exit statuses of our remote snippets (the remote tools use 0-2 and 126-127, ssh itself 255).
 MISSING = 44  # no such object
 NOT_WRITABLE, NO_RSYNC = 45, 46  # probe
+SYMLINK = 47  # a path inside the root goes through a symlink (never followed)
+NOT_A_DIRECTORY = 48  # probe: the root is a file
 SIZE_MISMATCH, COMMIT_FAILED = 65, 66  # the commit after rsync
 ROOT_MISSING_TEXT = "btrsync: remote target directory missing"
+SYMLINK_TEXT = "btrsync: symlink in target not followed"  # followed by ': <path>' on stderr
+# stat(1) errors that mean "no such path": the only failure a listing may take for "empty"
+_GONE_PATTERNS = "*'No such file or directory'*|*'Not a directory'*"
 UPLOAD_SUFFIX = f"{TEMP_MARKER}upload"  # rsync's destination name, renamed into place on commit
 READ_BLOCK = 1 << 20
 
@@ -243,21 +248,61 @@ class RemoteScripts:
         self.quoted_root = shlex.quote(root)
 
     def in_root(self, *lines: str, missing_ok: bool = False) -> str:
-        """``lines`` run inside the root; a missing root exits 0 (``missing_ok``) or 1."""
+        """``lines`` run inside the root (with C-locale messages, which the error translation
+        reads).  A missing root exits 0 (``missing_ok``) or 1 with ``ROOT_MISSING_TEXT``; a root
+        that cannot be entered for any other reason (``EIO``, ``EACCES``, not a directory) always
+        exits 1 with what ``stat`` says, never as "missing"."""
         message = shlex.quote(f"{ROOT_MISSING_TEXT}: No such file or directory")
-        on_fail = "exit 0" if missing_ok else "exit 1"
+        on_missing = "exit 0" if missing_ok else "exit 1"
         return "\n".join(
             [
-                f"cd -- {self.quoted_root} 2>/dev/null || {{ echo {message} >&2; {on_fail}; }}",
+                "export LC_ALL=C",
+                f"if ! cd -- {self.quoted_root} 2>/dev/null; then",
+                f"  if t=$(stat -c %F -- {self.quoted_root} 2>&1); then",
+                f'    echo "btrsync: cannot enter the target directory {_dq(self.root)}'
+                + ' (it exists: $t)" >&2; exit 1',
+                "  fi",
+                f"  case $t in {_GONE_PATTERNS}) echo {message} >&2; {on_missing};; esac",
+                '  echo "$t" >&2; exit 1',
+                "fi",
                 *lines,
             ]
         )
 
+    def no_symlinks(self, *paths: str) -> str:
+        """Exit ``SYMLINK`` (naming it on stderr) if any component of a ``./path`` is a symlink.
+
+        A check before the operation, not race-free: it keeps a link planted on the disk from
+        leading a delete or a write out of the root; a concurrent attacker with write access to
+        the root is out of scope (they could delete the backups directly).
+        """
+        components = dict.fromkeys(c for path in paths for c in path_components(path))
+        quoted = " ".join(shlex.quote(c) for c in components)
+        return (
+            f'for p in {quoted}; do if [ -L "$p" ]; then '
+            f'echo "{SYMLINK_TEXT}: ${{p#./}}" >&2; exit {SYMLINK}; fi; done'
+        )
+
+    def need_file(self, path: str) -> str:
+        """Exit ``MISSING`` when ``./path`` does not exist or is not a regular file; exit 1 with
+        stat's error for anything else (``EIO`` is not "missing": a catalog would drop it)."""
+        quoted = shlex.quote(f"./{path}")
+        return "\n".join(
+            [
+                f"if ! t=$(stat -c %F -- {quoted} 2>&1); then",
+                f'  case $t in {_GONE_PATTERNS}) exit {MISSING};; esac; echo "$t" >&2; exit 1',
+                "fi",
+                f'case $t in "regular file"|"regular empty file") ;; *) exit {MISSING};; esac',
+            ]
+        )
+
     def probe(self, remote_rsync: str) -> str:
-        """Exit ``MISSING``, ``NOT_WRITABLE`` or ``NO_RSYNC`` when the root is not usable."""
+        """Exit ``MISSING``, ``NOT_A_DIRECTORY``, ``NOT_WRITABLE`` or ``NO_RSYNC`` when the root
+        is not usable."""
         program = shlex.quote(remote_rsync.split()[0]) if remote_rsync.split() else "rsync"
         return "\n".join(
             [
+                f"if [ -e {self.quoted_root} ] && [ ! -d {self.quoted_root} ]; then exit {NOT_A_DIRECTORY}; fi",
                 f"[ -d {self.quoted_root} ] || exit {MISSING}",
                 f"[ -w {self.quoted_root} ] || exit {NOT_WRITABLE}",
                 f"command -v {program} >/dev/null 2>&1 || exit {NO_RSYNC}",
@@ -273,8 +318,9 @@ class RemoteScripts:
         path = shlex.quote(f"./{key}")
         count = "" if length is None else f" count={length}"
         return self.in_root(
-            f"[ -f {path} ] || exit {MISSING}",
-            f"exec <{path} || exit {MISSING}",
+            self.no_symlinks(key),
+            self.need_file(key),
+            f"exec <{path} || exit 1",
             "s=$(stat -L -c %s /dev/stdin) || exit 1",
             'echo "$s"',
             f'[ {offset} -le "$s" ] && [ {offset + (length or 0)} -le "$s" ] || exit 0',
@@ -284,40 +330,60 @@ class RemoteScripts:
 
     def stat(self, key: str) -> str:
         path = shlex.quote(f"./{key}")
-        return self.in_root(f"[ -f {path} ] || exit {MISSING}", f"exec stat -c %s -- {path}")
+        return self.in_root(self.no_symlinks(key), self.need_file(key), f"exec stat -c %s -- {path}")
 
     def listing(self, base: str) -> str:
-        """``./key<TAB>size`` lines for the files below ``base``, skipping anything temporary."""
-        quoted = shlex.quote(base)
-        return self.in_root(
-            f"[ -d {quoted} ] || exit 0",
-            f"exec find {quoted} -name '*{TEMP_MARKER}*' -prune -o -type f -printf '%p\\t%s\\n'",
-            missing_ok=True,
+        """NUL-terminated ``f<TAB>./key<TAB>size`` records for the files below ``base`` (a
+        directory relative to the root, ``""`` for the root), ``l<TAB>./path`` for symlinks
+        (never followed: ``find -P``), skipping anything temporary.
+
+        Fails closed: a missing ``base`` (or root) lists nothing; any other error, on ``base`` or
+        on anything below it, exits non-zero (find's status), so a listing is never partial.
+        An entry removed while find runs is no error (``-ignore_readdir_race``).  A symlink on
+        the way to ``base`` exits ``SYMLINK``.
+        """
+        start = shlex.quote(f"./{base}" if base else ".")
+        lines = []
+        if base:
+            lines += [
+                self.no_symlinks(base),
+                f"if ! t=$(stat -c %F -- {start} 2>&1); then",
+                f'  case $t in {_GONE_PATTERNS}) exit 0;; esac; echo "$t" >&2; exit 1',
+                "fi",
+                '[ "$t" = directory ] || exit 0',
+            ]
+        lines.append(
+            f"exec find -P {start} -ignore_readdir_race \\( -name '*{TEMP_MARKER}*' -prune"
+            " -o -type l -printf 'l\\t%p\\0' -o -type f -printf 'f\\t%p\\t%s\\0' \\)"
         )
+        return self.in_root(*lines, missing_ok=True)
 
     def temporaries(self) -> str:
-        """``path<TAB>size<TAB>mtime`` lines for every temporary file below the root."""
+        """NUL-terminated ``path<TAB>size<TAB>mtime`` records for every temporary file below the
+        root (symlinks are not followed, nor listed); fails closed like ``listing``."""
         return self.in_root(
-            f"exec find . -name '*{TEMP_MARKER}*' -type f -printf '%P\\t%s\\t%T@\\n'",
+            f"exec find -P . -ignore_readdir_race -name '*{TEMP_MARKER}*' -type f"
+            " -printf '%P\\t%s\\t%T@\\0'",
             missing_ok=True,
         )
 
     def remove(self, path: str, *, sync: bool) -> str:
-        """Remove a file (``MISSING`` if absent), optionally fsync its directory, then remove
-        the directories it leaves empty."""
+        """Remove a file (``MISSING`` if absent, ``SYMLINK`` if its path goes through a link),
+        optionally fsync its directory, then remove the directories it leaves empty."""
         quoted, parent = shlex.quote(f"./{path}"), posixpath.dirname(path)
-        lines = [f"[ -f {quoted} ] || exit {MISSING}", f"rm -f -- {quoted} || exit 1"]
+        lines = [self.no_symlinks(path), self.need_file(path), f"rm -f -- {quoted} || exit 1"]
         if sync:
             lines.append(f"sync -- {shlex.quote('./' + parent)} || exit 1")
         if parent:
             lines.append(f"rmdir -p -- {shlex.quote(parent)} 2>/dev/null; exit 0")
         return self.in_root(*lines)
 
-    def rsync_path(self, key: str, size: int, remote_rsync: str) -> str:
+    def rsync_path(self, key: str, size: int, remote_rsync: str, partial_dir: str = "") -> str:
         """The remote command rsync starts instead of plain ``rsync``.
 
         Before the rsync server: enter the root (refusing to create a missing one, which may be an
-        unmounted disk) and create the key's directories.  After it succeeded: check the size,
+        unmounted disk), refuse a key whose path (or upload name, or ``partial_dir`` next to it)
+        goes through a symlink (``SYMLINK_TEXT`` on stderr), and create the key's directories.  After it succeeded: check the size,
         ``sync`` the file, rename it into place and ``sync`` the directories up to the root.  rsync
         appends its server arguments, which reach the inner ``sh -c`` as ``"$@"``; the client
         waits for this command, so the commit has happened (or failed) when rsync returns.
@@ -335,11 +401,28 @@ class RemoteScripts:
             ]
         )
         missing = shlex.quote(ROOT_MISSING_TEXT)
-        parent = shlex.quote("./" + (posixpath.dirname(key) or "."))
+        directory = posixpath.dirname(key)
+        parent = shlex.quote("./" + (directory or "."))
+        extra = [f"{key}{UPLOAD_SUFFIX}"]
+        if partial_dir:
+            partial = posixpath.join(directory, partial_dir)
+            extra += [partial, posixpath.join(partial, posixpath.basename(key) + UPLOAD_SUFFIX)]
         return (
-            f"cd -- {self.quoted_root} || {{ echo {missing} >&2; exit 1; }}; "
+            f"export LC_ALL=C; cd -- {self.quoted_root} || {{ echo {missing} >&2; exit 1; }}; "
+            f"{self.no_symlinks(key, *extra)}; "
             f"{{ [ -d {parent} ] || mkdir -p -- {parent}; }} && sh -c {shlex.quote(commit)} rsync"
         )
+
+
+def path_components(path: str) -> list[str]:
+    """``a/b/k`` -> ``./a ./a/b ./a/b/k``: every path a walk from the root to ``path`` opens."""
+    parts = path.split("/")
+    return ["./" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _dq(text: str) -> str:
+    """``text`` safe inside a double-quoted shell string (for messages)."""
+    return "".join("\\" + c if c in '\\"$`' else c for c in text)
 
 
 def dirs_up_to_root(key: str) -> list[str]:

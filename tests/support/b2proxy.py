@@ -14,7 +14,13 @@ Faults are injected on demand with :meth:`B2RulesProxy.inject`, for the next N m
 
 * ``"slowdown"``: ``503 SlowDown`` with ``Retry-After: 1`` instead of forwarding;
 * ``"reset_request"``: read half the request body, then reset the connection (no answer);
-* ``"reset_response"``: forward, send the status, headers and half the body, then reset.
+* ``"reset_response"``: forward, send the status, headers and half the body, then reset;
+* ``"internal_error"``: ``500 InternalError`` (transient: a retry layer retries it, so inject it
+  more times than the retry budget to make it stick);
+* ``"forbidden"``: ``403 AccessDenied`` (permanent).
+
+``after=N`` lets the first N matching requests through untouched, so a fault can hit, say, the
+second page of a ``ListObjectsV2`` pagination.
 
 Every request is recorded in :attr:`B2RulesProxy.seen` (operation, headers, ``Range``); per
 operation, :attr:`~B2RulesProxy.in_flight`, :attr:`~B2RulesProxy.answered` and the largest number of
@@ -35,7 +41,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 B2_MIN_PART_SIZE = 5_000_000
-FAULT_KINDS = ("slowdown", "reset_request", "reset_response")
+FAULT_KINDS = ("slowdown", "reset_request", "reset_response", "internal_error", "forbidden")
+_ERROR_FAULTS = {
+    "slowdown": (503, "SlowDown", "Please reduce your request rate."),
+    "internal_error": (500, "InternalError", "We encountered an internal error. Please try again."),
+    "forbidden": (403, "AccessDenied", "Access Denied"),
+}
 _CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
 _HOP_BY_HOP = {
     "connection",
@@ -68,6 +79,7 @@ class _Fault:
     kind: str
     remaining: int
     op: str | None
+    skip: int = 0  # matching requests still to let through before the fault applies
 
 
 _UPLOAD_OPS = {
@@ -138,12 +150,13 @@ class B2RulesProxy:
             if not hasattr(self, "part_sizes"):
                 self.part_sizes: dict[str, dict[int, int]] = {}
 
-    def inject(self, kind: str, count: int = 1, op: str | None = None) -> None:
-        """Make the next ``count`` requests (of operation ``op``, or any) fail with ``kind``."""
+    def inject(self, kind: str, count: int = 1, op: str | None = None, *, after: int = 0) -> None:
+        """Make ``count`` requests (of operation ``op``, or any) fail with ``kind``, once ``after``
+        matching requests have passed untouched."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; use one of {FAULT_KINDS}")
         with self._lock:
-            self.faults.append(_Fault(kind, count, op))
+            self.faults.append(_Fault(kind, count, op, after))
 
     def ops(self, op: str) -> list[Seen]:
         """The recorded requests of one operation."""
@@ -179,6 +192,9 @@ class B2RulesProxy:
         with self._lock:
             for fault in self.faults:
                 if fault.remaining > 0 and fault.op in (None, op):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.remaining -= 1
                     return fault.kind
         return None
@@ -251,9 +267,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if refusal := self._refusal(op, query, seen, body):
             self._answer(400, {"Content-Type": "application/xml"}, refusal)
-        elif fault == "slowdown":
-            slow_down = error_xml("SlowDown", "Please reduce your request rate.")
-            self._answer(503, {"Retry-After": "1", "Content-Type": "application/xml"}, slow_down)
+        elif fault in _ERROR_FAULTS:
+            status, code, message = _ERROR_FAULTS[fault]
+            headers = {"Content-Type": "application/xml"}
+            if fault == "slowdown":
+                headers["Retry-After"] = "1"
+            self._answer(status, headers, error_xml(code, message))
         else:
             time.sleep(self.proxy.delays.get(op, 0.0))
             status, headers, answer = self._forward(body)
