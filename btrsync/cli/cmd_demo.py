@@ -17,7 +17,13 @@ from btrsync.ops.demo import run_demo
 @click.option("--workdir", type=click.Path(path_type=Path), help="parent of the demo directory [/var/tmp]")
 def demo_cmd(keep: bool, workdir: Path | None) -> None:
     """A self-contained tour on throwaway loopback btrfs: snapshot, push, change, push
-    incremental, restore, compare.  Needs root (it mounts loop devices)."""
+    incremental, restore, compare.  Needs root (it mounts loop devices).
+
+    \b
+    Examples:
+      btrsync demo
+      btrsync demo --keep --workdir /srv/tmp     # look at the target afterwards
+    """
     result = run_demo(lambda line: click.echo(line), keep=keep, workdir=workdir)
     if not result.ok:
         raise BtrsyncError("demo: the restored snapshot differs from the original")

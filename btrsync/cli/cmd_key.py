@@ -23,6 +23,11 @@ def generate(file: Path) -> None:
     """Write a new random 256-bit key to FILE (mode 0600); never overwrites.
 
     Keep a copy off the machine: without the key no backup can be restored.
+
+    \b
+    Examples:
+      btrsync key generate /root/backup.key
+      btrsync key generate /etc/btrsync/key && cp /etc/btrsync/key /mnt/safe/btrsync.key
     """
     k = generate_key_file(file)
     click.echo(f"key written to {file} (key id {k.key_id})", err=True)

@@ -25,7 +25,13 @@ from btrsync.units import format_bytes, parse_size
 @pass_app
 def clean_cmd(app: App, source: str, dry_run: bool, as_json: bool) -> None:
     """Remove leftovers of interrupted pushes and prunes: data without a manifest, stale leases,
-    temporary files, unfinished multipart uploads.  Uploads in progress are left alone."""
+    temporary files, unfinished multipart uploads.  Uploads in progress are left alone.
+
+    \b
+    Examples:
+      btrsync clean --from usb --dry-run
+      btrsync clean --from b2 --json
+    """
     with app.repository(source, write=not dry_run, lock=True) as repo:
         result = clean(repo, dry_run=dry_run, audit=AuditLog(app.state().root))
     if as_json:
@@ -42,7 +48,13 @@ def clean_cmd(app: App, source: str, dry_run: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @pass_app
 def usage_cmd(app: App, source: str, as_json: bool) -> None:
-    """Bytes stored per subvolume and chain; the share of the configured quota; free space."""
+    """Bytes stored per subvolume and chain; the share of the configured quota; free space.
+
+    \b
+    Examples:
+      btrsync usage --from b2
+      btrsync usage --from file:///mnt/usb/backups --json
+    """
     _url, settings = app.config.target(source)
     try:
         quota = parse_size(settings["quota"]) if settings.get("quota") else None

@@ -74,6 +74,12 @@ def prune_cmd(app: App, source: str, now_text: str | None, dry_run: bool, as_jso
 
     Without --keep-* flags, each subvolume's profile from the configuration applies
     (backups, or the profile's override for this target); a subvolume without one keeps all.
+
+    \b
+    Examples:
+      btrsync prune --from usb --keep-daily 14 --keep-weekly 8 --keep-monthly 24 --dry-run
+      btrsync prune --from b2                     # each subvolume's profile from the configuration
+      btrsync prune --from b2 --dry-run --now 2027-01-01T00:00:00Z --json
     """
     rcfg = app.config.retention
     flag_policy = policy_from_flags(flags, rcfg.timezone)
@@ -116,7 +122,13 @@ def prune_cmd(app: App, source: str, now_text: str | None, dry_run: bool, as_jso
 def snapshot_prune_cmd(app: App, subvol: Path, snapshot_dir: Path, protect_for: tuple[str, ...],
                        now_text: str | None, dry_run: bool, as_json: bool, **flags: Any) -> None:
     """Apply retention to local snapshots of SUBVOL; never deletes the newest snapshot a target
-    also holds, nor newer ones it has not received yet."""
+    also holds, nor newer ones it has not received yet.
+
+    \b
+    Examples:
+      btrsync snapshot prune /data --snapshot-dir /data/.snapshots --keep-hourly 24 --dry-run
+      btrsync snapshot prune /data --snapshot-dir /data/.snapshots --protect-for usb
+    """
     if now_text and not dry_run:
         raise UsageError("--now evaluates the policy as of another time, a simulation: it needs --dry-run")
     name = subvolume_name(subvol)
@@ -151,7 +163,13 @@ def retention() -> None:
 @pass_app
 def simulate_cmd(app: App, profile: str | None, for_snapshots: bool, every: str, span: str,
                  max_chain: int | None, **flags: Any) -> None:
-    """What a policy holds after SPAN of backups every EVERY: counts per rule and a timeline."""
+    """What a policy holds after SPAN of backups every EVERY: counts per rule and a timeline.
+
+    \b
+    Examples:
+      btrsync retention simulate --keep-hourly 24 --keep-daily 7 --keep-monthly 12
+      btrsync retention simulate --profile standard --every 1d --span 2y --max-chain 30
+    """
     policy = policy_from_flags(flags, app.config.retention.timezone)
     if policy is None and profile:
         chosen = app.config.retention.profiles.get(profile)

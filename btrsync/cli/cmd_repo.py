@@ -57,7 +57,13 @@ def state_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @pass_app
 def state_show(app: App, as_json: bool) -> None:
-    """Known targets: repository id, backups held, vanished backups."""
+    """Known targets: repository id, backups held, vanished backups.
+
+    \b
+    Examples:
+      btrsync state show
+      btrsync state show --json --state-dir /var/lib/btrsync
+    """
     targets = app.state().all_targets()
     if as_json:
         emit_json([t.as_doc() for t in targets])
@@ -94,6 +100,11 @@ def state_forget(app: App, target: str) -> None:
 
     Local snapshots are then no longer protected for it by 'snapshot prune' and 'snapshot
     delete', and another repository may be used at its URL.
+
+    \b
+    Examples:
+      btrsync state forget file:///mnt/old-usb/backups
+      btrsync state forget b2          # a target configured as [targets.b2]
     """
     for url in app.state().forget(_urls(app, target)):
         click.echo(f"forgot {url}", err=True)
@@ -104,7 +115,13 @@ def state_forget(app: App, target: str) -> None:
 @click.argument("target")
 @pass_app
 def state_acknowledge(app: App, target: str) -> None:
-    """Stop warning about backups of TARGET that vanished (after checking why)."""
+    """Stop warning about backups of TARGET that vanished (after checking why).
+
+    \b
+    Examples:
+      btrsync list --from b2            # which backups vanished, and is the rest intact?
+      btrsync state acknowledge b2
+    """
     for url in _urls(app, target):
         ids = app.state().acknowledge(url)
         click.echo(f"{url}: acknowledged {len(ids)} vanished backup(s)", err=True)

@@ -27,7 +27,13 @@ def snapshot() -> None:
               help="directory for snapshots, on the same btrfs filesystem")
 @click.option("--timestamp", help="snapshot time (ISO 8601, UTC if no zone) instead of now")
 def create(subvol: Path, snapshot_dir: Path, timestamp: str | None) -> None:
-    """Create a read-only snapshot SUBVOL.<YYYYMMDDTHHMMSSZ> and print its path."""
+    """Create a read-only snapshot SUBVOL.<YYYYMMDDTHHMMSSZ> and print its path.
+
+    \b
+    Examples:
+      btrsync snapshot create /data --snapshot-dir /data/.snapshots
+      btrsync snapshot create /data --snapshot-dir /data/.snapshots --timestamp 2026-11-20T03:00:00Z
+    """
     when = parse_timestamp(timestamp) if timestamp else None
     click.echo(ops.create(subvol, snapshot_dir, when).path)
 
@@ -39,7 +45,13 @@ def create(subvol: Path, snapshot_dir: Path, timestamp: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @pass_app
 def list_(app: App, subvol: Path | None, snapshot_dir: Path, as_json: bool) -> None:
-    """List snapshots with time, uuid, parent and the targets known to hold them."""
+    """List snapshots with time, uuid, parent and the targets known to hold them.
+
+    \b
+    Examples:
+      btrsync snapshot list /data --snapshot-dir /data/.snapshots
+      btrsync snapshot list --snapshot-dir /data/.snapshots --json    # every subvolume's
+    """
     rows = ops.describe(snapshot_dir, subvol, app.state())
     if as_json:
         emit_json(rows)
@@ -58,6 +70,11 @@ def delete(app: App, paths: tuple[Path, ...], force: bool) -> None:
     """Delete snapshots; refuses the newest snapshot a target also holds unless --force.
 
     Every path is tried; exit 3 when some were deleted and others refused, 1 when none was.
+
+    \b
+    Examples:
+      btrsync snapshot delete /data/.snapshots/data.20261120T030000Z
+      btrsync snapshot delete /data/.snapshots/data.2025* --force
     """
     failures: list[str] = []
     for path in paths:
