@@ -61,6 +61,7 @@ class _Handler:
         self.noted = False
         self.deferring = 0
         self.pending: int | None = None
+        self.keep_installed = False  # see end_after_cleanup
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if self.first is None:
@@ -105,21 +106,23 @@ def deferred() -> Iterator[None]:
             raise Terminated(signum)
 
 
-def wait_for_workers(timeout: float = WORKER_GRACE) -> bool:
-    """After a signal's cleanup, in the process's own main thread: give threads that are still
-    running (a worker finishing its item, a put removing its temporary) ``timeout`` seconds.
-    False (after saying which) when some are still busy: the caller then ends the process
-    without them (``os._exit``), so no worker thread keeps btrsync alive."""
-    deadline = time.monotonic() + timeout
-    me = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not me and not thread.daemon:
-            thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t.name for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
-    if stuck:
-        _say(f"btrsync: {len(stuck)} worker thread(s) still busy {timeout:.0f} s after the cleanup "
-             f"({', '.join(stuck)}); exiting without them")
-    return not stuck
+def end_after_cleanup(code: int, timeout: float = WORKER_GRACE) -> None:
+    """For the ``btrsync`` process itself, after a signal's cleanup: keep ignoring further signals
+    while the interpreter exits (it still joins worker threads: a put removing its temporary, a
+    worker finishing its item), and if it has not exited ``timeout`` seconds later, end it with
+    ``code`` without them, so no worker thread keeps btrsync alive."""
+    if _active is not None:
+        _active.keep_installed = True
+
+    def watchdog() -> None:
+        time.sleep(timeout)
+        busy = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()
+                and t is not threading.main_thread()]
+        _say(f"btrsync: still not finished {timeout:.0f} s after the cleanup (busy: "
+             f"{', '.join(busy) or 'interpreter exit'}); exiting without waiting any longer")
+        os._exit(code)
+
+    threading.Thread(target=watchdog, name="btrsync-exit-watchdog", daemon=True).start()
 
 
 @contextmanager
@@ -142,5 +145,6 @@ def signals_raise() -> Iterator[None]:
         yield
     finally:
         _active = outer
-        for sig, old in previous.items():
-            signal.signal(sig, signal.SIG_DFL if old is None else old)  # type: ignore[arg-type]
+        if not handler.keep_installed:
+            for sig, old in previous.items():
+                signal.signal(sig, signal.SIG_DFL if old is None else old)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
 from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
 from btrsync.locking import target_lock
-from btrsync.signals import Terminated, signals_raise, wait_for_workers
+from btrsync.signals import Terminated, end_after_cleanup, signals_raise
 from btrsync.state import State
 from btrsync.targets.base import Target
 from btrsync.targets.registry import open_target
@@ -133,11 +133,8 @@ def main(argv: list[str] | None = None, *, process: bool = False) -> int:
     """
     with signals_raise():
         code = _main(argv)
-        if process and code in SIGNAL_EXITS and not wait_for_workers():
-            for stream in (sys.stdout, sys.stderr):
-                with suppress(Exception):
-                    stream.flush()
-            os._exit(code)
+        if process and code in SIGNAL_EXITS:
+            end_after_cleanup(code)
         return code
 
 

@@ -22,7 +22,10 @@ import psutil
 import pytest
 
 from btrsync.btrfs.subvolume import subvolume_info
+from btrsync.config.model import load_config
+from btrsync.targets.registry import open_target
 from tests.integration.conftest import World
+from tests.integration.test_remote_targets import remote  # noqa: F401 - fixture: s3, s3 via B2 rules, ssh
 from tests.support import tree
 from tests.support.loopfs import create_subvolume, snapshot
 
@@ -304,3 +307,33 @@ def test_a_subvolume_named_error_pushes_and_restores(world: World) -> None:
     run = world.receive("error-logs@latest")
     assert run.code == 0, run.err
     _assert_restored(world, snap)
+
+
+# --------------------------------------------------------------------------------------------------
+# remote targets: the S3 multipart upload is aborted, the ssh spool file removed
+
+
+def _remote_target(world: World):  # type: ignore[no-untyped-def]
+    url, settings = load_config(world.config, explicit=True).target(world.url)
+    return open_target(url, settings)
+
+
+def test_a_terminated_push_to_a_remote_target_leaves_no_upload_spool_or_lease(
+        remote: World, tmp_path: Path) -> None:  # noqa: F811
+    snap = _content(remote, 40)
+    child = Child(remote, *_push_argv(remote))
+    child.freeze_when(lambda: any(f.endswith(".idx") for f in _data(remote)), timeout=120)
+    out = child.signal(signal.SIGTERM)
+
+    assert out.code == 143, out.err
+    assert _running(out.children) == []
+    with _remote_target(remote) as target:
+        assert target.leftovers() == []  # no unfinished multipart upload, no temporary file
+        assert list(target.list("locks/")) == []
+    spool = tmp_path / "spool"
+    assert not spool.exists() or list(spool.iterdir()) == []
+
+    run = remote.push()
+    assert run.code == 0, run.err
+    assert remote.receive("latest").code == 0
+    _assert_restored(remote, snap)
