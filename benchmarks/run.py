@@ -22,6 +22,7 @@ from typing import Any
 from benchmarks import (
     bench_incremental,
     bench_memory,
+    bench_parser,
     bench_push,
     bench_restore,
     bench_scale,
@@ -49,6 +50,7 @@ BENCHMARKS = {
     "memory": (4, bench_memory, "Peak RSS of push and receive against the stream size"),
     "scale": (5, bench_scale, "Planning and prune decisions for 100,000 backups"),
     "throttle": (6, bench_throttle, "Throttle accuracy"),
+    "parser": (7, bench_parser, "Send-stream parser throughput (parse + CRC32C, one core)"),
 }
 NEEDS_DISK = {"quick": 3 * GiB, "full": 24 * GiB}
 T0 = time.monotonic()
