@@ -294,7 +294,8 @@ class LocalTarget(Target):
 
         def on_file(rel: str, st: os.stat_result) -> None:
             if TEMP_MARKER not in rel.rsplit("/", 1)[-1] and rel.startswith(prefix):
-                found.append(ObjectInfo(rel, st.st_size))
+                # a put renames a new file into place: a replaced object has a new inode and mtime
+                found.append(ObjectInfo(rel, st.st_size, f"{st.st_ino}:{st.st_mtime_ns}"))
 
         self._walk_from(base, descend, on_file)
         found.sort(key=lambda o: o.key)

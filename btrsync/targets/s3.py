@@ -361,7 +361,7 @@ class S3Target(Target):
         while True:
             page = self._request("list_objects_v2", what, Bucket=self.bucket, Prefix=full_prefix, **token)
             found.extend(
-                ObjectInfo(self._relative(o["Key"]), int(o["Size"])) for o in page.get("Contents", [])
+                ObjectInfo(self._relative(o["Key"]), int(o["Size"]), o.get("ETag")) for o in page.get("Contents", [])
             )
             if not page.get("IsTruncated"):
                 break

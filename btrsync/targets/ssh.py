@@ -633,14 +633,15 @@ def _parse_listing(out: bytes) -> Iterator[tuple[str, str, ObjectInfo | None]]:
         if kind == "l":
             yield "l", rest.removeprefix("./"), None
         elif kind == "f":
-            path, _, size = rest.rpartition("\t")
+            # size and version come last, so a name with a tab cannot shift them
+            path, size, version = rest.rsplit("\t", 2) if rest.count("\t") >= 2 else (rest, "", "")
             key = path.removeprefix("./")
             try:
                 validate_key(key)
             except InvalidKey:
                 yield "f", key, None
                 continue
-            yield "f", key, ObjectInfo(key, int(size)) if size.isdigit() else None
+            yield "f", key, ObjectInfo(key, int(size), version or None) if size.isdigit() else None
 
 
 def _symlink_path(stderr: str) -> str:

@@ -333,7 +333,7 @@ class RemoteScripts:
         return self.in_root(self.no_symlinks(key), self.need_file(key), f"exec stat -c %s -- {path}")
 
     def listing(self, base: str) -> str:
-        """NUL-terminated ``f<TAB>./key<TAB>size`` records for the files below ``base`` (a
+        """NUL-terminated ``f<TAB>./key<TAB>size<TAB>inode:mtime`` records for the files below ``base`` (a
         directory relative to the root, ``""`` for the root), ``l<TAB>./path`` for symlinks
         (never followed: ``find -P``), skipping anything temporary.
 
@@ -354,7 +354,7 @@ class RemoteScripts:
             ]
         lines.append(
             f"exec find -P {start} -ignore_readdir_race \\( -name '*{TEMP_MARKER}*' -prune"
-            " -o -type l -printf 'l\\t%p\\0' -o -type f -printf 'f\\t%p\\t%s\\0' \\)"
+            " -o -type l -printf 'l\\t%p\\0' -o -type f -printf 'f\\t%p\\t%s\\t%i:%T@\\0' \\)"
         )
         return self.in_root(*lines, missing_ok=True)
 

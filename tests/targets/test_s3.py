@@ -202,6 +202,7 @@ def test_no_secret_in_repr_or_error_text(request: pytest.FixtureRequest, tmp_pat
     server = seaweed(request)
     creds = tmp_path / "wrong"
     creds.write_text(f"key_id={server.account.key_id}\napplication_key={SECRET}\n")
+    creds.chmod(0o600)
     settings = {**seaweed_settings(request, tmp_path), "credentials_file": str(creds)}
     target = open_target(f"s3://{TEST_BUCKET}/p", settings)
     for call in (lambda: target.put("k", [b"x"]), lambda: target.stat("k"), target.probe):
