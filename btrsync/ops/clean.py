@@ -18,6 +18,8 @@ from btrsync.audit import AuditLog
 from btrsync.catalog import layout
 from btrsync.catalog.lease import lease_key, read_leases
 from btrsync.catalog.repository import Repository
+from btrsync.targets.base import Target
+from btrsync.targets.errors import NotFound, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,17 @@ class CleanResult:
     @property
     def freed(self) -> int:
         return sum(i.size for i in self.items if i.action in ("removed", "would remove"))
+
+
+def _manifest_unreadable(target: Target, backup_id: str) -> str:
+    """Why the absence of ``backup_id``'s manifest cannot be trusted ('' when it is truly absent)."""
+    try:
+        target.stat(layout.manifest_key(backup_id))
+    except NotFound:
+        return ""
+    except TargetError as exc:
+        return f"its manifest cannot be read ({exc})"
+    return "its manifest appeared meanwhile"
 
 
 def _backup_of(key: str) -> str | None:
@@ -68,7 +81,14 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
         result.items.append(CleanItem(kind, key, size, "would remove" if dry_run else "removed"))
         log.info("clean %s key=%s bytes=%d dry_run=%s", kind, key, size, dry_run)
 
+    unreadable: dict[str, str] = {}
     for obj in repo.orphaned_data():
+        bid = _backup_of(obj.key)
+        if bid is not None and bid not in unreadable:
+            unreadable[bid] = _manifest_unreadable(target, bid)
+        if bid is not None and unreadable[bid]:  # e.g. a symlinked backups/<id>: not provably orphaned
+            result.items.append(CleanItem("orphaned data?", obj.key, obj.size, f"kept: {unreadable[bid]}"))
+            continue
         handle("orphaned data", obj.key, obj.size, lambda k=obj.key: target.delete(k))
     for leftover in target.leftovers():
         handle(leftover.kind, leftover.key, leftover.size, lambda lo=leftover: target.remove_leftover(lo))

@@ -343,3 +343,18 @@ def test_read_only_target_is_reported_once(world: World, tmp_path: Path) -> None
         assert run.code == 1
         assert run.err.count("Read-only file system") == 1, run.err
         assert "Traceback" not in run.err
+
+
+def test_clean_keeps_data_whose_manifest_directory_is_a_symlink(world: World, tmp_path: Path) -> None:
+    """A symlink planted at backups/<id> hides the manifest from listings; its data must not then be
+    deleted as orphaned."""
+    _backup(world)
+    [bid] = [b["id"] for b in world.listing()]
+    real = tmp_path / "moved-manifest-dir"
+    shutil.move(world.target_dir / "backups" / bid, real)
+    (world.target_dir / "backups" / bid).symlink_to(real, target_is_directory=True)
+    run = world.cli("clean", "--from", world.url, "--json")
+    assert run.code == 0, run.err
+    kept = [i for i in run.json()["items"] if i["kind"] == "orphaned data?"]
+    assert kept and all(i["action"].startswith("kept: its manifest cannot be read") for i in kept)
+    assert (world.target_dir / layout.data_prefix(bid)).is_dir()
