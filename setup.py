@@ -7,6 +7,7 @@ interface (``btrsync.sendstream._pyparser``). ``BTRSYNC_NO_NATIVE=1`` skips the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
@@ -35,11 +36,16 @@ class OptionalBuildExt(build_ext):
               "the pure-Python parser will be used", file=sys.stderr)
 
 
+SOURCE = "native/sendstream.c"
 ext_modules = []
 if os.environ.get("BTRSYNC_NO_NATIVE") != "1":
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), SOURCE), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
     ext_modules.append(Extension(
         "btrsync.sendstream._native",
-        sources=["native/sendstream.c"],
+        sources=[SOURCE],
+        # lets the tests notice a stale in-place build (the .so older than the C source)
+        define_macros=[("BTRSYNC_SOURCE_SHA256", f'"{digest}"')],
         extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                             "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
         optional=True,

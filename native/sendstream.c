@@ -22,6 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef BTRSYNC_SOURCE_SHA256 /* setup.py passes the SHA-256 of this file */
+#define BTRSYNC_SOURCE_SHA256 "unknown"
+#endif
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_X86_CRC 1
 #include <nmmintrin.h>
@@ -1078,6 +1082,8 @@ PyMODINIT_FUNC PyInit__native(void)
     if (PyModule_AddObject(m, "StreamError", StreamError) < 0)
         goto error;
     if (PyModule_AddIntConstant(m, "crc32c_hardware_available", crc_hw_available) < 0)
+        goto error;
+    if (PyModule_AddStringConstant(m, "SOURCE_SHA256", BTRSYNC_SOURCE_SHA256) < 0)
         goto error;
     return m;
 error:

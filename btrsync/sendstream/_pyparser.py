@@ -11,7 +11,7 @@ of (block AND mask_j) for 32 fixed masks. With Python's big integers that is 32 
 
 from __future__ import annotations
 
-import uuid
+import struct
 from typing import Any
 
 from btrsync.sendstream.format import (
@@ -74,8 +74,13 @@ def _build_masks() -> dict[int, list[tuple[int, int]]]:
 
 def crc32c(data: Any, crc: int = 0) -> int:
     """The CRC32C register after ``data``, starting from ``crc`` (send streams start at 0)."""
-    mv = memoryview(data).cast("B")
+    mv = data if type(data) is bytes else memoryview(data).cast("B")
     n = len(mv)
+    if n < _BLOCKS[-1]:  # short: bytewise
+        table = _TABLE
+        for b in mv:
+            crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+        return crc
     i = 0
     if n >= _BLOCKS[-1]:
         if not _masks:
@@ -106,16 +111,40 @@ class _Fail(Exception):
     """Internal: unwinds ``_consume`` once ``self._fail_*`` is set."""
 
 
-def _decode(kind: str, v: bytes) -> Any:
-    if kind in ("u8", "u32", "u64"):
-        return int.from_bytes(v, "little")
-    if kind == "uuid":
-        return str(uuid.UUID(bytes=v))
-    if kind == "timespec":
-        return (int.from_bytes(v[:8], "little", signed=True), int.from_bytes(v[8:], "little"))
-    if kind == "string":
-        return v.decode("utf-8", "surrogateescape")
-    return v  # binary
+def _int(v: Any) -> int:
+    return int.from_bytes(v, "little")
+
+
+def _uuid(v: Any) -> str:
+    h = bytes(v).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _timespec(v: Any) -> tuple[int, int]:
+    return (int.from_bytes(v[:8], "little", signed=True), int.from_bytes(v[8:], "little"))
+
+
+def _string(v: Any) -> str:
+    return bytes(v).decode("utf-8", "surrogateescape")
+
+
+_DECODE_KIND = {"u8": _int, "u32": _int, "u64": _int, "uuid": _uuid, "timespec": _timespec,
+                "string": _string, "binary": bytes}
+
+
+def _decode(kind: str, v: Any) -> Any:
+    return _DECODE_KIND[kind](v)
+
+
+# per attribute number (index 0 unused): name, decoder, fixed size (0: any), first version
+_A_NAME = [""] + [ATTRIBUTES[t][0] for t in range(1, MAX_ATTR + 1)]
+_A_DECODE = [None] + [_DECODE_KIND.get(ATTRIBUTES[t][1]) for t in range(1, MAX_ATTR + 1)]
+_A_SIZE = [0] + [FIXED_SIZE.get(ATTRIBUTES[t][1], 0) for t in range(1, MAX_ATTR + 1)]
+_A_VERSION = [0] + [ATTRIBUTES[t][2] for t in range(1, MAX_ATTR + 1)]
+_C_NAME = [""] + [COMMANDS[c][0] for c in range(1, MAX_CMD + 1)]
+_C_VERSION = [0] + [COMMANDS[c][1] for c in range(1, MAX_CMD + 1)]
+_HEADER = struct.Struct("<IHI")
+_ZERO_CRC = b"\0\0\0\0"
 
 
 class StreamParser:
@@ -232,6 +261,11 @@ class StreamParser:
             elif state == S_CMDHDR:
                 have = self._hdr_have
                 if have == 0:
+                    if n - i >= CMD_HEADER_SIZE:
+                        done = self._whole_command(p, i, n, events)
+                        if done:
+                            i = done
+                            continue
                     self._cmd_off = self._pos
                 k = min(CMD_HEADER_SIZE - have, n - i)
                 self._hdr[have:have + k] = p[i:i + k]
@@ -253,6 +287,67 @@ class StreamParser:
                     self._end_command(events)
             else:
                 self._fail(self._pos, "data after the end command")
+
+    def _whole_command(self, p: memoryview, i: int, n: int, events: list[Event]) -> int:
+        """Fast path: a command lying whole in the chunk, and valid, is reported at once; the
+        index after it is returned. Anything else returns 0 and goes the general way, which
+        finds the error (so errors come from one place only)."""
+        length, cmd, crc_stored = _HEADER.unpack_from(p, i)
+        end = i + CMD_HEADER_SIZE + length
+        version = self.version
+        if end > n or length > max_body(version) or not 0 < cmd <= MAX_CMD or _C_VERSION[cmd] > version:
+            return 0
+        if length < 4096:  # one call over a small copy beats two calls
+            crc = crc32c(b"".join((p[i:i + 6], _ZERO_CRC, p[i + CMD_HEADER_SIZE:end])))
+        else:
+            crc = crc32c(p[i + CMD_HEADER_SIZE:end], crc32c(bytes(p[i:i + 6]) + _ZERO_CRC))
+        if crc != crc_stored:
+            return 0
+        found: dict[int, tuple[int, int]] = {}
+        j = i + CMD_HEADER_SIZE
+        while j < end:
+            if end - j < 2:
+                return 0
+            t = p[j] | p[j + 1] << 8
+            if not 0 < t <= MAX_ATTR or _A_VERSION[t] > version or t in found:
+                return 0
+            if t == A_DATA and version >= 2:
+                found[t] = (j + 2, end - j - 2)
+                break
+            if end - j < 4:
+                return 0
+            tlen = p[j + 2] | p[j + 3] << 8
+            j += 4
+            size = _A_SIZE[t]
+            if tlen > end - j or (size and tlen != size):
+                return 0
+            found[t] = (j, tlen)
+            j += tlen
+        for a in REQUIRED[cmd]:
+            if a not in found:
+                return 0
+        if self.commands == 0 and cmd != CMD_SUBVOL and cmd != CMD_SNAPSHOT:
+            return 0
+        attrs: dict[str, Any] = {}
+        path = None
+        base = self._pos - i
+        for t in sorted(found):
+            start, tlen = found[t]
+            if t == A_DATA:
+                attrs["data_offset"] = base + start
+                attrs["data_len"] = tlen
+            elif t == A_PATH:
+                path = _string(p[start:start + tlen])
+            else:
+                attrs[_A_NAME[t]] = _A_DECODE[t](p[start:start + tlen])
+        events.append(Event(_C_NAME[cmd], path, attrs, self._pos, CMD_HEADER_SIZE + length))
+        self._pos += CMD_HEADER_SIZE + length
+        self._cmd_off = self._pos - CMD_HEADER_SIZE - length
+        self._cmd_len = length
+        self.commands += 1
+        if cmd == CMD_END:
+            self._state = S_END
+        return end
 
     def _begin_command(self, events: list[Event]) -> None:
         hdr = self._hdr

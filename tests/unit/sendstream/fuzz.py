@@ -49,12 +49,14 @@ def commands(data: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
 
 
 def tlvs(body: bytes, version: int) -> list[tuple[int, bytes]]:
-    """A valid command body as its attributes."""
+    """A command body as its attributes (as far as it has any: earlier mutations may have cut it)."""
     out, pos = [], 0
-    while pos < len(body):
+    while len(body) - pos >= 2:
         (t,) = struct.unpack_from("<H", body, pos)
         if t == 19 and version >= 2:
             out.append((t, body[pos + 2:]))
+            break
+        if len(body) - pos < 4:
             break
         (n,) = struct.unpack_from("<H", body, pos + 2)
         out.append((t, body[pos + 4:pos + 4 + n]))

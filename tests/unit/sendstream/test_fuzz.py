@@ -3,7 +3,8 @@
 Each input (random bytes, raw and structural mutations of sample and real streams) is fed to both
 implementations in the same random chunks; the outcome (events, error reason and offset, bytes
 consumed, commands) must be identical, and an error must be a StreamError, nothing else. The time
-budget is PARSER_FUZZ_SECONDS per test (default 4; the suite runs four of them).
+budget is PARSER_FUZZ_SECONDS per test (default 4; the suite runs four of them). Each test draws
+a random seed, printed on failure; PARSER_FUZZ_SEED=N replays it.
 """
 
 from __future__ import annotations
@@ -19,16 +20,28 @@ from tests.unit.sendstream import fuzz
 from tests.unit.sendstream import streams as S
 
 SECONDS = float(os.environ.get("PARSER_FUZZ_SECONDS", "4"))
+SEED = os.environ.get("PARSER_FUZZ_SEED")
 REAL = fuzz.real_streams()
 SAMPLES = fuzz.sample_streams()
 
 
+def _rng(name: str) -> random.Random:
+    seed = int(SEED) if SEED else random.randrange(2**32)
+    rng = random.Random(f"{name}-{seed}")
+    rng.seed_value = seed  # type: ignore[attr-defined]
+    return rng
+
+
 def _check(data: bytes, rng: random.Random, stats: dict[str, int]) -> None:
+    where = f"PARSER_FUZZ_SEED={rng.seed_value} (input {sum(stats.values())})"  # type: ignore[attr-defined]
     chunks = fuzz.random_chunks(data, rng)
-    py = S.outcome(parser.PyStreamParser, chunks)
-    if parser.native_available:
-        native = S.outcome(parser.NativeStreamParser, chunks)
-        assert native == py, f"implementations differ on {data[:200]!r}..."
+    try:
+        py = S.outcome(parser.PyStreamParser, chunks)
+        if parser.native_available:
+            native = S.outcome(parser.NativeStreamParser, chunks)
+            assert native == py, f"implementations differ on {data[:200]!r}..."
+    except BaseException as exc:
+        raise AssertionError(f"{where}: {exc!r}") from exc
     stats["ok" if py[1] is None else py[1][0].split(" ")[0]] = stats.get(
         "ok" if py[1] is None else py[1][0].split(" ")[0], 0) + 1
 
@@ -53,24 +66,26 @@ def test_real_streams_parse_in_both_implementations() -> None:
 
 @pytest.mark.parametrize("corpus", ["samples", "real"])
 def test_mutated_streams(corpus) -> None:
-    rng = random.Random(f"mutated-{corpus}-{os.getpid()}")
+    rng = _rng(f"mutated-{corpus}")
     source = SAMPLES if corpus == "samples" else REAL
     gen = fuzz.inputs(rng, source)
     stats: dict[str, int] = {}
     n = fuzz.run_for(SECONDS, lambda: _check(next(gen)[1], rng, stats), at_least=50)
+    assert sum(stats.values()) == n
     assert n >= 50
     # the mutations reach past the CRC into the attribute checks
     assert stats.get("CRC32C", 0) < n
 
 
 def test_random_bytes() -> None:
-    rng = random.Random(f"random-{os.getpid()}")
+    rng = _rng("random")
+    stats: dict[str, int] = {}
 
     def step() -> None:
         data = rng.randbytes(rng.randrange(0, 2000))
         if rng.random() < 0.7:
             data = S.header(rng.randrange(0, 5)) + data
-        _check(data, rng, {})
+        _check(data, rng, stats)
 
     fuzz.run_for(SECONDS / 2, step, at_least=100)
 

@@ -409,6 +409,19 @@ def test_native_tables_match_the_format_module(native) -> None:
     assert native.StreamError is StreamError
 
 
+def test_native_build_is_current(native) -> None:
+    import hashlib
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[3] / "native" / "sendstream.c"
+    if not source.exists():
+        pytest.skip("installed without the C source")
+    built = native.SOURCE_SHA256
+    assert built == hashlib.sha256(source.read_bytes()).hexdigest(), (
+        "the C parser was built from an older native/sendstream.c: rebuild it with "
+        "'.venv/bin/python -m pip install -e .' (or 'python setup.py build_ext --inplace')")
+
+
 def test_native_parser_with_the_table_crc(native) -> None:
     data = S.SampleStream(2, write_size=100_000).data()
     before = native.crc32c_implementation()
