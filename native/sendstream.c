@@ -26,7 +26,8 @@
 #define BTRSYNC_SOURCE_SHA256 "unknown"
 #endif
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* BTRSYNC_NO_HW_CRC: build the portable code only (the tests compile it that way too) */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(BTRSYNC_NO_HW_CRC)
 #define HAVE_X86_CRC 1
 #include <nmmintrin.h>
 #endif
