@@ -1,0 +1,170 @@
+"""Hooks: commands run around a job, as argv lists (a shell only when the argv names one).
+
+Each hook runs in its own session (process group) with stdin from /dev/null and stdout and stderr
+merged; its output is logged line by line (``max_output_lines`` at most, each line cut at 1,000
+characters, the rest counted), and its last lines are kept for the error message.  At its
+timeout the whole process group gets SIGTERM, and SIGKILL two seconds later, so a hook that
+started children of its own (``sh -c 'sleep 1000 &'``) leaves nothing behind; what a hook
+that exited left running in its group is killed too.  A signal that
+stops btrsync meanwhile kills the group the same way before it propagates.
+
+The environment is btrsync's own plus ``BTRSYNC_*`` variables describing the job (see ``env_for``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a hook's process group
+MAX_LINE = 1000
+TAIL_LINES = 5
+
+
+@dataclass(slots=True)
+class HookResult:
+    argv: list[str]
+    kind: str
+    code: int | None = None  # None: it could not be started
+    seconds: float = 0.0
+    timed_out: bool = False
+    error: str | None = None
+    tail: list[str] = field(default_factory=list)
+    lines: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0 and not self.timed_out
+
+    def describe(self) -> str:
+        name = os.path.basename(self.argv[0])
+        if self.error:
+            return f"{self.kind} hook {name}: {self.error}"
+        why = (f"timed out after {self.seconds:.0f}s and was killed" if self.timed_out
+               else f"exited {self.code}")
+        last = f" (last output: {' | '.join(self.tail[-2:])})" if self.tail else ""
+        return f"{self.kind} hook {name} {why}{last}"
+
+
+def run_hook(argv: Sequence[str], *, kind: str, env: Mapping[str, str], timeout: float,
+             max_output_lines: int = 200, logger: logging.Logger = log,
+             monotonic: Callable[[], float] = time.monotonic) -> HookResult:
+    """Run one hook to its end or its timeout; never raises for the hook's own failure."""
+    result = HookResult(list(argv), kind)
+    t0 = monotonic()
+    try:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=dict(env), start_new_session=True, close_fds=True)
+    except OSError as exc:
+        result.error = f"cannot be started: {exc.strerror or exc}"
+        logger.warning("hook failed kind=%s argv=%s: %s", kind, list(argv), result.error)
+        return result
+    reader = threading.Thread(target=_read_lines, args=(proc, result, max_output_lines, logger),
+                              name=f"hook-{kind}", daemon=True)
+    reader.start()
+    try:
+        try:
+            proc.wait(timeout=timeout)
+            _kill_leftovers(proc)  # nothing a hook started outlives it (or holds its output open)
+        except subprocess.TimeoutExpired:
+            result.timed_out = True
+            logger.warning("hook timed out kind=%s argv=%s timeout=%.0fs: killing its process group",
+                           kind, list(argv), timeout)
+            _kill_group(proc)
+    except BaseException:
+        _kill_group(proc)  # btrsync is being stopped: the hook goes with it
+        raise
+    finally:
+        reader.join(timeout=KILL_GRACE + 1)
+    result.code = proc.returncode
+    result.seconds = monotonic() - t0
+    if result.ok:
+        logger.info("hook finished kind=%s argv=%s seconds=%.1f", kind, list(argv), result.seconds)
+    else:
+        logger.warning("hook failed: %s", result.describe())
+    return result
+
+
+def _read_lines(proc: subprocess.Popen[bytes], result: HookResult, limit: int, logger: logging.Logger) -> None:
+    assert proc.stdout is not None
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    name = os.path.basename(result.argv[0])
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip("\r\n")[:MAX_LINE]
+        result.lines += 1
+        tail.append(line)
+        if result.lines <= limit:
+            logger.info("hook %s %s: %s", result.kind, name, line)
+    if result.lines > limit:
+        logger.info("hook %s %s: %d more line(s) not logged", result.kind, name, result.lines - limit)
+    result.tail = list(tail)
+
+
+def _kill_leftovers(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the hook's process group, SIGKILL after the grace period, then reap."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            # the leader is gone; its group may not be: finish the others off too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        break
+
+
+def run_hooks(kind: str, hooks: Sequence[Sequence[str]], *, env: Mapping[str, str], timeout: float,
+              max_output_lines: int = 200, stop_on_failure: bool = False) -> list[HookResult]:
+    """Run the hooks of one kind in order; with ``stop_on_failure`` the first failure ends the list."""
+    results = []
+    for argv in hooks:
+        result = run_hook(argv, kind=kind, env={**env, "BTRSYNC_HOOK": kind}, timeout=timeout,
+                          max_output_lines=max_output_lines)
+        results.append(result)
+        if stop_on_failure and not result.ok:
+            break
+    return results
+
+
+def env_for(job: str, status: str, *, targets: Sequence[str], subvolumes: Sequence[str] = (),
+            snapshots: Sequence[str] = (), snapshot_dir: str = "", failed_targets: Sequence[str] = (),
+            stream_bytes: int = 0, stored_bytes: int = 0, seconds: float = 0.0, error: str = "",
+            dry_run: bool = False, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a hook: btrsync's own, plus what describes the job and its run."""
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "BTRSYNC_JOB": job,
+        "BTRSYNC_STATUS": status,  # running (pre), ok, partial, failed
+        "BTRSYNC_TARGETS": " ".join(targets),
+        "BTRSYNC_FAILED_TARGETS": " ".join(failed_targets),
+        "BTRSYNC_SUBVOLUMES": " ".join(subvolumes),
+        "BTRSYNC_SNAPSHOT_DIR": snapshot_dir,
+        "BTRSYNC_SNAPSHOTS": " ".join(snapshots),
+        "BTRSYNC_STREAM_BYTES": str(stream_bytes),
+        "BTRSYNC_STORED_BYTES": str(stored_bytes),
+        "BTRSYNC_DURATION_SECONDS": f"{seconds:.1f}",
+        "BTRSYNC_ERROR": error[:4000],
+        "BTRSYNC_DRY_RUN": "1" if dry_run else "0",
+    })
+    return env

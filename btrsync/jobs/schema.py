@@ -1,0 +1,439 @@
+"""[jobs.NAME] in the configuration: the one definition of the schema.
+
+    metrics_dir = "/var/lib/prometheus/node-exporter"   # node_exporter textfile directory ("" = off)
+    max_parallel_jobs = 1                                # jobs that push at once on this host
+
+    [jobs.home]
+    subvolumes = ["/home", "/srv/data"]
+    snapshot_dir = "/.snapshots"
+    schedule = "hourly"                  # systemd OnCalendar of the job's timer
+    window = ["Mon-Fri 22:00-06:00", "Sat-Sun 00:00-24:00"]
+    retention = "standard"               # a [retention.profiles.NAME]: snapshots and targets
+    targets.usb = {}
+    targets.b2 = { every = "daily", bwlimit = "5M", retention = { keep_daily = 7, keep_monthly = 12 } }
+    verify = { level = "data", sample = 0.05, drill_every = "30d" }
+    hooks = { pre = [["/usr/local/bin/db-dump"]], on_failure = [["curl", "-fsS", "https://hc/fail"]] }
+
+The pydantic models below validate the file (every error names the file, the job and the key),
+produce the JSON schema (``btrsync config schema``, for the NixOS module's option checks) and the
+reference table in docs/scheduling.md (a test keeps that table equal to ``reference_markdown()``).
+``parse_jobs`` then resolves what refers to the rest of the file (targets, retention profiles)
+into frozen ``Job`` values the runner uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from btrsync.config.retention import RetentionConfig, policy_from
+from btrsync.errors import ConfigError
+from btrsync.jobs.timespan import check_timespan, timespan
+from btrsync.jobs.windows import BackupWindow, TargetEvery
+from btrsync.pipeline.schedule import RateSchedule
+from btrsync.retention import Policy
+
+DEFAULT_METRICS_DIR = Path("/var/lib/prometheus/node-exporter")
+DEFAULT_STALE_AFTER = "26h"
+
+Timespan = Annotated[str, AfterValidator(check_timespan)]
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    return value
+
+
+AbsPath = Annotated[str, AfterValidator(_absolute)]
+
+
+def _argv(value: list[str]) -> list[str]:
+    if not value or not value[0]:
+        raise ValueError("a hook is a non-empty argv list, e.g. [\"/usr/bin/curl\", \"-fsS\", URL]")
+    return value
+
+
+Argv = Annotated[list[str], AfterValidator(_argv)]
+
+
+def _windows(value: list[str]) -> list[str]:
+    BackupWindow.parse(value)  # raises ValueError naming the bad entry
+    return value
+
+
+Windows = Annotated[list[str], AfterValidator(_windows)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HooksModel(_Strict):
+    """Commands run around a job: argv lists, never through a shell unless the argv says so."""
+
+    pre: list[Argv] = Field(default_factory=list, description="before the snapshot; a failure skips the job")
+    post: list[Argv] = Field(default_factory=list,
+                             description="after the job's work, whatever its outcome (BTRSYNC_STATUS says it)")
+    on_success: list[Argv] = Field(default_factory=list, description="after post, when the job succeeded")
+    on_failure: list[Argv] = Field(default_factory=list,
+                                   description="after post, when the job failed or partly failed")
+    timeout: Timespan = Field("5m", description="each hook is killed, with its process group, after this")
+    pre_failure: Literal["skip", "continue"] = Field(
+        "skip", description="a failing pre hook skips the job (exit 1 for it), or is only logged")
+    max_output_lines: int = Field(200, ge=0, description="lines of a hook's output logged (the rest counted)")
+
+
+def _sample(value: str | None) -> str | None:
+    if value is not None:
+        from btrsync.errors import UsageError
+        from btrsync.verify.selection import Sample
+
+        try:
+            Sample.parse(value)
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("--sample ")) from None
+    return value
+
+
+class VerifyModel(_Strict):
+    """What a run checks of the backups it sent (the levels of btrsync verify, docs/verify.md)."""
+
+    level: Literal["none", "catalog", "data", "stream", "restore"] = Field(
+        "catalog", description="level at which a run verifies the backups it sent")
+    sample: Annotated[str | None, AfterValidator(_sample)] = Field(
+        None, description="data/stream: read a random sample of their segments (10%, 2G) instead of all")
+    drill_every: Timespan | None = Field(None, description="a restore drill of the newest backup of each "
+                                                           "subvolume when the last one is older (30d)")
+    drill_level: Literal["stream", "restore"] = Field("restore", description="level of the drill")
+    scratch_dir: AbsPath = Field("/var/tmp/btrsync-drills", description="where restore drills make their "
+                                                                         "scratch image")
+
+
+class JobTargetModel(_Strict):
+    """One target of a job: [jobs.NAME.targets.TARGET] (TARGET is a [targets.*] name or a URL)."""
+
+    retention: str | dict[str, Any] | None = Field(
+        None, description="a profile name or an inline policy {keep_daily = 7, ...}; default: the job's profile")
+    bwlimit: str | None = Field(None, description="stored bytes per second (e.g. 5M); default: [push] bwlimit")
+    bwlimit_schedule: list[str] | None = Field(None, description="windows over bwlimit, e.g. 'Mon-Fri 08:00-18:00 1M'")
+    max_chain: int | None = Field(None, ge=0, description="incrementals before a new full; default: [push]")
+    every: str | None = Field(None, description="push only when due: hourly, daily, weekly, monthly or a "
+                                                "duration (6h); default: every run")
+    window: Windows | None = Field(None, description="this target's own window; default: the job's")
+    backfill: bool = Field(False, description="also send older snapshots retention would not keep")
+    verify: VerifyModel | None = Field(None, description="this target's verification; default: the job's")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None:
+            TargetEvery.parse(value)
+        return value
+
+
+class JobModel(_Strict):
+    """[jobs.NAME]: subvolumes, their snapshots, targets, and when and how they run."""
+
+    enabled: bool = Field(True, description="a disabled job is skipped by run --all and has no timer")
+    subvolumes: list[AbsPath] = Field(min_length=1, description="btrfs subvolumes to snapshot and send")
+    snapshot_dir: AbsPath = Field(description="directory of their read-only snapshots (same filesystem)")
+    schedule: str = Field("daily", min_length=1, description="systemd OnCalendar of the job's timer")
+    randomized_delay: Timespan = Field("0", description="the timer's RandomizedDelaySec")
+    timezone: str | None = Field(None, description="timezone of the windows and target schedules "
+                                                   "(default: host local time)")
+    window: Windows = Field(default_factory=list,
+                            description="when the job may run, e.g. 'Mon-Fri 22:00-06:00' (empty: any time)")
+    window_end: Literal["continue", "stop"] = Field(
+        "continue", description="a push running past the window's end continues, or stops at the next "
+                                "segment boundary and resumes next run")
+    retention: str | None = Field(None, description="retention profile ([retention.profiles.NAME]) of the "
+                                                    "snapshots and of every target without its own")
+    snapshots: dict[str, Any] | None = Field(None, description="inline local snapshot policy "
+                                                               "{keep_hourly = 24, ...} (over the profile's)")
+    targets: dict[str, JobTargetModel] = Field(default_factory=dict,
+                                               description="targets of the job (none: snapshots only)")
+    verify: VerifyModel = Field(default_factory=VerifyModel, description="verification policy")
+    hooks: HooksModel = Field(default_factory=HooksModel, description="commands around the job")
+    lock_wait: Timespan = Field("0", description="wait this long for the job's or a target's lock "
+                                                 "(0: report exit 11 at once); run --wait overrides")
+    stale_after: Timespan = Field(DEFAULT_STALE_AFTER, description="a target whose newest backup is older "
+                                                                   "is stale (status, alerts)")
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _target_list(cls, value: Any) -> Any:
+        if isinstance(value, list):  # targets = ["usb", "b2"]: each with the job's defaults
+            return {str(name): {} for name in value}
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            BackupWindow.parse([], value)
+        return value
+
+
+class RunSettingsModel(_Strict):
+    """Top-level settings of btrsync run (beside [jobs.*])."""
+
+    metrics_dir: str = Field(str(DEFAULT_METRICS_DIR),
+                             description="node_exporter textfile directory for btrsync.prom ('' = none)")
+    max_parallel_jobs: int = Field(1, ge=1, le=64, description="jobs pushing at once on this host; "
+                                                              "others queue")
+
+
+# ------------------------------------------------------------------------------------------------
+# Resolved values (what the runner uses)
+
+
+@dataclass(frozen=True, slots=True)
+class JobTarget:
+    name: str  # as written in the job: a [targets.*] name or a URL
+    retention: Policy | None
+    retention_text: str
+    bwlimit: RateSchedule | None  # None: the [push] default
+    max_chain: int | None
+    every: TargetEvery | None
+    window: BackupWindow | None  # None: the job's
+    backfill: bool
+    verify: VerifyModel
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    enabled: bool
+    subvolumes: tuple[Path, ...]
+    snapshot_dir: Path
+    schedule: str
+    randomized_delay: timedelta
+    window: BackupWindow
+    window_end: str
+    snapshot_policy: Policy | None
+    targets: tuple[JobTarget, ...]
+    verify: VerifyModel
+    hooks: HooksModel
+    lock_wait: timedelta
+    stale_after: timedelta
+    model: JobModel = field(repr=False, compare=False)
+
+    def target(self, name: str) -> JobTarget:
+        return next(t for t in self.targets if t.name == name)
+
+
+@dataclass(frozen=True, slots=True)
+class JobsConfig:
+    jobs: dict[str, Job] = field(default_factory=dict)
+    metrics_dir: Path | None = DEFAULT_METRICS_DIR
+    metrics_dir_explicit: bool = False
+    max_parallel_jobs: int = 1
+
+    def select(self, names: list[str] | tuple[str, ...], *, all_jobs: bool) -> list[Job]:
+        """Jobs named (enabled or not), or every enabled job; unknown names are a usage error."""
+        from btrsync.errors import UsageError
+
+        if all_jobs:
+            if names:
+                raise UsageError("give job names or --all, not both")
+            return [j for j in self.jobs.values() if j.enabled]
+        if not names:
+            raise UsageError("name the job(s) to run, or --all (configured: "
+                             f"{', '.join(self.jobs) or 'none'})")
+        unknown = [n for n in names if n not in self.jobs]
+        if unknown:
+            raise UsageError(f"no job named {', '.join(map(repr, unknown))} in the configuration "
+                             f"(configured: {', '.join(self.jobs) or 'none'})")
+        return [self.jobs[n] for n in dict.fromkeys(names)]
+
+
+def parse_jobs(doc: Mapping[str, Any], where: str, targets: Mapping[str, Any],
+               retention: RetentionConfig) -> JobsConfig:
+    """Validate the top-level run settings and [jobs.*] of a configuration document."""
+    run_doc = {k: doc[k] for k in ("metrics_dir", "max_parallel_jobs") if k in doc}
+    try:
+        run = RunSettingsModel.model_validate(run_doc)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where, None)) from None
+    jobs_doc = doc.get("jobs", {})
+    if not isinstance(jobs_doc, dict):
+        raise ConfigError(f"{where} [jobs] must be a table of [jobs.NAME] tables")
+    jobs: dict[str, Job] = {}
+    problems: list[str] = []
+    for name, body in jobs_doc.items():
+        if not _valid_job_name(name):
+            problems.append(f"{where} [jobs.{name}]: a job name is letters, digits, '-' and '_' "
+                            "(it names systemd units and metrics labels)")
+            continue
+        try:
+            model = JobModel.model_validate(body)
+        except ValidationError as exc:
+            problems.append(_describe(exc, where, name))
+            continue
+        try:
+            jobs[name] = _resolve(name, model, where, targets, retention)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    metrics_dir = Path(run.metrics_dir) if run.metrics_dir else None
+    return JobsConfig(jobs, metrics_dir, "metrics_dir" in doc, run.max_parallel_jobs)
+
+
+def _valid_job_name(name: str) -> bool:
+    return bool(name) and len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name) and name.isascii()
+
+
+def _describe(exc: ValidationError, where: str, job: str | None) -> str:
+    """One line per problem: 'FILE [jobs.NAME] key.path: message'."""
+    lines = []
+    table = f"[jobs.{job}]" if job else "(top level)"
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif err["type"] == "missing":
+            msg = "required setting missing"
+        lines.append(f"{where} {table} {loc or '(table)'}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve(name: str, model: JobModel, where: str, targets: Mapping[str, Any],
+             retention: RetentionConfig) -> Job:
+    here = f"{where} [jobs.{name}]"
+    tz = model.timezone
+    profile = None
+    if model.retention is not None:
+        profile = retention.profiles.get(model.retention)
+        if profile is None:
+            raise ConfigError(f"{here} retention: no profile named {model.retention!r} "
+                              f"(defined: {', '.join(sorted(retention.profiles)) or 'none'})")
+    snapshot_policy = profile.snapshots if profile else None
+    if model.snapshots is not None:
+        snapshot_policy = policy_from(model.snapshots, retention.timezone, f"{here} snapshots")
+    job_targets = []
+    for tname, tmodel in model.targets.items():
+        if tname not in targets and "://" not in tname:
+            raise ConfigError(f"{here} targets.{tname}: no [targets.{tname}] in the configuration "
+                              f"(configured: {', '.join(sorted(targets)) or 'none'}) and not a URL")
+        job_targets.append(_resolve_target(tname, tmodel, model, profile, here, targets, retention))
+    return Job(
+        name=name, enabled=model.enabled, subvolumes=tuple(Path(p) for p in model.subvolumes),
+        snapshot_dir=Path(model.snapshot_dir), schedule=model.schedule,
+        randomized_delay=timespan(model.randomized_delay), window=BackupWindow.parse(model.window, tz),
+        window_end=model.window_end, snapshot_policy=snapshot_policy, targets=tuple(job_targets),
+        verify=model.verify, hooks=model.hooks, lock_wait=timespan(model.lock_wait),
+        stale_after=timespan(model.stale_after), model=model,
+    )
+
+
+def _resolve_target(tname: str, t: JobTargetModel, job: JobModel, profile: Any, here: str,
+                    targets: Mapping[str, Any], retention: RetentionConfig) -> JobTarget:
+    where = f"{here} targets.{tname}"
+    policy: Policy | None
+    if isinstance(t.retention, dict):
+        policy, text = policy_from(t.retention, retention.timezone, f"{where} retention"), "inline"
+    elif isinstance(t.retention, str):
+        chosen = retention.profiles.get(t.retention)
+        if chosen is None:
+            raise ConfigError(f"{where} retention: no profile named {t.retention!r} "
+                              f"(defined: {', '.join(sorted(retention.profiles)) or 'none'})")
+        policy, text = _profile_policy(chosen, tname, targets), f"profile {t.retention}"
+    elif profile is not None:
+        policy, text = _profile_policy(profile, tname, targets), f"profile {profile.name}"
+    else:
+        policy, text = None, "[retention] of each subvolume"
+    bwlimit = None
+    if t.bwlimit is not None or t.bwlimit_schedule:
+        try:
+            bwlimit = RateSchedule.parse(t.bwlimit, list(t.bwlimit_schedule or []), job.timezone)
+        except ValueError as exc:
+            raise ConfigError(f"{where} bwlimit: {exc}") from None
+    return JobTarget(
+        name=tname, retention=policy, retention_text=text, bwlimit=bwlimit, max_chain=t.max_chain,
+        every=TargetEvery.parse(t.every) if t.every else None,
+        window=BackupWindow.parse(t.window, job.timezone) if t.window is not None else None,
+        backfill=t.backfill, verify=t.verify or job.verify,
+    )
+
+
+def _profile_policy(profile: Any, tname: str, targets: Mapping[str, Any]) -> Policy | None:
+    names = [tname]
+    settings = targets.get(tname)
+    if isinstance(settings, dict) and settings.get("url"):
+        names.append(str(settings["url"]))
+    for n in names:
+        if n in profile.targets:
+            return profile.targets[n]  # type: ignore[no-any-return]
+    return profile.backups  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------------
+# The schema as documentation and JSON schema
+
+
+SCHEMA_MODELS: tuple[tuple[str, type[BaseModel]], ...] = (
+    ("top level", RunSettingsModel),
+    ("[jobs.NAME]", JobModel),
+    ("[jobs.NAME.targets.TARGET]", JobTargetModel),
+    ("[jobs.NAME.verify]", VerifyModel),
+    ("[jobs.NAME.hooks]", HooksModel),
+)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of the run settings and [jobs.NAME] (``btrsync config schema``)."""
+    schema = RunSettingsModel.model_json_schema()
+    schema["properties"]["jobs"] = {"type": "object", "additionalProperties": {"$ref": "#/$defs/JobModel"},
+                                    "description": "[jobs.NAME] tables"}
+    job = JobModel.model_json_schema(ref_template="#/$defs/{model}")
+    defs = job.pop("$defs", {})
+    schema["$defs"] = {**defs, "JobModel": job}
+    schema["title"] = "btrsync jobs"
+    return schema
+
+
+def _type_text(annotation: Any, schema: dict[str, Any]) -> str:
+    if "enum" in schema:
+        return " \\| ".join(f'`"{v}"`' for v in schema["enum"])
+    if "anyOf" in schema:
+        return " or ".join(_type_text(None, s) for s in schema["anyOf"] if s.get("type") != "null")
+    if "$ref" in schema:
+        return "table"
+    kind = schema.get("type", "")
+    if kind == "array":
+        inner = schema.get("items", {})
+        return "list of argv lists" if inner.get("type") == "array" else f"list of {_type_text(None, inner)}s"
+    return {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean",
+            "object": "table"}.get(kind, kind or "value")
+
+
+def reference_markdown() -> str:
+    """The configuration reference of jobs, generated from the models (docs/scheduling.md)."""
+    out: list[str] = []
+    for title, model in SCHEMA_MODELS:
+        schema = model.model_json_schema()
+        props = schema.get("properties", {})
+        required = set(schema.get("required", []))
+        out.append(f"#### {title}\n")
+        out.append("| key | type | default | meaning |")
+        out.append("|---|---|---|---|")
+        for key, info in model.model_fields.items():
+            if info.is_required() or key in required:
+                default = "required"
+            elif info.default_factory is not None:
+                value = info.default_factory()  # type: ignore[call-arg]
+                default = "`[]`" if value == [] else "`{}`" if value == {} else "see below"
+            else:
+                default = "none" if info.default is None else f"`{info.default!r}`".replace("'", '"')
+            meaning = (info.description or "").replace("|", "\\|")
+            out.append(f"| `{key}` | {_type_text(info.annotation, props.get(key, {}))} | {default} | {meaning} |")
+        out.append("")
+    return "\n".join(out)

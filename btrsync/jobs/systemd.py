@@ -1,0 +1,241 @@
+"""``btrsync systemd generate``: per job a oneshot service and its timer, plus one OnFailure unit.
+
+- ``btrsync-JOB.service``: ``Type=oneshot``, ``btrsync run JOB``.  The key and the targets'
+  credential files are handed over with ``LoadCredential=`` (the unit names only their paths;
+  the service reads them from ``$CREDENTIALS_DIRECTORY``, which ``btrsync run`` honours: a
+  credential ``target-NAME`` replaces the ``credentials_file`` of target NAME, ``ssh-NAME`` its
+  ``identity_file``).  Hardening: ``ProtectSystem=strict`` with ``ReadWritePaths=`` for what a run
+  writes (state, metrics, snapshot directories, directory targets, the drill scratch),
+  ``PrivateTmp``, ``NoNewPrivileges``, a capability bounding set of what snapshot and send need
+  (plus what ``btrfs receive`` needs when the job drills restores), idle CPU and I/O priority.
+  ``KillMode=mixed``: ``systemctl stop`` sends SIGTERM to btrsync alone, which stops its own
+  children and cleans up (exit 143) before the rest of the group is killed.
+- ``btrsync-JOB.timer``: ``OnCalendar=`` the job's schedule, ``Persistent=true`` (a run missed
+  while the machine was off happens at boot), ``RandomizedDelaySec=``.  A disabled job has no timer.
+- ``btrsync-on-failure@.service``: ``OnFailure=`` of every job service: runs the job's
+  ``on_failure`` hooks when the unit failed in a way btrsync could not report itself (killed,
+  timed out, terminated, locked), and does nothing when btrsync already ran them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from btrsync.config.model import Config
+from btrsync.errors import ConfigError
+from btrsync.jobs.schema import Job
+from btrsync.jobs.timespan import systemd_timespan
+
+FAILURE_UNIT = "btrsync-on-failure@.service"
+BASE_CAPS = ("CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
+RECEIVE_CAPS = ("CAP_CHOWN", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP", "CAP_LINUX_IMMUTABLE")
+HARDENING = """\
+ProtectSystem=strict
+PrivateTmp=yes
+NoNewPrivileges=yes
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+UMask=0077
+Nice=10
+CPUSchedulingPolicy=batch
+IOSchedulingClass=idle
+"""
+
+
+def service_name(job: str) -> str:
+    return f"btrsync-{job}.service"
+
+
+def job_of_unit(unit: str) -> str | None:
+    m = re.fullmatch(r"btrsync-([A-Za-z0-9_-]+)\.service", unit)
+    return m.group(1) if m else None
+
+
+def exec_arg(arg: str) -> str:
+    """One argument of ExecStart=: specifiers and variables escaped, quoted when needed."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if arg and not re.search(r'[\s"\'\\;]', arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _path_arg(path: Path | str) -> str:
+    text = str(path).replace("%", "%%")
+    return f'"-{text}"' if re.search(r"\s", text) else f"-{text}"
+
+
+def default_btrsync() -> str:
+    beside = Path(sys.executable).parent / "btrsync"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("btrsync")
+    return found or "/usr/bin/btrsync"
+
+
+def _file_target_dir(url: str) -> str | None:
+    if url.startswith("file://"):
+        rest = url[len("file://"):]
+        return "/" + rest.split("/", 1)[1] if not rest.startswith("/") and "/" in rest else rest
+    return None
+
+
+def check_calendar(job: Job) -> None:
+    """Ask ``systemd-analyze calendar`` about the job's schedule, when it is installed."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        return
+    proc = subprocess.run([tool, "calendar", job.schedule], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ConfigError(f"[jobs.{job.name}] schedule {job.schedule!r} is not a systemd calendar "
+                          f"expression: {proc.stderr.strip() or proc.stdout.strip()} (see systemd.time(7))")
+
+
+def credentials(config: Config, job: Job) -> list[tuple[str, str]]:
+    """(credential name, source path) for the key and the job's targets' credential files."""
+    creds = []
+    if config.key_file is not None:
+        creds.append(("key", str(config.key_file)))
+    for jt in job.targets:
+        _url, settings = config.target(jt.name)
+        if settings.get("credentials_file"):
+            creds.append((f"target-{jt.name}", str(settings["credentials_file"])))
+        if settings.get("identity_file"):
+            creds.append((f"ssh-{jt.name}", str(settings["identity_file"])))
+    return creds
+
+
+def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -> str:
+    creds = credentials(config, job)
+    remote = False
+    writable = [str(config.state_dir), str(job.snapshot_dir)]
+    mounts = [str(job.snapshot_dir), *map(str, job.subvolumes)]
+    if config.jobs.metrics_dir is not None:
+        writable.append(str(config.jobs.metrics_dir))
+    drills = any(t.verify.drill_every and t.verify.drill_level == "restore" or t.verify.level == "restore"
+                 for t in job.targets)
+    for jt in job.targets:
+        url, _settings = config.target(jt.name)
+        local = _file_target_dir(url)
+        if local is None:
+            remote = True
+        else:
+            writable.append(local)
+            mounts.append(local)
+        if drills:
+            writable.append(jt.verify.scratch_dir)
+    argv = [btrsync, "--config", str(config_path)]
+    if any(name == "key" for name, _ in creds):
+        argv += ["--key-file", "%d/key"]
+    argv += ["run", job.name]
+    caps = BASE_CAPS + (RECEIVE_CAPS if drills else ())
+    lines = [
+        "# generated by 'btrsync systemd generate'; edit the configuration and generate again",
+        "[Unit]",
+        f"Description=btrsync backup job {job.name}",
+        "OnFailure=btrsync-on-failure@%n.service",
+        "RequiresMountsFor=" + " ".join(dict.fromkeys(m.replace("%", "%%") for m in mounts)),
+    ]
+    if remote:
+        lines += ["Wants=network-online.target", "After=network-online.target"]
+    lines += [
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "ExecStart=" + " ".join(exec_arg(a) if a != "%d/key" else a for a in argv),
+    ]
+    lines += [f"LoadCredential={name}:{path.replace('%', '%%')}" for name, path in creds]
+    lines += [
+        "KillMode=mixed",
+        "TimeoutStopSec=5min",
+        "ReadWritePaths=" + " ".join(_path_arg(p) for p in dict.fromkeys(writable)),
+        "CapabilityBoundingSet=" + " ".join(caps),
+        HARDENING.rstrip("\n"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def timer_unit(job: Job) -> str:
+    return "\n".join([
+        "# generated by 'btrsync systemd generate'; edit the configuration and generate again",
+        "[Unit]",
+        f"Description=btrsync backup job {job.name} ({job.schedule})",
+        "",
+        "[Timer]",
+        f"OnCalendar={job.schedule}",
+        "Persistent=true",
+        f"RandomizedDelaySec={systemd_timespan(job.randomized_delay)}",
+        f"Unit={service_name(job.name)}",
+        "",
+        "[Install]",
+        "WantedBy=timers.target",
+    ]) + "\n"
+
+
+def failure_unit(config: Config, *, config_path: Path, btrsync: str) -> str:
+    argv = [btrsync, "--config", str(config_path), "systemd", "on-failure"]
+    return "\n".join([
+        "# generated by 'btrsync systemd generate'",
+        "[Unit]",
+        "Description=btrsync: on_failure hooks of the failed unit %i",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "ExecStart=" + " ".join(exec_arg(a) for a in argv) + " %i",
+        "ReadWritePaths=" + _path_arg(config.state_dir),
+        HARDENING.rstrip("\n"),
+    ]) + "\n"
+
+
+def generate(config: Config, jobs: list[Job], *, config_path: Path, btrsync: str | None = None,
+             check: bool = True) -> dict[str, str]:
+    """File name -> content of every unit for ``jobs``."""
+    btrsync = btrsync or default_btrsync()
+    config_path = config_path.absolute()
+    units: dict[str, str] = {FAILURE_UNIT: failure_unit(config, config_path=config_path, btrsync=btrsync)}
+    for job in jobs:
+        if check:
+            check_calendar(job)
+        units[service_name(job.name)] = service_unit(config, job, config_path=config_path, btrsync=btrsync)
+        if job.enabled:
+            units[f"btrsync-{job.name}.timer"] = timer_unit(job)
+    return units
+
+
+def write_units(units: dict[str, str], directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in units.items():
+        path = directory / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def apply_credentials(config: Config, directory: str | None) -> Config:
+    """The configuration with the targets' secret files replaced by the unit's credentials
+    (``$CREDENTIALS_DIRECTORY/target-NAME``, ``ssh-NAME``) where systemd provided them."""
+    if not directory:
+        return config
+    import dataclasses
+
+    creds = Path(directory)
+    targets = {}
+    for name, settings in config.targets.items():
+        updated = dict(settings)
+        for cred, key in ((f"target-{name}", "credentials_file"), (f"ssh-{name}", "identity_file")):
+            if key in updated and (creds / cred).is_file():
+                updated[key] = str(creds / cred)
+        targets[name] = updated
+    return dataclasses.replace(config, targets=targets)

@@ -1,0 +1,354 @@
+"""``btrsync run`` end to end on loopback btrfs: two jobs, a directory target and SeaweedFS,
+several runs at simulated times (``--now``), failing targets, windows, hooks, overlapping runs,
+and SIGTERM of a run.  After each run the snapshots, the targets' backups, the prunes, the
+metrics file (checked by promtool) and ``status`` are checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from btrsync.locking import target_lock
+from tests.integration.conftest import CONFIG, T0, Run, World, toml_table
+from tests.support import tree
+from tests.support.loopfs import create_subvolume
+from tests.targets.factories_s3 import TEST_BUCKET, seaweed_settings
+
+pytestmark = pytest.mark.btrfs
+
+PROMTOOL = shutil.which("promtool")
+
+
+def at(hours: float) -> str:
+    return (T0 + timedelta(hours=hours)).isoformat()
+
+
+def configure(world: World, jobs: str, *, top: str = "", targets: dict[str, dict[str, Any]] | None = None) -> None:
+    """The world's config: run settings, [push] of the tests, targets (usb = the world's
+    directory target), then the jobs."""
+    text = f'metrics_dir = "{world.state.parent / "metrics"}"\n{top}\n{CONFIG}\n'
+    text += toml_table("usb", {"url": f"file://{world.target_dir}"})
+    for name, settings in (targets or {}).items():
+        text += "\n" + toml_table(name, settings)
+    world.config.write_text(text + "\n" + jobs)
+
+
+def run(world: World, *args: str, now: float | None = None) -> Run:
+    extra = ["--now", at(now)] if now is not None else []
+    return world.cli("run", *args, "--json", *extra)
+
+
+def outcome(result: Run) -> dict[str, Any]:
+    return {j["job"]: j for j in result.json()["jobs"]}
+
+
+def metrics(world: World) -> str:
+    text = (world.state.parent / "metrics" / "btrsync.prom").read_text()
+    if PROMTOOL:
+        proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    elif os.environ.get("CI"):
+        pytest.fail("promtool is missing (Debian package prometheus; scripts/bootstrap installs it)")
+    return text
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            metric, value = line.rsplit(" ", 1)
+            got = metric[len(name):].strip("{}")
+            if ",".join(sorted(got.split(","))) == want:
+                return float(value)
+    return None
+
+
+def status(world: World, now: float) -> dict[tuple[str, str], dict[str, Any]]:
+    result = world.cli("status", "--json", "--now", at(now))
+    assert result.code == 0, result.err
+    return {(r["job"], r["target"]): r for r in result.json()}
+
+
+def snapshots(world: World, name: str) -> list[str]:
+    return sorted(p.name for p in world.snapdir.iterdir() if p.name.startswith(name + "."))
+
+
+def listing(world: World, target: str) -> list[dict[str, Any]]:
+    result = world.cli("list", "--from", target, "--json")
+    assert result.code == 0, result.err
+    return result.json()
+
+
+@pytest.fixture
+def two_jobs(world: World, request: pytest.FixtureRequest, tmp_path: Path) -> World:
+    """Jobs 'data' (→ usb and s3, SeaweedFS) and 'logs' (→ usb), with retention everywhere."""
+    create_subvolume(world.src / "logs")
+    tree.populate(world.subvol, 7)
+    (world.src / "logs" / "app.log").write_bytes(os.urandom(100_000))
+    s3 = {"url": f"s3://{TEST_BUCKET}/run-{uuid.uuid4().hex[:12]}", **seaweed_settings(request, tmp_path)}
+    jobs = f"""
+[jobs.data]
+subvolumes = ["{world.subvol}"]
+snapshot_dir = "{world.snapdir}"
+schedule = "hourly"
+snapshots = {{ keep_last = 3 }}
+verify = {{ level = "data" }}
+targets.usb = {{ retention = {{ keep_last = 2 }}, max_chain = 0 }}
+targets.s3 = {{ retention = {{ keep_last = 3 }}, bwlimit = "64M" }}
+
+[jobs.logs]
+subvolumes = ["{world.src / 'logs'}"]
+snapshot_dir = "{world.snapdir}"
+snapshots = {{ keep_last = 2 }}
+targets.usb = {{ retention = {{ keep_last = 2 }}, max_chain = 0 }}
+"""
+    configure(world, jobs, targets={"s3": s3})
+    assert world.cli("init", "--to", "s3").code == 0
+    return world
+
+
+def test_two_jobs_two_targets_over_several_runs_snapshot_push_prune_and_report(two_jobs: World) -> None:
+    """Four hourly runs of --all: snapshots, pushes to both targets, prunes per target and of the
+    local snapshots, records, metrics and status after each."""
+    world = two_jobs
+    for hour in range(4):
+        if hour:
+            tree.mutate(world.subvol, 7, hour)
+        result = run(world, "--all", now=hour)
+        assert result.code == 0, result.err
+        jobs = outcome(result)
+        assert jobs["data"]["status"] == "ok" and jobs["logs"]["status"] == "ok"
+        data = {t["name"]: t for t in jobs["data"]["targets"]}
+        assert {t: data[t]["status"] for t in data} == {"usb": "ok", "s3": "ok"}
+        assert [b["status"] for b in data["s3"]["backups"]] == ["ok"]  # one new snapshot each run
+        assert data["s3"]["verify"]["ok"] and data["s3"]["verify"]["level"] == "data"
+        assert len(snapshots(world, "data")) == min(hour + 1, 3)
+        assert len(snapshots(world, "logs")) == min(hour + 1, 2)
+        assert len(listing(world, "usb")) == min(hour + 1, 2) + min(hour + 1, 2)  # data + logs
+        s3_backups = listing(world, "s3")  # one chain: keep_last = 3 keeps its full too
+        assert len(s3_backups) == hour + 1 and {b["subvolume"] for b in s3_backups} == {"data"}
+        text = metrics(world)
+        assert sample(text, "btrsync_job_last_run_status", btrsync_job="data", status="ok") == 1
+        assert sample(text, "btrsync_target_backups", btrsync_job="data", target="s3", subvolume="data") == \
+            hour + 1
+        newest = sample(text, "btrsync_target_newest_backup_timestamp_seconds", btrsync_job="data", target="usb",
+                        subvolume="data")
+        assert newest == (T0 + timedelta(hours=hour)).timestamp()
+        assert sample(text, "btrsync_job_runs_total", btrsync_job="data", status="ok") == hour + 1
+        rows = status(world, hour + 0.5)
+        assert {k: r["verdict"] for k, r in rows.items()} == {("data", "usb"): "ok", ("data", "s3"): "ok",
+                                                               ("logs", "usb"): "ok"}
+    assert sample(text, "btrsync_retention_deleted_backups_total", btrsync_job="data", target="usb") == 2
+    assert sample(text, "btrsync_snapshots_deleted_total", btrsync_job="data") == 1
+    assert sample(text, "btrsync_target_chain_depth", btrsync_job="data", target="s3", subvolume="data") == 3
+    assert sample(text, "btrsync_target_used_bytes", target="usb") > 0
+    assert sample(text, "btrsync_target_free_bytes", target="usb") > 0
+    assert sample(text, "btrsync_verify_last_success_timestamp_seconds", btrsync_job="data", target="s3")
+    check = world.cli("status", "--check", "--now", at(4))
+    assert check.code == 0 and check.out.startswith("BTRSYNC OK"), check.out
+    stale = world.cli("status", "--check", "--now", at(40))
+    assert stale.code == 2 and "stale" in stale.out, stale.out
+
+
+def test_a_failing_target_gives_exit_3_the_other_target_is_backed_up_and_pruned(two_jobs: World) -> None:
+    """usb unmounted: job data is partial (s3 gets its backup and its prune), job logs fails,
+    the run exits 3, local snapshots are not pruned; the next run with usb back catches up."""
+    world = two_jobs
+    for hour in range(3):
+        assert run(world, "--all", now=hour).code == 0
+    hidden = world.target_dir.with_name("unmounted")
+    world.target_dir.rename(hidden)
+    result = run(world, "--all", now=3)
+    assert result.code == 3, result.err
+    jobs = outcome(result)
+    assert jobs["data"]["status"] == "partial" and jobs["logs"]["status"] == "failed"
+    data = {t["name"]: t for t in jobs["data"]["targets"]}
+    assert data["usb"]["status"] == "failed" and "no btrsync repository" in data["usb"]["error"] or \
+        "does not exist" in data["usb"]["error"]
+    assert "not pruned" in data["usb"]["prune_skipped"]
+    assert data["s3"]["status"] == "ok" and data["s3"]["prune_skipped"] is None
+    assert listing(world, "s3")[-1]["snapshot"] == "data.20261120T060000Z"
+    assert "skipped" in jobs["data"]["local_prune_skipped"]
+    assert len(snapshots(world, "data")) == 4  # keep_last = 3, but usb still needs its parent chain
+    rows = status(world, 3.5)
+    assert rows[("data", "usb")]["verdict"] == "failing" and rows[("data", "usb")]["failures_since_success"] == 1
+    assert rows[("data", "s3")]["verdict"] == "ok"
+    text = metrics(world)
+    assert sample(text, "btrsync_target_consecutive_failures", btrsync_job="data", target="usb") == 1
+    assert sample(text, "btrsync_target_last_run_status", btrsync_job="data", target="usb", status="failed") == 1
+    assert sample(text, "btrsync_job_last_run_exit_code", btrsync_job="data") == 3
+    check = world.cli("status", "--check", "--now", at(3.5))
+    assert check.code == 1 and "failing" in check.out, check.out
+    hidden.rename(world.target_dir)
+    result = run(world, "--all", now=4)
+    assert result.code == 0, result.err
+    data = {t["name"]: t for t in outcome(result)["data"]["targets"]}
+    assert len(data["usb"]["backups"]) == 2  # the snapshot it missed, and the new one
+    assert len(snapshots(world, "data")) == 3 and len(listing(world, "usb")) == 2 + 2
+    assert status(world, 4.5)[("data", "usb")]["verdict"] == "ok"
+
+
+def _single_job(world: World, extra: str = "", target: str = "{}", top: str = "") -> None:
+    if not any(world.subvol.iterdir()):
+        tree.populate(world.subvol, 3)
+    configure(world, f"""
+[jobs.data]
+subvolumes = ["{world.subvol}"]
+snapshot_dir = "{world.snapdir}"
+timezone = "UTC"
+targets.usb = {target}
+{extra}
+""", top=top)
+
+
+def test_outside_its_window_a_job_is_skipped_with_a_reason_and_a_metric(world: World) -> None:
+    _single_job(world, 'window = ["Mon-Fri 22:00-06:00", "Sat-Sun 00:00-24:00"]')
+    inside = run(world, "data", now=0)  # Friday 03:00 UTC: Thursday night's window
+    assert inside.code == 0 and outcome(inside)["data"]["status"] == "ok", inside.err
+    outside = run(world, "data", now=9)  # Friday 12:00
+    assert outside.code == 0
+    job = outcome(outside)["data"]
+    assert job["status"] == "skipped" and "outside the backup window" in job["reason"]
+    assert "opens Fri 2026-11-20 22:00" in job["reason"]
+    assert len(snapshots(world, "data")) == 1
+    text = metrics(world)
+    assert sample(text, "btrsync_job_last_run_status", btrsync_job="data", status="skipped") == 1
+    weekend = run(world, "data", now=30)  # Saturday 09:00
+    assert outcome(weekend)["data"]["status"] == "ok"
+
+
+def test_a_push_past_the_window_end_stops_at_a_segment_boundary_and_resumes(world: World) -> None:
+    """window_end = "stop": the window closes once the first segment is durable; the push stops
+    before the next one (no manifest, the run exits 0), the next run resumes from the segments."""
+    from btrsync.config.model import load_config
+    from btrsync.jobs.runner import RunEnv, run_jobs
+
+    _single_job(world, 'window = ["Fri 00:00-06:00"]\nwindow_end = "stop"')
+    (world.subvol / "big").write_bytes(os.urandom(1_500_000))  # > 5 segments of 256k
+    config = load_config(world.config, explicit=True)
+    inside, outside = T0, T0 + timedelta(hours=4)
+
+    class ClosingClock:
+        """Inside the window until the first segment of the backup is on the target."""
+
+        def now(self):  # noqa: ANN202
+            return outside if any(world.target_dir.glob("data/*/000000.idx")) else inside
+
+        def monotonic(self) -> float:
+            return time.monotonic()
+
+        def sleep(self, seconds: float) -> None:
+            time.sleep(seconds)
+
+    from btrsync.cli.main import App
+
+    app = App(world.config, True, world.key, world.state, False)
+    env = RunEnv(config, world.state, lambda name, write: app.repository(name, write=write), ClosingClock())
+    report = run_jobs(env, [config.jobs.jobs["data"]])
+    target = report.jobs[0].targets[0]
+    assert target.status == "stopped" and "closed" in target.reason and report.exit_code == 0
+    assert not any(world.target_dir.glob("backups/*/manifest"))
+    kept = sorted(p.name for p in world.target_dir.glob("data/*/0*") if not p.name.endswith(".idx"))
+    assert 1 <= len(kept) < 6
+    assert "skipped" in report.jobs[0].local_prune_skipped
+    result = run(world, "data", now=1)  # still Friday's window
+    assert result.code == 0, result.err
+    backups = outcome(result)["data"]["targets"][0]["backups"]
+    assert [b["status"] for b in backups] == ["ok", "ok"] and backups[0]["resumed_bytes"] > 0
+
+
+def test_hooks_get_the_job_in_their_environment_and_failure_policies_apply(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "hooks"
+    out.mkdir()
+    dump = f"env | grep ^BTRSYNC_ | sort > {out}/$BTRSYNC_HOOK.env"
+    hooks = (f'hooks = {{ pre = [["sh", "-c", "{dump}"]], post = [["sh", "-c", "{dump}"]], '
+             f'on_success = [["sh", "-c", "{dump}"]], on_failure = [["sh", "-c", "{dump}"]] }}')
+    _single_job(world, hooks)
+    result = run(world, "data", now=0)
+    assert result.code == 0, result.err
+    pre = dict(line.split("=", 1) for line in (out / "pre.env").read_text().splitlines())
+    post = dict(line.split("=", 1) for line in (out / "post.env").read_text().splitlines())
+    assert pre["BTRSYNC_JOB"] == "data" and pre["BTRSYNC_STATUS"] == "running" and pre["BTRSYNC_TARGETS"] == "usb"
+    assert post["BTRSYNC_STATUS"] == "ok" and post["BTRSYNC_SNAPSHOTS"].startswith("data.20261120T030000Z")
+    assert int(post["BTRSYNC_STORED_BYTES"]) > 0 and int(post["BTRSYNC_STREAM_BYTES"]) > 0
+    assert (out / "on_success.env").exists() and not (out / "on_failure.env").exists()
+    assert "BTRSYNC_KEY_FILE" not in post
+
+    # a failing pre hook skips the job: no snapshot, exit 1, on_failure told why
+    (out / "on_success.env").unlink()
+    hooks = (f'hooks = {{ pre = [["sh", "-c", "echo cannot dump the database; exit 7"]], '
+             f'on_failure = [["sh", "-c", "{dump}"]], timeout = "10s" }}')
+    _single_job(world, hooks)
+    result = run(world, "data", now=1)
+    assert result.code == 1
+    job = outcome(result)["data"]
+    assert job["status"] == "failed" and "exited 7" in job["error"] and "cannot dump" in job["error"]
+    assert len(snapshots(world, "data")) == 1
+    failure = dict(line.split("=", 1) for line in (out / "on_failure.env").read_text().splitlines())
+    assert failure["BTRSYNC_STATUS"] == "failed" and "exited 7" in failure["BTRSYNC_ERROR"]
+
+    # pre_failure = "continue": logged, the job runs; a hanging hook is killed at its timeout
+    hooks = ('hooks = { pre = [["sh", "-c", "exit 1"], ["sleep", "60"]], timeout = "1s", '
+             'pre_failure = "continue" }')
+    _single_job(world, hooks)
+    t0 = time.monotonic()
+    result = run(world, "data", now=2)
+    assert result.code == 0, result.err
+    assert time.monotonic() - t0 < 30
+    assert len(snapshots(world, "data")) == 2
+
+
+def test_a_held_job_lock_gives_exit_11_or_a_wait_and_a_manual_push_lock_too(world: World) -> None:
+    _single_job(world)
+    with target_lock(world.state, "job data"):
+        held = run(world, "data", now=0)
+        assert held.code == 11 and outcome(held)["data"]["status"] == "locked"
+        t0 = time.monotonic()
+        waited = world.cli("run", "data", "--wait", "1s", "--now", at(0))
+        assert waited.code == 11 and time.monotonic() - t0 >= 0.9 and "waited 1s" in waited.err
+    repo_id = json.loads((world.target_dir / "btrsync-repo.json").read_text())["repo_id"]
+    with target_lock(world.state, f"repository {repo_id}"):  # what a manual push holds
+        result = run(world, "data", now=0)
+        assert result.code == 11, result.err
+        assert outcome(result)["data"]["targets"][0]["status"] == "locked"
+    assert run(world, "data", now=1).code == 0
+
+
+def test_sigterm_of_a_run_leaves_no_lock_no_half_state_and_the_next_run_resumes(world: World) -> None:
+    """systemctl stop: SIGTERM in the middle of a push.  Exit 143, the record says terminated, no
+    manifest, no lease, no lock; the next run resumes the backup from its durable segments."""
+    _single_job(world, target='{ bwlimit = "512k" }')
+    (world.subvol / "big").write_bytes(os.urandom(2_000_000))
+    argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state),
+            "--key-file", str(world.key), "run", "data", "--now", at(0)]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(world.target_dir.glob("data/*/000001.idx")):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert not any(world.target_dir.glob("backups/*/manifest")) and not any(world.target_dir.glob("locks/*"))
+    record = json.loads((world.state / "jobs" / "data.json").read_text())
+    assert record["last_run"]["status"] == "terminated" and record["last_run"]["exit_code"] == 143
+    text = metrics(world)
+    assert sample(text, "btrsync_job_last_run_status", btrsync_job="data", status="terminated") == 1
+    with target_lock(world.state, "job data"):  # free: the kernel released it with the process
+        pass
+    _single_job(world)  # no bandwidth limit now
+    result = run(world, "data", now=0.5)
+    assert result.code == 0, result.err
+    backups = outcome(result)["data"]["targets"][0]["backups"]
+    assert backups[0]["status"] == "ok" and backups[0]["resumed_bytes"] > 0
