@@ -67,6 +67,9 @@ class Manifest:
     table: dict[str, Any] = field(default_factory=dict)  # {"attempt": token, "digest": sha256 hex}
     # format 1: every chunk record, in the manifest itself
     chunks: tuple[ChunkRecord, ...] = ()
+    # from the send-stream parser at push time (empty/None for backups pushed before it existed):
+    changes: dict[str, int] = field(default_factory=dict)  # created, deleted, renamed, data_bytes ...
+    tree: dict[str, Any] | None = None  # full backups: {entries, bytes, sha256} of the tree sent
 
     @property
     def is_full(self) -> bool:
@@ -82,7 +85,7 @@ class Manifest:
         if self.format >= 2:
             del doc["chunks"]
         else:
-            del doc["chunk_count"], doc["table"]
+            del doc["chunk_count"], doc["table"], doc["changes"], doc["tree"]
         for name in ("snapshot_time", "started", "finished"):
             doc[name] = _iso(getattr(self, name))
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -135,6 +138,8 @@ class Manifest:
             "stream_bytes": self.stream_bytes,
             "stored_bytes": self.stored_bytes,
             "chunks": self.n_chunks,
+            "changes": self.changes,
+            "tree": self.tree,
             "pushed": _iso(self.finished),
         }
 

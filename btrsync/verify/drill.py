@@ -22,6 +22,7 @@ from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
 from btrsync.ops.receive import receive
 from btrsync.ops.treecompare import diff_trees
+from btrsync.sendstream.stats import tree_summary_of
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,15 @@ def drill(repo: Repository, catalog: Catalog, backup_id: str, scratch_dir: Path,
     with scratch_btrfs(scratch_dir, str(size), PREFIX) as mnt:
         result = receive(repo, backup_id, mnt, workers=workers)
         restored = Path(result.path)
-        original = local_original(snapshot_dirs, by_id[backup_id])
-        if original is None:
-            return DrillResult(backup_id, stream, [], None,
-                               "received and checked by btrfs receive; no local snapshot to compare with")
-        return DrillResult(backup_id, stream, diff_trees(original, restored), str(original))
+        m = by_id[backup_id]
+        original = local_original(snapshot_dirs, m)
+        if original is not None:
+            return DrillResult(backup_id, stream, diff_trees(original, restored), str(original))
+        if m.tree:
+            got = tree_summary_of(restored)
+            differences = [f"{k}: restored {got[k]}, recorded at push time {m.tree.get(k)}"
+                           for k in ("entries", "bytes", "sha256") if got[k] != m.tree.get(k)]
+            return DrillResult(backup_id, stream, differences, "the tree summary recorded at push time")
+        return DrillResult(backup_id, stream, [], None,
+                           "received and checked by btrfs receive; no local snapshot and no tree summary "
+                           "(incremental, or pushed before summaries existed) to compare with")
