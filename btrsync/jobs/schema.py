@@ -23,6 +23,7 @@ into frozen ``Job`` values the runner uses.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -432,7 +433,7 @@ def reference_markdown() -> str:
                 value = info.default_factory()  # type: ignore[call-arg]
                 default = "`[]`" if value == [] else "`{}`" if value == {} else "see below"
             else:
-                default = "none" if info.default is None else f"`{info.default!r}`".replace("'", '"')
+                default = "none" if info.default is None else f"`{json.dumps(info.default)}`"
             meaning = (info.description or "").replace("|", "\\|")
             out.append(f"| `{key}` | {_type_text(info.annotation, props.get(key, {}))} | {default} | {meaning} |")
         out.append("")

@@ -68,9 +68,14 @@ def exec_arg(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _quoted(path: Path | str, prefix: str = "") -> str:
+    """A path in a space-separated list setting: specifiers escaped, quoted when it has blanks."""
+    text = prefix + str(path).replace("%", "%%")
+    return f'"{text}"' if re.search(r"\s", text) else text
+
+
 def _path_arg(path: Path | str) -> str:
-    text = str(path).replace("%", "%%")
-    return f'"-{text}"' if re.search(r"\s", text) else f"-{text}"
+    return _quoted(path, "-")
 
 
 def default_btrsync() -> str:
@@ -142,7 +147,7 @@ def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -
         "[Unit]",
         f"Description=btrsync backup job {job.name}",
         "OnFailure=btrsync-on-failure@%n.service",
-        "RequiresMountsFor=" + " ".join(dict.fromkeys(m.replace("%", "%%") for m in mounts)),
+        "RequiresMountsFor=" + " ".join(_quoted(m) for m in dict.fromkeys(mounts)),
     ]
     if remote:
         lines += ["Wants=network-online.target", "After=network-online.target"]

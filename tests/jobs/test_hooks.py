@@ -1,0 +1,64 @@
+"""Hooks: argv without a shell, the job's environment, bounded output, timeouts that kill the
+whole process group."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from btrsync.jobs.hooks import env_for, run_hook, run_hooks
+
+
+def test_a_hook_gets_argv_verbatim_and_the_job_environment(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = env_for("home", "ok", targets=["usb", "b2"], snapshots=["data.20261120T030000Z"], stream_bytes=5,
+                  stored_bytes=3, seconds=1.25, error="", base={"PATH": os.environ["PATH"]})
+    result = run_hook(["sh", "-c", f'printf "%s|%s|%s|%s|%s" "$1" "$BTRSYNC_JOB" "$BTRSYNC_TARGETS" '
+                                   f'"$BTRSYNC_STORED_BYTES" "$BTRSYNC_DURATION_SECONDS" > {out}', "x", "$HOME; ls"],
+                      kind="post", env=env, timeout=10)
+    assert result.ok and result.code == 0
+    assert out.read_text() == "$HOME; ls|home|usb b2|3|1.2"
+
+
+def test_output_is_logged_line_by_line_and_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="btrsync.jobs.hooks")
+    result = run_hook(["sh", "-c", "for i in $(seq 1 50); do echo line $i; done; exit 3"], kind="pre",
+                      env=dict(os.environ), timeout=10, max_output_lines=5)
+    assert not result.ok and result.code == 3 and result.lines == 50
+    logged = [r.getMessage() for r in caplog.records if "hook pre sh: line" in r.getMessage()]
+    assert len(logged) == 5 and any("45 more line(s) not logged" in r.getMessage() for r in caplog.records)
+    assert result.tail[-1] == "line 50" and "exited 3" in result.describe() and "line 50" in result.describe()
+
+
+def test_a_hanging_hook_is_killed_at_its_timeout_with_its_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    t0 = time.monotonic()
+    result = run_hook(["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"], kind="pre", env=dict(os.environ),
+                      timeout=0.5)
+    assert result.timed_out and not result.ok and time.monotonic() - t0 < 5
+    child = int(pidfile.read_text())
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert "timed out" in result.describe()
+
+
+def test_a_hook_that_exits_leaves_nothing_running_and_a_missing_program_is_a_failure(tmp_path: Path) -> None:
+    pidfile = tmp_path / "bg.pid"
+    result = run_hook(["sh", "-c", f"sleep 300 & echo $! > {pidfile}"], kind="post", env=dict(os.environ),
+                      timeout=10)
+    assert result.ok
+    time.sleep(0.1)
+    bg = int(pidfile.read_text())
+    assert not psutil.pid_exists(bg) or psutil.Process(bg).status() == psutil.STATUS_ZOMBIE
+    missing = run_hook(["/nonexistent/hook"], kind="pre", env=dict(os.environ), timeout=5)
+    assert not missing.ok and missing.code is None and "cannot be started" in missing.describe()
+
+
+def test_pre_hooks_stop_at_the_first_failure() -> None:
+    results = run_hooks("pre", [["true"], ["false"], ["true"]], env=dict(os.environ), timeout=5,
+                        stop_on_failure=True)
+    assert [r.ok for r in results] == [True, False]

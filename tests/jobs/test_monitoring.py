@@ -1,0 +1,129 @@
+"""The metrics file passes promtool's lint, every metric is documented, and the alert rules pass
+'promtool check rules' and their unit tests ('promtool test rules')."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from btrsync.jobs.metrics import metric_names, write_metrics
+from btrsync.jobs.records import JobRecords
+from btrsync.state import State
+from tests.jobs.conftest import FakeClock, config_from
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def promtool() -> str:
+    tool = shutil.which("promtool")
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: Debian package prometheus (scripts/bootstrap installs it)")
+        pytest.skip("promtool is missing (apt-get install prometheus)")
+    return tool
+
+
+RECORD = {
+    "job": "home", "updated": "2026-11-20T03:01:00Z",
+    "last_run": {"started": "2026-11-20T03:00:00Z", "finished": "2026-11-20T03:01:00Z", "status": "partial",
+                 "exit_code": 3, "seconds": 60.5, "error": None},
+    "last_success": "2026-11-19T03:01:00Z", "failures_since_success": 1, "runs_total": {"ok": 3, "partial": 1},
+    "snapshots_deleted_total": 4,
+    "targets": {
+        "usb": {"url": "file:///mnt/usb", "last_run": {"time": "2026-11-20T03:01:00Z", "status": "ok", "seconds": 30,
+                                                      "stream_bytes": 100, "stored_bytes": 50},
+                "last_success": "2026-11-20T03:01:00Z", "failures_since_success": 0, "deleted_total": 2,
+                "catalog": {"time": "2026-11-20T03:01:00Z", "backups": 3, "stored_bytes": 150, "used_bytes": 900,
+                            "subvolumes": {"home": {"backups": 3, "stored_bytes": 150, "stream_bytes": 300,
+                                                    "newest": "x", "newest_time": "2026-11-20T03:00:00Z",
+                                                    "oldest_time": "2026-11-18T03:00:00Z", "newest_stream_bytes": 100,
+                                                    "newest_stored_bytes": 50, "chain_depth": 2}}},
+                "capacity": {"quota_bytes": 1000, "free_bytes": 5000},
+                "verify": {"time": "2026-11-20T03:01:00Z", "ok": True, "damaged": 0},
+                "verify_last_success": "2026-11-20T03:01:00Z",
+                "drill": {"time": "2026-11-20T03:01:00Z", "ok": False, "seconds": 5.5},
+                "drill_last_success": "2026-11-01T03:01:00Z"},
+        "b2": {"last_run": {"time": "2026-11-20T03:01:00Z", "status": "failed", "seconds": 3, "error": "boom"},
+               "failures_since_success": 1},
+    },
+}
+
+
+def _config(tmp_path: Path):  # noqa: ANN202
+    return config_from(f"""
+metrics_dir = "{tmp_path / 'metrics'}"
+[targets.usb]
+url = "file:///mnt/usb"
+quota = "1000"
+[targets.b2]
+url = "s3://bucket/x"
+[jobs.home]
+subvolumes = ["/home"]
+snapshot_dir = "/.snapshots"
+stale_after = "30h"
+targets = ["usb", "b2"]
+[jobs.idle]
+subvolumes = ["/srv"]
+snapshot_dir = "/.snapshots"
+""")
+
+
+def test_the_metrics_file_passes_promtool_and_carries_every_series(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    JobRecords(tmp_path / "state").save("home", json.loads(json.dumps(RECORD)))
+    path = write_metrics(config, tmp_path / "state", FakeClock())
+    assert path is not None and oct(path.stat().st_mode & 0o777) == "0o644"
+    text = path.read_text()
+    proc = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    exposed = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert exposed == set(metric_names()), set(metric_names()) ^ exposed
+    assert 'btrsync_job_stale_after_seconds{btrsync_job="home"} 108000.0' in text
+    assert 'btrsync_drill_success{btrsync_job="home",target="usb"} 0.0' in text
+    assert 'btrsync_target_quota_bytes{target="usb"} 1000.0' in text
+    assert 'btrsync_job_enabled{btrsync_job="idle"} 1.0' in text
+    assert "btrsync_job_last_run_timestamp_seconds{btrsync_job=\"idle\"}" not in text  # never ran
+
+
+def test_a_manual_verify_newer_than_the_job_s_shows_in_the_metrics(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    JobRecords(tmp_path / "state").save("home", json.loads(json.dumps(RECORD)))
+    State(tmp_path / "state").record_verification("file:///mnt/usb", {
+        "started": "2026-11-21T00:00:00Z", "ok": False, "damaged": 1, "affected": 2, "level": "data"})
+    text = write_metrics(config, tmp_path / "state", FakeClock()).read_text()
+    assert 'btrsync_verify_damaged_backups{btrsync_job="home",target="usb"} 3.0' in text
+
+
+def test_metrics_off_or_without_node_exporter_write_nothing(tmp_path: Path) -> None:
+    assert write_metrics(config_from('metrics_dir = ""'), tmp_path, FakeClock()) is None
+    assert write_metrics(config_from(""), tmp_path, FakeClock()) is None or \
+        Path("/var/lib/prometheus/node-exporter").is_dir()
+
+
+def test_every_metric_is_documented() -> None:
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    missing = [name for name in metric_names() if f"`{name}`" not in doc]
+    assert not missing, f"docs/metrics.md does not describe {missing}"
+
+
+def test_the_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
+    tool = promtool()
+    check = subprocess.run([tool, "check", "rules", "alerts.yml"], cwd=ROOT / "monitoring", capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run([tool, "test", "rules", "alerts_test.yml"], cwd=ROOT / "monitoring",
+                          capture_output=True, text=True, timeout=120)
+    assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+
+
+def test_the_alert_rules_only_use_metrics_btrsync_writes() -> None:
+    import re
+
+    rules = (ROOT / "monitoring" / "alerts.yml").read_text()
+    used = set(re.findall(r"\bbtrsync_[a-z_]+\b", rules)) - {"btrsync_job"}
+    assert used and used <= set(metric_names()), used - set(metric_names())

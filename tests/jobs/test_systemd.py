@@ -1,0 +1,147 @@
+"""Generated units pass 'systemd-analyze verify'; secrets reach them only as LoadCredential paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from btrsync.cli.main import main
+from btrsync.jobs.systemd import apply_credentials, exec_arg, generate, job_of_unit, write_units
+from tests.jobs.conftest import config_from
+
+CONFIG = """
+key_file = "{tmp}/key"
+state_dir = "{tmp}/state"
+metrics_dir = "{tmp}/metrics"
+[targets.usb]
+url = "file://{tmp}/usb disk"
+[targets.b2]
+url = "s3://bucket/host"
+credentials_file = "{tmp}/b2.credentials"
+[targets.nas]
+url = "ssh://backup@nas/srv/backups"
+identity_file = "{tmp}/id_ed25519"
+[jobs.home]
+subvolumes = ["/home"]
+snapshot_dir = "/.snapshots"
+schedule = "Mon..Fri *-*-* 02:30:00"
+randomized_delay = "15m"
+targets = ["usb", "b2", "nas"]
+verify = {{ drill_every = "30d" }}
+[jobs.logs]
+subvolumes = ["/var/log"]
+snapshot_dir = "/var/.snapshots"
+targets = ["usb"]
+enabled = false
+"""
+
+
+def analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing (Debian package systemd)")
+        pytest.skip("systemd-analyze is missing")
+    return tool
+
+
+def test_every_generated_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    tool = analyze()
+    for name in ("key", "b2.credentials", "id_ed25519"):
+        (tmp_path / name).write_text("not a real secret\n")
+    config = config_from(CONFIG.format(tmp=tmp_path))
+    btrsync = shutil.which("btrsync") or str(Path(os.sys.executable).parent / "btrsync")
+    units = generate(config, list(config.jobs.jobs.values()), config_path=tmp_path / "config.toml", btrsync=btrsync)
+    assert set(units) == {"btrsync-on-failure@.service", "btrsync-home.service", "btrsync-home.timer",
+                          "btrsync-logs.service"}  # a disabled job has no timer
+    out = tmp_path / "units"
+    write_units(units, out)
+    # an instance of the template is what systemd would start; verify it by that name
+    shutil.copy(out / "btrsync-on-failure@.service", out / "btrsync-on-failure@btrsync-home.service.service")
+    files = sorted(str(p) for p in out.iterdir() if p.name != "btrsync-on-failure@.service")
+    env = {**os.environ, "SYSTEMD_LOG_LEVEL": "warning"}
+    proc = subprocess.run([tool, "verify", "--man=no", *files], capture_output=True, text=True, env=env,
+                          cwd=out, timeout=120)
+    mine = [line for line in (proc.stdout + proc.stderr).splitlines() if str(out) in line or "btrsync" in line]
+    assert proc.returncode == 0 and not mine, proc.stdout + proc.stderr
+
+
+def test_the_service_unit_names_secret_paths_only_and_is_hardened(tmp_path: Path) -> None:
+    (tmp_path / "key").write_bytes(b"K" * 32)
+    config = config_from(CONFIG.format(tmp=tmp_path))
+    units = generate(config, [config.jobs.jobs["home"]], config_path=Path("/etc/btrsync/config.toml"),
+                     btrsync="/usr/bin/btrsync", check=False)
+    service = units["btrsync-home.service"]
+    assert "KKKK" not in service and "Environment" not in service
+    assert f"LoadCredential=key:{tmp_path}/key" in service
+    assert f"LoadCredential=target-b2:{tmp_path}/b2.credentials" in service
+    assert f"LoadCredential=ssh-nas:{tmp_path}/id_ed25519" in service
+    assert "ExecStart=/usr/bin/btrsync --config /etc/btrsync/config.toml --key-file %d/key run home" in service
+    for line in ("Type=oneshot", "ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes",
+                 "IOSchedulingClass=idle", "Nice=10", "KillMode=mixed", "OnFailure=btrsync-on-failure@%n.service",
+                 "Wants=network-online.target"):
+        assert line in service.splitlines(), line
+    caps = next(x for x in service.splitlines() if x.startswith("CapabilityBoundingSet="))
+    assert "CAP_SYS_ADMIN" in caps and "CAP_MKNOD" in caps  # drills receive: the receive capabilities too
+    assert f'"-{tmp_path}/usb disk"' in service and "-/.snapshots" in service
+    timer = units["btrsync-home.timer"]
+    assert "OnCalendar=Mon..Fri *-*-* 02:30:00" in timer and "Persistent=true" in timer
+    assert "RandomizedDelaySec=900s" in timer
+
+
+def test_credentials_from_systemd_replace_the_targets_secret_files(tmp_path: Path) -> None:
+    config = config_from(CONFIG.format(tmp=tmp_path))
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "target-b2").write_text("key_id=x\n")
+    updated = apply_credentials(config, str(creds))
+    assert updated.targets["b2"]["credentials_file"] == str(creds / "target-b2")
+    assert updated.targets["nas"]["identity_file"] == f"{tmp_path}/id_ed25519"  # no ssh-nas credential
+    assert apply_credentials(config, None) is config
+
+
+def test_unit_names_and_arguments_are_escaped() -> None:
+    assert exec_arg("/etc/btrsync/a b.toml") == '"/etc/btrsync/a b.toml"'
+    assert exec_arg("100%") == "100%%" and exec_arg("$HOME") == "$$HOME"
+    assert job_of_unit("btrsync-home.service") == "home" and job_of_unit("sshd.service") is None
+
+
+def test_generate_refuses_a_schedule_systemd_does_not_understand(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    analyze()
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(tmp=tmp_path).replace("Mon..Fri *-*-* 02:30:00", "every night"))
+    assert main(["--config", str(path), "systemd", "generate", "--output", str(tmp_path / "u")]) == 2
+    assert "[jobs.home] schedule 'every night' is not a systemd calendar expression" in capsys.readouterr().err
+    path.write_text(CONFIG.format(tmp=tmp_path))
+    assert main(["--config", str(path), "systemd", "generate", "--output", str(tmp_path / "u")]) == 0
+    assert (tmp_path / "u" / "btrsync-home.timer").exists()
+
+
+def test_the_on_failure_unit_runs_the_hooks_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "hook-ran"
+    path = tmp_path / "config.toml"
+    path.write_text(f"""
+state_dir = "{tmp_path / 'state'}"
+metrics_dir = ""
+[jobs.home]
+subvolumes = ["/home"]
+snapshot_dir = "/.snapshots"
+hooks = {{ on_failure = [["sh", "-c", "echo \\"$BTRSYNC_STATUS $BTRSYNC_ERROR\\" >> {marker}"]] }}
+""")
+    assert main(["--config", str(path), "systemd", "on-failure", "btrsync-home.service"]) == 0
+    assert marker.read_text().startswith("failed systemd unit btrsync-home.service failed")
+    assert main(["--config", str(path), "systemd", "on-failure", "nginx.service"]) == 2
+    from btrsync.jobs.records import JobRecords
+
+    records = JobRecords(tmp_path / "state")
+    records.save("home", {"job": "home", "last_run": {"status": "failed", "started": "2026-11-20T03:00:00Z"},
+                          "failure_hooks_ran_for": "2026-11-20T03:00:00Z", "targets": {}})
+    marker.unlink()
+    assert main(["--config", str(path), "systemd", "on-failure", "btrsync-home.service"]) == 0
+    assert not marker.exists()  # btrsync ran them itself for that run
+    subprocess.run(["true"], check=True)
