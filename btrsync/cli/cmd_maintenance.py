@@ -12,6 +12,7 @@ from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.cli.problems import report_catalog_problems
 from btrsync.errors import EXIT_STATUS_HELP, ConfigError
+from btrsync.jobs.aftercommand import after_command
 from btrsync.ops.clean import clean
 from btrsync.ops.usage import usage
 from btrsync.units import format_bytes, parse_size
@@ -34,6 +35,8 @@ def clean_cmd(app: App, source: str, dry_run: bool, as_json: bool) -> None:
     """
     with app.repository(source, write=not dry_run, lock=True) as repo:
         result = clean(repo, dry_run=dry_run, audit=AuditLog(app.state().root))
+    if not dry_run:
+        after_command(app.config, app.state().root)  # the metrics file
     if as_json:
         emit_json({"freed_bytes": result.freed, "items": [asdict(i) for i in result.items]})
         return

@@ -15,6 +15,7 @@ from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, DamageError, UsageError
+from btrsync.jobs.aftercommand import after_command
 from btrsync.ops.prune import PruneResult, prune_backups, prune_snapshots
 from btrsync.retention import Policy, parse_duration, render_simulation, simulate
 from btrsync.snapshots.naming import parse_timestamp
@@ -101,6 +102,8 @@ def prune_cmd(app: App, source: str, now_text: str | None, dry_run: bool, as_jso
         if not dry_run:
             app.state().record_target(repo.target.display_url, result.remaining, repo_id=repo.repo_id,
                                       deleted=result.deleted, complete=not result.damaged)
+            after_command(app.config, app.state().root, repo.target.display_url, manifests=result.remaining,
+                          deleted=len(result.deleted))  # job records and the metrics file
     for line in result.damaged:
         click.echo(f"btrsync: warning: {line}", err=True)
     _render(result, as_json)

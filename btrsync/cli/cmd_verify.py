@@ -11,6 +11,7 @@ from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.cli.problems import report_catalog_problems
 from btrsync.errors import EXIT_STATUS_HELP, DamageError, UsageError
+from btrsync.jobs.aftercommand import after_command
 from btrsync.ops.verify import LEVELS, Options, VerifyReport, verify
 from btrsync.units import format_bytes, parse_interval
 from btrsync.verify.ledger import Ledger
@@ -79,6 +80,7 @@ def verify_cmd(app: App, backups: tuple[str, ...], source: str, all_: bool, leve
         ledger = Ledger.for_repository(app.state().root, repo.repo_id)
         report = verify(repo, list(backups) or None, options, ledger=ledger)
         app.state().record_verification(repo.target.display_url, report.summary())
+    after_command(app.config, app.state().root)  # the metrics file shows this verification
     render(report, as_json)
     if not report.ok:
         first = report.damaged[0]

@@ -103,7 +103,7 @@ subvolumes = ["{world.subvol}"]
 snapshot_dir = "{world.snapdir}"
 schedule = "hourly"
 snapshots = {{ keep_last = 3 }}
-verify = {{ level = "data" }}
+verify = {{ level = "data", drill_every = "1d", scratch_dir = "{tmp_path / 'drills'}" }}
 targets.usb = {{ retention = {{ keep_last = 2 }}, max_chain = 0 }}
 targets.s3 = {{ retention = {{ keep_last = 3 }}, bwlimit = "64M" }}
 
@@ -133,6 +133,11 @@ def test_two_jobs_two_targets_over_several_runs_snapshot_push_prune_and_report(t
         assert {t: data[t]["status"] for t in data} == {"usb": "ok", "s3": "ok"}
         assert [b["status"] for b in data["s3"]["backups"]] == ["ok"]  # one new snapshot each run
         assert data["s3"]["verify"]["ok"] and data["s3"]["verify"]["level"] == "data"
+        if hour == 0:  # a restore drill of the newest backup on each target, then not again for a day
+            assert data["usb"]["drill"]["ok"] and data["s3"]["drill"]["ok"], data["s3"]["drill"]
+            assert data["s3"]["drill"]["level"] == "restore"
+        else:
+            assert data["usb"]["drill"] is None
         assert len(snapshots(world, "data")) == min(hour + 1, 3)
         assert len(snapshots(world, "logs")) == min(hour + 1, 2)
         assert len(listing(world, "usb")) == min(hour + 1, 2) + min(hour + 1, 2)  # data + logs
@@ -155,6 +160,7 @@ def test_two_jobs_two_targets_over_several_runs_snapshot_push_prune_and_report(t
     assert sample(text, "btrsync_target_used_bytes", target="usb") > 0
     assert sample(text, "btrsync_target_free_bytes", target="usb") > 0
     assert sample(text, "btrsync_verify_last_success_timestamp_seconds", btrsync_job="data", target="s3")
+    assert sample(text, "btrsync_drill_success", btrsync_job="data", target="s3") == 1
     check = world.cli("status", "--check", "--now", at(4))
     assert check.code == 0 and check.out.startswith("BTRSYNC OK"), check.out
     stale = world.cli("status", "--check", "--now", at(40))
@@ -352,3 +358,44 @@ def test_sigterm_of_a_run_leaves_no_lock_no_half_state_and_the_next_run_resumes(
     assert result.code == 0, result.err
     backups = outcome(result)["data"]["targets"][0]["backups"]
     assert backups[0]["status"] == "ok" and backups[0]["resumed_bytes"] > 0
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(world: World, tmp_path: Path) -> None:
+    marker = tmp_path / "hook-ran"
+    _single_job(world, f'hooks = {{ pre = [["touch", "{marker}"]] }}\nsnapshots = {{ keep_last = 1 }}')
+    assert run(world, "data", now=0).code == 0
+    marker.unlink()
+    before = sorted(p.name for p in world.target_dir.rglob("*"))
+    record = (world.state / "jobs" / "data.json").read_text()
+    world.snapshot()  # a snapshot the target lacks
+    result = run(world, "data", "--dry-run", now=1)
+    assert result.code == 0, result.err
+    job = outcome(result)["data"]
+    assert job["dry_run"] and [p["kind"] for p in job["targets"][0]["plan"]] == ["incremental"]
+    assert job["hooks"] == [{"kind": "pre", "argv": ["touch", str(marker)], "ran": False}]
+    assert not marker.exists() and not job["snapshots"]
+    assert sorted(p.name for p in world.target_dir.rglob("*")) == before
+    assert (world.state / "jobs" / "data.json").read_text() == record
+    assert len(snapshots(world, "data")) == 2
+    human = world.cli("run", "data", "--dry-run", "--now", at(1))
+    assert human.code == 0 and "PLANNED" in human.out and "would run hooks pre: touch" in human.err
+
+
+def test_manual_push_prune_and_verify_rewrite_the_metrics_too(world: World) -> None:
+    _single_job(world, "snapshots = { keep_last = 5 }")
+    assert run(world, "data", now=0).code == 0
+    prom = world.state.parent / "metrics" / "btrsync.prom"
+    assert sample(metrics(world), "btrsync_target_backups", btrsync_job="data", target="usb", subvolume="data") == 1
+    world.snapshots.append(world.snapdir / "placeholder")  # world.snapshot() names by count: T0 + 1h
+    world.snapshot()
+    assert world.push("--max-chain", "0").code == 0  # a full: the prune below can delete the first
+    text = metrics(world)
+    assert sample(text, "btrsync_target_backups", btrsync_job="data", target="usb", subvolume="data") == 2
+    assert world.cli("verify", "--from", world.url, "--level", "catalog").code == 0
+    assert sample(metrics(world), "btrsync_verify_damaged_backups", btrsync_job="data", target="usb") == 0
+    written = prom.stat().st_mtime_ns
+    assert world.cli("prune", "--from", world.url, "--keep-last", "1").code == 0
+    text = metrics(world)
+    assert prom.stat().st_mtime_ns >= written
+    assert sample(text, "btrsync_target_backups", btrsync_job="data", target="usb", subvolume="data") == 1
+    assert sample(text, "btrsync_retention_deleted_backups_total", btrsync_job="data", target="usb") == 1
