@@ -27,10 +27,14 @@ def settings_from(defaults: PushDefaults, *, bwlimit: str | None = None, max_cha
 
 
 def bucket_for(schedule: RateSchedule) -> TokenBucket | None:
-    """One token bucket for the whole process, following the schedule (None when unlimited)."""
+    """One token bucket for the whole process, following the schedule (None when unlimited).
+
+    It starts empty: the limit holds from the first byte (a full bucket would let one second's
+    worth through at once, so the first seconds ran at up to twice the limit)."""
     if schedule.is_unlimited:
         return None
     if not schedule.windows:
         assert schedule.default is not None
-        return TokenBucket(schedule.default)
-    return TokenBucket(schedule.default or 1 << 20, schedule=lambda: schedule.rate_at(datetime.now(UTC)))
+        return TokenBucket(schedule.default, initial=0)
+    return TokenBucket(schedule.default or 1 << 20, schedule=lambda: schedule.rate_at(datetime.now(UTC)),
+                       initial=0)

@@ -27,18 +27,22 @@ class TokenBucket:
     """``rate`` bytes per second with a burst of ``burst`` bytes (default: one second's worth).
 
     ``schedule``, if given, is asked for the rate every second (``None`` = unlimited), so a
-    transfer slows down or speeds up when a bandwidth window opens or closes.
+    transfer slows down or speeds up when a bandwidth window opens or closes.  ``initial`` is
+    the bucket's content when it is first used (default: full); an empty bucket (``initial=0``)
+    holds the limit from the first byte, so no interval from the start sees more than ``rate``
+    bytes per second.  Tokens accrue from the first ``take``, not from the bucket's creation.
     """
 
     rate: float
     burst: float = 0.0
     clock: Clock = field(default_factory=SystemClock)
     schedule: Callable[[], float | None] | None = None
+    initial: float | None = None
 
     def __post_init__(self) -> None:
         self.burst = self.burst or max(self.rate, 256 * 1024)
-        self._tokens = self.burst
-        self._stamp = self.clock.monotonic()
+        self._tokens = self.burst if self.initial is None else min(self.initial, self.burst)
+        self._stamp: float | None = None  # set by the first take
         self._checked = float("-inf")
         self._unlimited = False
         self._lock = threading.Lock()
@@ -61,7 +65,8 @@ class TokenBucket:
             if rate is None:  # unlimited right now
                 self._stamp, self._tokens = now, self.burst
                 return
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * rate)
+            if self._stamp is not None:
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * rate)
             self._stamp = now
             self._tokens -= n
             wait = -self._tokens / rate if self._tokens < 0 else 0.0
@@ -69,7 +74,22 @@ class TokenBucket:
             self.clock.sleep(wait)
 
 
-def throttle(items: Iterable[bytes], bucket: TokenBucket | None) -> Iterator[bytes]:
+class Metered:
+    """A token bucket (or none) that reports every amount once it has passed: what is counted is
+    what the bucket let through to the target, never what is merely queued for it.  Used in
+    place of the bucket (``take``); ``on_pass`` runs on the thread that took the tokens."""
+
+    def __init__(self, bucket: TokenBucket | None, on_pass: Callable[[int], None]) -> None:
+        self.bucket = bucket
+        self.on_pass = on_pass
+
+    def take(self, n: int) -> None:
+        if self.bucket is not None:
+            self.bucket.take(n)
+        self.on_pass(n)
+
+
+def throttle(items: Iterable[bytes], bucket: TokenBucket | Metered | None) -> Iterator[bytes]:
     """Pass byte strings through at the bucket's rate (a no-op without a bucket)."""
     for item in items:
         if bucket is not None:
