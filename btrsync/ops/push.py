@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, nullcontext
@@ -38,11 +39,13 @@ from btrsync.catalog.segment_index import (
     write_index,
 )
 from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, UsageError
+from btrsync.ops.estimate import estimate_push
 from btrsync.pipeline.ordered import ordered_map
-from btrsync.pipeline.seal import ChunkSealer, xxh3
+from btrsync.pipeline.seal import ChunkSealer, SealedChunk, xxh3
 from btrsync.pipeline.segments import write_segments
-from btrsync.pipeline.throttle import TokenBucket
+from btrsync.pipeline.throttle import Metered, TokenBucket
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN, Plan, Step, plan_push
+from btrsync.progress import Progress, as_progress
 from btrsync.retention import Item, Policy, decide
 from btrsync.sendstream.framing import StreamFraming
 from btrsync.snapshots.store import Snapshot, list_snapshots, subvolume_name
@@ -101,7 +104,9 @@ class PushResult:
         return [r for r in self.results if r.status != "ok"]
 
 
-ProgressFn = Callable[[str, int, int], None]  # (backup id, raw bytes read, stored bytes written)
+# the older progress callback: (backup id, raw bytes, stored bytes), counted as they pass the
+# token bucket; a ``btrsync.progress.Progress`` also gets the estimate, the phases and the end
+ProgressFn = Callable[[str, int, int], None]
 
 
 def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int, *,
@@ -162,7 +167,7 @@ def push(
     settings: PushSettings,
     *,
     dry_run: bool = False,
-    progress: ProgressFn | None = None,
+    progress: Progress | ProgressFn | None = None,
     backfill: bool = False,
     policy: Policy | None = None,
     audit: AuditLog | None = None,
@@ -183,8 +188,9 @@ def push(
                         catalog=catalog)
     if dry_run:
         return result
-    for step in plan.steps:
-        outcome, manifest = push_step(repo, step, subvolume_name(subvol), subvol, settings, progress, audit)
+    for index, step in enumerate(plan.steps, 1):
+        outcome, manifest = push_step(repo, step, subvolume_name(subvol), subvol, settings, progress, audit,
+                                      history=result.held, index=index, count=len(plan.steps))
         result.results.append(outcome)
         if manifest is None:
             break  # later steps would build on the backup that failed
@@ -198,28 +204,43 @@ def push_step(
     subvolume: str,
     source: Path,
     settings: PushSettings,
-    progress: ProgressFn | None = None,
+    progress: Progress | ProgressFn | None = None,
     audit: AuditLog | None = None,
+    *,
+    history: list[Manifest] | None = None,
+    index: int = 1,
+    count: int = 1,
 ) -> tuple[BackupResult, Manifest | None]:
     """Send one snapshot and commit its manifest; on failure nothing is committed.
 
     Durable segments of an interrupted earlier attempt are resumed (after the re-run stream is
-    checked against them); if the stream differs, the backup restarts from scratch once.
+    checked against them); if the stream differs, the backup restarts from scratch once.  With
+    ``progress``, the stream size is estimated first (``ops/estimate.py``; ``history``, the
+    target's manifests, is the fallback) and reported as the backup's total.
     """
-    attempt = _Attempt(repo, step, subvolume, source, settings, progress, audit)
+    reporter = as_progress(progress)
+    attempt = _Attempt(repo, step, subvolume, source, settings, reporter, audit)
     outcome = BackupResult(attempt.backup_id, attempt.snap.name, step.kind, step.parent_backup_id, step.depth)
     t0 = time.monotonic()
     log.info("push started backup=%s kind=%s parent=%s target=%s", attempt.backup_id, step.kind,
              step.parent_backup_id, repo.target.display_url)
+    if reporter is not None:
+        estimate = estimate_push(attempt.snap.path, attempt.parent.path if attempt.parent else None,
+                                 history or [], subvolume)
+        reporter.start(attempt.backup_id, estimate, index=index, count=count)
     try:
         manifest = attempt.run()
-    except LockedError:
-        raise  # another process is sending this very backup: not a failure of ours to record
-    except (BtrsyncError, OSError) as exc:
+    except BaseException as exc:
+        if reporter is not None:
+            reporter.finish(ok=False)
+        if isinstance(exc, LockedError) or not isinstance(exc, BtrsyncError | OSError):
+            raise  # LockedError: another process is sending this very backup, not a failure of ours
         outcome.status, outcome.error = "failed", _describe(exc)
         log.info("push failed backup=%s: %s (durable segments are kept for the next run)",
                  attempt.backup_id, outcome.error)
         return outcome, None
+    if reporter is not None:
+        reporter.finish(ok=True)
     outcome.stream_bytes, outcome.stored_bytes = manifest.stream_bytes, manifest.stored_bytes
     outcome.uploaded_bytes, outcome.resumed_bytes = attempt.uploaded, attempt.resumed
     outcome.seconds = time.monotonic() - t0
@@ -227,6 +248,20 @@ def push_step(
              "MiB/s=%.1f", attempt.backup_id, outcome.stream_bytes, outcome.stored_bytes,
              outcome.resumed_bytes, outcome.seconds, outcome.stream_bytes / MiB / max(outcome.seconds, 1e-6))
     return outcome, manifest
+
+
+@dataclass(slots=True)
+class _Counts:
+    """Progress of one attempt: resumed chunks, chunks handed to the segment writer, stored bytes
+    that passed the token bucket."""
+
+    resumed_raw: int = 0
+    resumed_stored: int = 0
+    handed_raw: int = 0
+    handed_stored: int = 0
+    passed: int = 0
+    all_handed: bool = False
+    committing: bool = False
 
 
 class StreamChangedError(BtrsyncError):
@@ -237,7 +272,7 @@ class _Attempt:
     """One backup's transfer: resume point, send, seal, segments, manifest."""
 
     def __init__(self, repo: Repository, step: Step, subvolume: str, source: Path,
-                 settings: PushSettings, progress: ProgressFn | None, audit: AuditLog | None) -> None:
+                 settings: PushSettings, progress: Progress | None, audit: AuditLog | None) -> None:
         self.repo, self.step, self.subvolume, self.source = repo, step, subvolume, source
         self.settings, self.progress = settings, progress
         self.deletions = (audit.object_deletions(repo.target.display_url, "push: discard an interrupted "
@@ -251,6 +286,8 @@ class _Attempt:
         self.raw = self.uploaded = self.resumed = 0
         self.point = ResumePoint()
         self.table = TableDigest()
+        self._count = _Counts()
+        self._lock = threading.Lock()  # _count is updated by the main thread and the put threads
 
     def params(self) -> dict[str, object]:
         """What must be unchanged for durable segments of an earlier attempt to be reused."""
@@ -283,15 +320,21 @@ class _Attempt:
             point = ResumePoint()
         self.point, self.table = point, point.table.copy()
         self.raw, self.uploaded, self.resumed = 0, 0, point.stored_bytes
+        with self._lock:
+            self._count = _Counts()
+        if self.progress:
+            self.progress.phase("resuming" if point.chunks else "sending")
         framing = StreamFraming(f"btrfs send of {self.snap.path}")
         sealer = ChunkSealer(self.repo.binding, self.backup_id, self.settings.zstd_level)
+        # progress counts frames as the token bucket lets them through to the target
+        meter = Metered(self.settings.bucket, self._passed) if self.progress else self.settings.bucket
         with (SendProcess(self.snap.path, self.parent.path if self.parent else None, self.options) as send,
               closing(ordered_map(sealer, self._fresh_chunks(send, framing, point),
                                   workers=self.settings.workers, window=self.settings.window)) as sealed):
             write_segments(
-                self.repo.target, self.backup_id, sealed, segment_size=self.settings.segment_size,
-                bucket=self.settings.bucket, on_stored=self._stored, first_segment=point.segments,
-                on_segment=self._segment_done)
+                self.repo.target, self.backup_id, self._handed(sealed) if self.progress else sealed,
+                segment_size=self.settings.segment_size, bucket=meter,  # type: ignore[arg-type]
+                on_stored=self._stored, first_segment=point.segments, on_segment=self._segment_done)
         framing.finish()
         return self._manifest(framing, started)
 
@@ -307,7 +350,14 @@ class _Attempt:
                 rec = next(kept)
                 if len(chunk) != rec.raw_size or xxh3(chunk) != rec.raw_xxh3:
                     raise StreamChangedError(f"chunk {seq} of the new stream differs from the stored one")
+                if self.progress:
+                    with self._lock:
+                        self._count.resumed_raw += rec.raw_size
+                        self._count.resumed_stored += rec.stored_size
+                    self._report()
                 continue
+            if seq == point.chunks and seq and self.progress:
+                self.progress.phase("sending")
             yield seq, chunk
         if seq + 1 < point.chunks:
             raise StreamChangedError("the new stream is shorter than the stored part")
@@ -318,8 +368,35 @@ class _Attempt:
 
     def _stored(self, n: int) -> None:
         self.uploaded += n
-        if self.progress:
-            self.progress(self.backup_id, self.raw, self.uploaded + self.resumed)
+
+    def _handed(self, sealed: Iterator[SealedChunk]) -> Iterator[SealedChunk]:
+        """Count the chunks handed to the segment writer; the end of them is the end of sending."""
+        for chunk in sealed:
+            with self._lock:
+                self._count.handed_raw += chunk.raw_size
+                self._count.handed_stored += len(chunk.frame)
+            yield chunk
+        with self._lock:
+            self._count.all_handed = True
+        self._report()
+
+    def _passed(self, n: int) -> None:
+        """A frame of ``n`` stored bytes passed the token bucket (on a put thread)."""
+        with self._lock:
+            self._count.passed += n
+        self._report()
+
+    def _report(self) -> None:
+        """Raw bytes done are those of the frames that passed the bucket: the handed chunks' raw
+        bytes in the share of their stored bytes that passed (exact once all have passed)."""
+        assert self.progress is not None
+        with self._lock:  # reported under the lock: two put threads never report out of order
+            c = self._count
+            share = min(c.passed / c.handed_stored, 1.0) if c.handed_stored else 0.0
+            self.progress.update(c.resumed_raw + int(c.handed_raw * share), c.resumed_stored + c.passed)
+            if c.all_handed and c.passed >= c.handed_stored and not c.committing:
+                c.committing = True  # all passed the bucket: the last segments become durable, the manifest
+                self.progress.phase("committing")
 
     def _manifest(self, framing: StreamFraming, started: datetime) -> Manifest:
         snap, parent = self.snap, self.parent

@@ -26,10 +26,11 @@ from btrsync.catalog.segment_index import table_records
 from btrsync.errors import BackupNotFoundError, DamageError, ReceiveFailedError, UsageError
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
+from btrsync.progress import Estimate, Progress, as_progress
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int], None]
+ProgressFn = Callable[[str, int, int], None]  # the older form of progress: (backup id, raw, stored)
 
 
 @dataclass(slots=True)
@@ -85,7 +86,7 @@ def chain_of(manifests: list[Manifest], last: Manifest, damaged: Iterable[str] =
 
 
 def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
-            progress: ProgressFn | None = None) -> ReceiveResult:
+            progress: Progress | ProgressFn | None = None) -> ReceiveResult:
     if not into.is_dir():
         raise UsageError(f"{into} is not a directory; create it on a btrfs filesystem")
     if not is_on_btrfs(into):
@@ -107,7 +108,8 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
     chain = chain_of(manifests, last, {d.backup_id for d in catalog.damaged})
     present = {s.received_uuid: s for s in child_subvolumes(into) if s.received_uuid}
     result = ReceiveResult(last.backup_id, str(into))
-    for link in chain:
+    reporter = as_progress(progress)
+    for index, link in enumerate(chain, 1):
         have = present.get(link.snapshot_uuid)
         if have is not None:
             if not have.is_trusted_parent:
@@ -117,34 +119,59 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
             log.info("receive skipped backup=%s present=%s", link.backup_id, have.path)
             result.links.append(LinkResult(link.backup_id, link.snapshot, "skipped", str(have.path)))
             continue
-        result.links.append(receive_link(repo, link, into, workers=workers, progress=progress))
+        result.links.append(receive_link(repo, link, into, workers=workers, progress=reporter,
+                                         index=index, count=len(chain)))
     return result
 
 
 def receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: int,
-                 progress: ProgressFn | None = None) -> LinkResult:
-    """Stream one backup into ``btrfs receive``; every chunk is verified before it is written."""
+                 progress: Progress | ProgressFn | None = None, index: int = 1, count: int = 1) -> LinkResult:
+    """Stream one backup into ``btrfs receive``; every chunk is verified before it is written.
+
+    ``progress`` gets the manifest's stream size as the (exact) total, the phases ``receiving``
+    and ``committing`` (btrfs receive finishing the subvolume), and the bytes written."""
+    reporter = as_progress(progress)
+    if reporter is None:
+        return _receive_link(repo, manifest, into, workers=workers, progress=None)
+    reporter.start(manifest.backup_id, Estimate(manifest.stream_bytes, "manifest", exact=True),
+                   index=index, count=count)
+    try:
+        link = _receive_link(repo, manifest, into, workers=workers, progress=reporter)
+    except BaseException:
+        reporter.finish(ok=False)
+        raise
+    reporter.finish(ok=True)
+    return link
+
+
+def _receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: int,
+                  progress: Progress | None) -> LinkResult:
     opener = ChunkOpener(repo.binding, manifest.backup_id)
     t0 = time.monotonic()
 
-    def fetch(item: tuple[int, ChunkRecord]) -> bytes:
+    def fetch(item: tuple[int, ChunkRecord]) -> tuple[bytes, int]:
         index, rec = item
         frame = repo.read_frame(manifest.backup_id, index, rec)
         return opener.open(index, frame, stored_xxh3=rec.stored_xxh3, raw_size=rec.raw_size,
-                           raw_xxh3=rec.raw_xxh3)
+                           raw_xxh3=rec.raw_xxh3), rec.stored_size
 
     what = f"restore of backup {manifest.backup_id}"
     log.info("receive started backup=%s into=%s chunks=%d", manifest.backup_id, into, manifest.n_chunks)
-    written = 0
+    written = fetched = 0
     # the chunk table streams in one segment index at a time, checked against the manifest
     chunks = ordered_map(fetch, enumerate(table_records(repo, manifest)), workers=workers, window=2 * workers)
+    if progress:
+        progress.phase("receiving")
     with (ReceiveProcess(into, manifest.snapshot, what, parent_uuid=manifest.parent_uuid) as rx,
           closing(chunks)):
-        for raw in chunks:
+        for raw, stored in chunks:
             rx.write(raw)
             written += len(raw)
+            fetched += stored
             if progress:
-                progress(manifest.backup_id, written, written)
+                progress.update(written, fetched)
+        if progress:  # btrfs receive applies what it has read, then the subvolume is made read-only
+            progress.phase("committing")
     seconds = time.monotonic() - t0
     log.info("receive finished backup=%s bytes=%d seconds=%.1f", manifest.backup_id, written, seconds)
     return LinkResult(manifest.backup_id, manifest.snapshot, "received", str(rx.path), written, seconds)
