@@ -16,6 +16,7 @@ from btrsync import __version__
 from btrsync.catalog.cache import CatalogCache
 from btrsync.catalog.repository import Repository
 from btrsync.cli.options import configure_logging
+from btrsync.cli.output import begin_command, emit_json_error
 from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
 from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None, *, process: bool = False) -> int:
 
 def _main(argv: list[str] | None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])  # a failure is JSON on stdout too
+    begin_command()
     try:
         _register()
         cli.main(args=argv, prog_name="btrsync", standalone_mode=False)
@@ -148,19 +151,29 @@ def _main(argv: list[str] | None) -> int:
         if debug:
             log.debug("stopped by %s", exc.name, exc_info=True)
         click.echo(f"btrsync: {exc.describe()}; cleaned up, run the command again to resume", err=True)
+        if as_json:
+            emit_json_error(f"{exc.describe()}; cleaned up, run the command again to resume", exc.exit_code,
+                            "Terminated")
         return exc.exit_code
     except BtrsyncError as exc:
         if debug:
             log.exception("failed")
         click.echo(f"btrsync: error: {exc}", err=True)
+        if as_json:
+            emit_json_error(str(exc), int(exc.exit_code), type(exc).__name__)
         return int(exc.exit_code)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
+        if as_json:
+            emit_json_error(exc.format_message(), ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code,
+                            type(exc).__name__)
         return ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
     except (KeyboardInterrupt, click.Abort):
         click.echo("btrsync: interrupted", err=True)
+        if as_json:
+            emit_json_error("interrupted", ExitCode.INTERRUPTED, "Interrupted")
         return ExitCode.INTERRUPTED
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
