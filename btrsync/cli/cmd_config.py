@@ -44,8 +44,15 @@ def check_cmd(app: App, as_json: bool) -> None:
 
 
 @config_group.command("schema", epilog=EXIT_STATUS_HELP)
+@global_options
 def schema_cmd() -> None:
-    """Print the JSON schema of [jobs.NAME] and the run settings (for editors and the NixOS module)."""
+    """Print the JSON schema of [jobs.NAME] and the run settings (for editors and the NixOS module).
+
+    \b
+    Examples:
+      btrsync config schema > btrsync-jobs.schema.json
+      btrsync config schema | jq '."$defs".JobModel.properties | keys'
+    """
     click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
 
 

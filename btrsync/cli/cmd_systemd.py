@@ -33,10 +33,10 @@ def generate_cmd(app: App, jobs: tuple[str, ...], output: Path, btrsync_path: st
     LoadCredential=, never through the unit text or the environment.
 
     \b
-    Then:
-      systemctl daemon-reload
-      systemctl enable --now btrsync-JOB.timer     # nightly, per the job's schedule
-      systemctl start btrsync-JOB                  # a run now (or: btrsync run JOB)
+    Examples:
+      btrsync systemd generate                     # every job, into /etc/systemd/system
+      btrsync systemd generate home --output /tmp/units
+      systemctl daemon-reload && systemctl enable --now btrsync-home.timer
     """
     selected = app.config.jobs.select(list(jobs), all_jobs=False) if jobs else list(app.config.jobs.jobs.values())
     if not selected:
@@ -57,7 +57,13 @@ def generate_cmd(app: App, jobs: tuple[str, ...], output: Path, btrsync_path: st
 @pass_app
 def on_failure_cmd(app: App, unit: str) -> None:
     """Run the on_failure hooks of the job whose unit failed (the OnFailure= unit calls this);
-    nothing when btrsync already ran them for that run."""
+    nothing when btrsync already ran them for that run.
+
+    \b
+    Examples:
+      btrsync systemd on-failure btrsync-home.service     # what btrsync-on-failure@.service runs
+      btrsync systemd on-failure btrsync-home.service -v  # by hand, to test the hooks
+    """
     job = job_of_unit(unit)
     if job is None or job not in app.config.jobs.jobs:
         raise UsageError(f"{unit} is not the unit of a configured job (btrsync-JOB.service)")
