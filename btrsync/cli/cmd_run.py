@@ -75,6 +75,8 @@ def run_cmd(app: App, jobs: tuple[str, ...], all_jobs: bool, dry_run: bool, wait
       systemctl start btrsync-home      # the same job, as its systemd unit
     """
     selected = app.config.jobs.select(list(jobs), all_jobs=all_jobs)
+    if not selected:
+        click.echo("btrsync: no enabled job in the configuration ([jobs.NAME]; see docs/scheduling.md)", err=True)
     try:
         wait = timespan(wait_text).total_seconds() if wait_text else None
     except ValueError as exc:
