@@ -1,0 +1,72 @@
+"""btrsync restore BACKUP --from URL --to DIR [--overwrite | --skip-existing]"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from btrsync.cli.main import App, pass_app
+from btrsync.cli.options import global_options
+from btrsync.cli.output import emit_json, emit_table
+from btrsync.errors import EXIT_STATUS_HELP, UsageError
+from btrsync.ops.restore import restore
+from btrsync.units import format_bytes
+
+
+@click.command("restore", epilog=EXIT_STATUS_HELP)
+@global_options
+@click.argument("backup")
+@click.option("--from", "source", required=True, help="target URL or configured name")
+@click.option("--to", "to", required=True, type=click.Path(path_type=Path),
+              help="existing directory on any filesystem; the backup goes to DIR/<snapshot name>")
+@click.option("--overwrite", is_flag=True, help="replace DIR/<snapshot name> if it exists (once the restore is complete)")
+@click.option("--skip-existing", is_flag=True,
+              help="add only the paths missing from DIR/<snapshot name>; leave existing ones as they are")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="threads fetching and opening chunks")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_app
+def restore_cmd(app: App, backup: str, source: str, to: Path, overwrite: bool, skip_existing: bool,
+                workers: int, as_json: bool) -> None:
+    """Restore BACKUP onto any filesystem (ext4, xfs, tmpfs, NFS, ...): no btrfs needed.
+
+    BACKUP is an id, a snapshot name, latest or SUBVOL@latest. The chain (the full, then each
+    incremental) is replayed in user space into DIR/<snapshot name>; every chunk is
+    authenticated before it is applied, and every path of the stream stays inside that
+    directory (no symlink is ever followed; a stream that tries is refused with exit 4).
+    Owners and device nodes need root; whatever the filesystem or your privileges cannot hold
+    (some xattrs, owners as non-root) is listed as a warning.
+
+    If DIR/<snapshot name> exists the restore is refused, unless --overwrite (the complete
+    restore replaces it) or --skip-existing (every path of the backup that does not exist there
+    is added, every path that exists is left exactly as it is; directories merge).
+
+    \b
+    Examples:
+      btrsync restore data@latest --from file:///mnt/usb/backups --to /srv/restore
+      btrsync restore data.20261120T030000Z --from b2 --to /home/me/old --skip-existing
+      btrsync restore latest --from usb --to /mnt/ext4 --overwrite --json
+    """
+    if overwrite and skip_existing:
+        raise UsageError("--overwrite and --skip-existing exclude each other")
+    existing = "overwrite" if overwrite else "skip" if skip_existing else "refuse"
+    with app.repository(source) as repo:
+        result = restore(repo, backup, to, existing=existing, workers=workers)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    emit_table([(lk.backup_id, lk.kind, format_bytes(lk.stream_bytes), lk.commands,
+                 format_bytes(lk.bytes_written), format_bytes(lk.bytes_cloned), f"{lk.seconds:.1f}s")
+                for lk in result.links],
+               ["BACKUP", "KIND", "STREAM", "COMMANDS", "WRITTEN", "CLONED", "TIME"])
+    if result.kept is not None:
+        click.echo(f"--skip-existing: added {result.added} entries, left {result.kept} existing paths alone"
+                   + (f" (e.g. {', '.join(result.kept_examples)})" if result.kept_examples else ""))
+    for note in result.notes:
+        click.echo(f"btrsync: warning: not restored: {note['count']} × {note['kind']} "
+                   f"(e.g. {', '.join(note['examples'])})", err=True)
+    click.echo(f"restored {result.backup_id} to {result.path}")
+
+
+COMMANDS = [restore_cmd]

@@ -1,0 +1,229 @@
+"""Restore a backup onto any filesystem, without btrfs: replay its chain in user space.
+
+Data flow::
+
+    resolve BACKUP, chain (full first)                       as receive does (ops/receive.py)
+    DIR/.btrsync-restore.<snapshot>/   work directory, 0700: tree/ (the restore), pins-N/
+    for each link:
+      incremental: scan its stream for clones from the parent          (pass 1, data not used)
+      target.get ─► [workers: xxh3 → GCM open → zstd -d → size + xxh3]  ordered, bounded window
+                 ─► Applier (restore/apply.py): every command confined to tree/
+    place tree/ at DIR/<snapshot>: new (rename, no replace) | --overwrite (exchange, old removed)
+                                   | --skip-existing (merge: only paths that do not exist)
+    remove the work directory (also on any failure: nothing half-restored is left at DIR/<snapshot>)
+
+Every chunk is authenticated before any of its bytes is applied. A stream that names a path
+outside the tree or through a symlink is refused (``DamageError``, exit 4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from btrsync.catalog.manifest import ChunkRecord, Manifest
+from btrsync.catalog.repository import Repository
+from btrsync.catalog.segment_index import table_records
+from btrsync.errors import DamageError, UsageError
+from btrsync.ops.receive import chain_of, resolve
+from btrsync.pipeline.ordered import ordered_map
+from btrsync.pipeline.seal import ChunkOpener
+from btrsync.restore import RestoreError, place
+from btrsync.restore.apply import Applier, Notes, scan_parent_clones
+from btrsync.restore.paths import DIR_FLAGS, Tree
+
+log = logging.getLogger(__name__)
+
+EXISTING_MODES = ("refuse", "overwrite", "skip")
+WORK_PREFIX = ".btrsync-restore."
+MARKER = "btrsync-restore.json"
+
+
+@dataclass
+class RestoredLink:
+    backup_id: str
+    snapshot: str
+    kind: str  # full | incremental
+    stream_bytes: int
+    commands: int
+    bytes_written: int
+    bytes_cloned: int
+    parent_clones: int
+    preserved_bytes: int
+    scan_seconds: float
+    seconds: float
+
+
+@dataclass
+class RestoreResult:
+    backup_id: str
+    snapshot: str
+    to: str
+    path: str
+    existing: str
+    links: list[RestoredLink] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    added: int | None = None  # --skip-existing: entries added
+    kept: int | None = None  # --skip-existing: existing paths left alone
+    kept_examples: list[str] = field(default_factory=list)
+    reflinked_bytes: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _chain(repo: Repository, spec: str) -> list[Manifest]:
+    catalog = repo.catalog()
+    url = repo.target.display_url
+    for d in catalog.damaged:
+        if spec in (d.backup_id, d.backup_id.rsplit("-", 1)[0]):
+            raise DamageError(f"backup {d.backup_id} cannot be restored: {d.advice(url)}")
+    last = resolve(catalog.manifests, spec)
+    if spec == "latest" or spec.endswith("@latest"):
+        newer = [d for d in catalog.damaged if d.subvolume in (last.subvolume, None)
+                 and (d.snapshot_time is None or d.snapshot_time > last.snapshot_time)]
+        if newer:
+            raise DamageError(f"'{spec}' is ambiguous: a newer backup of {last.subvolume} may exist but its "
+                              f"manifest is damaged ({newer[0].key}); restore a backup by its id "
+                              f"(the newest intact one is {last.backup_id}) or repair the manifest")
+    return chain_of(catalog.manifests, last, {d.backup_id for d in catalog.damaged})
+
+
+def _chunks(repo: Repository, manifest: Manifest, workers: int) -> Iterator[bytes]:
+    """The link's raw stream, chunk by chunk, each authenticated and hash-checked (as receive)."""
+    opener = ChunkOpener(repo.binding, manifest.backup_id)
+
+    def fetch(item: tuple[int, ChunkRecord]) -> bytes:
+        index, rec = item
+        frame = repo.read_frame(manifest.backup_id, index, rec)
+        return opener.open(index, frame, stored_xxh3=rec.stored_xxh3, raw_size=rec.raw_size,
+                           raw_xxh3=rec.raw_xxh3)
+
+    with closing(ordered_map(fetch, enumerate(table_records(repo, manifest)), workers=workers,
+                             window=2 * workers)) as chunks:
+        yield from chunks
+
+
+def _exists(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> None:
+    """Create the private work directory, removing the leftovers of an interrupted restore."""
+    if _exists(to_fd, work) is not None:
+        try:
+            fd = os.open(f"{work}/{MARKER}", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=to_fd)
+            os.close(fd)
+        except OSError:
+            raise UsageError(f"{to / work} exists and is not a btrsync restore's work directory; "
+                             "move it away") from None
+        log.warning("removing %s: the leftovers of an interrupted restore", to / work)
+        place.remove_tree(to_fd, work)
+    os.mkdir(work, 0o700, dir_fd=to_fd)
+    fd = os.open(f"{work}/{MARKER}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=to_fd)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"backup": backup_id, "pid": os.getpid(),
+                   "started": datetime.now(UTC).isoformat(timespec="seconds")}, f)
+
+
+def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", workers: int = 2) -> RestoreResult:
+    """Restore backup ``spec`` to ``to/<snapshot name>`` on any filesystem (see the module doc).
+
+    ``existing`` says what to do when ``to/<snapshot name>`` exists: ``refuse`` (exit 2),
+    ``overwrite`` (replace it whole, once the restore is complete), ``skip`` (add only the paths
+    of the backup that do not exist there; leave every existing path as it is).
+    """
+    if existing not in EXISTING_MODES:
+        raise UsageError(f"existing must be one of {', '.join(EXISTING_MODES)}")
+    if not to.is_dir():
+        raise UsageError(f"{to} is not a directory; create it first (any filesystem will do)")
+    chain = _chain(repo, spec)
+    last = chain[-1]
+    name = last.snapshot
+    if "/" in name or name in ("", ".", ".."):
+        raise DamageError(f"backup {last.backup_id}: snapshot name {name!r} is not a single path component")
+    to_fd = os.open(to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    t0 = time.monotonic()
+    result = RestoreResult(last.backup_id, name, str(to), str(to / name), existing)
+    work = WORK_PREFIX + name
+    try:
+        there = _exists(to_fd, name)
+        if there is not None:
+            if existing == "refuse":
+                raise UsageError(f"{to / name} already exists; restore elsewhere, or pass --overwrite to "
+                                 "replace it or --skip-existing to add only what is missing")
+            if existing == "skip" and not stat.S_ISDIR(there.st_mode):
+                raise UsageError(f"{to / name} exists and is not a directory (symlinks are never "
+                                 "followed); --skip-existing merges into a directory only")
+        _claim_work_dir(to_fd, to, work, last.backup_id)
+        try:
+            work_fd = os.open(work, DIR_FLAGS, dir_fd=to_fd)
+            try:
+                os.mkdir("tree", 0o700, dir_fd=work_fd)
+                tree_fd = os.open("tree", DIR_FLAGS, dir_fd=work_fd)
+                notes = Notes()
+                try:
+                    with Tree(tree_fd) as tree:
+                        applier = Applier(tree, work_fd, notes)
+                        for link in chain:
+                            result.links.append(_restore_link(repo, applier, link, workers))
+                finally:
+                    os.close(tree_fd)
+                result.notes = notes.as_list()
+                result.reflinked_bytes = applier.caps.reflinked
+                _place(work_fd, to_fd, name, existing, there is not None, result)
+            finally:
+                os.close(work_fd)
+        finally:
+            place.remove_tree(to_fd, work)
+    finally:
+        os.close(to_fd)
+    result.seconds = round(time.monotonic() - t0, 3)
+    log.info("restore finished backup=%s path=%s seconds=%.1f", last.backup_id, result.path, result.seconds)
+    return result
+
+
+def _restore_link(repo: Repository, applier: Applier, link: Manifest, workers: int) -> RestoredLink:
+    t0 = time.monotonic()
+    clones: dict[str, list[tuple[int, int]]] = {}
+    if link.parent_uuid is not None:
+        with closing(_chunks(repo, link, workers)) as chunks:
+            clones = scan_parent_clones(chunks, link.parent_uuid, f"backup {link.backup_id}")
+    t1 = time.monotonic()
+    log.info("restore link backup=%s parent_clone_sources=%d", link.backup_id, len(clones))
+    with closing(_chunks(repo, link, workers)) as chunks:
+        stats = applier.apply_link(chunks, backup_id=link.backup_id, snapshot_uuid=link.snapshot_uuid,
+                                   parent_uuid=link.parent_uuid, parent_clones=clones)
+    t2 = time.monotonic()
+    return RestoredLink(link.backup_id, link.snapshot, "full" if link.parent_id is None else "incremental",
+                        link.stream_bytes, stats.commands, stats.bytes_written, stats.bytes_cloned,
+                        stats.parent_clones, stats.preserved_bytes, round(t1 - t0, 3), round(t2 - t0, 3))
+
+
+def _place(work_fd: int, to_fd: int, name: str, existing: str, exists: bool, result: RestoreResult) -> None:
+    try:
+        if not exists:
+            place.move_into_place(work_fd, "tree", to_fd, name)
+        elif existing == "overwrite":
+            place.swap_into_place(work_fd, "tree", to_fd, name)  # the old one is removed with the work dir
+        else:
+            merged = place.merge_tree(work_fd, "tree", to_fd, name)
+            result.added, result.kept, result.kept_examples = merged.added, merged.kept, merged.kept_examples
+    except FileExistsError:
+        raise RestoreError(f"{result.path} appeared while the restore ran; nothing was replaced "
+                           "(run again with --overwrite or --skip-existing)") from None
+    except OSError as exc:
+        raise RestoreError(f"cannot put the restored tree at {result.path}: {exc.strerror}") from None

@@ -1,0 +1,142 @@
+"""Putting a restored tree in its place, and removing trees, without ever following a symlink.
+
+Everything works on directory descriptors (``*at`` calls, ``O_NOFOLLOW``), iteratively (no
+recursion limit on deep trees). Directories without write or search permission for the caller
+are opened up (``0700``) before they are emptied, so a non-root user can remove what a restore
+made (read-only directories included).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+
+from btrsync.restore import fsutil
+from btrsync.restore.paths import DIR_FLAGS
+
+EXAMPLES = 5
+
+
+def _open_dir(parent_fd: int, name: str) -> int:
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+
+
+def remove_tree(parent_fd: int, name: str) -> None:
+    """``rm -rf parent/name`` by descriptors; a missing ``name`` is fine."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    if os.geteuid() != 0 and st.st_mode & 0o700 != 0o700:
+        os.chmod(name, 0o700, dir_fd=parent_fd)
+    stack: list[tuple[int, str, list[str]]] = [(_open_dir(parent_fd, name), name, [])]
+    stack[0][2].extend(os.listdir(stack[0][0]))
+    while stack:
+        fd, dname, todo = stack[-1]
+        descended = False
+        while todo:
+            entry = todo.pop()
+            try:
+                est = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(est.st_mode):
+                if os.geteuid() != 0 and est.st_mode & 0o700 != 0o700:
+                    os.chmod(entry, 0o700, dir_fd=fd)
+                child = _open_dir(fd, entry)
+                stack.append((child, entry, os.listdir(child)))
+                descended = True
+                break
+            os.unlink(entry, dir_fd=fd)
+        if descended:
+            continue
+        stack.pop()
+        os.close(fd)
+        os.rmdir(dname, dir_fd=stack[-1][0] if stack else parent_fd)
+
+
+def move_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+    """Rename ``src`` to ``dst``, refusing (``FileExistsError``) if ``dst`` appeared meanwhile."""
+    try:
+        fsutil.renameat2(src_fd, src, dst_fd, dst, fsutil.RENAME_NOREPLACE)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    try:
+        os.stat(dst, dir_fd=dst_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        return
+    raise FileExistsError(errno.EEXIST, "exists", dst)
+
+
+def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+    """Put ``src`` at ``dst`` and what was at ``dst`` at ``src`` (atomically where the filesystem
+    can exchange names, else in two renames)."""
+    try:
+        fsutil.renameat2(src_fd, src, dst_fd, dst, fsutil.RENAME_EXCHANGE)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    aside = src + ".old"
+    os.rename(dst, aside, src_dir_fd=dst_fd, dst_dir_fd=src_fd)
+    os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+    os.rename(aside, src, src_dir_fd=src_fd, dst_dir_fd=src_fd)
+
+
+@dataclass
+class MergeResult:
+    added: int = 0  # entries moved in (a directory counts once, with all it holds)
+    kept: int = 0  # entries of the backup left out because the path exists
+    kept_examples: list[str] = field(default_factory=list)
+
+
+def merge_tree(src_fd: int, src: str, dst_fd: int, dst: str) -> MergeResult:
+    """Move every entry of ``src`` whose path does not exist under ``dst`` into it; where both
+    hold a directory (not a symlink to one), merge their contents the same way; leave every
+    other existing path alone. Existing directories keep their times."""
+    result = MergeResult()
+    stack: list[tuple[int, int, str]] = [(_open_dir(src_fd, src), os.open(dst, DIR_FLAGS, dir_fd=dst_fd), "")]
+    try:
+        while stack:
+            sfd, dfd, rel = stack.pop()
+            try:
+                before = os.fstat(dfd)
+                moved = False
+                for name in sorted(os.listdir(sfd)):
+                    path = f"{rel}/{name}" if rel else name
+                    try:
+                        existing = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        move_into_place(sfd, name, dfd, name)
+                        result.added += 1
+                        moved = True
+                        continue
+                    ours = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+                    if stat.S_ISDIR(existing.st_mode) and stat.S_ISDIR(ours.st_mode):
+                        stack.append((_open_dir(sfd, name), os.open(name, DIR_FLAGS, dir_fd=dfd), path))
+                        continue
+                    result.kept += 1
+                    if len(result.kept_examples) < EXAMPLES:
+                        result.kept_examples.append(path)
+                if moved:
+                    os.utime(dfd, ns=(before.st_atime_ns, before.st_mtime_ns))
+            finally:
+                os.close(sfd)
+                os.close(dfd)
+    finally:
+        for sfd, dfd, _rel in stack:
+            os.close(sfd)
+            os.close(dfd)
+    return result
