@@ -10,6 +10,7 @@ Data flow::
                  ─► Applier (restore/apply.py): every command confined to tree/
     place tree/ at DIR/<snapshot>: new (rename, no replace) | --overwrite (exchange, old removed)
                                    | --skip-existing (merge: only paths that do not exist)
+    syncfs before and after placing: when restore returns, the restore is on disk
     remove the work directory (also on any failure: nothing half-restored is left at DIR/<snapshot>)
 
 Every chunk is authenticated before any of its bytes is applied. A stream that names a path
@@ -37,7 +38,7 @@ from btrsync.errors import DamageError, UsageError
 from btrsync.ops.receive import chain_of, resolve
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
-from btrsync.restore import RestoreError, place
+from btrsync.restore import RestoreError, fsutil, place
 from btrsync.restore.apply import Applier, Notes, scan_parent_clones
 from btrsync.restore.paths import DIR_FLAGS, Tree
 
@@ -184,7 +185,9 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                     os.close(tree_fd)
                 result.notes = notes.as_list()
                 result.reflinked_bytes = applier.caps.reflinked
+                fsutil.syncfs(work_fd)  # durable before it takes its name
                 _place(work_fd, to_fd, name, existing, there is not None, result)
+                fsutil.syncfs(to_fd)
             finally:
                 os.close(work_fd)
         finally:

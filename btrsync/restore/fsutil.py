@@ -47,6 +47,13 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def syncfs(fd: int) -> None:
+    """Flush the filesystem holding ``fd`` (what ``sync -f`` does)."""
+    if _libc().syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def renameat2(src_dir: int, src: str, dst_dir: int, dst: str, flags: int) -> None:
     """``renameat2``; ``OSError(EINVAL/ENOSYS)`` where the kernel or filesystem lacks ``flags``."""
     lib = _libc()
