@@ -181,6 +181,7 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                         applier = Applier(tree, work_fd, notes)
                         for link in chain:
                             result.links.append(_restore_link(repo, applier, link, workers))
+                        applier.finish()
                 finally:
                     os.close(tree_fd)
                 result.notes = notes.as_list()

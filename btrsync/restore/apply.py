@@ -155,7 +155,7 @@ class _Node:
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
-        self.times: tuple[int, int] | None = None
+        self.times: Any = None  # the value kept for this path (times, or a mode)
 
 
 class DirTimes:
@@ -175,7 +175,7 @@ class DirTimes:
             node = nxt
         return node
 
-    def set(self, parts: list[str], times: tuple[int, int]) -> None:
+    def set(self, parts: list[str], times: Any) -> None:
         node = self._walk(parts, True)
         assert node is not None
         node.times = times
@@ -194,7 +194,8 @@ class DirTimes:
             assert parent is not None
             parent.children[dst[-1]] = node
 
-    def items(self) -> Iterable[tuple[list[str], tuple[int, int]]]:
+    def items(self) -> Iterable[tuple[list[str], Any]]:
+        """Parents before their children."""
         stack: list[tuple[list[str], _Node]] = [([], self.root)]
         while stack:
             parts, node = stack.pop()
@@ -268,6 +269,7 @@ class Applier:
         self._pinned: dict[tuple[int, int], _Pin] = {}
         self._pins_fd = -1
         self._times = DirTimes()
+        self._dir_modes = DirTimes()  # unprivileged: directory modes without u+rwx, set at the end
         self._where = ""
         self._link_index = 0
         self.stats = LinkStats()
@@ -420,6 +422,7 @@ class Applier:
         with _TwoParents(self.tree, src, dst) as (sdfd, sname, ddfd, dname):
             os.rename(sname, dname, src_dir_fd=sdfd, dst_dir_fd=ddfd)
         self._times.move(sparts, dparts)
+        self._dir_modes.move(sparts, dparts)
 
     def _unlink(self, ev: Any, _w: Window) -> None:
         self._close_file()
@@ -433,6 +436,7 @@ class Applier:
         dfd, name = self.tree.parent(ev.path)
         os.rmdir(name, dir_fd=dfd)
         self._times.detach(parts)
+        self._dir_modes.detach(parts)
 
     # -- data -----------------------------------------------------------------------------------
     def _close_file(self) -> None:
@@ -598,10 +602,20 @@ class Applier:
         mode = int(ev.attrs["mode"]) & 0o7777
         dfd, name = self.tree.parent(ev.path, allow_root=True)
         if name is None:
+            if not self.privileged:
+                self._dir_modes.set([], mode if mode & 0o700 != 0o700 else None)
+                mode |= 0o700
             os.chmod(dfd, mode)
             return
-        if stat.S_ISLNK(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+        kind = stat.S_IFMT(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+        if kind == stat.S_IFLNK:
             return  # a symlink has no mode of its own (btrfs send never sends this)
+        if kind == stat.S_IFDIR and not self.privileged:
+            # without CAP_DAC_OVERRIDE a read-only directory would refuse the entries later
+            # commands make in it: keep it open to us until the whole chain is applied
+            parts = split(ev.path)
+            self._dir_modes.set(parts, mode if mode & 0o700 != 0o700 else None)
+            mode |= 0o700
         os.chmod(name, mode, dir_fd=dfd)  # not a symlink: nothing to follow
 
     def _chown(self, ev: Any, _w: Window) -> None:
@@ -629,6 +643,19 @@ class Applier:
         os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
         if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
             self._times.set(ev.path.split("/"), times)
+
+    def finish(self) -> None:
+        """After the last link: the directory modes held back for an unprivileged restore,
+        deepest first (a parent without u+x would keep us out of its children)."""
+        for parts, mode in reversed(list(self._dir_modes.items())):
+            if mode is None:
+                continue
+            try:
+                dfd, name = self.tree.parent("/".join(parts), allow_root=True)
+                os.chmod(dfd if name is None else name, mode, **({} if name is None else {"dir_fd": dfd}))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        self._dir_modes = DirTimes()
 
     def _replay_dir_times(self) -> None:
         for parts, times in self._times.items():

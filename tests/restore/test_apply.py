@@ -5,8 +5,14 @@ bytes; the LZO1X decoder on hand-made streams."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import stat
 import struct
+import subprocess
+import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -274,3 +280,55 @@ def test_btrfs_lzo_framing_and_zero_fill() -> None:
         decompress(3, struct.pack("<I", 999) + body, 10)
     with pytest.raises(DecompressError):
         decompress(9, data, 10)
+
+
+UNPRIVILEGED = """
+import json, os, sys
+from btrsync.restore.apply import Applier, Notes
+from btrsync.restore.paths import Tree
+base = sys.argv[1]
+data = open(os.path.join(base, "stream"), "rb").read()
+work = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+os.mkdir(os.path.join(base, "tree"), 0o700)
+tfd = os.open(os.path.join(base, "tree"), os.O_RDONLY | os.O_DIRECTORY)
+notes = Notes()
+with Tree(tfd) as tree:
+    a = Applier(tree, work, notes)
+    a.apply_link([data[i:i + 100] for i in range(0, len(data), 100)], backup_id="b",
+                 snapshot_uuid=sys.argv[2], parent_uuid=None)
+    a.finish()
+print(json.dumps(notes.counts))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to switch to nobody")
+def test_an_unprivileged_restore_handles_read_only_directories() -> None:
+    """As nobody: a directory made read-only (0555, like Go's module cache) before its entries
+    arrive still receives them; its mode is set at the end; owners are noted, not fatal."""
+    top = Path(tempfile.mkdtemp(prefix="btrsync-unpriv-"))  # pytest's own directories are 0700
+    try:
+        _unprivileged(top)
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=False)
+
+
+def _unprivileged(top: Path) -> None:
+    os.chmod(top, 0o755)
+    base = top / "r"
+    base.mkdir()
+    (base / "stream").write_bytes(full(
+        cmd("mkdir", path="ro", ino=301), cmd("chmod", path="ro", mode=0o555),
+        mkfile("o302-1-0", b"inside"), cmd("rename", path="o302-1-0", path_to="ro/f"),
+        cmd("chmod", path="ro/f", mode=0o444), cmd("chown", path="ro/f", uid=0, gid=0),
+        cmd("chmod", path="", mode=0o555)))
+    os.chown(base, 65534, 65534)
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           sys.executable, "-c", UNPRIVILEGED, str(base), str(U_FULL)],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"owner not set (needs root)": 1}
+    tree = base / "tree"
+    assert (tree / "ro" / "f").read_bytes() == b"inside"
+    assert stat.S_IMODE(os.stat(tree / "ro").st_mode) == 0o555
+    assert stat.S_IMODE(os.stat(tree).st_mode) == 0o555
+    assert os.stat(tree / "ro" / "f").st_uid == 65534
