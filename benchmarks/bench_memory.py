@@ -11,6 +11,12 @@ Peak RSS is the Python process's own ``VmHWM`` (/proc/PID/status), polled every 
 exits (the high-water mark only grows, so the last reading is the peak up to 50 ms before exit);
 ``wait4``'s ``ru_maxrss`` is recorded too (that one also covers the ``btrfs`` child).  The point:
 the peak must not grow with the stream.
+
+Chunk-size sweep: the same snapshot of one stream size (quick: 64 MiB, full: 1 GiB) is pushed
+again with ``[push] chunk_size`` 1M, 256K and 64K (to a target of its own each) and received;
+the 4 MiB point is the default run above.  Smaller chunks mean more records per segment index
+(2,048 at 64 KiB in a 128 MiB segment) and more frames in flight per MiB, so the peak should
+fall with the chunk size, never grow.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from benchmarks.common import (
 from btrsync.snapshots.store import create_snapshot
 
 LIMIT_MB = 300  # the bar: 300 MB (10^6 bytes)
+SWEEP_CHUNKS = ("4M", "1M", "256K", "64K")  # 4M: the default run of that stream size
+SWEEP_STREAM = {"quick": 64 * MiB, "full": 1 * GiB}
 
 
 def _status_kib(pid: int) -> dict[str, int]:
@@ -89,6 +97,10 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
                     '# defaults: chunk_size 4M, segment_size 128M, zstd_level 3, workers min(4, nproc)\n')
     cli = [*cli_argv(), "--config", str(conf)]
     rows = []
+    sweep: list[dict[str, Any]] = []
+    sweep_size = SWEEP_STREAM.get(cfg.mode, cfg.memory_streams[0])
+    if sweep_size not in cfg.memory_streams:
+        sweep_size = cfg.memory_streams[0]
     for size in cfg.memory_streams:
         label = f"{size / GiB:g} GiB" if size >= GiB else f"{size / MiB:g} MiB"
         log(f"  memory: {label} stream: writing incompressible data")
@@ -120,6 +132,10 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
             rows.append({"op": op, "stream_bytes": backup["stream_bytes"], "label": label,
                          "mib_s": backup["stream_bytes"] / MiB / rec["seconds"], **rec})
         subvol_delete(into / snap.path.name)
+        if size == sweep_size:
+            sweep += [{**r, "chunk_size": SWEEP_CHUNKS[0]} for r in rows[-2:]]
+            for chunk in SWEEP_CHUNKS[1:]:
+                sweep += _sweep_point(ws, state, chunk, subvol, snapdir, snap.path.name, digest, label, res, log)
         remove_tree(target)
         subvol_delete(snap.path)
         subvol_delete(subvol)
@@ -132,4 +148,53 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         res.bars.append(Bar(f"peak RSS of {op} (any stream size)", peak / 1e6, LIMIT_MB, "<=", "MB",
                             f"{mine[0]['label']} -> {mine[-1]['label']}: "
                             f"{growth / MiB:+.1f} MiB"))
+    res.metrics["chunk_sweep"] = sweep
+    if sweep:
+        res.notes.append(f"chunk-size sweep, {sweep[0]['label']} stream (peak RSS, VmHWM):\n" + "\n".join(
+            f"  chunk {r['chunk_size']:>4}: {r['op']:<7} {r['vm_hwm_bytes'] / MiB:6.1f} MiB "
+            f"({r['vm_hwm_bytes'] / 1e6:5.1f} MB), {r['seconds']:6.2f} s, {r['mib_s']:6.1f} MiB/s"
+            for r in sweep))
+        for op in ("push", "receive"):
+            mine = [r for r in sweep if r["op"] == op]
+            top = max(mine, key=lambda r: r["vm_hwm_bytes"])
+            res.bars.append(Bar(f"peak RSS of {op}, chunk sizes {' to '.join(SWEEP_CHUNKS[::3])}",
+                                top["vm_hwm_bytes"] / 1e6, LIMIT_MB, "<=", "MB",
+                                f"highest at chunk_size {top['chunk_size']}"))
     return res
+
+
+def _sweep_point(ws: Workspace, state: Any, chunk: str, subvol: Any, snapdir: Any, snap_name: str,
+                 digest: str, label: str, res: BenchResult, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Push the same snapshot with ``chunk_size = chunk`` to a target of its own, receive it,
+    compare; peak RSS of both."""
+    tag = f"sweep-{chunk}"
+    conf = ws.base / f"bench-config-{tag}.toml"
+    conf.write_text(f'key_file = "{ws.key_file}"\nstate_dir = "{state}"\n\n[push]\nchunk_size = "{chunk}"\n')
+    cli = [*cli_argv(), "--config", str(conf)]
+    target = ws.dst / tag
+    target.mkdir()
+    into = ws.rst / tag
+    into.mkdir()
+    try:
+        run([*cli, "init", "--to", f"file://{target}"])
+        drop_caches()
+        pushed = run_sampled([*cli, "push", str(subvol), "--snapshot-dir", str(snapdir),
+                              "--to", f"file://{target}", "--json"])
+        (backup,) = pushed["output"]["backups"]
+        drop_caches()
+        received = run_sampled([*cli, "receive", "latest", "--from", f"file://{target}",
+                                "--into", str(into), "--json"])
+        res.check(f"{label}, chunk_size {chunk}: restored file is byte-identical",
+                  file_xxh3(into / snap_name / "random.bin") == digest)
+        log(f"  memory: chunk {chunk}: push {pushed['vm_hwm_bytes'] / MiB:.1f} MiB, "
+            f"receive {received['vm_hwm_bytes'] / MiB:.1f} MiB")
+        out = []
+        for op, rec in (("push", pushed), ("receive", received)):
+            rec.pop("output")
+            out.append({"op": op, "chunk_size": chunk, "stream_bytes": backup["stream_bytes"], "label": label,
+                        "mib_s": backup["stream_bytes"] / MiB / rec["seconds"], **rec})
+        return out
+    finally:
+        subvol_delete(into / snap_name)
+        remove_tree(into)
+        remove_tree(target)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    bench_catalog,
     bench_incremental,
     bench_memory,
     bench_parser,
@@ -51,6 +52,7 @@ BENCHMARKS = {
     "scale": (5, bench_scale, "Planning and prune decisions for 100,000 backups"),
     "throttle": (6, bench_throttle, "Throttle accuracy"),
     "parser": (7, bench_parser, "Send-stream parser throughput (parse + CRC32C, one core)"),
+    "catalog": (8, bench_catalog, "Catalog at scale: commit, list, table, plan, prune (directory, S3)"),
 }
 NEEDS_DISK = {"quick": 3 * GiB, "full": 24 * GiB}
 T0 = time.monotonic()
