@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.cli.problems import report_catalog_problems
+from btrsync.config.model import progress_interval
 from btrsync.errors import EXIT_STATUS_HELP, DamageError
+from btrsync.jobs.aftercommand import after_command
 from btrsync.ops.push import PushResult, push, raise_for_failures
 from btrsync.ops.push_settings import settings_from
 from btrsync.ops.verify import Options, VerifyReport, verify
-from btrsync.progress import terminal_progress
+from btrsync.progress import reporter
 from btrsync.snapshots.store import subvolume_name
 from btrsync.units import format_bytes
 from btrsync.verify.ledger import Ledger
@@ -48,14 +51,26 @@ def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool,
     The target must hold a repository ('btrsync init --to URL' creates one). SUBVOL must be a
     btrfs subvolume with at least one snapshot in --snapshot-dir; a push that finds nothing to
     send at all is an error, never a silent success.
+
+    Progress goes to stderr: on a terminal a status line (phase, share of the estimated total,
+    rate of stored bytes, ETA; '~' marks estimates), otherwise a line every progress_interval
+    seconds ([push] in the configuration, env BTRSYNC_PROGRESS_INTERVAL; default 30, 0 for none).
+    None with --json.
+
+    \b
+    Examples:
+      btrsync push /data --snapshot-dir /data/.snapshots --to file:///mnt/usb/backups --dry-run
+      btrsync push /data --snapshot-dir /data/.snapshots --to b2 --bwlimit 5M --verify catalog
+      BTRSYNC_PROGRESS_INTERVAL=60 btrsync push /home --snapshot-dir /home/.snapshots --to usb
     """
     settings = settings_from(app.config.push, bwlimit=bwlimit, max_chain=max_chain)
     url, _ = app.config.target(to)
     policy = app.config.retention.backup_policy(subvolume_name(subvol), app.config.target_names(url) + (to,))
+    progress = None if as_json or dry_run else reporter("push", interval=progress_interval(app.config))
     with app.repository(to, write=not dry_run, lock=not dry_run) as repo:
-        result = push(subvol, snapshot_dir, repo, settings, dry_run=dry_run,
-                      progress=None if as_json else terminal_progress(), backfill=backfill, policy=policy,
-                      audit=AuditLog(app.state().root))
+        with progress or nullcontext():  # its line is erased before anything else is printed
+            result = push(subvol, snapshot_dir, repo, settings, dry_run=dry_run, progress=progress,
+                          backfill=backfill, policy=policy, audit=AuditLog(app.state().root))
         complete = not (result.catalog and result.catalog.damaged)
         # what vanished is judged on the catalog as found, before this push re-sent anything
         vanished = app.state().record_target(repo.target.display_url, result.catalog.manifests
@@ -63,6 +78,7 @@ def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool,
         if result.results:
             app.state().record_target(repo.target.display_url, result.held, repo_id=repo.repo_id,
                                       complete=complete)
+            after_command(app.config, app.state().root, repo.target.display_url, manifests=result.held)
         level = verify_level or app.config.push.verify_after_push
         pushed = [r.backup_id for r in result.results if r.status == "ok"]
         checked = _verify_pushed(app, repo, pushed, level) if pushed and level != "none" and not dry_run else None

@@ -12,6 +12,8 @@
     bwlimit = "25M"        # stored bytes per second, optional ("unlimited" by default)
     bwlimit_schedule = ["Mon-Fri 08:00-18:00 5M"]   # windows over bwlimit, host local time
     bwlimit_timezone = "Europe/Berlin"              # optional: the windows' timezone
+    progress_interval = 30  # seconds between progress lines when stderr is not a terminal (0: none);
+                            # push and receive; env BTRSYNC_PROGRESS_INTERVAL overrides it
 
     [targets.usb]
     url = "file:///mnt/usb/backups"
@@ -27,15 +29,18 @@ from typing import Any
 
 from btrsync.config.retention import RetentionConfig, parse_retention
 from btrsync.errors import ConfigError
+from btrsync.jobs.schema import JobsConfig, parse_jobs
 from btrsync.pipeline.schedule import RateSchedule
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN
 from btrsync.state import DEFAULT_STATE_DIR
 from btrsync.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/btrsync/config.toml")
-_TOP_KEYS = {"key_file", "state_dir", "push", "targets", "retention"}
+_TOP_KEYS = {"key_file", "state_dir", "push", "targets", "retention", "jobs", "metrics_dir", "max_parallel_jobs"}
 _PUSH_KEYS = {"chunk_size", "segment_size", "zstd_level", "workers", "max_chain", "bwlimit",
-              "bwlimit_schedule", "bwlimit_timezone", "verify_after_push"}
+              "bwlimit_schedule", "bwlimit_timezone", "progress_interval", "verify_after_push"}
+DEFAULT_PROGRESS_INTERVAL = 30.0
+PROGRESS_INTERVAL_ENV = "BTRSYNC_PROGRESS_INTERVAL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,7 @@ class PushDefaults:
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     max_chain: int = DEFAULT_MAX_CHAIN
     bwlimit: RateSchedule = field(default_factory=lambda: RateSchedule(None))
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL  # seconds between lines when not on a terminal
     verify_after_push: str = "none"  # none | catalog | data: re-read what a push just wrote
 
 
@@ -57,6 +63,7 @@ class Config:
     push: PushDefaults = field(default_factory=PushDefaults)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)  # [jobs.*], metrics_dir, max_parallel_jobs
 
     def target_names(self, url: str) -> tuple[str, ...]:
         """The configured names of a target URL, and the URL itself (for per-target settings)."""
@@ -104,6 +111,7 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
             max_chain=int(push_doc.get("max_chain", DEFAULT_MAX_CHAIN)),
             bwlimit=RateSchedule.parse(push_doc.get("bwlimit"), list(push_doc.get("bwlimit_schedule", [])),
                                        push_doc.get("bwlimit_timezone")),
+            progress_interval=float(push_doc.get("progress_interval", DEFAULT_PROGRESS_INTERVAL)),
             verify_after_push=str(push_doc.get("verify_after_push", "none")),
         )
     except (ValueError, TypeError, KeyError) as exc:
@@ -113,13 +121,15 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
     for name, settings in targets.items():
         if not isinstance(settings, dict) or "url" not in settings:
             raise ConfigError(f"{where} [targets.{name}] needs a url")
+    retention = parse_retention(doc.get("retention", {}), where)
     return Config(
         path=path,
         key_file=Path(doc["key_file"]) if doc.get("key_file") else None,
         state_dir=Path(doc.get("state_dir", DEFAULT_STATE_DIR)),
         push=push,
         targets=targets,
-        retention=parse_retention(doc.get("retention", {}), where),
+        retention=retention,
+        jobs=parse_jobs(doc, where, targets, retention),
     )
 
 
@@ -145,3 +155,20 @@ def _check_push(push: PushDefaults, where: str) -> None:
         raise ConfigError(f"{where} [push] verify_after_push must be none, catalog or data")
     if push.max_chain < 0:
         raise ConfigError(f"{where} [push] max_chain must be 0 or more")
+    if not 0 <= push.progress_interval <= 86400:
+        raise ConfigError(f"{where} [push] progress_interval must be 0 (no progress lines) to 86400 seconds")
+
+
+def progress_interval(config: Config) -> float:
+    """Seconds between progress lines when stderr is not a terminal: env BTRSYNC_PROGRESS_INTERVAL,
+    else ``[push] progress_interval`` (push and receive), else 30; 0 means none."""
+    text = os.environ.get(PROGRESS_INTERVAL_ENV)
+    if text is None or not text.strip():
+        return config.push.progress_interval
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{PROGRESS_INTERVAL_ENV}={text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise ConfigError(f"{PROGRESS_INTERVAL_ENV} must be 0 (no progress lines) to 86400 seconds")
+    return value
