@@ -54,11 +54,21 @@ def list_cmd(app: App, source: str, check: bool, refresh: bool, as_json: bool) -
     else:
         emit_table([(r["id"], r["subvolume"], r.get("created"), r.get("kind"), r.get("parent"), r.get("depth"),
                      _size(r.get("stream_bytes")), _size(r.get("stored_bytes")),
-                     None if r["status"] == "ok" else r["status"].upper()) for r in rows],
-                   ["ID", "SUBVOLUME", "CREATED", "KIND", "PARENT", "DEPTH", "STREAM", "STORED", "STATUS"])
+                     _changes(r.get("changes")), None if r["status"] == "ok" else r["status"].upper())
+                    for r in rows],
+                   ["ID", "SUBVOLUME", "CREATED", "KIND", "PARENT", "DEPTH", "STREAM", "STORED", "CHANGES",
+                    "STATUS"])
     if check and (catalog.damaged or catalog.broken):
         raise DamageError(f"{len(catalog.damaged)} damaged manifest(s) and {len(catalog.broken)} unrestorable "
                           f"backup(s) on {url}" + (f" ({len(problems)} problem(s) above)" if problems else ""))
+
+
+def _changes(c: dict | None) -> str | None:
+    """``+created -deleted ~renamed, bytes written`` from the parser's statistics at push time."""
+    if not c:
+        return None
+    return (f"+{c.get('created', 0) + c.get('dirs_created', 0)} -{c.get('deleted', 0)} "
+            f"~{c.get('renamed', 0)} {format_bytes(c.get('data_bytes', 0))}")
 
 
 def _size(n: int | None) -> str | None:

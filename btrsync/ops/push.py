@@ -3,7 +3,7 @@
 Data flow of one backup::
 
     btrfs send ─► fixed-size chunks ─► [workers: xxh3(raw) → zstd → AES-256-GCM frame → xxh3(frame)]
-               └► StreamFraming (complete, well-formed stream?)   ordered, bounded window
+               └► StreamWatch (parser: CRC32C, commands, END; change stats, tree summary)   ordered, bounded window
                                                   ─► token bucket ─► segments: target.put (atomic)
     send exited 0 and stream ended with END ─► manifest committed (the only commit point)
 """
@@ -47,7 +47,7 @@ from btrsync.pipeline.throttle import Metered, TokenBucket
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN, Plan, Step, plan_push
 from btrsync.progress import Progress, as_progress
 from btrsync.retention import Item, Policy, decide
-from btrsync.sendstream.framing import StreamFraming
+from btrsync.sendstream.watch import StreamWatch
 from btrsync.snapshots.store import Snapshot, list_snapshots, subvolume_name
 from btrsync.targets.base import Target
 
@@ -324,7 +324,7 @@ class _Attempt:
             self._count = _Counts()
         if self.progress:
             self.progress.phase("resuming" if point.chunks else "sending")
-        framing = StreamFraming(f"btrfs send of {self.snap.path}")
+        framing = StreamWatch(f"btrfs send of {self.snap.path}", full=self.parent is None)
         sealer = ChunkSealer(self.repo.binding, self.backup_id, self.settings.zstd_level)
         # progress counts frames as the token bucket lets them through to the target
         meter = Metered(self.settings.bucket, self._passed) if self.progress else self.settings.bucket
@@ -338,7 +338,7 @@ class _Attempt:
         framing.finish()
         return self._manifest(framing, started)
 
-    def _fresh_chunks(self, send: SendProcess, framing: StreamFraming,
+    def _fresh_chunks(self, send: SendProcess, framing: StreamWatch,
                       point: ResumePoint) -> Iterator[tuple[int, bytes]]:
         """Chunks to seal; those already durable are checked against their hashes and skipped."""
         seq = -1
@@ -398,7 +398,7 @@ class _Attempt:
                 c.committing = True  # all passed the bucket: the last segments become durable, the manifest
                 self.progress.phase("committing")
 
-    def _manifest(self, framing: StreamFraming, started: datetime) -> Manifest:
+    def _manifest(self, framing: StreamWatch, started: datetime) -> Manifest:
         snap, parent = self.snap, self.parent
         return Manifest(
             backup_id=self.backup_id, host=socket.gethostname(), subvolume=self.subvolume,
@@ -406,6 +406,7 @@ class _Attempt:
             snapshot_uuid=snap.uuid, parent_uuid=parent.uuid if parent else None,
             parent_id=self.step.parent_backup_id, depth=self.step.depth,
             send={**self.options.as_dict(), "stream_version": framing.version, "commands": framing.commands},
+            changes=framing.stats.as_dict(), tree=framing.tree_summary(),
             compression={"algorithm": "zstd", "level": self.settings.zstd_level, "per_chunk": True},
             encryption={"algorithm": "AES-256-GCM", "kdf": "HKDF-SHA256", "frame": "BSC1",
                         "key_id": self.repo.key.key_id},

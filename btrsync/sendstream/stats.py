@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MAX_ENTRIES = 2_000_000
+MAX_ENTRIES = 500_000  # ~100 MB of nodes: beyond, no summary rather than more memory
 
 _CREATE_TYPES = {"mkfile": "f", "mkdir": "d", "mknod": "n", "mkfifo": "p", "mksock": "s", "symlink": "l"}
 _METADATA = {"chmod", "chown", "utimes", "set_xattr", "remove_xattr", "truncate", "fileattr", "fallocate",

@@ -222,3 +222,33 @@ def test_push_verify_rereads_what_it_wrote(world: World, monkeypatch: pytest.Mon
     world.snapshot()
     run = world.push("--verify", "data")
     assert run.code == 4 and "upload path" in run.err
+
+
+def test_push_parses_the_stream_records_changes_and_a_tree_summary(world: World, tmp_path: Path) -> None:
+    ids = _chain(world, 2)
+    rows = {r["id"]: r for r in world.listing()}
+    assert rows[ids[0]]["tree"]["entries"] > 10 and rows[ids[1]]["tree"] is None
+    assert rows[ids[0]]["changes"]["created"] > 0 and rows[ids[1]]["changes"]["data_bytes"] >= 0
+    # a drill of the full without the original snapshot compares with the recorded summary
+    code, doc, err = _verify(world, ids[0], "--level", "restore", "--scratch-dir", str(tmp_path / "d"))
+    assert code == 0, err
+    assert doc["summary"]["drill"]["drills"][0]["compared_with"] == "the tree summary recorded at push time"
+
+
+def test_a_stream_with_a_bad_crc_is_never_committed(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from btrsync.btrfs.send import SendProcess
+
+    tree.populate(world.subvol, 3)
+    world.snapshot()
+    original = SendProcess.chunks
+
+    def flipped(self, size):  # noqa: ANN001
+        for i, chunk in enumerate(original(self, size)):
+            if i == 0:
+                chunk = chunk[:300] + bytes([chunk[300] ^ 1]) + chunk[301:]
+            yield chunk
+
+    monkeypatch.setattr(SendProcess, "chunks", flipped)
+    run = world.push()
+    assert run.code == 1 and "bad stream" in run.err and "crc" in run.err.lower()
+    assert world.listing() == []

@@ -1,0 +1,51 @@
+"""The send stream as a push sees it: every chunk through the parser on its way to be sealed.
+
+A stream that fails the parser (a bad CRC, a malformed command, no END, bytes after END) fails
+the backup before anything is committed.  On the way, the parser's events give the change
+statistics of every backup and, for a full, the summary of the tree it builds (``stats.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from btrsync.errors import SendFailedError
+from btrsync.sendstream.parser import StreamError, StreamParser
+from btrsync.sendstream.stats import ChangeStats, TreeSummary
+
+
+class StreamWatch:
+    """``feed`` each chunk in order, ``finish`` at the end; raises ``SendFailedError`` on a bad stream."""
+
+    def __init__(self, what: str, *, full: bool) -> None:
+        self.what = what
+        self.parser = StreamParser()
+        self.stats = ChangeStats()
+        self.tree: TreeSummary | None = TreeSummary() if full else None
+
+    def feed(self, chunk: Any) -> None:
+        try:
+            events = self.parser.feed(chunk)
+        except StreamError as exc:
+            raise SendFailedError(f"{self.what} produced a bad stream ({exc}); nothing was committed") from None
+        for ev in events:
+            self.stats.add(ev)
+            if self.tree is not None:
+                self.tree.add(ev)
+
+    def finish(self) -> None:
+        try:
+            self.parser.finish()
+        except StreamError as exc:
+            raise SendFailedError(f"{self.what} ended early ({exc}); nothing was committed") from None
+
+    @property
+    def version(self) -> int:
+        return int(self.parser.version)
+
+    @property
+    def commands(self) -> int:
+        return int(self.parser.commands)
+
+    def tree_summary(self) -> dict[str, Any] | None:
+        return self.tree.result() if self.tree is not None else None
