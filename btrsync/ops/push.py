@@ -188,6 +188,9 @@ def push(
                         catalog=catalog)
     if dry_run:
         return result
+    set_rate = getattr(repo.target, "set_rate_limit", None)  # ssh: rsync must follow the limit too
+    if set_rate is not None and settings.bucket is not None:
+        set_rate(settings.bucket.current_rate)
     for index, step in enumerate(plan.steps, 1):
         outcome, manifest = push_step(repo, step, subvolume_name(subvol), subvol, settings, progress, audit,
                                       history=result.held, index=index, count=len(plan.steps))

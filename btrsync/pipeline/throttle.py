@@ -57,6 +57,11 @@ class TokenBucket:
                 self._tokens = min(self._tokens, self.burst)
         return None if self._unlimited else self.rate
 
+    def current_rate(self) -> float | None:
+        """Bytes per second allowed now (``None``: unlimited), following the schedule."""
+        with self._lock:
+            return self._current_rate(self.clock.monotonic())
+
     def take(self, n: int) -> None:
         """Block until ``n`` bytes may pass (large requests go into debt, then wait it off)."""
         with self._lock:

@@ -153,3 +153,31 @@ def test_a_location_without_a_repository_is_never_written(remote: World) -> None
         assert list(remote.target_dir.iterdir()) == []
     else:
         assert remote.data_files() == []
+
+
+def test_ssh_push_passes_its_bandwidth_limit_to_rsync(world: World, request: pytest.FixtureRequest, tmp_path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wire follows --bwlimit, not only the local spooling: every rsync of the push gets it."""
+    from btrsync.targets.ssh import SshTarget
+
+    server = ssh_server(request)
+    root = tmp_path / "remote root"
+    root.mkdir()
+    world.target_dir = root
+    add_target(world, "remote", server.url(root), dict(ssh_settings(server, tmp_path)),
+               chunk_size="1M", segment_size="4M")
+    seen: list[list[str]] = []
+    original = SshTarget.rsync_argv
+
+    def spy(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        argv = original(self, *args, **kwargs)
+        seen.append([a for a in argv if a.startswith("--bwlimit")])
+        return argv
+
+    monkeypatch.setattr(SshTarget, "rsync_argv", spy)
+    with open(world.subvol / "f.bin", "wb") as f:
+        f.write(os.urandom(3 << 20))
+    world.snapshot()
+    run = world.push("--bwlimit", "8M")
+    assert run.code == 0, run.err
+    assert seen and all(limits and 0 < int(limits[0].split("=")[1]) <= 8192 for limits in seen), seen
