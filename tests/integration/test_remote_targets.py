@@ -181,3 +181,29 @@ def test_ssh_push_passes_its_bandwidth_limit_to_rsync(world: World, request: pyt
     run = world.push("--bwlimit", "8M")
     assert run.code == 0, run.err
     assert seen and all(limits and 0 < int(limits[0].split("=")[1]) <= 8192 for limits in seen), seen
+
+
+def test_verify_on_every_remote_kind(remote: World) -> None:
+    """verify reads back over S3, through the B2 rules and over ssh, and finds a missing segment
+    from the listing alone."""
+    import json as _json
+
+    _tree_with_big_file(remote, 41)
+    remote.snapshot()
+    assert remote.push().code == 0
+    run = remote.cli("verify", "--from", remote.url, "--level", "stream", "--json")
+    assert run.code == 0, run.err
+    doc = _json.loads(run.out)
+    assert doc["summary"]["ok"] and doc["summary"]["bytes_read"] > 0
+    [backup] = remote.listing()
+    from btrsync.catalog import layout
+    from btrsync.config.model import load_config
+    from btrsync.targets.registry import open_target
+
+    url, settings = load_config(remote.config, explicit=True).target("remote")
+    with open_target(url, settings) as target:
+        target.delete(layout.segment_key(backup["id"], 1))
+    run = remote.cli("verify", "--from", remote.url, "--level", "catalog", "--json")
+    assert run.code == 4
+    problems = _json.loads(run.out)["backups"][0]["problems"]
+    assert problems[0]["what"] == "missing" and problems[0]["where"] == layout.segment_key(backup["id"], 1)
