@@ -28,6 +28,7 @@ from benchmarks import (
     bench_restore,
     bench_scale,
     bench_throttle,
+    bench_verify,
     report,
 )
 from benchmarks.common import (
@@ -53,6 +54,7 @@ BENCHMARKS = {
     "throttle": (6, bench_throttle, "Throttle accuracy"),
     "parser": (7, bench_parser, "Send-stream parser throughput (parse + CRC32C, one core)"),
     "catalog": (8, bench_catalog, "Catalog at scale: commit, list, table, plan, prune (directory, S3)"),
+    "verify": (9, bench_verify, "Verification throughput against restic check --read-data"),
 }
 NEEDS_DISK = {"quick": 3 * GiB, "full": 24 * GiB}
 T0 = time.monotonic()
