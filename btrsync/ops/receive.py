@@ -21,7 +21,7 @@ from btrsync.btrfs.receive import ReceiveProcess
 from btrsync.btrfs.subvolume import child_subvolumes, is_on_btrfs
 from btrsync.catalog.chains import walk_chain
 from btrsync.catalog.manifest import ChunkRecord, Manifest
-from btrsync.catalog.repository import Repository
+from btrsync.catalog.repository import Catalog, Repository
 from btrsync.catalog.segment_index import table_records
 from btrsync.errors import BackupNotFoundError, DamageError, ReceiveFailedError, UsageError
 from btrsync.pipeline.ordered import ordered_map
@@ -85,19 +85,13 @@ def chain_of(manifests: list[Manifest], last: Manifest, damaged: Iterable[str] =
     return walk_chain({m.backup_id: m for m in manifests}, last, damaged)
 
 
-def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
-            progress: Progress | ProgressFn | None = None) -> ReceiveResult:
-    if not into.is_dir():
-        raise UsageError(f"{into} is not a directory; create it on a btrfs filesystem")
-    if not is_on_btrfs(into):
-        raise UsageError(f"{into} is not on a btrfs filesystem; btrfs receive needs one")
-    catalog = repo.catalog()
-    manifests = catalog.manifests
-    url = repo.target.display_url
+def restore_chain(catalog: Catalog, spec: str, url: str) -> list[Manifest]:
+    """The links to replay for BACKUP ``spec``, full first; a damaged backup, or a ``latest`` that
+    a damaged newer manifest may hide, is damage (exit 4), never silently another backup."""
     for d in catalog.damaged:
         if spec in (d.backup_id, d.backup_id.rsplit("-", 1)[0]):
             raise DamageError(f"backup {d.backup_id} cannot be restored: {d.advice(url)}")
-    last = resolve(manifests, spec)
+    last = resolve(catalog.manifests, spec)
     if spec == "latest" or spec.endswith("@latest"):
         newer = [d for d in catalog.damaged if d.subvolume in (last.subvolume, None)
                  and (d.snapshot_time is None or d.snapshot_time > last.snapshot_time)]
@@ -105,7 +99,18 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
             raise DamageError(f"'{spec}' is ambiguous: a newer backup of {last.subvolume} may exist but its "
                               f"manifest is damaged ({newer[0].key}); restore a backup by its id "
                               f"(the newest intact one is {last.backup_id}) or repair the manifest")
-    chain = chain_of(manifests, last, {d.backup_id for d in catalog.damaged})
+    return chain_of(catalog.manifests, last, {d.backup_id for d in catalog.damaged})
+
+
+def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
+            progress: Progress | ProgressFn | None = None) -> ReceiveResult:
+    if not into.is_dir():
+        raise UsageError(f"{into} is not a directory; create it on a btrfs filesystem")
+    if not is_on_btrfs(into):
+        raise UsageError(f"{into} is not on a btrfs filesystem; btrfs receive needs one")
+    catalog = repo.catalog()
+    chain = restore_chain(catalog, spec, repo.target.display_url)
+    last = chain[-1]
     present = {s.received_uuid: s for s in child_subvolumes(into) if s.received_uuid}
     result = ReceiveResult(last.backup_id, str(into))
     reporter = as_progress(progress)

@@ -35,7 +35,7 @@ from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import table_records
 from btrsync.errors import DamageError, UsageError
-from btrsync.ops.receive import chain_of, resolve
+from btrsync.ops.receive import restore_chain
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
 from btrsync.restore import RestoreError, fsutil, place
@@ -84,20 +84,7 @@ class RestoreResult:
 
 
 def _chain(repo: Repository, spec: str) -> list[Manifest]:
-    catalog = repo.catalog()
-    url = repo.target.display_url
-    for d in catalog.damaged:
-        if spec in (d.backup_id, d.backup_id.rsplit("-", 1)[0]):
-            raise DamageError(f"backup {d.backup_id} cannot be restored: {d.advice(url)}")
-    last = resolve(catalog.manifests, spec)
-    if spec == "latest" or spec.endswith("@latest"):
-        newer = [d for d in catalog.damaged if d.subvolume in (last.subvolume, None)
-                 and (d.snapshot_time is None or d.snapshot_time > last.snapshot_time)]
-        if newer:
-            raise DamageError(f"'{spec}' is ambiguous: a newer backup of {last.subvolume} may exist but its "
-                              f"manifest is damaged ({newer[0].key}); restore a backup by its id "
-                              f"(the newest intact one is {last.backup_id}) or repair the manifest")
-    return chain_of(catalog.manifests, last, {d.backup_id for d in catalog.damaged})
+    return restore_chain(repo.catalog(), spec, repo.target.display_url)
 
 
 def _chunks(repo: Repository, manifest: Manifest, workers: int) -> Iterator[bytes]:
