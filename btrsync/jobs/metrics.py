@@ -75,6 +75,8 @@ class _Families:
         "btrsync_target_newest_backup_stream_bytes": ("gauge", "send-stream bytes of the newest backup", SL),
         "btrsync_target_newest_backup_stored_bytes": ("gauge", "stored bytes of the newest backup", SL),
         "btrsync_target_chain_depth": ("gauge", "incrementals between the newest backup and its full", SL),
+        "btrsync_target_vanished_backups": ("gauge", "backups this host pushed that vanished from the target "
+                                            "without a prune by it (a rollback?), until acknowledged", TL),
         "btrsync_retention_deleted_backups": ("counter", "backups deleted from the target by retention", TL),
         "btrsync_verify_last_run_timestamp_seconds": ("gauge", "last verification of the target", TL),
         "btrsync_verify_last_success_timestamp_seconds": ("gauge", "last verification that found no damage", TL),
@@ -174,6 +176,9 @@ def _target_series(f: _Families, job: str, target: str, rec: dict[str, Any], sta
         f.add("btrsync_target_newest_backup_stream_bytes", sl, s.get("newest_stream_bytes"))
         f.add("btrsync_target_newest_backup_stored_bytes", sl, s.get("newest_stored_bytes"))
         f.add("btrsync_target_chain_depth", sl, s.get("chain_depth"))
+    if rec.get("url"):
+        known = state.target(rec["url"])
+        f.add("btrsync_target_vanished_backups", labels, len(known.vanished) if known is not None else 0)
     if last or rec.get("deleted_total"):
         f.add("btrsync_retention_deleted_backups", labels, rec.get("deleted_total", 0))
     verify, drill = _verification(rec, state)
