@@ -57,15 +57,24 @@ class DamagedManifest:
     error: str
 
     @property
+    def snapshot(self) -> str:
+        """The snapshot name its id carries (``<snapshot>-<uuid8>``)."""
+        return self.backup_id.rsplit("-", 1)[0]
+
+    def matches(self, spec: str) -> bool:
+        """Whether BACKUP ``spec`` (an id or a snapshot name) names this backup."""
+        return spec in (self.backup_id, self.snapshot)
+
+    @property
     def subvolume(self) -> str | None:
         """The subvolume its id names (``<subvol>.<stamp>-<uuid8>``), ``None`` if it names none."""
-        parsed = parse_name(self.backup_id.rsplit("-", 1)[0])
+        parsed = parse_name(self.snapshot)
         return parsed.base if parsed else None
 
     @property
     def snapshot_time(self) -> datetime | None:
         """The snapshot time its id names, ``None`` if it names none."""
-        parsed = parse_name(self.backup_id.rsplit("-", 1)[0])
+        parsed = parse_name(self.snapshot)
         return parsed.time if parsed else None
 
     def advice(self, target: str) -> str:

@@ -89,7 +89,7 @@ def restore_chain(catalog: Catalog, spec: str, url: str) -> list[Manifest]:
     """The links to replay for BACKUP ``spec``, full first; a damaged backup, or a ``latest`` that
     a damaged newer manifest may hide, is damage (exit 4), never silently another backup."""
     for d in catalog.damaged:
-        if spec in (d.backup_id, d.backup_id.rsplit("-", 1)[0]):
+        if d.matches(spec):
             raise DamageError(f"backup {d.backup_id} cannot be restored: {d.advice(url)}")
     last = resolve(catalog.manifests, spec)
     if spec == "latest" or spec.endswith("@latest"):

@@ -26,7 +26,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +42,7 @@ from btrsync.catalog.segment_index import table_records
 from btrsync.errors import BtrsyncError, DamageError, UsageError
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
+from btrsync.sendstream import checker
 from btrsync.verify.ledger import Ledger
 from btrsync.verify.selection import Sample, Segment, Subset
 
@@ -145,7 +146,7 @@ def select_backups(catalog: Catalog, specs: Sequence[str] | None) -> list[str]:
 
     chosen: list[str] = []
     for spec in specs:
-        damaged = [d.backup_id for d in catalog.damaged if spec in (d.backup_id, d.backup_id.rsplit("-", 1)[0])]
+        damaged = [d.backup_id for d in catalog.damaged if d.matches(spec)]
         chosen += damaged or [resolve(catalog.manifests, spec).backup_id]
     return list(dict.fromkeys(chosen))
 
@@ -266,7 +267,7 @@ def _chosen_segments(by_id: dict[str, Manifest], reports: dict[str, BackupReport
 def _check_data(repo: Repository, m: Manifest, rep: BackupReport, segments: set[int], options: Options,
                 ledger: Ledger | None, deadline: float | None, clock: Callable[[], float],
                 progress: ProgressFn | None) -> None:
-    stream = StreamCheck(m) if options.at_least("stream") else None
+    stream = checker.for_manifest(m) if options.at_least("stream") else None
     opener = ChunkOpener(repo.binding, m.backup_id)
     intact: list[tuple[str, int]] = []
     try:
@@ -299,7 +300,7 @@ def _check_data(repo: Repository, m: Manifest, rep: BackupReport, segments: set[
 
 
 def _check_segment(repo: Repository, m: Manifest, number: int, group: list[tuple[int, ChunkRecord]],
-                   opener: ChunkOpener, options: Options, rep: BackupReport, stream: StreamCheck | None,
+                   opener: ChunkOpener, options: Options, rep: BackupReport, stream: checker.ManifestStreamCheck | None,
                    progress: ProgressFn | None) -> bool:
     key = layout.segment_key(m.backup_id, number)
 
@@ -334,22 +335,6 @@ def _check_segment(repo: Repository, m: Manifest, number: int, group: list[tuple
             if progress is not None:
                 progress(m.backup_id, rep.bytes_read, rep.bytes_read)
     return ok
-
-
-class StreamCheck:
-    """The decrypted stream of one backup through the send-stream parser, chunk by chunk."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        from btrsync.sendstream import checker
-
-        self.manifest = manifest
-        self._checker = checker.for_manifest(manifest)
-
-    def feed(self, raw: bytes) -> None:
-        self._checker.feed(raw)
-
-    def finish(self) -> None:
-        self._checker.finish()
 
 
 # -- restore drills ---------------------------------------------------------------------------------
@@ -401,8 +386,3 @@ def _mark_affected(by_id: dict[str, Manifest], reports: dict[str, BackupReport])
             if cur.parent_id not in by_id:
                 break
             cur = by_id[cur.parent_id]
-
-
-def iter_reports(report: VerifyReport) -> Iterator[dict[str, Any]]:
-    for b in report.backups:
-        yield b.as_dict()
