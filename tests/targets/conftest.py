@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from btrsync.targets.base import Target
 from btrsync.targets.local import LocalTarget
 from btrsync.targets.memory import MemoryTarget
+from tests.support.faultfs import FaultFS, mounted_for_test
 
 
 def make_memory(tmp_path: Path, request: pytest.FixtureRequest) -> Target:
@@ -42,3 +44,18 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
         yield t
     finally:
         t.close()
+
+
+def files_below(root: Path) -> list[str]:
+    """Every file below ``root`` (relative), symlinks included, never followed."""
+    found = []
+    for dirpath, _dirs, names in os.walk(root):
+        found += [os.path.relpath(os.path.join(dirpath, n), root) for n in names]
+    return sorted(found)
+
+
+@pytest.fixture
+def faultfs(tmp_path: Path) -> Iterator[FaultFS]:
+    """A fault-injecting FUSE mirror of ``tmp_path/backing`` at ``tmp_path/mnt``."""
+    with mounted_for_test(tmp_path) as fs:
+        yield fs

@@ -27,8 +27,9 @@ from btrsync.targets.retry import RetryingTarget
 from btrsync.targets.safety import SymlinkInTarget
 from btrsync.targets.ssh import SshTarget
 from tests.support.b2proxy import B2RulesProxy
-from tests.support.faultfs import FaultFS, mounted_for_test
+from tests.support.faultfs import FaultFS
 from tests.support.sshd import SshServer
+from tests.targets.conftest import files_below as _files
 from tests.targets.factories_s3 import fresh_b2_proxy, no_sleep_policy, seaweed_target, unique_prefix
 from tests.targets.factories_ssh import open_ssh_target, ssh_server, ssh_settings
 
@@ -49,20 +50,6 @@ def _populate(root: Path) -> None:
     for key, data in OBJECTS.items():
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         (root / key).write_bytes(data)
-
-
-def _files(root: Path) -> list[str]:
-    found = []
-    for dirpath, _dirs, names in os.walk(root):
-        found += [os.path.relpath(os.path.join(dirpath, n), root) for n in names]
-    return sorted(found)
-
-
-@pytest.fixture
-def faultfs(tmp_path: Path) -> Iterator[FaultFS]:
-    """A fault-injecting FUSE mirror of ``tmp_path/backing`` at ``tmp_path/mnt``."""
-    with mounted_for_test(tmp_path) as fs:
-        yield fs
 
 
 @pytest.fixture
@@ -97,8 +84,9 @@ def test_a_remote_find_error_fails_the_listing(
     with pytest.raises(TargetError) as caught:
         list(sick.list("data/"))
     assert not isinstance(caught.value, NotFound)
-    assert os.strerror(error) in str(caught.value) or pattern == "" or isinstance(
-        caught.value, PermissionDenied)
+    assert (
+        os.strerror(error) in str(caught.value) or pattern == "" or isinstance(caught.value, PermissionDenied)
+    )
     assert faultfs.hits()
 
 
@@ -113,9 +101,7 @@ def test_remote_temporaries_fail_closed(sick: SshTarget, faultfs: FaultFS) -> No
 
 
 @pytest.mark.parametrize("verb", ["stat", "read", "delete"])
-def test_a_remote_io_error_is_not_a_missing_object(
-    sick: SshTarget, faultfs: FaultFS, verb: str
-) -> None:
+def test_a_remote_io_error_is_not_a_missing_object(sick: SshTarget, faultfs: FaultFS, verb: str) -> None:
     """``[ -f FILE ]`` is false on EIO: that made an unreadable manifest NotFound, which a
     catalog skips as "deleted meanwhile", orphaning the backup's data."""
     faultfs.fail("getattr", "backups/A/manifest", errno.EIO)
@@ -240,14 +226,18 @@ def test_s3_listing_fails_when_a_later_page_fails(
     proxy.reset()
     proxy.inject("internal_error", count=100, op="ListObjectsV2", after=1)
     inner = seaweed_target(request, tmp_path, via_proxy=True, prefix=prefix)
-    with (RetryingTarget(inner, no_sleep_policy(3)) as retried,
-          pytest.raises(TransientTargetError, match="InternalError")):
+    with (
+        RetryingTarget(inner, no_sleep_policy(3)) as retried,
+        pytest.raises(TransientTargetError, match="InternalError"),
+    ):
         list(retried.list("data/"))
     assert len(proxy.ops("ListObjectsV2")) == 1 + 3  # page 1 and 2, then two retries of page 1
 
 
 def test_s3_listing_of_a_missing_bucket_is_an_error(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """No bucket is not "no objects": the listing raises (exit 10), never lists as empty."""
-    with (seaweed_target(request, tmp_path, bucket="no-such-bucket-here") as target,
-          pytest.raises(TargetMissingError, match="no-such-bucket-here")):
+    with (
+        seaweed_target(request, tmp_path, bucket="no-such-bucket-here") as target,
+        pytest.raises(TargetMissingError, match="no-such-bucket-here"),
+    ):
         list(target.list("data/"))

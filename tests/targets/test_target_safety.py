@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,8 @@ from btrsync.targets.errors import NotFound, PermissionDenied, TargetError
 from btrsync.targets.local import LocalTarget
 from btrsync.targets.registry import open_target, parse_url
 from btrsync.targets.safety import SymlinkInTarget
-from tests.support.faultfs import FaultFS, mounted_for_test
+from tests.support.faultfs import FaultFS
+from tests.targets.conftest import files_below as _files
 
 # Objects of a small repository: backup A is committed (its manifest does not authenticate,
 # which makes it "damaged": clean must keep its data all the same), B is an interrupted push.
@@ -36,21 +36,6 @@ OBJECTS = {
     "data/A/000001": b"segment 1 of A",
     "data/B/000000": b"orphaned segment of B",
 }
-
-
-def _files(root: Path) -> list[str]:
-    """Every file below ``root`` (relative), symlinks included, never followed."""
-    found = []
-    for dirpath, _dirs, names in os.walk(root):
-        found += [os.path.relpath(os.path.join(dirpath, n), root) for n in names]
-    return sorted(found)
-
-
-@pytest.fixture
-def faultfs(tmp_path: Path) -> Iterator[FaultFS]:
-    """A fault-injecting FUSE mirror of ``tmp_path/backing`` at ``tmp_path/mnt``."""
-    with mounted_for_test(tmp_path) as fs:
-        yield fs
 
 
 @pytest.fixture
@@ -94,9 +79,7 @@ def test_a_directory_that_cannot_be_read_fails_the_listing(
     assert faultfs.hits(), "the fault was never injected: the test did not test anything"
 
 
-def test_clean_deletes_nothing_when_the_catalog_cannot_be_listed(
-    faultfs: FaultFS, key_file: Path
-) -> None:
+def test_clean_deletes_nothing_when_the_catalog_cannot_be_listed(faultfs: FaultFS, key_file: Path) -> None:
     """EIO on backups/ once made every segment look orphaned: clean deleted all of them.  Now
     clean raises and every file is still there; without the fault it removes only B's."""
     repo = _repository(faultfs.mountpoint, key_file)
@@ -112,9 +95,7 @@ def test_clean_deletes_nothing_when_the_catalog_cannot_be_listed(
     assert _files(faultfs.backing) == [f for f in before if not f.startswith("data/B")]
 
 
-def test_clean_deletes_nothing_when_a_data_directory_cannot_be_read(
-    faultfs: FaultFS, key_file: Path
-) -> None:
+def test_clean_deletes_nothing_when_a_data_directory_cannot_be_read(faultfs: FaultFS, key_file: Path) -> None:
     """An unreadable data/<id>/ stops clean before its first deletion."""
     repo = _repository(faultfs.mountpoint, key_file)
     before = _files(faultfs.backing)
@@ -205,9 +186,12 @@ def test_a_symlinked_backup_directory_is_not_followed(
         keys = [o.key for o in repo.target.list("data/")]
     assert not any(k.startswith("data/C") for k in keys)
     assert "data/C" in caplog.text
-    for verb in (lambda: repo.target.delete("data/C/000000"), lambda: repo.target.stat("data/C/000000"),
-                 lambda: repo.target.read("data/C/000000"),
-                 lambda: repo.target.put("data/C/000002", [b"new"])):
+    for verb in (
+        lambda: repo.target.delete("data/C/000000"),
+        lambda: repo.target.stat("data/C/000000"),
+        lambda: repo.target.read("data/C/000000"),
+        lambda: repo.target.put("data/C/000002", [b"new"]),
+    ):
         with pytest.raises(SymlinkInTarget, match="data/C"):
             verb()
     clean(repo)
@@ -228,9 +212,12 @@ def test_a_symlinked_segment_is_not_followed(
     with caplog.at_level(logging.WARNING):
         assert "data/B/000001" not in [o.key for o in repo.target.list("data/")]
     assert "data/B/000001" in caplog.text
-    for verb in (lambda: repo.target.stat("data/B/000001"), lambda: repo.target.read("data/B/000001"),
-                 lambda: repo.target.delete("data/B/000001"),
-                 lambda: repo.target.put("data/B/000001", [b"new"])):
+    for verb in (
+        lambda: repo.target.stat("data/B/000001"),
+        lambda: repo.target.read("data/B/000001"),
+        lambda: repo.target.delete("data/B/000001"),
+        lambda: repo.target.put("data/B/000001", [b"new"]),
+    ):
         with pytest.raises(SymlinkInTarget, match="data/B/000001"):
             verb()
     clean(repo)
@@ -266,9 +253,22 @@ def _cli(tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str], *ar
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///", "file:////", "file:///etc/", "file:///usr", "file:///var/lib", "file:///tmp",
-     "file:///home", "file:///root", "file:///usr/../etc", "file:///lib", "ssh://root@127.0.0.1:1/",
-     "ssh://nas/etc", "ssh://nas/var/lib/", "ssh://nas/~/."],
+    [
+        "file:///",
+        "file:////",
+        "file:///etc/",
+        "file:///usr",
+        "file:///var/lib",
+        "file:///tmp",
+        "file:///home",
+        "file:///root",
+        "file:///usr/../etc",
+        "file:///lib",
+        "ssh://root@127.0.0.1:1/",
+        "ssh://nas/etc",
+        "ssh://nas/var/lib/",
+        "ssh://nas/~/.",
+    ],
 )
 def test_a_system_directory_is_refused_with_exit_2(
     tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str], url: str
@@ -287,8 +287,15 @@ def test_local_target_refuses_system_directories(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["file:///var/backups/btrsync", "file:///tmp/x", "file:///home/alice/backups",
-            "ssh://nas/srv/backups", "ssh://nas/~/backups", "ssh://nas/var/lib/btrsync-backups"],
+    "url",
+    [
+        "file:///var/backups/btrsync",
+        "file:///tmp/x",
+        "file:///home/alice/backups",
+        "ssh://nas/srv/backups",
+        "ssh://nas/~/backups",
+        "ssh://nas/var/lib/btrsync-backups",
+    ],
 )
 def test_directories_below_system_directories_are_fine(url: str) -> None:
     parse_url(url)
