@@ -1,4 +1,10 @@
-"""Compare two directory trees by content and metadata (used by the demo to prove a restore)."""
+"""Compare two directory trees by content and metadata (the demo and restore drills prove a restore).
+
+Nested subvolumes are not part of a subvolume's tree: ``btrfs send`` stops at them, and a snapshot
+shows each one as an empty placeholder directory (inode 2). So on btrfs both are left out: a
+snapshot taken with its snapshot directory inside the subvolume (``/data/.snapshots``) equals its
+own restore.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,32 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from btrsync.btrfs.subvolume import is_on_btrfs
+
+BTRFS_EMPTY_SUBVOL_DIR_INO = 2   # a nested subvolume as it appears inside a snapshot
+BTRFS_FIRST_FREE_INO = 256       # the root directory of a subvolume
+
 
 def describe_tree(root: Path) -> dict[str, dict[str, Any]]:
     """path -> type, mode, owner, size, mtime, sha256, link target, xattrs (no inode numbers)."""
     found: dict[str, dict[str, Any]] = {}
+    btrfs = is_on_btrfs(root)
+    root_dev = root.lstat().st_dev
     for dirpath, dirnames, filenames in os.walk(root):
+        if btrfs:
+            dirnames[:] = [d for d in dirnames if not _nested_subvolume(Path(dirpath) / d, root_dev)]
         dirnames.sort()
         for name in sorted(dirnames + filenames):
             path = Path(dirpath) / name
             found[str(path.relative_to(root))] = _entry(path)
     return found
+
+
+def _nested_subvolume(path: Path, root_dev: int) -> bool:
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    return st.st_ino == BTRFS_EMPTY_SUBVOL_DIR_INO or (st.st_ino == BTRFS_FIRST_FREE_INO and st.st_dev != root_dev)
 
 
 def _entry(path: Path) -> dict[str, Any]:
