@@ -3,15 +3,20 @@
 The scratch filesystem is a sparse image in ``scratch_dir`` (default ``/var/tmp/btrsync-drills``)
 on a loop device, always unmounted, detached and deleted afterwards; leftovers of an earlier drill
 that was killed (SIGKILL, power cut) are removed before a new one starts, so drills never pile up
-loop devices or disk space.
+loop devices or disk space. A drill holds an exclusive ``flock`` on ``scratch_dir`` itself from
+that cleanup to its own, so two drills sharing the directory (two jobs, a manual verify) take
+turns, and neither removes the other's live image as a leftover.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +83,18 @@ def clean_leftovers(scratch_dir: Path) -> list[str]:
     return removed
 
 
+@contextmanager
+def scratch_lock(scratch_dir: Path) -> Iterator[None]:
+    """Exclusive use of ``scratch_dir`` (a flock on the directory: no lock file to leave behind)."""
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(scratch_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def local_original(snapshot_dirs: tuple[Path, ...], m: Manifest) -> Path | None:
     """The local read-only snapshot this backup was made from, if it still exists unchanged."""
     for directory in snapshot_dirs:
@@ -95,6 +112,12 @@ def drill(repo: Repository, catalog: Catalog, backup_id: str, scratch_dir: Path,
     chain = walk_chain(by_id, by_id[backup_id], {d.backup_id for d in catalog.damaged})
     stream = sum(m.stream_bytes for m in chain)
     size = max(512 * MiB, 2 * stream + 256 * MiB)
+    with scratch_lock(scratch_dir):
+        return _drill(repo, by_id, backup_id, scratch_dir, snapshot_dirs, stream, size, workers)
+
+
+def _drill(repo: Repository, by_id: dict[str, Manifest], backup_id: str, scratch_dir: Path,
+           snapshot_dirs: tuple[Path, ...], stream: int, size: int, workers: int) -> DrillResult:
     clean_leftovers(scratch_dir)
     with scratch_btrfs(scratch_dir, str(size), PREFIX) as mnt:
         result = receive(repo, backup_id, mnt, workers=workers)
