@@ -4,6 +4,7 @@
                                  an HMAC under the key, so the marker itself is authenticated
     data/<backup-id>/<NNNNNN>    segments: concatenated encrypted chunk frames
     data/<backup-id>/<NNNNNN>.idx  encrypted index of a durable segment (what resuming trusts)
+    data/<backup-id>/files-<NNNNNN> encrypted parts of the backup's file index (written before the manifest)
     backups/<backup-id>/manifest the encrypted manifest, written last: its presence commits the backup
 """
 
@@ -37,6 +38,11 @@ def segment_key(backup_id: str, segment: int) -> str:
 
 def index_key(backup_id: str, segment: int) -> str:
     return f"{segment_key(backup_id, segment)}.idx"
+
+
+def files_key(backup_id: str, part: int) -> str:
+    """A part of the backup's file index (under data/: deleted, kept and orphaned with its data)."""
+    return f"{data_prefix(backup_id)}files-{part:06d}"
 
 
 def lease_key(backup_id: str) -> str:

@@ -70,6 +70,9 @@ class Manifest:
     # from the send-stream parser at push time (empty/None for backups pushed before it existed):
     changes: dict[str, int] = field(default_factory=dict)  # created, deleted, renamed, data_bytes ...
     tree: dict[str, Any] | None = None  # full backups: {entries, bytes, sha256} of the tree sent
+    # the file index written with the backup (None: pushed before it existed, see ``btrsync index``):
+    # {format, parts, records, stored_bytes, sha256 of the compressed index}
+    files: dict[str, Any] | None = None
 
     @property
     def is_full(self) -> bool:
@@ -84,8 +87,10 @@ class Manifest:
         doc["chunks"] = [c.to_list() for c in self.chunks]
         if self.format >= 2:
             del doc["chunks"]
+            if self.files is None:
+                del doc["files"]  # manifests from before the file index stay byte-identical
         else:
-            del doc["chunk_count"], doc["table"], doc["changes"], doc["tree"]
+            del doc["chunk_count"], doc["table"], doc["changes"], doc["tree"], doc["files"]
         for name in ("snapshot_time", "started", "finished"):
             doc[name] = _iso(getattr(self, name))
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

@@ -33,14 +33,17 @@ from btrsync.errors import DamageError
 CHUNK_MAGIC = b"BSC1"
 MANIFEST_MAGIC = b"BSM1"
 INDEX_MAGIC = b"BSI1"
+FILES_MAGIC = b"BSF1"
 CHUNK_INFO = b"btrsync chunk v1"
 MANIFEST_INFO = b"btrsync manifest v1"
 INDEX_INFO = b"btrsync index v1"
+FILES_INFO = b"btrsync files v1"
 SALT_BYTES = 16
 TAG_BYTES = 16
 HEADER = struct.Struct(">4sB3x16s")
 OVERHEAD = HEADER.size + TAG_BYTES
 FLAG_ZSTD = 0x01
+FLAG_LAST = 0x02  # file index parts: the last part of the object
 _NONCE = bytes(12)
 
 
@@ -112,3 +115,12 @@ class Binding:
         what = f"segment index {object_key}"
         return open_frame(self.key, INDEX_MAGIC, INDEX_INFO, frame,
                           self._context(object_key.encode()), what).payload
+
+    def seal_files(self, object_key: str, payload: bytes, *, last: bool) -> bytes:
+        """A part of a backup's file index (``fileindex/store.py``); ``last`` is authenticated."""
+        return seal(self.key, FILES_MAGIC, FILES_INFO, FLAG_LAST if last else 0, payload,
+                    self._context(object_key.encode()))
+
+    def open_files(self, object_key: str, frame: bytes) -> Opened:
+        return open_frame(self.key, FILES_MAGIC, FILES_INFO, frame, self._context(object_key.encode()),
+                          f"file index part {object_key}")

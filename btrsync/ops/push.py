@@ -39,6 +39,7 @@ from btrsync.catalog.segment_index import (
     write_index,
 )
 from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, UsageError
+from btrsync.fileindex.store import IndexWriter
 from btrsync.ops.estimate import estimate_push
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk, xxh3
@@ -327,7 +328,18 @@ class _Attempt:
             self._count = _Counts()
         if self.progress:
             self.progress.phase("resuming" if point.chunks else "sending")
-        framing = StreamWatch(f"btrfs send of {self.snap.path}", full=self.parent is None)
+        files = IndexWriter(self.backup_id, self.snap.uuid, self.parent.uuid if self.parent else None,
+                            point.attempt)
+        try:
+            framing = StreamWatch(f"btrfs send of {self.snap.path}", full=self.parent is None, sink=files)
+            self._send(framing, point)
+            files.finish(stream_bytes=self.table.stream_bytes, commands=framing.commands)
+            # the file index is durable before the manifest that commits the backup names it
+            return self._manifest(framing, started, files.upload(self.repo))
+        finally:
+            files.close()
+
+    def _send(self, framing: StreamWatch, point: ResumePoint) -> None:
         sealer = ChunkSealer(self.repo.binding, self.backup_id, self.settings.zstd_level)
         # progress counts frames as the token bucket lets them through to the target
         meter = Metered(self.settings.bucket, self._passed) if self.progress else self.settings.bucket
@@ -339,7 +351,6 @@ class _Attempt:
                 segment_size=self.settings.segment_size, bucket=meter,  # type: ignore[arg-type]
                 on_stored=self._stored, first_segment=point.segments, on_segment=self._segment_done)
         framing.finish()
-        return self._manifest(framing, started)
 
     def _fresh_chunks(self, send: SendProcess, framing: StreamWatch,
                       point: ResumePoint) -> Iterator[tuple[int, bytes]]:
@@ -401,7 +412,7 @@ class _Attempt:
                 c.committing = True  # all passed the bucket: the last segments become durable, the manifest
                 self.progress.phase("committing")
 
-    def _manifest(self, framing: StreamWatch, started: datetime) -> Manifest:
+    def _manifest(self, framing: StreamWatch, started: datetime, files: dict[str, object]) -> Manifest:
         snap, parent = self.snap, self.parent
         return Manifest(
             backup_id=self.backup_id, host=socket.gethostname(), subvolume=self.subvolume,
@@ -409,7 +420,7 @@ class _Attempt:
             snapshot_uuid=snap.uuid, parent_uuid=parent.uuid if parent else None,
             parent_id=self.step.parent_backup_id, depth=self.step.depth,
             send={**self.options.as_dict(), "stream_version": framing.version, "commands": framing.commands},
-            changes=framing.stats.as_dict(), tree=framing.tree_summary(),
+            changes=framing.stats.as_dict(), tree=framing.tree_summary(), files=files,
             compression={"algorithm": "zstd", "level": self.settings.zstd_level, "per_chunk": True},
             encryption={"algorithm": "AES-256-GCM", "kdf": "HKDF-SHA256", "frame": "BSC1",
                         "key_id": self.repo.key.key_id},

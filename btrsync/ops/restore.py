@@ -87,7 +87,7 @@ def _chain(repo: Repository, spec: str) -> list[Manifest]:
     return restore_chain(repo.catalog(), spec, repo.target.display_url)
 
 
-def _chunks(repo: Repository, manifest: Manifest, workers: int) -> Iterator[bytes]:
+def fetch_chunks(repo: Repository, manifest: Manifest, workers: int) -> Iterator[bytes]:
     """The link's raw stream, chunk by chunk, each authenticated and hash-checked (as receive)."""
     opener = ChunkOpener(repo.binding, manifest.backup_id)
 
@@ -191,11 +191,11 @@ def _restore_link(repo: Repository, applier: Applier, link: Manifest, workers: i
     t0 = time.monotonic()
     clones: dict[str, list[tuple[int, int]]] = {}
     if link.parent_uuid is not None:
-        with closing(_chunks(repo, link, workers)) as chunks:
+        with closing(fetch_chunks(repo, link, workers)) as chunks:
             clones = scan_parent_clones(chunks, link.parent_uuid, f"backup {link.backup_id}")
     t1 = time.monotonic()
     log.info("restore link backup=%s parent_clone_sources=%d", link.backup_id, len(clones))
-    with closing(_chunks(repo, link, workers)) as chunks:
+    with closing(fetch_chunks(repo, link, workers)) as chunks:
         stats = applier.apply_link(chunks, backup_id=link.backup_id, snapshot_uuid=link.snapshot_uuid,
                                    parent_uuid=link.parent_uuid, parent_clones=clones)
     t2 = time.monotonic()

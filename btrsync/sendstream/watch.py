@@ -17,8 +17,9 @@ from btrsync.sendstream.stats import ChangeStats, TreeSummary
 class StreamWatch:
     """``feed`` each chunk in order, ``finish`` at the end; raises ``SendFailedError`` on a bad stream."""
 
-    def __init__(self, what: str, *, full: bool) -> None:
+    def __init__(self, what: str, *, full: bool, sink: Any = None) -> None:
         self.what = what
+        self.sink = sink  # e.g. the file index writer: ``sink.add(event)`` for every command
         self.parser = StreamParser()
         self.stats = ChangeStats()
         self.tree: TreeSummary | None = TreeSummary() if full else None
@@ -32,6 +33,8 @@ class StreamWatch:
             self.stats.add(ev)
             if self.tree is not None:
                 self.tree.add(ev)
+            if self.sink is not None:
+                self.sink.add(ev)
 
     def finish(self) -> None:
         try:

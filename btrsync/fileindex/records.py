@@ -1,0 +1,38 @@
+"""One record per send-stream command, without file data: what the file index stores.
+
+A record is a JSON list ``[cmd, offset, size, path, attrs]``: the command's name, its byte
+offset and size in the backup's stream (header included), its path and its other attributes.
+WRITE/ENCODED_WRITE keep ``data_offset``/``data_len`` (where the data lies in the stream) but
+never the data; timespecs are ``[sec, nsec]``, xattr values hex. Names keep undecodable bytes
+as surrogates (JSON escapes them), so every path round-trips.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_SKIP = {"data", "verity_salt_data", "verity_sig_data", "ctransid", "clone_ctransid"}
+
+
+def encode(ev: Any) -> bytes:
+    """The record of one parser event, as a JSON line."""
+    attrs: dict[str, Any] = {}
+    for name, value in ev.attrs.items():
+        if name in _SKIP:
+            continue
+        if isinstance(value, bytes | bytearray | memoryview):
+            value = bytes(value).hex()
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif not isinstance(value, int | str):
+            value = str(value)
+        attrs[name] = value
+    return json.dumps([ev.cmd, ev.offset, ev.size, ev.path, attrs], separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> list[Any]:
+    rec = json.loads(line)
+    if not (isinstance(rec, list) and len(rec) == 5 and isinstance(rec[0], str) and isinstance(rec[4], dict)):
+        raise ValueError("not a file index record")
+    return rec
