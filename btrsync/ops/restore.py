@@ -78,6 +78,15 @@ class RestoreResult:
     kept_examples: list[str] = field(default_factory=list)
     reflinked_bytes: int = 0
     seconds: float = 0.0
+    # selected paths only (``restore BACKUP PATH...``): what was read to restore them
+    selected: list[str] | None = None
+    files: int | None = None  # regular files restored
+    entries: int | None = None  # paths restored, ancestors included
+    fetched_bytes: int | None = None  # stored bytes of the chunks read
+    fetched_chunks: int | None = None
+    index_bytes: int | None = None  # stored bytes of the chain's file indexes read
+    stored_bytes: int | None = None  # stored bytes of the whole chain
+    fetched_share: float | None = None  # (chunks + indexes read) / stored bytes of the chain
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,12 +136,17 @@ def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> None:
                    "started": datetime.now(UTC).isoformat(timespec="seconds")}, f)
 
 
-def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", workers: int = 2) -> RestoreResult:
+def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", workers: int = 2,
+            paths: list[str] | None = None) -> RestoreResult:
     """Restore backup ``spec`` to ``to/<snapshot name>`` on any filesystem (see the module doc).
 
     ``existing`` says what to do when ``to/<snapshot name>`` exists: ``refuse`` (exit 2),
     ``overwrite`` (replace it whole, once the restore is complete), ``skip`` (add only the paths
     of the backup that do not exist there; leave every existing path as it is).
+
+    ``paths`` (inside the backup) restores only those, with their ancestors, at the same places
+    under ``to/<snapshot name>``, reading only the chunks that the chain's file indexes name for
+    them (``restore/selective.py``).
     """
     if existing not in EXISTING_MODES:
         raise UsageError(f"existing must be one of {', '.join(EXISTING_MODES)}")
@@ -141,6 +155,9 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
     chain = _chain(repo, spec)
     last = chain[-1]
     name = last.snapshot
+    selection = None
+    if paths is not None:
+        selection = _materialise(repo, chain, paths)
     if "/" in name or name in ("", ".", ".."):
         raise DamageError(f"backup {last.backup_id}: snapshot name {name!r} is not a single path component")
     to_fd = os.open(to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -165,14 +182,18 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                 notes = Notes()
                 try:
                     with Tree(tree_fd) as tree:
-                        applier = Applier(tree, work_fd, notes)
-                        for link in chain:
-                            result.links.append(_restore_link(repo, applier, link, workers))
-                        applier.finish()
+                        if selection is not None:
+                            caps = _restore_selected(repo, chain, selection, tree, work_fd, notes, workers, result)
+                        else:
+                            applier = Applier(tree, work_fd, notes)
+                            for link in chain:
+                                result.links.append(_restore_link(repo, applier, link, workers))
+                            applier.finish()
+                            caps = applier.caps
                 finally:
                     os.close(tree_fd)
                 result.notes = notes.as_list()
-                result.reflinked_bytes = applier.caps.reflinked
+                result.reflinked_bytes = caps.reflinked
                 fsutil.syncfs(work_fd)  # durable before it takes its name
                 _place(work_fd, to_fd, name, existing, there is not None, result)
                 fsutil.syncfs(to_fd)
@@ -185,6 +206,49 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
     result.seconds = round(time.monotonic() - t0, 3)
     log.info("restore finished backup=%s path=%s seconds=%.1f", last.backup_id, result.path, result.seconds)
     return result
+
+
+@dataclass
+class _Selection:
+    paths: list[str]
+    tree: Any  # fileindex.tree.FileTree, with ops
+    index_bytes: int
+
+
+def _materialise(repo: Repository, chain: list[Manifest], paths: list[str]) -> _Selection:
+    from btrsync.ops.files import normalise, tree_of
+
+    wanted = list(dict.fromkeys(normalise(p) for p in paths))
+    ftree, index_bytes = tree_of(repo, chain, with_ops=True)
+    for p in wanted:
+        if ftree.lookup(p) is None:
+            raise UsageError(f"no {p!r} in backup {chain[-1].backup_id} ('btrsync ls' shows what it holds); "
+                             "nothing was restored")
+    return _Selection(wanted, ftree, index_bytes)
+
+
+def _restore_selected(repo: Repository, chain: list[Manifest], sel: _Selection, tree: Tree, work_fd: int,
+                      notes: Notes, workers: int, result: RestoreResult) -> fsutil.Caps:
+    from btrsync.restore.selective import SelectiveRestore
+
+    t0 = time.monotonic()
+    job = SelectiveRestore(repo, chain, sel.tree, tree, work_fd, notes, workers=workers)
+    try:
+        chosen = job.select(sel.paths)
+        job.rebuild([n.inode for _, n in chosen])
+        job.build(chosen)
+    finally:
+        job.close()
+    result.selected = sel.paths
+    result.files, result.entries = job.stats.files, job.stats.entries
+    result.fetched_bytes, result.fetched_chunks = job.fetched.stored_bytes, job.fetched.chunks
+    result.index_bytes = sel.index_bytes
+    result.stored_bytes = sum(m.stored_bytes for m in chain)
+    result.fetched_share = round((result.fetched_bytes + result.index_bytes) / max(result.stored_bytes, 1), 6)
+    log.info("selective restore backup=%s paths=%d files=%d fetched_bytes=%d of %d seconds=%.1f",
+             chain[-1].backup_id, len(sel.paths), job.stats.files, job.fetched.stored_bytes,
+             result.stored_bytes, time.monotonic() - t0)
+    return job.caps
 
 
 def _restore_link(repo: Repository, applier: Applier, link: Manifest, workers: int) -> RestoredLink:

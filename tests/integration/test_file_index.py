@@ -98,3 +98,88 @@ def test_ls_of_every_backup_in_a_chain_equals_its_snapshot(world: World) -> None
     # warm: the cached listing gives the same answer
     run = world.cli("ls", "latest", "--from", world.url, "--recursive", "--json")
     _compare(snapshot_entries(world.snapshots[-1]), listed_entries(run.json()))
+
+
+# --- restore of selected paths ----------------------------------------------------------------
+
+
+def _describe(root: Path) -> dict:
+    from unittest import mock
+
+    original = tree.physical_extents
+
+    def extents_or_none(path: Path) -> list:
+        try:
+            return original(path)
+        except OSError:
+            return []
+
+    with mock.patch.object(tree, "physical_extents", extents_or_none):
+        return tree.describe(root)
+
+
+def _covered(paths: list[str], all_paths: set[str]) -> set[str]:
+    """The paths a selective restore of ``paths`` holds: them, what is below, their ancestors."""
+    out = {"."}
+    for p in paths:
+        parts = p.split("/")
+        out |= {"/".join(parts[:i]) for i in range(1, len(parts))}
+        out |= {q for q in all_paths if q == p or q.startswith(p + "/")}
+    return out
+
+
+def _same_paths(full: Path, part: Path, paths: list[str]) -> None:
+    a, b = _describe(full), _describe(part)
+    keep = _covered(paths, set(a))
+    a = {k: v for k, v in a.items() if k in keep}
+    for d in (a, b):
+        for entry in d.values():
+            if "hardlinks" in entry:
+                entry["hardlinks"] = sorted(n for n in entry["hardlinks"] if n in keep)
+                if not entry["hardlinks"]:
+                    del entry["hardlinks"]
+    diffs = tree.compare(a, b, ignore=set(tree.SEND_BEST_EFFORT))
+    assert diffs == [], "\n".join(diffs[:40])
+
+
+def test_selected_paths_equal_the_same_paths_of_the_full_restore(world: World, tmp_path: Path) -> None:
+    """Three generations (renames, deletes, hard links, reflinks, sparse files, xattrs): for the
+    latest and a middle backup, restoring some paths gives exactly those paths of the full
+    restore, and reads less than the whole backup."""
+    _generations(world, 3)
+    assert world.push().code == 0
+    for snap in (world.snapshots[-1], world.snapshots[1]):
+        full, part = tmp_path / f"full-{snap.name}", tmp_path / f"part-{snap.name}"
+        full.mkdir()
+        part.mkdir()
+        run = world.cli("restore", snap.name, "--from", world.url, "--to", str(full))
+        assert run.code == 0, run.err
+        top = sorted(os.listdir(snap))
+        chosen = top[::2]
+        deep = [str(p.relative_to(snap)) for p in sorted(snap.rglob("*")) if p.is_file() and not p.is_symlink()
+                and len(p.relative_to(snap).parts) > 2][:2]
+        paths = chosen + deep
+        run = world.cli("restore", snap.name, *paths, "--from", world.url, "--to", str(part), "--json")
+        assert run.code == 0, run.err
+        doc = run.json()
+        assert doc["selected"] == paths and doc["files"] > 0
+        assert 0 < doc["fetched_bytes"] <= doc["stored_bytes"] and doc["fetched_share"] < 1.0
+        _same_paths(full / snap.name, part / snap.name, paths)
+        # the human output says what was read of the backup
+        again = tmp_path / f"again-{snap.name}"
+        again.mkdir()
+        run = world.cli("restore", snap.name, deep[0], "--from", world.url, "--to", str(again))
+        assert run.code == 0 and "of the" in run.out and "the backup's chain stores" in run.out, run.out
+
+
+def test_selecting_a_missing_path_writes_nothing(world: World, tmp_path: Path) -> None:
+    (world.subvol / "a").write_bytes(b"x")
+    world.snapshot()
+    assert world.push().code == 0
+    to = tmp_path / "to"
+    to.mkdir()
+    run = world.cli("restore", "latest", "nope", "--from", world.url, "--to", str(to))
+    assert run.code == 2 and "no 'nope'" in run.err
+    run = world.cli("restore", "latest", "../etc", "--from", world.url, "--to", str(to))
+    assert run.code == 2
+    assert os.listdir(to) == []
