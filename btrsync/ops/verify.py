@@ -224,6 +224,10 @@ def _check_catalog(by_id: dict[str, Manifest], m: Manifest, catalog: Catalog, si
         if m.format >= 2 and layout.index_key(m.backup_id, n) not in sizes:
             idx = layout.index_key(m.backup_id, n)
             rep.add(Problem("missing", idx, f"segment index {idx} of backup {m.backup_id} is missing"))
+    for part in range(int((m.files or {}).get("parts", 0))):
+        key = layout.files_key(m.backup_id, part)
+        if key not in sizes:
+            rep.add(Problem("missing", key, f"file index part {key} of backup {m.backup_id} is missing"))
     if m.format >= 2 and rep.result == "ok" and total != m.stored_bytes:
         rep.add(Problem("size", layout.data_prefix(m.backup_id),
                         f"the segments of {m.backup_id} hold {total} bytes, the manifest records {m.stored_bytes}"))
