@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks import (
     bench_catalog,
+    bench_files,
     bench_incremental,
     bench_memory,
     bench_parser,
@@ -55,6 +56,7 @@ BENCHMARKS = {
     "parser": (7, bench_parser, "Send-stream parser throughput (parse + CRC32C, one core)"),
     "catalog": (8, bench_catalog, "Catalog at scale: commit, list, table, plan, prune (directory, S3)"),
     "verify": (9, bench_verify, "Verification throughput against restic check --read-data"),
+    "files": (10, bench_files, "File index: ls of 100,000 files, one file out of a 1 GiB backup"),
 }
 NEEDS_DISK = {"quick": 3 * GiB, "full": 24 * GiB}
 T0 = time.monotonic()

@@ -140,6 +140,7 @@ def index_cmd(app: App, backup: str, source: str, workers: int, as_json: bool) -
     \b
     Examples:
       btrsync index data@latest --from file:///mnt/usb/backups
+      btrsync index data.20261120T030000Z --from b2 --json
     """
     with app.repository(source, write=True) as repo:
         done = files.index_backups(repo, backup, workers=workers)

@@ -25,7 +25,8 @@ def _one_backup(world: World, seed: int = 3) -> dict:
 
 
 def _segments(world: World, backup_id: str) -> list[Path]:
-    return sorted(p for p in (world.target_dir / layout.data_prefix(backup_id)).iterdir() if p.suffix != ".idx")
+    return sorted(p for p in (world.target_dir / layout.data_prefix(backup_id)).iterdir()
+                  if p.suffix != ".idx" and not p.name.startswith("files-"))
 
 
 def test_wrong_key_exits_12_and_writes_nothing(world: World, tmp_path: Path) -> None:

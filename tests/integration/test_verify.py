@@ -44,7 +44,8 @@ def _by_id(doc: dict) -> dict[str, dict]:
 
 
 def _segments(world: World, bid: str) -> list[Path]:
-    return sorted(p for p in (world.target_dir / layout.data_prefix(bid)).iterdir() if p.suffix != ".idx")
+    return sorted(p for p in (world.target_dir / layout.data_prefix(bid)).iterdir()
+                  if p.suffix != ".idx" and not p.name.startswith("files-"))
 
 
 def _repo(world: World) -> Repository:

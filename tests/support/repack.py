@@ -22,7 +22,8 @@ def repack(repo: Repository, backup_id: str, edit: Edit) -> None:
     raws = [opener.open(i, repo.read_frame(backup_id, i, r), stored_xxh3=r.stored_xxh3, raw_size=r.raw_size,
                         raw_xxh3=r.raw_xxh3) for i, r in enumerate(table_records(repo, m))]
     for key in repo.data_keys(backup_id):
-        repo.target.delete(key)
+        if not key.startswith(layout.files_key(backup_id, 0)[:-6]):  # the file index stays as it was
+            repo.target.delete(key)
     sealer = ChunkSealer(repo.binding, backup_id, 0)
     table = TableDigest()
     frames = [sealer((i, raw)) for i, raw in enumerate(edit(raws))]
