@@ -23,7 +23,7 @@ def encode(ev: Any) -> bytes:
             continue
         if isinstance(value, bytes | bytearray | memoryview):
             value = bytes(value).hex()
-        elif isinstance(value, tuple):
+        elif isinstance(value, tuple | list):
             value = list(value)
         elif not isinstance(value, int | str):
             value = str(value)
