@@ -48,6 +48,7 @@ class IndexWriter:
         self.records = 0
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by upload/close
         self._z = zstandard.ZstdCompressor(level=3).stream_writer(self._file, closefd=False)
+        self._lines: list[bytes] = []
         self._line({"file_index": FORMAT, "backup_id": backup_id, "snapshot_uuid": snapshot_uuid,
                     "parent_uuid": parent_uuid, "attempt": attempt})
 
@@ -55,10 +56,17 @@ class IndexWriter:
         self._z.write(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n")
 
     def add(self, ev: Any) -> None:
-        self._z.write(records.encode(ev))
+        self._lines.append(records.encode(ev))
         self.records += 1
+        if len(self._lines) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._z.write(b"".join(self._lines))
+        self._lines.clear()
 
     def finish(self, *, stream_bytes: int, commands: int) -> None:
+        self._flush()
         self._line({"end": True, "records": self.records, "commands": commands, "stream_bytes": stream_bytes})
         self._z.flush(zstandard.FLUSH_FRAME)
         self._z.close()
