@@ -69,6 +69,8 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     (r,) = push(subvol, snapdir, repo_at(target, key), PushSettings()).results
     res.check("push of the tree", r.status == "ok", str(r.error or ""))
     res.metrics["index_stored_bytes"] = _index_bytes(target)
+    res.metrics["tree_push_seconds"] = round(r.seconds, 2)  # the index is written during it
+    res.metrics["tree_stream_bytes"] = r.stream_bytes
     url = f"file://{target}"
     cache = state / "files"
 
