@@ -34,7 +34,10 @@ def _time(ns: int) -> str:
 
 def _shown(e: Entry, *, relative_to: str) -> str:
     name = e.path[len(relative_to) + 1:] if relative_to and e.path.startswith(relative_to + "/") else e.path
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in shown):  # a newline in a name must not make two lines
+        shown = shown.encode("unicode_escape").decode("ascii")
+    return shown
 
 
 @click.command("ls", epilog=EXIT_STATUS_HELP)

@@ -103,6 +103,15 @@ def test_ls_of_every_backup_in_a_chain_equals_its_snapshot(world: World) -> None
     # warm: the cached listing gives the same answer
     run = world.cli("ls", "latest", "--from", world.url, "--recursive", "--json")
     _compare(snapshot_entries(world.snapshots[-1]), listed_entries(run.json()))
+    # the human forms: names of one directory, and --long like ls -l
+    top = sorted(os.listdir(world.snapshots[-1]))
+    run = world.cli("ls", "latest", "--from", world.url)
+    shown = [n.encode("unicode_escape").decode() if any(ord(c) < 32 for c in n) else n for n in top]
+    assert [line.rstrip("/") for line in run.out.splitlines()] == shown
+    run = world.cli("ls", "latest", "--from", world.url, "--long", "--recursive")
+    lines = run.out.splitlines()
+    assert len(lines) == len(rows) and any(" -> " in line and line.startswith("l") for line in lines)
+    assert world.cli("ls", "latest", "no/such/path", "--from", world.url).code == 2
 
 
 # --- restore of selected paths ----------------------------------------------------------------
