@@ -1,0 +1,196 @@
+# services.btrsync: btrfs snapshots, encrypted incremental backups to B2/S3, ssh and local
+# targets, retention, verification and metrics, configured as jobs of btrsync (docs/nixos.md).
+#
+# This file holds the top-level options, writes /etc/btrsync/config.toml from the options
+# (checked by `btrsync config check` when the system is built) and makes, per job, the units
+# `btrsync systemd generate` makes (btrsync/jobs/systemd.py): a oneshot service and its timer,
+# plus btrsync-on-failure@.service.  The other files add their part of the option tree.
+{ config, lib, pkgs, ... }:
+let
+  inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
+  T = import ./types.nix { inherit lib; };
+  cfg = config.services.btrsync;
+  configPath = "/etc/btrsync/config.toml";
+  btrsync = "${cfg.package}/bin/btrsync";
+
+  hardening = T.hardening;
+  inherit (T) baseCaps receiveCaps;
+
+  enabledJobs = lib.filterAttrs (_: j: j.enable) cfg.jobs;
+  targetUrl = t: if cfg.targets ? ${t} then cfg.targets.${t}.url else t;
+  metricsDir = if cfg.monitoring.enable then cfg.monitoring.metricsDir else null;
+
+  # what a job's targets verify with (the target's own or the job's), as btrsync resolves it
+  verifyOf = job: jt: if jt.verify != null then jt.verify else job.verify;
+  drills = job: lib.any (jt: let v = verifyOf job jt; in (v.drillEvery != null && v.drillLevel == "restore") || v.level == "restore")
+    (lib.attrValues job.targets);
+
+  credentialsOf = job:
+    lib.optional (cfg.keyFile != null) "key:${toString cfg.keyFile}"
+    ++ lib.concatLists (lib.mapAttrsToList (t: _:
+      let s = cfg.targets.${t} or null; in
+      lib.optional (s != null && s.credentialsFile != null) "target-${t}:${toString s.credentialsFile}"
+      ++ lib.optional (s != null && s.identityFile != null) "ssh-${t}:${toString s.identityFile}") job.targets);
+
+  jobService = name: job:
+    let
+      urls = map targetUrl (lib.attrNames job.targets);
+      localDirs = lib.filter (d: d != null) (map T.fileTargetDir urls);
+      remote = lib.any (u: T.fileTargetDir u == null) urls;
+      withDrills = drills job;
+      writable = lib.unique ([ cfg.stateDir job.snapshotDir ] ++ lib.optional (metricsDir != null) metricsDir
+        ++ lib.concatLists (map (t: [ ] ++ (let d = T.fileTargetDir (targetUrl t); in lib.optional (d != null) d)
+        ++ lib.optional withDrills (verifyOf job job.targets.${t}).scratchDir) (lib.attrNames job.targets)));
+      mounts = lib.unique ([ job.snapshotDir ] ++ job.subvolumes ++ localDirs);
+      network = lib.optional remote "network-online.target";
+      argv = [ btrsync "--config" configPath ];
+    in {
+      description = "btrsync backup job ${name}";
+      wants = network ++ cfg.secretsUnits;
+      after = network ++ cfg.secretsUnits;
+      onFailure = [ "btrsync-on-failure@%n.service" ];
+      unitConfig.RequiresMountsFor = lib.concatStringsSep " " (map (T.quoted "") mounts);
+      restartIfChanged = false; # a switch must not start a backup
+      serviceConfig = hardening // {
+        Type = "oneshot";
+        ExecStart = lib.concatStringsSep " " (map T.execArg argv
+          ++ lib.optionals (cfg.keyFile != null) [ "--key-file" "%d/key" ] ++ [ "run" (T.execArg name) ]);
+        LoadCredential = map (lib.replaceStrings [ "%" ] [ "%%" ]) (credentialsOf job);
+        KillMode = "mixed";
+        TimeoutStopSec = "5min";
+        ReadWritePaths = lib.concatStringsSep " " (map (T.quoted "-") writable);
+        CapabilityBoundingSet = lib.concatStringsSep " " (baseCaps ++ lib.optionals withDrills receiveCaps);
+      };
+    };
+
+  jobTimer = name: job: {
+    description = "btrsync backup job ${name} (${job.schedule})";
+    wantedBy = [ "timers.target" ];
+    timerConfig = {
+      OnCalendar = job.schedule;
+      Persistent = job.persistent;
+      RandomizedDelaySec = job.randomizedDelaySec;
+      Unit = "btrsync-${name}.service";
+    };
+  };
+
+  failureService = {
+    description = "btrsync: on_failure hooks of the failed unit %i";
+    serviceConfig = hardening // {
+      Type = "oneshot";
+      ExecStart = lib.concatStringsSep " " (map T.execArg [ btrsync "--config" configPath "systemd" "on-failure" ]) + " %i";
+      ReadWritePaths = T.quoted "-" cfg.stateDir;
+    };
+  };
+
+  settingsFormat = pkgs.formats.toml { };
+  configFile = settingsFormat.generate "btrsync.toml" cfg.settings;
+  # btrbk's pattern: the configuration is validated when the system is built (exit 2 fails it)
+  checkedConfig = pkgs.runCommand "btrsync-config-checked" { } ''
+    ${btrsync} --config ${configFile} config check > /dev/null
+    cp ${configFile} $out
+  '';
+
+  secrets = [ { loc = "keyFile"; value = cfg.keyFile; } ]
+    ++ lib.concatLists (lib.mapAttrsToList (n: t: [
+      { loc = "targets.${n}.credentialsFile"; value = t.credentialsFile; }
+      { loc = "targets.${n}.identityFile"; value = t.identityFile; }
+    ]) cfg.targets);
+  secretAssertions = lib.concatMap (s: lib.optionals (s.value != null) [
+    { assertion = !builtins.isPath s.value;
+      message = "services.btrsync.${s.loc} is a Nix path literal: it would be copied into the world-readable /nix/store. Give the runtime path as a string, e.g. \"/var/lib/opnix/secrets/btrsyncKey\" (see docs/nixos.md, Secrets)."; }
+    { assertion = builtins.isPath s.value || !(lib.hasPrefix builtins.storeDir (toString s.value));
+      message = "services.btrsync.${s.loc} = \"${toString s.value}\" is in the Nix store, which every user can read: keep the secret outside it (OpNix, agenix, sops-nix or a root-only file) and name its runtime path."; }
+    { assertion = builtins.isPath s.value || lib.hasPrefix "/" s.value;
+      message = "services.btrsync.${s.loc} = \"${toString s.value}\" must be an absolute path."; }
+  ]) secrets;
+
+  validName = n: builtins.match "[A-Za-z0-9_-]{1,64}" n != null;
+  jobsWithTargets = lib.attrNames (lib.filterAttrs (_: j: j.targets != { }) cfg.jobs);
+in
+{
+  imports = [ ./snapshot.nix ./remote.nix ./retention.nix ./verify.nix ./monitoring.nix ];
+
+  options.services.btrsync = {
+    enable = mkEnableOption "btrsync, btrfs snapshots and encrypted incremental backups";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ../../package.nix { };
+      defaultText = literalExpression "pkgs.callPackage ./nix/package.nix { }";
+      description = "The btrsync package; its `bin/btrsync` runs every unit.";
+    };
+
+    keyFile = T.secretPath ''
+      Runtime path of the repository key file (`btrsync key generate FILE`; 32 bytes or 64 hex
+      digits, root-only).  A string, never a Nix path: a path literal or a `/nix/store` path is
+      refused, because the store is world-readable.  Passed to every unit with `LoadCredential=`
+      (`--key-file %d/key`).  Required when a job has targets.  With OpNix:
+      `config.services.onepassword-secrets.secretPaths.btrsyncKey`.
+    '';
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/btrsync";
+      description = "State directory (catalog cache, job records, locks, the audit log); created by tmpfiles, mode 0700.";
+    };
+
+    maxParallelJobs = mkOption {
+      type = types.ints.between 1 64;
+      default = 1;
+      description = "Jobs that push at once on this host; the others queue.";
+    };
+
+    secretsUnits = mkOption {
+      type = types.listOf types.str;
+      default = lib.optional (config.services.onepassword-secrets.enable or false) "opnix-secrets.service";
+      defaultText = literalExpression ''lib.optional config.services.onepassword-secrets.enable "opnix-secrets.service"'';
+      description = ''
+        Units that produce the secret files: every btrsync unit `Wants=` and is ordered `After=`
+        them.  The OpNix secrets service when `services.onepassword-secrets` is enabled.
+      '';
+    };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Run `btrsync config check` on the generated configuration when the system is built.";
+    };
+
+    settings = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+      example = literalExpression ''{ push.chunk_size = "8M"; targets.b2.part_size = "64M"; }'';
+      description = ''
+        The btrsync configuration (`/etc/btrsync/config.toml`, TOML; keys as in docs/scheduling.md).
+        The module fills it from the options; set keys it has no option for here.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    services.btrsync.settings = T.compact {
+      key_file = if cfg.keyFile == null then null else toString cfg.keyFile;
+      state_dir = cfg.stateDir;
+      max_parallel_jobs = cfg.maxParallelJobs;
+    };
+
+    environment.systemPackages = [ cfg.package ];
+    environment.etc."btrsync/config.toml".source = if cfg.checkConfig then checkedConfig else configFile;
+
+    systemd.services = lib.mapAttrs' (n: j: lib.nameValuePair "btrsync-${n}" (jobService n j)) cfg.jobs
+      // { "btrsync-on-failure@" = failureService; };
+    systemd.timers = lib.mapAttrs' (n: j: lib.nameValuePair "btrsync-${n}" (jobTimer n j)) enabledJobs;
+    systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0700 root root -" ];
+
+    assertions = secretAssertions
+      ++ lib.mapAttrsToList (n: _: {
+        assertion = validName n;
+        message = "services.btrsync.jobs.\"${n}\": a job name is 1-64 letters, digits, '-' and '_' (it names systemd units and metric labels).";
+      }) cfg.jobs
+      ++ [ {
+        assertion = cfg.keyFile != null || jobsWithTargets == [ ];
+        message = "services.btrsync.keyFile is not set, but job(s) ${lib.concatStringsSep ", " jobsWithTargets} push to targets and need the repository key.";
+      } ];
+  };
+}

@@ -1,0 +1,50 @@
+# btrsync for nixpkgs: `pkgs.callPackage ./nix/package.nix { }`.  The C send-stream parser is
+# built (setup.py) and imported as a check; btrfs-progs, zstd, openssh and rsync are on the
+# wrapped program's PATH.  The checks run the tests that need neither root, btrfs, loop devices
+# nor network (the rest run in the project's CI and in nix/tests/vm.nix).
+{ lib
+, python3Packages
+, btrfs-progs
+, zstd
+, openssh
+, rsync
+}:
+python3Packages.buildPythonApplication {
+  pname = "btrsync";
+  version = "0.1.0";
+  pyproject = true;
+
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../btrsync ../native ../tests ../monitoring ../docs ../setup.py ../pyproject.toml ../README.md
+    ];
+  };
+
+  build-system = with python3Packages; [ setuptools wheel ];
+
+  # pyproject.toml [project] dependencies (tests/nix keeps the two lists equal)
+  dependencies = with python3Packages; [
+    boto3
+    zstandard
+    cryptography
+    xxhash
+    click
+    psutil
+    pydantic
+    prometheus-client
+  ];
+
+  makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ btrfs-progs zstd openssh rsync ]) ];
+
+  nativeCheckInputs = with python3Packages; [ pytestCheckHook hypothesis pytest-timeout ];
+  pytestFlagsArray = [ "tests/unit" "-p" "no:cacheprovider" ];
+  pythonImportsCheck = [ "btrsync" "btrsync.sendstream._native" ];
+
+  meta = {
+    description = "btrfs send/receive incremental backups: snapshots, encrypted chunked pushes to S3/B2, ssh and disks, chain-safe retention, verified restore";
+    license = lib.licenses.asl20;
+    platforms = lib.platforms.linux;
+    mainProgram = "btrsync";
+  };
+}

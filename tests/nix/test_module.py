@@ -1,0 +1,341 @@
+"""The NixOS module (nix/modules/backup) evaluated with nixpkgs' real module system.
+
+No NixOS and no nixpkgs checkout here: nixpkgs' lib and Debian's nix-instantiate evaluate the
+module offline, with the NixOS options it sets declared loosely (stubs.nix).  For three hosts
+the generated configuration must pass ``btrsync config check``, the units must pass
+``systemd-analyze verify`` and carry what ``btrsync systemd generate`` writes for the same
+configuration; every assertion must fire with its message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from btrsync.config.model import parse_config
+from btrsync.jobs.systemd import generate
+from btrsync.jobs.timespan import timespan
+from tests.nix.nixeval import ROOT, directives, evaluate, find_lib, run_nix, unit_files
+
+EXAMPLES = ["minimal", "b2-opnix", "two-jobs-ssh"]
+CONFIG_PATH = "/etc/btrsync/config.toml"
+
+
+@pytest.fixture(scope="module")
+def lib() -> str:
+    return find_lib()
+
+
+@pytest.fixture(scope="module")
+def hosts(lib: str) -> dict[str, dict[str, Any]]:
+    return {name: evaluate(lib, [f"./tests/nix/{name}.nix"]) for name in EXAMPLES}
+
+
+def btrsync_bin() -> str:
+    return str(Path(sys.executable).parent / "btrsync")
+
+
+def write_config(settings: dict[str, Any], path: Path) -> Path:
+    path.write_text(tomli_w.dumps(settings))
+    return path
+
+
+def test_every_nix_file_parses() -> None:
+    files = sorted([ROOT / "flake.nix", *(ROOT / "nix").rglob("*.nix"), *(ROOT / "tests" / "nix").glob("*.nix")])
+    assert len(files) >= 15
+    for path in files:
+        proc = run_nix(["--parse", str(path)], check=False)
+        assert proc.returncode == 0, f"{path}: {proc.stderr}"
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_the_generated_configuration_passes_btrsync_config_check(hosts: dict[str, Any], name: str,
+                                                                 tmp_path: Path) -> None:
+    host = hosts[name]
+    assert host["assertions"] == []
+    path = write_config(host["settings"], tmp_path / "config.toml")
+    proc = subprocess.run([btrsync_bin(), "--config", str(path), "config", "check", "--json"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    effective = json.loads(proc.stdout)
+    assert set(effective["jobs"]) == set(host["settings"]["jobs"])
+    # the file the system gets is the same settings, checked when the system is built
+    etc = host["etc"]["btrsync/config.toml"]
+    assert etc["source"] == "btrsync-config-checked"
+    assert f"{btrsync_bin()} --config " in etc["script"] and "config check" in etc["script"]
+
+
+def test_b2_opnix_host(hosts: dict[str, Any]) -> None:
+    host = hosts["b2-opnix"]
+    s = host["settings"]
+    assert s["key_file"] == "/var/lib/opnix/secrets/btrsyncKey"
+    assert s["targets"]["b2"] == {"url": "s3://my-bucket/hosts/web1", "endpoint": "https://s3.us-west-004.backblazeb2.com",
+                                  "credentials_file": "/var/lib/opnix/secrets/b2Credentials", "quota": "1T"}
+    assert s["retention"]["profiles"]["standard"]["targets"]["b2"] == {"keep_monthly": 36, "keep_yearly": 5}
+    assert s["retention"]["subvolumes"] == {"postgres": "databases"}
+    assert s["push"] == {"bwlimit": "20M", "bwlimit_schedule": ["Mon-Fri 08:00-18:00 5M"]}
+    assert s["jobs"]["home"]["verify"]["sample"] == "5%"
+    home = host["services"]["btrsync-home"]
+    # OpNix: ordered after the unit that writes the secrets, wanted by it, not required
+    assert home["after"] == ["network-online.target", "opnix-secrets.service"] == home["wants"]
+    assert home["serviceConfig"]["LoadCredential"] == ["key:/var/lib/opnix/secrets/btrsyncKey",
+                                                      "target-b2:/var/lib/opnix/secrets/b2Credentials"]
+    assert home["serviceConfig"]["ExecStart"].endswith(f"--config {CONFIG_PATH} --key-file %d/key run home")
+    assert home["restartIfChanged"] is False
+    timer = host["timers"]["btrsync-home"]["timerConfig"]
+    assert timer == {"OnCalendar": "*-*-* 01:30:00", "Persistent": True, "RandomizedDelaySec": "20m",
+                     "Unit": "btrsync-home.service"}
+    weekly = host["services"]["btrsync-verify-b2-weekly"]
+    assert "verify --from b2 --level data --subset 1/7" in weekly["serviceConfig"]["ExecStart"]
+    assert "opnix-secrets.service" in weekly["after"]
+    assert host["timers"]["btrsync-verify-b2-weekly"]["timerConfig"]["OnCalendar"] == "Sun 03:00"
+    # monitoring: node_exporter reads the metrics directory, Prometheus gets the alert rules
+    metrics = s["metrics_dir"]
+    assert host["prometheus"]["extraFlags"] == [f"--collector.textfile.directory={metrics}"]
+    assert host["prometheus"]["enabledCollectors"] == ["textfile"]
+    assert host["prometheus"]["ruleFiles"] == [str(ROOT / "monitoring" / "alerts.yml")]
+    assert f"d {metrics} 0755 root root -" in host["tmpfiles"]
+    assert "d /var/lib/btrsync 0700 root root -" in host["tmpfiles"]
+    assert host["auditLog"] == "/var/lib/btrsync/audit.log"
+
+
+def test_two_jobs_and_an_ssh_target(hosts: dict[str, Any]) -> None:
+    host = hosts["two-jobs-ssh"]
+    s = host["settings"]
+    assert s["targets"]["nas"] == {"url": "ssh://backup@nas.lan/srv/backups/web1", "port": 2222,
+                                   "identity_file": "/etc/btrsync/id_ed25519",
+                                   "known_hosts_file": "/etc/btrsync/known_hosts"}
+    assert s["jobs"]["home"]["targets"]["nas"]["retention"] == {"keep_daily": 30, "keep_monthly": 12}
+    assert s["jobs"]["logs"]["enabled"] is False and "btrsync-logs" not in host["timers"]
+    assert "btrsync-logs" in host["services"]  # kept for manual runs
+    home = host["services"]["btrsync-home"]["serviceConfig"]
+    assert home["LoadCredential"] == ["key:/etc/btrsync/backup.key", "ssh-nas:/etc/btrsync/id_ed25519"]
+    assert '"-/mnt/usb disk/backups"' in home["ReadWritePaths"]
+    assert "CAP_MKNOD" in home["CapabilityBoundingSet"]  # drills receive
+    assert "CAP_MKNOD" not in host["services"]["btrsync-logs"]["serviceConfig"]["CapabilityBoundingSet"]
+    assert host["services"]["btrsync-logs"].get("after") == []  # a directory target: no network
+    drill = host["services"]["btrsync-verify-nas-drill"]["serviceConfig"]
+    assert "--level restore --sample 1 --scratch-dir /var/tmp/btrsync-drills --snapshot-dir /.snapshots" in drill["ExecStart"]
+    assert "CAP_MKNOD" in drill["CapabilityBoundingSet"]
+    assert host["prometheus"] == {"ruleFiles": [], "enabledCollectors": [], "extraFlags": []}  # neither runs here
+
+
+def test_the_minimal_host(hosts: dict[str, Any]) -> None:
+    host = hosts["minimal"]
+    home = host["services"]["btrsync-home"]
+    assert home["serviceConfig"]["LoadCredential"] == [] and "--key-file" not in home["serviceConfig"]["ExecStart"]
+    assert home["wants"] == [] and "key_file" not in host["settings"]
+    assert host["settings"]["jobs"]["home"]["snapshots"] == {"keep_hourly": 24}
+    assert set(host["services"]) == {"btrsync-home", "btrsync-on-failure@"} and set(host["timers"]) == {"btrsync-home"}
+
+
+def _normalised(d: dict[str, list[str]]) -> dict[str, list[str]]:
+    out = {}
+    for key, values in d.items():
+        if key == "Timer.RandomizedDelaySec":
+            values = [str(int(timespan(v).total_seconds())) for v in values]
+        elif key in ("Unit.Wants", "Unit.After", "Unit.RequiresMountsFor", "Service.ReadWritePaths",
+                     "Service.CapabilityBoundingSet"):
+            values = sorted(" ".join(values).split(" ")) if '"' not in " ".join(values) else values
+        values = ["true" if v in ("yes", "true") else "false" if v in ("no", "false") else v for v in values]
+        out[key] = values
+    return out
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_the_units_are_what_btrsync_systemd_generate_writes(hosts: dict[str, Any], name: str) -> None:
+    """The module mirrors btrsync/jobs/systemd.py; the two must not drift apart."""
+    host = hosts[name]
+    config = parse_config(tomllib.loads(tomli_w.dumps(host["settings"])))
+    expected = generate(config, list(config.jobs.jobs.values()), config_path=Path(CONFIG_PATH),
+                        btrsync=btrsync_bin(), check=bool(shutil.which("systemd-analyze")))
+    ours = unit_files(host)
+    secrets_units = {"opnix-secrets.service"} if name == "b2-opnix" else set()
+    for unit, text in expected.items():
+        mine = _normalised(directives(ours[unit]))
+        theirs = _normalised(directives(text))
+        for key in ("Unit.Wants", "Unit.After"):  # the module adds the secrets' unit
+            extra = set(mine.pop(key, [])) - set(theirs.get(key, []))
+            assert extra <= secrets_units, (unit, key, extra)
+            theirs.pop(key, None)
+        assert mine == theirs, unit
+    job_units = {u for u in ours if not u.startswith("btrsync-verify-")}
+    assert job_units == set(expected)
+
+
+def test_rendered_units_pass_systemd_analyze_verify(hosts: dict[str, Any], tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing (Debian package systemd)")
+        pytest.skip("systemd-analyze is missing")
+    for name, host in hosts.items():
+        out = tmp_path / name
+        out.mkdir()
+        for unit, text in unit_files(host).items():
+            (out / unit).write_text(text)
+        # a template is verified by an instance name, as systemd would start it
+        shutil.copy(out / "btrsync-on-failure@.service", out / "btrsync-on-failure@btrsync-home.service.service")
+        files = sorted(str(p) for p in out.iterdir() if p.name != "btrsync-on-failure@.service")
+        proc = subprocess.run([tool, "verify", "--man=no", *files], capture_output=True, text=True, cwd=out,
+                              env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"}, timeout=120, check=False)
+        mine = [line for line in (proc.stdout + proc.stderr).splitlines() if str(out) in line or "btrsync" in line]
+        assert proc.returncode == 0 and not mine, f"{name}:\n{proc.stdout}{proc.stderr}"
+
+
+BASE = """
+  services.btrsync.enable = true;
+  services.btrsync.keyFile = "/etc/btrsync/backup.key";
+  services.btrsync.targets.usb.url = "file:///mnt/usb";
+  services.btrsync.retention.profiles.standard.backups.keepDaily = 7;
+  services.btrsync.jobs.home = { subvolumes = [ "/home" ]; snapshotDir = "/.snapshots"; targets.usb = { }; };
+"""
+
+ASSERTIONS = {
+    "unknown target": ('services.btrsync.jobs.home.targets.nope = { };',
+                       'services.btrsync.jobs.home.targets.nope: no target named "nope" (defined in services.btrsync.targets: usb).'),
+    "unknown job profile": ('services.btrsync.jobs.home.retention = "weekly";',
+                            'services.btrsync.jobs.home.retention = "weekly": no profile of that name in '
+                            'services.btrsync.retention.profiles (defined: standard).'),
+    "unknown target profile": ('services.btrsync.jobs.home.targets.usb.retention = "long";',
+                               'services.btrsync.jobs.home.targets.usb.retention = "long": no profile'),
+    "unknown default profile": ('services.btrsync.retention.defaultProfile = "x";',
+                                'services.btrsync.retention.defaultProfile = "x": no profile'),
+    "unknown subvolume profile": ('services.btrsync.retention.subvolumes.pg = "db";',
+                                  'services.btrsync.retention.subvolumes.pg = "db": no profile'),
+    "profile and inline policy": ('services.btrsync.jobs.home.targets.usb = { retention = "standard"; keep.keepDaily = 3; };',
+                                  "services.btrsync.jobs.home.targets.usb: set retention (a profile) or keep"),
+    "s3 without credentials": ('services.btrsync.targets.b2.url = "s3://bucket/host";',
+                               "services.btrsync.targets.b2 (s3://bucket/host) is an S3 target without credentials"),
+    "ssh without known_hosts": ('services.btrsync.targets.nas.url = "ssh://backup@nas/srv";',
+                                "services.btrsync.targets.nas (ssh://backup@nas/srv) is an ssh target without knownHostsFile"),
+    "bad url": ('services.btrsync.targets.ftp.url = "ftp://x/y";',
+                'services.btrsync.targets.ftp.url = "ftp://x/y": use s3://, ssh:// or file:///'),
+    "empty job": ('services.btrsync.jobs.empty.snapshotDir = "/.snapshots";',
+                  "services.btrsync.jobs.empty is empty: set subvolumes"),
+    "bad job name": ('services.btrsync.jobs."my job" = { subvolumes = [ "/srv" ]; snapshotDir = "/.s"; };',
+                     "services.btrsync.jobs.\"my job\": a job name is 1-64 letters"),
+    "no key": ("services.btrsync.keyFile = lib.mkForce null;",
+               "services.btrsync.keyFile is not set, but job(s) home push to targets"),
+    "key as a path literal": ("services.btrsync.keyFile = lib.mkForce ./backup.key;",
+                              "services.btrsync.keyFile is a Nix path literal: it would be copied into the "
+                              "world-readable /nix/store"),
+    "key in the store": ('services.btrsync.keyFile = lib.mkForce "/nix/store/0000-backup.key";',
+                         'services.btrsync.keyFile = "/nix/store/0000-backup.key" is in the Nix store'),
+    "credentials as a path literal": ('services.btrsync.targets.b2 = { url = "s3://b/h"; credentialsFile = ./b2.cred; };',
+                                      "services.btrsync.targets.b2.credentialsFile is a Nix path literal"),
+    "identity in the store": ('services.btrsync.targets.nas = { url = "ssh://nas/x"; knownHostsFile = "/k"; '
+                              'identityFile = "/nix/store/0000-id"; };',
+                              'services.btrsync.targets.nas.identityFile = "/nix/store/0000-id" is in the Nix store'),
+    "relative secret": ('services.btrsync.targets.b2 = { url = "s3://b/h"; credentialsFile = "b2.cred"; };',
+                        'services.btrsync.targets.b2.credentialsFile = "b2.cred" must be an absolute path.'),
+    "verification of an unknown target": ('services.btrsync.verifications.w.target = "b2";',
+                                          'services.btrsync.verifications.w.target = "b2": no target of that name'),
+}
+
+
+def test_the_base_of_the_bad_configurations_is_good(lib: str) -> None:
+    assert evaluate(lib, [f"({{ lib, ... }}: {{ {BASE} }})"])["assertions"] == []
+
+
+@pytest.mark.parametrize("case", sorted(ASSERTIONS))
+def test_every_assertion_fires_with_its_message(lib: str, case: str) -> None:
+    line, message = ASSERTIONS[case]
+    result = evaluate(lib, [f"({{ lib, ... }}: {{ {BASE} }})", f"({{ lib, ... }}: {{ {line} }})"])
+    assert any(message in m for m in result["assertions"]), result["assertions"]
+    assert len(result["assertions"]) == 1, result["assertions"]  # only this one
+
+
+def test_the_option_reference_in_docs_nixos_md_is_current(lib: str) -> None:
+    env = {**os.environ}
+    if lib.startswith("import /"):
+        env["BTRSYNC_NIXPKGS_LIB"] = lib.removeprefix("import ")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "nixos-option-reference"), "--check"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = (ROOT / "docs" / "nixos.md").read_text()
+    for option in ("services.btrsync.keyFile", "services.btrsync.targets.<name>.credentialsFile",
+                   "services.btrsync.jobs.<name>.schedule", "services.btrsync.retention.profiles.<name>.backups.keepDaily",
+                   "services.btrsync.verifications.<name>.level", "services.btrsync.monitoring.metricsDir"):
+        assert f"### `{option}`" in doc, option
+
+
+VM_EVAL = """
+{ lib, btrsyncPrefix }:
+let
+  drv = name: { type = "derivation"; inherit name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
+  pkgs = { testers.runNixOSTest = t: t; rsync = drv "rsync"; callPackage = _: _: drv "btrsync"; };
+  test = import ./nix/tests/vm.nix { inherit pkgs; };
+  loose = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
+  nodeStubs = { options = { virtualisation = loose; users = loose; services.openssh = loose; }; };
+  host = lib.evalModules { modules = [ test.nodes.host (import ./tests/nix/stubs.nix { inherit btrsyncPrefix; }) nodeStubs
+                                       { _module.args.pkgs = lib.mkForce pkgs; } ]; };
+  server = lib.evalModules { modules = [ test.nodes.server nodeStubs
+    { options.environment.systemPackages = lib.mkOption { type = lib.types.listOf lib.types.unspecified; }; } ]; };
+in {
+  inherit (test) name testScript;
+  nodes = lib.attrNames test.nodes;
+  failed = map (a: a.message) (lib.filter (a: !a.assertion) host.config.assertions);
+  units = lib.attrNames host.config.systemd.services ++ map (t: t + ".timer") (lib.attrNames host.config.systemd.timers);
+  exec = host.config.systemd.services.btrsync-data.serviceConfig.ExecStart;
+  settings = host.config.services.btrsync.settings;
+  sshd = server.config.services.openssh.enable;
+}
+"""
+
+
+def test_the_vm_test_evaluates_as_far_as_the_stubs_allow(lib: str, tmp_path: Path) -> None:
+    from tests.nix.nixeval import btrsync_prefix
+
+    expr = tmp_path / "vm-eval.nix"
+    expr.write_text(VM_EVAL.replace("./nix/", f"{ROOT}/nix/").replace("./tests/", f"{ROOT}/tests/"))
+    out = run_nix(["--eval", "--strict", "--json", str(expr), "--arg", "lib", lib, "--argstr", "btrsyncPrefix",
+                   "/nix/store/00000000000000000000000000000000-btrsync"])
+    vm = json.loads(out.stdout)
+    assert vm["name"] == "btrsync" and vm["nodes"] == ["host", "server"] and vm["sshd"] is True
+    assert vm["failed"] == []
+    assert {"btrsync-data", "btrsync-on-failure@", "btrsync-data.timer"} <= set(vm["units"])
+    assert vm["exec"].endswith("--key-file %d/key run data")
+    (tmp_path / "vm.toml").write_text(tomli_w.dumps(vm["settings"]))
+    proc = subprocess.run([btrsync_bin(), "--config", str(tmp_path / "vm.toml"), "config", "check"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    compile(vm["testScript"], "nix/tests/vm.nix testScript", "exec")  # the driver's script is Python
+    for step in ("systemctl start btrsync-data.service", "btrsync restore", "btrsync.prom", "is-failed"):
+        assert step in vm["testScript"], step
+    assert btrsync_prefix()  # the rendered units elsewhere run the real one
+
+
+PACKAGE_EVAL = """
+{ lib }:
+let
+  py = lib.genAttrs [ "boto3" "zstandard" "cryptography" "xxhash" "click" "psutil" "pydantic" "prometheus-client"
+                      "setuptools" "wheel" "pytestCheckHook" "hypothesis" "pytest-timeout" ] (n: n)
+       // { buildPythonApplication = a: a; };
+  bin = name: { name = name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
+  p = import ./nix/package.nix { inherit lib; python3Packages = py; btrfs-progs = bin "btrfs-progs"; zstd = bin "zstd";
+                                 openssh = bin "openssh"; rsync = bin "rsync"; };
+in { inherit (p) pname dependencies makeWrapperArgs pythonImportsCheck; }
+"""
+
+
+def test_the_package_has_the_projects_dependencies_and_tools(lib: str, tmp_path: Path) -> None:
+    expr = tmp_path / "pkg.nix"
+    expr.write_text(PACKAGE_EVAL.replace("./nix/", f"{ROOT}/nix/"))
+    pkg = json.loads(run_nix(["--eval", "--strict", "--json", str(expr), "--arg", "lib", lib]).stdout)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower().replace("_", "-") for d in project["dependencies"]}
+    assert set(pkg["dependencies"]) == wanted
+    path = pkg["makeWrapperArgs"][3]
+    for tool in ("btrfs-progs", "zstd", "openssh", "rsync"):
+        assert f"-{tool}/bin" in path, tool
+    assert "btrsync.sendstream._native" in pkg["pythonImportsCheck"]
