@@ -28,6 +28,7 @@ in
     callPackage = _: _: stubDrv "btrsync";
     formats.toml = { }: { generate = name: value: stubDrv name; };
     runCommand = name: env: script: stubDrv name // { inherit script; };
+    writeText = name: text: stubDrv name;
   };
   config.services.btrsync.package = lib.mkDefault { type = "derivation"; name = "btrsync"; outPath = btrsyncPrefix; };
 }

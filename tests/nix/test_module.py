@@ -339,3 +339,23 @@ def test_the_package_has_the_projects_dependencies_and_tools(lib: str, tmp_path:
     for tool in ("btrfs-progs", "zstd", "openssh", "rsync"):
         assert f"-{tool}/bin" in path, tool
     assert "btrsync.sendstream._native" in pkg["pythonImportsCheck"]
+
+
+def test_the_host_in_docs_nixos_md_evaluates_and_passes_config_check(lib: str, tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "nixos.md").read_text()
+    block = doc.split("## A complete host", 1)[1].split("```nix\n", 1)[1].split("```", 1)[0]
+    imports = "imports = [ btrsync.nixosModules.default opnix.nixosModules.default ];"
+    assert imports in block
+    host_file = tmp_path / "host.nix"
+    host_file.write_text(block.replace(imports, f"imports = [ {ROOT}/tests/nix/opnix-stub.nix ];"))
+    host = evaluate(lib, [str(host_file)])
+    assert host["assertions"] == []
+    assert set(host["timers"]) == {"btrsync-home", "btrsync-logs", "btrsync-verify-b2-weekly", "btrsync-verify-nas-drill"}
+    assert "opnix-secrets.service" in host["services"]["btrsync-home"]["after"]
+    assert host["services"]["btrsync-home"]["serviceConfig"]["LoadCredential"] == [
+        "key:/var/lib/opnix/secrets/btrsyncKey", "target-b2:/var/lib/opnix/secrets/b2Credentials",
+        "ssh-nas:/var/lib/opnix/secrets/nasIdentity"]
+    path = write_config(host["settings"], tmp_path / "config.toml")
+    proc = subprocess.run([btrsync_bin(), "--config", str(path), "config", "check"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
