@@ -21,6 +21,7 @@ from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
 from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
 from btrsync.locking import target_lock
+from btrsync.memory import release_large_buffers
 from btrsync.signals import Terminated, end_after_cleanup, signals_raise
 from btrsync.state import State
 from btrsync.targets.base import Target
@@ -181,4 +182,5 @@ def _main(argv: list[str] | None) -> int:
 
 
 def entry() -> None:
+    release_large_buffers()  # the btrsync process: S3 parts are unmapped when freed (btrsync/memory.py)
     sys.exit(main(process=True))

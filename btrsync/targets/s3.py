@@ -17,8 +17,9 @@ Backblaze B2 rules followed here (docs/targets-s3.md has the details and sources
 * ``DeleteObject`` only hides an object in a versioned bucket (B2's default), so ``delete`` also
   removes every version and delete marker of the key.
 
-Memory: a ``put`` holds at most ``(max_inflight_parts + 1) x part size`` of part buffers (the parts
-in flight plus the one waiting for a free slot), plus one part-sized copy while a part is joined.
+Memory: one budget of ``max_inflight_parts`` part uploads is shared by every ``put`` of the target
+(concurrent segment puts draw from the same slots), and each running ``put`` holds one more part
+(the one being filled or waiting for a slot): ``(max_inflight_parts + puts) x part size`` at most.
 
 Only requests inside ``put`` are retried here (a failed part is resent alone: parts are ``bytes``);
 ``get``, ``stat``, ``list`` and ``delete`` raise ``TransientTargetError`` for ``RetryingTarget`` to
@@ -98,25 +99,27 @@ def rechunk(parts: Iterable[bytes], size_for: Callable[[int], int]) -> Iterator[
     """Re-cut a stream of byte strings into parts of ``size_for(1)``, ``size_for(2)``, ... bytes.
 
     The last part may be shorter; an empty stream yields one empty part, so there is always at
-    least one.  Input parts are sliced, not copied, until a part is complete.
+    least one.  Each input is copied once, into the part being filled (a ``bytearray``), and is
+    not referenced after that: a part is never held twice (pieces and their join).
     """
-    pending: list[memoryview] = []
-    have, number = 0, 1
+    number = 1
     want = size_for(number)
+    buf, have = bytearray(want), 0
     for part in parts:
-        view = memoryview(part if isinstance(part, bytes) else bytes(part))
+        view = memoryview(part).cast("B")
         while view:
             take = view[: want - have]
-            pending.append(take)
+            buf[have : have + len(take)] = take
             have += len(take)
             view = view[len(take) :]
             if have == want:
-                yield b"".join(pending)
-                pending.clear()
-                have, number = 0, number + 1
+                yield buf  # type: ignore[misc]  # a bytearray: botocore sends it as it is
+                number += 1
                 want = size_for(number)
+                buf, have = bytearray(want), 0
     if have or number == 1:
-        yield b"".join(pending)
+        del buf[have:]
+        yield buf  # type: ignore[misc]
 
 
 def _drain(head: builtins.list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -165,6 +168,8 @@ class S3Target(Target):
             max_part_size=self.settings.part_size, connections=self.settings.max_inflight_parts
         )
         self._client = make_client(self.settings)
+        # one budget of parts in flight for every put of this target (concurrent segment puts share it)
+        self._part_slots = threading.Semaphore(self.settings.max_inflight_parts)
         self.endpoint = _redact_url(self._client.meta.endpoint_url)
 
     @classmethod
@@ -235,6 +240,7 @@ class S3Target(Target):
         upload_id = created["UploadId"]
         uploads = _BoundedUploads(
             self.settings.max_inflight_parts,
+            self._part_slots,
             lambda n, data, cancel: self._upload_part(key, upload_id, n, data, cancel),
         )
         try:
@@ -533,8 +539,9 @@ class _BoundedUploads:
     released by the future's done callback, so at most ``limit`` part buffers belong to uploads.
     """
 
-    def __init__(self, limit: int, upload: Callable[[int, bytes, threading.Event], str]) -> None:
-        self._slots = threading.Semaphore(limit)
+    def __init__(self, limit: int, slots: threading.Semaphore,
+                 upload: Callable[[int, bytes, threading.Event], str]) -> None:
+        self._slots = slots  # shared with the target's other puts: one budget of parts in flight
         self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="btrsync-s3-part")
         self._upload = upload
         self._futures: dict[int, Future[str]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -510,3 +511,18 @@ def test_unfinished_uploads_are_listed_and_aborted(request: pytest.FixtureReques
         assert target.list_uploads() == []
         target.remove_leftover(leftover)  # already gone: fine
     client.abort_multipart_upload(Bucket=TEST_BUCKET, Key="elsewhere/x", UploadId=other["UploadId"])
+
+
+def test_concurrent_puts_share_one_budget_of_parts_in_flight(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """Two segment puts at once (as push runs them) draw from the same max_inflight_parts slots:
+    the target's parts in flight, and so its part buffers, do not double with the puts."""
+    proxy.delays["UploadPart"] = 0.1
+    data = [blob(3 * PART + 777 * k) for k in (1, 2)]
+    with seaweed_target(request, tmp_path, via_proxy=True, max_inflight_parts=2) as target:
+        with ThreadPoolExecutor(2) as pool:
+            infos = list(pool.map(lambda kd: target.put(kd[0], pieces(kd[1])), [("a", data[0]), ("b", data[1])]))
+        assert [i.size for i in infos] == [len(d) for d in data]
+        assert target.read("a") == data[0] and target.read("b") == data[1]
+    assert len(proxy.ops("UploadPart")) == 8 and proxy.max_in_flight["UploadPart"] == 2
