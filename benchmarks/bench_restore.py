@@ -2,7 +2,8 @@
 
 * btrsync ``receive(repo, "latest", DIR)`` (in-process, default workers): ranged reads, xxh3 of
   the frame, AES-256-GCM open, zstd -d, size + xxh3 of the raw chunk, into ``btrfs receive``;
-* the pipeline's inverse: ``cat FILE | openssl enc -d ... | zstd -d | btrfs receive DIR``.
+* the pipeline's inverse: ``cat FILE | openssl enc -d ... | zstd -d | btrfs receive DIR``;
+* the I/O floor: ``cat RAW | btrfs receive DIR`` of the raw send stream (benchmark 1's floor file).
 
 Both end with ``sync -f DIR`` inside the timed region (the restored data is on disk).  The page
 cache is dropped before each run; the received subvolume is deleted (and btrfs's cleaner waited
@@ -38,6 +39,7 @@ from btrsync.ops.treecompare import diff_trees
 from btrsync.targets.local import LocalTarget
 
 PIPELINE = "cat | openssl -d | zstd -d | btrfs receive"
+FLOOR = "cat raw | btrfs receive (I/O floor)"
 
 
 def _ensure_backups(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
@@ -51,6 +53,10 @@ def _ensure_backups(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> d
         if r.status != "ok":
             raise RuntimeError(f"btrsync push failed: {r.error}")
         shared["btrsync_target"] = target
+    if "raw_file" not in shared:
+        f = shared["out"] / "raw-restore.btrfs"
+        sh(f"btrfs send -q {bench_push.send_flags()} {shared['snapshot']} > {f}")
+        shared["raw_file"] = f
     if "pipeline_file" not in shared:
         f = shared["out"] / "pipeline-restore.btrfs.zst.enc"
         sh(bench_push.pipeline_cmd(ws, shared["snapshot"], f))
@@ -68,7 +74,7 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     res.work_bytes = manifest.stream_bytes
     workers = receive.__kwdefaults__.get("workers", 2) if receive.__kwdefaults__ else 2
     res.metrics["workers"] = workers
-    into = {"btrsync": ws.rst / "btrsync", PIPELINE: ws.rst / "pipeline"}
+    into = {"btrsync": ws.rst / "btrsync", PIPELINE: ws.rst / "pipeline", FLOOR: ws.rst / "floor"}
     for d in into.values():
         d.mkdir()
     compared: set[str] = set()
@@ -90,6 +96,9 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         sh(f"cat {shared['pipeline_file']} | openssl enc -d -aes-256-ctr -pass file:{ws.pass_file} "
            f"-pbkdf2 | zstd -d -q -c | btrfs receive -q {into[PIPELINE]} && sync -f {into[PIPELINE]}")
 
+    def floor_run(rep: int) -> None:
+        sh(f"cat {shared['raw_file']} | btrfs receive -q {into[FLOOR]} && sync -f {into[FLOOR]}")
+
     def after(tool: str) -> Callable[[int], None]:
         def clean(rep: int) -> None:
             verify(tool)
@@ -97,10 +106,14 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         return clean
 
     alternate(res, [Contender("btrsync", bs_run, after=after("btrsync")),
-                    Contender(PIPELINE, pipe_run, after=after(PIPELINE))],
+                    Contender(PIPELINE, pipe_run, after=after(PIPELINE)),
+                    Contender(FLOOR, floor_run, after=after(FLOOR))],
               cfg.reps, drop=cfg.drop_caches, log=log)
     res.metrics["time_ratio_vs_pipeline"] = res.ratio(PIPELINE)
     res.bars.append(Bar("restore time / pipeline time", res.ratio(PIPELINE), 1.0, "<=", "x"))
+    res.bars.append(Bar("restore time / pipeline time (issue 14)", res.ratio(PIPELINE), 0.85, "<=", "x", "aim"))
+    res.metrics["time_ratio_vs_io_floor"] = res.ratio(FLOOR)
+    res.bars.append(Bar("restore time / I/O floor time (issue 14)", res.ratio(FLOOR), 1.1, "<=", "x", "aim"))
     if cfg.profile:
         drop_caches()
         with pyspy.recording(cfg.out / "profile-restore.txt", fmt="raw") as ok:

@@ -27,6 +27,7 @@ from benchmarks import (
     bench_parser,
     bench_push,
     bench_restore,
+    bench_s3,
     bench_scale,
     bench_throttle,
     bench_verify,
@@ -57,6 +58,7 @@ BENCHMARKS = {
     "catalog": (8, bench_catalog, "Catalog at scale: commit, list, table, plan, prune (directory, S3)"),
     "verify": (9, bench_verify, "Verification throughput against restic check --read-data"),
     "files": (10, bench_files, "File index: ls of 100,000 files, one file out of a 1 GiB backup"),
+    "s3": (11, bench_s3, "Push and restore over S3 (SeaweedFS on loopback), peak RSS"),
 }
 NEEDS_DISK = {"quick": 3 * GiB, "full": 24 * GiB}
 T0 = time.monotonic()
