@@ -60,7 +60,8 @@ MiB = 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class PushSettings:
     """Pipeline settings.  Memory bound: ``(window + 1) × chunk_size × ~2`` plus the target's own
-    in-flight parts (for S3: ``(max_inflight_parts + 1) × part_size``)."""
+    in-flight parts (for S3: ``(max_inflight_parts + 2) × part_size``, one budget of parts
+    uploading shared by the two segment puts plus the part each is filling)."""
 
     chunk_size: int = 4 * MiB
     segment_size: int = 128 * MiB
