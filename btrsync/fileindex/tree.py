@@ -86,6 +86,8 @@ class FileTree:
         self.root = Node(Inode("d", 256, mode=0o755, nlink=1), {})
         self.links = 0
         self.pins: list[list[Inode]] = []  # per link: inodes its parent clones read
+        self._link: tuple[int, str, str, str | None, dict[str, Inode]] = (0, "", "", None, {})
+        self._seq = 0
 
     # -- lookups --------------------------------------------------------------------------------
     def lookup(self, path: str) -> Node | None:
@@ -129,6 +131,13 @@ class FileTree:
     # -- replay ---------------------------------------------------------------------------------
     def apply_link(self, recs: Iterable[list[Any]], *, where: str, uuid: str, parent_uuid: str | None,
                    parent_clone_paths: Iterable[str] = ()) -> None:
+        self.begin_link(where=where, uuid=uuid, parent_uuid=parent_uuid, parent_clone_paths=parent_clone_paths)
+        for rec in recs:
+            self.add(rec)
+
+    def begin_link(self, *, where: str, uuid: str, parent_uuid: str | None,
+                   parent_clone_paths: Iterable[str] = ()) -> None:
+        """Start replaying the next link; then ``add`` its records in stream order."""
         link = self.links
         self.links += 1
         if parent_uuid is None:
@@ -142,11 +151,18 @@ class FileTree:
                 pmap[path] = node.inode
                 node.inode.parent_clones += 1
         self.pins.append(list({id(i): i for i in pmap.values()}.values()))
-        for seq, rec in enumerate(recs):
-            try:
-                self._apply(link, seq, rec, where, uuid, parent_uuid, pmap)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DamageError(f"{where}: record {seq} of the file index is malformed ({exc})") from None
+        self._link = (link, where, uuid, parent_uuid, pmap)
+        self._seq = 0
+
+    def add(self, rec: list[Any]) -> None:
+        """Apply one record ``[cmd, offset, size, path, attrs]`` of the current link."""
+        link, where, uuid, parent_uuid, pmap = self._link
+        seq = self._seq
+        self._seq += 1
+        try:
+            self._apply(link, seq, rec, where, uuid, parent_uuid, pmap)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DamageError(f"{where}: record {seq} of the file index is malformed ({exc})") from None
 
     def _apply(self, link: int, seq: int, rec: list[Any], where: str, uuid: str, parent_uuid: str | None,
                pmap: dict[str, Inode]) -> None:
@@ -234,7 +250,9 @@ class FileTree:
         elif cmd == "utimes":
             ino.atime, ino.mtime = tuple(a["atime"]), tuple(a["mtime"])  # type: ignore[assignment]
         elif cmd == "set_xattr":
-            ino.xattrs[str(a["xattr_name"])] = str(a["xattr_data"])
+            value = a["xattr_data"]  # hex in an index record, bytes in a parser event
+            ino.xattrs[str(a["xattr_name"])] = bytes(value).hex() if isinstance(value, bytes | bytearray | memoryview) \
+                else str(value)
         elif cmd == "remove_xattr":
             ino.xattrs.pop(str(a["xattr_name"]), None)
 

@@ -2,7 +2,8 @@
 
 A stream that fails the parser (a bad CRC, a malformed command, no END, bytes after END) fails
 the backup before anything is committed.  On the way, the parser's events give the change
-statistics of every backup and, for a full, the summary of the tree it builds (``stats.py``).
+statistics of every backup (``stats.py``) and, for a full, the summary of the tree it builds
+(``fileindex/summary.py``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from btrsync.errors import SendFailedError
+from btrsync.fileindex.summary import StreamSummary
 from btrsync.sendstream.parser import StreamError, StreamParser
-from btrsync.sendstream.stats import ChangeStats, TreeSummary
+from btrsync.sendstream.stats import ChangeStats
 
 
 class StreamWatch:
@@ -22,7 +24,7 @@ class StreamWatch:
         self.sink = sink  # e.g. the file index writer: ``sink.add(event)`` for every command
         self.parser = StreamParser()
         self.stats = ChangeStats()
-        self.tree: TreeSummary | None = TreeSummary() if full else None
+        self.tree: StreamSummary | None = StreamSummary() if full else None
 
     def feed(self, chunk: Any) -> None:
         try:

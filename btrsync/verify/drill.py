@@ -25,9 +25,12 @@ from btrsync.btrfs.subvolume import is_subvolume, subvolume_info
 from btrsync.catalog.chains import walk_chain
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
+from btrsync.errors import DamageError
+from btrsync.fileindex.summary import summary_of_disk
+from btrsync.ops.files import tree_of
 from btrsync.ops.receive import receive
 from btrsync.ops.treecompare import diff_trees
-from btrsync.sendstream.stats import tree_summary_of
+from btrsync.verify.treecheck import compare_with_index
 
 log = logging.getLogger(__name__)
 
@@ -113,24 +116,46 @@ def drill(repo: Repository, catalog: Catalog, backup_id: str, scratch_dir: Path,
     stream = sum(m.stream_bytes for m in chain)
     size = max(512 * MiB, 2 * stream + 256 * MiB)
     with scratch_lock(scratch_dir):
-        return _drill(repo, by_id, backup_id, scratch_dir, snapshot_dirs, stream, size, workers)
+        return _drill(repo, chain, scratch_dir, snapshot_dirs, stream, size, workers)
 
 
-def _drill(repo: Repository, by_id: dict[str, Manifest], backup_id: str, scratch_dir: Path,
-           snapshot_dirs: tuple[Path, ...], stream: int, size: int, workers: int) -> DrillResult:
+def _drill(repo: Repository, chain: list[Manifest], scratch_dir: Path, snapshot_dirs: tuple[Path, ...],
+           stream: int, size: int, workers: int) -> DrillResult:
     clean_leftovers(scratch_dir)
     with scratch_btrfs(scratch_dir, str(size), PREFIX) as mnt:
-        result = receive(repo, backup_id, mnt, workers=workers)
+        m = chain[-1]
+        result = receive(repo, m.backup_id, mnt, workers=workers)
         restored = Path(result.path)
-        m = by_id[backup_id]
         original = local_original(snapshot_dirs, m)
         if original is not None:
-            return DrillResult(backup_id, stream, diff_trees(original, restored), str(original))
-        if m.tree:
-            got = tree_summary_of(restored)
-            differences = [f"{k}: restored {got[k]}, recorded at push time {m.tree.get(k)}"
-                           for k in ("entries", "bytes", "sha256") if got[k] != m.tree.get(k)]
-            return DrillResult(backup_id, stream, differences, "the tree summary recorded at push time")
-        return DrillResult(backup_id, stream, [], None,
-                           "received and checked by btrfs receive; no local snapshot and no tree summary "
-                           "(incremental, or pushed before summaries existed) to compare with")
+            return DrillResult(m.backup_id, stream, diff_trees(original, restored), str(original))
+        return compare_without_original(repo, chain, restored, stream)
+
+
+def compare_without_original(repo: Repository, chain: list[Manifest], restored: Path, stream: int) -> DrillResult:
+    """Compare with the tree the chain's file indexes record and, for a full, the summary in its
+    manifest; a backup pushed before either existed is only checked by the replay itself."""
+    m = chain[-1]
+    differences: list[str] = []
+    compared: list[str] = []
+    got = None
+    missing = [x.backup_id for x in chain if not x.files]
+    if not missing:
+        compared.append("the file indexes recorded at push time")
+        try:
+            tree, _ = tree_of(repo, chain)
+        except DamageError as exc:
+            differences.append(f"the file index cannot be replayed: {exc}")
+        else:
+            differences, got = compare_with_index(tree, restored)
+    if m.tree:
+        compared.append("the tree summary recorded at push time")
+        if got is None:
+            got = summary_of_disk(restored)
+        differences += [f"tree summary {k}: restored {got[k]}, recorded at push time {m.tree.get(k)}"
+                        for k in ("entries", "bytes", "sha256") if got[k] != m.tree.get(k)]
+    if compared:
+        return DrillResult(m.backup_id, stream, differences, " and ".join(compared))
+    return DrillResult(m.backup_id, stream, [], None,
+                       "received and checked by btrfs receive only: no local snapshot to compare with, no tree "
+                       f"summary, and no file index for {', '.join(missing)} (`btrsync index` writes it)")

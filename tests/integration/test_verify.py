@@ -230,10 +230,28 @@ def test_push_parses_the_stream_records_changes_and_a_tree_summary(world: World,
     rows = {r["id"]: r for r in world.listing()}
     assert rows[ids[0]]["tree"]["entries"] > 10 and rows[ids[1]]["tree"] is None
     assert rows[ids[0]]["changes"]["created"] > 0 and rows[ids[1]]["changes"]["data_bytes"] >= 0
-    # a drill of the full without the original snapshot compares with the recorded summary
+    # a drill of the full without the original snapshot compares with its index and recorded summary
     code, doc, err = _verify(world, ids[0], "--level", "restore", "--scratch-dir", str(tmp_path / "d"))
     assert code == 0, err
-    assert doc["summary"]["drill"]["drills"][0]["compared_with"] == "the tree summary recorded at push time"
+    assert doc["summary"]["drill"]["drills"][0]["compared_with"] == \
+        "the file indexes recorded at push time and the tree summary recorded at push time"
+
+
+def test_a_drill_of_an_incremental_without_its_snapshot_compares_with_the_chain_s_file_indexes(
+        world: World, tmp_path: Path) -> None:
+    ids = _chain(world, 3)
+    code, doc, err = _verify(world, ids[-1], "--level", "restore", "--scratch-dir", str(tmp_path / "d"))
+    assert code == 0, err
+    assert doc["summary"]["drill"]["drills"][0]["compared_with"] == "the file indexes recorded at push time"
+    # the middle link's index damaged: the drill cannot vouch for the restore and says which object
+    part = world.target_dir / layout.data_prefix(ids[1]) / "files-000000"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 1
+    part.write_bytes(bytes(data))
+    code, doc, err = _verify(world, ids[-1], "--level", "restore", "--scratch-dir", str(tmp_path / "d"))
+    assert code == 4, err
+    problems = [p for b in doc["backups"] for p in b.get("problems", [])]
+    assert any("the file index cannot be replayed" in str(p) and "files-000000" in str(p) for p in problems), doc
 
 
 def test_a_stream_with_a_bad_crc_is_never_committed(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
