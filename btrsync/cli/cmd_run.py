@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -13,7 +12,6 @@ from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, UsageError
 from btrsync.jobs.clock import Clock, ShiftedClock, SystemClock
 from btrsync.jobs.runner import RunEnv, RunReport, run_jobs
-from btrsync.jobs.systemd import apply_credentials
 from btrsync.jobs.timespan import timespan
 from btrsync.snapshots.naming import parse_timestamp
 from btrsync.units import format_bytes
@@ -37,9 +35,7 @@ def clock_for(now_text: str | None) -> Clock:
 
 
 def run_env(app: App, *, dry_run: bool = False, wait: float | None = None, now: str | None = None) -> RunEnv:
-    """The run's surroundings; credentials systemd passed in ($CREDENTIALS_DIRECTORY) replace the
-    targets' secret files."""
-    app._config = apply_credentials(app.config, os.environ.get("CREDENTIALS_DIRECTORY"))
+    """The run's surroundings (the credentials systemd passed in are applied by ``App.config``)."""
     return RunEnv(app.config, app.state().root,
                   open_repository=lambda name, write: app.repository(name, write=write),
                   clock=clock_for(now), dry_run=dry_run, wait=wait)

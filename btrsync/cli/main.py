@@ -17,6 +17,7 @@ from btrsync.catalog.cache import CatalogCache
 from btrsync.catalog.repository import Repository
 from btrsync.cli.options import configure_logging
 from btrsync.cli.output import begin_command, emit_json_error
+from btrsync.config.credentials import apply_credentials
 from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
 from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
@@ -45,7 +46,10 @@ class App:
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = load_config(self.config_path, explicit=self.config_explicit)
+            # under systemd, the unit's credentials (LoadCredential=) replace the targets' secret
+            # files for every command: run, verify, list, receive ...
+            self._config = apply_credentials(load_config(self.config_path, explicit=self.config_explicit),
+                                             os.environ.get("CREDENTIALS_DIRECTORY"))
         return self._config
 
     def key(self) -> MasterKey:

@@ -2,7 +2,7 @@
 
 - ``btrsync-JOB.service``: ``Type=oneshot``, ``btrsync run JOB``.  The key and the targets'
   credential files are handed over with ``LoadCredential=`` (the unit names only their paths;
-  the service reads them from ``$CREDENTIALS_DIRECTORY``, which ``btrsync run`` honours: a
+  the service reads them from ``$CREDENTIALS_DIRECTORY``, which every command honours: a
   credential ``target-NAME`` replaces the ``credentials_file`` of target NAME, ``ssh-NAME`` its
   ``identity_file``).  Hardening: ``ProtectSystem=strict`` with ``ReadWritePaths=`` for what a run
   writes (state, metrics, snapshot directories, directory targets, the drill scratch),
@@ -226,21 +226,3 @@ def write_units(units: dict[str, str], directory: Path) -> list[Path]:
         tmp.replace(path)
         written.append(path)
     return written
-
-
-def apply_credentials(config: Config, directory: str | None) -> Config:
-    """The configuration with the targets' secret files replaced by the unit's credentials
-    (``$CREDENTIALS_DIRECTORY/target-NAME``, ``ssh-NAME``) where systemd provided them."""
-    if not directory:
-        return config
-    import dataclasses
-
-    creds = Path(directory)
-    targets = {}
-    for name, settings in config.targets.items():
-        updated = dict(settings)
-        for cred, key in ((f"target-{name}", "credentials_file"), (f"ssh-{name}", "identity_file")):
-            if key in updated and (creds / cred).is_file():
-                updated[key] = str(creds / cred)
-        targets[name] = updated
-    return dataclasses.replace(config, targets=targets)

@@ -195,6 +195,23 @@ def test_verify_on_every_remote_kind(remote: World) -> None:
     assert run.code == 0, run.err
     doc = _json.loads(run.out)
     assert doc["summary"]["ok"] and doc["summary"]["bytes_read"] > 0
+    # under systemd (a verification unit) the target's secret comes from $CREDENTIALS_DIRECTORY:
+    # moved there, away from the configured path, verify still reads the target
+    from btrsync.config.model import load_config as _load
+
+    _url, configured = _load(remote.config, explicit=True).target("remote")
+    key, cred = ("identity_file", "ssh-remote") if remote.kind == "ssh" else ("credentials_file", "target-remote")
+    creds = remote.config.parent / "credentials"
+    creds.mkdir()
+    secret = os.path.realpath(configured[key])
+    os.rename(secret, creds / cred)
+    os.environ["CREDENTIALS_DIRECTORY"] = str(creds)
+    try:
+        run = remote.cli("verify", "--from", remote.url, "--level", "catalog", "--json")
+    finally:
+        del os.environ["CREDENTIALS_DIRECTORY"]
+        os.rename(creds / cred, secret)
+    assert run.code == 0, run.err
     [backup] = remote.listing()
     from btrsync.catalog import layout
     from btrsync.config.model import load_config

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from btrsync.cli.main import main
-from btrsync.jobs.systemd import apply_credentials, exec_arg, generate, job_of_unit, write_units
+from btrsync.config.credentials import apply_credentials
+from btrsync.jobs.systemd import exec_arg, generate, job_of_unit, write_units
 from tests.jobs.conftest import config_from
 
 CONFIG = """

@@ -97,6 +97,8 @@ def test_b2_opnix_host(hosts: dict[str, Any]) -> None:
     weekly = host["services"]["btrsync-verify-b2-weekly"]
     assert "verify --from b2 --level data --subset 1/7" in weekly["serviceConfig"]["ExecStart"]
     assert "opnix-secrets.service" in weekly["after"]
+    # the verification unit gets the target's secret too (btrsync verify reads $CREDENTIALS_DIRECTORY)
+    assert weekly["serviceConfig"]["LoadCredential"] == home["serviceConfig"]["LoadCredential"]
     assert host["timers"]["btrsync-verify-b2-weekly"]["timerConfig"]["OnCalendar"] == "Sun 03:00"
     # monitoring: node_exporter reads the metrics directory, Prometheus gets the alert rules
     metrics = s["metrics_dir"]

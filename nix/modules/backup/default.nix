@@ -27,10 +27,7 @@ let
 
   credentialsOf = job:
     lib.optional (cfg.keyFile != null) "key:${toString cfg.keyFile}"
-    ++ lib.concatLists (lib.mapAttrsToList (t: _:
-      let s = cfg.targets.${t} or null; in
-      lib.optional (s != null && s.credentialsFile != null) "target-${t}:${toString s.credentialsFile}"
-      ++ lib.optional (s != null && s.identityFile != null) "ssh-${t}:${toString s.identityFile}") job.targets);
+    ++ lib.concatMap (T.targetCredentials cfg) (lib.attrNames job.targets);
 
   jobService = name: job:
     let

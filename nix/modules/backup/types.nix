@@ -70,6 +70,13 @@ rec {
     CPUSchedulingPolicy = "batch";
     IOSchedulingClass = "idle";
   };
+  # LoadCredential= entries for a target's secret files (btrsync reads them from
+  # $CREDENTIALS_DIRECTORY/target-<name> and ssh-<name>, in every command); none for a bare URL.
+  targetCredentials = cfg: t:
+    let s = cfg.targets.${t} or null; in
+    lib.optional (s != null && s.credentialsFile != null) "target-${t}:${toString s.credentialsFile}"
+    ++ lib.optional (s != null && s.identityFile != null) "ssh-${t}:${toString s.identityFile}";
+
   baseCaps = [ "CAP_SYS_ADMIN" "CAP_DAC_READ_SEARCH" "CAP_DAC_OVERRIDE" "CAP_FOWNER" ];
   receiveCaps = [ "CAP_CHOWN" "CAP_FSETID" "CAP_MKNOD" "CAP_SETFCAP" "CAP_LINUX_IMMUTABLE" ];
 }

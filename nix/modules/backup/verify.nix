@@ -62,7 +62,8 @@ let
         Type = "oneshot";
         ExecStart = lib.concatStringsSep " " (map T.execArg argv
           ++ lib.optionals (cfg.keyFile != null) [ "--key-file" "%d/key" ] ++ map T.execArg rest);
-        LoadCredential = lib.optional (cfg.keyFile != null) "key:${lib.replaceStrings [ "%" ] [ "%%" ] (toString cfg.keyFile)}";
+        LoadCredential = map (lib.replaceStrings [ "%" ] [ "%%" ])
+          (lib.optional (cfg.keyFile != null) "key:${toString cfg.keyFile}" ++ T.targetCredentials cfg v.target);
         KillMode = "mixed";
         TimeoutStopSec = "5min";
         ReadWritePaths = lib.concatStringsSep " " (map (T.quoted "-") (lib.unique ([ cfg.stateDir ] ++ metrics
