@@ -10,6 +10,7 @@ order, each after its ``put`` has returned, i.e. after it is durable.
 from __future__ import annotations
 
 import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,11 +40,12 @@ class _SegmentPut:
     ended: bool = False
     queue: queue.Queue[object] = field(default_factory=lambda: queue.Queue(maxsize=QUEUE_FRAMES))
     future: Future[ObjectInfo] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)  # wakes a throttled wait on abort
 
     def start(self, pool: ThreadPoolExecutor, target: Target, backup_id: str,
               bucket: TokenBucket | None) -> None:
         self.future = pool.submit(target.put, segment_key(backup_id, self.segment),
-                                  throttle(self._frames(), bucket))
+                                  throttle(self._frames(), bucket, self.cancel))
 
     def _frames(self) -> Iterator[bytes]:
         while (item := self.queue.get()) is not _END:
@@ -61,7 +63,7 @@ class _SegmentPut:
             except queue.Full:
                 if self.future.done():
                     self.future.result()  # raises the put's error
-                    raise RuntimeError("a segment put returned before its last frame")
+                    raise RuntimeError("a segment put returned before its last frame") from None
 
     def end(self) -> None:
         self.feed(_END)
@@ -73,6 +75,7 @@ class _SegmentPut:
         ``start`` was cut short by a signal before it could record the future: the put may
         still run, and then it finds the failure in its queue instead of waiting forever."""
         if not self.ended and not (self.future is not None and self.future.done()):
+            self.cancel.set()
             try:
                 self.queue.put_nowait(_ProducerFailed("the segment's producer failed"))
             except queue.Full:

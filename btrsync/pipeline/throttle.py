@@ -12,6 +12,7 @@ from typing import Protocol
 class Clock(Protocol):
     def monotonic(self) -> float: ...
     def sleep(self, seconds: float) -> None: ...
+    def wait(self, event: threading.Event, seconds: float) -> bool: ...  # True: the event was set
 
 
 class SystemClock:
@@ -20,6 +21,13 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(seconds)
+
+
+class Cancelled(Exception):
+    """A wait for tokens was cut short: the transfer it would have paced was aborted."""
 
 
 @dataclass
@@ -62,8 +70,10 @@ class TokenBucket:
         with self._lock:
             return self._current_rate(self.clock.monotonic())
 
-    def take(self, n: int) -> None:
-        """Block until ``n`` bytes may pass (large requests go into debt, then wait it off)."""
+    def take(self, n: int, cancel: threading.Event | None = None) -> None:
+        """Block until ``n`` bytes may pass (large requests go into debt, then wait it off).
+        ``Cancelled`` as soon as ``cancel`` is set during the wait: an aborted upload stops now,
+        not once a wait of up to one frame divided by the rate has run out."""
         with self._lock:
             now = self.clock.monotonic()
             rate = self._current_rate(now)
@@ -76,7 +86,10 @@ class TokenBucket:
             self._tokens -= n
             wait = -self._tokens / rate if self._tokens < 0 else 0.0
         if wait > 0:
-            self.clock.sleep(wait)
+            if cancel is None:
+                self.clock.sleep(wait)
+            elif self.clock.wait(cancel, wait):
+                raise Cancelled("the transfer was aborted while it waited for its bandwidth share")
 
 
 class Metered:
@@ -88,15 +101,17 @@ class Metered:
         self.bucket = bucket
         self.on_pass = on_pass
 
-    def take(self, n: int) -> None:
+    def take(self, n: int, cancel: threading.Event | None = None) -> None:
         if self.bucket is not None:
-            self.bucket.take(n)
+            self.bucket.take(n, cancel)
         self.on_pass(n)
 
 
-def throttle(items: Iterable[bytes], bucket: TokenBucket | Metered | None) -> Iterator[bytes]:
-    """Pass byte strings through at the bucket's rate (a no-op without a bucket)."""
+def throttle(items: Iterable[bytes], bucket: TokenBucket | Metered | None,
+             cancel: threading.Event | None = None) -> Iterator[bytes]:
+    """Pass byte strings through at the bucket's rate (a no-op without a bucket); ``Cancelled``
+    when ``cancel`` is set while an item waits for its tokens."""
     for item in items:
         if bucket is not None:
-            bucket.take(len(item))
+            bucket.take(len(item), cancel)
         yield item

@@ -135,6 +135,45 @@ def test_a_failing_producer_leaves_no_partial_segment() -> None:
     assert all(len(v) == 3 * 1040 for v in target.objects.values())
 
 
+def test_an_abort_wakes_a_put_that_waits_for_bandwidth() -> None:
+    """A throttled put sleeping in the token bucket is woken by the abort (SIGTERM, a failed
+    send) instead of finishing a wait of one frame divided by the rate: here 1,040 s."""
+    import threading
+
+    from btrsync.pipeline.throttle import TokenBucket
+
+    class Clock:
+        def __init__(self) -> None:
+            self.waiting = threading.Event()
+            self.woken: list[bool] = []
+
+        def monotonic(self) -> float:
+            return 0.0
+
+        def sleep(self, seconds: float) -> None:
+            raise AssertionError("a put with an abort event must not sleep blindly")
+
+        def wait(self, event: threading.Event, seconds: float) -> bool:
+            assert seconds >= 1000
+            self.waiting.set()
+            self.woken.append(event.wait(60))  # False only if the abort never reached the put
+            return self.woken[-1]
+
+    clock = Clock()
+    bucket = TokenBucket(rate=1, burst=1, clock=clock, initial=0)
+    target = MemoryTarget()
+    sealer = ChunkSealer(BINDING, "bid", 0)
+
+    def sealed():
+        yield sealer((0, os.urandom(1000)))
+        assert clock.waiting.wait(60)
+        raise OSError("terminated")
+
+    with pytest.raises(OSError, match="terminated"):
+        write_segments(target, "bid", sealed(), segment_size=1 << 20, bucket=bucket)
+    assert clock.woken == [True] and target.objects == {}
+
+
 def test_a_failing_put_stops_the_producer_with_its_error() -> None:
     from btrsync.targets.errors import QuotaExceeded
 
