@@ -10,6 +10,21 @@ the target loopback filesystem.  Contenders, alternated, page cache dropped befo
 * restore: ``btrsync receive --from s3://...`` against ``boto3 download_fileobj to stdout |
   openssl -d | zstd -d | btrfs receive`` (and ``rclone cat | ...``), each ending with
   ``sync -f DIR``; the first restore of each tool is compared with the snapshot.
+
+Then the same push and restore, btrsync against the boto3 pipeline, **through the B2-rules proxy**
+(``tests/support/b2proxy.py``, in this process, in front of the same SeaweedFS): B2's refusals
+apply (any flexible-checksum header is answered ``400 InvalidArgument``, so the pipeline's boto3
+client runs with ``request_checksum_calculation="when_required"`` and ``retries={"mode":
+"standard"}``, which is how ``aws s3 cp`` must be configured for B2; ``s3pipe.py --b2``), and a
+fixed fault schedule, the same for every contender and every run, prices retries in: push, the
+UploadPart requests number ``PUSH_FAULTS`` (1-based, counting every UploadPart the proxy sees,
+retries included) are answered ``503 SlowDown`` with ``Retry-After: 1``; restore, the GetObject
+requests number ``RESTORE_FAULTS``.  Each run checks that its whole schedule was served (a
+contender that made fewer such requests would dodge the cost) and that the proxy refused nothing.
+btrsync honours ``Retry-After`` (waits 1 s); botocore's standard mode reads only
+``x-amz-retry-after`` and waits ``rand(0, 1) x 1 s`` before the first retry of a throttling
+error.  The proxy's CPU (Python, store-and-forward of every body) lands in this process and so in
+every contender's ``cpu_seconds`` alike.
 """
 
 from __future__ import annotations
@@ -43,6 +58,10 @@ PUSH_RCLONE = "send | zstd | openssl | rclone rcat"
 RESTORE_PIPE = "boto3 download | openssl -d | zstd -d | receive"
 RESTORE_RCLONE = "rclone cat | openssl -d | zstd -d | receive"
 RSS_BAR = 300e6
+PROXY = "B2 proxy"  # phase suffix of the rows measured through the B2-rules proxy
+# 503 SlowDown on these UploadPart / GetObject requests (1-based) of every run through the proxy
+PUSH_FAULTS = {"quick": (2,), "full": (2, 12, 24)}
+RESTORE_FAULTS = {"quick": (3,), "full": (3, 12)}
 
 
 class PhasedResult(BenchResult):
@@ -50,7 +69,7 @@ class PhasedResult(BenchResult):
     in the same phase (``push: btrsync`` / ``push: X``, ``restore: btrsync`` / ``restore: X``)."""
 
     def ratio(self, tool: str) -> float | None:
-        phase = tool.split(": ", 1)[0]
+        phase = tool.split(": ", 1)[0]  # "push", "restore", "push (B2 proxy)", ...
         a, b = self.median(f"{phase}: btrsync"), self.median(tool)
         return a / b if a and b else None
 
@@ -78,29 +97,86 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     return res
 
 
+class _Route:
+    """Where the S3 requests of one pass go: SeaweedFS directly, or the B2-rules proxy in front of
+    it (``proxy`` set; its fault schedule is armed before every run and checked after it)."""
+
+    def __init__(self, label: str, endpoint: str, prefix: str, proxy: Any = None) -> None:
+        self.label, self.endpoint, self.prefix, self.proxy = label, endpoint, prefix, proxy
+
+    def phase(self, name: str) -> str:
+        return f"{name} ({self.label})" if self.label else name
+
+    def arm(self, op: str, numbers: tuple[int, ...]) -> Callable[[int], None]:
+        """A ``before`` hook: forget the last run's records, then schedule a 503 SlowDown on the
+        ``op`` requests ``numbers`` (1-based, in arrival order)."""
+        def before(rep: int) -> None:
+            if self.proxy is None:
+                return
+            self.proxy.reset()
+            # a fault's ``after`` counts the matching requests that the earlier faults do not take
+            for i, n in enumerate(sorted(numbers)):
+                self.proxy.inject("slowdown", 1, op, after=n - 1 - i)
+        return before
+
+    def served(self, res: BenchResult, what: str, op: str, numbers: tuple[int, ...]) -> dict[str, Any]:
+        """Check that the whole fault schedule was served and nothing was refused; the run's
+        request counts for its record."""
+        if self.proxy is None:
+            return {}
+        left = sum(f.remaining for f in self.proxy.faults)
+        requests = len(self.proxy.ops(op))
+        res.check(f"{what}: all {len(numbers)} scheduled 503s on {op} served", left == 0,
+                  f"{left} left unserved after {requests} {op} requests")
+        res.check(f"{what}: the B2-rules proxy refused nothing", not self.proxy.rejected,
+                  "; ".join(self.proxy.rejected[:3]))
+        return {f"{op}_requests": requests, "slowdowns": len(numbers) - left}
+
+
 def _run(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None], server: Any,
          subvol: Path, snapdir: Path, snap: Path) -> None:
+    from tests.support.b2proxy import B2RulesProxy
+
     acct = server.account
     creds = acct.write_credentials_file(ws.base / "s3-credentials.ini", style="aws")
-    state = ws.base / "state-s3"
-    conf = ws.base / "bench-s3.toml"
+    proxy = B2RulesProxy(server.ports["s3"]).start()
+    try:
+        routes = [_Route("", acct.endpoint, "btrsync"), _Route(PROXY, proxy.endpoint, "b2", proxy)]
+        for route in routes:
+            _measure(res, ws, cfg, log, server, creds, route, subvol, snapdir, snap)
+    finally:
+        proxy.stop()
+    res.baseline = "btrsync (same phase)"
+    res.work_label = "send stream bytes"
+
+
+def _measure(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None], server: Any,
+             creds: Path, route: _Route, subvol: Path, snapdir: Path, snap: Path) -> None:
+    """Push, then restore, btrsync against the pipelines, along one route; rows named by phase."""
+    acct = server.account
+    direct = route.proxy is None
+    tag = "" if direct else f"-{route.prefix}"
+    state = ws.base / f"state-s3{tag}"
+    conf = ws.base / f"bench-s3{tag}.toml"
     conf.write_text(f'key_file = "{ws.key_file}"\nstate_dir = "{state}"\n\n'
-                    f'[targets.s3]\nurl = "s3://{BUCKET}/btrsync"\nendpoint = "{acct.endpoint}"\n'
+                    f'[targets.s3]\nurl = "s3://{BUCKET}/{route.prefix}"\nendpoint = "{route.endpoint}"\n'
                     f'credentials_file = "{creds}"\n')
     cli = [*cli_argv(), "--config", str(conf)]
-    py = [sys.executable, "-m", "benchmarks.s3pipe"]
+    py = [sys.executable, "-m", "benchmarks.s3pipe", *([] if direct else ["--b2"])]
     hwm_file = ws.base / "s3pipe.hwm"
     s3 = server.client()
-    rclone = shutil.which("rclone")
+    rclone = shutil.which("rclone") if direct else None  # through the proxy: btrsync and boto3 only
     rclone_conf = ws.base / "rclone.conf"
     if rclone:
         rclone_conf.write_text(f"[sw]\ntype = s3\nprovider = SeaweedFS\naccess_key_id = {acct.key_id}\n"
                                f"secret_access_key = {acct.secret}\nendpoint = {acct.endpoint}\n")
         rclone_conf.chmod(0o600)
-    else:
+    elif direct:
         res.notes.append("rclone is not installed (apt-get install -y rclone): its rows are missing")
     enc = f"openssl enc -aes-256-ctr -pass file:{ws.pass_file} -pbkdf2"
     send = f"btrfs send -q {bench_push.send_flags()} {snap}"
+    pipe_key = f"pipe{tag}/stream"
+    push_faults, restore_faults = PUSH_FAULTS[cfg.mode], RESTORE_FAULTS[cfg.mode]
     peaks: dict[str, list[int]] = {}
 
     def empty(prefix: str) -> None:
@@ -112,37 +188,46 @@ def _run(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None
     run([*cli, "init", "--to", "s3"])
 
     # -- push
+    push_phase = route.phase("push")
+
     def bs_push(rep: int) -> dict[str, Any]:
         rec = run_sampled([*cli, "push", str(subvol), "--snapshot-dir", str(snapdir), "--to", "s3", "--json"])
         (backup,) = rec["output"]["backups"]
         res.work_bytes = backup.get("stream_bytes") or res.work_bytes
         peaks.setdefault("btrsync push", []).append(rec["vm_hwm_bytes"])
-        return {"vm_hwm_bytes": rec["vm_hwm_bytes"]}
+        return {"vm_hwm_bytes": rec["vm_hwm_bytes"],
+                **route.served(res, f"{push_phase}, btrsync", "UploadPart", push_faults)}
 
     def bs_push_after(rep: int) -> None:
         if rep != cfg.reps - 1:
-            empty("btrsync/data/")
-            empty("btrsync/backups/")
+            empty(f"{route.prefix}/data/")
+            empty(f"{route.prefix}/backups/")
             shutil.rmtree(state, ignore_errors=True)
 
     def pipe_push(rep: int) -> dict[str, Any]:
-        sh(f"{send} | zstd -3 -T0 -q -c | {enc} | {' '.join(py)} up {acct.endpoint} {creds} {BUCKET} "
-           f"pipe/stream {hwm_file}")
+        sh(f"{send} | zstd -3 -T0 -q -c | {enc} | {' '.join(py)} up {route.endpoint} {creds} {BUCKET} "
+           f"{pipe_key} {hwm_file}")
         hwm = int(hwm_file.read_text())
         peaks.setdefault("boto3 upload_fileobj", []).append(hwm)
-        return {"uploader_vm_hwm_bytes": hwm}
+        return {"uploader_vm_hwm_bytes": hwm,
+                **route.served(res, f"{push_phase}, boto3", "UploadPart", push_faults)}
 
     def rclone_push(rep: int) -> None:
         sh(f"{send} | zstd -3 -T0 -q -c | {enc} | env -u AWS_CA_BUNDLE rclone --config {rclone_conf} rcat sw:{BUCKET}/rclone/stream")
 
     push_res = BenchResult("s3-push", "")
-    contenders = [Contender("btrsync", bs_push, after=bs_push_after), Contender(PUSH_PIPE, pipe_push)]
+    arm_push = route.arm("UploadPart", push_faults)
+    contenders = [Contender("btrsync", bs_push, before=arm_push, after=bs_push_after),
+                  Contender(PUSH_PIPE, pipe_push, before=arm_push)]
     if rclone:
         contenders.append(Contender(PUSH_RCLONE, rclone_push))
-    alternate(push_res, contenders, cfg.reps, drop=cfg.drop_caches, log=log)
+    # through the proxy in quick mode: no warm-up runs (CI time; the direct pass warmed up already)
+    alternate(push_res, contenders, cfg.reps, drop=cfg.drop_caches, log=log,
+              warmup=direct or cfg.mode != "quick")
 
     # -- restore
-    into = ws.rst / "s3"
+    restore_phase = route.phase("restore")
+    into = ws.rst / f"s3{tag}"
     into.mkdir()
     compared: set[str] = set()
 
@@ -150,11 +235,13 @@ def _run(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None
         rec = run_sampled([*cli, "receive", "latest", "--from", "s3", "--into", str(into), "--json"])
         sh(f"sync -f {into}")
         peaks.setdefault("btrsync receive", []).append(rec["vm_hwm_bytes"])
-        return {"vm_hwm_bytes": rec["vm_hwm_bytes"]}
+        return {"vm_hwm_bytes": rec["vm_hwm_bytes"],
+                **route.served(res, f"{restore_phase}, btrsync", "GetObject", restore_faults)}
 
-    def pipe_restore(rep: int) -> None:
-        sh(f"{' '.join(py)} down {acct.endpoint} {creds} {BUCKET} pipe/stream | {enc} -d | zstd -d -q -c | "
+    def pipe_restore(rep: int) -> dict[str, Any]:
+        sh(f"{' '.join(py)} down {route.endpoint} {creds} {BUCKET} {pipe_key} | {enc} -d | zstd -d -q -c | "
            f"btrfs receive -q {into} && sync -f {into}")
+        return route.served(res, f"{restore_phase}, boto3", "GetObject", restore_faults)
 
     def rclone_restore(rep: int) -> None:
         sh(f"env -u AWS_CA_BUNDLE rclone --config {rclone_conf} cat sw:{BUCKET}/rclone/stream | {enc} -d | zstd -d -q -c | "
@@ -165,32 +252,36 @@ def _run(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None
             if tool not in compared:
                 compared.add(tool)
                 diffs = diff_trees(snap, into / snap.name)
-                res.check(f"s3 restore, {tool}: restored tree equals the snapshot", not diffs, "; ".join(diffs[:5]))
+                res.check(f"{restore_phase}, {tool}: restored tree equals the snapshot", not diffs,
+                          "; ".join(diffs[:5]))
             subvol_delete(into / snap.name)
         return after
 
     restore_res = BenchResult("s3-restore", "")
-    contenders = [Contender("btrsync", bs_restore, after=clean("btrsync")),
-                  Contender(RESTORE_PIPE, pipe_restore, after=clean(RESTORE_PIPE))]
+    arm_restore = route.arm("GetObject", restore_faults)
+    contenders = [Contender("btrsync", bs_restore, before=arm_restore, after=clean("btrsync")),
+                  Contender(RESTORE_PIPE, pipe_restore, before=arm_restore, after=clean(RESTORE_PIPE))]
     if rclone:
         contenders.append(Contender(RESTORE_RCLONE, rclone_restore, after=clean(RESTORE_RCLONE)))
-    alternate(restore_res, contenders, cfg.reps, drop=cfg.drop_caches, log=log)
+    alternate(restore_res, contenders, cfg.reps, drop=cfg.drop_caches, log=log,
+              warmup=direct or cfg.mode != "quick")
 
-    # one result table: push rows, then restore rows (names prefixed)
-    for phase, sub in (("push", push_res), ("restore", restore_res)):
+    # one result table: push rows, then restore rows (names prefixed by the phase)
+    for phase, sub in ((push_phase, push_res), (restore_phase, restore_res)):
         for tool, runs in sub.runs.items():
             res.runs[f"{phase}: {tool}"] = runs
-    res.baseline = "btrsync (same phase)"
-    res.work_label = "send stream bytes"
-    res.metrics["push_ratio_vs_boto3"] = push_res.ratio(PUSH_PIPE)
-    res.metrics["restore_ratio_vs_boto3"] = restore_res.ratio(RESTORE_PIPE)
+    key = "" if direct else "_b2proxy"
+    res.metrics[f"push_ratio_vs_boto3{key}"] = push_res.ratio(PUSH_PIPE)
+    res.metrics[f"restore_ratio_vs_boto3{key}"] = restore_res.ratio(RESTORE_PIPE)
     if rclone:
         res.metrics["push_ratio_vs_rclone"] = push_res.ratio(PUSH_RCLONE)
         res.metrics["restore_ratio_vs_rclone"] = restore_res.ratio(RESTORE_RCLONE)
-    res.metrics["peak_rss_bytes"] = {k: max(v) for k, v in peaks.items()}
-    res.bars.append(Bar("S3 push time / boto3 pipeline time", push_res.ratio(PUSH_PIPE), 0.8, "<=", "x"))
-    res.bars.append(Bar("S3 restore time / boto3 pipeline time", restore_res.ratio(RESTORE_PIPE), 0.8, "<=", "x"))
+    res.metrics[f"peak_rss_bytes{key}"] = {k: max(v) for k, v in peaks.items()}
+    where = "" if direct else f", through the {PROXY} with {len(push_faults)}/{len(restore_faults)} 503s"
+    res.bars.append(Bar(f"S3 push time / boto3 pipeline time{where}", push_res.ratio(PUSH_PIPE), 0.8, "<=", "x"))
+    res.bars.append(Bar(f"S3 restore time / boto3 pipeline time{where}", restore_res.ratio(RESTORE_PIPE),
+                        0.8, "<=", "x"))
     push_peak = max(peaks.get("btrsync push", [0]))
-    res.bars.append(Bar("S3 push peak RSS", push_peak / 1e6, RSS_BAR / 1e6, "<=", "MB"))
-    log(f"  s3: btrsync push peak RSS {push_peak / MiB:.1f} MiB; ratios push "
-        f"{res.metrics['push_ratio_vs_boto3']}, restore {res.metrics['restore_ratio_vs_boto3']}")
+    res.bars.append(Bar(f"S3 push peak RSS{where}", push_peak / 1e6, RSS_BAR / 1e6, "<=", "MB"))
+    log(f"  s3{where}: btrsync push peak RSS {push_peak / MiB:.1f} MiB; ratios push "
+        f"{res.metrics[f'push_ratio_vs_boto3{key}']}, restore {res.metrics[f'restore_ratio_vs_boto3{key}']}")

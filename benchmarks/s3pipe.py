@@ -2,7 +2,17 @@
 do, with boto3's managed transfer (``upload_fileobj`` from stdin, ``download_fileobj`` to stdout;
 boto3's default ``TransferConfig``: 8 MiB parts, 10 threads, as the AWS CLI)::
 
-    python -m benchmarks.s3pipe up|down ENDPOINT CREDENTIALS_FILE BUCKET KEY [HWM_FILE]
+    python -m benchmarks.s3pipe [--b2] up|down ENDPOINT CREDENTIALS_FILE BUCKET KEY [HWM_FILE]
+
+With ``--b2`` the client is configured as ``aws s3 cp`` must be to work against Backblaze B2:
+``request_checksum_calculation="when_required"`` (and the same for responses), because B2 answers
+400 to the ``x-amz-checksum-*`` / ``x-amz-sdk-checksum-algorithm`` headers botocore >= 1.36 sends
+by default (the B2-rules proxy of ``tests/support/b2proxy.py`` does the same), and botocore's
+``standard`` retry mode (3 attempts, exponential backoff with jitter; the AWS CLI v2 default),
+which retries ``503 SlowDown``.  Note what that leaves for integrity: with ``when_required`` an
+``UploadPart`` carries no checksum at all, only SigV4's payload SHA-256 over plain http (over https
+botocore signs ``UNSIGNED-PAYLOAD``), whereas btrsync sends ``Content-MD5`` on every part.
+Without ``--b2`` botocore's defaults apply (a CRC32 per part, legacy retries).
 
 CREDENTIALS_FILE is an AWS-style INI file (``[default]`` with the key id and secret), never argv.
 With HWM_FILE, the process's own peak RSS (``VmHWM``, bytes) is written there at the end.
@@ -18,14 +28,19 @@ import boto3
 from botocore.config import Config
 
 
-def client(endpoint: str, credentials: Path):  # noqa: ANN201
+def client(endpoint: str, credentials: Path, *, b2: bool = False):  # noqa: ANN201
     ini = configparser.ConfigParser()
     ini.read(credentials)
     sect = ini["default"]
+    options: dict = {"s3": {"addressing_style": "path"}}
+    if b2:
+        options.update(request_checksum_calculation="when_required",
+                       response_checksum_validation="when_required",
+                       retries={"mode": "standard"})
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                         aws_access_key_id=sect["aws_access_key_id"],
                         aws_secret_access_key=sect["aws_secret_access_key"],
-                        config=Config(s3={"addressing_style": "path"}))
+                        config=Config(**options))
 
 
 def vm_hwm() -> int:
@@ -36,8 +51,11 @@ def vm_hwm() -> int:
 
 
 def main(argv: list[str]) -> int:
+    b2 = argv[:1] == ["--b2"]
+    if b2:
+        argv = argv[1:]
     mode, endpoint, creds, bucket, key = argv[:5]
-    s3 = client(endpoint, Path(creds))
+    s3 = client(endpoint, Path(creds), b2=b2)
     if mode == "up":
         s3.upload_fileobj(sys.stdin.buffer, bucket, key)
     elif mode == "down":
