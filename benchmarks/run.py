@@ -28,6 +28,7 @@ from benchmarks import (
     bench_push,
     bench_restore,
     bench_s3,
+    bench_s3rss,
     bench_scale,
     bench_throttle,
     bench_verify,
@@ -59,6 +60,7 @@ BENCHMARKS = {
     "verify": (9, bench_verify, "Verification throughput against restic check --read-data"),
     "files": (10, bench_files, "File index: ls of 100,000 files, one file out of a 1 GiB backup"),
     "s3": (11, bench_s3, "Push and restore over S3 (SeaweedFS on loopback), peak RSS"),
+    "s3rss": (12, bench_s3rss, "Peak RSS of an S3 push against the stream size (full mode only)"),
 }
 NEEDS_DISK = {"quick": 3 * GiB, "full": 24 * GiB}
 T0 = time.monotonic()
