@@ -25,6 +25,8 @@ from btrsync.fileindex.tree import FileTree
 MAX_ENTRIES = 250_000  # ~420 bytes a node (measured): ~100 MB; beyond, no summary rather than more memory
 
 _GROWS = frozenset({"mkfile", "mkdir", "mknod", "mkfifo", "mksock", "symlink", "link"})
+# what no summary field depends on: left out of the replay (a third of a small-file stream's events)
+_IRRELEVANT = frozenset({"utimes", "set_xattr", "remove_xattr", "update_extent", "fileattr", "enable_verity", "end"})
 
 
 def summary_record(path: str, kind: str, size: int, mode: int | None, uid: int, gid: int) -> bytes:
@@ -90,17 +92,23 @@ class StreamSummary:
         if self.reason is None:
             self.reason = reason
             self.tree = None  # the memory goes now, not at the end of the push
+            self.add = self._ignore  # type: ignore[method-assign]
+
+    def _ignore(self, ev: Any) -> None:
+        pass
 
     def add(self, ev: Any) -> None:
-        if self.tree is None:
+        """The first command: a full stream begins with SUBVOL (then ``add`` is ``_add``)."""
+        if ev.cmd != "subvol" or self.tree is None:
+            self._give_up(f"the stream does not begin a full subvolume ({ev.cmd})")
             return
+        self.tree.begin_link(where="the send stream", uuid=str(ev.attrs.get("uuid")), parent_uuid=None)
+        self.started = True
+        self.add = self._add  # type: ignore[method-assign]
+
+    def _add(self, ev: Any) -> None:
         cmd = ev.cmd
-        if cmd == "subvol":
-            self.tree.begin_link(where="the send stream", uuid=str(ev.attrs.get("uuid")), parent_uuid=None)
-            self.started = True
-            return
-        if not self.started:
-            self._give_up(f"the stream does not begin a full subvolume ({cmd})")
+        if cmd in _IRRELEVANT:
             return
         if cmd in _GROWS:
             self.grown += 1
@@ -108,7 +116,7 @@ class StreamSummary:
                 self._give_up(f"more than {MAX_ENTRIES} entries")
                 return
         try:
-            self.tree.add([cmd, ev.offset, ev.size, ev.path, ev.attrs])
+            self.tree.add([cmd, ev.offset, ev.size, ev.path, ev.attrs])  # type: ignore[union-attr]
         except DamageError as exc:
             self._give_up(str(exc))
 

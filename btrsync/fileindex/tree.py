@@ -22,6 +22,8 @@ from btrsync.errors import DamageError
 
 _KIND = {"mkfile": "f", "mkdir": "d", "mknod": "n", "mkfifo": "p", "mksock": "s", "symlink": "l"}
 FALLOC_FL_KEEP_SIZE = 0x01
+_ON_INODE = frozenset({"chown", "chmod", "utimes", "write", "encoded_write", "clone", "truncate", "fallocate",
+                       "set_xattr", "remove_xattr", "fileattr", "enable_verity"})
 
 
 @dataclass(slots=True, eq=False)
@@ -86,7 +88,8 @@ class FileTree:
         self.root = Node(Inode("d", 256, mode=0o755, nlink=1), {})
         self.links = 0
         self.pins: list[list[Inode]] = []  # per link: inodes its parent clones read
-        self._link: tuple[int, str, str, str | None, dict[str, Inode]] = (0, "", "", None, {})
+        self._link, self._where, self._uuid, self._parent_uuid = 0, "", "", None  # the link being replayed
+        self._pmap: dict[str, Inode] = {}
         self._seq = 0
 
     # -- lookups --------------------------------------------------------------------------------
@@ -151,22 +154,26 @@ class FileTree:
                 pmap[path] = node.inode
                 node.inode.parent_clones += 1
         self.pins.append(list({id(i): i for i in pmap.values()}.values()))
-        self._link = (link, where, uuid, parent_uuid, pmap)
+        self._link, self._where, self._uuid, self._parent_uuid, self._pmap = link, where, uuid, parent_uuid, pmap
         self._seq = 0
 
     def add(self, rec: list[Any]) -> None:
-        """Apply one record ``[cmd, offset, size, path, attrs]`` of the current link."""
-        link, where, uuid, parent_uuid, pmap = self._link
+        """Apply one record ``[cmd, offset, size, path, attrs]`` of the current link (hot: once per
+        command of every stream replayed, and of a full push's stream)."""
         seq = self._seq
-        self._seq += 1
+        self._seq = seq + 1
         try:
-            self._apply(link, seq, rec, where, uuid, parent_uuid, pmap)
+            if rec[0] in _ON_INODE:
+                self._on_inode(seq, rec)
+            else:
+                self._on_names(rec)
         except (KeyError, TypeError, ValueError) as exc:
-            raise DamageError(f"{where}: record {seq} of the file index is malformed ({exc})") from None
+            raise DamageError(f"{self._where}: record {seq} of the file index is malformed ({exc})") from None
 
-    def _apply(self, link: int, seq: int, rec: list[Any], where: str, uuid: str, parent_uuid: str | None,
-               pmap: dict[str, Inode]) -> None:
-        cmd, off, size, path, a = rec
+    def _on_names(self, rec: list[Any]) -> None:
+        """A command that changes the tree of names: create, rename, link, unlink, rmdir."""
+        cmd, _, _, path, a = rec
+        where, link = self._where, self._link
         if cmd in _KIND:
             kind = _KIND[cmd]
             inode = Inode(kind, int(a.get("ino", 0)), changed=link, ops=[] if self.with_ops else None)
@@ -182,8 +189,7 @@ class FileTree:
             elif kind == "d":
                 inode.mode = 0o700
             self._attach(path, Node(inode, {} if kind == "d" else None), where)
-            return
-        if cmd == "rename":
+        elif cmd == "rename":
             node = self._detach(path)
             if node is None:
                 raise DamageError(f"{where}: rename of {path!r}, which does not exist")
@@ -191,22 +197,30 @@ class FileTree:
             self._detach(a["path_to"])
             node.inode.nlink -= 1
             self._attach(a["path_to"], node, where)
-            return
-        if cmd == "link":
+        elif cmd == "link":
             target = self._need(a["path_link"], where)
             self._attach(path, Node(target.inode), where)
             target.inode.changed = link
-            return
-        if cmd in ("unlink", "rmdir"):
+        elif cmd in ("unlink", "rmdir"):
             node = self._detach(path)
             if node is not None:
                 node.inode.changed = link
-            return
-        if cmd in ("subvol", "snapshot", "end", "update_extent"):
-            return
-        ino = self._need(path or "", where).inode
+        elif cmd not in ("subvol", "snapshot", "end", "update_extent"):
+            self._on_inode(self._seq - 1, rec)  # a command of a newer stream version: on its inode
+
+    def _on_inode(self, seq: int, rec: list[Any]) -> None:
+        """A command that changes the inode at its path: metadata, size, data."""
+        cmd, off, size, path, a = rec
+        link = self._link
+        ino = self._need(path or "", self._where).inode
         ino.changed = link
-        if cmd == "write":
+        if cmd == "chown":  # the commonest first: every new inode gets chown, chmod and utimes
+            ino.uid, ino.gid = int(a["uid"]), int(a["gid"])
+        elif cmd == "chmod":
+            ino.mode = int(a["mode"]) & 0o7777
+        elif cmd == "utimes":
+            ino.atime, ino.mtime = tuple(a["atime"]), tuple(a["mtime"])  # type: ignore[assignment]
+        elif cmd == "write":
             fo, dl = int(a["file_offset"]), int(a["data_len"])
             ino.size = max(ino.size, fo + dl)
             if ino.ops is not None:
@@ -222,10 +236,11 @@ class FileTree:
             fo, cl = int(a["file_offset"]), int(a["clone_len"])
             ino.size = max(ino.size, fo + cl)
             src_uuid = str(a["clone_uuid"])
-            if src_uuid == uuid:
+            where = self._where
+            if src_uuid == self._uuid:
                 src, from_parent = self._need(a["clone_path"], where).inode, False
-            elif parent_uuid is not None and src_uuid == parent_uuid:
-                src, from_parent = pmap.get(a["clone_path"]), True
+            elif self._parent_uuid is not None and src_uuid == self._parent_uuid:
+                src, from_parent = self._pmap.get(a["clone_path"]), True
                 if src is None:
                     raise DamageError(f"{where}: clone from the parent's {a['clone_path']!r}, which it lacks")
             else:
@@ -243,12 +258,6 @@ class FileTree:
                 ino.size = max(ino.size, fo + ln)
             if ino.ops is not None:
                 ino.ops.append((link, seq, "a", mode, fo, ln))
-        elif cmd == "chmod":
-            ino.mode = int(a["mode"]) & 0o7777
-        elif cmd == "chown":
-            ino.uid, ino.gid = int(a["uid"]), int(a["gid"])
-        elif cmd == "utimes":
-            ino.atime, ino.mtime = tuple(a["atime"]), tuple(a["mtime"])  # type: ignore[assignment]
         elif cmd == "set_xattr":
             value = a["xattr_data"]  # hex in an index record, bytes in a parser event
             ino.xattrs[str(a["xattr_name"])] = bytes(value).hex() if isinstance(value, bytes | bytearray | memoryview) \
