@@ -27,6 +27,7 @@ from btrsync.targets.errors import (
     TransientTargetError,
 )
 from btrsync.targets.registry import open_target
+from btrsync.targets.partbuffers import PartBuffers
 from btrsync.targets.retry import RetryingTarget, retry_after_of
 from btrsync.targets.s3 import (
     S3Target,
@@ -94,6 +95,38 @@ def test_rechunk_cuts_exact_parts_whatever_the_input_pieces() -> None:
         assert [len(p) for p in parts[:-1]] == [1000 + n for n in range(1, len(parts))]
     assert list(rechunk([], lambda n: 10)) == [b""]
     assert list(rechunk([b"", b"x" * 20], lambda n: 10)) == [b"x" * 10] * 2
+
+
+def test_rechunk_into_reused_buffers_never_shows_stale_bytes() -> None:
+    """Reused buffers come back holding an earlier part: every part yielded holds only its own
+    bytes, the short last part is not kept for reuse, and no buffer is made while one is free."""
+    buffers = PartBuffers()
+    dirty = [buffers.take(10), buffers.take(10)]
+    for buf in dirty:
+        buf[:] = b"\xff" * 10
+        buffers.give(buf)
+    data = bytes(range(1, 26))  # parts of 10, 10 and 5 bytes
+    parts = []
+    for part in rechunk(pieces(data, 3), lambda n: 10, buffers):
+        assert any(part is buf for buf in dirty)
+        parts.append(bytes(part))
+        buffers.give(part)  # the upload has ended
+    assert parts == [data[:10], data[10:20], data[20:]]
+    assert buffers.created == 2 and buffers.in_use == 0
+    assert buffers.take(10) is dirty[0] and buffers.created == 2  # the cut one was not kept
+
+
+def test_part_buffers_of_another_size_are_dropped_and_strangers_ignored() -> None:
+    buffers = PartBuffers()
+    small = buffers.take(10)
+    buffers.give(small)
+    buffers.give(bytearray(10))  # not from here: never lent out again
+    buffers.give(small)  # twice: counted once
+    assert buffers.in_use == 0
+    big = buffers.take(20)
+    assert len(big) == 20 and buffers.created == 2
+    buffers.give(big)
+    assert buffers.take(10) is not small and buffers.created == 3  # the 10-byte one was dropped
 
 
 def test_settings_parse_sizes_and_refuse_parts_s3_would_refuse() -> None:
@@ -314,6 +347,25 @@ def test_multipart_upload_bounds_parts_in_flight_and_memory(
     assert max(ahead) <= (2 + 1) * PART  # (max_inflight_parts + 1) x part size
 
 
+def test_part_buffers_are_reused_within_the_budget(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """A 10-part upload with max_inflight_parts=2 fills its parts into at most 2 + 1 buffers (the
+    budget plus the part being filled), each reused once its upload has ended; parts answered
+    503 SlowDown are resent intact from their buffer, not from one already refilled."""
+    proxy.delays["UploadPart"] = 0.05
+    proxy.inject("slowdown", count=3, op="UploadPart", after=2)
+    data = blob(10 * PART + 999)
+    policy = no_sleep_policy(5)
+    with seaweed_target(request, tmp_path, via_proxy=True, max_inflight_parts=2, policy=policy) as target:
+        target.put("big", pieces(data))
+        assert target.read("big") == data
+        buffers = target.part_buffers
+    assert len(proxy.ops("UploadPart")) == 11 + 3
+    assert buffers.max_in_use <= 2 + 1 and buffers.created <= 2 + 1
+    assert buffers.in_use == 0
+
+
 def test_eleven_megabyte_object_meets_b2_minimum_part_size(
     request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
 ) -> None:
@@ -526,3 +578,5 @@ def test_concurrent_puts_share_one_budget_of_parts_in_flight(
         assert [i.size for i in infos] == [len(d) for d in data]
         assert target.read("a") == data[0] and target.read("b") == data[1]
     assert len(proxy.ops("UploadPart")) == 8 and proxy.max_in_flight["UploadPart"] == 2
+    # buffers: the 2 slots plus one part being filled per put, however many parts go through
+    assert target.part_buffers.max_in_use <= 2 + 2 and target.part_buffers.created <= 2 + 2
