@@ -14,8 +14,10 @@ import fnmatch
 import json
 import logging
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +36,7 @@ from btrsync.sendstream.parser import StreamError, StreamParser
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the zstd frame carries a checksum (1 did not: a flipped bit could list wrong data)
 
 
 def normalise(path: str) -> str:
@@ -75,29 +77,61 @@ def _cache_path(state_root: Path | None, repo: Repository, backup_id: str) -> Pa
     return state_root / "files" / repo.repo_id / f"{backup_id}.json.zst"
 
 
+def _read_cache(path: Path, key: list[list[Any]]) -> list[Entry] | None:
+    """The cached entries when ``path`` is a regular file (never followed if a symlink) holding a
+    checksummed listing of ``key``; anything else is ignored (with a warning when it is not
+    merely absent or out of date), never shown."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("ignoring the file-index cache %s: %s", path, exc.strerror)
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ValueError("not a regular file")
+            raw = f.read()
+        if not zstandard.get_frame_parameters(raw).has_checksum:
+            raise ValueError("no checksum")
+        doc = json.loads(zstandard.ZstdDecompressor().decompress(raw))  # the frame's checksum is checked
+        if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT or doc.get("key") != key:
+            return None
+        return [Entry(*row) for row in doc["entries"]]
+    except (OSError, ValueError, TypeError, KeyError, zstandard.ZstdError) as exc:
+        log.warning("ignoring the unreadable file-index cache %s: %s", path, exc)
+        return None
+
+
+def _write_cache(path: Path, key: list[list[Any]], entries: list[Entry]) -> None:
+    """Replace ``path`` by a new listing, written to a fresh temporary name (``O_EXCL``: nothing
+    planted there is followed) and renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    doc = {"format": CACHE_FORMAT, "key": key, "entries": [e.to_list() for e in entries]}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(
+                json.dumps(doc, separators=(",", ":")).encode()))
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def listing(repo: Repository, chain: list[Manifest], state_root: Path | None) -> list[Entry]:
     """The sorted entries of the chain's last backup, from the local cache when it is current."""
     path = _cache_path(state_root, repo, chain[-1].backup_id)
     key = _cache_key(chain)
-    if path is not None:
-        try:
-            doc = json.loads(zstandard.ZstdDecompressor().decompress(path.read_bytes()))
-            if doc.get("format") == CACHE_FORMAT and doc.get("key") == key:
-                return [Entry(*row) for row in doc["entries"]]
-        except FileNotFoundError:
-            pass
-        except (ValueError, TypeError, KeyError, zstandard.ZstdError) as exc:
-            log.warning("ignoring the unreadable file-index cache %s: %s", path, exc)
+    if path is not None and (cached := _read_cache(path, key)) is not None:
+        return cached
     tree, _ = tree_of(repo, chain)
     entries = tree.entries()
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            doc = {"format": CACHE_FORMAT, "key": key, "entries": [e.to_list() for e in entries]}
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_bytes(zstandard.ZstdCompressor(level=3).compress(
-                json.dumps(doc, separators=(",", ":")).encode()))
-            os.replace(tmp, path)
+            _write_cache(path, key, entries)
         except OSError as exc:
             log.warning("cannot cache the listing of %s in %s: %s", chain[-1].backup_id, path, exc)
     return entries

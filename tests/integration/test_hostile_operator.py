@@ -1,0 +1,99 @@
+"""The verification and restore paths used the way a careless or hostile operator would: damaged
+or planted local caches, destinations that cannot be written, damaged indexes, concurrent runs.
+Each case must fail closed, say what happened, and lose nothing. Real btrfs, real targets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from btrsync.catalog.repository import Repository
+from btrsync.crypto.keys import load_key_file
+from btrsync.ops import files
+from btrsync.targets.local import LocalTarget
+from tests.integration.conftest import World
+
+pytestmark = pytest.mark.btrfs
+
+
+def _repo(world: World) -> Repository:
+    return Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+
+
+def _small_backup(world: World) -> None:
+    (world.subvol / "a").write_bytes(b"x" * 1000)
+    (world.subvol / "b").write_bytes(b"y" * 10)
+    os.chmod(world.subvol / "b", 0o640)
+    world.snapshot()
+    assert world.push().code == 0
+
+
+# --- the local listing cache of ls/find ----------------------------------------------------------
+
+
+def test_a_damaged_listing_cache_is_never_shown(world: World) -> None:
+    """Every single-bit flip of the cached listing: ls lists what the file index says, never
+    what the damaged cache says (a cache without a checksum decoded to other sizes and modes)."""
+    _small_backup(world)
+    repo = _repo(world)
+    chain = files.chain_for(repo, "latest")
+    truth = files.listing(repo, chain, None)
+    [cache] = files.listing(repo, chain, world.state) and list((world.state / "files").rglob("*.json.zst"))
+    good = cache.read_bytes()
+    for i in range(len(good)):
+        bad = bytearray(good)
+        bad[i] ^= 0x04
+        cache.write_bytes(bytes(bad))
+        assert files.listing(repo, chain, world.state) == truth, f"byte {i} flipped"
+
+
+def test_a_listing_cache_that_is_not_a_plain_file_is_ignored_not_followed(world: World, tmp_path: Path) -> None:
+    _small_backup(world)
+    run = world.cli("ls", "latest", "--from", world.url, "--json")
+    assert run.code == 0, run.err
+    truth = run.json()
+    [cache] = list((world.state / "files").rglob("*.json.zst"))
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(cache.read_bytes()))
+
+    # a directory, a JSON document of another shape: ls still lists the backup (exit 0)
+    cache.unlink()
+    cache.mkdir()
+    run = world.cli("ls", "latest", "--from", world.url, "--json")
+    assert run.code == 0 and run.json() == truth, run.err
+    cache.rmdir()
+    cache.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(b"[1, 2]"))
+    run = world.cli("ls", "latest", "--from", world.url, "--json")
+    assert run.code == 0 and run.json() == truth, run.err
+
+    # a symlink to a listing elsewhere (same key, other entries) is not followed, nor written through
+    forged = dict(doc, entries=[row[:2] + [666] + row[3:] for row in doc["entries"]])
+    elsewhere = tmp_path / "elsewhere.json.zst"
+    elsewhere.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(json.dumps(forged).encode()))
+    before = elsewhere.read_bytes()
+    cache.unlink()
+    cache.symlink_to(elsewhere)
+    run = world.cli("ls", "latest", "--from", world.url, "--json")
+    assert run.code == 0 and run.json() == truth, run.err
+    assert elsewhere.read_bytes() == before and not cache.is_symlink()
+
+    # a symlink planted where the cache is written first: the file it points to is left alone
+    cache.unlink()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    for pid in {os.getpid(), os.getppid()}:
+        cache.with_name(f".{cache.name}.{pid}").symlink_to(victim)
+    run = world.cli("ls", "latest", "--from", world.url, "--json")
+    assert run.code == 0 and run.json() == truth, run.err
+    assert victim.read_bytes() == b"precious"
+
+    # the cache directory cannot be made (a file in its place): ls works, without a cache
+    for entry in cache.parent.iterdir():
+        entry.unlink()
+    cache.parent.rmdir()
+    cache.parent.write_bytes(b"")
+    run = world.cli("ls", "latest", "--from", world.url, "--json")
+    assert run.code == 0 and run.json() == truth, run.err
