@@ -130,10 +130,14 @@ def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> None:
         log.warning("removing %s: the leftovers of an interrupted restore", to / work)
         place.remove_tree(to_fd, work)
     os.mkdir(work, 0o700, dir_fd=to_fd)
-    fd = os.open(f"{work}/{MARKER}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=to_fd)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"backup": backup_id, "pid": os.getpid(),
-                   "started": datetime.now(UTC).isoformat(timespec="seconds")}, f)
+    try:
+        fd = os.open(f"{work}/{MARKER}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=to_fd)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"backup": backup_id, "pid": os.getpid(),
+                       "started": datetime.now(UTC).isoformat(timespec="seconds")}, f)
+    except BaseException:
+        place.remove_tree(to_fd, work)  # an unmarked work directory would block the next run
+        raise
 
 
 def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", workers: int = 2,
@@ -160,7 +164,10 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
         selection = _materialise(repo, chain, paths)
     if "/" in name or name in ("", ".", ".."):
         raise DamageError(f"backup {last.backup_id}: snapshot name {name!r} is not a single path component")
-    to_fd = os.open(to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        to_fd = os.open(to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"cannot open {to}: {exc.strerror}") from None
     t0 = time.monotonic()
     result = RestoreResult(last.backup_id, name, str(to), str(to / name), existing)
     work = WORK_PREFIX + name
@@ -201,6 +208,10 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                 os.close(work_fd)
         finally:
             place.remove_tree(to_fd, work)
+    except OSError as exc:  # the destination cannot be written (read-only, full, no permission, I/O error)
+        raise RestoreError(f"cannot restore into {to}: {exc.strerror or exc}"
+                           + (f" ({exc.filename})" if exc.filename else "")
+                           + "; restore into a directory you can write, with room for what is restored") from None
     finally:
         os.close(to_fd)
     result.seconds = round(time.monotonic() - t0, 3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,40 @@ def test_a_listing_cache_that_is_not_a_plain_file_is_ignored_not_followed(world:
     cache.parent.write_bytes(b"")
     run = world.cli("ls", "latest", "--from", world.url, "--json")
     assert run.code == 0 and run.json() == truth, run.err
+
+
+# --- restore into a destination that cannot take it ---------------------------------------------
+
+
+def _tmpfs(path: Path, options: str) -> None:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+
+
+def test_restore_into_a_read_only_or_full_directory_says_so_and_leaves_nothing(world: World, tmp_path: Path) -> None:
+    (world.subvol / "d").mkdir()
+    (world.subvol / "d" / "big").write_bytes(os.urandom(1 << 20))
+    (world.subvol / "small").write_bytes(b"s")
+    world.snapshot()
+    assert world.push().code == 0
+    read_only, full = tmp_path / "ro", tmp_path / "full"
+    _tmpfs(read_only, "ro,size=1m")
+    _tmpfs(full, "size=256k")
+    try:
+        # read-only: a mount, or a read-only snapshot; whole backups and selected paths alike
+        for to, paths in [(read_only, []), (read_only, ["d"]), (world.snapshots[0], []), (world.snapshots[0], ["d"])]:
+            run = world.cli("restore", "latest", *paths, "--from", world.url, "--to", str(to))
+            assert run.code == 1, run.err
+            assert f"cannot restore into {to}: Read-only file system" in run.err
+        assert os.listdir(read_only) == [] and sorted(os.listdir(world.snapshots[0])) == ["d", "small"]
+        # full: the whole backup and one big selected file, then a small one fits
+        for paths in ([], ["d/big"]):
+            run = world.cli("restore", "latest", *paths, "--from", world.url, "--to", str(full))
+            assert run.code == 1 and "No space left on device" in run.err, run.err
+            assert os.listdir(full) == []
+        run = world.cli("restore", "latest", "small", "--from", world.url, "--to", str(full))
+        assert run.code == 0, run.err
+        assert (full / world.snapshots[0].name / "small").read_bytes() == b"s"
+    finally:
+        for mnt in (read_only, full):
+            subprocess.run(["umount", str(mnt)], check=False)
