@@ -19,6 +19,7 @@ outside the tree or through a symlink is refused (``DamageError``, exit 4).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import Any
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import table_records
-from btrsync.errors import DamageError, UsageError
+from btrsync.errors import DamageError, LockedError, UsageError
 from btrsync.ops.receive import restore_chain
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
@@ -118,26 +119,63 @@ def _exists(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> None:
-    """Create the private work directory, removing the leftovers of an interrupted restore."""
+def _try_lock(fd: int) -> bool:
+    """An exclusive flock on ``fd`` without waiting; True where the filesystem cannot lock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        log.debug("cannot lock a restore's work directory marker here: %s", exc)
+    return True
+
+
+def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> int:
+    """Create the private work directory, removing the leftovers of an interrupted restore; returns
+    the descriptor of its marker, which holds a ``flock`` for the restore's lifetime, so a restore
+    running at the same time into the same place is refused (exit 11) instead of removed."""
     if _exists(to_fd, work) is not None:
         try:
-            fd = os.open(f"{work}/{MARKER}", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=to_fd)
-            os.close(fd)
+            fd = os.open(f"{work}/{MARKER}", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=to_fd)
         except OSError:
             raise UsageError(f"{to / work} exists and is not a btrsync restore's work directory; "
                              "move it away") from None
-        log.warning("removing %s: the leftovers of an interrupted restore", to / work)
-        place.remove_tree(to_fd, work)
-    os.mkdir(work, 0o700, dir_fd=to_fd)
+        try:
+            if not _try_lock(fd):
+                raise LockedError(f"another restore is writing {to / work} ({_owner(fd)}); wait for it "
+                                  "to finish, or stop it and run this again")
+            log.warning("removing %s: the leftovers of an interrupted restore", to / work)
+            place.remove_tree(to_fd, work)
+        finally:
+            os.close(fd)
     try:
-        fd = os.open(f"{work}/{MARKER}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=to_fd)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"backup": backup_id, "pid": os.getpid(),
-                       "started": datetime.now(UTC).isoformat(timespec="seconds")}, f)
+        os.mkdir(work, 0o700, dir_fd=to_fd)
+    except FileExistsError:
+        raise LockedError(f"another restore started writing {to / work}; wait for it to finish") from None
+    try:
+        # locked under a temporary name, then renamed: whoever opens the marker finds it locked
+        fd = os.open(f"{work}/.{MARKER}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=to_fd)
+        try:
+            _try_lock(fd)
+            os.write(fd, json.dumps({"backup": backup_id, "pid": os.getpid(),
+                                     "started": datetime.now(UTC).isoformat(timespec="seconds")}).encode())
+            os.rename(f"{work}/.{MARKER}", f"{work}/{MARKER}", src_dir_fd=to_fd, dst_dir_fd=to_fd)
+        except BaseException:
+            os.close(fd)
+            raise
     except BaseException:
         place.remove_tree(to_fd, work)  # an unmarked work directory would block the next run
         raise
+    return fd
+
+
+def _owner(fd: int) -> str:
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {int(doc['pid'])}, since {doc['started']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "its marker is unreadable"
 
 
 def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", workers: int = 2,
@@ -180,7 +218,7 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
             if existing == "skip" and not stat.S_ISDIR(there.st_mode):
                 raise UsageError(f"{to / name} exists and is not a directory (symlinks are never "
                                  "followed); --skip-existing merges into a directory only")
-        _claim_work_dir(to_fd, to, work, last.backup_id)
+        lock_fd = _claim_work_dir(to_fd, to, work, last.backup_id)
         try:
             work_fd = os.open(work, DIR_FLAGS, dir_fd=to_fd)
             try:
@@ -207,7 +245,10 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
             finally:
                 os.close(work_fd)
         finally:
-            place.remove_tree(to_fd, work)
+            try:
+                place.remove_tree(to_fd, work)
+            finally:
+                os.close(lock_fd)  # after the removal: nobody takes a live work directory for leftovers
     except OSError as exc:  # the destination cannot be written (read-only, full, no permission, I/O error)
         raise RestoreError(f"cannot restore into {to}: {exc.strerror or exc}"
                            + (f" ({exc.filename})" if exc.filename else "")

@@ -4,6 +4,7 @@ Each case must fail closed, say what happened, and lose nothing. Real btrfs, rea
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -135,3 +136,32 @@ def test_restore_into_a_read_only_or_full_directory_says_so_and_leaves_nothing(w
     finally:
         for mnt in (read_only, full):
             subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_restore_running_into_the_same_place_is_refused_not_removed(world: World, tmp_path: Path) -> None:
+    """A second restore of the same snapshot into the same DIR took the first one's live work
+    directory for leftovers and removed it under it. Here the first restore's work directory is
+    held as a restore holds it (a flock on its marker, taken by this process); the second is
+    refused with exit 11 and touches nothing; once the first is gone its leftovers are removed."""
+    (world.subvol / "f").write_bytes(b"1")
+    world.snapshot()
+    assert world.push().code == 0
+    name = world.snapshots[0].name
+    to = tmp_path / "to"
+    work = to / f".btrsync-restore.{name}"
+    (work / "tree").mkdir(parents=True)
+    (work / "tree" / "half").write_bytes(b"written by the first restore")
+    (work / "btrsync-restore.json").write_text(json.dumps({"backup": "x", "pid": 4242, "started": "then"}))
+    fd = os.open(work / "btrsync-restore.json", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for extra in ([], ["f"], ["--overwrite"]):
+            run = world.cli("restore", "latest", *extra, "--from", world.url, "--to", str(to))
+            assert run.code == 11 and "another restore is writing" in run.err and "pid 4242" in run.err, run.err
+            assert (work / "tree" / "half").read_bytes() == b"written by the first restore"
+            assert sorted(os.listdir(to)) == [work.name]
+    finally:
+        os.close(fd)  # the first restore died
+    run = world.cli("restore", "latest", "--from", world.url, "--to", str(to))
+    assert run.code == 0 and "leftovers of an interrupted restore" in run.err, run.err
+    assert sorted(os.listdir(to)) == [name] and (to / name / "f").read_bytes() == b"1"
