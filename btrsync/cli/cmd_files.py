@@ -12,7 +12,7 @@ import click
 from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
-from btrsync.errors import EXIT_STATUS_HELP, UsageError
+from btrsync.errors import EXIT_STATUS_HELP, DamageError, UsageError
 from btrsync.fileindex.tree import Entry
 from btrsync.ops import files
 from btrsync.units import format_bytes
@@ -137,8 +137,10 @@ def index_cmd(app: App, backup: str, source: str, workers: int, as_json: bool) -
     """Write the file indexes that BACKUP's chain lacks (backups pushed before btrsync kept them).
 
     Reads the streams of the links without an index (every chunk authenticated) and stores
-    their indexes beside their data; links that have one are left alone, so running it again
-    does nothing. Holds each backup's lease meanwhile, so prune and clean leave it alone.
+    their indexes beside their data; links whose index reads intact are left alone, so running
+    it again does nothing. A damaged index is written again when no manifest pins it (one this
+    command wrote); one the push wrote is pinned by its manifest and is reported (exit 4).
+    Holds each backup's lease meanwhile, so prune and clean leave it alone.
 
     \b
     Examples:
@@ -149,9 +151,13 @@ def index_cmd(app: App, backup: str, source: str, workers: int, as_json: bool) -
         done = files.index_backups(repo, backup, workers=workers)
     if as_json:
         emit_json([d.__dict__ for d in done])
-        return
-    emit_table([(d.backup_id, d.status, d.records or None, format_bytes(d.stored_bytes) if d.stored_bytes else None)
-                for d in done], ["BACKUP", "INDEX", "RECORDS", "STORED"])
+    else:
+        emit_table([(d.backup_id, d.status, d.records or None,
+                     format_bytes(d.stored_bytes) if d.stored_bytes else None) for d in done],
+                   ["BACKUP", "INDEX", "RECORDS", "STORED"])
+    damaged = [d for d in done if d.status == "damaged"]
+    if damaged:
+        raise DamageError(f"the file index of {damaged[0].backup_id} is damaged: {damaged[0].message}")
 
 
 COMMANDS = [ls_cmd, find_cmd, index_cmd]

@@ -232,9 +232,21 @@ def find(repo: Repository, specs: list[str], state_root: Path | None, *, name: s
 @dataclass
 class Indexed:
     backup_id: str
-    status: str  # written | present
+    status: str  # written | present | rewritten (was damaged, pinned by nothing) | damaged (pinned)
     records: int = 0
     stored_bytes: int = 0
+    message: str | None = None
+
+
+def index_problem(repo: Repository, m: Manifest) -> str | None:
+    """None when ``m``'s file index authenticates and reads through to its trailer; else why not."""
+    try:
+        data, _ = store.read_compressed(repo, m)
+        for _ in store.iter_records(data, m):
+            pass
+    except DamageError as exc:
+        return str(exc)
+    return None
 
 
 def _stream_chunks(repo: Repository, m: Manifest, workers: int) -> Iterator[bytes]:
@@ -250,9 +262,19 @@ def index_backups(repo: Repository, spec: str, *, workers: int = 2) -> list[Inde
     chain = chain_for(repo, spec)
     done: list[Indexed] = []
     for m in chain:
+        written = "written"
         if store.has_index(repo, m):
-            done.append(Indexed(m.backup_id, "present"))
-            continue
+            problem = index_problem(repo, m)
+            if problem is None:
+                done.append(Indexed(m.backup_id, "present"))
+                continue
+            if m.files:
+                done.append(Indexed(m.backup_id, "damaged", message=(
+                    f"{problem}; its manifest pins it, so it cannot be rewritten: the backup may still restore "
+                    "whole ('btrsync restore' or 'receive' without paths); see docs/verify.md")))
+                continue
+            log.warning("rewriting the damaged file index of %s (no manifest pins it): %s", m.backup_id, problem)
+            written = "rewritten"
         with Lease(repo.target, m.backup_id, m.backup_id):
             writer = store.IndexWriter(m.backup_id, m.snapshot_uuid, m.parent_uuid, str(m.table.get("attempt")))
             try:
@@ -263,8 +285,8 @@ def index_backups(repo: Repository, spec: str, *, workers: int = 2) -> list[Inde
                             writer.add(ev)
                 parser.finish()
                 writer.finish(stream_bytes=m.stream_bytes, commands=int(parser.commands))
-                if store.has_index(repo, m):  # another writer was faster: theirs is as good
-                    done.append(Indexed(m.backup_id, "present"))
+                if store.has_index(repo, m) and (written == "written" or index_problem(repo, m) is None):
+                    done.append(Indexed(m.backup_id, "present"))  # another writer was faster: theirs is as good
                     continue
                 info = writer.upload(repo)
             except StreamError as exc:
@@ -272,5 +294,5 @@ def index_backups(repo: Repository, spec: str, *, workers: int = 2) -> list[Inde
             finally:
                 writer.close()
         log.info("file index written backup=%s records=%d", m.backup_id, info["records"])
-        done.append(Indexed(m.backup_id, "written", info["records"], info["stored_bytes"]))
+        done.append(Indexed(m.backup_id, written, info["records"], info["stored_bytes"]))
     return done

@@ -4,9 +4,11 @@ Each case must fail closed, say what happened, and lose nothing. Real btrfs, rea
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -165,3 +167,40 @@ def test_a_restore_running_into_the_same_place_is_refused_not_removed(world: Wor
     run = world.cli("restore", "latest", "--from", world.url, "--to", str(to))
     assert run.code == 0 and "leftovers of an interrupted restore" in run.err, run.err
     assert sorted(os.listdir(to)) == [name] and (to / name / "f").read_bytes() == b"1"
+
+
+# --- btrsync index over an index that exists but is damaged -------------------------------------
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_index_over_a_damaged_index_rewrites_it_or_says_it_cannot(world: World) -> None:
+    """``index`` called a damaged index 'present' (exit 0) while ls failed on it: now an index no
+    manifest pins (written by ``index`` for an older backup) is rewritten from the stream, and a
+    pinned one is reported damaged (exit 4) with what can still be done."""
+    _small_backup(world)
+    [backup] = world.listing()
+    part = world.target_dir / "data" / backup["id"] / "files-000000"
+    _flip(part)
+    run = world.cli("index", "latest", "--from", world.url, "--json")
+    assert run.code == 4 and "pins it, so it cannot be rewritten" in run.err, run.err
+    assert json.loads(run.out.split("\n]\n")[0] + "\n]")[0]["status"] == "damaged"
+
+    repo = _repo(world)  # as if pushed before file indexes: nothing pins the index `index` writes
+    [m] = repo.manifests()
+    repo.commit(dataclasses.replace(m, files=None))
+    part.unlink()
+    run = world.cli("index", "latest", "--from", world.url, "--json")
+    assert run.code == 0 and run.json()[0]["status"] == "written", run.err
+    _flip(part)
+    run = world.cli("index", "latest", "--from", world.url, "--json")
+    assert run.code == 0 and run.json()[0]["status"] == "rewritten", run.err
+    shutil.rmtree(world.state / "files", ignore_errors=True)  # no cached listing: ls reads the index
+    run = world.cli("ls", "latest", "--from", world.url)
+    assert run.code == 0 and run.out.split() == ["a", "b"], run.err
+    run = world.cli("index", "latest", "--from", world.url, "--json")
+    assert run.code == 0 and run.json()[0]["status"] == "present", run.err
