@@ -26,6 +26,7 @@ from btrsync.catalog.chains import walk_chain
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
 from btrsync.errors import DamageError
+from btrsync.fileindex import store
 from btrsync.fileindex.summary import summary_of_disk
 from btrsync.ops.files import tree_of
 from btrsync.ops.receive import receive
@@ -139,7 +140,7 @@ def compare_without_original(repo: Repository, chain: list[Manifest], restored: 
     differences: list[str] = []
     compared: list[str] = []
     got = None
-    missing = [x.backup_id for x in chain if not x.files]
+    missing = [x.backup_id for x in chain if not x.files and not store.has_index(repo, x)]  # or written later
     if not missing:
         compared.append("the file indexes recorded at push time")
         try:

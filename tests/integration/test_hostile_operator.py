@@ -20,6 +20,7 @@ from btrsync.crypto.keys import load_key_file
 from btrsync.ops import files
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
+from tests.support import tree
 
 pytestmark = pytest.mark.btrfs
 
@@ -204,3 +205,36 @@ def test_index_over_a_damaged_index_rewrites_it_or_says_it_cannot(world: World) 
     assert run.code == 0 and run.out.split() == ["a", "b"], run.err
     run = world.cli("index", "latest", "--from", world.url, "--json")
     assert run.code == 0 and run.json()[0]["status"] == "present", run.err
+
+
+# --- restore drills --------------------------------------------------------------------------------
+
+
+def _drill(world: World, scratch: Path, *args: str) -> tuple[int, dict, str]:
+    run = world.cli("verify", "--from", world.url, "--level", "restore", "--json", "--scratch-dir", str(scratch),
+                    *args)
+    return run.code, json.loads(run.out.split("\n}\n")[0] + "\n}"), run.err
+
+
+def test_a_drill_uses_the_file_indexes_that_index_wrote_for_older_backups(world: World, tmp_path: Path) -> None:
+    """The drill of a backup pushed before file indexes told the operator to run 'btrsync index',
+    and after it still compared with nothing, since no manifest pins those indexes."""
+    tree.populate(world.subvol, 5)
+    world.snapshot()
+    tree.mutate(world.subvol, 5, 1)
+    world.snapshot()
+    assert world.push().code == 0
+    repo = _repo(world)
+    for m in repo.manifests():
+        repo.commit(dataclasses.replace(m, files=None))
+        for part in (world.target_dir / "data" / m.backup_id).glob("files-*"):
+            part.unlink()
+    code, doc, err = _drill(world, tmp_path / "d", "latest")
+    assert code == 0, err
+    assert doc["summary"]["drill"]["drills"][0]["compared_with"] is None
+    assert "`btrsync index` writes it" in doc["backups"][0]["note"]
+    assert world.cli("index", "latest", "--from", world.url).code == 0
+    code, doc, err = _drill(world, tmp_path / "d", "latest")
+    assert code == 0, err
+    assert doc["summary"]["drill"]["drills"][0]["compared_with"] == "the file indexes recorded at push time"
+    assert doc["backups"][0]["note"] is None
