@@ -10,7 +10,7 @@ from btrsync.cli.main import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.cli.problems import report_catalog_problems
-from btrsync.errors import EXIT_STATUS_HELP, DamageError, UsageError
+from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, DamageError, UsageError
 from btrsync.jobs.aftercommand import after_command
 from btrsync.ops.verify import LEVELS, Options, VerifyReport, verify
 from btrsync.units import format_bytes, parse_interval
@@ -82,11 +82,13 @@ def verify_cmd(app: App, backups: tuple[str, ...], source: str, all_: bool, leve
         app.state().record_verification(repo.target.display_url, report.summary())
     after_command(app.config, app.state().root)  # the metrics file shows this verification
     render(report, as_json)
-    if not report.ok:
+    if report.damaged:
         first = report.damaged[0]
         detail = first.problems[0].message if first.problems else first.note or first.result
         raise DamageError(f"{len(report.damaged)} backup(s) damaged or affected on {report.target}; "
                           f"first: {first.backup_id}: {detail} (see docs/verify.md)")
+    if not report.ok:  # a drill that could not be set up: no finding, and no pass (exit 1)
+        raise BtrsyncError(str(report.first_problem()))
 
 
 def render(report: VerifyReport, as_json: bool) -> None:
@@ -108,8 +110,9 @@ def render(report: VerifyReport, as_json: bool) -> None:
         extra.append(f"restore drill {'passed' if report.drill['ok'] else 'FAILED'} "
                      f"in {report.drill['seconds']:.1f}s")
     click.echo(f"verified {len(report.backups)} backup(s) at level {report.level}: "
-               f"{'all intact' if report.ok else f'{len(report.damaged)} damaged or affected'}, "
-               f"read {format_bytes(report.bytes_read)} in {report.seconds:.1f}s"
+               + ("all intact" if report.ok else f"{len(report.damaged)} damaged or affected" if report.damaged
+                  else "nothing damaged, but a restore drill could not run")
+               + f", read {format_bytes(report.bytes_read)} in {report.seconds:.1f}s"
                + ("; " + "; ".join(extra) if extra else ""), err=True)
 
 

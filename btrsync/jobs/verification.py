@@ -30,11 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def _first_problem(report: VerifyReport) -> str | None:
-    if report.ok:
-        return None
-    first = report.damaged[0]
-    detail = first.problems[0].message if first.problems else first.note or first.result
-    return f"{len(report.damaged)} backup(s) damaged or affected; first: {first.backup_id}: {detail}"
+    return report.first_problem()
 
 
 def _options(level: str, policy: VerifyModel, job: Job, config: Config, *, sample: bool) -> Options:

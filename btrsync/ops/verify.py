@@ -101,8 +101,26 @@ class VerifyReport:
         return [b for b in self.backups if b.result in ("damaged", "affected")]
 
     @property
+    def drill_unavailable(self) -> str | None:
+        """Why a restore drill could not be set up, if one could not (no finding about a backup)."""
+        for outcome in (self.drill or {}).get("drills", []):
+            if outcome.get("unavailable"):
+                return str(outcome["error"])
+        return None
+
+    @property
     def ok(self) -> bool:
-        return not self.damaged
+        return not self.damaged and self.drill_unavailable is None
+
+    def first_problem(self) -> str | None:
+        """One line on what is wrong (None when ok)."""
+        if self.damaged:
+            first = self.damaged[0]
+            detail = first.problems[0].message if first.problems else first.note or first.result
+            return f"{len(self.damaged)} backup(s) damaged or affected; first: {first.backup_id}: {detail}"
+        if (why := self.drill_unavailable) is not None:
+            return f"nothing was found damaged, but {why}"
+        return None
 
     @property
     def bytes_read(self) -> int:
@@ -344,7 +362,7 @@ def _check_segment(repo: Repository, m: Manifest, number: int, group: list[tuple
 # -- restore drills ---------------------------------------------------------------------------------
 def _drills(repo: Repository, catalog: Catalog, reports: dict[str, BackupReport], options: Options,
             rng: random.Random, clock: Callable[[], float]) -> dict[str, Any] | None:
-    from btrsync.verify.drill import drill
+    from btrsync.verify.drill import DrillUnavailable, drill
 
     candidates = [bid for bid, rep in reports.items() if rep.result == "ok" and bid not in catalog.broken
                   and any(m.backup_id == bid for m in catalog.manifests)]
@@ -356,6 +374,11 @@ def _drills(repo: Repository, catalog: Catalog, reports: dict[str, BackupReport]
         rep = reports[bid]
         try:
             result = drill(repo, catalog, bid, options.scratch_dir, options.snapshot_dirs, workers=options.workers)
+        except DrillUnavailable as exc:  # not tried: neither damage nor a pass
+            rep.result, rep.note = "incomplete", f"restore drill not run: {exc}"
+            outcomes.append({"backup": bid, "ok": False, "seconds": round(clock() - t, 3), "error": str(exc),
+                             "unavailable": True})
+            continue
         except (BtrsyncError, OSError) as exc:
             rep.add(Problem("restore", bid, f"restore drill failed: {exc}"))
             outcomes.append({"backup": bid, "ok": False, "seconds": round(clock() - t, 3), "error": str(exc)})

@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from btrsync.btrfs.subvolume import is_subvolume, subvolume_info
 from btrsync.catalog.chains import walk_chain
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
-from btrsync.errors import DamageError
+from btrsync.errors import BtrfsError, BtrsyncError, DamageError
 from btrsync.fileindex import store
 from btrsync.fileindex.summary import summary_of_disk
 from btrsync.ops.files import tree_of
@@ -110,27 +110,40 @@ def local_original(snapshot_dirs: tuple[Path, ...], m: Manifest) -> Path | None:
     return None
 
 
+class DrillUnavailable(BtrsyncError):
+    """The drill's scratch filesystem could not be set up (the scratch directory is read-only, not
+    a directory, on a full filesystem, no loop device...): the backup was not tried, so this is
+    no finding about it, and no pass either."""
+
+
 def drill(repo: Repository, catalog: Catalog, backup_id: str, scratch_dir: Path,
           snapshot_dirs: tuple[Path, ...] = (), *, workers: int = 2) -> DrillResult:
     by_id = {m.backup_id: m for m in catalog.manifests}
     chain = walk_chain(by_id, by_id[backup_id], {d.backup_id for d in catalog.damaged})
     stream = sum(m.stream_bytes for m in chain)
     size = max(512 * MiB, 2 * stream + 256 * MiB)
-    with scratch_lock(scratch_dir):
-        return _drill(repo, chain, scratch_dir, snapshot_dirs, stream, size, workers)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(scratch_lock(scratch_dir))
+            clean_leftovers(scratch_dir)
+            mnt = stack.enter_context(scratch_btrfs(scratch_dir, str(size), PREFIX))
+        except (OSError, BtrfsError) as exc:
+            raise DrillUnavailable(
+                f"the restore drill could not set up its scratch filesystem in {scratch_dir}: {exc}; give "
+                "--scratch-dir a writable directory on a local filesystem with room for a sparse image "
+                f"(up to {size // MiB} MiB of it may be written)") from None
+        return _drill(repo, chain, mnt, snapshot_dirs, stream, workers)
 
 
-def _drill(repo: Repository, chain: list[Manifest], scratch_dir: Path, snapshot_dirs: tuple[Path, ...],
-           stream: int, size: int, workers: int) -> DrillResult:
-    clean_leftovers(scratch_dir)
-    with scratch_btrfs(scratch_dir, str(size), PREFIX) as mnt:
-        m = chain[-1]
-        result = receive(repo, m.backup_id, mnt, workers=workers)
-        restored = Path(result.path)
-        original = local_original(snapshot_dirs, m)
-        if original is not None:
-            return DrillResult(m.backup_id, stream, diff_trees(original, restored), str(original))
-        return compare_without_original(repo, chain, restored, stream)
+def _drill(repo: Repository, chain: list[Manifest], mnt: Path, snapshot_dirs: tuple[Path, ...],
+           stream: int, workers: int) -> DrillResult:
+    m = chain[-1]
+    result = receive(repo, m.backup_id, mnt, workers=workers)
+    restored = Path(result.path)
+    original = local_original(snapshot_dirs, m)
+    if original is not None:
+        return DrillResult(m.backup_id, stream, diff_trees(original, restored), str(original))
+    return compare_without_original(repo, chain, restored, stream)
 
 
 def compare_without_original(repo: Repository, chain: list[Manifest], restored: Path, stream: int) -> DrillResult:

@@ -238,3 +238,36 @@ def test_a_drill_uses_the_file_indexes_that_index_wrote_for_older_backups(world:
     assert code == 0, err
     assert doc["summary"]["drill"]["drills"][0]["compared_with"] == "the file indexes recorded at push time"
     assert doc["backups"][0]["note"] is None
+
+
+def test_a_drill_that_cannot_set_up_its_scratch_filesystem_is_no_finding_and_no_pass(
+        world: World, tmp_path: Path) -> None:
+    """A read-only or unusable --scratch-dir reported the backup DAMAGED (exit 4, the damage
+    runbook); now the backup is 'incomplete', the drill and the run fail (exit 1, status and
+    metrics see a failed drill), and the message says what to fix."""
+    (world.subvol / "f").write_bytes(b"1")
+    world.snapshot()
+    assert world.push().code == 0
+    read_only = tmp_path / "ro"
+    _tmpfs(read_only, "ro,size=1m")
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"")
+    try:
+        for scratch in (read_only, read_only / "sub", a_file):
+            run = world.cli("verify", "--from", world.url, "--level", "restore", "--json", "--scratch-dir",
+                            str(scratch))
+            assert run.code == 1, run.err
+            assert "could not set up its scratch filesystem" in run.err and "--scratch-dir" in run.err
+            doc = json.loads(run.out.split("\n}\n")[0] + "\n}")
+            [backup] = doc["backups"]
+            assert backup["result"] == "incomplete" and backup["problems"] == [], backup
+            assert backup["note"].startswith("restore drill not run")
+            assert not doc["summary"]["ok"] and doc["summary"]["damaged"] == 0
+            assert not doc["summary"]["drill"]["ok"]
+            status = json.loads(world.cli("state", "show", "--json").out)
+            assert status[0]["drill"]["ok"] is False
+    finally:
+        subprocess.run(["umount", str(read_only)], check=False)
+    code, doc, err = _drill(world, tmp_path / "drills")
+    assert code == 0 and doc["summary"]["ok"], err
+    assert list((tmp_path / "drills").iterdir()) == []
