@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -48,6 +49,12 @@ class DrillResult:
     note: str | None = None
 
 
+def _mount_point(field: bytes) -> str:
+    """A mount point as /proc/self/mountinfo writes it: raw bytes, with space, tab, newline and
+    backslash as octal escapes (a non-ASCII name must come back as the same path)."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
+
+
 def clean_leftovers(scratch_dir: Path) -> list[str]:
     """Unmount, detach and delete what earlier drills left in ``scratch_dir``; returns what went."""
     removed: list[str] = []
@@ -55,9 +62,9 @@ def clean_leftovers(scratch_dir: Path) -> list[str]:
         return removed
     root = str(scratch_dir.resolve()) + "/"
     mounts = []
-    with open("/proc/self/mountinfo") as f:
+    with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
+            point = _mount_point(line.split()[4])
             if point.startswith(root) and Path(point).name.startswith(PREFIX):
                 mounts.append(point)
     for point in sorted(mounts, key=len, reverse=True):

@@ -271,3 +271,30 @@ def test_a_drill_that_cannot_set_up_its_scratch_filesystem_is_no_finding_and_no_
     code, doc, err = _drill(world, tmp_path / "drills")
     assert code == 0 and doc["summary"]["ok"], err
     assert list((tmp_path / "drills").iterdir()) == []
+
+
+def test_leftovers_of_a_killed_drill_are_removed_from_a_scratch_dir_with_a_non_ascii_name(
+        world: World, tmp_path: Path) -> None:
+    """/proc/self/mountinfo was decoded as latin-1 escapes, so the mount of a killed drill in
+    /var/tmp/drills-é (or any UTF-8 name) was never found: it stayed mounted forever."""
+    (world.subvol / "f").write_bytes(b"1")
+    world.snapshot()
+    assert world.push().code == 0
+    scratch = tmp_path / "drills-é 名"
+    scratch.mkdir()
+    image = scratch / "btrsync-drill-dead.img"  # a SIGKILLed drill's image, attached and mounted
+    subprocess.run(["truncate", "-s", "300M", str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True)
+    mnt = scratch / "btrsync-drill-mnt-dead"
+    mnt.mkdir()
+    dev = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    subprocess.run(["mount", dev, str(mnt)], check=True)
+    try:
+        code, doc, err = _drill(world, scratch)
+        assert code == 0 and f"mount {mnt}" in err, err
+        assert not os.path.ismount(mnt) and list(scratch.iterdir()) == []
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
