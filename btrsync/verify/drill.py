@@ -106,13 +106,23 @@ def scratch_lock(scratch_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def local_original(snapshot_dirs: tuple[Path, ...], m: Manifest) -> Path | None:
-    """The local read-only snapshot this backup was made from, if it still exists unchanged."""
+def local_original(snapshot_dirs: tuple[Path, ...], m: Manifest, passed_over: list[str] | None = None) -> Path | None:
+    """The local read-only snapshot this backup was made from, if it still exists unchanged.
+
+    A snapshot taken read-only has its ctransid equal to the transaction that created it; one made
+    writable, changed and made read-only again has a later ctransid (a flip of the flag alone does
+    not change it), and would make an intact backup look damaged: it is passed over (and said so
+    in ``passed_over``). A received copy cannot be changed without losing its received uuid."""
     for directory in snapshot_dirs:
         path = directory / m.snapshot
         if is_subvolume(path):
             info = subvolume_info(path)
             if info.stream_uuid == m.snapshot_uuid and info.readonly:
+                if info.received_uuid is None and info.ctransid != info.otransid:
+                    if passed_over is not None:
+                        passed_over.append(f"{path} was changed after it was taken (ctransid {info.ctransid}, "
+                                           f"taken in transaction {info.otransid}), so it was not compared with")
+                    continue
                 return path
     return None
 
@@ -147,10 +157,14 @@ def _drill(repo: Repository, chain: list[Manifest], mnt: Path, snapshot_dirs: tu
     m = chain[-1]
     result = receive(repo, m.backup_id, mnt, workers=workers)
     restored = Path(result.path)
-    original = local_original(snapshot_dirs, m)
+    passed_over: list[str] = []
+    original = local_original(snapshot_dirs, m, passed_over)
     if original is not None:
         return DrillResult(m.backup_id, stream, diff_trees(original, restored), str(original))
-    return compare_without_original(repo, chain, restored, stream)
+    compared = compare_without_original(repo, chain, restored, stream)
+    if passed_over:
+        compared.note = "; ".join(passed_over + ([compared.note] if compared.note else []))
+    return compared
 
 
 def compare_without_original(repo: Repository, chain: list[Manifest], restored: Path, stream: int) -> DrillResult:

@@ -298,3 +298,40 @@ def test_leftovers_of_a_killed_drill_are_removed_from_a_scratch_dir_with_a_non_a
         if os.path.ismount(mnt):
             subprocess.run(["umount", "-l", str(mnt)], check=False)
         subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+
+
+def test_a_drill_passes_over_a_local_snapshot_changed_after_it_was_taken(world: World, tmp_path: Path) -> None:
+    """A local snapshot made writable, changed and made read-only again made an intact backup
+    look DAMAGED ('the restored tree differs from <snapshot>'); it is passed over, said so, and
+    the drill compares with the file indexes. Snapshots of the same name that are writable or
+    another subvolume (other uuid) are never compared with either."""
+    tree.populate(world.subvol, 4)
+    snap = world.snapshot()
+    assert world.push().code == 0
+    code, doc, err = _drill(world, tmp_path / "d", "--snapshot-dir", str(world.snapdir))
+    assert code == 0 and doc["summary"]["drill"]["drills"][0]["compared_with"] == str(snap), err
+
+    def prop(ro: str) -> None:
+        subprocess.run(["btrfs", "property", "set", "-ts", str(snap), "ro", ro], check=True)
+
+    prop("false")
+    prop("true")  # a flip alone changes nothing: still the original
+    code, doc, err = _drill(world, tmp_path / "d", "--snapshot-dir", str(world.snapdir))
+    assert code == 0 and doc["summary"]["drill"]["drills"][0]["compared_with"] == str(snap), err
+    prop("false")
+    (snap / "added later").write_bytes(b"x")
+    prop("true")
+    code, doc, err = _drill(world, tmp_path / "d", "--snapshot-dir", str(world.snapdir))
+    assert code == 0, err
+    assert doc["summary"]["drill"]["drills"][0]["compared_with"].startswith("the file indexes")
+    assert f"{snap} was changed after it was taken" in doc["backups"][0]["note"]
+
+    other = world.src / "other"  # same name, another subvolume (writable, then read-only)
+    other.mkdir()
+    subprocess.run(["btrfs", "subvolume", "snapshot", str(world.subvol), str(other / snap.name)], check=True,
+                   capture_output=True)
+    (other / snap.name / "only here").write_bytes(b"y")
+    for _ in range(2):
+        code, doc, err = _drill(world, tmp_path / "d", "--snapshot-dir", str(other))
+        assert code == 0 and doc["summary"]["drill"]["drills"][0]["compared_with"].startswith("the file"), err
+        subprocess.run(["btrfs", "property", "set", "-ts", str(other / snap.name), "ro", "true"], check=True)
