@@ -109,16 +109,17 @@ def scratch_lock(scratch_dir: Path) -> Iterator[None]:
 def local_original(snapshot_dirs: tuple[Path, ...], m: Manifest, passed_over: list[str] | None = None) -> Path | None:
     """The local read-only snapshot this backup was made from, if it still exists unchanged.
 
-    A snapshot taken read-only has its ctransid equal to the transaction that created it; one made
-    writable, changed and made read-only again has a later ctransid (a flip of the flag alone does
-    not change it), and would make an intact backup look damaged: it is passed over (and said so
-    in ``passed_over``). A received copy cannot be changed without losing its received uuid."""
+    A snapshot takes its ctransid from its source, so it is at most the transaction that created
+    it (otransid); one made writable, changed and made read-only again has a later ctransid (a flip
+    of the flag alone, snapshotting or sending it do not change it), and would make an intact
+    backup look damaged: it is passed over (and said so in ``passed_over``). A received copy cannot
+    be changed without losing its received uuid."""
     for directory in snapshot_dirs:
         path = directory / m.snapshot
         if is_subvolume(path):
             info = subvolume_info(path)
             if info.stream_uuid == m.snapshot_uuid and info.readonly:
-                if info.received_uuid is None and info.ctransid != info.otransid:
+                if info.received_uuid is None and info.ctransid > info.otransid:
                     if passed_over is not None:
                         passed_over.append(f"{path} was changed after it was taken (ctransid {info.ctransid}, "
                                            f"taken in transaction {info.otransid}), so it was not compared with")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from btrsync.btrfs.subvolume import subvolume_info
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
 from btrsync.ops import files
@@ -306,7 +307,12 @@ def test_a_drill_passes_over_a_local_snapshot_changed_after_it_was_taken(world: 
     the drill compares with the file indexes. Snapshots of the same name that are writable or
     another subvolume (other uuid) are never compared with either."""
     tree.populate(world.subvol, 4)
+    os.sync()
+    (world.src / "elsewhere").write_bytes(b"a later transaction")  # the subvolume is idle meanwhile
+    os.sync()
     snap = world.snapshot()
+    info = subvolume_info(snap)
+    assert info.ctransid < info.otransid  # a snapshot takes its ctransid from the (idle) subvolume
     assert world.push().code == 0
     code, doc, err = _drill(world, tmp_path / "d", "--snapshot-dir", str(world.snapdir))
     assert code == 0 and doc["summary"]["drill"]["drills"][0]["compared_with"] == str(snap), err
