@@ -49,11 +49,15 @@ class SubvolumeInfo:
 
     @property
     def is_trusted_parent(self) -> bool:
-        """Read-only.  A received subvolume made writable is never trusted: while writable it fails
-        this test, and btrfs-progs >= 5.14 refuses to flip it to read-write unless forced, and the
-        forced flip clears its received_uuid, so it no longer matches any backup.  (transids cannot
-        tell: snapshotting a subvolume or setting its read-only flag also advances its ctransid.)"""
-        return self.readonly
+        """Read-only, and unchanged since it was made.  A received subvolume made writable is never
+        trusted: while writable it fails this test, and btrfs-progs >= 5.14 refuses to flip it to
+        read-write unless forced, and the forced flip clears its received_uuid, so it no longer
+        matches any backup (its transids cannot tell: receiving ends with changes after rtransid).
+        A snapshot taken here takes its ctransid from its source, so at most the transaction that
+        made it (otransid); made writable, changed and made read-only again, its ctransid is later
+        (flipping the flag alone, snapshotting or sending it leave ctransid alone: Linux 6.18), and a
+        stream sent on it would be a diff from what no backup holds."""
+        return self.readonly and (self.received_uuid is not None or self.ctransid <= self.otransid)
 
 
 def _uuid(raw: bytes) -> str | None:

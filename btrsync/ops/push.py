@@ -127,7 +127,7 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
         raise PushError(f"no snapshots of subvolume {name!r} in {snapshot_dir} (looked for "
                         f"{name}.<YYYYMMDDTHHMMSSZ>): create one with 'btrsync snapshot create {subvol} "
                         f"--snapshot-dir {snapshot_dir}'; nothing was pushed")
-    skip = {s.name: "writable or modified since received: never sent, never a parent"
+    skip = {s.name: "writable, or changed after it was taken or received: never sent, never a parent"
             for s in snaps if not s.info.is_trusted_parent}
     unusable = {d.backup_id: f"its manifest on the target is damaged ({d.error}); move it aside first"
                 for d in catalog.damaged}

@@ -341,3 +341,27 @@ def test_a_drill_passes_over_a_local_snapshot_changed_after_it_was_taken(world: 
         code, doc, err = _drill(world, tmp_path / "d", "--snapshot-dir", str(other))
         assert code == 0 and doc["summary"]["drill"]["drills"][0]["compared_with"].startswith("the file"), err
         subprocess.run(["btrfs", "property", "set", "-ts", str(other / snap.name), "ro", "true"], check=True)
+
+
+def test_a_local_snapshot_changed_after_its_push_is_never_a_parent(world: World, tmp_path: Path) -> None:
+    """A pushed snapshot made writable, changed and made read-only again was still used as the
+    parent of the next incremental: the push succeeded (exit 0) and the stored incremental could
+    not be restored (it is a diff from the changed snapshot), which only a drill found. Now that
+    snapshot is skipped with the reason, and the next backup is a full that restores."""
+    (world.subvol / "a").write_bytes(b"a")
+    first = world.snapshot()
+    assert world.push().code == 0
+    subprocess.run(["btrfs", "property", "set", "-ts", str(first), "ro", "false"], check=True)
+    (first / "planted").write_bytes(b"p")
+    subprocess.run(["btrfs", "property", "set", "-ts", str(first), "ro", "true"], check=True)
+    (world.subvol / "b").write_bytes(b"b")
+    second = world.snapshot()
+    run = world.push()
+    assert run.code == 0, run.err
+    newest = world.listing()[-1]
+    assert newest["snapshot"] == second.name and newest["kind"] == "full", newest
+    to = tmp_path / "to"
+    to.mkdir()
+    run = world.cli("restore", "latest", "--from", world.url, "--to", str(to))
+    assert run.code == 0, run.err
+    assert sorted(os.listdir(to / second.name)) == ["a", "b"]
