@@ -20,8 +20,8 @@ Backblaze B2 rules followed here (docs/targets-s3.md has the details and sources
 Memory: one budget of ``max_inflight_parts`` part uploads is shared by every ``put`` of the target
 (concurrent segment puts draw from the same slots), and each running ``put`` holds one more part
 (the one being filled or waiting for a slot): ``(max_inflight_parts + puts) x part size`` at most.
-Part buffers are reused (``partbuffers.py``): a part is filled into the buffer of one whose upload
-has ended, so the buffers that exist never outnumber that bound either.
+A put hands its first part to an upload before it fills the second, so the bound holds from its
+first part on.
 
 Only requests inside ``put`` are retried here (a failed part is resent alone: parts are ``bytes``);
 ``get``, ``stat``, ``list`` and ``delete`` raise ``TransientTargetError`` for ``RetryingTarget`` to
@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
-import functools
 import hashlib
 import logging
 import re
@@ -61,7 +60,6 @@ from btrsync.targets.errors import (
     TargetError,
     TransientTargetError,
 )
-from btrsync.targets.partbuffers import PartBuffers
 from btrsync.targets.retry import RetryPolicy, transient
 from btrsync.targets.s3config import (
     _STREAM_ERRORS,
@@ -99,34 +97,28 @@ def max_object_size(base: int) -> int:
     return sum(part_size_for(n, base) for n in range(1, MAX_PARTS + 1))
 
 
-def rechunk(
-    parts: Iterable[bytes], size_for: Callable[[int], int], buffers: PartBuffers | None = None
-) -> Iterator[bytes]:
+def rechunk(parts: Iterable[bytes], size_for: Callable[[int], int]) -> Iterator[bytes]:
     """Re-cut a stream of byte strings into parts of ``size_for(1)``, ``size_for(2)``, ... bytes.
 
     The last part may be shorter; an empty stream yields one empty part, so there is always at
     least one.  See :func:`marked_parts`, which this is without the marks.
     """
-    return (part for part, _more in marked_parts(parts, size_for, buffers))
+    return (part for part, _more in marked_parts(parts, size_for))
 
 
-def marked_parts(
-    parts: Iterable[bytes], size_for: Callable[[int], int], buffers: PartBuffers | None = None
-) -> Iterator[tuple[bytes, bool]]:
+def marked_parts(parts: Iterable[bytes], size_for: Callable[[int], int]) -> Iterator[tuple[bytes, bool]]:
     """:func:`rechunk`'s parts, each with whether more data follows it.
 
-    Each input is copied once, into the part being filled (a ``bytearray``, from ``buffers`` when
-    given: every byte of a yielded part is written here, so a reused buffer's stale content never
-    shows), and is not referenced after that: a part is never held twice (pieces and their join).
+    Each input is copied once, into the part being filled (a ``bytearray``), and is not referenced
+    after that: a part is never held twice (pieces and their join).
     To mark a full part, the next non-empty input piece is pulled before the part is yielded (one
     piece of look-ahead), never a next part: a put can hand its first part to an upload before
     it fills the second.
     """
-    new = buffers.take if buffers is not None else bytearray
     views = (view for view in (memoryview(p).cast("B") for p in parts) if view)
     number = 1
     want = size_for(number)
-    buf, have = new(want), 0
+    buf, have = bytearray(want), 0
     view = next(views, None)
     while view is not None:
         take = view[: want - have]
@@ -140,7 +132,7 @@ def marked_parts(
                 return
             number += 1
             want = size_for(number)
-            buf, have = new(want), 0
+            buf, have = bytearray(want), 0
     del buf[have:]  # the short last part (have > 0), or the one empty part of an empty stream
     yield buf, False  # type: ignore[misc]
 
@@ -193,7 +185,6 @@ class S3Target(Target):
         self._client = make_client(self.settings)
         # one budget of parts in flight for every put of this target (concurrent segment puts share it)
         self._part_slots = threading.Semaphore(self.settings.max_inflight_parts)
-        self.part_buffers = PartBuffers()  # part buffers, reused once their upload has ended
         self.endpoint = _redact_url(self._client.meta.endpoint_url)
 
     @classmethod
@@ -233,7 +224,7 @@ class S3Target(Target):
     # -- put -------------------------------------------------------------------------------
     def put(self, key: str, parts: Iterable[bytes]) -> ObjectInfo:
         full = self._full(validate_key(key))
-        marked = marked_parts(parts, lambda n: part_size_for(n, self.settings.part_size), self.part_buffers)
+        marked = marked_parts(parts, lambda n: part_size_for(n, self.settings.part_size))
         first, more = next(marked)
         if not more:
             return self._put_single(key, full, first)
@@ -244,17 +235,14 @@ class S3Target(Target):
         return ObjectInfo(key, self._put_multipart(key, full, _drain(head, chunks)))
 
     def _put_single(self, key: str, full: str, data: bytes) -> ObjectInfo:
-        try:
-            self._retried(
-                "put_object",
-                self._what("put", key),
-                Bucket=self.bucket,
-                Key=full,
-                Body=data,
-                ContentMD5=_md5_b64(data),
-            )
-        finally:
-            self.part_buffers.give(data)  # type: ignore[arg-type]  # the request has ended
+        self._retried(
+            "put_object",
+            self._what("put", key),
+            Bucket=self.bucket,
+            Key=full,
+            Body=data,
+            ContentMD5=_md5_b64(data),
+        )
         return ObjectInfo(key, len(data))
 
     def _put_multipart(self, key: str, full: str, chunks: Iterator[bytes]) -> int:
@@ -270,7 +258,6 @@ class S3Target(Target):
             self.settings.max_inflight_parts,
             self._part_slots,
             lambda n, data, cancel: self._upload_part(key, upload_id, n, data, cancel),
-            self.part_buffers.give,
         )
         try:
             size = 0
@@ -566,17 +553,13 @@ class _BoundedUploads:
 
     Modelled on s3transfer's ``BoundedExecutor``: a slot is acquired before a part is submitted and
     released by the future's done callback, so at most ``limit`` part buffers belong to uploads.
-    The done callback also hands the part's buffer to ``release`` (the request has ended: answered,
-    failed for good, or never started), before the slot is released.
     """
 
     def __init__(self, limit: int, slots: threading.Semaphore,
-                 upload: Callable[[int, bytes, threading.Event], str],
-                 release: Callable[[Any], None] = lambda data: None) -> None:
+                 upload: Callable[[int, bytes, threading.Event], str]) -> None:
         self._slots = slots  # shared with the target's other puts: one budget of parts in flight
         self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="btrsync-s3-part")
         self._upload = upload
-        self._release = release
         self._futures: dict[int, Future[str]] = {}
         self._failure: BaseException | None = None
         self.cancelled = threading.Event()
@@ -586,16 +569,14 @@ class _BoundedUploads:
         self._slots.acquire()
         if self._failure is not None:
             self._slots.release()
-            self._release(data)
             raise self._failure
         future = self._pool.submit(self._upload, number, data, self.cancelled)
-        future.add_done_callback(functools.partial(self._on_done, data))
+        future.add_done_callback(self._on_done)  # never one holding ``data``: futures are kept
         self._futures[number] = future
 
-    def _on_done(self, data: bytes, future: Future[str]) -> None:
+    def _on_done(self, future: Future[str]) -> None:
         if not future.cancelled() and future.exception() is not None and self._failure is None:
             self._failure = future.exception()
-        self._release(data)
         self._slots.release()
 
     def finish(self) -> builtins.list[dict[str, Any]]:

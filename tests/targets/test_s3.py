@@ -7,6 +7,7 @@ use the same SeaweedFS server and B2-rules proxy (see ``tests/targets/factories_
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,10 +28,10 @@ from btrsync.targets.errors import (
     TransientTargetError,
 )
 from btrsync.targets.registry import open_target
-from btrsync.targets.partbuffers import PartBuffers
 from btrsync.targets.retry import RetryingTarget, retry_after_of
 from btrsync.targets.s3 import (
     S3Target,
+    marked_parts,
     max_object_size,
     part_size_for,
     rechunk,
@@ -97,36 +98,29 @@ def test_rechunk_cuts_exact_parts_whatever_the_input_pieces() -> None:
     assert list(rechunk([b"", b"x" * 20], lambda n: 10)) == [b"x" * 10] * 2
 
 
-def test_rechunk_into_reused_buffers_never_shows_stale_bytes() -> None:
-    """Reused buffers come back holding an earlier part: every part yielded holds only its own
-    bytes, the short last part is not kept for reuse, and no buffer is made while one is free."""
-    buffers = PartBuffers()
-    dirty = [buffers.take(10), buffers.take(10)]
-    for buf in dirty:
-        buf[:] = b"\xff" * 10
-        buffers.give(buf)
-    data = bytes(range(1, 26))  # parts of 10, 10 and 5 bytes
-    parts = []
-    for part in rechunk(pieces(data, 3), lambda n: 10, buffers):
-        assert any(part is buf for buf in dirty)
-        parts.append(bytes(part))
-        buffers.give(part)  # the upload has ended
-    assert parts == [data[:10], data[10:20], data[20:]]
-    assert buffers.created == 2 and buffers.in_use == 0
-    assert buffers.take(10) is dirty[0] and buffers.created == 2  # the cut one was not kept
+def test_marked_parts_say_whether_more_follows_reading_one_piece_ahead() -> None:
+    """A full part is marked before the next part is filled: at most one input piece past it is
+    read (the first part can go to an upload while the second is being filled)."""
+    pulled: list[int] = []
 
+    def stream(data: bytes, size: int) -> Iterator[bytes]:
+        for i in range(0, len(data), size):
+            pulled.append(i + size)
+            yield data[i : i + size]
+        yield b""  # empty pieces are skipped, never taken for more data
 
-def test_part_buffers_of_another_size_are_dropped_and_strangers_ignored() -> None:
-    buffers = PartBuffers()
-    small = buffers.take(10)
-    buffers.give(small)
-    buffers.give(bytearray(10))  # not from here: never lent out again
-    buffers.give(small)  # twice: counted once
-    assert buffers.in_use == 0
-    big = buffers.take(20)
-    assert len(big) == 20 and buffers.created == 2
-    buffers.give(big)
-    assert buffers.take(10) is not small and buffers.created == 3  # the 10-byte one was dropped
+    data = bytes(range(256)) * 4  # 1,024 bytes
+    for length, want in ((1024, [(256, True), (256, True), (256, True), (256, False)]),
+                         (1000, [(256, True), (256, True), (256, True), (232, False)]),
+                         (256, [(256, False)]), (0, [(0, False)])):
+        pulled.clear()
+        marked = marked_parts(stream(data[:length], 100), lambda n: 256)
+        got = []
+        for part, more in marked:
+            assert max(pulled, default=0) <= 256 * (len(got) + 1) + 100  # one piece ahead at most
+            got.append((bytes(part), more))
+        assert [(len(p), m) for p, m in got] == want
+        assert b"".join(p for p, _ in got) == data[:length]
 
 
 def test_settings_parse_sizes_and_refuse_parts_s3_would_refuse() -> None:
@@ -347,25 +341,6 @@ def test_multipart_upload_bounds_parts_in_flight_and_memory(
     assert max(ahead) <= (2 + 1) * PART  # (max_inflight_parts + 1) x part size
 
 
-def test_part_buffers_are_reused_within_the_budget(
-    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
-) -> None:
-    """A 10-part upload with max_inflight_parts=2 fills its parts into at most 2 + 1 buffers (the
-    budget plus the part being filled), each reused once its upload has ended; parts answered
-    503 SlowDown are resent intact from their buffer, not from one already refilled."""
-    proxy.delays["UploadPart"] = 0.05
-    proxy.inject("slowdown", count=3, op="UploadPart", after=2)
-    data = blob(10 * PART + 999)
-    policy = no_sleep_policy(5)
-    with seaweed_target(request, tmp_path, via_proxy=True, max_inflight_parts=2, policy=policy) as target:
-        target.put("big", pieces(data))
-        assert target.read("big") == data
-        buffers = target.part_buffers
-    assert len(proxy.ops("UploadPart")) == 11 + 3
-    assert buffers.max_in_use <= 2 + 1 and buffers.created <= 2 + 1
-    assert buffers.in_use == 0
-
-
 def test_eleven_megabyte_object_meets_b2_minimum_part_size(
     request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
 ) -> None:
@@ -570,13 +545,27 @@ def test_concurrent_puts_share_one_budget_of_parts_in_flight(
 ) -> None:
     """Two segment puts at once (as push runs them) draw from the same max_inflight_parts slots:
     the target's parts in flight, and so its part buffers, do not double with the puts."""
-    proxy.delays["UploadPart"] = 0.1
+    proxy.delays["UploadPart"] = 1.0  # nothing is answered while both puts fill their first parts
     data = [blob(3 * PART + 777 * k) for k in (1, 2)]
+    piece = 1 << 20
+    pulled = [0]
+    ahead: list[int] = []  # bytes read from both streams and not yet answered, as each is read
+    both = threading.Barrier(2)
+
+    def stream(payload: bytes) -> Iterator[bytes]:
+        both.wait(timeout=30)  # both puts start together, well before any part is answered
+        for chunk in pieces(payload, piece):
+            ahead.append(pulled[0] - PART * proxy.answered["UploadPart"])
+            pulled[0] += len(chunk)
+            yield chunk
+
     with seaweed_target(request, tmp_path, via_proxy=True, max_inflight_parts=2) as target:
+        target.put("warm", [b"x"])  # the client's first request loads its models: not in the race
         with ThreadPoolExecutor(2) as pool:
-            infos = list(pool.map(lambda kd: target.put(kd[0], pieces(kd[1])), [("a", data[0]), ("b", data[1])]))
+            infos = list(pool.map(lambda kd: target.put(kd[0], stream(kd[1])), [("a", data[0]), ("b", data[1])]))
         assert [i.size for i in infos] == [len(d) for d in data]
         assert target.read("a") == data[0] and target.read("b") == data[1]
     assert len(proxy.ops("UploadPart")) == 8 and proxy.max_in_flight["UploadPart"] == 2
-    # buffers: the 2 slots plus one part being filled per put, however many parts go through
-    assert target.part_buffers.max_in_use <= 2 + 2 and target.part_buffers.created <= 2 + 2
+    # part buffers: the 2 slots plus the one part each put is filling (+ the piece being read),
+    # from the first part on (a put used to fill its second part before uploading the first: 5)
+    assert max(ahead) <= (2 + 2) * PART + 2 * piece
