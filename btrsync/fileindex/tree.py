@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from btrsync.errors import DamageError
+from btrsync.sendstream.checker import check_parent_unchanged
 
 _KIND = {"mkfile": "f", "mkdir": "d", "mknod": "n", "mkfifo": "p", "mksock": "s", "symlink": "l"}
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -91,6 +92,7 @@ class FileTree:
         self._link, self._where, self._uuid, self._parent_uuid = 0, "", "", None  # the link being replayed
         self._pmap: dict[str, Inode] = {}
         self._seq = 0
+        self._ctransid: Any = None  # of the last link's SUBVOL/SNAPSHOT: what the next one must be sent on
 
     # -- lookups --------------------------------------------------------------------------------
     def lookup(self, path: str) -> Node | None:
@@ -205,7 +207,11 @@ class FileTree:
             node = self._detach(path)
             if node is not None:
                 node.inode.changed = link
-        elif cmd not in ("subvol", "snapshot", "end", "update_extent"):
+        elif cmd in ("subvol", "snapshot"):
+            if cmd == "snapshot" and self._ctransid is not None:
+                check_parent_unchanged(where, a.get("clone_ctransid"), self._ctransid)
+            self._ctransid = a.get("ctransid")
+        elif cmd not in ("end", "update_extent"):
             self._on_inode(self._seq - 1, rec)  # a command of a newer stream version: on its inode
 
     def _on_inode(self, seq: int, rec: list[Any]) -> None:

@@ -192,6 +192,7 @@ def verify(repo: Repository, specs: Sequence[str] | None = None, options: Option
             _check_catalog(by_id, by_id[bid], catalog, sizes, rep)
     if options.at_least("data"):
         chosen = _chosen_segments(by_id, reports, options, ledger, rng)
+        ctransids: dict[str, Any] = {}  # backup -> its stream's ctransid (stream level): its children's parent
         for bid, rep in reports.items():
             if rep.result != "ok" or bid not in by_id:
                 continue
@@ -199,7 +200,8 @@ def verify(repo: Repository, specs: Sequence[str] | None = None, options: Option
                 rep.result, rep.note, report.incomplete = "incomplete", "--max-duration reached", True
                 continue
             t = clock()
-            _check_data(repo, by_id[bid], rep, chosen.get(bid, set()), options, ledger, deadline, clock, progress)
+            _check_data(repo, by_id[bid], rep, chosen.get(bid, set()), options, ledger, deadline, clock, progress,
+                        ctransids)
             rep.seconds += clock() - t
             if rep.result == "incomplete":
                 report.incomplete = True
@@ -288,8 +290,9 @@ def _chosen_segments(by_id: dict[str, Manifest], reports: dict[str, BackupReport
 
 def _check_data(repo: Repository, m: Manifest, rep: BackupReport, segments: set[int], options: Options,
                 ledger: Ledger | None, deadline: float | None, clock: Callable[[], float],
-                progress: ProgressFn | None) -> None:
-    stream = checker.for_manifest(m) if options.at_least("stream") else None
+                progress: ProgressFn | None, ctransids: dict[str, Any] | None = None) -> None:
+    ctransids = {} if ctransids is None else ctransids
+    stream = (checker.for_manifest(m, ctransids.get(m.parent_id or "")) if options.at_least("stream") else None)
     opener = ChunkOpener(repo.binding, m.backup_id)
     intact: list[tuple[str, int]] = []
     try:
@@ -317,6 +320,7 @@ def _check_data(repo: Repository, m: Manifest, rep: BackupReport, segments: set[
             try:
                 stream.finish()
                 rep.level = "stream"
+                ctransids[m.backup_id] = stream.ctransid
             except DamageError as exc:
                 rep.add(Problem("stream", layout.manifest_key(m.backup_id), str(exc)))
 

@@ -45,6 +45,7 @@ from btrsync.restore import RestoreError, fsutil
 from btrsync.restore.decompress import NAMES as COMPRESSION_NAMES
 from btrsync.restore.decompress import DecompressError, decompress
 from btrsync.restore.paths import PathRefused, Tree, split
+from btrsync.sendstream.checker import check_parent_unchanged
 from btrsync.sendstream.parser import StreamError, StreamParser
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,7 @@ class Applier:
         self.privileged = os.geteuid() == 0 if privileged is None else privileged
         self.caps = fsutil.Caps()
         self.stream_uuid: str | None = None  # the uuid of the last link applied
+        self._ctransid: Any = None  # the ctransid its stream named: what the next link must be sent on
         self._wpath: str | None = None
         self._wfd = -1
         self._wkey: tuple[int, int] | None = None
@@ -367,8 +369,10 @@ class Applier:
             if parent != self._expect_parent or parent != self.stream_uuid:
                 raise DamageError(f"{where}: the stream's parent is {parent}, but the tree holds "
                                   f"{self.stream_uuid} (the manifest says {self._expect_parent})")
+            check_parent_unchanged(where, ev.attrs.get("clone_ctransid"), self._ctransid)
         elif self.stream_uuid is not None:
             raise DamageError(f"{where}: a full stream in the middle of a chain")
+        self._ctransid = ev.attrs.get("ctransid")
 
     # -- creation -------------------------------------------------------------------------------
     def _mkfile(self, ev: Any, _w: Window) -> None:

@@ -16,8 +16,10 @@ from btrsync.sendstream.parser import StreamError, StreamParser
 
 
 class ManifestStreamCheck:
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, parent_ctransid: Any = None) -> None:
         self.manifest = manifest
+        self.parent_ctransid = parent_ctransid  # from the parent's stream, when it was checked too
+        self.ctransid: Any = None  # this stream's, once its first command is seen
         self.parser = StreamParser()
         self.first_seen = False
         self.commands = 0
@@ -55,7 +57,21 @@ class ManifestStreamCheck:
         if want == "snapshot" and ev.attrs.get("clone_uuid") != m.parent_uuid:
             raise DamageError(f"{self._where()} is an incremental on {ev.attrs.get('clone_uuid')}, the manifest "
                               f"names parent {m.parent_uuid} ({m.parent_id})")
+        if want == "snapshot" and self.parent_ctransid is not None:
+            check_parent_unchanged(self._where(), ev.attrs.get("clone_ctransid"), self.parent_ctransid)
+        self.ctransid = ev.attrs.get("ctransid")
 
 
-def for_manifest(manifest: Manifest) -> ManifestStreamCheck:
-    return ManifestStreamCheck(manifest)
+def check_parent_unchanged(where: str, clone_ctransid: Any, parent_ctransid: Any) -> None:
+    """An incremental names its parent's ctransid when it was sent (SNAPSHOT's clone_ctransid); the
+    parent's own stream names it when the parent was sent (SUBVOL/SNAPSHOT's ctransid). They differ
+    when the parent snapshot was changed in between (made writable and back): the incremental is
+    a diff from a tree no backup holds, and replaying it would give a wrong tree without an error."""
+    if clone_ctransid != parent_ctransid:
+        raise DamageError(f"{where}: sent on its parent as changed after the parent was backed up (parent "
+                          f"ctransid {clone_ctransid} when this was sent, {parent_ctransid} in the parent's "
+                          "backup): it cannot be restored correctly; restore the parent or an older backup")
+
+
+def for_manifest(manifest: Manifest, parent_ctransid: Any = None) -> ManifestStreamCheck:
+    return ManifestStreamCheck(manifest, parent_ctransid)

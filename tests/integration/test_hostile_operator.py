@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from btrsync.btrfs.subvolume import subvolume_info
+from btrsync.btrfs.subvolume import SubvolumeInfo, subvolume_info
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
 from btrsync.ops import files
@@ -365,3 +365,40 @@ def test_a_local_snapshot_changed_after_its_push_is_never_a_parent(world: World,
     run = world.cli("restore", "latest", "--from", world.url, "--to", str(to))
     assert run.code == 0, run.err
     assert sorted(os.listdir(to / second.name)) == ["a", "b"]
+
+
+def test_an_incremental_sent_on_a_changed_parent_is_refused_not_restored_wrong(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backups an earlier btrsync pushed on a changed parent (the push trusted any read-only
+    snapshot, as it does here) restored *wrong without an error*: the parent snapshot's file was
+    changed, the live file too, so the incremental carried nothing for it and a restore gave back
+    the parent's old content; a drill without the snapshot passed. The stream says so itself (its
+    parent's ctransid when sent differs from the parent's backup): restore, ls and drills refuse."""
+    (world.subvol / "a").write_bytes(b"old")
+    first = world.snapshot()
+    assert world.push().code == 0
+    subprocess.run(["btrfs", "property", "set", "-ts", str(first), "ro", "false"], check=True)
+    (first / "a").write_bytes(b"new")
+    subprocess.run(["btrfs", "property", "set", "-ts", str(first), "ro", "true"], check=True)
+    (world.subvol / "a").write_bytes(b"new")
+    os.utime(world.subvol / "a", ns=(os.stat(first / "a").st_atime_ns, os.stat(first / "a").st_mtime_ns))
+    (world.subvol / "b").write_bytes(b"b")
+    second = world.snapshot()
+    monkeypatch.setattr(SubvolumeInfo, "is_trusted_parent", property(lambda self: self.readonly))  # the old rule
+    assert world.push().code == 0
+    monkeypatch.undo()
+    assert world.listing()[-1]["kind"] == "incremental"
+    to = tmp_path / "to"
+    to.mkdir()
+    for paths in ([], ["a"]):
+        run = world.cli("restore", "latest", *paths, "--from", world.url, "--to", str(to))
+        assert run.code == 4 and "changed after the parent was backed up" in run.err, run.err
+        assert os.listdir(to) == []
+    run = world.cli("ls", "latest", "--from", world.url)
+    assert run.code == 4 and "changed after the parent was backed up" in run.err, run.err
+    code, doc, err = _drill(world, tmp_path / "d", "latest")
+    assert code == 4 and "changed after the parent was backed up" in err, err
+    run = world.cli("verify", "--from", world.url, "--level", "stream", "--json")  # parent and child parsed
+    assert run.code == 4 and "changed after the parent was backed up" in run.err, run.err
+    run = world.cli("restore", first.name, "--from", world.url, "--to", str(to))  # the parent is fine
+    assert run.code == 0 and (to / first.name / "a").read_bytes() == b"old", run.err

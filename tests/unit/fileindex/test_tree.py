@@ -50,7 +50,8 @@ def test_renames_links_and_unlinks_across_links() -> None:
                                                           data_len=5),
             ev("link", "dir/b", path_link="dir/a"), ev("chmod", "dir/a", mode=0o640),
             ev("utimes", "dir/a", atime=(1, 0), mtime=(2, 5), ctime=(2, 5)), ev("end", None)]
-    inc = [ev("snapshot", "s", uuid=INC, clone_uuid=FULL), ev("rename", "dir", path_to="moved"),
+    inc = [ev("snapshot", "s", uuid=INC, ctransid=2, clone_uuid=FULL, clone_ctransid=1),
+           ev("rename", "dir", path_to="moved"),
            ev("unlink", "moved/b"), ev("truncate", "moved/a", size=3), ev("mkfile", "o259-2-0", ino=259),
            ev("rename", "o259-2-0", path_to="moved/c"),
            ev("clone", "moved/c", file_offset=0, clone_len=3, clone_uuid=FULL, clone_path="dir/a", clone_offset=0),
