@@ -27,6 +27,8 @@ from btrsync.errors import BackupNotFoundError, DamageError, ReceiveFailedError,
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
 from btrsync.progress import Estimate, Progress, as_progress
+from btrsync.sendstream.checker import check_parent_unchanged
+from btrsync.sendstream.parser import StreamError, StreamParser
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,33 @@ def receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: i
     return link
 
 
+class _ParentCheck:
+    """Before btrfs receive gets an incremental: was it sent on the parent as received here? A
+    received subvolume's stransid is the ctransid its stream named; the incremental's SNAPSHOT
+    names its parent's ctransid when it was sent. btrfs receive does not compare them, and a diff
+    from a parent changed in between would be received without error into a wrong tree."""
+
+    def __init__(self, manifest: Manifest, into: Path) -> None:
+        self.where = f"backup {manifest.backup_id}"
+        self.stransid = None
+        if manifest.parent_uuid is not None:
+            parent = next((s for s in child_subvolumes(into) if s.received_uuid == manifest.parent_uuid), None)
+            self.stransid = None if parent is None else parent.stransid
+        self.parser = StreamParser() if self.stransid is not None else None
+
+    def feed(self, raw: bytes) -> None:
+        if self.parser is None:
+            return
+        try:
+            events = self.parser.feed(raw)
+        except StreamError as exc:
+            raise DamageError(f"the stream of {self.where}: {exc}") from None
+        if events:
+            self.parser = None
+            if events[0].cmd == "snapshot":
+                check_parent_unchanged(self.where, events[0].attrs.get("clone_ctransid"), self.stransid)
+
+
 def _receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: int,
                   progress: Progress | None) -> LinkResult:
     opener = ChunkOpener(repo.binding, manifest.backup_id)
@@ -161,6 +190,7 @@ def _receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: 
                            raw_xxh3=rec.raw_xxh3), rec.stored_size
 
     what = f"restore of backup {manifest.backup_id}"
+    parent_check = _ParentCheck(manifest, into)
     log.info("receive started backup=%s into=%s chunks=%d", manifest.backup_id, into, manifest.n_chunks)
     written = fetched = 0
     # the chunk table streams in one segment index at a time, checked against the manifest
@@ -170,6 +200,7 @@ def _receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: 
     with (ReceiveProcess(into, manifest.snapshot, what, parent_uuid=manifest.parent_uuid) as rx,
           closing(chunks)):
         for raw, stored in chunks:
+            parent_check.feed(raw)
             rx.write(raw)
             written += len(raw)
             fetched += stored

@@ -373,7 +373,7 @@ def test_an_incremental_sent_on_a_changed_parent_is_refused_not_restored_wrong(
     snapshot, as it does here) restored *wrong without an error*: the parent snapshot's file was
     changed, the live file too, so the incremental carried nothing for it and a restore gave back
     the parent's old content; a drill without the snapshot passed. The stream says so itself (its
-    parent's ctransid when sent differs from the parent's backup): restore, ls and drills refuse."""
+    parent's ctransid when sent differs from the parent's backup): restore, receive, ls, drills and stream verification refuse."""
     (world.subvol / "a").write_bytes(b"old")
     first = world.snapshot()
     assert world.push().code == 0
@@ -400,5 +400,8 @@ def test_an_incremental_sent_on_a_changed_parent_is_refused_not_restored_wrong(
     assert code == 4 and "changed after the parent was backed up" in err, err
     run = world.cli("verify", "--from", world.url, "--level", "stream", "--json")  # parent and child parsed
     assert run.code == 4 and "changed after the parent was backed up" in run.err, run.err
+    run = world.receive("latest")  # btrfs receive itself does not compare them
+    assert run.code == 4 and "changed after the parent was backed up" in run.err, run.err
+    assert sorted(os.listdir(world.restore)) == [first.name]  # the parent, received; nothing of the child
     run = world.cli("restore", first.name, "--from", world.url, "--to", str(to))  # the parent is fine
     assert run.code == 0 and (to / first.name / "a").read_bytes() == b"old", run.err
