@@ -26,7 +26,7 @@ from btrsync.btrfs.subvolume import is_subvolume, subvolume_info
 from btrsync.catalog.chains import walk_chain
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
-from btrsync.errors import BtrfsError, BtrsyncError, DamageError
+from btrsync.errors import BtrfsError, BtrsyncError, DamageError, ReceiveFailedError
 from btrsync.fileindex import store
 from btrsync.fileindex.summary import summary_of_disk
 from btrsync.ops.files import tree_of
@@ -130,8 +130,23 @@ def local_original(snapshot_dirs: tuple[Path, ...], m: Manifest, passed_over: li
 
 class DrillUnavailable(BtrsyncError):
     """The drill's scratch filesystem could not be set up (the scratch directory is read-only, not
-    a directory, on a full filesystem, no loop device...): the backup was not tried, so this is
-    no finding about it, and no pass either."""
+    a directory, on a full filesystem, no loop device...) or ran out of space: the backup was not
+    tried through, so this is no finding about it, and no pass either."""
+
+
+FULL_BELOW = 64 * MiB  # free space under which the filesystem holding the image counts as full
+
+
+def _out_of_space(exc: ReceiveFailedError, scratch_dir: Path) -> bool:
+    """btrfs receive failed because the image, or the filesystem holding it, filled up (a stream
+    cannot cause that by being damaged: it is authenticated, and holds no more than it writes)."""
+    if "No space left on device" in str(exc):
+        return True
+    try:
+        st = os.statvfs(scratch_dir)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_BELOW
 
 
 def drill(repo: Repository, catalog: Catalog, backup_id: str, scratch_dir: Path,
@@ -150,7 +165,14 @@ def drill(repo: Repository, catalog: Catalog, backup_id: str, scratch_dir: Path,
                 f"the restore drill could not set up its scratch filesystem in {scratch_dir}: {exc}; give "
                 "--scratch-dir a writable directory on a local filesystem with room for a sparse image "
                 f"(up to {size // MiB} MiB of it may be written)") from None
-        return _drill(repo, chain, mnt, snapshot_dirs, stream, workers)
+        try:
+            return _drill(repo, chain, mnt, snapshot_dirs, stream, workers)
+        except ReceiveFailedError as exc:
+            if not _out_of_space(exc, scratch_dir):
+                raise
+            raise DrillUnavailable(
+                f"the restore drill ran out of space in {scratch_dir}: {exc}; give --scratch-dir a "
+                f"filesystem with room for a sparse image (up to {size // MiB} MiB of it may be written)") from None
 
 
 def _drill(repo: Repository, chain: list[Manifest], mnt: Path, snapshot_dirs: tuple[Path, ...],

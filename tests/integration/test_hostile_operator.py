@@ -274,6 +274,24 @@ def test_a_drill_that_cannot_set_up_its_scratch_filesystem_is_no_finding_and_no_
     assert list((tmp_path / "drills").iterdir()) == []
 
 
+def test_a_drill_that_runs_out_of_space_is_no_finding_and_no_pass(world: World, tmp_path: Path) -> None:
+    """The scratch filesystem filled during the receive: the backup was reported DAMAGED (exit 4)
+    for 'btrfs receive ... No space left on device'; now incomplete, drill failed, exit 1."""
+    tree.populate(world.subvol, 3)  # ~10 MB of stream, with clones (a clone flushes its source: ENOSPC shows)
+    world.snapshot()
+    assert world.push().code == 0
+    small = tmp_path / "small"
+    _tmpfs(small, "size=12m")
+    try:
+        run = world.cli("verify", "--from", world.url, "--level", "restore", "--json", "--scratch-dir", str(small))
+        assert run.code == 1 and "ran out of space" in run.err and "--scratch-dir" in run.err, run.err
+        doc = json.loads(run.out.split("\n}\n")[0] + "\n}")
+        assert [b["result"] for b in doc["backups"]] == ["incomplete"] and doc["summary"]["damaged"] == 0, doc
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 def test_leftovers_of_a_killed_drill_are_removed_from_a_scratch_dir_with_a_non_ascii_name(
         world: World, tmp_path: Path) -> None:
     """/proc/self/mountinfo was decoded as latin-1 escapes, so the mount of a killed drill in
@@ -383,7 +401,7 @@ def test_an_incremental_sent_on_a_changed_parent_is_refused_not_restored_wrong(
     (world.subvol / "a").write_bytes(b"new")
     os.utime(world.subvol / "a", ns=(os.stat(first / "a").st_atime_ns, os.stat(first / "a").st_mtime_ns))
     (world.subvol / "b").write_bytes(b"b")
-    second = world.snapshot()
+    world.snapshot()
     monkeypatch.setattr(SubvolumeInfo, "is_trusted_parent", property(lambda self: self.readonly))  # the old rule
     assert world.push().code == 0
     monkeypatch.undo()
