@@ -56,7 +56,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 @dataclass(slots=True)
 class Problem:
-    what: str  # missing, size, hash, tag, index, manifest, chain, stream, restore
+    what: str  # missing, size, hash, tag, index, manifest, chain, stream, restore, files (the file index)
     where: str  # the object key (or backup) concerned
     message: str
 
@@ -74,9 +74,11 @@ class BackupReport:
     segments_checked: int = 0
     segments_total: int = 0
     note: str | None = None
+    blocks_restore: bool = False  # a problem other than of the file index: its dependents are affected
 
     def add(self, problem: Problem) -> None:
         self.result = "damaged"
+        self.blocks_restore = self.blocks_restore or problem.what != "files"
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
 
@@ -247,7 +249,9 @@ def _check_catalog(by_id: dict[str, Manifest], m: Manifest, catalog: Catalog, si
     for part in range(int((m.files or {}).get("parts", 0))):
         key = layout.files_key(m.backup_id, part)
         if key not in sizes:
-            rep.add(Problem("missing", key, f"file index part {key} of backup {m.backup_id} is missing"))
+            rep.add(Problem("files", key, f"file index part {key} of backup {m.backup_id} is missing (the "
+                                          "backup still restores whole; ls, find and restores of selected paths "
+                                          "need it)"))
     if m.format >= 2 and rep.result == "ok" and total != m.stored_bytes:
         rep.add(Problem("size", layout.data_prefix(m.backup_id),
                         f"the segments of {m.backup_id} hold {total} bytes, the manifest records {m.stored_bytes}"))
@@ -402,8 +406,10 @@ def _drills(repo: Repository, catalog: Catalog, reports: dict[str, BackupReport]
 
 
 def _mark_affected(by_id: dict[str, Manifest], reports: dict[str, BackupReport]) -> None:
-    """Every backup whose chain runs through a damaged one is affected (its own data may be fine)."""
-    bad = {bid for bid, rep in reports.items() if rep.result == "damaged"}
+    """Every backup whose chain runs through a damaged one is affected (its own data may be fine);
+    one whose file index alone is damaged still restores, so its dependents only get a note."""
+    bad = {bid for bid, rep in reports.items() if rep.result == "damaged" and rep.blocks_restore}
+    no_index = {bid for bid, rep in reports.items() if rep.result == "damaged" and not rep.blocks_restore}
     for bid, rep in reports.items():
         if rep.result != "ok" or bid not in by_id:
             continue
@@ -414,6 +420,9 @@ def _mark_affected(by_id: dict[str, Manifest], reports: dict[str, BackupReport])
                 rep.result = "affected"
                 rep.note = f"depends on damaged backup {cur.parent_id}"
                 break
+            if cur.parent_id in no_index and rep.note is None:
+                rep.note = (f"restores, but ls, find and restores of selected paths need the file index of "
+                            f"{cur.parent_id}, which is damaged")
             if cur.parent_id not in by_id:
                 break
             cur = by_id[cur.parent_id]

@@ -423,3 +423,35 @@ def test_an_incremental_sent_on_a_changed_parent_is_refused_not_restored_wrong(
     assert sorted(os.listdir(world.restore)) == [first.name]  # the parent, received; nothing of the child
     run = world.cli("restore", first.name, "--from", world.url, "--to", str(to))  # the parent is fine
     assert run.code == 0 and (to / first.name / "a").read_bytes() == b"old", run.err
+
+
+def test_a_missing_file_index_part_does_not_make_the_chain_look_unrestorable(world: World, tmp_path: Path) -> None:
+    """A missing file index part made every later backup of the chain 'affected' ('cannot be
+    restored', the runbook's candidates for deletion) though all of them restore whole."""
+    tree.populate(world.subvol, 2)
+    world.snapshot()
+    tree.mutate(world.subvol, 2, 1)
+    world.snapshot()
+    assert world.push().code == 0
+    full, inc = world.listing()
+    for part in (world.target_dir / "data" / full["id"]).glob("files-*"):
+        part.unlink()
+    code, doc, err = _verify_json(world, "--level", "catalog")
+    assert code == 4, err
+    by_id = {b["backup_id"]: b for b in doc["backups"]}
+    assert by_id[full["id"]]["result"] == "damaged" and by_id[full["id"]]["problems"][0]["what"] == "files"
+    assert by_id[inc["id"]]["result"] == "ok" and full["id"] in by_id[inc["id"]]["note"]
+    to = tmp_path / "to"
+    to.mkdir()
+    run = world.cli("restore", inc["id"], "--from", world.url, "--to", str(to))
+    assert run.code == 0, run.err
+    # a missing segment still makes the dependents affected
+    (world.target_dir / "data" / full["id"] / "000000").unlink()
+    code, doc, err = _verify_json(world, "--level", "catalog")
+    by_id = {b["backup_id"]: b for b in doc["backups"]}
+    assert code == 4 and by_id[inc["id"]]["result"] == "affected", doc
+
+
+def _verify_json(world: World, *args: str) -> tuple[int, dict, str]:
+    run = world.cli("verify", "--from", world.url, "--json", *args)
+    return run.code, json.loads(run.out.split("\n}\n")[0] + "\n}"), run.err
