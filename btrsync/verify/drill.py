@@ -118,13 +118,18 @@ def local_original(snapshot_dirs: tuple[Path, ...], m: Manifest, passed_over: li
         path = directory / m.snapshot
         if is_subvolume(path):
             info = subvolume_info(path)
-            if info.stream_uuid == m.snapshot_uuid and info.readonly:
-                if info.received_uuid is None and info.ctransid > info.otransid:
-                    if passed_over is not None:
-                        passed_over.append(f"{path} was changed after it was taken (ctransid {info.ctransid}, "
-                                           f"taken in transaction {info.otransid}), so it was not compared with")
-                    continue
+            if info.stream_uuid != m.snapshot_uuid:
+                continue  # a subvolume of the same name, not this backup's snapshot
+            why = None
+            if not info.readonly:
+                why = "is writable now"
+            elif info.received_uuid is None and info.ctransid > info.otransid:
+                why = (f"was changed after it was taken (ctransid {info.ctransid}, taken in transaction "
+                       f"{info.otransid})")
+            if why is None:
                 return path
+            if passed_over is not None:
+                passed_over.append(f"{path} {why}, so it was not compared with")
     return None
 
 

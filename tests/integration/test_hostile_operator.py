@@ -339,6 +339,9 @@ def test_a_drill_passes_over_a_local_snapshot_changed_after_it_was_taken(world: 
         subprocess.run(["btrfs", "property", "set", "-ts", str(snap), "ro", ro], check=True)
 
     prop("false")
+    code, doc, err = _drill(world, tmp_path / "d", "--snapshot-dir", str(world.snapdir))
+    assert code == 0 and doc["summary"]["drill"]["drills"][0]["compared_with"].startswith("the file indexes"), err
+    assert f"{snap} is writable now, so it was not compared with" in doc["backups"][0]["note"]
     prop("true")  # a flip alone changes nothing: still the original
     code, doc, err = _drill(world, tmp_path / "d", "--snapshot-dir", str(world.snapdir))
     assert code == 0 and doc["summary"]["drill"]["drills"][0]["compared_with"] == str(snap), err
