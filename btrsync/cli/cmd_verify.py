@@ -68,7 +68,10 @@ def verify_cmd(app: App, backups: tuple[str, ...], source: str, all_: bool, leve
     drills = None
     sampled = None
     if sample is not None:
-        if level == "restore" and sample.isdigit():
+        if level == "restore":  # a number of drills: a share of segments means nothing to a drill
+            if not sample.strip().isdigit() or int(sample) < 1:
+                raise UsageError(f"--sample {sample!r} with --level restore: give the number of backups to "
+                                 "drill (e.g. --sample 1); every selected backup is drilled without it")
             drills = int(sample)
         else:
             sampled = Sample.parse(sample)

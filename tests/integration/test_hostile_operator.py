@@ -458,3 +458,13 @@ def test_a_missing_file_index_part_does_not_make_the_chain_look_unrestorable(wor
 def _verify_json(world: World, *args: str) -> tuple[int, dict, str]:
     run = world.cli("verify", "--from", world.url, "--json", *args)
     return run.code, json.loads(run.out.split("\n}\n")[0] + "\n}"), run.err
+
+
+def test_a_drill_sample_that_drills_nothing_or_everything_is_refused(world: World, tmp_path: Path) -> None:
+    """'--level restore --sample 0' drilled nothing and reported 'all intact at level restore';
+    '--sample 5%' was silently ignored and drilled every backup."""
+    for sample in ("0", "5%", "1G", "-1"):
+        run = world.cli("verify", "--from", world.url, "--level", "restore", "--sample", sample,
+                        "--scratch-dir", str(tmp_path / "d"))
+        assert run.code == 2 and "number of backups to drill" in run.err, (sample, run.err)
+    assert not (tmp_path / "d").exists()
