@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -305,6 +306,9 @@ def marker_mac(key: MasterKey, info: RepoInfo) -> str:
     return hmac.new(mac_key, body, hashlib.sha256).hexdigest()
 
 
+REPO_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def read_marker(target: Target) -> RepoInfo | None:
     """The repository marker's fields (unauthenticated yet), ``None`` if there is no marker."""
     target.probe()
@@ -322,6 +326,9 @@ def read_marker(target: Target) -> RepoInfo | None:
                         str(doc.get("mac", "")))
     except (ValueError, KeyError, TypeError):
         raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} is damaged") from None
+    if not REPO_ID.fullmatch(info.repo_id):  # it names local paths (ledger, listing cache); format 1 has no MAC
+        raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} holds {info.repo_id[:80]!r} as its "
+                          "repository id, which is not one (damaged or forged): refusing to use this repository")
     if info.format not in layout.READABLE_FORMATS:
         raise DamageError(
             f"{target.display_url} uses repository format {info.format}; this btrsync reads "

@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 from btrsync.btrfs.subvolume import SubvolumeInfo, subvolume_info
+from btrsync.catalog import layout
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
 from btrsync.ops import files
@@ -468,3 +469,24 @@ def test_a_drill_sample_that_drills_nothing_or_everything_is_refused(world: Worl
                         "--scratch-dir", str(tmp_path / "d"))
         assert run.code == 2 and "number of backups to drill" in run.err, (sample, run.err)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_repository_id_that_is_not_an_id_is_refused_before_it_names_a_local_path(
+        world: World, tmp_path: Path) -> None:
+    """A format 1 marker is not authenticated; its repo_id named local paths (the verify ledger,
+    the ls cache), so storage serving '../../..' made verify create files outside the state
+    directory as root. An id is now 1-64 letters, digits, '-' or '_', or the marker is damage."""
+    (world.subvol / "a").write_bytes(b"a")
+    world.snapshot()
+    assert world.push().code == 0
+    marker_path = world.target_dir / layout.REPO_MARKER
+    marker = json.loads(marker_path.read_text())
+    escape = tmp_path / "escaped"
+    evil = os.path.relpath(escape, world.state / "verify")
+    marker_path.write_text(json.dumps({k: marker[k] for k in ("btrsync", "key_id", "created")}
+                                      | {"format": 1, "repo_id": evil}))
+    shutil.rmtree(world.state)  # no repository id recorded for the URL yet (a first contact)
+    for args in (["verify", "--level", "catalog"], ["ls", "latest"], ["list"]):
+        run = world.cli(*args[:1], *args[1:], "--from", world.url)
+        assert run.code == 4 and "repository id" in run.err, (args, run.err)
+    assert list(tmp_path.glob("escaped*")) == []
