@@ -15,6 +15,7 @@ Quick mode (CI) skips it: the point is a stream well over 1 GiB, which takes min
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,7 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         _run(res, ws, log, server)
     finally:
         server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
     return res
 
 

@@ -9,10 +9,13 @@ With ``--b2`` the client is configured as ``aws s3 cp`` must be to work against 
 400 to the ``x-amz-checksum-*`` / ``x-amz-sdk-checksum-algorithm`` headers botocore >= 1.36 sends
 by default (the B2-rules proxy of ``tests/support/b2proxy.py`` does the same), and botocore's
 ``standard`` retry mode (3 attempts, exponential backoff with jitter; the AWS CLI v2 default),
-which retries ``503 SlowDown``.  Note what that leaves for integrity: with ``when_required`` an
-``UploadPart`` carries no checksum at all, only SigV4's payload SHA-256 over plain http (over https
-botocore signs ``UNSIGNED-PAYLOAD``), whereas btrsync sends ``Content-MD5`` on every part.
-Without ``--b2`` botocore's defaults apply (a CRC32 per part, legacy retries).
+which retries ``503 SlowDown``.  What that leaves for integrity: with ``when_required`` an
+``UploadPart`` carries neither a checksum header nor ``Content-MD5``, so botocore signs the
+payload's SHA-256 (``x-amz-content-sha256``) over http and https alike; btrsync sends
+``Content-MD5`` on every part, so botocore signs the payload over plain http only (with
+``Content-MD5`` over https it sends ``UNSIGNED-PAYLOAD``).  Here, over http, both pay the SHA-256;
+against B2 over https the pipeline pays a SHA-256 per part and btrsync an MD5.  Without ``--b2``
+botocore's defaults apply (a CRC32 per part as well, legacy retries).
 
 CREDENTIALS_FILE is an AWS-style INI file (``[default]`` with the key id and secret), never argv.
 With HWM_FILE, the process's own peak RSS (``VmHWM``, bytes) is written there at the end.
