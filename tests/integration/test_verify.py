@@ -17,6 +17,7 @@ from btrsync.crypto.keys import load_key_file
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
 from tests.support import tree
+from tests.support.deaddrill import plant_dead_drill
 from tests.support.repack import repack
 
 pytestmark = pytest.mark.btrfs
@@ -180,15 +181,7 @@ def test_restore_drill_compares_with_the_local_snapshot_and_cleans_leftovers(wor
     _chain(world, 2)
     scratch = tmp_path / "drills"
     scratch.mkdir()
-    # leftovers of a drill that was SIGKILLed: an attached, mounted image
-    image = scratch / "btrsync-drill-dead.img"
-    subprocess.run(["truncate", "-s", "300M", str(image)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True)
-    mnt = scratch / "btrsync-drill-mnt-dead"
-    mnt.mkdir()
-    dev = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
-                         text=True).stdout.strip()
-    subprocess.run(["mount", dev, str(mnt)], check=True)
+    image, _, _ = plant_dead_drill(scratch)  # leftovers of a drill that was SIGKILLed
     code, doc, err = _verify(world, "--level", "restore", "--sample", "1", "--scratch-dir", str(scratch),
                              "--snapshot-dir", str(world.snapdir))
     assert code == 0, err
