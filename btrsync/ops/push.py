@@ -38,7 +38,7 @@ from btrsync.catalog.segment_index import (
     resumed_records,
     write_index,
 )
-from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, UsageError
+from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, SendFailedError, UsageError
 from btrsync.fileindex.store import IndexWriter
 from btrsync.ops.estimate import estimate_push
 from btrsync.pipeline.ordered import ordered_map
@@ -335,6 +335,7 @@ class _Attempt:
             framing = StreamWatch(f"btrfs send of {self.snap.path}", full=self.parent is None, sink=files)
             self._send(framing, point)
             files.finish(stream_bytes=self.table.stream_bytes, commands=framing.commands)
+            self._check_parent_unchanged(framing)
             # the file index is durable before the manifest that commits the backup names it
             return self._manifest(framing, started, files.upload(self.repo))
         finally:
@@ -413,6 +414,20 @@ class _Attempt:
                 c.committing = True  # all passed the bucket: the last segments become durable, the manifest
                 self.progress.phase("committing")
 
+    def _check_parent_unchanged(self, framing: StreamWatch) -> None:
+        """The parent snapshot must be the tree its backup holds: its ctransid when this stream was
+        sent equals the one its own stream recorded.  The planner only picks snapshots unchanged
+        since they were taken; this closes the gap between that check and ``btrfs send``."""
+        pid = self.step.parent_backup_id
+        if pid is None:
+            return
+        recorded = self.repo.load_manifest(pid).send.get("ctransid")
+        if recorded is not None and framing.parent_ctransid != recorded:
+            raise SendFailedError(
+                f"the parent snapshot {self.parent.name if self.parent else pid} changed after its backup {pid} was "
+                f"made (ctransid {recorded} then, {framing.parent_ctransid} when this was sent): an incremental on "
+                "it could not be restored; nothing was committed, and the next push will not use it as a parent")
+
     def _manifest(self, framing: StreamWatch, started: datetime, files: dict[str, object]) -> Manifest:
         snap, parent = self.snap, self.parent
         return Manifest(
@@ -420,7 +435,9 @@ class _Attempt:
             source_path=str(self.source), snapshot=snap.name, snapshot_time=snap.time,
             snapshot_uuid=snap.uuid, parent_uuid=parent.uuid if parent else None,
             parent_id=self.step.parent_backup_id, depth=self.step.depth,
-            send={**self.options.as_dict(), "stream_version": framing.version, "commands": framing.commands},
+            send={**self.options.as_dict(), "stream_version": framing.version, "commands": framing.commands,
+                  "ctransid": framing.ctransid,
+                  **({"parent_ctransid": framing.parent_ctransid} if parent else {})},
             changes=framing.stats.as_dict(), tree=framing.tree_summary(), files=files,
             compression={"algorithm": "zstd", "level": self.settings.zstd_level, "per_chunk": True},
             encryption={"algorithm": "AES-256-GCM", "kdf": "HKDF-SHA256", "frame": "BSC1",

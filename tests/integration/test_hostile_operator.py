@@ -21,6 +21,7 @@ from btrsync.catalog import layout
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
 from btrsync.ops import files
+from btrsync.ops import push as push_mod
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
 from tests.support import tree
@@ -405,9 +406,13 @@ def test_an_incremental_sent_on_a_changed_parent_is_refused_not_restored_wrong(
     (world.subvol / "b").write_bytes(b"b")
     world.snapshot()
     monkeypatch.setattr(SubvolumeInfo, "is_trusted_parent", property(lambda self: self.readonly))  # the old rule
+    monkeypatch.setattr(push_mod._Attempt, "_check_parent_unchanged", lambda self, framing: None)  # and no check
     assert world.push().code == 0
     monkeypatch.undo()
     assert world.listing()[-1]["kind"] == "incremental"
+    # the manifests alone show it: a catalog check reads no data
+    run = world.cli("verify", "--from", world.url, "--level", "catalog", "--json")
+    assert run.code == 4 and "changed after the parent was backed up" in run.out, run.out
     to = tmp_path / "to"
     to.mkdir()
     for paths in ([], ["a"]):
@@ -425,6 +430,26 @@ def test_an_incremental_sent_on_a_changed_parent_is_refused_not_restored_wrong(
     assert sorted(os.listdir(world.restore)) == [first.name]  # the parent, received; nothing of the child
     run = world.cli("restore", first.name, "--from", world.url, "--to", str(to))  # the parent is fine
     assert run.code == 0 and (to / first.name / "a").read_bytes() == b"old", run.err
+
+
+def test_a_parent_changed_between_the_planner_s_check_and_the_send_is_never_committed(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner trusts only snapshots unchanged since they were taken; should one change
+    between that check and ``btrfs send`` (here: the planner's check is switched off), the push
+    compares the parent's ctransid in the stream with the one its backup recorded, and commits
+    nothing."""
+    (world.subvol / "a").write_bytes(b"old")
+    first = world.snapshot()
+    assert world.push().code == 0
+    _change_read_only(first, lambda: (first / "a").write_bytes(b"new"))
+    (world.subvol / "b").write_bytes(b"b")
+    world.snapshot()
+    monkeypatch.setattr(SubvolumeInfo, "is_trusted_parent", property(lambda self: self.readonly))
+    run = world.push()
+    assert run.code != 0 and f"the parent snapshot {first.name} changed after its backup" in run.err, run.err
+    assert "nothing was committed" in run.err
+    monkeypatch.undo()
+    assert [b["snapshot"] for b in world.listing()] == [first.name]
 
 
 def test_a_missing_file_index_part_does_not_make_the_chain_look_unrestorable(world: World, tmp_path: Path) -> None:
