@@ -234,11 +234,11 @@ def _check_catalog(by_id: dict[str, Manifest], m: Manifest, catalog: Catalog, si
     parent = by_id.get(m.parent_id or "")
     sent_on = m.send.get("parent_ctransid") if isinstance(m.send, dict) else None
     recorded = parent.send.get("ctransid") if parent is not None and isinstance(parent.send, dict) else None
-    if sent_on is not None and recorded is not None and sent_on != recorded:
-        rep.add(Problem("chain", layout.manifest_key(m.backup_id),
-                        f"backup {m.backup_id} was sent on its parent {parent.backup_id} as changed after the "  # type: ignore[union-attr]
-                        f"parent was backed up (parent ctransid {sent_on} when this was sent, {recorded} in the "
-                        "parent's backup): it cannot be restored correctly"))
+    if sent_on is not None and recorded is not None:  # recorded by pushes since the manifests carry them
+        try:
+            checker.check_parent_unchanged(f"backup {m.backup_id}", sent_on, recorded)
+        except DamageError as exc:
+            rep.add(Problem("chain", layout.manifest_key(m.backup_id), str(exc)))
     expected = _segment_sizes(m)
     rep.segments_total = m.segments
     total = 0

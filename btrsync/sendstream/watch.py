@@ -29,15 +29,13 @@ class StreamWatch:
         # had when this was sent (an incremental's clone_ctransid); the manifest records both
         self.ctransid: int | None = None
         self.parent_ctransid: int | None = None
-        self._first_seen = False
 
     def feed(self, chunk: Any) -> None:
         try:
             events = self.parser.feed(chunk)
         except StreamError as exc:
             raise SendFailedError(f"{self.what} produced a bad stream ({exc}); nothing was committed") from None
-        if events and not self._first_seen:  # the parser makes sure it is SUBVOL or SNAPSHOT
-            self._first_seen = True
+        if events and self.ctransid is None:  # the parser makes sure it is SUBVOL or SNAPSHOT, with a ctransid
             first = events[0].attrs
             self.ctransid, self.parent_ctransid = first.get("ctransid"), first.get("clone_ctransid")
         for ev in events:
