@@ -70,12 +70,16 @@ def summary_of_disk(root: Path) -> dict[str, Any]:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
-            st = os.lstat(full)
             rel = os.path.relpath(full, root)
-            kind = disk_kind(st.st_mode)
-            size = len(os.fsencode(os.readlink(full))) if kind == "l" else st.st_size if kind == "f" else 0
-            records.append((rel, summary_record(rel, kind, size, st.st_mode, st.st_uid, st.st_gid)))
+            records.append((rel, disk_record(rel, full, os.lstat(full))))
     return digest_records(records)
+
+
+def disk_record(rel: str, full: str, st: os.stat_result) -> bytes:
+    """The summary line of one path on disk (``full``, lstat ``st``), named ``rel``."""
+    kind = disk_kind(st.st_mode)
+    size = len(os.fsencode(os.readlink(full))) if kind == "l" else st.st_size if kind == "f" else 0
+    return summary_record(rel, kind, size, st.st_mode, st.st_uid, st.st_gid)
 
 
 class StreamSummary:

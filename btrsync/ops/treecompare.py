@@ -48,11 +48,16 @@ def _entry(path: Path) -> dict[str, Any]:
     if stat.S_ISLNK(st.st_mode):
         entry["target"] = os.readlink(path)
         return entry
-    entry["xattrs"] = {k: os.getxattr(path, k, follow_symlinks=False).hex()
-                       for k in sorted(os.listxattr(path, follow_symlinks=False))}
+    entry["xattrs"] = xattrs_of(path)
     if stat.S_ISREG(st.st_mode):
         entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_sha256(path), links=st.st_nlink)
     return entry
+
+
+def xattrs_of(path: str | Path) -> dict[str, str]:
+    """Every extended attribute of ``path`` itself (not a symlink's target): name -> hex value."""
+    return {k: os.getxattr(path, k, follow_symlinks=False).hex()
+            for k in sorted(os.listxattr(path, follow_symlinks=False))}
 
 
 def _sha256(path: Path) -> str:

@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from btrsync.fileindex.summary import digest_records, disk_kind, summary_record
+from btrsync.fileindex.summary import digest_records, disk_kind, disk_record
 from btrsync.fileindex.tree import FileTree, Inode
+from btrsync.ops.treecompare import xattrs_of
 
 MAX_SHOWN = 20
 
@@ -34,10 +35,6 @@ def _disk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             yield os.path.relpath(full, root), os.lstat(full)
-
-
-def _xattrs(path: str) -> dict[str, str]:
-    return {k: os.getxattr(path, k, follow_symlinks=False).hex() for k in os.listxattr(path, follow_symlinks=False)}
 
 
 def _mismatches(path: str, full: str, st: os.stat_result, ino: Inode) -> Iterator[str]:
@@ -62,7 +59,7 @@ def _mismatches(path: str, full: str, st: os.stat_result, ino: Inode) -> Iterato
         yield f"mtime {st.st_mtime_ns} restored, {ino.mtime_ns} recorded"
     if kind != "d" and path and st.st_nlink != ino.nlink:
         yield f"{st.st_nlink} hard links restored, {ino.nlink} recorded"
-    got = _xattrs(full)
+    got = xattrs_of(full)
     if got != ino.xattrs:
         names = sorted(got.keys() ^ ino.xattrs.keys()) or sorted(k for k in got if got[k] != ino.xattrs[k])
         yield f"extended attributes differ ({', '.join(names)})"
@@ -76,10 +73,8 @@ def compare_with_index(tree: FileTree, root: Path) -> tuple[list[str], dict[str,
     records: list[tuple[str, bytes]] = []
     for path, st in _disk(root):
         full = os.path.join(root, path) if path else str(root)
-        kind = disk_kind(st.st_mode)
         if path:
-            size = len(os.fsencode(os.readlink(full))) if kind == "l" else st.st_size if kind == "f" else 0
-            records.append((path, summary_record(path, kind, size, st.st_mode, st.st_uid, st.st_gid)))
+            records.append((path, disk_record(path, full, st)))
         node = recorded.pop(path, None)
         shown = path or "/"
         if node is None:
