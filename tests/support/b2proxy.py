@@ -41,6 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 B2_MIN_PART_SIZE = 5_000_000
+RELAY_PIECE = 1 << 20  # bytes of a GetObject answer passed on at a time
 FAULT_KINDS = ("slowdown", "reset_request", "reset_response", "internal_error", "forbidden")
 _ERROR_FAULTS = {
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
@@ -56,8 +57,7 @@ _HOP_BY_HOP = {
     "te",
     "trailer",
     "upgrade",
-    "expect",
-}
+}  # ``Expect`` is passed on: aws-sdk-go (rclone) signs it, and http.client skips a 100 Continue
 
 
 @dataclass(frozen=True)
@@ -273,6 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
             if fault == "slowdown":
                 headers["Retry-After"] = "1"
             self._answer(status, headers, error_xml(code, message))
+        elif op == "GetObject" and fault is None:
+            time.sleep(self.proxy.delays.get(op, 0.0))
+            self._relay(body)
         else:
             time.sleep(self.proxy.delays.get(op, 0.0))
             status, headers, answer = self._forward(body)
@@ -312,7 +315,8 @@ class _Handler(BaseHTTPRequestHandler):
             return b"".join(chunks)
         return self.rfile.read(int(self.headers.get("content-length") or 0))
 
-    def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _upstream(self, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send the request upstream as it came; the connection and its response (unread)."""
         conn = http.client.HTTPConnection(*self.proxy.upstream, timeout=60)
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -322,8 +326,31 @@ class _Handler(BaseHTTPRequestHandler):
             if body or self.command in ("PUT", "POST"):
                 conn.putheader("Content-Length", str(len(body)))
             conn.endheaders(body or None)
-            resp = conn.getresponse()
+            return conn, conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        conn, resp = self._upstream(body)
+        try:
             return resp.status, resp.getheaders(), resp.read()
+        finally:
+            conn.close()
+
+    def _relay(self, body: bytes) -> None:
+        """Forward and pass the answer on as it arrives (a GetObject of a large object is not
+        held whole in memory, and its first bytes reach the client before its last leave the
+        server, as from B2)."""
+        conn, resp = self._upstream(body)
+        try:
+            length = resp.getheader("content-length")
+            if length is None:  # a chunked answer: pass it on whole, with its length
+                self._answer(resp.status, resp.getheaders(), resp.read())
+                return
+            self._send_head(resp.status, resp.getheaders(), int(length))
+            while piece := resp.read(RELAY_PIECE):
+                self.wfile.write(piece)
         finally:
             conn.close()
 
