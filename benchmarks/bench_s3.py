@@ -11,21 +11,22 @@ the target loopback filesystem.  Contenders, alternated, page cache dropped befo
   openssl -d | zstd -d | btrfs receive`` (and ``rclone cat | ...``), each ending with
   ``sync -f DIR``; the first restore of each tool is compared with the snapshot.
 
-Then the same push, btrsync against the boto3 pipeline, **through the B2-rules proxy**
+Then the same push and restore, every contender, **through the B2-rules proxy**
 (``tests/support/b2proxy.py``, in this process, in front of the same SeaweedFS): B2's refusals
 apply (any flexible-checksum header is answered ``400 InvalidArgument``, so the pipeline's boto3
 client runs with ``request_checksum_calculation="when_required"`` and ``retries={"mode":
 "standard"}``, which is how ``aws s3 cp`` must be configured for B2; ``s3pipe.py --b2``), and a
 fixed fault schedule, the same for every contender and every run, prices retries in: push, the
 UploadPart requests number ``PUSH_FAULTS`` (1-based, counting every UploadPart the proxy sees,
-retries included) are answered ``503 SlowDown`` with ``Retry-After: 1``.  Each run checks that its
-whole schedule was served (a contender that made fewer such requests would dodge the cost) and
-that the proxy refused nothing; the pipeline's upload through the proxy runs under ``timeout``, so
-a hang fails the run instead of stalling it.  No restore through the proxy: boto3's
-``download_fileobj`` to stdout (s3transfer 0.19) of the full run's 700 MB object through it hung
-for good, with 503s on GetObject and without (a worker waiting on the in-memory chunk window in
-``GetObjectFirstChunkOnDoneCallback._schedule_remaining_chunks``; it passed in quick mode), so the
-pipeline has no time to compare with.
+retries included), restore, the GetObject requests number ``RESTORE_FAULTS``, are answered ``503
+SlowDown`` with ``Retry-After: 1``.  The restore's schedule is on the first GetObjects because
+``rclone cat`` makes a single one (plus its retries) where btrsync and boto3 make one per range.
+Each run checks that its whole schedule was served (a contender that made fewer such requests
+would dodge the cost) and that the proxy refused nothing; the pipelines through the proxy run
+under ``timeout``, so a hang fails the run instead of stalling it.  The proxy passes GetObject
+answers on as they arrive (a store-and-forward of the whole 700 MB object made boto3's
+``download_fileobj`` to stdout hang for good, with a worker waiting on s3transfer's in-memory chunk
+window, and would have charged ``rclone cat`` a full download before its first byte).
 btrsync honours ``Retry-After`` (waits 1 s); botocore's standard mode reads only
 ``x-amz-retry-after`` and waits ``rand(0, 1) x 1 s`` before the first retry of a throttling
 error.  The proxy's CPU (Python, store-and-forward of every body) lands in this process and so in
@@ -66,6 +67,8 @@ RSS_BAR = 300e6
 PROXY = "B2 proxy"  # phase suffix of the rows measured through the B2-rules proxy
 # 503 SlowDown on these UploadPart requests (1-based) of every push through the proxy
 PUSH_FAULTS = {"quick": (2,), "full": (2, 12, 24)}
+# ... and on these GetObject requests of every restore through it (manifests and index included)
+RESTORE_FAULTS = {"quick": (1,), "full": (1, 2)}
 PIPE_TIMEOUT = 900  # seconds: a contender through the proxy that hangs fails the run
 
 
@@ -176,16 +179,17 @@ def _measure(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], 
                     f'[targets.s3]\nurl = "s3://{BUCKET}/{route.prefix}"\nendpoint = "{route.endpoint}"\n'
                     f'credentials_file = "{creds}"\n')
     cli = [*cli_argv(), "--config", str(conf)]
-    py = [*([] if direct else ["timeout", str(PIPE_TIMEOUT)]), sys.executable, "-m", "benchmarks.s3pipe",
-          *([] if direct else ["--b2"])]
+    timeout = [] if direct else ["timeout", str(PIPE_TIMEOUT)]
+    py = [*timeout, sys.executable, "-m", "benchmarks.s3pipe", *([] if direct else ["--b2"])]
     hwm_file = ws.base / "s3pipe.hwm"
     s3 = server.client()
-    rclone = shutil.which("rclone") if direct else None  # through the proxy: btrsync and boto3 only
-    rclone_conf = ws.base / "rclone.conf"
+    rclone = shutil.which("rclone")
+    rclone_conf = ws.base / f"rclone{tag}.conf"
     if rclone:
         rclone_conf.write_text(f"[sw]\ntype = s3\nprovider = SeaweedFS\naccess_key_id = {acct.key_id}\n"
-                               f"secret_access_key = {acct.secret}\nendpoint = {acct.endpoint}\n")
+                               f"secret_access_key = {acct.secret}\nendpoint = {route.endpoint}\n")
         rclone_conf.chmod(0o600)
+        rclone = " ".join([*timeout, "env -u AWS_CA_BUNDLE rclone --config", str(rclone_conf)])
     elif direct:
         res.notes.append("rclone is not installed (apt-get install -y rclone): its rows are missing")
     enc = f"openssl enc -aes-256-ctr -pass file:{ws.pass_file} -pbkdf2"
@@ -227,23 +231,21 @@ def _measure(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], 
         return {"uploader_vm_hwm_bytes": hwm,
                 **route.served(res, f"{push_phase}, boto3", "UploadPart", push_faults)}
 
-    def rclone_push(rep: int) -> None:
-        sh(f"{send} | zstd -3 -T0 -q -c | {enc} | env -u AWS_CA_BUNDLE rclone --config {rclone_conf} rcat sw:{BUCKET}/rclone/stream")
+    def rclone_push(rep: int) -> dict[str, Any]:
+        sh(f"{send} | zstd -3 -T0 -q -c | {enc} | {rclone} rcat sw:{BUCKET}/rclone{tag}/stream")
+        return route.served(res, f"{push_phase}, rclone", "UploadPart", push_faults)
 
     push_res = BenchResult("s3-push", "")
     arm_push = route.arm("UploadPart", push_faults)
     contenders = [Contender("btrsync", bs_push, before=arm_push, after=bs_push_after),
                   Contender(PUSH_PIPE, pipe_push, before=arm_push)]
     if rclone:
-        contenders.append(Contender(PUSH_RCLONE, rclone_push))
+        contenders.append(Contender(PUSH_RCLONE, rclone_push, before=arm_push))
     # through the proxy in quick mode: no warm-up runs (CI time; the direct pass warmed up already)
     alternate(push_res, contenders, cfg.reps, drop=cfg.drop_caches, log=log,
               warmup=direct or cfg.mode != "quick")
 
     _collect(res, cfg, route, push_phase, push_res, peaks)
-    if not direct:
-        log(f"  s3 through the {PROXY}: no restore (see the docstring)")
-        return
 
     # -- restore
     restore_phase = route.phase("restore")
@@ -251,19 +253,24 @@ def _measure(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], 
     into.mkdir()
     compared: set[str] = set()
 
+    restore_faults = () if direct else RESTORE_FAULTS[cfg.mode]
+
     def bs_restore(rep: int) -> dict[str, Any]:
         rec = run_sampled([*cli, "receive", "latest", "--from", "s3", "--into", str(into), "--json"])
         sh(f"sync -f {into}")
         peaks.setdefault("btrsync receive", []).append(rec["vm_hwm_bytes"])
-        return {"vm_hwm_bytes": rec["vm_hwm_bytes"]}
+        return {"vm_hwm_bytes": rec["vm_hwm_bytes"],
+                **route.served(res, f"{restore_phase}, btrsync", "GetObject", restore_faults)}
 
-    def pipe_restore(rep: int) -> None:
-        sh(f"{' '.join(py)} down {route.endpoint} {creds} {BUCKET} {pipe_key} | {enc} -d | zstd -d -q -c | "
-           f"btrfs receive -q {into} && sync -f {into}")
+    def pipe_restore(rep: int) -> dict[str, Any]:
+        sh(f"{' '.join(py)} down {route.endpoint} {creds} {BUCKET} {pipe_key} | {enc} -d | "
+           f"zstd -d -q -c | btrfs receive -q {into} && sync -f {into}")
+        return route.served(res, f"{restore_phase}, boto3", "GetObject", restore_faults)
 
-    def rclone_restore(rep: int) -> None:
-        sh(f"env -u AWS_CA_BUNDLE rclone --config {rclone_conf} cat sw:{BUCKET}/rclone/stream | {enc} -d | zstd -d -q -c | "
+    def rclone_restore(rep: int) -> dict[str, Any]:
+        sh(f"{rclone} cat sw:{BUCKET}/rclone{tag}/stream | {enc} -d | zstd -d -q -c | "
            f"btrfs receive -q {into} && sync -f {into}")
+        return route.served(res, f"{restore_phase}, rclone", "GetObject", restore_faults)
 
     def clean(tool: str) -> Callable[[int], None]:
         def after(rep: int) -> None:
@@ -276,21 +283,26 @@ def _measure(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], 
         return after
 
     restore_res = BenchResult("s3-restore", "")
-    contenders = [Contender("btrsync", bs_restore, after=clean("btrsync")),
-                  Contender(RESTORE_PIPE, pipe_restore, after=clean(RESTORE_PIPE))]
+    arm_restore = route.arm("GetObject", restore_faults)
+    contenders = [Contender("btrsync", bs_restore, before=arm_restore, after=clean("btrsync")),
+                  Contender(RESTORE_PIPE, pipe_restore, before=arm_restore, after=clean(RESTORE_PIPE))]
     if rclone:
-        contenders.append(Contender(RESTORE_RCLONE, rclone_restore, after=clean(RESTORE_RCLONE)))
+        contenders.append(Contender(RESTORE_RCLONE, rclone_restore, before=arm_restore,
+                                    after=clean(RESTORE_RCLONE)))
     alternate(restore_res, contenders, cfg.reps, drop=cfg.drop_caches, log=log,
               warmup=direct or cfg.mode != "quick")
 
     for tool, runs in restore_res.runs.items():
         res.runs[f"{restore_phase}: {tool}"] = runs
-    res.metrics["restore_ratio_vs_boto3"] = restore_res.ratio(RESTORE_PIPE)
-    res.metrics["peak_rss_bytes"]["btrsync receive"] = max(peaks.get("btrsync receive", [0]))
+    key = "" if direct else "_b2proxy"
+    res.metrics[f"restore_ratio_vs_boto3{key}"] = restore_res.ratio(RESTORE_PIPE)
+    res.metrics[f"peak_rss_bytes{key}"]["btrsync receive"] = max(peaks.get("btrsync receive", [0]))
     if rclone:
-        res.metrics["restore_ratio_vs_rclone"] = restore_res.ratio(RESTORE_RCLONE)
-    res.bars.append(Bar("S3 restore time / boto3 pipeline time", restore_res.ratio(RESTORE_PIPE), 0.8, "<=", "x"))
-    log(f"  s3: restore ratio {res.metrics['restore_ratio_vs_boto3']}")
+        res.metrics[f"restore_ratio_vs_rclone{key}"] = restore_res.ratio(RESTORE_RCLONE)
+    where = "" if direct else f", through the {PROXY} with {len(restore_faults)} 503s"
+    res.bars.append(Bar(f"S3 restore time / boto3 pipeline time{where}", restore_res.ratio(RESTORE_PIPE),
+                        0.8, "<=", "x"))
+    log(f"  s3{where}: restore ratio {res.metrics[f'restore_ratio_vs_boto3{key}']}")
 
 
 def _collect(res: BenchResult, cfg: Config, route: _Route, phase: str, push_res: BenchResult,
@@ -302,7 +314,7 @@ def _collect(res: BenchResult, cfg: Config, route: _Route, phase: str, push_res:
     key = "" if direct else "_b2proxy"
     res.metrics[f"push_ratio_vs_boto3{key}"] = push_res.ratio(PUSH_PIPE)
     if PUSH_RCLONE in push_res.runs:
-        res.metrics["push_ratio_vs_rclone"] = push_res.ratio(PUSH_RCLONE)
+        res.metrics[f"push_ratio_vs_rclone{key}"] = push_res.ratio(PUSH_RCLONE)
     res.metrics[f"peak_rss_bytes{key}"] = {k: max(v) for k, v in peaks.items()}
     where = "" if direct else f", through the {PROXY} with {len(PUSH_FAULTS[cfg.mode])} 503s"
     res.bars.append(Bar(f"S3 push time / boto3 pipeline time{where}", push_res.ratio(PUSH_PIPE), 0.8, "<=", "x"))
