@@ -95,6 +95,12 @@ class ReceiveFailedError(BtrfsError):
     """``btrfs receive`` failed; the partially received subvolume has been removed."""
 
 
+class ReceiveNotDurableError(ReceiveFailedError):
+    """``btrfs receive`` finished, but the filesystem could not write what it received to disk
+    (a writeback I/O error; the disk, or the filesystem holding a loop image, full): btrfs receive
+    exits 0 all the same, and the subvolume looks complete until it is read from disk."""
+
+
 class SnapshotError(BtrsyncError):
     """A snapshot could not be created, found or deleted."""
 

@@ -103,6 +103,10 @@ class ReceiveProcess:
             return
         self._remove_partial()
 
+    def discard(self) -> None:
+        """Delete the received subvolume (after the fact: what it holds cannot be trusted)."""
+        self._remove_partial()
+
     def _complete(self) -> bool:
         try:
             info = subvolume_info(self.path)

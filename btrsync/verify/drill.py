@@ -26,7 +26,7 @@ from btrsync.btrfs.subvolume import is_subvolume, subvolume_info
 from btrsync.catalog.chains import walk_chain
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
-from btrsync.errors import BtrfsError, BtrsyncError, DamageError, ReceiveFailedError
+from btrsync.errors import BtrfsError, BtrsyncError, DamageError, ReceiveFailedError, ReceiveNotDurableError
 from btrsync.fileindex import store
 from btrsync.fileindex.summary import summary_of_disk
 from btrsync.ops.files import tree_of
@@ -172,6 +172,11 @@ def drill(repo: Repository, catalog: Catalog, backup_id: str, scratch_dir: Path,
                 f"(up to {size // MiB} MiB of it may be written)") from None
         try:
             return _drill(repo, chain, mnt, snapshot_dirs, stream, workers)
+        except ReceiveNotDurableError as exc:  # the scratch disk's fault, never the stream's
+            raise DrillUnavailable(
+                f"the restore drill's scratch filesystem in {scratch_dir} could not write what was received "
+                f"({exc}); this says nothing about the backup: give --scratch-dir a local filesystem with room "
+                f"for a sparse image (up to {size // MiB} MiB of it may be written)") from None
         except ReceiveFailedError as exc:
             if not _out_of_space(exc, scratch_dir):
                 raise

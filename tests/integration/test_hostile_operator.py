@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from btrsync.btrfs.scratch import scratch_btrfs
 from btrsync.btrfs.subvolume import SubvolumeInfo, subvolume_info
 from btrsync.catalog import layout
 from btrsync.catalog.repository import Repository
@@ -290,6 +291,49 @@ def test_a_drill_that_runs_out_of_space_is_no_finding_and_no_pass(world: World, 
         run = world.cli("verify", "--from", world.url, "--level", "restore", "--json", "--scratch-dir", str(small))
         assert run.code == 1 and "ran out of space" in run.err and "--scratch-dir" in run.err, run.err
         doc = json.loads(run.out.split("\n}\n")[0] + "\n}")
+        assert [b["result"] for b in doc["backups"]] == ["incomplete"] and doc["summary"]["damaged"] == 0, doc
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def _incompressible_backup(world: World, mib: int) -> None:
+    """Files of random bytes, no clones: btrfs receive writes them all into the page cache and
+    nothing makes it flush them before it exits."""
+    for i in range(mib // 4):
+        (world.subvol / f"r{i}").write_bytes(os.urandom(4 << 20))
+    world.snapshot()
+    assert world.push().code == 0
+
+
+def test_a_receive_whose_data_never_reaches_the_disk_fails(world: World, tmp_path: Path) -> None:
+    """A btrfs whose image sits on a filesystem that fills up: btrfs receive exited 0 with every
+    byte still in the page cache, and 'btrsync receive' reported success for a subvolume whose data
+    the kernel then failed to write (I/O error, filesystem forced read-only)."""
+    _incompressible_backup(world, 32)
+    small = tmp_path / "small"
+    _tmpfs(small, "size=12m")
+    try:
+        with scratch_btrfs(small, "300M", "rx") as into:
+            run = world.cli("receive", "latest", "--from", world.url, "--into", str(into))
+            assert run.code == 1, run.err
+            assert f"btrfs receive finished, but {into} could not write it to disk" in run.err, run.err
+            # deleted, or (the filesystem now read-only) the operator is told to delete it
+            left = [p.name for p in into.iterdir()]
+            assert left == [] or ("delete" in run.err and "must not serve as a parent" in run.err), (left, run.err)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_drill_whose_scratch_disk_cannot_take_the_data_is_no_pass(world: World, tmp_path: Path) -> None:
+    """The same on a drill's scratch filesystem: the drill compared the page cache with the index
+    and reported an intact backup that no disk held. Now: incomplete, drill failed, exit 1."""
+    _incompressible_backup(world, 32)
+    small = tmp_path / "small"
+    _tmpfs(small, "size=12m")
+    try:
+        code, doc, err = _drill(world, small)
+        assert code == 1 and "could not write what was received" in err, err
         assert [b["result"] for b in doc["backups"]] == ["incomplete"] and doc["summary"]["damaged"] == 0, doc
         assert os.listdir(small) == []
     finally:
