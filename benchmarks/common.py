@@ -191,6 +191,9 @@ class Contender:
     run: Callable[[int], dict[str, Any] | None]
     before: Callable[[int], None] | None = None
     after: Callable[[int], None] | None = None
+    # a comparison tool that may fail on a fault it does not retry (a 500 from the S3 server):
+    # its failure is a note and its remaining runs are skipped; btrsync's failures always count
+    may_fail: bool = False
 
 
 def alternate(result: BenchResult, contenders: list[Contender], reps: int, *, drop: bool = True,
@@ -201,21 +204,41 @@ def alternate(result: BenchResult, contenders: list[Contender], reps: int, *, dr
     With ``warmup``, each contender first runs once untimed (as repetition -1), so one-time costs
     (lazy imports, the first thread pool, ``btrfs --version``) do not land on whoever goes first.
     """
+    failed: set[str] = set()
+
+    def attempt(c: Contender, rep: int, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            if not c.may_fail:
+                raise
+            failed.add(c.name)
+            last = str(exc).strip().splitlines()
+            note = f"{c.name} failed in repetition {rep + 1} ({last[-1] if last else type(exc).__name__}): its remaining runs are skipped"
+            result.notes.append(note)
+            if log:
+                log(f"  {result.key}: {note}")
+            return None
+
     if warmup:
         for c in contenders:
             if c.before:
                 c.before(-1)
-            c.run(-1)
-            if c.after:
+            attempt(c, -1, functools.partial(c.run, -1))
+            if c.after and c.name not in failed:
                 c.after(-1)
     for rep in range(reps):
         order = contenders if rep % 2 == 0 else contenders[::-1]
         for pos, c in enumerate(order):
+            if c.name in failed:
+                continue
             if c.before:
                 c.before(rep)
             if drop:
                 drop_caches()
-            record = measure(functools.partial(c.run, rep))
+            record = attempt(c, rep, functools.partial(measure, functools.partial(c.run, rep)))
+            if record is None:
+                continue
             record.update(rep=rep, position=pos)
             result.runs.setdefault(c.name, []).append(record)
             if log:
