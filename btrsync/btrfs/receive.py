@@ -1,4 +1,4 @@
-"""``btrfs receive`` as a supervised sink: bytes in, a received read-only subvolume out."""
+"""``btrfs receive`` as a supervised sink: bytes in, a received read-only subvolume on disk out."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from types import TracebackType
 from btrsync.btrfs.runner import btrfs_binary
 from btrsync.btrfs.send import StderrDrain, start_supervised
 from btrsync.btrfs.subvolume import child_subvolumes, delete_subvolume, is_subvolume, subvolume_info
-from btrsync.errors import BtrfsError, ReceiveFailedError
+from btrsync.errors import BtrfsError, ReceiveFailedError, ReceiveNotDurableError
+from btrsync.restore.fsutil import syncfs
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,12 @@ class ReceiveProcess:
     """``with ReceiveProcess(into, name) as rx: rx.write(b)``: on any failure (a signal included)
     btrfs receive is killed, the partially received subvolume ``into/name`` is deleted and
     ``ReceiveFailedError`` raised (or the signal's exception passed on).
+
+    The subvolume counts as received only once it is on disk: ``btrfs receive`` exits 0 with what
+    it wrote still in the page cache, so the exit ``syncfs``es ``into`` through a descriptor opened
+    before btrfs receive started (errseq: it reports every writeback error since), and on an error
+    deletes the subvolume and raises ``ReceiveNotDurableError`` (a rerun would otherwise skip it
+    as received, and it could serve as a parent).
 
     ``parent_uuid`` is the received uuid of the stream's parent (None for a full stream): with it,
     a partial receive of this very stream that a killed run left at ``into/name`` is recognised
@@ -35,6 +42,7 @@ class ReceiveProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._drain: StderrDrain | None = None
         self._delivered = False  # the whole stream was handed over (stdin closed)
+        self._into_fd: int | None = None
 
     @property
     def path(self) -> Path:
@@ -44,8 +52,14 @@ class ReceiveProcess:
         if os.path.lexists(self.path):
             self._replace_own_leftover()
         argv = [btrfs_binary(), "receive", str(self.into)]
+        # opened before btrfs receive writes anything: syncfs reports the writeback errors since then
+        self._into_fd = os.open(self.into, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         log.debug("start %s", " ".join(argv))
-        self._proc, self._drain = start_supervised(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        try:
+            self._proc, self._drain = start_supervised(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        except BaseException:
+            self._close_into()
+            raise
         return self
 
     def write(self, data: bytes) -> None:
@@ -63,6 +77,17 @@ class ReceiveProcess:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        try:
+            self._finish(exc_type)
+        finally:
+            self._close_into()
+
+    def _close_into(self) -> None:
+        if self._into_fd is not None:
+            os.close(self._into_fd)
+            self._into_fd = None
+
+    def _finish(self, exc_type: type[BaseException] | None) -> None:
         assert self._proc is not None
         if exc_type is not None:
             self._abort()
@@ -87,6 +112,25 @@ class ReceiveProcess:
         if not info.readonly or info.received_uuid is None:
             self._remove_partial()
             raise ReceiveFailedError(f"{self.what}: btrfs receive did not finish {self.path}")
+        self._make_durable()
+
+    def _make_durable(self) -> None:
+        """Write out what btrfs receive left in the page cache; if the filesystem cannot, the
+        subvolume is deleted and ``ReceiveNotDurableError`` raised."""
+        assert self._into_fd is not None
+        try:
+            syncfs(self._into_fd)
+        except OSError as exc:
+            try:
+                self._remove_partial()
+                fate = "the received subvolume was deleted"
+            except BtrfsError as gone:
+                fate = (f"and it could not be deleted ({gone}): delete {self.path} yourself before receiving "
+                        "again, it must not serve as a parent")
+            raise ReceiveNotDurableError(
+                f"{self.what}: btrfs receive finished, but {self.into} could not write it to disk ({exc.strerror}); "
+                f"{fate}; check the disk (and the filesystem holding it, for a loop device) and the kernel log, "
+                "then receive again") from None
 
     def _abort(self) -> None:
         """Stop btrfs receive and wait for it; delete what it created unless it had finished the
@@ -101,10 +145,6 @@ class ReceiveProcess:
                 self._proc.stdin.close()
         if finished and self._complete():
             return
-        self._remove_partial()
-
-    def discard(self) -> None:
-        """Delete the received subvolume (after the fact: what it holds cannot be trusted)."""
         self._remove_partial()
 
     def _complete(self) -> bool:

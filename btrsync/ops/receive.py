@@ -13,7 +13,6 @@ Data flow of one link::
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import closing
@@ -28,16 +27,13 @@ from btrsync.catalog.repository import Catalog, Repository
 from btrsync.catalog.segment_index import table_records
 from btrsync.errors import (
     BackupNotFoundError,
-    BtrfsError,
     DamageError,
     ReceiveFailedError,
-    ReceiveNotDurableError,
     UsageError,
 )
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
 from btrsync.progress import Estimate, Progress, as_progress
-from btrsync.restore.fsutil import syncfs
 from btrsync.sendstream.checker import check_parent_unchanged
 from btrsync.sendstream.parser import StreamError, StreamParser
 
@@ -208,41 +204,17 @@ def _receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: 
     chunks = ordered_map(fetch, enumerate(table_records(repo, manifest)), workers=workers, window=2 * workers)
     if progress:
         progress.phase("receiving")
-    # opened before btrfs receive writes anything: syncfs reports the writeback errors since then
-    into_fd = os.open(into, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        with (ReceiveProcess(into, manifest.snapshot, what, parent_uuid=manifest.parent_uuid) as rx,
-              closing(chunks)):
-            for raw, stored in chunks:
-                parent_check.feed(raw)
-                rx.write(raw)
-                written += len(raw)
-                fetched += stored
-                if progress:
-                    progress.update(written, fetched)
-            if progress:  # btrfs receive applies what it has read, then the subvolume is made read-only
-                progress.phase("committing")
-        _make_durable(into_fd, rx, what)
-    finally:
-        os.close(into_fd)
+    with (ReceiveProcess(into, manifest.snapshot, what, parent_uuid=manifest.parent_uuid) as rx,
+          closing(chunks)):
+        for raw, stored in chunks:
+            parent_check.feed(raw)
+            rx.write(raw)
+            written += len(raw)
+            fetched += stored
+            if progress:
+                progress.update(written, fetched)
+        if progress:  # btrfs receive applies what it has read, makes it read-only, then it is synced
+            progress.phase("committing")
     seconds = time.monotonic() - t0
     log.info("receive finished backup=%s bytes=%d seconds=%.1f", manifest.backup_id, written, seconds)
     return LinkResult(manifest.backup_id, manifest.snapshot, "received", str(rx.path), written, seconds)
-
-
-def _make_durable(into_fd: int, rx: ReceiveProcess, what: str) -> None:
-    """Write out what btrfs receive left in the page cache; if the filesystem cannot, the received
-    subvolume is deleted (a rerun would otherwise skip it as received) and the link fails."""
-    try:
-        syncfs(into_fd)
-    except OSError as exc:
-        try:
-            rx.discard()
-            fate = "the received subvolume was deleted"
-        except BtrfsError as gone:
-            fate = (f"and it could not be deleted ({gone}): delete {rx.path} yourself before receiving again, "
-                    "it must not serve as a parent")
-        raise ReceiveNotDurableError(
-            f"{what}: btrfs receive finished, but {rx.into} could not write it to disk ({exc.strerror}); {fate}; "
-            "check the disk (and the filesystem holding it, for a loop device) and the kernel log, then "
-            "receive again") from None
