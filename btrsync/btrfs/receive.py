@@ -13,7 +13,7 @@ from btrsync.btrfs.runner import btrfs_binary
 from btrsync.btrfs.send import StderrDrain, start_supervised
 from btrsync.btrfs.subvolume import child_subvolumes, delete_subvolume, is_subvolume, subvolume_info
 from btrsync.errors import BtrfsError, ReceiveFailedError, ReceiveNotDurableError
-from btrsync.restore.fsutil import syncfs
+from btrsync.fdio import syncfs, write_all
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,11 @@ class ReceiveProcess:
         return self
 
     def write(self, data: bytes) -> None:
+        """Hand ``data`` to btrfs receive, all of it: a write to a pipe returns short when a stop
+        (Ctrl-Z, ``kill -STOP``, a cgroup freeze, a debugger attaching) interrupts it part-way."""
         assert self._proc is not None and self._proc.stdin is not None
         try:
-            self._proc.stdin.write(data)
+            write_all(self._proc.stdin.fileno(), data)
         except BrokenPipeError:
             raise ReceiveFailedError(f"{self.what}: btrfs receive stopped early: {self._stderr()}") from None
 

@@ -6,8 +6,9 @@ Data flow of one link::
                                             → size + xxh3(raw)]  ordered, bounded window
                                        ─► btrfs receive DIR  (killed, partial subvolume deleted,
                                                               on the first bad chunk)
-    syncfs(DIR), through a descriptor opened before btrfs receive started: a writeback error of
-    anything it wrote fails the link and deletes its subvolume (btrfs receive exits 0 regardless)
+    ReceiveProcess then syncfs(DIR)s through a descriptor opened before btrfs receive started: a
+    writeback error of anything it wrote fails the link and deletes its subvolume (btrfs receive
+    exits 0 regardless)
 """
 
 from __future__ import annotations

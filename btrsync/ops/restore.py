@@ -36,6 +36,7 @@ from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import table_records
 from btrsync.errors import DamageError, LockedError, UsageError
+from btrsync.fdio import syncfs
 from btrsync.ops.receive import restore_chain
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
@@ -239,9 +240,9 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                     os.close(tree_fd)
                 result.notes = notes.as_list()
                 result.reflinked_bytes = caps.reflinked
-                fsutil.syncfs(work_fd)  # durable before it takes its name
+                syncfs(work_fd)  # durable before it takes its name
                 _place(work_fd, to_fd, name, existing, there is not None, result)
-                fsutil.syncfs(to_fd)
+                syncfs(to_fd)
             finally:
                 os.close(work_fd)
         finally:

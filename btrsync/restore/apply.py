@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from btrsync.errors import DamageError
+from btrsync.fdio import pwrite_all
 from btrsync.restore import RestoreError, fsutil
 from btrsync.restore.decompress import NAMES as COMPRESSION_NAMES
 from btrsync.restore.decompress import DecompressError, decompress
@@ -467,11 +468,7 @@ class Applier:
         self._pwrite(fd, data, int(ev.attrs["file_offset"]))
 
     def _pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-        self.stats.bytes_written += len(data)
+        self.stats.bytes_written += pwrite_all(fd, data, offset)
 
     def _encoded_write(self, ev: Any, window: Window) -> None:
         a = ev.attrs

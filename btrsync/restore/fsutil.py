@@ -20,6 +20,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from btrsync.fdio import pwrite_all
+
 FICLONE = 0x40049409
 FICLONERANGE = 0x4020940D
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -43,13 +45,6 @@ def _libc() -> ctypes.CDLL:
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if _libc().fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def syncfs(fd: int) -> None:
-    """Flush the filesystem holding ``fd`` (what ``sync -f`` does)."""
-    if _libc().syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -119,10 +114,7 @@ def _plain_copy(src: int, src_off: int, dst: int, dst_off: int, length: int, bac
         buf = os.pread(src, n, src_off + rel)
         if len(buf) < n:
             raise EOFError(f"source ended {src_off + rel + len(buf)} bytes in, within the range")
-        view = memoryview(buf)
-        while view:
-            w = os.pwrite(dst, view, dst_off + rel + (n - len(view)))
-            view = view[w:]
+        pwrite_all(dst, buf, dst_off + rel)
         done += n
     return done
 
@@ -167,7 +159,7 @@ def punch(fd: int, offset: int, length: int, caps: Caps) -> None:
     pos = 0
     while pos < length:
         n = min(len(zeros), length - pos)
-        os.pwrite(fd, zeros[:n], offset + pos)
+        pwrite_all(fd, zeros[:n], offset + pos)
         pos += n
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.segment_index import table_records
 from btrsync.errors import DamageError, UsageError
+from btrsync.fdio import pwrite_all
 from btrsync.fileindex.tree import FileTree, Inode, Node
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
@@ -296,11 +297,7 @@ class SelectiveRestore:
             os.close(fd)
 
     def _pwrite(self, fd: int, data: memoryview, offset: int) -> None:
-        view = data
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-        self.stats.bytes_written += len(data)
+        self.stats.bytes_written += pwrite_all(fd, data, offset)
 
     # -- the tree -------------------------------------------------------------------------------
     def build(self, chosen: list[tuple[str, Node]]) -> None:

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from btrsync.errors import TargetMissingError
+from btrsync.fdio import write_all
 from btrsync.targets.base import (
     TEMP_MARKER,
     Capabilities,
@@ -217,11 +218,7 @@ class LocalTarget(Target):
                          0o600, dir_fd=dirfd)
             try:
                 for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
-                        size += n
+                    size += write_all(fd, part)
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Self
 
 from btrsync.errors import ConfigError, TargetMissingError, UsageError
+from btrsync.fdio import write_all
 from btrsync.targets.base import (
     TEMP_MARKER,
     Capabilities,
@@ -407,7 +408,7 @@ class SshTarget(Target):
             ) from None
         try:
             try:
-                size = _write_all(fd, parts)
+                size = _write_parts(fd, parts)
             except OSError as exc:
                 raise TargetError(
                     f"cannot spool {key} in {directory}: {exc.strerror}; set spool_dir to a "
@@ -607,15 +608,8 @@ def default_spool_parent() -> str:
     return "/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir()
 
 
-def _write_all(fd: int, parts: Iterable[bytes]) -> int:
-    size = 0
-    for part in parts:
-        view = memoryview(part)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-            size += n
-    return size
+def _write_parts(fd: int, parts: Iterable[bytes]) -> int:
+    return sum(write_all(fd, part) for part in parts)
 
 
 def _parse_int(out: bytes, where: str) -> int:
