@@ -107,13 +107,11 @@ class ReceiveProcess:
             raise
         if rc != 0:
             message = self._stderr()
-            self._remove_partial()
-            raise ReceiveFailedError(f"{self.what}: btrfs receive failed: {message}; "
-                                     f"the partial subvolume was removed")
+            raise ReceiveFailedError(f"{self.what}: btrfs receive failed: {message}; {self._remove_partial()}")
         info = subvolume_info(self.path)
         if not info.readonly or info.received_uuid is None:
-            self._remove_partial()
-            raise ReceiveFailedError(f"{self.what}: btrfs receive did not finish {self.path}")
+            raise ReceiveFailedError(f"{self.what}: btrfs receive did not finish {self.path}; "
+                                     f"{self._remove_partial()}")
         self._make_durable()
 
     def _make_durable(self) -> None:
@@ -123,15 +121,9 @@ class ReceiveProcess:
         try:
             syncfs(self._into_fd)
         except OSError as exc:
-            try:
-                self._remove_partial()
-                fate = "the received subvolume was deleted"
-            except BtrfsError as gone:
-                fate = (f"and it could not be deleted ({gone}): delete {self.path} yourself before receiving "
-                        "again, it must not serve as a parent")
             raise ReceiveNotDurableError(
                 f"{self.what}: btrfs receive finished, but {self.into} could not write it to disk ({exc.strerror}); "
-                f"{fate}; check the disk (and the filesystem holding it, for a loop device) and the kernel log, "
+                f"{self._remove_partial()}; check the disk (and the filesystem holding it, for a loop device) and the kernel log, "
                 "then receive again") from None
 
     def _abort(self) -> None:
@@ -156,10 +148,21 @@ class ReceiveProcess:
             return False
         return info.readonly and info.received_uuid is not None
 
-    def _remove_partial(self) -> None:
-        if is_subvolume(self.path):
-            log.info("removing partially received subvolume %s", self.path)
+    def _remove_partial(self) -> str:
+        """Delete what btrfs receive created; says what became of it.  Never raises: the failure
+        that led here (often the same full or failing disk) is the one to report, and a partial
+        subvolume left behind is named with what to do (it must never serve as a parent)."""
+        if not is_subvolume(self.path):
+            return "no partial subvolume was left"
+        log.info("removing partially received subvolume %s", self.path)
+        try:
             delete_subvolume(self.path)
+        except BtrfsError as exc:
+            left = (f"the partial subvolume could not be removed ({exc}): delete {self.path} yourself "
+                    "before receiving again, it must not serve as a parent")
+            log.warning("%s: %s", self.what, left)
+            return left
+        return "the partial subvolume was removed"
 
     def _replace_own_leftover(self) -> None:
         """``into/name`` exists.  A partial receive of this stream that a killed run left there

@@ -10,17 +10,20 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from btrsync.btrfs.receive import ReceiveProcess
 from btrsync.btrfs.scratch import scratch_btrfs
 from btrsync.btrfs.subvolume import SubvolumeInfo, subvolume_info
 from btrsync.catalog import layout
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
+from btrsync.errors import ReceiveFailedError
 from btrsync.ops import files
 from btrsync.ops import push as push_mod
 from btrsync.targets.local import LocalTarget
@@ -557,3 +560,49 @@ def test_a_repository_id_that_is_not_an_id_is_refused_before_it_names_a_local_pa
         run = world.cli(*args[:1], *args[1:], "--from", world.url)
         assert run.code == 4 and "repository id" in run.err, (args, run.err)
     assert list(tmp_path.glob("escaped*")) == []
+
+
+# --- a partial receive that cannot be removed ----------------------------------------------------
+
+
+def _half_received(world: World) -> tuple[bytes, Path]:
+    """A real send stream (with enough data to take a while) and where its receive lands."""
+    tree.populate(world.subvol, 3)
+    (world.subvol / "big").write_bytes(os.urandom(24 << 20))
+    snap = world.snapshot()
+    stream = subprocess.run(["btrfs", "send", "-q", str(snap)], check=True, capture_output=True).stdout
+    return stream, world.restore / snap.name
+
+
+def _pin(partial: Path) -> None:
+    """Wait for btrfs receive to create the subvolume, then nest another one in it: deleting the
+    partial subvolume then fails (btrfs will not delete a subvolume that holds one), as it does on
+    a filesystem the failure itself forced read-only."""
+    for _ in range(1000):
+        if partial.is_dir():
+            break
+        time.sleep(0.01)
+    subprocess.run(["btrfs", "subvolume", "create", str(partial / "pinned")], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("how", ["stream cut short", "error while receiving"])
+def test_a_partial_receive_that_cannot_be_removed_does_not_hide_the_failure(world: World, how: str) -> None:
+    """A drill whose scratch filled up was reported DAMAGED (exit 4): btrfs receive failed with
+    ENOSPC, the full filesystem went read-only, and the error of deleting the partial subvolume
+    replaced the receive's own (and with it the out-of-space finding).  The failure that happened
+    is reported; the leftover is named with what to do; an error in flight passes on unchanged."""
+    stream, partial = _half_received(world)
+    half = len(stream) // 2
+    rx = ReceiveProcess(world.restore, partial.name, "test receive")
+    if how == "stream cut short":
+        with pytest.raises(ReceiveFailedError) as caught, rx:
+            rx.write(stream[:half])
+            _pin(partial)
+        message = str(caught.value)
+        assert "btrfs receive failed" in message and f"delete {partial} yourself" in message, message
+    else:
+        with pytest.raises(KeyError, match="boom"), rx:
+            rx.write(stream[:half])
+            _pin(partial)
+            raise KeyError("boom")
+    assert partial.is_dir()  # named in the message (or log): the operator deletes it
