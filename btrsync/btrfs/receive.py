@@ -14,6 +14,7 @@ from btrsync.btrfs.send import StderrDrain, start_supervised
 from btrsync.btrfs.subvolume import child_subvolumes, delete_subvolume, is_subvolume, subvolume_info
 from btrsync.errors import BtrfsError, ReceiveFailedError, ReceiveNotDurableError
 from btrsync.fdio import syncfs, write_all
+from btrsync.signals import deferred
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,14 @@ class ReceiveProcess:
         if rc != 0:
             message = self._stderr()
             raise ReceiveFailedError(f"{self.what}: btrfs receive failed: {message}; {self._remove_partial()}")
-        info = subvolume_info(self.path)
-        if not info.readonly or info.received_uuid is None:
-            raise ReceiveFailedError(f"{self.what}: btrfs receive did not finish {self.path}; "
-                                     f"{self._remove_partial()}")
-        self._make_durable()
+        # not cut in half by a signal: one landing in syncfs would skip its error check and leave a
+        # subvolume that looks received but is not on disk (a rerun would skip it, use it as a parent)
+        with deferred():
+            info = subvolume_info(self.path)
+            if not info.readonly or info.received_uuid is None:
+                raise ReceiveFailedError(f"{self.what}: btrfs receive did not finish {self.path}; "
+                                         f"{self._remove_partial()}")
+            self._make_durable()
 
     def _make_durable(self) -> None:
         """Write out what btrfs receive left in the page cache; if the filesystem cannot, the

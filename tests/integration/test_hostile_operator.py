@@ -9,11 +9,13 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import zstandard
 
@@ -28,6 +30,7 @@ from btrsync.ops import files
 from btrsync.ops import push as push_mod
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
+from tests.integration.test_signals import Child
 from tests.support import tree
 from tests.support.deaddrill import plant_dead_drill
 
@@ -606,3 +609,27 @@ def test_a_partial_receive_that_cannot_be_removed_does_not_hide_the_failure(worl
             _pin(partial)
             raise KeyError("boom")
     assert partial.is_dir()  # named in the message (or log): the operator deletes it
+
+
+def test_a_signal_while_a_receive_is_made_durable_does_not_skip_the_check(world: World, tmp_path: Path) -> None:
+    """SIGTERM while btrsync flushed a finished receive (syncfs: minutes on a big restore, shown as
+    'committing') was handled as syncfs returned, before its error was looked at: a subvolume that
+    looked received but was never written stayed, and the rerun skipped it.  The check completes,
+    then the signal ends the command."""
+    _incompressible_backup(world, 32)
+    small = tmp_path / "small"
+    _tmpfs(small, "size=12m")
+    try:
+        with scratch_btrfs(small, "300M", "rx") as into:
+            child = Child(world, "receive", "latest", "--from", world.url, "--into", str(into))
+
+            def committing() -> bool:  # btrfs receive has exited: btrsync checks and flushes
+                return any(into.iterdir()) and not [p for p in child.ps.children()
+                                               if p.status() != psutil.STATUS_ZOMBIE]
+            child.freeze_when(committing)
+            out = child.signal(signal.SIGTERM)
+            assert out.code == 143, out.err
+            left = [p.name for p in into.iterdir()]
+            assert left == [] or ("delete" in out.err and "must not serve as a parent" in out.err), (left, out.err)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
