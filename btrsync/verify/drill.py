@@ -32,6 +32,7 @@ from btrsync.fileindex.summary import summary_of_disk
 from btrsync.ops.files import tree_of
 from btrsync.ops.receive import receive
 from btrsync.ops.treecompare import diff_trees
+from btrsync.targets.errors import TargetError
 from btrsync.verify.treecheck import compare_with_index
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,10 @@ def local_original(snapshot_dirs: tuple[Path, ...], m: Manifest, passed_over: li
 
 class DrillUnavailable(BtrsyncError):
     """The drill's scratch filesystem could not be set up (the scratch directory is read-only, not
-    a directory, on a full filesystem, no loop device...) or ran out of space: the backup was not
-    tried through, so this is no finding about it, and no pass either."""
+    a directory, on a full filesystem, no loop device...) or ran out of space, or the target or this
+    machine failed during the drill (a network outage past the retries, an I/O error reading the
+    local original): the backup was not tried through, so this is no finding about it, and no pass
+    either."""
 
 
 FULL_BELOW = 64 * MiB  # free space under which the filesystem holding the image counts as full
@@ -183,6 +186,12 @@ def drill(repo: Repository, catalog: Catalog, backup_id: str, scratch_dir: Path,
             raise DrillUnavailable(
                 f"the restore drill ran out of space in {scratch_dir}: {exc}; give --scratch-dir a "
                 f"filesystem with room for a sparse image (up to {size // MiB} MiB of it may be written)") from None
+        except (TargetError, BtrfsError, OSError) as exc:
+            # the target (after its retries), this machine or its btrfs failed, not the backup: what
+            # the backup holds is damage only when it is read and does not check out (DamageError,
+            # a stream btrfs receive refuses, a tree that differs), exactly as at --level data
+            raise DrillUnavailable(f"the restore drill could not complete: {exc}; this says nothing about "
+                                   "the backup: run it again") from None
 
 
 def _drill(repo: Repository, chain: list[Manifest], mnt: Path, snapshot_dirs: tuple[Path, ...],

@@ -5,6 +5,7 @@ Each case must fail closed, say what happened, and lose nothing. Real btrfs, rea
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -33,6 +34,7 @@ from tests.integration.conftest import World
 from tests.integration.test_signals import Child
 from tests.support import tree
 from tests.support.deaddrill import plant_dead_drill
+from tests.support.faultfs import mounted_for_test
 
 pytestmark = pytest.mark.btrfs
 
@@ -633,3 +635,28 @@ def test_a_signal_while_a_receive_is_made_durable_does_not_skip_the_check(world:
             assert left == [] or ("delete" in out.err and "must not serve as a parent" in out.err), (left, out.err)
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_drill_that_loses_the_target_midway_is_no_finding(world: World, tmp_path: Path) -> None:
+    """The target's disk began failing reads while the drill ran (its data pass had read every
+    chunk fine): the backup was reported DAMAGED (exit 4), where the same failure during the data
+    pass exits 1.  Now: incomplete, no finding, exit 1, and the drill says to run it again."""
+    with mounted_for_test(tmp_path / "fault") as fs:
+        world.target_dir = fs.mountpoint
+        world.init()
+        tree.populate(world.subvol, 3)
+        (world.subvol / "big").write_bytes(os.urandom(48 << 20))
+        world.snapshot()
+        assert world.push().code == 0
+        scratch = tmp_path / "scratch"
+        scratch.mkdir()
+        child = Child(world, "verify", "--from", world.url, "--level", "restore", "--scratch-dir", str(scratch))
+        child.freeze_when(lambda: any(p.name.startswith("btrsync-drill-mnt") for p in scratch.iterdir()))
+        fs.fail("read", "data/*", errno.EIO)  # the drill now receives: its reads of the segments fail
+        child.proc.send_signal(signal.SIGCONT)
+        code = child.proc.wait(timeout=120)
+        err = child.stderr()
+        assert fs.hits(), "the fault never hit: the drill had read everything before it was armed"
+        assert code == 1 and "could not complete" in err and "nothing was found damaged" in err, (code, err)
+        assert "damaged or affected" not in err, err
+        assert os.listdir(scratch) == []
