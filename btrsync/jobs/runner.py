@@ -153,6 +153,15 @@ def run_jobs(env: RunEnv, jobs: list[Job]) -> RunReport:
     return report
 
 
+def _verification_failed(res: TargetOutcome, what: str, outcome: dict[str, Any]) -> None:
+    """A target is "damaged" only when something was read and did not check out; a verification
+    or drill that could not run or complete (the target unreachable, the scratch disk full) says
+    nothing about the backups, and the target's status is "failed"."""
+    if outcome.get("damaged"):
+        res.fail("damaged", f"{what} found damage: {outcome.get('error')}")
+    else:
+        res.fail("failed", f"{what} did not complete: {outcome.get('error')}")
+
 class JobRun:
     def __init__(self, env: RunEnv, job: Job) -> None:
         self.env, self.job, self.clock = env, job, env.clock
@@ -452,7 +461,7 @@ class JobRun:
             if res.verify.get("ok"):
                 rec["verify_last_success"] = res.verify["time"]
             else:
-                res.fail("damaged", f"verification found damage: {res.verify.get('error')}")
+                _verification_failed(res, "verification", res.verify)
         if drill_due(policy, rec, self.clock.now()):
             mine = sorted({subvolume_name(s) for s in self.job.subvolumes})
             res.drill = run_drill(repo, mine, policy, self.job, self.env.state_root, self.env.config, self.clock)
@@ -461,7 +470,7 @@ class JobRun:
                 if res.drill.get("ok"):
                     rec["drill_last_success"] = res.drill["time"]
                 else:
-                    res.fail("damaged", f"restore drill failed: {res.drill.get('error')}")
+                    _verification_failed(res, "restore drill", res.drill)
 
     def _summarise(self, repo: Repository, jt: JobTarget, rec: dict[str, Any], held: list[Manifest] | None) -> None:
         """The target's catalog as this run left it (counts, bytes, newest, depth) and its capacity."""

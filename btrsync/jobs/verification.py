@@ -76,11 +76,12 @@ def run_drill(repo: Repository, subvolumes: list[str], policy: VerifyModel, job:
         report = verify(repo, specs, _options(policy.drill_level, policy, job, config, sample=False),
                         ledger=Ledger.for_repository(state_dir, repo.repo_id))
     except (BtrsyncError, OSError) as exc:
-        return {"time": iso(now), "level": policy.drill_level, "ok": False, "seconds": clock.monotonic() - t0,
-                "backups": specs, "error": str(exc)}
+        return {"time": iso(now), "level": policy.drill_level, "ok": False, "damaged": 0,
+                "seconds": clock.monotonic() - t0, "backups": specs, "error": str(exc)}
     summary = {**report.summary(), "started": iso(now)}
     State(state_dir).record_verification(repo.target.display_url, summary)
     log.info("drill finished job=%s target=%s level=%s ok=%s seconds=%.1f", job.name, repo.target.display_url,
              policy.drill_level, report.ok, report.seconds)
-    return {"time": iso(now), "level": policy.drill_level, "ok": report.ok, "seconds": round(report.seconds, 3),
+    return {"time": iso(now), "level": policy.drill_level, "ok": report.ok, "damaged": len(report.damaged),
+            "seconds": round(report.seconds, 3),
             "backups": [b.backup_id for b in report.backups], "error": _first_problem(report)}

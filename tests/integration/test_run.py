@@ -399,3 +399,29 @@ def test_manual_push_prune_and_verify_rewrite_the_metrics_too(world: World) -> N
     assert prom.stat().st_mtime_ns >= written
     assert sample(text, "btrsync_target_backups", btrsync_job="data", target="usb", subvolume="data") == 1
     assert sample(text, "btrsync_retention_deleted_backups_total", btrsync_job="data", target="usb") == 1
+
+
+def test_a_drill_that_cannot_run_fails_the_target_but_never_calls_it_damaged(world: World, tmp_path: Path) -> None:
+    """The drill's scratch directory is a file (a typo in the config, a disk not mounted): the run
+    recorded the target as "damaged", the operator's signal to distrust every backup on it.
+    Nothing was found damaged: the target "failed", the drill metric says so, exit 1."""
+    tree.populate(world.subvol, 3)
+    scratch = tmp_path / "not-a-directory"
+    scratch.write_text("")
+    configure(world, f"""
+[jobs.data]
+subvolumes = ["{world.subvol}"]
+snapshot_dir = "{world.snapdir}"
+verify = {{ level = "data", drill_every = "1d", scratch_dir = "{scratch}" }}
+targets.usb = {{ max_chain = 0 }}
+""")
+    result = run(world, "data", now=0)
+    assert result.code == 1, result.err
+    [target] = outcome(result)["data"]["targets"]
+    assert target["status"] == "failed", target
+    assert target["verify"]["ok"] and target["drill"]["damaged"] == 0 and not target["drill"]["ok"], target
+    assert "restore drill did not complete" in target["error"], target["error"]
+    assert "drill found damage" not in target["error"], target["error"]
+    text = metrics(world)
+    assert sample(text, "btrsync_drill_success", btrsync_job="data", target="usb") == 0
+    assert sample(text, "btrsync_target_last_run_status", btrsync_job="data", target="usb", status="damaged") == 0
