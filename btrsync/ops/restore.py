@@ -166,7 +166,7 @@ def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> int:
             os.close(fd)
             raise
     except BaseException:
-        place.remove_tree(to_fd, work)  # an unmarked work directory would block the next run
+        place.discard(to_fd, work, to)  # an unmarked work directory would block the next run
         raise
     return fd
 
@@ -219,6 +219,9 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
             if existing == "skip" and not stat.S_ISDIR(there.st_mode):
                 raise UsageError(f"{to / name} exists and is not a directory (symlinks are never "
                                  "followed); --skip-existing merges into a directory only")
+            if existing == "overwrite" and (mounted := place.mounts_within(to_fd, name)):
+                raise UsageError(f"{to / name} cannot be replaced: a filesystem is mounted in it, at "
+                                 f"{', '.join(mounted[:3])}; unmount it, or restore elsewhere")
         lock_fd = _claim_work_dir(to_fd, to, work, last.backup_id)
         try:
             work_fd = os.open(work, DIR_FLAGS, dir_fd=to_fd)
@@ -247,7 +250,7 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                 os.close(work_fd)
         finally:
             try:
-                place.remove_tree(to_fd, work)
+                place.discard(to_fd, work, to)
             finally:
                 os.close(lock_fd)  # after the removal: nobody takes a live work directory for leftovers
     except OSError as exc:  # the destination cannot be written (read-only, full, no permission, I/O error)

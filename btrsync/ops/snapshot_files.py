@@ -194,7 +194,7 @@ def _restore_one(src: Tree, parts: list[str], to: Path, to_fd: int, existing: st
             finally:
                 os.close(wfd)
         finally:
-            place.remove_tree(pfd, work)
+            place.discard(pfd, work, dest.parent)
     finally:
         os.close(pfd)
         for cfd, sst, crel in reversed(created):  # parents made here: the snapshot's metadata, times last

@@ -4,11 +4,17 @@ Everything works on directory descriptors (``*at`` calls, ``O_NOFOLLOW``), itera
 recursion limit on deep trees). Directories without write or search permission for the caller
 are opened up (``0700``) before they are emptied, so a non-root user can remove what a restore
 made (read-only directories included).
+
+Nothing here ever reaches into another mounted filesystem: replacing a tree that holds a mount
+point is refused before anything moves, and removing a tree stops at a mount point (EBUSY) with
+the mounted filesystem untouched.  ``rm -rf`` of the old tree would otherwise empty whatever an
+operator had mounted inside it.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from dataclasses import dataclass, field
@@ -17,6 +23,8 @@ from btrsync.restore import fsutil
 from btrsync.restore.paths import DIR_FLAGS
 
 EXAMPLES = 5
+
+log = logging.getLogger(__name__)
 
 
 def _open_dir(parent_fd: int, name: str) -> int:
@@ -27,8 +35,53 @@ def _open_dir(parent_fd: int, name: str) -> int:
         return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
 
 
+def _unescape(field: str) -> str:
+    """A mountinfo path: spaces, tabs, newlines and backslashes are octal escapes."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return [_unescape(line.split(" ")[4]) for line in f if line.strip()]
+
+
+def _fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def mounts_within(parent_fd: int, name: str) -> list[str]:
+    """The mount points at or below ``parent/name`` (a directory; not followed if a symlink)."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return []
+    try:
+        root = _fd_path(fd)
+    finally:
+        os.close(fd)
+    prefix = root.rstrip("/") + "/"
+    return sorted(m for m in _mount_points() if m == root or m.startswith(prefix))
+
+
+def _refuse_mount(fd: int) -> None:
+    """``fd`` is a directory on another device than its parent: a btrfs subvolume (removed like
+    any directory) or a mount point (never entered)."""
+    path = _fd_path(fd)
+    if path in _mount_points():
+        raise OSError(errno.EBUSY, f"a filesystem is mounted at {path}; it was left untouched", path)
+
+
 def remove_tree(parent_fd: int, name: str) -> None:
-    """``rm -rf parent/name`` by descriptors; a missing ``name`` is fine."""
+    """``rm -rf parent/name`` by descriptors; a missing ``name`` is fine; never enters another
+    mounted filesystem (``OSError(EBUSY)`` at a mount point, which is left as it is)."""
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -38,8 +91,23 @@ def remove_tree(parent_fd: int, name: str) -> None:
         return
     if os.geteuid() != 0 and st.st_mode & 0o700 != 0o700:
         os.chmod(name, 0o700, dir_fd=parent_fd)
-    stack: list[tuple[int, str, list[str]]] = [(_open_dir(parent_fd, name), name, [])]
-    stack[0][2].extend(os.listdir(stack[0][0]))
+    top = _open_dir(parent_fd, name)
+    stack: list[tuple[int, str, list[str]]] = [(top, name, [])]
+    try:
+        if os.fstat(top).st_dev != os.fstat(parent_fd).st_dev:
+            _refuse_mount(top)
+        stack[0][2].extend(os.listdir(top))
+    except BaseException:
+        os.close(top)
+        raise
+    try:
+        _remove_below(stack, parent_fd)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def _remove_below(stack: list[tuple[int, str, list[str]]], parent_fd: int) -> None:
     while stack:
         fd, dname, todo = stack[-1]
         descended = False
@@ -53,7 +121,14 @@ def remove_tree(parent_fd: int, name: str) -> None:
                 if os.geteuid() != 0 and est.st_mode & 0o700 != 0o700:
                     os.chmod(entry, 0o700, dir_fd=fd)
                 child = _open_dir(fd, entry)
-                stack.append((child, entry, os.listdir(child)))
+                try:
+                    if est.st_dev != os.fstat(fd).st_dev:
+                        _refuse_mount(child)
+                    listing = os.listdir(child)
+                except BaseException:
+                    os.close(child)
+                    raise
+                stack.append((child, entry, listing))
                 descended = True
                 break
             os.unlink(entry, dir_fd=fd)
@@ -62,6 +137,17 @@ def remove_tree(parent_fd: int, name: str) -> None:
         stack.pop()
         os.close(fd)
         os.rmdir(dname, dir_fd=stack[-1][0] if stack else parent_fd)
+
+
+def discard(parent_fd: int, name: str, where: object) -> None:
+    """``remove_tree`` of a work directory in a ``finally``: a failure is logged with what to do,
+    never raised, so it cannot replace the outcome it follows (a finished restore, or the error
+    or signal that ended it)."""
+    try:
+        remove_tree(parent_fd, name)
+    except OSError as exc:
+        log.warning("could not remove the work directory %s/%s (%s); remove it yourself",
+                    where, name, exc.strerror or exc)
 
 
 def move_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
@@ -82,7 +168,12 @@ def move_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
 
 def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     """Put ``src`` at ``dst`` and what was at ``dst`` at ``src`` (atomically where the filesystem
-    can exchange names, else in two renames)."""
+    can exchange names, else in two renames).  Refused (``OSError(EBUSY)``, nothing moved) when a
+    filesystem is mounted in ``dst``: the old tree is removed next, and must hold only its own."""
+    mounted = mounts_within(dst_fd, dst)
+    if mounted:
+        raise OSError(errno.EBUSY, f"a filesystem is mounted in it, at {', '.join(mounted[:3])}: unmount it, "
+                                   "or restore elsewhere (nothing was replaced)")
     try:
         fsutil.renameat2(src_fd, src, dst_fd, dst, fsutil.RENAME_EXCHANGE)
         return

@@ -29,6 +29,7 @@ from btrsync.crypto.keys import load_key_file
 from btrsync.errors import ReceiveFailedError
 from btrsync.ops import files
 from btrsync.ops import push as push_mod
+from btrsync.restore import place
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
 from tests.integration.test_signals import Child
@@ -660,3 +661,41 @@ def test_a_drill_that_loses_the_target_midway_is_no_finding(world: World, tmp_pa
         assert code == 1 and "could not complete" in err and "nothing was found damaged" in err, (code, err)
         assert "damaged or affected" not in err, err
         assert os.listdir(scratch) == []
+
+
+# --- a filesystem mounted inside what is replaced or removed ---------------------------------------
+
+
+def test_overwriting_a_tree_with_a_filesystem_mounted_in_it_refuses_and_leaves_the_mount_alone(
+        world: World, tmp_path: Path) -> None:
+    """'restore --overwrite' swapped the old tree aside and removed it file by file, descending into
+    a filesystem the operator had mounted inside it (a data disk at DIR/<snapshot>/srv): its files
+    were deleted before the removal stopped at the mount point with EBUSY."""
+    _small_backup(world)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
+    assert first.code == 0, first.err
+    restored = Path(first.json()["path"])
+    (restored / "srv").mkdir()
+    _tmpfs(restored / "srv" / "disk", "size=4m")
+    try:
+        (restored / "srv" / "disk" / "precious").write_bytes(b"not part of any backup")
+        run = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--overwrite")
+        assert run.code == 2 and "a filesystem is mounted in it" in run.err, run.err
+        assert (restored / "srv" / "disk" / "precious").read_bytes() == b"not part of any backup"
+        assert sorted(p.name for p in dest.iterdir()) == [restored.name]  # no work directory left
+
+        # the last line of defence: removing a tree never enters a mount point
+        parent_fd = os.open(restored.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(OSError) as caught:
+                place.remove_tree(parent_fd, restored.name)
+            assert caught.value.errno == errno.EBUSY
+        finally:
+            os.close(parent_fd)
+        assert (restored / "srv" / "disk" / "precious").read_bytes() == b"not part of any backup"
+    finally:  # wherever the mount ended up (before the fix: inside the work directory)
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            if line.split()[1].startswith(f"{dest}/"):
+                subprocess.run(["umount", "-l", line.split()[1]], check=False)
