@@ -131,6 +131,27 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def _remove_work(to_fd: int, work: str, lock_fd: int) -> None:
+    """Remove the work directory; its marker stays locked (``lock_fd``, closed here) until nothing
+    else is left, so no other restore takes a live work directory for leftovers.  The marker goes
+    last, once closed: on NFS and FUSE (sshfs) an unlinked file that is still open lives on as a
+    hidden ``.nfsXXXX``/``.fuse_hiddenXXXX`` file, and the directory would never be empty."""
+    try:
+        try:
+            wfd = os.open(work, DIR_FLAGS, dir_fd=to_fd)
+        except FileNotFoundError:
+            return
+        try:
+            for entry in os.listdir(wfd):
+                if entry != MARKER:
+                    place.remove_tree(wfd, entry)
+        finally:
+            os.close(wfd)
+    finally:
+        os.close(lock_fd)
+    place.remove_tree(to_fd, work)
+
+
 def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> int:
     """Create the private work directory, removing the leftovers of an interrupted restore; returns
     the descriptor of its marker, which holds a ``flock`` for the restore's lifetime, so a restore
@@ -146,9 +167,10 @@ def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> int:
                 raise LockedError(f"another restore is writing {to / work} ({_owner(fd)}); wait for it "
                                   "to finish, or stop it and run this again")
             log.warning("removing %s: the leftovers of an interrupted restore", to / work)
-            place.remove_tree(to_fd, work)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        _remove_work(to_fd, work, fd)
     try:
         os.mkdir(work, 0o700, dir_fd=to_fd)
     except FileExistsError:
@@ -250,9 +272,10 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                 os.close(work_fd)
         finally:
             try:
-                place.discard(to_fd, work, to)
-            finally:
-                os.close(lock_fd)  # after the removal: nobody takes a live work directory for leftovers
+                _remove_work(to_fd, work, lock_fd)
+            except OSError as exc:  # never over the outcome: a finished restore, or what ended it
+                log.warning("could not remove the work directory %s (%s); remove it yourself",
+                            to / work, exc.strerror or exc)
     except OSError as exc:  # the destination cannot be written (read-only, full, no permission, I/O error)
         raise RestoreError(f"cannot restore into {to}: {exc.strerror or exc}"
                            + (f" ({exc.filename})" if exc.filename else "")

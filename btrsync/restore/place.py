@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from btrsync.restore import fsutil
 from btrsync.restore.paths import DIR_FLAGS
+from btrsync.signals import deferred
 
 EXAMPLES = 5
 
@@ -180,10 +181,17 @@ def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
+    # three renames that a signal must not split, and a failed second one puts the old tree back:
+    # otherwise both trees would sit in the work directory that is removed next
     aside = src + ".old"
-    os.rename(dst, aside, src_dir_fd=dst_fd, dst_dir_fd=src_fd)
-    os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-    os.rename(aside, src, src_dir_fd=src_fd, dst_dir_fd=src_fd)
+    with deferred():
+        os.rename(dst, aside, src_dir_fd=dst_fd, dst_dir_fd=src_fd)
+        try:
+            os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        except BaseException:
+            os.rename(aside, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            raise
+        os.rename(aside, src, src_dir_fd=src_fd, dst_dir_fd=src_fd)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from btrsync.crypto.keys import load_key_file
 from btrsync.errors import ReceiveFailedError
 from btrsync.ops import files
 from btrsync.ops import push as push_mod
+from btrsync.ops.treecompare import diff_trees
 from btrsync.restore import place
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
@@ -699,3 +700,25 @@ def test_overwriting_a_tree_with_a_filesystem_mounted_in_it_refuses_and_leaves_t
         for line in Path("/proc/self/mounts").read_text().splitlines():
             if line.split()[1].startswith(f"{dest}/"):
                 subprocess.run(["umount", "-l", line.split()[1]], check=False)
+
+
+def test_overwrite_where_names_cannot_be_exchanged_keeps_the_old_tree_if_the_swap_fails(
+        world: World, tmp_path: Path) -> None:
+    """Where the filesystem cannot exchange two names (FUSE here; NFS, CIFS, vfat), --overwrite
+    moves the old tree aside into the work directory, then the new one into place.  When that
+    second rename failed, both trees were in the work directory, which was then removed: the
+    operator lost the old tree and got no new one."""
+    _small_backup(world)
+    with mounted_for_test(tmp_path / "fault") as fs:
+        dest = fs.mountpoint
+        first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
+        assert first.code == 0, first.err
+        restored = Path(first.json()["path"])
+        assert diff_trees(world.snapshots[-1], restored) == []
+        assert sorted(p.name for p in dest.iterdir()) == [restored.name], first.err
+        fs.fail("rename", ".btrsync-restore.*/tree", errno.EIO)  # the new tree cannot take the name
+        run = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--overwrite")
+        assert fs.hits(), ("the swap never reached its second rename", run.code, run.err)
+        assert run.code == 1 and "Input/output error" in run.err, run.err
+        assert diff_trees(world.snapshots[-1], restored) == []  # the old tree, whole, in its place
+        assert sorted(p.name for p in dest.iterdir()) == [restored.name]
