@@ -197,10 +197,11 @@ class Lease:
         except NotFound:
             pass
         except (TargetError, OSError) as exc:
-            if exc_type is None:
-                raise
-            # already failing: do not hide the first error; the lease goes stale on its own
-            log.warning("could not remove the upload lease %s: %s", self.key, exc)
+            # never an error of its own: the work it guarded is done (a committed backup must not be
+            # reported failed) or already failing (its error is the one to report); the lease goes
+            # stale on its own, and until then only a push of this same backup waits for it
+            log.warning("could not remove the upload lease %s (it goes stale %d minutes after its last "
+                        "refresh): %s", self.key, STALE.total_seconds() // 60, exc)
 
 
 def pid_alive(pid: int) -> bool:

@@ -722,3 +722,21 @@ def test_overwrite_where_names_cannot_be_exchanged_keeps_the_old_tree_if_the_swa
         assert run.code == 1 and "Input/output error" in run.err, run.err
         assert diff_trees(world.snapshots[-1], restored) == []  # the old tree, whole, in its place
         assert sorted(p.name for p in dest.iterdir()) == [restored.name]
+
+
+def test_a_committed_push_whose_lease_cannot_be_removed_is_still_a_success(world: World, tmp_path: Path) -> None:
+    """The target's disk refused the last delete of a push, its upload lease's, after the
+    manifest was written: the backup existed, and the push reported it failed (exit 1), skipping
+    what a run does after a good push.  The lease goes stale on its own; a warning says so."""
+    with mounted_for_test(tmp_path / "fault") as fs:
+        world.target_dir = fs.mountpoint
+        world.init()
+        (world.subvol / "a").write_bytes(b"x" * 1000)
+        world.snapshot()
+        fs.fail("unlink", "locks/*.lease", errno.EIO)
+        run = world.push()
+        assert fs.hits(), "the lease was never removed"
+        assert run.code == 0 and "could not remove the upload lease" in run.err, run.err
+        fs.clear()
+        [backup] = world.listing()
+        assert world.snapshots[-1].name in json.dumps(backup), backup
