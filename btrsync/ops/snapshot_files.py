@@ -31,11 +31,12 @@ from typing import Any
 
 from btrsync.btrfs import rollback as rb
 from btrsync.btrfs import subvolume as sv
-from btrsync.errors import BtrfsError, SnapshotError, UsageError
+from btrsync.errors import SnapshotError, UsageError
 from btrsync.restore import RestoreError, place
 from btrsync.restore.apply import Notes
 from btrsync.restore.paths import DIR_FLAGS, PathRefused, Tree, split
 from btrsync.restore.snapcopy import Copier
+from btrsync.signals import deferred
 from btrsync.snapshots.naming import format_stamp
 
 log = logging.getLogger(__name__)
@@ -250,15 +251,19 @@ def rollback(subvol: Path, snapshot: Path, *, now: datetime | None = None) -> Ro
         n += 1
         aside = subvol.with_name(f"{subvol.name}.rollback-{stamp}_{n}")
     log.info("rollback subvolume=%s snapshot=%s aside=%s", subvol, snapshot, aside)
-    try:
-        os.rename(subvol, aside)
-    except OSError as exc:
-        raise SnapshotError(f"cannot move {subvol} aside to {aside}: {exc.strerror}") from None
-    try:
-        rb.create_writable_snapshot(snapshot, subvol)
-    except BtrfsError:
-        os.rename(aside, subvol)
-        raise
+    # a signal (Ctrl-C, a dropped ssh session) waits until both steps are done: between them the
+    # subvolume is missing from its path, and a failed snapshot puts the original back
+    with deferred():
+        try:
+            os.rename(subvol, aside)
+        except OSError as exc:
+            raise SnapshotError(f"cannot move {subvol} aside to {aside}: {exc.strerror}") from None
+        try:
+            rb.create_writable_snapshot(snapshot, subvol)
+        except BaseException:
+            if not os.path.lexists(subvol):
+                os.rename(aside, subvol)
+            raise
     undo = [f"btrfs subvolume delete {shlex.quote(str(subvol))}",
             f"mv -T {shlex.quote(str(aside))} {shlex.quote(str(subvol))}"]
     return RollbackResult(str(subvol), str(snapshot), str(aside), undo)

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
+import signal
 import subprocess
 from pathlib import Path
 from unittest import mock
 
+import psutil
 import pytest
 
 from tests.integration.conftest import World
+from tests.integration.test_signals import Child
 from tests.support import tree
 from tests.support.loopfs import _run, create_subvolume, unmount
 from tests.support.otherfs import tmpfs, user_xattrs_supported
@@ -169,3 +174,36 @@ def test_rollback_refusals(world: World) -> None:
     run = world.cli("snapshot", "rollback", str(sv), str(snap))
     assert run.code == 2 and "nested" in run.err
     assert (sv / "f").exists() and sorted(p.name for p in world.src.iterdir() if "rollback" in p.name) == []
+
+
+def test_a_signal_during_rollback_never_leaves_the_subvolume_missing(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (Ctrl-C, an ssh session dropping) while the new subvolume was being snapshotted:
+    the original had been moved aside and was not put back, so /home (or the root subvolume) was
+    simply gone from its path, and the message said 'cleaned up, run again'.  (The snapshot is
+    made slow, as a transaction commit on a busy disk is, by a 'btrfs' first on PATH that waits
+    a second before running the real one.)"""
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    (slow / "btrfs").write_text(f'#!/bin/sh\n[ "$1 $2" = "subvolume snapshot" ] && sleep 1\n'
+                                f'exec {shutil.which("btrfs")} "$@"\n')
+    (slow / "btrfs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}:{os.environ['PATH']}")
+    sv = world.subvol
+    (sv / "file").write_bytes(b"version 1\n")
+    snap = world.snapshot()
+    (sv / "file").write_bytes(b"version 2\n")
+    child = Child(world, "snapshot", "rollback", str(sv), str(snap))
+
+    def snapshotting() -> bool:
+        for p in child.ps.children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.cmdline()[-4:-2] == ["subvolume", "snapshot"]:
+                    return True
+        return False
+    child.freeze_when(snapshotting)
+    out = child.signal(signal.SIGTERM)
+    assert out.code == 143, out.err
+    assert (sv / "file").read_bytes() in (b"version 1\n", b"version 2\n"), "the subvolume is gone from its path"
+    aside = [p for p in sv.parent.iterdir() if p.name.startswith("data.rollback-")]
+    assert (sv / "file").read_bytes() == b"version 1\n" and len(aside) == 1, (aside, out.err)
