@@ -192,7 +192,10 @@ class JobRun:
             log.warning("job not run job=%s: %s", job.name, exc)
         except Terminated as exc:
             out.status, out.error = "terminated", f"stopped by {exc.name}"
-            self._finish()
+            try:
+                self._finish()
+            except (BtrsyncError, OSError) as failed:  # a full or read-only state dir: still exit 128+N
+                log.error("could not record the terminated run of job %s: %s", job.name, failed)
             raise
         finally:
             out.seconds = self.clock.monotonic() - self.t0
