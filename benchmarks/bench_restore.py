@@ -53,15 +53,21 @@ def _ensure_backups(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> d
         if r.status != "ok":
             raise RuntimeError(f"btrsync push failed: {r.error}")
         shared["btrsync_target"] = target
-    if "raw_file" not in shared:
-        f = shared["out"] / "raw-restore.btrfs"
-        sh(f"btrfs send -q {bench_push.send_flags()} {shared['snapshot']} > {f}")
-        shared["raw_file"] = f
+    raw_stream_file(shared)
     if "pipeline_file" not in shared:
         f = shared["out"] / "pipeline-restore.btrfs.zst.enc"
         sh(bench_push.pipeline_cmd(ws, shared["snapshot"], f))
         shared["pipeline_file"] = f
     return shared
+
+
+def raw_stream_file(shared: dict[str, Any]) -> Path:
+    """The snapshot's raw send stream on the target filesystem (the floor restores read it)."""
+    if "raw_file" not in shared:
+        f = shared["out"] / "raw-restore.btrfs"
+        sh(f"btrfs send -q {bench_push.send_flags()} {shared['snapshot']} > {f}")
+        shared["raw_file"] = f
+    return Path(shared["raw_file"])
 
 
 def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchResult:

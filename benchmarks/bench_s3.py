@@ -9,7 +9,11 @@ the target loopback filesystem.  Contenders, alternated, page cache dropped befo
   when rclone is installed;
 * restore: ``btrsync receive --from s3://...`` against ``boto3 download_fileobj to stdout |
   openssl -d | zstd -d | btrfs receive`` (and ``rclone cat | ...``), each ending with
-  ``sync -f DIR``; the first restore of each tool is compared with the snapshot.
+  ``sync -f DIR``; the first restore of each tool is compared with the snapshot.  Beside them,
+  directly only, the I/O floor of benchmark 3 (``cat RAW | btrfs receive DIR; sync -f DIR``, the
+  raw stream read from the target filesystem): what the receiving side costs with no download,
+  decryption or decompression at all, so the restore ratios can be read against what the disks
+  and ``btrfs receive`` allow.
 
 Then the same push and restore, every contender, **through the B2-rules proxy**
 (``tests/support/b2proxy.py``, in this process, in front of the same SeaweedFS): B2's refusals
@@ -41,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_push
+from benchmarks import bench_push, bench_restore
 from benchmarks.bench_memory import run_sampled
 from benchmarks.common import (
     Bar,
@@ -63,6 +67,7 @@ PUSH_PIPE = "send | zstd | openssl | boto3 upload"
 PUSH_RCLONE = "send | zstd | openssl | rclone rcat"
 RESTORE_PIPE = "boto3 download | openssl -d | zstd -d | receive"
 RESTORE_RCLONE = "rclone cat | openssl -d | zstd -d | receive"
+RESTORE_FLOOR = bench_restore.FLOOR
 RSS_BAR = 300e6
 PROXY = "B2 proxy"  # phase suffix of the rows measured through the B2-rules proxy
 # 503 SlowDown on these UploadPart requests (1-based) of every push through the proxy
@@ -101,12 +106,13 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     from tests.support.s3server import SeaweedServer
     shared = bench_push.setup(ws, cfg, log)
     subvol, snapdir, snap = shared["subvol"], shared["snapdir"], shared["snapshot"]
+    raw = bench_restore.raw_stream_file(shared)
     server = SeaweedServer(ws.dst / "seaweedfs")
     server.dir.mkdir()
     server.start()
     try:
         server.create_bucket(BUCKET)
-        _run(res, ws, cfg, log, server, subvol, snapdir, snap)
+        _run(res, ws, cfg, log, server, subvol, snapdir, snap, raw)
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)  # the target fs is shared with benchmark 12
@@ -151,7 +157,7 @@ class _Route:
 
 
 def _run(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None], server: Any,
-         subvol: Path, snapdir: Path, snap: Path) -> None:
+         subvol: Path, snapdir: Path, snap: Path, raw: Path) -> None:
     from tests.support.b2proxy import B2RulesProxy
 
     acct = server.account
@@ -160,7 +166,7 @@ def _run(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None
     try:
         routes = [_Route("", acct.endpoint, "btrsync"), _Route(PROXY, proxy.endpoint, "b2", proxy)]
         for route in routes:
-            _measure(res, ws, cfg, log, server, creds, route, subvol, snapdir, snap)
+            _measure(res, ws, cfg, log, server, creds, route, subvol, snapdir, snap, raw)
     finally:
         proxy.stop()
     res.baseline = "btrsync (same phase)"
@@ -168,7 +174,7 @@ def _run(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None
 
 
 def _measure(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None], server: Any,
-             creds: Path, route: _Route, subvol: Path, snapdir: Path, snap: Path) -> None:
+             creds: Path, route: _Route, subvol: Path, snapdir: Path, snap: Path, raw: Path) -> None:
     """Push, then restore, btrsync against the pipelines, along one route; rows named by phase."""
     acct = server.account
     direct = route.proxy is None
@@ -272,6 +278,9 @@ def _measure(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], 
            f"btrfs receive -q {into} && sync -f {into}")
         return route.served(res, f"{restore_phase}, rclone", "GetObject", restore_faults)
 
+    def floor_restore(rep: int) -> None:
+        sh(f"cat {raw} | btrfs receive -q {into} && sync -f {into}")
+
     def clean(tool: str) -> Callable[[int], None]:
         def after(rep: int) -> None:
             if tool not in compared:
@@ -296,6 +305,8 @@ def _measure(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], 
     if rclone:
         contenders.append(Contender(RESTORE_RCLONE, rclone_restore, before=arm_restore,
                                     after=clean(RESTORE_RCLONE), may_fail=not direct))
+    if direct:
+        contenders.append(Contender(RESTORE_FLOOR, floor_restore, before=arm_restore, after=clean(RESTORE_FLOOR)))
     alternate(restore_res, contenders, cfg.reps, drop=cfg.drop_caches, log=log,
               warmup=direct or cfg.mode != "quick")
 
@@ -307,6 +318,11 @@ def _measure(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], 
     res.metrics[f"peak_rss_bytes{key}"]["btrsync receive"] = max(peaks.get("btrsync receive", [0]))
     if rclone:
         res.metrics[f"restore_ratio_vs_rclone{key}"] = restore_res.ratio(RESTORE_RCLONE)
+    if direct:  # how far each restore is from the receiving side's own cost
+        floor = restore_res.median(RESTORE_FLOOR)
+        for tool in restore_res.runs:
+            if tool != RESTORE_FLOOR and floor and (t := restore_res.median(tool)):
+                res.metrics.setdefault("restore_time_over_io_floor", {})[tool] = t / floor
     where = "" if direct else f", through the {PROXY} with {len(restore_faults)} 503s"
     res.bars.append(Bar(f"S3 restore time / boto3 pipeline time{where}", restore_res.ratio(RESTORE_PIPE),
                         0.8, "<=", "x"))
