@@ -27,6 +27,7 @@ from btrsync.audit import AuditLog
 from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendOptions, SendProcess, best_send_options
 from btrsync.btrfs.subvolume import is_subvolume
+from btrsync.catalog import layout
 from btrsync.catalog.layout import backup_id_for
 from btrsync.catalog.lease import Lease, lease_key
 from btrsync.catalog.manifest import ChunkRecord, Manifest
@@ -312,9 +313,26 @@ class _Attempt:
             except StreamChangedError as exc:
                 log.warning("restarting backup=%s from scratch: %s", self.backup_id, exc)
                 manifest = self._run(resume=False)
+            self._check_uploaded(manifest)
             self.repo.commit(manifest)
             remove_temporaries(self.repo.target, self.backup_id, self.audit)
             return manifest
+
+    def _check_uploaded(self, manifest: Manifest) -> None:
+        """Right before the commit, one listing: every segment and index the manifest names is on
+        the target, and the segments hold exactly its stored bytes.  A clean on another host that
+        took this upload for orphans (or a lost object) must fail the push, not commit a backup
+        that cannot be restored; the next push resends what is missing."""
+        bid = manifest.backup_id
+        found = {o.key: o.size for o in self.repo.target.list(layout.data_prefix(bid))}
+        names = [k for s in range(manifest.segments) for k in (layout.segment_key(bid, s), layout.index_key(bid, s))]
+        missing = [k for k in names if k not in found]
+        stored = sum(found.get(layout.segment_key(bid, s), 0) for s in range(manifest.segments))
+        if missing or stored != manifest.stored_bytes:
+            what = (f"{len(missing)} of its objects are missing ({', '.join(missing[:3])})" if missing else
+                    f"its segments hold {stored} bytes, not the {manifest.stored_bytes} uploaded")
+            raise PushError(f"backup {bid} was not committed: {what} on {self.repo.target.display_url} "
+                            "(removed by a clean or prune elsewhere, or lost); push again to send it anew")
 
     def _run(self, *, resume: bool) -> Manifest:
         started = datetime.now(UTC)

@@ -740,3 +740,38 @@ def test_a_committed_push_whose_lease_cannot_be_removed_is_still_a_success(world
         fs.clear()
         [backup] = world.listing()
         assert world.snapshots[-1].name in json.dumps(backup), backup
+
+
+# --- a push whose uploaded data vanishes before its commit ------------------------------------------
+
+
+def test_a_push_whose_segments_vanish_before_the_commit_is_not_committed(world: World) -> None:
+    """A clean on another host took a running push's segments for orphans and deleted them (or a
+    disk lost them); the push went on and committed a manifest naming data that was gone: a
+    backup, and every incremental on it, that cannot be restored.  Now the push checks, in one
+    listing right before the commit, that everything it names is there; the rerun sends it anew."""
+    tree.populate(world.subvol, 3)
+    (world.subvol / "big").write_bytes(os.urandom(64 << 20))
+    snap = world.snapshot()
+    child = Child(world, "push", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--to", world.url,
+                  "--bwlimit", "8M")
+    first = None
+
+    def two_segments() -> bool:
+        nonlocal first
+        segments = sorted(world.target_dir.glob("data/*/000000"))
+        first = segments[0] if segments else None
+        return len(list(world.target_dir.glob("data/*/*.idx"))) >= 2
+    child.freeze_when(two_segments)
+    assert first is not None
+    first.unlink()  # what the other host's clean does
+    child.proc.send_signal(signal.SIGCONT)
+    assert child.proc.wait(timeout=180) == 1, child.stderr()
+    err = child.stderr()
+    assert "was not committed" in err and "missing" in err and first.name in err, err
+    assert not list(world.target_dir.glob("backups/*/manifest")), "a manifest naming lost data was written"
+
+    run = world.push()
+    assert run.code == 0, run.err
+    assert world.receive("latest").code == 0
+    assert diff_trees(snap, world.restore / snap.name) == []
