@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from btrsync.audit import AuditLog
 from btrsync.catalog import layout
-from btrsync.catalog.lease import lease_key, read_leases
+from btrsync.catalog.lease import lease_key, read_lease, read_leases
 from btrsync.catalog.repository import Repository
 from btrsync.targets.base import Target
 from btrsync.targets.errors import NotFound, TargetError
@@ -56,22 +56,37 @@ def _backup_of(key: str) -> str | None:
     return layout.backup_id_of_data_key(key)
 
 
+def _leased_now(target: Target, backup_id: str) -> bool:
+    """Right before deleting a backup's data: a push (of another host) that started since the
+    leases were read, or resumed this very backup, holds a live lease on it now."""
+    try:
+        lease = read_lease(target, lease_key(backup_id))
+    except (TargetError, OSError):
+        return True  # cannot tell: keep it, the next clean decides
+    return lease is not None and lease.is_live(datetime.now(UTC))
+
+
 def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = None) -> CleanResult:
     """Remove leftovers; every listing it relies on fails closed, so an unreadable directory or a
     failed page is an error here, never an empty catalog whose data would all look orphaned."""
     target = repo.target
     where = target.display_url
+    result = CleanResult()
+    catalog = repo.catalog()
+    # listings first, leases after: a push writes its lease before its first byte, so whatever the
+    # listings show of a push that is running now is covered by a lease read after them
+    orphans = repo.orphaned_data()
+    leftovers = list(target.leftovers())
     now = datetime.now(UTC)
     leases = read_leases(target, now)
     live = {lease.backup_id for lease in leases if lease.is_live(now)}
-    result = CleanResult()
-    catalog = repo.catalog()
     for d in catalog.damaged:
         result.items.append(CleanItem("damaged manifest", d.key, 0, "kept: " + d.advice(where)))
 
     def handle(kind: str, key: str, size: int, remove: Callable[[], None]) -> None:
         bid = _backup_of(key)
-        if bid is not None and bid in live:
+        if bid is not None and (bid in live or _leased_now(target, bid)):
+            live.add(bid)
             result.items.append(CleanItem(kind, key, size, "kept: upload in progress"))
             return
         if not dry_run:
@@ -82,7 +97,7 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
         log.info("clean %s key=%s bytes=%d dry_run=%s", kind, key, size, dry_run)
 
     unreadable: dict[str, str] = {}
-    for obj in repo.orphaned_data():
+    for obj in orphans:
         bid = _backup_of(obj.key)
         if bid is not None and bid not in unreadable:
             unreadable[bid] = _manifest_unreadable(target, bid)
@@ -90,7 +105,7 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
             result.items.append(CleanItem("orphaned data?", obj.key, obj.size, f"kept: {unreadable[bid]}"))
             continue
         handle("orphaned data", obj.key, obj.size, lambda k=obj.key: target.delete(k))
-    for leftover in target.leftovers():
+    for leftover in leftovers:
         handle(leftover.kind, leftover.key, leftover.size, lambda lo=leftover: target.remove_leftover(lo))
     for lease in leases:
         if lease.backup_id not in live:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from btrsync.catalog.lease import Lease
+from btrsync.catalog.repository import Repository
+from btrsync.crypto.keys import load_key_file
+from btrsync.ops.clean import clean
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
 from tests.integration.test_resume import _killed_push
@@ -67,3 +70,40 @@ def test_usage_adds_up_per_subvolume_and_chain(world: World) -> None:
     assert doc["free_bytes"] > 0 and doc["uncommitted_bytes"] == 0
     table = world.cli("usage", "--from", world.url)
     assert "total stored" in table.out and table.code == 0
+
+
+class _PushStartsMidClean(LocalTarget):
+    """The directory target, with another host's push of backup ``inflight-2`` starting (its
+    lease written, as a push does before its first byte) right after clean listed the data."""
+
+    def __init__(self, root: object, lease_holder: list[Lease]) -> None:
+        super().__init__(root)  # type: ignore[arg-type]
+        self._holder = lease_holder
+
+    def leftovers(self):  # type: ignore[no-untyped-def]
+        found = super().leftovers()
+        if not self._holder:
+            lease = Lease(LocalTarget(self.root), "inflight-2")
+            lease.__enter__()
+            self._holder.append(lease)
+        return found
+
+
+def test_clean_keeps_the_data_of_a_push_that_starts_while_it_runs(world: World) -> None:
+    """clean read the leases first and listed the data after: a push starting in between (on
+    another host) had its fresh segments taken for orphans and deleted, and went on to commit a
+    backup that could not be restored.  Leases are now read after the listings, and once more
+    right before each backup's data is deleted."""
+    (world.subvol / "f").write_text("x")
+    world.snapshot()
+    assert world.push().code == 0
+    LocalTarget(world.target_dir).put_bytes("data/inflight-2/000000", b"resumed segment")
+    holder: list[Lease] = []
+    try:
+        result = clean(Repository.open(_PushStartsMidClean(world.target_dir, holder), load_key_file(world.key)))
+        assert holder, "the push never started"
+        assert [(i.key, i.action) for i in result.items] == [("data/inflight-2/000000", "kept: upload in progress")]
+        assert LocalTarget(world.target_dir).stat("data/inflight-2/000000").size == 15
+    finally:
+        for lease in holder:
+            lease.__exit__(None, None, None)
