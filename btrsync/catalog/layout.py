@@ -18,9 +18,15 @@ READABLE_FORMATS = (1, 2)  # what it reads (format 1: read-only, see Repository.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+def id_safe(name: str) -> str:
+    """``name`` as a backup id carries it (``@home`` -> ``_home``): what a damaged manifest's key
+    tells of its subvolume."""
+    return _UNSAFE.sub("_", name).strip(".")
+
+
 def backup_id_for(snapshot_name: str, snapshot_uuid: str) -> str:
     """Readable and unique: the snapshot name plus 8 hex digits of its uuid."""
-    safe = _UNSAFE.sub("_", snapshot_name).strip(".") or "snapshot"
+    safe = id_safe(snapshot_name) or "snapshot"
     return f"{safe}-{snapshot_uuid.replace('-', '')[:8]}"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from btrsync.audit import AuditLog
+from btrsync.catalog import layout
 from btrsync.catalog.lease import live_leases
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
@@ -102,7 +103,8 @@ def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry
     by_id = {m.backup_id: m for m in catalog.manifests}
     for subvolume in sorted({m.subvolume for m in catalog.manifests} | damaged_subvolumes):  # type: ignore[arg-type]
         group = [m for m in catalog.manifests if m.subvolume == subvolume]
-        if subvolume in damaged_subvolumes:
+        # a damaged manifest's subvolume is known only as its key spells it ('@home' as '_home')
+        if subvolume in damaged_subvolumes or layout.id_safe(subvolume) in damaged_subvolumes:
             result.refused[subvolume] = "a manifest of this subvolume is damaged"
             result.decisions += [_kept(m, "not pruned: a manifest of this subvolume is damaged") for m in group]
             continue
@@ -111,18 +113,21 @@ def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry
             result.unrestorable.append(f"{m.backup_id}: {catalog.broken[m.backup_id].reason}")
             result.decisions.append(_kept(m, "unrestorable (chain broken): kept, counts toward no rule"))
         restorable = [m for m in group if m.backup_id not in catalog.broken]
-        items = [Item(m.backup_id, m.snapshot_time, m.parent_id) for m in restorable]
         policy = policy_for(subvolume)
-        decisions = _decide(items, policy, now, protected)
-        decided = {d.id: d for d in decisions}
-        result.decisions += [_backup_decision(d, by_id[d.id]) for d in decisions]
-        doomed = deletion_order(decisions, items)
-        if doomed and not dry_run:  # the decision may rest on a cache: check what it relies on
-            parents = {by_id[d.id].parent_id for d in decisions if d.kept} & set(by_id)
-            repo.reread([by_id[i] for i in sorted(set(doomed) | parents)])  # type: ignore[arg-type]
-        for backup_id in doomed:
-            _delete_backup(repo, by_id[backup_id], result, dry_run, audit, decided[backup_id],
-                           policy_text(subvolume))
+        # two hosts backing up a subvolume of the same name keep a history each: pooled, the first
+        # backup of each day (or week...) would always be one host's, and the other's would go
+        for host in sorted({m.host for m in restorable}):
+            items = [Item(m.backup_id, m.snapshot_time, m.parent_id) for m in restorable if m.host == host]
+            decisions = _decide(items, policy, now, protected)
+            decided = {d.id: d for d in decisions}
+            result.decisions += [_backup_decision(d, by_id[d.id]) for d in decisions]
+            doomed = deletion_order(decisions, items)
+            if doomed and not dry_run:  # the decision may rest on a cache: check what it relies on
+                parents = {by_id[d.id].parent_id for d in decisions if d.kept} & set(by_id)
+                repo.reread([by_id[i] for i in sorted(set(doomed) | parents)])  # type: ignore[arg-type]
+            for backup_id in doomed:
+                _delete_backup(repo, by_id[backup_id], result, dry_run, audit, decided[backup_id],
+                               policy_text(subvolume))
     result.decisions.sort(key=lambda d: (d.subvolume, d.created, d.id))
     gone = set(result.deleted) if not dry_run else set()
     result.remaining = [m for m in catalog.manifests if m.backup_id not in gone]

@@ -429,3 +429,28 @@ def test_latest_is_never_silently_an_older_backup(world: World) -> None:
         assert "damaged" in run.err
     assert list(world.restore.iterdir()) == []
     assert world.receive(sorted(ids.values())[0]).code == 0
+
+
+def test_a_damaged_manifest_of_an_at_named_subvolume_still_stops_its_prune(world: World) -> None:
+    """A damaged manifest's subvolume is known only from its key, where '@home' is spelled
+    '_home' (backup ids carry [A-Za-z0-9._-] only): prune compared '@home' with '_home', saw no
+    damage, and pruned '@home' as if the damaged backup did not exist (deleting what it needs)."""
+    home = create_subvolume(world.src / "@home")
+    names = []
+    for hour in range(3):
+        (home / "f").write_text(f"version {hour}\n")
+        names.append(_snapshot_of(world, home, hour).name)
+    run = _push_of(world, home, "--max-chain", "0")  # three fulls
+    assert run.code == 0, run.err
+    ids = _ids(world)
+    damaged = ids[names[2]]
+    assert damaged.startswith("_home.")  # premise: the id spells the name differently
+    manifest = _manifest(world, damaged)
+    raw = bytearray(manifest.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    manifest.write_bytes(bytes(raw))
+
+    run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--json")
+    assert run.code == 4, run.err
+    assert all(_manifest(world, ids[n]).is_file() and _data(world, ids[n]) for n in names[:2]), run.err
+    assert [d["action"] for d in run.json()] == ["keep", "keep"], run.out

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from datetime import timedelta
+
 import pytest
 
 from btrsync.audit import read_audit
 from btrsync.catalog.lease import Lease
 from btrsync.targets.local import LocalTarget
-from tests.integration.conftest import World
+from tests.integration.conftest import T0, World
 from tests.support import tree
 
 pytestmark = pytest.mark.btrfs
@@ -148,3 +152,54 @@ def test_snapshot_prune_without_targets_follows_the_policy(world: World) -> None
                     "--keep-last", "2")
     assert run.code == 0, run.err
     assert sorted(p.name for p in world.snapdir.iterdir()) == [s.name for s in world.snapshots[2:]]
+
+
+def test_two_hosts_backing_up_a_subvolume_of_one_name_keep_a_history_each(world: World) -> None:
+    """Hosts A (01:00) and B (03:00) each back up a subvolume named 'data' to one repository.
+    Retention pooled their backups: keep_daily 3 kept the newest backup of each day, always B's,
+    and deleted every backup of A.  Each host's backups are now a history of their own."""
+    (world.subvol / "f").write_text("0")
+    as_b = ["unshare", "--uts", "sh", "-c", 'hostname btrsync-test-host-b && exec "$@"', "sh",
+            sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state / "b"),
+            "--key-file", str(world.key)]
+    push = ["push", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--to", world.url, "--max-chain", "0"]
+    for day in range(4):
+        for host, hour in (("a", 1), ("b", 3)):
+            (world.subvol / "f").write_text(f"{day} {host}")
+            when = T0 + timedelta(days=day, hours=hour)
+            made = world.cli("snapshot", "create", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+                             "--timestamp", when.isoformat())
+            assert made.code == 0, made.err
+            if host == "a":
+                assert world.cli(*push).code == 0
+            else:
+                done = subprocess.run([*as_b, *push], capture_output=True, text=True)
+                assert done.returncode == 0, done.stderr
+    hosts = {b["id"]: b["host"] for b in world.listing()}
+    assert sorted(set(hosts.values()))[0] == "btrsync-test-host-b" and len(set(hosts.values())) == 2, hosts
+
+    run = world.cli("prune", "--from", world.url, "--keep-daily", "2", "--dry-run", "--json",
+                    "--now", (T0 + timedelta(days=3, hours=12)).isoformat())
+    assert run.code == 0, run.err
+    kept = [hosts[d["id"]] for d in run.json() if d["action"] == "keep"]
+    assert sorted(kept) == sorted([*set(hosts.values())] * 2), run.out  # the newest two days of each host
+
+
+def test_snapshot_prune_with_unreadable_target_state_deletes_nothing(world: World) -> None:
+    """What this host knows of a target (which snapshots it holds) was unreadable (a bad sector,
+    a truncated file): it was skipped as if the target did not exist, and prune deleted the
+    newest common snapshot and those not yet sent there; the next push had to be a full."""
+    for g in range(4):
+        (world.subvol / f"f{g}").write_text(str(g))
+        world.snapshot()
+        if g == 1:
+            assert world.push().code == 0  # the target holds 0..1 and needs 1 as the next parent
+    [entry] = list((world.state / "targets").glob("*.json"))
+    entry.write_text('{"url": "file:///trunc')
+    before = sorted(p.name for p in world.snapdir.iterdir())
+    run = world.cli("snapshot", "prune", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--keep-last", "1")
+    assert run.code == 1 and str(entry) in run.err and "none is pruned" in run.err, run.err
+    assert sorted(p.name for p in world.snapdir.iterdir()) == before
+    run = world.cli("snapshot", "delete", str(world.snapshots[1]))
+    assert run.code == 1 and str(entry) in run.err, run.err
+    assert world.snapshots[1].exists()
