@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from btrsync.catalog.manifest import Manifest
-from btrsync.errors import TargetMissingError
+from btrsync.errors import BtrsyncError, TargetMissingError
 
 DEFAULT_STATE_DIR = Path("/var/lib/btrsync")
 
@@ -149,7 +149,9 @@ class State:
                 forgotten.append(st.url)
         return forgotten
 
-    def all_targets(self) -> list[TargetState]:
+    def all_targets(self, *, strict: bool = False) -> list[TargetState]:
+        """What this host knows of each target; an entry that cannot be read is skipped (a cache:
+        the next list or push rebuilds it), or with ``strict`` an error that names it."""
         directory = self.root / "targets"
         if not directory.is_dir():
             return []
@@ -157,13 +159,20 @@ class State:
         for path in sorted(directory.glob("*.json")):
             try:
                 found.append(TargetState.from_doc(json.loads(path.read_text())))
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                if strict:
+                    raise BtrsyncError(
+                        f"cannot read what this host knows of a target ({path}: {exc}): the snapshots that "
+                        "target still needs cannot be told, so none is pruned; run 'btrsync list --from URL' "
+                        "for each target (it rewrites the entry), or remove the file if the target is gone"
+                    ) from None
                 continue
         return found
 
-    def targets(self) -> dict[str, dict[str, Any]]:
-        """url -> {uuid: {id, snapshot, subvolume}} for every target seen from this host."""
-        return {st.url: st.held for st in self.all_targets()}
+    def targets(self, *, strict: bool = False) -> dict[str, dict[str, Any]]:
+        """url -> {uuid: {id, snapshot, subvolume}} for every target seen from this host; with
+        ``strict`` (deciding what local snapshots may go) an unreadable entry is an error."""
+        return {st.url: st.held for st in self.all_targets(strict=strict)}
 
     def _write(self, st: TargetState) -> None:
         write_json_atomic(self._target_file(st.url), st.as_doc())

@@ -136,7 +136,7 @@ def snapshot_prune_cmd(app: App, subvol: Path, snapshot_dir: Path, protect_for: 
         raise UsageError("--now evaluates the policy as of another time, a simulation: it needs --dry-run")
     name = subvolume_name(subvol)
     policy = policy_from_flags(flags, app.config.retention.timezone) or app.config.retention.snapshot_policy(name)
-    held_by = dict(app.state().targets())
+    held_by = dict(app.state().targets(strict=True))
     for source in protect_for:
         with app.repository(source) as repo:
             catalog = repo.catalog()

@@ -499,7 +499,12 @@ class JobRun:
                                        + " this run (local snapshots are kept until every target has succeeded)")
             log.info("local snapshots of job %s not pruned: %s", self.job.name, out.local_prune_skipped)
             return
-        held_by = dict(self.env.state.targets())
+        try:
+            held_by = dict(self.env.state.targets(strict=True))
+        except BtrsyncError as exc:
+            out.local_prune_skipped = f"skipped: {exc}"
+            log.error("local snapshots of job %s not pruned: %s", self.job.name, exc)
+            return
         for subvol in self.job.subvolumes:
             name = subvolume_name(subvol)
             policy = self.job.snapshot_policy or self.env.config.retention.snapshot_policy(name)

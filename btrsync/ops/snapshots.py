@@ -41,7 +41,7 @@ def describe(snapshot_dir: Path, subvol: Path | None, state: State) -> list[dict
 def protecting_targets(snap: Snapshot, siblings: list[Snapshot], state: State) -> list[str]:
     """Targets for which ``snap`` is the newest snapshot held on both sides (the next parent)."""
     urls = []
-    for url, uuids in state.targets().items():
+    for url, uuids in state.targets(strict=True).items():
         common = [s for s in siblings if s.uuid in uuids]
         if common and common[-1].uuid == snap.uuid:
             urls.append(url)
