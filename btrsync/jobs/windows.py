@@ -110,6 +110,8 @@ class TargetEvery:
     def is_due(self, last_success: datetime | None, now: datetime, tz: ZoneInfo | None) -> tuple[bool, str]:
         if last_success is None:
             return True, "never pushed"
+        if last_success > now:  # the clock was ahead then (or is behind now): never "not due" until then
+            return True, f"last success recorded {_ago(last_success - now)} in the future (a clock jump?)"
         if self.interval is not None:
             slack = min(self.interval / 10, timedelta(hours=1))
             due = now - last_success >= self.interval - slack

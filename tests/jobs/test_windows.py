@@ -69,3 +69,11 @@ def test_window_stop_refuses_the_next_segment_only_after_the_window_closed() -> 
     assert stop.stopped and store.keys == ["data/b-1/000000", "data/b-1/000000.idx", "locks/b-1.lease"]
     assert stop.display_url == "memory://"
     assert timedelta(0) == timedelta(0)
+
+
+def test_a_last_success_in_the_future_is_due_not_skipped_until_then() -> None:
+    """The clock once jumped ahead (to 2030, say) while a push succeeded; corrected, the target
+    was 'not due' until 2030, and 'skipped' counts as good: no backup, every status ok."""
+    for every in ("daily", "weekly", "6h"):
+        due, why = TargetEvery.parse(every).is_due(utc(17, 3) + timedelta(days=4 * 365), utc(17, 3), UTC)
+        assert due and "in the future" in why, (every, why)
