@@ -83,7 +83,7 @@ class RetryPolicy:
                 return fn()
             except TransientTargetError as exc:
                 if not attempts.pause(exc):
-                    raise
+                    raise attempts.gave_up(exc) from None
 
 
 @dataclass
@@ -115,6 +115,15 @@ class Attempts:
         self.slept += delay
         self.made += 1
         return True
+
+    def gave_up(self, exc: TransientTargetError) -> TransientTargetError:
+        """``exc``, saying how hard it was tried (an operator must tell a flaky moment from a
+        target that keeps failing: a full disk behind a 500, revoked credentials behind a 503)."""
+        if self.made <= 1:
+            return exc
+        tried = TransientTargetError(f"{exc} (gave up after {self.made} attempts over {self.slept:.0f}s)")
+        tried.retry_after = getattr(exc, "retry_after", None)  # type: ignore[attr-defined]
+        return tried
 
     def progressed(self) -> None:
         """Reset the attempt count (not the time budget) after an attempt that made progress."""
