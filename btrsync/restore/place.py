@@ -19,6 +19,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from btrsync.btrfs.rollback import mount_points
 from btrsync.restore import fsutil
 from btrsync.restore.paths import DIR_FLAGS
 from btrsync.signals import deferred
@@ -36,24 +37,6 @@ def _open_dir(parent_fd: int, name: str) -> int:
         return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
 
 
-def _unescape(field: str) -> str:
-    """A mountinfo path: spaces, tabs, newlines and backslashes are octal escapes."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def _mount_points() -> list[str]:
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        return [_unescape(line.split(" ")[4]) for line in f if line.strip()]
-
-
 def _fd_path(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
@@ -69,14 +52,14 @@ def mounts_within(parent_fd: int, name: str) -> list[str]:
     finally:
         os.close(fd)
     prefix = root.rstrip("/") + "/"
-    return sorted(m for m in _mount_points() if m == root or m.startswith(prefix))
+    return sorted(m for m in mount_points() if m == root or m.startswith(prefix))
 
 
 def _refuse_mount(fd: int) -> None:
     """``fd`` is a directory on another device than its parent: a btrfs subvolume (removed like
     any directory) or a mount point (never entered)."""
     path = _fd_path(fd)
-    if path in _mount_points():
+    if path in mount_points():
         raise OSError(errno.EBUSY, f"a filesystem is mounted at {path}; it was left untouched", path)
 
 
