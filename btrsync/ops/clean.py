@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from btrsync.audit import AuditLog
 from btrsync.catalog import layout
-from btrsync.catalog.lease import lease_key, read_lease, read_leases
+from btrsync.catalog.lease import LeaseInfo, lease_key, read_lease, read_leases
 from btrsync.catalog.repository import Repository
 from btrsync.targets.base import Target
 from btrsync.targets.errors import NotFound, TargetError
@@ -56,14 +56,26 @@ def _backup_of(key: str) -> str | None:
     return layout.backup_id_of_data_key(key)
 
 
-def _leased_now(target: Target, backup_id: str) -> bool:
-    """Right before deleting a backup's data: a push (of another host) that started since the
-    leases were read, or resumed this very backup, holds a live lease on it now."""
+def _leased_now(target: Target, backup_id: str) -> str | None:
+    """Right before deleting a backup's data: why to keep it, if a push (of another host) that
+    started since the leases were read, or resumed this very backup, holds a lease on it now."""
     try:
         lease = read_lease(target, lease_key(backup_id))
-    except (TargetError, OSError):
-        return True  # cannot tell: keep it, the next clean decides
-    return lease is not None and lease.is_live(datetime.now(UTC))
+    except (TargetError, OSError) as exc:
+        return f"kept: its upload lease cannot be read now ({exc}); the next clean decides"
+    if lease is None:
+        return None
+    if not lease.valid:
+        return _invalid_lease_keeps(lease)
+    return "kept: upload in progress" if lease.is_live(datetime.now(UTC)) else None
+
+
+def _invalid_lease_keeps(lease: LeaseInfo) -> str:
+    """An upload lease this btrsync cannot parse (another version's, or damaged) may belong to a
+    push that is running: its backup's data stays until the operator removes the lease."""
+    key = lease.key or lease_key(lease.backup_id)
+    return (f"kept: its upload lease {key} cannot be read ({lease.error}); a push of another btrsync "
+            f"version may be running: if none is, delete {key} and run clean again")
 
 
 def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = None) -> CleanResult:
@@ -80,15 +92,21 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
     now = datetime.now(UTC)
     leases = read_leases(target, now)
     live = {lease.backup_id for lease in leases if lease.is_live(now)}
+    invalid = {lease.backup_id: lease for lease in leases if not lease.valid}
+    kept_for_invalid: set[str] = set()
     for d in catalog.damaged:
         result.items.append(CleanItem("damaged manifest", d.key, 0, "kept: " + d.advice(where)))
 
     def handle(kind: str, key: str, size: int, remove: Callable[[], None]) -> None:
         bid = _backup_of(key)
-        if bid is not None and (bid in live or _leased_now(target, bid)):
-            live.add(bid)
-            result.items.append(CleanItem(kind, key, size, "kept: upload in progress"))
-            return
+        if bid is not None:
+            why = ("kept: upload in progress" if bid in live else
+                   _invalid_lease_keeps(invalid[bid]) if bid in invalid else _leased_now(target, bid))
+            if why is not None:
+                if bid in invalid:
+                    kept_for_invalid.add(bid)
+                result.items.append(CleanItem(kind, key, size, why))
+                return
         if not dry_run:
             with (audit.deletion("clean", target=where, kind=kind, key=key, bytes=size)
                   if audit is not None else nullcontext()):
@@ -108,6 +126,10 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
     for leftover in leftovers:
         handle(leftover.kind, leftover.key, leftover.size, lambda lo=leftover: target.remove_leftover(lo))
     for lease in leases:
+        if lease.backup_id in kept_for_invalid:  # it keeps that data: it goes when the operator says
+            result.items.append(CleanItem(f"invalid lease ({lease.error})", lease.key or lease_key(lease.backup_id),
+                                          0, _invalid_lease_keeps(lease)))
+            continue
         if lease.backup_id not in live:
             kind = "stale lease" if lease.valid else f"invalid lease ({lease.error})"
             key = lease.key or lease_key(lease.backup_id)

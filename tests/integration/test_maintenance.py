@@ -107,3 +107,25 @@ def test_clean_keeps_the_data_of_a_push_that_starts_while_it_runs(world: World) 
     finally:
         for lease in holder:
             lease.__exit__(None, None, None)
+
+
+def test_clean_keeps_the_data_of_a_lease_it_cannot_read_until_the_operator_removes_it(world: World) -> None:
+    """A lease this btrsync cannot parse (a newer version's, or damaged) counted as dead: clean
+    deleted the data of what may be a running push, and the lease.  Both now stay, and clean says
+    which lease to delete if no push of that backup runs; then the next clean removes the data."""
+    (world.subvol / "f").write_text("x")
+    world.snapshot()
+    assert world.push().code == 0
+    target = LocalTarget(world.target_dir)
+    target.put_bytes("data/inflight-3/000000", b"uploading")
+    target.put_bytes("locks/inflight-3.lease", b'{"format": 99, "holder": "a future btrsync"}')
+    run = world.cli("clean", "--from", world.url, "--json")
+    assert run.code == 0, run.err
+    actions = {i["key"]: i["action"] for i in run.json()["items"]}
+    assert set(actions) == {"data/inflight-3/000000", "locks/inflight-3.lease"}, actions
+    assert all(a.startswith("kept: its upload lease locks/inflight-3.lease cannot be read") for a in actions.values())
+    assert target.stat("data/inflight-3/000000").size == 9 and target.stat("locks/inflight-3.lease").size > 0
+
+    target.delete("locks/inflight-3.lease")  # what the message says to do
+    run = world.cli("clean", "--from", world.url, "--json")
+    assert [(i["key"], i["action"]) for i in run.json()["items"]] == [("data/inflight-3/000000", "removed")]
