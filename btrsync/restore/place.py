@@ -55,10 +55,13 @@ def mounts_within(parent_fd: int, name: str) -> list[str]:
     return sorted(m for m in mount_points() if m == root or m.startswith(prefix))
 
 
-def _refuse_mount(fd: int) -> None:
-    """``fd`` is a directory on another device than its parent: a btrfs subvolume (removed like
-    any directory) or a mount point (never entered)."""
-    path = _fd_path(fd)
+def _refuse_mount(parent_fd: int, name: str, st: os.stat_result) -> None:
+    """Before ``parent/name`` (a directory, ``st``) is opened up or entered: on another device than
+    its parent it is a btrfs subvolume (removed like any directory) or a mount point (never
+    touched, not even its permissions)."""
+    if st.st_dev == os.fstat(parent_fd).st_dev:
+        return
+    path = os.path.join(_fd_path(parent_fd), name)
     if path in mount_points():
         raise OSError(errno.EBUSY, f"a filesystem is mounted at {path}; it was left untouched", path)
 
@@ -73,13 +76,12 @@ def remove_tree(parent_fd: int, name: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent_fd)
         return
+    _refuse_mount(parent_fd, name, st)
     if os.geteuid() != 0 and st.st_mode & 0o700 != 0o700:
         os.chmod(name, 0o700, dir_fd=parent_fd)
     top = _open_dir(parent_fd, name)
     stack: list[tuple[int, str, list[str]]] = [(top, name, [])]
     try:
-        if os.fstat(top).st_dev != os.fstat(parent_fd).st_dev:
-            _refuse_mount(top)
         stack[0][2].extend(os.listdir(top))
     except BaseException:
         os.close(top)
@@ -102,12 +104,11 @@ def _remove_below(stack: list[tuple[int, str, list[str]]], parent_fd: int) -> No
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(est.st_mode):
+                _refuse_mount(fd, entry, est)
                 if os.geteuid() != 0 and est.st_mode & 0o700 != 0o700:
                     os.chmod(entry, 0o700, dir_fd=fd)
                 child = _open_dir(fd, entry)
                 try:
-                    if est.st_dev != os.fstat(fd).st_dev:
-                        _refuse_mount(child)
                     listing = os.listdir(child)
                 except BaseException:
                     os.close(child)
