@@ -93,7 +93,7 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
     leases = read_leases(target, now)
     live = {lease.backup_id for lease in leases if lease.is_live(now)}
     invalid = {lease.backup_id: lease for lease in leases if not lease.valid}
-    kept_for_invalid: set[str] = set()
+    with_data = {_backup_of(obj.key) for obj in orphans} | {_backup_of(lo.key) for lo in leftovers}
     for d in catalog.damaged:
         result.items.append(CleanItem("damaged manifest", d.key, 0, "kept: " + d.advice(where)))
 
@@ -103,8 +103,6 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
             why = ("kept: upload in progress" if bid in live else
                    _invalid_lease_keeps(invalid[bid]) if bid in invalid else _leased_now(target, bid))
             if why is not None:
-                if bid in invalid:
-                    kept_for_invalid.add(bid)
                 result.items.append(CleanItem(kind, key, size, why))
                 return
         if not dry_run:
@@ -126,7 +124,7 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
     for leftover in leftovers:
         handle(leftover.kind, leftover.key, leftover.size, lambda lo=leftover: target.remove_leftover(lo))
     for lease in leases:
-        if lease.backup_id in kept_for_invalid:  # it keeps that data: it goes when the operator says
+        if lease.backup_id in invalid and lease.backup_id in with_data:  # it keeps that data until the operator says
             result.items.append(CleanItem(f"invalid lease ({lease.error})", lease.key or lease_key(lease.backup_id),
                                           0, _invalid_lease_keeps(lease)))
             continue
