@@ -71,8 +71,19 @@ def _files(root: Path) -> list[str]:
 
 
 def _children(name: str) -> list[psutil.Process]:
-    """Processes this test process started (directly or not) with the given name."""
-    return [p for p in psutil.Process().children(recursive=True) if p.name() == name]
+    """Processes this test process started (directly or not) with the given name.
+
+    The test's own sshd is a descendant too: its per-connection processes exit on their own
+    schedule, so one listed here may be gone by the time its name is read.
+    """
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.name() == name:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 # -- atomicity and resume -------------------------------------------------------------------------
