@@ -6,7 +6,11 @@ manifest is committed (or the attempt has failed and cleaned up).  While it is h
 rewrites it every ``REFRESH``, however slow the upload (a throttled push is never mistaken for a
 dead one).  ``clean`` and ``prune`` leave a backup alone while its lease is live: refreshed less
 than ``STALE`` ago, or held by a process of this host and boot that still runs (so a killed push's
-lease is stale at once and never needs a manual unlock).  A second push of the same backup, from
+lease is stale at once and never needs a manual unlock).  "Refreshed" is judged on the target's own
+clock wherever the target has one (``Target.clock`` against the lease object's ``modified``; all
+built-in targets do): a pushing host whose clock is an hour behind (a VM resumed before NTP caught
+up) still holds a live lease, and one whose clock runs ahead does not keep a dead push's lease alive.
+Only where the target keeps no times is the ``refreshed`` field, the writer's clock, used.  A second push of the same backup, from
 this host or another, refuses to start while another holder's lease is live (exit 11).
 
 Leases are input from a shared place: reads are size-capped, times must carry a timezone, and a
@@ -22,7 +26,8 @@ import os
 import secrets
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,7 +42,7 @@ REFRESH = timedelta(minutes=5)
 STALE = timedelta(minutes=30)
 MAX_LEASE_BYTES = 4096
 
-__all__ = ["REFRESH", "STALE", "Lease", "LeaseInfo", "boot_id", "lease_key", "live_backup_ids",
+__all__ = ["REFRESH", "STALE", "Lease", "LeaseInfo", "TargetClock", "boot_id", "lease_key", "live_backup_ids",
            "live_leases", "pid_alive", "read_leases"]
 
 
@@ -46,6 +51,25 @@ def boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+class TargetClock:
+    """The target's time (``Target.clock``), read once and then advanced by this host's monotonic
+    clock, so a clean that reads many leases asks the target only once and a jump of the local
+    wall clock changes nothing.  ``now()`` is ``None`` when the target keeps no time."""
+
+    def __init__(self, target: Target) -> None:
+        try:
+            self._base = target.clock()
+        except (TargetError, OSError) as exc:
+            log.debug("cannot read the clock of %s: %s", target.display_url, exc)
+            self._base = None
+        self._read_at = time.monotonic()
+
+    def now(self) -> datetime | None:
+        if self._base is None:
+            return None
+        return self._base + timedelta(seconds=time.monotonic() - self._read_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +83,8 @@ class LeaseInfo:
     token: str = ""
     key: str = ""
     error: str | None = None  # set for an invalid lease: what is wrong with it
+    # how long ago the target last wrote the lease object, on the target's clock; None if unknown
+    silent_for: timedelta | None = None
 
     @property
     def valid(self) -> bool:
@@ -69,13 +95,18 @@ class LeaseInfo:
             return False
         if self.host == socket.gethostname() and self.boot_id == boot_id():
             return pid_alive(self.pid)
+        if self.silent_for is not None:
+            return self.silent_for < STALE
         return now - min(self.refreshed, now) < STALE
 
     def describe(self) -> str:
         if not self.valid:
             return f"invalid lease {self.key}: {self.error}"
-        return (f"host {self.host} pid {self.pid}, refreshed "
+        text = (f"host {self.host} pid {self.pid}, refreshed "
                 f"{self.refreshed.isoformat(timespec='seconds').replace('+00:00', 'Z')}")
+        if self.silent_for is not None:
+            text += f" (last written {int(self.silent_for.total_seconds()) // 60} min ago by the target's clock)"
+        return text
 
 
 def parse_lease(key: str, data: bytes, now: datetime) -> LeaseInfo:
@@ -96,24 +127,33 @@ def parse_lease(key: str, data: bytes, now: datetime) -> LeaseInfo:
         return LeaseInfo(backup_id, "", 0, "", now, key=key, error=f"{type(exc).__name__}: {exc}")
 
 
-def read_lease(target: Target, key: str, now: datetime | None = None) -> LeaseInfo | None:
+def read_lease(target: Target, key: str, now: datetime | None = None,
+               clock: TargetClock | None = None) -> LeaseInfo | None:
+    """The lease at ``key`` (``None`` if there is none), with its age on the target's clock
+    (``clock``, read from the target when not given)."""
     now = now or datetime.now(UTC)
     try:
-        size = target.stat(key).size
-        if size > MAX_LEASE_BYTES:
+        info = target.stat(key)
+        if info.size > MAX_LEASE_BYTES:
             return LeaseInfo(key.removeprefix("locks/").removesuffix(".lease"), "", 0, "", now, key=key,
-                             error=f"{size} bytes, more than a lease ever holds")
-        return parse_lease(key, target.read(key), now)
+                             error=f"{info.size} bytes, more than a lease ever holds")
+        lease = parse_lease(key, target.read(key), now)
     except NotFound:
         return None
+    target_now = (clock or TargetClock(target)).now() if info.modified is not None else None
+    if target_now is None or info.modified is None or not lease.valid:
+        return lease
+    return replace(lease, silent_for=max(target_now - info.modified, timedelta(0)))
 
 
-def read_leases(target: Target, now: datetime | None = None) -> list[LeaseInfo]:
+def read_leases(target: Target, now: datetime | None = None,
+                clock: TargetClock | None = None) -> list[LeaseInfo]:
     found = []
     for obj in target.list("locks/"):
         if not obj.key.endswith(".lease"):
             continue
-        lease = read_lease(target, obj.key, now)
+        clock = clock or TargetClock(target)
+        lease = read_lease(target, obj.key, now, clock)
         if lease is not None:
             found.append(lease)
     return found

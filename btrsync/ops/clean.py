@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from btrsync.audit import AuditLog
 from btrsync.catalog import layout
-from btrsync.catalog.lease import LeaseInfo, lease_key, read_lease, read_leases
+from btrsync.catalog.lease import LeaseInfo, TargetClock, lease_key, read_lease, read_leases
 from btrsync.catalog.repository import Repository
 from btrsync.targets.base import Target
 from btrsync.targets.errors import NotFound, TargetError
@@ -56,11 +56,11 @@ def _backup_of(key: str) -> str | None:
     return layout.backup_id_of_data_key(key)
 
 
-def _leased_now(target: Target, backup_id: str) -> str | None:
+def _leased_now(target: Target, backup_id: str, clock: TargetClock) -> str | None:
     """Right before deleting a backup's data: why to keep it, if a push (of another host) that
     started since the leases were read, or resumed this very backup, holds a lease on it now."""
     try:
-        lease = read_lease(target, lease_key(backup_id))
+        lease = read_lease(target, lease_key(backup_id), clock=clock)
     except (TargetError, OSError) as exc:
         return f"kept: its upload lease cannot be read now ({exc}); the next clean decides"
     if lease is None:
@@ -90,7 +90,8 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
     orphans = repo.orphaned_data()
     leftovers = list(target.leftovers())
     now = datetime.now(UTC)
-    leases = read_leases(target, now)
+    clock = TargetClock(target)  # ages of leases on the target's clock, not their writers'
+    leases = read_leases(target, now, clock)
     live = {lease.backup_id for lease in leases if lease.is_live(now)}
     invalid = {lease.backup_id: lease for lease in leases if not lease.valid}
     with_data = {_backup_of(obj.key) for obj in orphans} | {_backup_of(lo.key) for lo in leftovers}
@@ -101,7 +102,7 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
         bid = _backup_of(key)
         if bid is not None:
             why = ("kept: upload in progress" if bid in live else
-                   _invalid_lease_keeps(invalid[bid]) if bid in invalid else _leased_now(target, bid))
+                   _invalid_lease_keeps(invalid[bid]) if bid in invalid else _leased_now(target, bid, clock))
             if why is not None:
                 result.items.append(CleanItem(kind, key, size, why))
                 return

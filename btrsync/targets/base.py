@@ -14,6 +14,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from btrsync.targets.errors import InvalidKey, RangeError
 
@@ -28,6 +29,9 @@ class ObjectInfo:
     # what changes when the object is replaced (an S3 ETag, a file's mtime and inode), where the
     # target can tell at no extra cost; lets caches notice a rewritten object of the same size
     version: str | None = field(default=None, compare=False)
+    # when the target last wrote it, by the target's own clock (see ``Target.clock``); None where
+    # the target cannot tell.  Leases are judged by it, so one host's wrong clock misleads nobody.
+    modified: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,11 @@ class Target(ABC):
         """Bytes still free at the target, where the target can tell; ``None`` otherwise."""
         return None
 
+    def clock(self) -> datetime | None:
+        """The target's own time now, on the clock that stamps ``ObjectInfo.modified``; ``None``
+        when the target cannot tell (then only the writers' own timestamps are there to judge by)."""
+        return None
+
     def leftovers(self) -> builtins.list[Leftover]:
         """Leftovers of interrupted writes (for ``btrsync clean``); none by default."""
         return []
@@ -134,6 +143,11 @@ class Target(ABC):
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self.put(key, [data])
+
+
+def from_timestamp(seconds: float) -> datetime:
+    """An mtime (seconds since the epoch) as an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def check_range(key: str, size: int, offset: int, length: int | None) -> int:

@@ -35,6 +35,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from btrsync.errors import TargetMissingError
@@ -46,6 +47,7 @@ from btrsync.targets.base import (
     ObjectInfo,
     Target,
     check_range,
+    from_timestamp,
     validate_key,
     validate_prefix,
 )
@@ -191,6 +193,29 @@ class LocalTarget(Target):
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
+    def clock(self) -> datetime | None:
+        """The mtime a file made now gets: this kernel's clock on a local disk, the server's on
+        NFS, SMB or sshfs (where writers on other hosts meet).  A temporary file in the root is
+        made, read and removed; ``None`` where the root cannot be written (a read-only mount)."""
+        name = f"clock{TEMP_MARKER}{secrets.token_hex(6)}"
+        try:
+            root = self._open_root()
+        except (TargetError, TargetMissingError):
+            return None
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=root)
+            try:
+                return from_timestamp(os.fstat(fd).st_mtime)
+            finally:
+                os.close(fd)
+                _unlink_quietly(root, name)
+        except OSError as exc:
+            log.debug("cannot read the clock of %s: %s", self.display_url, exc)
+            return None
+        finally:
+            os.close(root)
+
     def put(self, key: str, parts: Iterable[bytes]) -> ObjectInfo:
         names = validate_key(key).split("/")
         name, tmp = names[-1], f"{names[-1]}{TEMP_MARKER}{secrets.token_hex(6)}"
@@ -272,7 +297,8 @@ class LocalTarget(Target):
         names = validate_key(key).split("/")
         try:
             with self._dirs(names[:-1]) as fds:
-                return ObjectInfo(key, self._lstat(fds[-1], names[-1], key).st_size)
+                st = self._lstat(fds[-1], names[-1], key)
+                return ObjectInfo(key, st.st_size, modified=from_timestamp(st.st_mtime))
         except _Missing:
             raise NotFound(f"{key} on {self.display_url} not found") from None
         except OSError as exc:
@@ -292,7 +318,8 @@ class LocalTarget(Target):
         def on_file(rel: str, st: os.stat_result) -> None:
             if TEMP_MARKER not in rel.rsplit("/", 1)[-1] and rel.startswith(prefix):
                 # a put renames a new file into place: a replaced object has a new inode and mtime
-                found.append(ObjectInfo(rel, st.st_size, f"{st.st_ino}:{st.st_mtime_ns}"))
+                found.append(ObjectInfo(rel, st.st_size, f"{st.st_ino}:{st.st_mtime_ns}",
+                                        from_timestamp(st.st_mtime)))
 
         self._walk_from(base, descend, on_file)
         found.sort(key=lambda o: o.key)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from btrsync.targets.base import Leftover, ObjectInfo, Target
@@ -211,6 +212,9 @@ class RetryingTarget(Target):
 
     def free_space(self) -> int | None:
         return self._call(self.inner.free_space, "free space")
+
+    def clock(self) -> datetime | None:
+        return self._call(self.inner.clock, "read the clock")
 
     def leftovers(self) -> builtins.list[Leftover]:
         return self._call(self.inner.leftovers, "list leftovers")

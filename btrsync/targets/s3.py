@@ -40,7 +40,8 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
 from btrsync.errors import BtrsyncError, ConfigError, TargetMissingError
@@ -370,7 +371,19 @@ class S3Target(Target):
             Bucket=self.bucket,
             Key=self._full(validate_key(key)),
         )
-        return ObjectInfo(key, int(answer["ContentLength"]))
+        return ObjectInfo(key, int(answer["ContentLength"]), modified=_aware(answer.get("LastModified")))
+
+    def clock(self) -> datetime | None:
+        """The store's time, from the ``Date`` header of a one-key listing (the permission a
+        push and a clean need anyway); ``None`` if the answer carries none."""
+        what = f"read the clock of {self.display_url}"
+        answer = self._retried("list_objects_v2", what, Bucket=self.bucket, Prefix=self._full("locks/"), MaxKeys=1)
+        date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        try:
+            return _aware(parsedate_to_datetime(date)) if date else None
+        except (TypeError, ValueError):
+            log.debug("%s: unreadable Date header %r", what, date)
+            return None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object under the prefix, sorted, or an error: a failed page (after the retry
@@ -383,7 +396,8 @@ class S3Target(Target):
         while True:
             page = self._request("list_objects_v2", what, Bucket=self.bucket, Prefix=full_prefix, **token)
             found.extend(
-                ObjectInfo(self._relative(o["Key"]), int(o["Size"]), o.get("ETag")) for o in page.get("Contents", [])
+                ObjectInfo(self._relative(o["Key"]), int(o["Size"]), o.get("ETag"), _aware(o.get("LastModified")))
+                for o in page.get("Contents", [])
             )
             if not page.get("IsTruncated"):
                 break
@@ -511,6 +525,13 @@ class S3Target(Target):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _aware(when: object) -> datetime | None:
+    """A store's timestamp as an aware UTC datetime (botocore parses them; a naive one is UTC)."""
+    if not isinstance(when, datetime):
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _check_part_number(number: int, size: int, what: str) -> None:

@@ -51,6 +51,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Self
 
 from btrsync.errors import ConfigError, TargetMissingError, UsageError
@@ -62,6 +63,7 @@ from btrsync.targets.base import (
     ObjectInfo,
     Target,
     check_range,
+    from_timestamp,
     validate_key,
     validate_prefix,
 )
@@ -328,8 +330,19 @@ class SshTarget(Target):
 
     def stat(self, key: str) -> ObjectInfo:
         """Size of the object file; ``NotFound`` if there is none."""
-        out = self._run(self.scripts.stat(validate_key(key)), self._where(key))
-        return ObjectInfo(key, _parse_int(out, self._where(key)))
+        where = self._where(key)
+        out = self._run(self.scripts.stat(validate_key(key)), where)
+        size, _, mtime = out.decode(errors="replace").strip().partition(" ")
+        return ObjectInfo(key, _parse_int(size.encode(), where), modified=_parse_mtime(mtime))
+
+    def clock(self) -> datetime | None:
+        """The remote filesystem's time, as it stamps a file made now; ``None`` if the root
+        cannot be written or the answer is not a time."""
+        result = self.conn.run(self.scripts.clock(), timeout=self.io_timeout)
+        now = _parse_mtime(result.stdout.decode(errors="replace").strip()) if result.returncode == 0 else None
+        if now is None:
+            log.debug("cannot read the clock of %s: %s", self.display_url, result.stderr.strip()[:200])
+        return now
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """One remote ``find -P`` below the deepest directory the prefix names; sorted locally.
@@ -635,7 +648,18 @@ def _parse_listing(out: bytes) -> Iterator[tuple[str, str, ObjectInfo | None]]:
             except InvalidKey:
                 yield "f", key, None
                 continue
-            yield "f", key, ObjectInfo(key, int(size), version or None) if size.isdigit() else None
+            if not size.isdigit():
+                yield "f", key, None
+                continue
+            yield "f", key, ObjectInfo(key, int(size), version or None, _parse_mtime(version.partition(":")[2]))
+
+
+def _parse_mtime(text: str) -> datetime | None:
+    """Seconds since the epoch (``%Y``, or find's ``%T@`` with a fraction); ``None`` otherwise."""
+    try:
+        return from_timestamp(float(text)) if text and text[0].isdigit() else None
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _symlink_path(stderr: str) -> str:

@@ -329,8 +329,20 @@ class RemoteScripts:
         )
 
     def stat(self, key: str) -> str:
+        """``size mtime`` of the object file (mtime in seconds since the epoch, remote clock)."""
         path = shlex.quote(f"./{key}")
-        return self.in_root(self.no_symlinks(key), self.need_file(key), f"exec stat -c %s -- {path}")
+        return self.in_root(self.no_symlinks(key), self.need_file(key), f"exec stat -c '%s %Y' -- {path}")
+
+    def clock(self) -> str:
+        """The mtime (seconds since the epoch) a file made now in the root gets: the remote
+        filesystem's clock.  A fresh temporary file (never an existing one: ``set -C``) is made,
+        read and removed."""
+        name = shlex.quote(f"./clock{TEMP_MARKER}")
+        return self.in_root(
+            f'f={name}$$; set -C; : > "$f" || exit 1',
+            's=$(stat -c %Y -- "$f"); r=$?; rm -f -- "$f"; [ $r = 0 ] || exit 1',
+            'echo "$s"',
+        )
 
     def listing(self, base: str) -> str:
         """NUL-terminated ``f<TAB>./key<TAB>size<TAB>inode:mtime`` records for the files below ``base`` (a

@@ -24,6 +24,7 @@ from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import table_records
 from btrsync.crypto.frames import Binding
 from btrsync.crypto.keys import load_key_file
+from btrsync.errors import LockedError
 from btrsync.locking import target_lock
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
@@ -243,6 +244,47 @@ def test_a_backup_another_live_holder_uploads_is_refused(world: World) -> None:
     lease.update(host=socket.gethostname(), pid=os.getppid(), boot_id=boot_id())
     (world.target_dir / "locks" / f"{bid}.lease").write_text(json.dumps(lease))
     assert world.push().code == 11
+
+
+def _foreign_lease(bid: str, refreshed: datetime) -> bytes:
+    return json.dumps({"backup_id": bid, "parent_id": None, "host": "other-host", "pid": 4242, "boot_id": "x",
+                       "token": "t", "refreshed": refreshed.isoformat(), "started": "s"}).encode()
+
+
+def test_leases_are_judged_on_the_targets_clock_not_their_writers(world: World) -> None:
+    """A push on a host whose clock is an hour behind (a VM resumed before NTP caught up) wrote
+    leases that looked an hour old: a clean on another host deleted the upload they guarded, and a
+    second push of that backup started beside it.  A dead push of a host whose clock ran an hour
+    ahead kept its lease "live" for that hour.  The lease file's own mtime, on the target's clock,
+    decides now."""
+    _backup(world)
+    target = LocalTarget(world.target_dir)
+    now = datetime.now(UTC)
+    target.put_bytes("data/behind-1/000000", b"being written")
+    target.put_bytes("locks/behind-1.lease", _foreign_lease("behind-1", now - timedelta(hours=1)))
+    target.put_bytes("data/ahead-1/000000", b"abandoned")
+    target.put_bytes("locks/ahead-1.lease", _foreign_lease("ahead-1", now + timedelta(hours=1)))
+    last_written = (now - timedelta(minutes=31)).timestamp()  # its last refresh, 31 min ago
+    for rel in ("data/ahead-1/000000", "locks/ahead-1.lease"):
+        os.utime(world.target_dir / rel, (last_written, last_written))
+
+    run = world.cli("clean", "--from", world.url, "--json")
+    assert run.code == 0, run.err
+    actions = {i["key"]: i["action"] for i in run.json()["items"]}
+    assert actions == {"data/behind-1/000000": "kept: upload in progress",
+                       "data/ahead-1/000000": "removed", "locks/ahead-1.lease": "removed"}, actions
+    assert target.read("data/behind-1/000000") == b"being written"
+    with pytest.raises(LockedError, match="other-host"):
+        Lease(target, "behind-1").__enter__()
+    run = world.cli("verify", "--from", world.url, "--level", "catalog", "--json")
+    assert "locks/behind-1.lease" not in run.out
+
+    # once the slow host's refreshes stop for STALE by the target's clock, its lease is stale too
+    stopped = (now - timedelta(minutes=31)).timestamp()
+    os.utime(world.target_dir / "locks/behind-1.lease", (stopped, stopped))
+    run = world.cli("clean", "--from", world.url, "--json")
+    actions = {i["key"]: i["action"] for i in run.json()["items"]}
+    assert actions == {"data/behind-1/000000": "removed", "locks/behind-1.lease": "removed"}, actions
 
 
 @pytest.mark.parametrize("content", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -163,3 +164,20 @@ def test_delete_then_stat_raises_not_found(target: Target) -> None:
     with pytest.raises(NotFound):
         target.stat("d/1")
     assert [o.key for o in target.list()] == ["d/2"]
+
+
+def test_the_target_clock_stamps_what_it_writes(target: Target) -> None:
+    """stat and list say when the target wrote an object, on the clock clock() reads.  Upload
+    leases are judged by it (catalog/lease.py), so a writer's wrong clock misleads no clean."""
+    before = target.clock()
+    target.put("locks/x.lease", [b"{}"])
+    after = target.clock()
+    assert before is not None and after is not None
+    # every target here runs on this machine: its clock is ours (a time zone slip would be hours)
+    assert abs(before - datetime.now(UTC)) < timedelta(minutes=1)
+    slack = timedelta(seconds=2)  # S3 times are whole seconds
+    modified = target.stat("locks/x.lease").modified
+    assert modified is not None and before - slack <= modified <= after + slack
+    [listed] = target.list("locks/")
+    assert listed.modified is not None and abs(listed.modified - modified) < slack
+    assert [o.key for o in target.list()] == ["locks/x.lease"] and target.leftovers() == []

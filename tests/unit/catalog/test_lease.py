@@ -1,0 +1,72 @@
+"""Whose clock a lease's age is read on: the target's, wherever the target keeps times."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from btrsync.catalog.lease import STALE, TargetClock, read_lease, read_leases
+from btrsync.targets.errors import TargetError
+from btrsync.targets.memory import MemoryTarget
+
+
+def _lease(bid: str, refreshed: datetime) -> bytes:
+    return json.dumps({"backup_id": bid, "parent_id": None, "host": "other-host", "pid": 1, "boot_id": "b",
+                       "token": "t", "refreshed": refreshed.isoformat()}).encode()
+
+
+def test_a_writer_clock_behind_does_not_make_a_fresh_lease_stale() -> None:
+    target, now = MemoryTarget(), datetime.now(UTC)
+    target.put_bytes("locks/b.lease", _lease("b", now - timedelta(hours=3)))
+    lease = read_lease(target, "locks/b.lease", now)
+    assert lease is not None and lease.silent_for is not None and lease.silent_for < timedelta(seconds=5)
+    assert lease.is_live(now) and "by the target's clock" in lease.describe()
+
+
+def test_a_writer_clock_ahead_does_not_keep_a_dead_lease_alive() -> None:
+    target, now = MemoryTarget(), datetime.now(UTC)
+    target.put_bytes("locks/b.lease", _lease("b", now + timedelta(hours=3)))
+    target.clock_offset = STALE + timedelta(minutes=1)  # the target's time passes; no refresh comes
+    [lease] = read_leases(target, now)
+    assert not lease.is_live(now)
+    target.clock_offset = STALE - timedelta(minutes=1)
+    [lease] = read_leases(target, now)
+    assert lease.is_live(now)
+
+
+def test_without_target_times_the_writers_refreshed_field_decides() -> None:
+    target, now = MemoryTarget(), datetime.now(UTC)
+    target.objects["locks/old.lease"] = _lease("old", now - STALE - timedelta(minutes=1))  # no mtime kept
+    target.objects["locks/new.lease"] = _lease("new", now - timedelta(minutes=1))
+    leases = {lease.backup_id: lease for lease in read_leases(target, now)}
+    assert leases["old"].silent_for is None and not leases["old"].is_live(now)
+    assert leases["new"].is_live(now)
+
+
+class _NoClock(MemoryTarget):
+    def clock(self) -> datetime:
+        raise TargetError("the clock cannot be read")
+
+
+def test_a_target_clock_that_cannot_be_read_falls_back_to_the_writers() -> None:
+    target, now = _NoClock(), datetime.now(UTC)
+    target.put_bytes("locks/b.lease", _lease("b", now - timedelta(hours=1)))
+    assert TargetClock(target).now() is None
+    lease = read_lease(target, "locks/b.lease", now)
+    assert lease is not None and lease.silent_for is None and not lease.is_live(now)
+
+
+def test_the_target_clock_is_read_once_and_advanced_locally() -> None:
+    class Counting(MemoryTarget):
+        reads = 0
+
+        def clock(self) -> datetime:
+            Counting.reads += 1
+            return super().clock()
+
+    target, now = Counting(), datetime.now(UTC)
+    for bid in ("a", "b", "c"):
+        target.put_bytes(f"locks/{bid}.lease", _lease(bid, now))
+    Counting.reads = 0
+    assert len(read_leases(target, now)) == 3 and Counting.reads == 1
+    assert read_leases(MemoryTarget(), now) == []  # no leases: the clock is not even asked
