@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from btrsync.fdio import write_all
+
 log = logging.getLogger(__name__)
 
 
@@ -31,9 +33,12 @@ class AuditLog:
                  "event": event, **fields}
         line = json.dumps(entry, sort_keys=True, default=str)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, line.encode() + b"\n")
+            # a record cut short (a full disk, a crash mid-write) must not swallow this one
+            end = os.fstat(fd).st_size
+            start = b"\n" if end and os.pread(fd, 1, end - 1) != b"\n" else b""
+            write_all(fd, start + line.encode() + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -64,7 +69,15 @@ def read_audit(state_dir: Path) -> list[dict[str, Any]]:
     path = Path(state_dir) / "audit.log"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except ValueError:  # cut short by a full disk or a crash: kept visible, never fatal
+            entries.append({"event": "unreadable", "line": number, "text": line[:200]})
+    return entries
 
 
 def _syslog_logger() -> logging.Logger | None:

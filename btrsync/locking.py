@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from btrsync.errors import LockedError
+from btrsync.fdio import pwrite_all
 
 
 def lock_path(state_dir: Path, name: str) -> Path:
@@ -44,7 +45,7 @@ def target_lock(state_dir: Path, name: str, *, wait: float = 0.0, sleep: Callabl
                                       "try again when it has finished") from None
                 sleep(min(0.5, left))
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        pwrite_all(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)

@@ -28,6 +28,7 @@ import struct
 from pathlib import Path
 
 from btrsync.errors import BtrsyncError
+from btrsync.fdio import write_all
 
 _ACL_XATTR = "system.posix_acl_access"
 _ACL_VERSION = 2
@@ -210,9 +211,7 @@ def create_secret_file(path: Path, data: bytes, *, what: str, error: type[Btrsyn
     try:
         try:
             os.fchmod(fd, 0o600)  # the umask may have taken bits away; never add any
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             made = os.fstat(fd)

@@ -36,7 +36,7 @@ from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import table_records
 from btrsync.errors import DamageError, LockedError, UsageError
-from btrsync.fdio import syncfs
+from btrsync.fdio import syncfs, write_all
 from btrsync.ops.receive import restore_chain
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
@@ -181,8 +181,8 @@ def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> int:
                      dir_fd=to_fd)
         try:
             _try_lock(fd)
-            os.write(fd, json.dumps({"backup": backup_id, "pid": os.getpid(),
-                                     "started": datetime.now(UTC).isoformat(timespec="seconds")}).encode())
+            write_all(fd, json.dumps({"backup": backup_id, "pid": os.getpid(),
+                                      "started": datetime.now(UTC).isoformat(timespec="seconds")}).encode())
             os.rename(f"{work}/.{MARKER}", f"{work}/{MARKER}", src_dir_fd=to_fd, dst_dir_fd=to_fd)
         except BaseException:
             os.close(fd)
