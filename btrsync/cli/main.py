@@ -15,6 +15,7 @@ import click
 from btrsync import __version__
 from btrsync.catalog.cache import CatalogCache
 from btrsync.catalog.repository import Repository
+from btrsync.cli.commands import COMMAND_MODULES
 from btrsync.cli.options import configure_logging
 from btrsync.cli.output import begin_command, emit_json_error
 from btrsync.config.credentials import apply_credentials
@@ -94,7 +95,19 @@ pass_app = click.make_pass_decorator(App)
 SIGNAL_EXITS = frozenset({ExitCode.HANGUP, ExitCode.INTERRUPTED, ExitCode.TERMINATED})
 
 
-@click.group(epilog=EXIT_STATUS_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Imports a command's modules (``btrsync.cli.commands``) when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            _load(*COMMAND_MODULES[cmd_name])
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=_LazyGroup, epilog=EXIT_STATUS_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="btrsync")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="BTRSYNC_CONFIG",
               help=f"configuration file [default: {DEFAULT_CONFIG}; env BTRSYNC_CONFIG]")
@@ -113,20 +126,25 @@ def cli(ctx: click.Context, config_path: Path | None, key_file: Path | None, sta
     ctx.obj = App(config_path or DEFAULT_CONFIG, explicit, key_file, state_dir, debug, verbose)
 
 
-def _register() -> None:
-    """Every ``btrsync/cli/cmd_*.py`` module contributes its ``COMMANDS`` (so adding a command
-    means adding a module, not editing a list here)."""
+def _load(*modules: str) -> None:
+    """Import ``btrsync.cli.<module>`` for each and add the commands it contributes."""
     import importlib
+
+    for name in modules:
+        for command in importlib.import_module(f"btrsync.cli.{name}").COMMANDS:
+            if command.name not in cli.commands:
+                cli.add_command(command)
+
+
+def _register() -> None:
+    """Every ``btrsync/cli/cmd_*.py`` module's ``COMMANDS``, whether the table in
+    ``btrsync.cli.commands`` names it or not (the tests compare the two)."""
     import pkgutil
 
     import btrsync.cli as package
 
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        if info.name.startswith("cmd_"):
-            module = importlib.import_module(f"btrsync.cli.{info.name}")
-            for command in module.COMMANDS:
-                if command.name not in cli.commands:
-                    cli.add_command(command)
+    _load(*(info.name for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name)
+            if info.name.startswith("cmd_")))
 
 
 def main(argv: list[str] | None = None, *, process: bool = False) -> int:
@@ -149,7 +167,6 @@ def _main(argv: list[str] | None) -> int:
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])  # a failure is JSON on stdout too
     begin_command()
     try:
-        _register()
         cli.main(args=argv, prog_name="btrsync", standalone_mode=False)
         return ExitCode.OK
     except Terminated as exc:

@@ -29,7 +29,7 @@ from typing import Any
 
 from btrsync.config.retention import RetentionConfig, parse_retention
 from btrsync.errors import ConfigError
-from btrsync.jobs.schema import JobsConfig, parse_jobs
+from btrsync.jobs.model import JobsConfig
 from btrsync.pipeline.schedule import RateSchedule
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN
 from btrsync.state import DEFAULT_STATE_DIR
@@ -129,8 +129,18 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
         push=push,
         targets=targets,
         retention=retention,
-        jobs=parse_jobs(doc, where, targets, retention),
+        jobs=_jobs(doc, where, targets, retention),
     )
+
+
+def _jobs(doc: dict[str, Any], where: str, targets: dict[str, Any], retention: RetentionConfig) -> JobsConfig:
+    """[jobs.*] and the run settings, validated; the validator (pydantic) loads only for a file
+    that has any: most commands never need it."""
+    if not any(key in doc for key in ("jobs", "metrics_dir", "max_parallel_jobs")):
+        return JobsConfig()
+    from btrsync.jobs.schema import parse_jobs
+
+    return parse_jobs(doc, where, targets, retention)
 
 
 def _reject_unknown(doc: Any, allowed: set[str], where: str) -> None:

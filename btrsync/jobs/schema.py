@@ -37,9 +37,9 @@ from btrsync.errors import ConfigError
 from btrsync.jobs.timespan import check_timespan, timespan
 from btrsync.jobs.windows import BackupWindow, TargetEvery
 from btrsync.pipeline.schedule import RateSchedule
+from btrsync.jobs.model import DEFAULT_METRICS_DIR, Job, JobsConfig, JobTarget
 from btrsync.retention import Policy
 
-DEFAULT_METRICS_DIR = Path("/var/lib/prometheus/node-exporter")
 DEFAULT_STALE_AFTER = "26h"
 
 Timespan = Annotated[str, AfterValidator(check_timespan)]
@@ -188,70 +188,6 @@ class RunSettingsModel(_Strict):
                              description="node_exporter textfile directory for btrsync.prom ('' = none)")
     max_parallel_jobs: int = Field(1, ge=1, le=64, description="jobs pushing at once on this host; "
                                                               "others queue")
-
-
-# ------------------------------------------------------------------------------------------------
-# Resolved values (what the runner uses)
-
-
-@dataclass(frozen=True, slots=True)
-class JobTarget:
-    name: str  # as written in the job: a [targets.*] name or a URL
-    retention: Policy | None
-    retention_text: str
-    bwlimit: RateSchedule | None  # None: the [push] default
-    max_chain: int | None
-    every: TargetEvery | None
-    window: BackupWindow | None  # None: the job's
-    backfill: bool
-    verify: VerifyModel
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    name: str
-    enabled: bool
-    subvolumes: tuple[Path, ...]
-    snapshot_dir: Path
-    schedule: str
-    randomized_delay: timedelta
-    window: BackupWindow
-    window_end: str
-    snapshot_policy: Policy | None
-    targets: tuple[JobTarget, ...]
-    verify: VerifyModel
-    hooks: HooksModel
-    lock_wait: timedelta
-    stale_after: timedelta
-    model: JobModel = field(repr=False, compare=False)
-
-    def target(self, name: str) -> JobTarget:
-        return next(t for t in self.targets if t.name == name)
-
-
-@dataclass(frozen=True, slots=True)
-class JobsConfig:
-    jobs: dict[str, Job] = field(default_factory=dict)
-    metrics_dir: Path | None = DEFAULT_METRICS_DIR
-    metrics_dir_explicit: bool = False
-    max_parallel_jobs: int = 1
-
-    def select(self, names: list[str] | tuple[str, ...], *, all_jobs: bool) -> list[Job]:
-        """Jobs named (enabled or not), or every enabled job; unknown names are a usage error."""
-        from btrsync.errors import UsageError
-
-        if all_jobs:
-            if names:
-                raise UsageError("give job names or --all, not both")
-            return [j for j in self.jobs.values() if j.enabled]
-        if not names:
-            raise UsageError("name the job(s) to run, or --all (configured: "
-                             f"{', '.join(self.jobs) or 'none'})")
-        unknown = [n for n in names if n not in self.jobs]
-        if unknown:
-            raise UsageError(f"no job named {', '.join(map(repr, unknown))} in the configuration "
-                             f"(configured: {', '.join(self.jobs) or 'none'})")
-        return [self.jobs[n] for n in dict.fromkeys(names)]
 
 
 def parse_jobs(doc: Mapping[str, Any], where: str, targets: Mapping[str, Any],

@@ -163,3 +163,44 @@ def test_retention_simulate_answers_what_a_year_holds(capsys) -> None:
     out = capsys.readouterr().out
     assert "held" in out and "monthly" in out
     assert main(["retention", "simulate"]) == 2
+
+
+_TREE = """
+import json, sys
+import click
+from btrsync.cli import main as m
+if sys.argv[1] == "all":
+    m._register()
+else:
+    for name in m.COMMAND_MODULES:
+        assert m.cli.get_command(click.Context(m.cli), name) is not None, name
+def tree(group):
+    return {n: tree(c) if isinstance(c, click.Group) else None for n, c in group.commands.items()}
+print(json.dumps(tree(m.cli), sort_keys=True))
+"""
+
+
+def test_the_lazy_command_table_builds_the_same_commands_as_every_module() -> None:
+    """btrsync.cli.commands names the modules of each command, so that a command imports only
+    its own: loading each command from that table alone must give the tree of every cmd_* module."""
+    import subprocess
+    import sys
+
+    def tree(mode: str) -> dict:
+        run = subprocess.run([sys.executable, "-c", _TREE, mode], capture_output=True, text=True, check=True)
+        return json.loads(run.stdout)
+
+    assert tree("lazy") == tree("all")
+
+
+def test_starting_the_command_line_loads_no_heavy_library_it_does_not_need() -> None:
+    """pydantic (jobs), prometheus_client (metrics), boto3 (S3) and zstandard load with the
+    commands that use them, not with every `btrsync` start."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from btrsync.cli.main import main; "
+            "main(['key', '--help']); "
+            "print(sorted(m for m in ('pydantic', 'prometheus_client', 'boto3', 'zstandard') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout
