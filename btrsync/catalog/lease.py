@@ -6,16 +6,21 @@ manifest is committed (or the attempt has failed and cleaned up).  While it is h
 rewrites it every ``REFRESH``, however slow the upload (a throttled push is never mistaken for a
 dead one).  ``clean`` and ``prune`` leave a backup alone while its lease is live: refreshed less
 than ``STALE`` ago, or held by a process of this host and boot that still runs (so a killed push's
-lease is stale at once and never needs a manual unlock).  "Refreshed" is judged on the target's own
-clock wherever the target has one (``Target.clock`` against the lease object's ``modified``; all
-built-in targets do): a pushing host whose clock is an hour behind (a VM resumed before NTP caught
-up) still holds a live lease, and one whose clock runs ahead does not keep a dead push's lease alive.
-Only where the target keeps no times is the ``refreshed`` field, the writer's clock, used.  A second push of the same backup, from
-this host or another, refuses to start while another holder's lease is live (exit 11).
+lease is stale at once and never needs a manual unlock).
 
-Leases are input from a shared place: reads are size-capped, times must carry a timezone, and a
-time in the future is clamped to now; a lease that does not parse is *invalid*, reported by
-``clean`` (which removes it), and never crashes anything.
+Whose clock: a lease is stale only when it has gone ``STALE`` without a rewrite both on the
+target's clock (the lease object's ``modified`` against ``Target.clock``; every built-in target
+keeps both) and on its writer's (the ``refreshed`` field).  So a pushing host whose clock is an
+hour behind (a VM resumed before NTP caught up) still holds a live lease, a store whose stamps or
+``Date`` header come from a clock of its own errs to keeping data, and a writer whose time is more
+than ``STALE`` ahead of ours is not believed (the target's clock alone decides; without one, the
+future time counts as now).  A second push of the same backup, from this host or another,
+refuses to start while another holder's lease is live (exit 11).
+
+Leases are input from a shared place: reads are size-capped and times must carry a timezone; a
+lease that does not parse is *invalid*, never live and never a crash: ``clean`` keeps it and its
+backup's data (it may be another btrsync version's push) and names it for the operator to delete
+(one with no data is removed).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ log = logging.getLogger(__name__)
 REFRESH = timedelta(minutes=5)
 STALE = timedelta(minutes=30)
 MAX_LEASE_BYTES = 4096
+SANE_CLOCK = datetime(2020, 1, 1, tzinfo=UTC)  # a target clock before this is not read as a time
+CLOCK_SKEW_WARNING = timedelta(minutes=5)
 
 __all__ = ["REFRESH", "STALE", "Lease", "LeaseInfo", "TargetClock", "boot_id", "lease_key", "live_backup_ids",
            "live_leases", "pid_alive", "read_leases"]
@@ -56,20 +63,40 @@ def boot_id() -> str:
 class TargetClock:
     """The target's time (``Target.clock``), read once and then advanced by this host's monotonic
     clock, so a clean that reads many leases asks the target only once and a jump of the local
-    wall clock changes nothing.  ``now()`` is ``None`` when the target keeps no time."""
+    wall clock changes nothing.  ``now()`` is ``None`` when the target keeps no time, or cannot
+    tell it now (then leases are judged on their writers' clocks alone, with a warning)."""
 
     def __init__(self, target: Target) -> None:
+        self.where = target.display_url
+        self.problem = ""
         try:
-            self._base = target.clock()
+            base = target.clock()
         except (TargetError, OSError) as exc:
-            log.debug("cannot read the clock of %s: %s", target.display_url, exc)
-            self._base = None
+            base, self.problem = None, str(exc)
+        if base is not None and base < SANE_CLOCK:
+            base, self.problem = None, f"it says {base.isoformat(timespec='seconds')}"
+        self._base = base
         self._read_at = time.monotonic()
+        self._warned = False
+        skew = None if base is None else base - datetime.now(UTC)
+        if skew is not None and abs(skew) > CLOCK_SKEW_WARNING:
+            log.warning("the clock of %s is %d min %s this host's: upload leases are judged on the "
+                        "target's clock and their writers' (check NTP on both)", self.where,
+                        abs(skew).total_seconds() // 60, "ahead of" if skew > timedelta(0) else "behind")
 
     def now(self) -> datetime | None:
         if self._base is None:
             return None
         return self._base + timedelta(seconds=time.monotonic() - self._read_at)
+
+    def unknown(self) -> None:
+        """A lease carries the target's stamp, but the target's time cannot be read (once)."""
+        if not self._warned:
+            self._warned = True
+            log.warning("cannot read the clock of %s (%s): upload leases there are judged on their "
+                        "writers' clocks alone; a pushing host whose clock is %d minutes or more behind "
+                        "looks dead", self.where, self.problem or "no time kept",
+                        STALE.total_seconds() // 60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +118,19 @@ class LeaseInfo:
         return self.error is None
 
     def is_live(self, now: datetime) -> bool:
+        """Live: its process runs (this host and boot), or it was rewritten within ``STALE`` on the
+        target's clock or on its writer's.  Stale only when both say so (a store whose stamps or
+        ``Date`` come from another clock than its writers think errs to keeping data), except that
+        a writer's time more than ``STALE`` ahead of ours proves nothing: then the target decides."""
         if not self.valid:
             return False
         if self.host == socket.gethostname() and self.boot_id == boot_id():
             return pid_alive(self.pid)
         if self.silent_for is not None:
-            return self.silent_for < STALE
+            if self.silent_for < STALE:
+                return True
+            if self.refreshed > now + STALE:
+                return False
         return now - min(self.refreshed, now) < STALE
 
     def describe(self) -> str:
@@ -121,7 +155,7 @@ def parse_lease(key: str, data: bytes, now: datetime) -> LeaseInfo:
             raise ValueError(f"names backup {doc['backup_id']!r}")
         parent = doc.get("parent_id")
         return LeaseInfo(backup_id, str(doc["host"]), int(doc["pid"]), str(doc.get("boot_id", "")),
-                         min(refreshed, now), None if parent is None else str(parent),
+                         refreshed, None if parent is None else str(parent),
                          str(doc.get("token", "")), key)
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         return LeaseInfo(backup_id, "", 0, "", now, key=key, error=f"{type(exc).__name__}: {exc}")
@@ -132,18 +166,26 @@ def read_lease(target: Target, key: str, now: datetime | None = None,
     """The lease at ``key`` (``None`` if there is none), with its age on the target's clock
     (``clock``, read from the target when not given)."""
     now = now or datetime.now(UTC)
+    backup_id = key.removeprefix("locks/").removesuffix(".lease")
     try:
-        info = target.stat(key)
-        if info.size > MAX_LEASE_BYTES:
-            return LeaseInfo(key.removeprefix("locks/").removesuffix(".lease"), "", 0, "", now, key=key,
-                             error=f"{info.size} bytes, more than a lease ever holds")
-        lease = parse_lease(key, target.read(key), now)
+        size = target.stat(key).size
+        if size > MAX_LEASE_BYTES:
+            return LeaseInfo(backup_id, "", 0, "", now, key=key, error=f"{size} bytes, more than a lease ever holds")
+        data = target.read(key)
+        # stamped after the read: on NFS the open revalidated the cached attributes, and a lease
+        # replaced meanwhile shows the newer stamp (an older body with a newer stamp errs to live)
+        modified = target.stat(key).modified
     except NotFound:
         return None
-    target_now = (clock or TargetClock(target)).now() if info.modified is not None else None
-    if target_now is None or info.modified is None or not lease.valid:
+    lease = parse_lease(key, data, now)
+    if modified is None or not lease.valid:
         return lease
-    return replace(lease, silent_for=max(target_now - info.modified, timedelta(0)))
+    clock = clock or TargetClock(target)
+    target_now = clock.now()
+    if target_now is None:
+        clock.unknown()
+        return lease
+    return replace(lease, silent_for=max(target_now - modified, timedelta(0)))
 
 
 def read_leases(target: Target, now: datetime | None = None,

@@ -70,6 +70,20 @@ def _leased_now(target: Target, backup_id: str, clock: TargetClock) -> str | Non
     return "kept: upload in progress" if lease.is_live(datetime.now(UTC)) else None
 
 
+def _taken_over(target: Target, stale: LeaseInfo, clock: TargetClock) -> str | None:
+    """Right before deleting a stale lease: why not, if a push (a resume of that backup) has
+    rewritten it since it was read.  Deleting its lease would leave its data unguarded."""
+    try:
+        now = read_lease(target, stale.key, clock=clock)
+    except (TargetError, OSError) as exc:
+        return f"kept: it cannot be read again now ({exc}); the next clean decides"
+    if now is None:
+        return "gone meanwhile"
+    if now.token != stale.token or now.is_live(datetime.now(UTC)):
+        return "kept: upload in progress"
+    return None
+
+
 def _invalid_lease_keeps(lease: LeaseInfo) -> str:
     """An upload lease this btrsync cannot parse (another version's, or damaged) may belong to a
     push that is running: its backup's data stays until the operator removes the lease."""
@@ -132,5 +146,8 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
         if lease.backup_id not in live:
             kind = "stale lease" if lease.valid else f"invalid lease ({lease.error})"
             key = lease.key or lease_key(lease.backup_id)
+            if lease.valid and (why := _taken_over(target, lease, clock)):
+                result.items.append(CleanItem(kind, key, 0, why))
+                continue
             handle(kind, key, 0, lambda k=key: target.delete(k))
     return result

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -337,9 +338,9 @@ class RemoteScripts:
         """The mtime (seconds since the epoch) a file made now in the root gets: the remote
         filesystem's clock.  A fresh temporary file (never an existing one: ``set -C``) is made,
         read and removed."""
-        name = shlex.quote(f"./clock{TEMP_MARKER}")
+        name = shlex.quote(f"./clock{TEMP_MARKER}{secrets.token_hex(6)}")
         return self.in_root(
-            f'f={name}$$; set -C; : > "$f" || exit 1',
+            f'f={name}; set -C; : > "$f" || exit 1',
             's=$(stat -c %Y -- "$f"); r=$?; rm -f -- "$f"; [ $r = 0 ] || exit 1',
             'echo "$s"',
         )
@@ -408,7 +409,9 @@ class RemoteScripts:
                 f"s=$(stat -c %s -- {tmp}) || exit {COMMIT_FAILED}",
                 f'if [ "$s" != {size} ]; then rm -f -- {tmp}; '
                 + f'echo "uploaded size $s is not {size}" >&2; exit {SIZE_MISMATCH}; fi',
-                f"sync -- {tmp} && mv -f -T -- {tmp} {final} && sync -- {dirs}"
+                # stamped with the remote's time whatever rsync_options say (-t would keep the
+                # writer's): leases are judged by these stamps
+                f"touch -c -- {tmp} && sync -- {tmp} && mv -f -T -- {tmp} {final} && sync -- {dirs}"
                 + f" || exit {COMMIT_FAILED}",
             ]
         )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from btrsync.catalog.lease import Lease
@@ -104,6 +108,47 @@ def test_clean_keeps_the_data_of_a_push_that_starts_while_it_runs(world: World) 
         assert holder, "the push never started"
         assert [(i.key, i.action) for i in result.items] == [("data/inflight-2/000000", "kept: upload in progress")]
         assert LocalTarget(world.target_dir).stat("data/inflight-2/000000").size == 15
+    finally:
+        for lease in holder:
+            lease.__exit__(None, None, None)
+
+
+class _ResumeStartsMidClean(LocalTarget):
+    """The directory target, with a resume of backup ``resumed-1`` starting (taking over its stale
+    lease) right after clean deleted the data of that backup's dead attempt."""
+
+    def __init__(self, root: object, lease_holder: list[Lease]) -> None:
+        super().__init__(root)  # type: ignore[arg-type]
+        self._holder = lease_holder
+
+    def delete(self, key: str) -> None:
+        super().delete(key)
+        if key.startswith("data/resumed-1/") and not self._holder:
+            lease = Lease(LocalTarget(self.root), "resumed-1")
+            lease.__enter__()
+            self._holder.append(lease)
+
+
+def test_clean_does_not_delete_a_stale_lease_a_resume_took_over_meanwhile(world: World) -> None:
+    """clean deleted every lease it had read as stale, without looking again: a resume that took one
+    over in between lost it, and with it the guard over the segments it was about to upload."""
+    (world.subvol / "f").write_text("x")
+    world.snapshot()
+    assert world.push().code == 0
+    target = LocalTarget(world.target_dir)
+    target.put_bytes("data/resumed-1/000000", b"dead attempt")
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    target.put_bytes("locks/resumed-1.lease", json.dumps(
+        {"backup_id": "resumed-1", "parent_id": None, "host": "other-host", "pid": 1, "boot_id": "b",
+         "token": "dead", "refreshed": hour_ago.isoformat()}).encode())
+    os.utime(world.target_dir / "locks/resumed-1.lease", (hour_ago.timestamp(), hour_ago.timestamp()))
+    holder: list[Lease] = []
+    try:
+        result = clean(Repository.open(_ResumeStartsMidClean(world.target_dir, holder), load_key_file(world.key)))
+        assert holder, "the resume never started"
+        assert [(i.key, i.action) for i in result.items] == [
+            ("data/resumed-1/000000", "removed"), ("locks/resumed-1.lease", "kept: upload in progress")]
+        assert json.loads(target.read("locks/resumed-1.lease"))["token"] == holder[0].token
     finally:
         for lease in holder:
             lease.__exit__(None, None, None)

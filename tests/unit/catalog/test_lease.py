@@ -28,7 +28,7 @@ def test_a_writer_clock_ahead_does_not_keep_a_dead_lease_alive() -> None:
     target.put_bytes("locks/b.lease", _lease("b", now + timedelta(hours=3)))
     target.clock_offset = STALE + timedelta(minutes=1)  # the target's time passes; no refresh comes
     [lease] = read_leases(target, now)
-    assert not lease.is_live(now)
+    assert not lease.is_live(now)  # its writer's time, 3 h ahead of ours, is not believed
     target.clock_offset = STALE - timedelta(minutes=1)
     [lease] = read_leases(target, now)
     assert lease.is_live(now)
@@ -70,3 +70,29 @@ def test_the_target_clock_is_read_once_and_advanced_locally() -> None:
     Counting.reads = 0
     assert len(read_leases(target, now)) == 3 and Counting.reads == 1
     assert read_leases(MemoryTarget(), now) == []  # no leases: the clock is not even asked
+
+
+def test_a_lease_is_stale_only_when_both_clocks_say_so() -> None:
+    """A store whose stamps come from another clock (a proxy's Date, a client-stamped mount)
+    errs to keeping: the writer's own fresh time keeps the lease live."""
+    target, now = MemoryTarget(), datetime.now(UTC)
+    target.put_bytes("locks/b.lease", _lease("b", now - timedelta(minutes=1)))
+    target.clock_offset = STALE + timedelta(minutes=5)
+    [lease] = read_leases(target, now)
+    assert lease.silent_for is not None and lease.silent_for > STALE and lease.is_live(now)
+    target.put_bytes("locks/b.lease", _lease("b", now + timedelta(minutes=10)))  # a little ahead: believed
+    target.modified["locks/b.lease"] -= STALE + timedelta(minutes=5)
+    [lease] = read_leases(target, now)
+    assert lease.is_live(now)
+
+
+def test_a_target_clock_that_is_not_a_time_is_not_believed(caplog) -> None:  # noqa: ANN001
+    class Epoch(MemoryTarget):
+        def clock(self) -> datetime:
+            return datetime(1970, 1, 1, tzinfo=UTC)
+
+    target, now = Epoch(), datetime.now(UTC)
+    target.put_bytes("locks/b.lease", _lease("b", now - timedelta(hours=1)))
+    [lease] = read_leases(target, now)
+    assert lease.silent_for is None and not lease.is_live(now)
+    assert "cannot read the clock of memory://" in caplog.text and "1970-01-01" in caplog.text
