@@ -24,8 +24,9 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "restore": ("cmd_restore",),
     "retention": ("cmd_prune",),
     "run": ("cmd_run",),
-    # cmd_snapshot_files adds `snapshot restore` and `snapshot rollback` to cmd_snapshot's group
-    "snapshot": ("cmd_snapshot", "cmd_snapshot_files"),
+    # cmd_snapshot_files adds `snapshot restore` and `snapshot rollback` to cmd_snapshot's group,
+    # cmd_prune `snapshot prune`
+    "snapshot": ("cmd_snapshot", "cmd_snapshot_files", "cmd_prune"),
     "state": ("cmd_repo",),
     "status": ("cmd_status",),
     "systemd": ("cmd_systemd",),
