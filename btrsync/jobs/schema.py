@@ -24,6 +24,7 @@ into frozen ``Job`` values the runner uses.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -48,6 +49,8 @@ Timespan = Annotated[str, AfterValidator(check_timespan)]
 def _absolute(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError(f"must be an absolute path, got {value!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):  # a newline would add lines to a unit file
+        raise ValueError(f"must not contain control characters, got {value!r}")
     return value
 
 
@@ -205,7 +208,7 @@ def parse_jobs(doc: Mapping[str, Any], where: str, targets: Mapping[str, Any],
     problems: list[str] = []
     for name, body in jobs_doc.items():
         if not _valid_job_name(name):
-            problems.append(f"{where} [jobs.{name}]: a job name is letters, digits, '-' and '_' "
+            problems.append(f"{where} [jobs.{name}]: a job name is letters, digits, '-' and '_', not starting with '-' "
                             "(it names systemd units and metrics labels)")
             continue
         try:
@@ -217,6 +220,7 @@ def parse_jobs(doc: Mapping[str, Any], where: str, targets: Mapping[str, Any],
             jobs[name] = _resolve(name, model, where, targets, retention)
         except ConfigError as exc:
             problems.append(str(exc))
+    problems += _series_collisions(jobs, where)
     if problems:
         raise ConfigError("\n".join(problems))
     metrics_dir = Path(run.metrics_dir) if run.metrics_dir else None
@@ -224,7 +228,8 @@ def parse_jobs(doc: Mapping[str, Any], where: str, targets: Mapping[str, Any],
 
 
 def _valid_job_name(name: str) -> bool:
-    return bool(name) and len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name) and name.isascii()
+    return (bool(name) and len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name) and name.isascii()
+            and not name.startswith("-"))  # `btrsync run --all` is not a job
 
 
 def _describe(exc: ValidationError, where: str, job: str | None) -> str:
@@ -240,6 +245,21 @@ def _describe(exc: ValidationError, where: str, job: str | None) -> str:
             msg = "required setting missing"
         lines.append(f"{where} {table} {loc or '(table)'}: {msg}")
     return "\n".join(lines)
+
+
+def _series_collisions(jobs: Mapping[str, Job], where: str) -> list[str]:
+    """Snapshots are named ``<last path component>.<time>`` in their snapshot_dir: two subvolumes
+    (or two jobs) meeting under one name there would be one history to push, restore and prune:
+    ``/home`` sent as an incremental on ``/srv/home``'s parent, one's backups pruned as the other's."""
+    owners: dict[tuple[str, str], list[str]] = {}
+    for job in jobs.values():
+        directory = os.path.normpath(job.snapshot_dir)
+        for subvol in job.subvolumes:
+            path = os.path.normpath(subvol)
+            owners.setdefault((directory, os.path.basename(path) or "root"), []).append(f"{path} in [jobs.{job.name}]")
+    return [f"{where}: {' and '.join(who)} would both be snapshotted as {base}.<time> in {directory}: "
+            "give each subvolume, and each job, a snapshot_dir of its own (or list a subvolume once)"
+            for (directory, base), who in owners.items() if len(who) > 1]
 
 
 def _resolve(name: str, model: JobModel, where: str, targets: Mapping[str, Any],

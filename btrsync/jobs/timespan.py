@@ -7,8 +7,22 @@ from datetime import timedelta
 from btrsync.units import parse_interval
 
 
+MAX_TIMESPAN = timedelta(days=3660)  # ten years: longer is a typo, and overflows date arithmetic
+
+
 def timespan(text: str | int | float) -> timedelta:
-    """A duration; a bare number is seconds.  Raises ``ValueError`` naming the text."""
+    """A duration of at most ``MAX_TIMESPAN``; a bare number is seconds.  Raises ``ValueError``
+    naming the text."""
+    try:
+        value = _timespan(text)
+    except OverflowError:
+        value = MAX_TIMESPAN * 2
+    if value > MAX_TIMESPAN:
+        raise ValueError(f"a duration of at most 10 years, got {text!r}")
+    return value
+
+
+def _timespan(text: str | int | float) -> timedelta:
     if isinstance(text, bool):
         raise ValueError(f"not a duration: {text!r}")
     if isinstance(text, int | float):

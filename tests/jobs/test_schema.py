@@ -84,6 +84,8 @@ def test_a_full_job_configuration_resolves_profiles_windows_and_schedules() -> N
     ('verify = { sample = "lots" }', r"\[jobs\.bad\] verify\.sample: "),
     ('timezone = "Mars/Olympus"', r"\[jobs\.bad\] timezone: unknown timezone 'Mars/Olympus'"),
     ('window_end = "later"', r"\[jobs\.bad\] window_end: Input should be 'continue' or 'stop'"),
+    ('snapshot_dir = "/s\\nExecStartPre=/bin/evil"', r"\[jobs\.bad\] snapshot_dir: must not contain control"),
+    ('lock_wait = "99999999999d"', r"\[jobs\.bad\] lock_wait: a duration of at most 10 years"),
 ])
 def test_every_error_names_the_file_the_job_and_the_key(snippet: str, message: str) -> None:
     base = {"subvolumes": 'subvolumes = ["/data"]', "snapshot_dir": 'snapshot_dir = "/s"'}
@@ -105,6 +107,24 @@ def test_all_problems_are_reported_at_once_and_a_missing_key_is_named() -> None:
         config_from("max_parallel_jobs = 0\n")
     with pytest.raises(ConfigError, match=r"\[jobs.a b\]: a job name is letters"):
         config_from('[jobs."a b"]\nsubvolumes = ["/x"]\nsnapshot_dir = "/s"\n')
+    with pytest.raises(ConfigError, match=r"\[jobs.--all\]: a job name is letters.*not starting with '-'"):
+        config_from('[jobs."--all"]\nsubvolumes = ["/x"]\nsnapshot_dir = "/s"\n')
+
+
+def test_two_subvolumes_meeting_under_one_snapshot_name_are_refused() -> None:
+    """Snapshots are named after the subvolume's last path component: /home and /srv/home in one
+    snapshot_dir (or one subvolume in two jobs) would be one history, pushed, restored and pruned
+    as one: one's backups sent as increments on the other's and pruned as its."""
+    base = '[targets.usb]\nurl = "file:///u"\n'
+    with pytest.raises(ConfigError) as info:
+        config_from(base + '[jobs.a]\nsubvolumes = ["/home", "/srv/home/"]\nsnapshot_dir = "/s"\ntargets = ["usb"]\n')
+    assert "/home in [jobs.a] and /srv/home in [jobs.a] would both be snapshotted as home.<time> in /s" in str(info.value)
+    with pytest.raises(ConfigError, match=r"/data in \[jobs.a\] and /data in \[jobs.b\]"):
+        config_from(base + '[jobs.a]\nsubvolumes = ["/data"]\nsnapshot_dir = "/s"\ntargets = ["usb"]\n'
+                    '[jobs.b]\nsubvolumes = ["/data"]\nsnapshot_dir = "/s/"\ntargets = ["usb"]\n')
+    config = config_from(base + '[jobs.a]\nsubvolumes = ["/home"]\nsnapshot_dir = "/s"\ntargets = ["usb"]\n'
+                         '[jobs.b]\nsubvolumes = ["/srv/home"]\nsnapshot_dir = "/t"\ntargets = ["usb"]\n')
+    assert set(config.jobs.jobs) == {"a", "b"}
 
 
 def test_config_check_exits_2_naming_the_problem_and_prints_secrets_only_as_paths(
