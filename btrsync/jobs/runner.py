@@ -229,11 +229,13 @@ class JobRun:
             return "failed"
         statuses = [t.status for t in out.targets]
         bad = [s for s in statuses if s in BAD_TARGET]
-        good = [s for s in statuses if s in ("ok", "skipped", "stopped")]
+        good = [s for s in statuses if s in ("ok", "skipped")]
         if bad:
             return "partial" if any(s == "ok" for s in statuses) else "failed"
         if "locked" in statuses:
             return "partial" if any(s == "ok" for s in statuses) else "locked"
+        if "stopped" in statuses:  # as asked (window_end = "stop"), but that backup is not complete
+            return "partial"
         if out.local_prune_skipped and out.local_prune_skipped.startswith("failed"):
             return "partial"
         return "ok" if len(good) == len(statuses) else "failed"
@@ -371,6 +373,7 @@ class JobRun:
         try:
             for subvol in job.subvolumes:
                 name = subvolume_name(subvol)
+                before = (res.status, res.error)
                 try:
                     result = push(subvol, job.snapshot_dir, repo, settings, dry_run=env.dry_run,
                                   backfill=jt.backfill, policy=self._policy(jt, name, url), audit=self.audit)
@@ -378,21 +381,31 @@ class JobRun:
                     raise
                 except (BtrsyncError, OSError) as exc:
                     res.fail("failed", f"{name}: {_describe(exc)}")
-                    continue
-                held = self._after_push(repo, result, res)
-                pushed += [r.backup_id for r in result.results if r.status == "ok"]
+                else:
+                    held = self._after_push(repo, result, res)
+                    pushed += [r.backup_id for r in result.results if r.status == "ok"]
+                if stopper is not None and stopper.stopped:
+                    # what this subvolume's push reported is the stop; what failed before it stays
+                    res.status, res.error = before
+                    break
         finally:
             if stopper is not None:
                 repo.target = stopper._inner
         if stopper is not None and stopper.stopped:
-            res.status, res.error = "stopped", None
+            if res.status == "ok":
+                res.status, res.error = "stopped", None
             res.reason = f"the window {window.describe()} closed during the push; the next run resumes it"
         if env.dry_run:
             self._prune_target(repo, jt, res, rec)
             return
         if res.status == "ok":
-            held = self._prune_target(repo, jt, res, rec) or held
+            # verification first: a new backup found damaged must not have been the reason the
+            # old chain was pruned away
             self._verify(repo, jt, res, rec, pushed)
+            if res.status == "ok":
+                held = self._prune_target(repo, jt, res, rec) or held
+            else:
+                res.prune_skipped = f"not pruned: verification {res.status} this run"
         else:
             res.prune_skipped = f"not pruned: {res.status} this run"
         self._summarise(repo, jt, rec, held)

@@ -236,7 +236,7 @@ def test_outside_its_window_a_job_is_skipped_with_a_reason_and_a_metric(world: W
 
 def test_a_push_past_the_window_end_stops_at_a_segment_boundary_and_resumes(world: World) -> None:
     """window_end = "stop": the window closes once the first segment is durable; the push stops
-    before the next one (no manifest, the run exits 0), the next run resumes from the segments."""
+    before the next one (no manifest, the run is partial), the next run resumes from the segments."""
     from btrsync.config.model import load_config
     from btrsync.jobs.runner import RunEnv, run_jobs
 
@@ -263,7 +263,9 @@ def test_a_push_past_the_window_end_stops_at_a_segment_boundary_and_resumes(worl
     env = RunEnv(config, world.state, lambda name, write: app.repository(name, write=write), ClosingClock())
     report = run_jobs(env, [config.jobs.jobs["data"]])
     target = report.jobs[0].targets[0]
-    assert target.status == "stopped" and "closed" in target.reason and report.exit_code == 0
+    # as asked, but this run's backup is not complete: partial (exit 3, on_failure), never "ok"
+    assert target.status == "stopped" and "closed" in target.reason
+    assert report.jobs[0].status == "partial" and report.exit_code == 3
     assert not any(world.target_dir.glob("backups/*/manifest"))
     kept = sorted(p.name for p in world.target_dir.glob("data/*/0*") if not p.name.endswith(".idx"))
     assert 1 <= len(kept) < 6
@@ -425,3 +427,35 @@ targets.usb = {{ max_chain = 0 }}
     text = metrics(world)
     assert sample(text, "btrsync_drill_success", btrsync_job="data", target="usb") == 0
     assert sample(text, "btrsync_target_last_run_status", btrsync_job="data", target="usb", status="damaged") == 0
+
+
+def test_a_new_backup_that_fails_verification_never_gets_the_old_chain_pruned(world: World, tmp_path: Path) -> None:
+    """The run pruned the target before verifying what it had just sent: with keep_last = 1 the
+    old, good backup was gone by the time verification found the new one unreadable.  Now the
+    target is verified first and pruned only when that passed."""
+    import errno
+
+    from tests.support.faultfs import mounted_for_test
+
+    with mounted_for_test(tmp_path / "fault") as fs:
+        world.target_dir = fs.mountpoint
+        world.init()
+        tree.populate(world.subvol, 3)
+        configure(world, f"""
+[jobs.data]
+subvolumes = ["{world.subvol}"]
+snapshot_dir = "{world.snapdir}"
+verify = {{ level = "data" }}
+targets.usb = {{ max_chain = 0, retention = {{ keep_last = 1 }} }}
+""")
+        first = run(world, "data", now=0)
+        assert first.code == 0, first.err
+        fs.fail("read", "data/*", errno.EIO)  # the disk starts failing reads of what it stores
+        second = run(world, "data", now=1)
+        assert second.code == 1, second.err
+        [target] = outcome(second)["data"]["targets"]
+        assert target["status"] == "failed" and target["pruned"] == [], target
+        assert target["prune_skipped"] == "not pruned: verification failed this run", target
+        assert fs.hits()
+        fs.clear()
+        assert len(listing(world, "usb")) == 2
