@@ -200,6 +200,15 @@ def _main(argv: list[str] | None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.FAILURE
+    except OSError as exc:  # the machine, not btrsync: a full or read-only state directory, EIO
+        if debug:
+            log.exception("failed")
+        where = f" ({exc.filename})" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}: a system error; fix it and run the command again"
+        click.echo(f"btrsync: error: {message}", err=True)
+        if as_json:
+            emit_json_error(message, ExitCode.FAILURE, type(exc).__name__)
+        return ExitCode.FAILURE
 
 
 def entry() -> None:

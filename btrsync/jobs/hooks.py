@@ -64,8 +64,8 @@ def run_hook(argv: Sequence[str], *, kind: str, env: Mapping[str, str], timeout:
     try:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=dict(env), start_new_session=True, close_fds=True)
-    except OSError as exc:
-        result.error = f"cannot be started: {exc.strerror or exc}"
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument or the environment
+        result.error = f"cannot be started: {getattr(exc, 'strerror', None) or exc}"
         logger.warning("hook failed kind=%s argv=%s: %s", kind, list(argv), result.error)
         return result
     reader = threading.Thread(target=_read_lines, args=(proc, result, max_output_lines, logger),
@@ -164,7 +164,13 @@ def env_for(job: str, status: str, *, targets: Sequence[str], subvolumes: Sequen
         "BTRSYNC_STREAM_BYTES": str(stream_bytes),
         "BTRSYNC_STORED_BYTES": str(stored_bytes),
         "BTRSYNC_DURATION_SECONDS": f"{seconds:.1f}",
-        "BTRSYNC_ERROR": error[:4000],
+        # what a failing hook printed may hold anything: an environment value cannot hold NUL
+        "BTRSYNC_ERROR": _printable(error)[:4000],
         "BTRSYNC_DRY_RUN": "1" if dry_run else "0",
     })
     return env
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters other than tab and newline shown as ``\\xNN``."""
+    return "".join(c if c >= " " or c in "\t\n" else f"\\x{ord(c):02x}" for c in text.replace("\x7f", "\\x7f"))

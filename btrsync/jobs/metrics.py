@@ -12,16 +12,19 @@ renamed into place), under a lock.  Names follow the Prometheus conventions; the
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from btrsync import __version__
 from btrsync.config.model import Config
+from btrsync.fdio import write_all
 from btrsync.jobs.clock import Clock
 from btrsync.jobs.records import JobRecords, parse_iso
 from btrsync.locking import target_lock
@@ -236,9 +239,27 @@ def write_metrics(config: Config, state_dir: Path, clock: Clock) -> Path | None:
         directory.mkdir(parents=True, exist_ok=True)
     path = directory / FILENAME
     with target_lock(Path(state_dir), "metrics", wait=30.0):
-        write_to_textfile(str(path), render(config, state_dir, clock.now().timestamp()))
-    path.chmod(0o644)  # node_exporter runs as its own user
+        _replace(path, generate_latest(render(config, state_dir, clock.now().timestamp())))
     return path
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary name node_exporter ignores (not ``*.prom``),
+    already readable by node_exporter's user (a 0600 file left by a kill under UMask=0077 would
+    silence every alert), synced, renamed into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            os.fchmod(fd, 0o644)
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_metrics_safely(config: Config, state_dir: Path, clock: Clock) -> Path | None:

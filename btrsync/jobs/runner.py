@@ -190,6 +190,14 @@ class JobRun:
         except LockedError as exc:
             out.status, out.error = "locked", str(exc)
             log.warning("job not run job=%s: %s", job.name, exc)
+        except OSError as exc:  # the state directory full or read-only: this job fails, the next runs
+            where = f" ({exc.filename})" if exc.filename else ""
+            out.status, out.error = "failed", f"{exc.strerror or exc}{where}"
+            log.error("job %s failed: %s", job.name, out.error)
+            try:
+                self._finish()
+            except (BtrsyncError, OSError) as failed:
+                log.error("could not record the failed run of job %s: %s", job.name, failed)
         except Terminated as exc:
             out.status, out.error = "terminated", f"stopped by {exc.name}"
             try:
@@ -436,6 +444,11 @@ class JobRun:
         if result.failed:
             first = result.failed[0]
             res.fail("failed", f"backup {first.backup_id} failed: {first.error}")
+        for skip in result.plan.skipped:  # this run's own snapshot not sent: never an "ok" run
+            if skip.snapshot.name in self.out.snapshots:
+                hint = ("; the target holds a backup dated after it: was a clock ahead when that was "
+                        "taken? (docs/scheduling.md, 'Clocks')") if skip.reason.startswith("older than") else ""
+                res.fail("failed", f"this run's snapshot {skip.snapshot.name} was not sent: {skip.reason}{hint}")
         return result.held
 
     def _prune_target(self, repo: Repository, jt: JobTarget, res: TargetOutcome,

@@ -37,6 +37,7 @@ from btrsync.state import State
 from btrsync.units import parse_size
 
 log = logging.getLogger(__name__)
+FUTURE_TOLERANCE = timedelta(minutes=5)  # clocks of hosts that write the records differ a little
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 PLUGIN_WORDS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -89,7 +90,7 @@ def status_rows(config: Config, state_dir: Path, now: datetime, *, stale_after: 
     rows = []
     for job in jobs if jobs is not None else list(config.jobs.jobs.values()):
         doc = records.load(job.name)
-        threshold = stale_after or job.stale_after
+        threshold = job.stale_after if stale_after is None else stale_after
         if not job.targets:
             rows.append(_snapshot_only_row(job, doc, now, threshold))
         for jt in job.targets:
@@ -152,7 +153,7 @@ def _verdict(ran: bool, newest: datetime | None, age: timedelta | None, threshol
              failing: bool) -> str:
     if newest is None or age is None:
         return "failing" if ran and failing else "never"
-    if age > threshold:
+    if age > threshold or age < -FUTURE_TOLERANCE:  # dated in the future: its age cannot be told
         return "stale"
     return "failing" if failing else "ok"
 
@@ -165,7 +166,11 @@ def check(rows: list[StatusRow], now: datetime) -> tuple[int, str]:
     problems: list[tuple[int, str]] = []
     for r in watched:
         where = f"{r.job}/{r.target}" if r.target != "-" else r.job
-        if r.verdict == "stale":
+        if r.verdict == "stale" and r.newest_age is not None and r.newest_age < timedelta(0):
+            problems.append((CRITICAL, f"{where} stale: newest backup dated {_age(-r.newest_age)} in the "
+                                       "future (a clock was ahead when it was taken; see docs/scheduling.md, "
+                                       "'Clocks')"))
+        elif r.verdict == "stale":
             problems.append((CRITICAL, f"{where} stale: newest backup {_age(r.newest_age)} old "
                                        f"(> {_age(r.stale_after)})"))
         elif r.verdict == "failing" and r.newest is None:

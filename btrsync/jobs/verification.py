@@ -60,7 +60,8 @@ def drill_due(policy: VerifyModel, rec: dict[str, Any], now: datetime) -> bool:
     if policy.drill_every is None:
         return False
     last = parse_iso((rec.get("drill") or {}).get("time"))
-    return last is None or now - last >= timespan(policy.drill_every)
+    # a drill dated in the future (the clock jumped back since) is due, not years away
+    return last is None or last > now or now - last >= timespan(policy.drill_every)
 
 
 def run_drill(repo: Repository, subvolumes: list[str], policy: VerifyModel, job: Job, state_dir: Path,

@@ -459,3 +459,37 @@ targets.usb = {{ max_chain = 0, retention = {{ keep_last = 1 }} }}
         assert fs.hits()
         fs.clear()
         assert len(listing(world, "usb")) == 2
+
+
+def test_a_backup_dated_in_the_future_fails_the_runs_it_blocks_and_status_says_so(world: World) -> None:
+    """A run while the clock was two days ahead left a backup dated then: every later snapshot
+    was "older than the newest backup", not sent, and the run said ok (on_success fired, the
+    stale alert could not fire on a negative age).  Now such a run fails, naming the clock."""
+    _single_job(world)
+    ahead = run(world, "data", now=48)
+    assert ahead.code == 0, ahead.err
+    blocked = run(world, "data", now=1)
+    assert blocked.code == 1, blocked.err
+    [target] = outcome(blocked)["data"]["targets"]
+    assert target["status"] == "failed" and "was not sent" in target["error"], target
+    assert "was a clock ahead" in target["error"], target["error"]
+    row = status(world, 1)[("data", "usb")]
+    assert row["verdict"] == "stale", row
+    check = world.cli("status", "--check", "--now", at(1))
+    assert check.code == 2 and "in the future" in check.out, check.out
+    fixed = world.cli("push", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--to", world.url, "--backfill")
+    assert fixed.code == 0, fixed.err
+    assert len(listing(world, "usb")) == 2
+
+
+def test_a_read_only_state_directory_is_a_failure_with_a_message_not_a_traceback(world: World) -> None:
+    _single_job(world)
+    assert run(world, "data", now=0).code == 0
+    subprocess.run(["mount", "--bind", str(world.state), str(world.state)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(world.state)], check=True)
+        result = run(world, "data", now=1)
+        assert result.code == 1, (result.code, result.err)
+        assert "Traceback" not in result.err and "Read-only file system" in result.err, result.err
+    finally:
+        subprocess.run(["umount", str(world.state)], check=True)

@@ -69,3 +69,19 @@ def test_pre_hooks_stop_at_the_first_failure() -> None:
     results = run_hooks("pre", [["true"], ["false"], ["true"]], env=dict(os.environ), timeout=5,
                         stop_on_failure=True)
     assert [r.ok for r in results] == [True, False]
+
+
+def test_binary_output_of_a_failed_hook_reaches_the_next_hook_printable(tmp_path: Path) -> None:
+    """A failing pre hook printed binary (pg_dump -Fc to stdout): its NUL bytes went into
+    BTRSYNC_ERROR, Popen raised ValueError, and the run ended in a traceback before on_failure."""
+    from btrsync.jobs.hooks import env_for
+
+    failed = run_hook(["sh", "-c", "printf 'PGDMP\\000\\001\\033x\\n'; exit 1"], kind="pre", env=dict(os.environ),
+                      timeout=10)
+    env = env_for("data", "failed", targets=["usb"], error=failed.describe())
+    assert "\x00" not in env["BTRSYNC_ERROR"] and "PGDMP\\x00\\x01\\x1bx" in env["BTRSYNC_ERROR"]
+    out = tmp_path / "seen"
+    after = run_hook(["sh", "-c", f'printf %s "$BTRSYNC_ERROR" > {out}'], kind="on_failure", env=env, timeout=10)
+    assert after.ok and "PGDMP" in out.read_text()
+    broken = run_hook(["echo", "a\x00b"], kind="post", env=dict(os.environ), timeout=10)
+    assert not broken.ok and "cannot be started" in broken.describe()

@@ -90,6 +90,28 @@ def test_the_metrics_file_passes_promtool_and_carries_every_series(tmp_path: Pat
     assert "btrsync_job_last_run_timestamp_seconds{btrsync_job=\"idle\"}" not in text  # never ran
 
 
+def test_the_metrics_file_is_readable_by_node_exporter_from_its_first_byte(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under UMask=0077 the file was renamed into place as 0600 and only then opened up: a kill
+    in between left a file node_exporter cannot read, and every btrsync alert went quiet."""
+    config = _config(tmp_path)
+    seen: list[tuple[str, int]] = []
+    real_replace = os.replace
+
+    def replace(src, dst):  # noqa: ANN001, ANN202
+        seen.append((os.path.basename(src), os.stat(src).st_mode & 0o777))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    old = os.umask(0o077)
+    try:
+        path = write_metrics(config, tmp_path / "state", FakeClock())
+    finally:
+        os.umask(old)
+    assert path is not None and [mode for _, mode in seen] == [0o644]
+    assert not seen[0][0].endswith(".prom") and sorted(p.name for p in path.parent.iterdir()) == ["btrsync.prom"]
+
+
 def test_a_manual_verify_newer_than_the_job_s_shows_in_the_metrics(tmp_path: Path) -> None:
     config = _config(tmp_path)
     JobRecords(tmp_path / "state").save("home", json.loads(json.dumps(RECORD)))

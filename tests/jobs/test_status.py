@@ -51,6 +51,7 @@ def save(state: Path, usb: dict, b2: dict, job_status: str = "ok") -> None:
     (record(1), record(None, failures=1, status="failed"), ("ok", "failing"), 2),
     (record(1), {}, ("ok", "never"), 3),
     (record(40, failures=3, status="failed"), record(1), ("stale", "ok"), 2),
+    (record(1), record(-48), ("ok", "stale"), 2),  # dated two days ahead: its age cannot be told
 ])
 def test_verdicts_and_monitoring_codes(tmp_path: Path, usb: dict, b2: dict, verdicts: tuple[str, str],
                                        code: int) -> None:
@@ -86,3 +87,18 @@ def test_no_job_at_all_is_unknown_and_the_cli_prints_the_plugin_line(tmp_path: P
     assert main(["--config", str(path), "status", "--now", iso(T0)]) == 0
     table = capsys.readouterr()
     assert "STALE" in table.out and "home/b2" not in table.err or "boom" not in table.err
+
+
+def test_stale_after_zero_is_a_threshold_not_the_default(tmp_path: Path) -> None:
+    config = config_from(CONFIG.format(state=tmp_path))
+    save(tmp_path, record(1), record(1))
+    assert [r.verdict for r in status_rows(config, tmp_path, T0, stale_after=timedelta(0))] == ["stale", "stale"]
+
+
+def test_a_drill_dated_in_the_future_is_due() -> None:
+    from btrsync.jobs.schema import VerifyModel
+    from btrsync.jobs.verification import drill_due
+
+    policy = VerifyModel(drill_every="30d")
+    assert drill_due(policy, {"drill": {"time": iso(T0 + timedelta(days=400))}}, T0)
+    assert not drill_due(policy, {"drill": {"time": iso(T0 - timedelta(days=1))}}, T0)
