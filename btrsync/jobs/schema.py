@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,10 +33,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from btrsync.config.retention import RetentionConfig, policy_from
 from btrsync.errors import ConfigError
+from btrsync.jobs.model import DEFAULT_METRICS_DIR, Job, JobsConfig, JobTarget
 from btrsync.jobs.timespan import check_timespan, timespan
 from btrsync.jobs.windows import BackupWindow, TargetEvery
 from btrsync.pipeline.schedule import RateSchedule
-from btrsync.jobs.model import DEFAULT_METRICS_DIR, Job, JobsConfig, JobTarget
 from btrsync.retention import Policy
 
 DEFAULT_STALE_AFTER = "26h"

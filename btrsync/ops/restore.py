@@ -241,12 +241,11 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
             if existing == "skip" and not stat.S_ISDIR(there.st_mode):
                 raise UsageError(f"{to / name} exists and is not a directory (symlinks are never "
                                  "followed); --skip-existing merges into a directory only")
-            if existing == "overwrite" and (mounted := place.mounts_within(to_fd, name)):
-                raise UsageError(f"{to / name} cannot be replaced: a filesystem is mounted in it, at "
-                                 f"{', '.join(mounted[:3])}; unmount it, or restore elsewhere")
+            if existing == "overwrite" and (why := place.foreign_within(to_fd, name)):
+                raise UsageError(f"{to / name} cannot be replaced: {why}")
         lock_fd = _claim_work_dir(to_fd, to, work, last.backup_id)
         try:
-            work_fd = os.open(work, DIR_FLAGS, dir_fd=to_fd)
+            work_fd = place.open_own_dir(to_fd, work)
             try:
                 os.mkdir("tree", 0o700, dir_fd=work_fd)
                 tree_fd = os.open("tree", DIR_FLAGS, dir_fd=work_fd)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shlex
 import stat
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any
 from btrsync.btrfs import rollback as rb
 from btrsync.btrfs import subvolume as sv
 from btrsync.errors import SnapshotError, UsageError
+from btrsync.fdio import syncfs
 from btrsync.restore import RestoreError, place
 from btrsync.restore.apply import Notes
 from btrsync.restore.paths import DIR_FLAGS, PathRefused, Tree, split
@@ -162,7 +164,7 @@ def _restore_one(src: Tree, parts: list[str], to: Path, to_fd: int, existing: st
     rel, name = "/".join(parts), parts[-1]
     dest = to / rel
     pfd, created = _dest_parent(src, parts, to, to_fd, copier, result)
-    work = f".btrsync-restore.{name}.{os.getpid()}"[:255]
+    work = f".btrsync-restore.{os.getpid()}.{secrets.token_hex(4)}"  # short: any name fits beside it
     try:
         try:
             there = os.stat(name, dir_fd=pfd, follow_symlinks=False)
@@ -174,9 +176,11 @@ def _restore_one(src: Tree, parts: list[str], to: Path, to_fd: int, existing: st
                                  "to add only what is missing")
             if existing == "skip" and not stat.S_ISDIR(there.st_mode):
                 return RestoredPath(rel, str(dest), "merged", 0, 1, [rel])
+            if existing == "overwrite" and (why := place.foreign_within(pfd, name)):
+                raise UsageError(f"{dest} cannot be replaced: {why}")
         os.mkdir(work, 0o700, dir_fd=pfd)
         try:
-            wfd = os.open(work, DIR_FLAGS, dir_fd=pfd)
+            wfd = place.open_own_dir(pfd, work)
             try:
                 sdir, sname = src.parent(rel)
                 sdir = os.dup(sdir)
@@ -184,13 +188,19 @@ def _restore_one(src: Tree, parts: list[str], to: Path, to_fd: int, existing: st
                     copier.copy_entry(sdir, sname, wfd, name, rel)
                 finally:
                     os.close(sdir)
+                # durable before it replaces anything, and its placing durable before "restored":
+                # a crash must not leave empty files where the old ones were
+                syncfs(wfd)
                 if there is None:
                     place.move_into_place(wfd, name, pfd, name)
+                    syncfs(pfd)
                     return RestoredPath(rel, str(dest), "restored")
                 if existing == "overwrite":
                     place.swap_into_place(wfd, name, pfd, name)
+                    syncfs(pfd)
                     return RestoredPath(rel, str(dest), "replaced")
                 merged = place.merge_tree(wfd, name, pfd, name)
+                syncfs(pfd)
                 return RestoredPath(rel, str(dest), "merged", merged.added, merged.kept, merged.kept_examples)
             finally:
                 os.close(wfd)

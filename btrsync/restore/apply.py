@@ -54,9 +54,6 @@ log = logging.getLogger(__name__)
 OPEN_DATA = os.O_RDWR
 _NOTE_EXAMPLES = 3
 
-#: errors a destination filesystem gives for metadata it cannot hold, or a user for privileges
-_UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.E2BIG, errno.ERANGE,
-                errno.ENOSPC}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -686,7 +683,7 @@ class Applier:
         try:
             action(where)
         except OSError as exc:
-            if exc.errno not in _UNSUPPORTED:
+            if not fsutil.metadata_unsupported(exc, where):
                 raise
             namespace = name.split(".", 1)[0]
             why = "not permitted" if exc.errno in (errno.EPERM, errno.EACCES) else "not supported"

@@ -43,6 +43,28 @@ def _libc() -> ctypes.CDLL:
     return lib
 
 
+#: errors a destination filesystem gives for metadata it cannot hold, or a user for privileges
+METADATA_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.E2BIG,
+                                  errno.ERANGE})
+_ROOM = 1 << 20  # free bytes below which an ENOSPC is a full disk, not an inode without xattr room
+
+
+def metadata_unsupported(exc: OSError, where: str | int) -> bool:
+    """Whether a failed metadata call (an xattr, an owner) at ``where`` means the destination cannot
+    hold that metadata (a note), not that the restore failed.  ``ENOSPC`` is both: ext4 answers it
+    when an inode has no room for one more xattr, and a full disk answers it too, which must fail
+    the restore rather than end it "restored" with a note."""
+    if exc.errno in METADATA_UNSUPPORTED:
+        return True
+    if exc.errno != errno.ENOSPC:
+        return False
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize > _ROOM
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if _libc().fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()

@@ -5,10 +5,10 @@ recursion limit on deep trees). Directories without write or search permission f
 are opened up (``0700``) before they are emptied, so a non-root user can remove what a restore
 made (read-only directories included).
 
-Nothing here ever reaches into another mounted filesystem: replacing a tree that holds a mount
-point is refused before anything moves, and removing a tree stops at a mount point (EBUSY) with
-the mounted filesystem untouched.  ``rm -rf`` of the old tree would otherwise empty whatever an
-operator had mounted inside it.
+Nothing here ever reaches into another mounted filesystem or a btrfs subvolume: replacing a tree
+that holds a mount point or a subvolume is refused before anything moves, and removing a tree
+stops at either (EBUSY), leaving it untouched.  ``rm -rf`` of the old tree would otherwise empty
+whatever an operator had mounted inside it, or the snapshots kept in it.
 """
 
 from __future__ import annotations
@@ -37,6 +37,20 @@ def _open_dir(parent_fd: int, name: str) -> int:
         return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
 
 
+def open_own_dir(parent_fd: int, name: str) -> int:
+    """A descriptor of the private directory ``parent/name`` this process just made (``0700``):
+    refused if what the name opens now is not that, e.g. a directory another user put in its
+    place in a parent they can write to.  Everything after works through the descriptor."""
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
+        os.close(fd)
+        raise OSError(errno.EPERM, f"the work directory {name} was replaced while in use (owner uid "
+                                   f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}): another user can write to "
+                                   "where it is; restore into a directory only root can write to", name)
+    return fd
+
+
 def _fd_path(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
@@ -55,15 +69,65 @@ def mounts_within(parent_fd: int, name: str) -> list[str]:
     return sorted(m for m in mount_points() if m == root or m.startswith(prefix))
 
 
+def subvolumes_within(parent_fd: int, name: str) -> list[str]:
+    """Directories at or below ``parent/name`` on another device than ``parent``: btrfs
+    subvolumes (snapshots, a container's storage) and mount points.  A walk of the directories
+    that stats each one and never enters such a directory (nor follows a symlink); at most
+    ``EXAMPLES`` are returned."""
+    base = os.fstat(parent_fd).st_dev
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return []
+    if not stat.S_ISDIR(st.st_mode):
+        return []
+    if st.st_dev != base:
+        return [os.path.join(_fd_path(parent_fd), name)]
+    found: list[str] = []
+    stack = [os.open(name, DIR_FLAGS, dir_fd=parent_fd)]
+    try:
+        while stack and len(found) < EXAMPLES:
+            fd = stack.pop()
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        if not entry.is_dir(follow_symlinks=False):
+                            continue
+                        if entry.stat(follow_symlinks=False).st_dev != base:
+                            found.append(os.path.join(_fd_path(fd), entry.name))
+                        else:
+                            stack.append(os.open(entry.name, DIR_FLAGS, dir_fd=fd))
+            finally:
+                os.close(fd)
+    finally:
+        for fd in stack:
+            os.close(fd)
+    return sorted(found)[:EXAMPLES]
+
+
+def foreign_within(parent_fd: int, name: str) -> str | None:
+    """Why ``parent/name`` must not be replaced (and then removed): a filesystem mounted in it, or
+    btrfs subvolumes in it (snapshots kept there, a container's storage), none of which a backup
+    holds; ``None`` when it holds neither."""
+    if mounted := mounts_within(parent_fd, name):
+        return f"a filesystem is mounted in it, at {', '.join(mounted[:3])}; unmount it, or restore elsewhere"
+    if nested := subvolumes_within(parent_fd, name):
+        return (f"it holds btrfs subvolumes, at {', '.join(nested[:3])} (snapshots, a container's storage: "
+                "a restore never deletes them); move them out, or restore elsewhere")
+    return None
+
+
 def _refuse_mount(parent_fd: int, name: str, st: os.stat_result) -> None:
     """Before ``parent/name`` (a directory, ``st``) is opened up or entered: on another device than
-    its parent it is a btrfs subvolume (removed like any directory) or a mount point (never
-    touched, not even its permissions)."""
+    its parent it is a mount point or a btrfs subvolume, and both are left untouched (not even
+    their permissions): a subvolume in a tree being replaced is a snapshot or a container's
+    storage that no restore put there."""
     if st.st_dev == os.fstat(parent_fd).st_dev:
         return
     path = os.path.join(_fd_path(parent_fd), name)
     if path in mount_points():
         raise OSError(errno.EBUSY, f"a filesystem is mounted at {path}; it was left untouched", path)
+    raise OSError(errno.EBUSY, f"{path} is a btrfs subvolume; it was left untouched", path)
 
 
 def remove_tree(parent_fd: int, name: str) -> None:
@@ -155,10 +219,9 @@ def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     """Put ``src`` at ``dst`` and what was at ``dst`` at ``src`` (atomically where the filesystem
     can exchange names, else in two renames).  Refused (``OSError(EBUSY)``, nothing moved) when a
     filesystem is mounted in ``dst``: the old tree is removed next, and must hold only its own."""
-    mounted = mounts_within(dst_fd, dst)
-    if mounted:
-        raise OSError(errno.EBUSY, f"a filesystem is mounted in it, at {', '.join(mounted[:3])}: unmount it, "
-                                   "or restore elsewhere (nothing was replaced)")
+    why = foreign_within(dst_fd, dst)
+    if why:
+        raise OSError(errno.EBUSY, f"{why} (nothing was replaced)")
     try:
         fsutil.renameat2(src_fd, src, dst_fd, dst, fsutil.RENAME_EXCHANGE)
         return

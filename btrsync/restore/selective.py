@@ -384,8 +384,7 @@ class SelectiveRestore:
             try:
                 os.setxattr(where, xname, bytes.fromhex(value), follow_symlinks=isinstance(where, int))
             except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.E2BIG,
-                                     errno.ERANGE, errno.ENOSPC):
+                if not fsutil.metadata_unsupported(exc, where):
                     raise
                 self.notes.add(f"{xname.split('.', 1)[0]}.* xattr not supported here ({exc.strerror})",
                                f"{path or '.'}: {xname}")

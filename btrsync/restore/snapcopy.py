@@ -21,8 +21,6 @@ from btrsync.restore import fsutil
 from btrsync.restore.apply import Notes
 from btrsync.restore.paths import DIR_FLAGS
 
-_UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.E2BIG, errno.ERANGE,
-                errno.ENOSPC}
 MAX_LINK_GROUPS = 4096  # hard-linked inodes whose first copy's directory stays open
 _SRC_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
@@ -89,7 +87,7 @@ class Copier:
             try:
                 os.setxattr(where, key, value, follow_symlinks=isinstance(where, int))
             except OSError as exc:
-                if exc.errno not in _UNSUPPORTED:
+                if not fsutil.metadata_unsupported(exc, where):
                     raise
                 self.notes.add(f"{key.split('.', 1)[0]}.* xattr not copied ({exc.strerror})", f"{rel}: {key}")
         times = (st.st_atime_ns, st.st_mtime_ns)

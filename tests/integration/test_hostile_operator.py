@@ -775,3 +775,64 @@ def test_a_push_whose_segments_vanish_before_the_commit_is_not_committed(world: 
     assert run.code == 0, run.err
     assert world.receive("latest").code == 0
     assert diff_trees(snap, world.restore / snap.name) == []
+
+
+# --- btrfs subvolumes inside what is replaced ------------------------------------------------------
+
+
+def test_overwriting_a_tree_that_holds_btrfs_subvolumes_refuses_and_leaves_them(world: World) -> None:
+    """'--overwrite' swapped the old tree aside and removed it entry by entry: a subvolume in it
+    (the snapshots kept in /data/.snapshots, a container's storage) was emptied if writable, or
+    left hidden in the work directory if read-only, and the command said "replaced", exit 0.
+    None of it is in any backup.  Now the replace is refused before anything is restored."""
+    _small_backup(world)
+    dest = world.src / "dest"
+    dest.mkdir()
+    first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
+    assert first.code == 0, first.err
+    restored = Path(first.json()["path"])
+    subprocess.run(["btrfs", "subvolume", "create", str(restored / "containers")], check=True, capture_output=True)
+    (restored / "containers" / "state").write_text("not in any backup")
+    run = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--overwrite")
+    assert run.code == 2 and "holds btrfs subvolumes" in run.err and "containers" in run.err, run.err
+    assert (restored / "containers" / "state").read_text() == "not in any backup"
+    assert sorted(p.name for p in dest.iterdir()) == [restored.name]
+
+    # snapshot restore of a path whose live version holds a nested subvolume (the snapshot has
+    # only the empty placeholder btrfs leaves for it)
+    (world.subvol / "srv").mkdir()
+    subprocess.run(["btrfs", "subvolume", "create", str(world.subvol / "srv" / "vm")], check=True, capture_output=True)
+    (world.subvol / "srv" / "vm" / "disk.img").write_bytes(b"v" * 4096)
+    snap = world.snapshot()
+    run = world.cli("snapshot", "restore", str(snap), "srv", "--to", str(world.subvol), "--overwrite")
+    assert run.code == 2 and "holds btrfs subvolumes" in run.err, run.err
+    assert (world.subvol / "srv" / "vm" / "disk.img").read_bytes() == b"v" * 4096
+
+    # and the last line of defence: removing a tree never deletes a subvolume in it
+    parent_fd = os.open(restored.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as caught:
+            place.remove_tree(parent_fd, restored.name)
+        assert caught.value.errno == errno.EBUSY and "btrfs subvolume" in str(caught.value)
+    finally:
+        os.close(parent_fd)
+    assert (restored / "containers" / "state").read_text() == "not in any backup"
+
+
+def test_a_work_directory_another_user_put_in_place_is_refused(tmp_path: Path) -> None:
+    """A restore into a directory a user can write to: the user can rename root's fresh work
+    directory and put their own there, and root would build the tree (chmod, chown, setuid bits)
+    where the user can plant symlinks.  What the name opens must be root's own 0700 directory."""
+    parent = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.mkdir("mine", 0o700, dir_fd=parent)
+        os.close(place.open_own_dir(parent, "mine"))
+        os.mkdir("theirs", 0o700, dir_fd=parent)
+        os.chown("theirs", 1000, 1000, dir_fd=parent)
+        with pytest.raises(OSError, match="was replaced while in use"):
+            place.open_own_dir(parent, "theirs")
+        os.mkdir("open", 0o755, dir_fd=parent)
+        with pytest.raises(OSError, match="was replaced while in use"):
+            place.open_own_dir(parent, "open")
+    finally:
+        os.close(parent)
