@@ -157,8 +157,8 @@ def parse_lease(key: str, data: bytes, now: datetime) -> LeaseInfo:
         return LeaseInfo(backup_id, str(doc["host"]), int(doc["pid"]), str(doc.get("boot_id", "")),
                          refreshed, None if parent is None else str(parent),
                          str(doc.get("token", "")), key)
-    except (ValueError, KeyError, TypeError, OverflowError) as exc:
-        return LeaseInfo(backup_id, "", 0, "", now, key=key, error=f"{type(exc).__name__}: {exc}")
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        return LeaseInfo(backup_id, "", 0, "", now, key=key, error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def read_lease(target: Target, key: str, now: datetime | None = None,

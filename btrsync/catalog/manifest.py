@@ -108,8 +108,8 @@ class Manifest:
             manifest = cls(**doc)
         except DamageError:
             raise
-        except (ValueError, TypeError, KeyError) as exc:
-            raise DamageError(f"{where} is not a valid manifest: {exc}") from None
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            raise DamageError(f"{where} is not a valid manifest: {str(exc)[:200]}") from None
         manifest.validate(where)
         return manifest
 

@@ -324,7 +324,7 @@ def read_marker(target: Target) -> RepoInfo | None:
         doc = json.loads(data)
         info = RepoInfo(int(doc["format"]), str(doc["repo_id"]), str(doc["key_id"]), str(doc["created"]),
                         str(doc.get("mac", "")))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} is damaged") from None
     if not REPO_ID.fullmatch(info.repo_id):  # it names local paths (ledger, listing cache); format 1 has no MAC
         raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} holds {info.repo_id[:80]!r} as its "
@@ -344,6 +344,7 @@ def check_marker(info: RepoInfo, key: MasterKey, target: Target) -> None:
             f"wrong key for {target.display_url}: the key file has id {key.key_id}, "
             f"the repository was written with key id {info.key_id}"
         )
-    if info.format >= 2 and not hmac.compare_digest(info.mac, marker_mac(key, info)):
+    if info.format >= 2 and not hmac.compare_digest(info.mac.encode(errors="surrogateescape"),
+                                                    marker_mac(key, info).encode()):
         raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} failed authentication "
                           "(edited or forged): refusing to use this repository")

@@ -344,6 +344,10 @@ class JobRun:
             res.fail("locked", str(exc))
         except (BtrsyncError, OSError) as exc:
             res.fail("failed", _describe(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug (or input nobody foresaw) fails this target, not the job
+            log.exception("unexpected error with target %s of job %s", jt.name, self.job.name)
+            res.fail("failed", f"unexpected error ({type(exc).__name__}: {exc}); the log has the traceback: "
+                               "please report it")
         if res.status != "ok" and res.prune_skipped is None:
             res.prune_skipped = f"not pruned: {res.status} this run"
         res.seconds = self.clock.monotonic() - t0

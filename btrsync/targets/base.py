@@ -56,11 +56,20 @@ class Capabilities:
 
 def validate_key(key: str) -> str:
     """Reject keys that are not relative, plain-ASCII, ``/``-separated names (before any I/O)."""
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):  # (match's $ takes a trailing newline)
         raise InvalidKey(f"invalid object key {key!r}: use letters, digits, '._~-' and '/' separators")
     if any(part in (".", "..") for part in key.split("/")) or TEMP_MARKER in key:
         raise InvalidKey(f"invalid object key {key!r}: '.', '..' and '{TEMP_MARKER}' are reserved")
     return key
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether ``key`` is a key btrsync could have written (listings skip anything else)."""
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return False
+    return True
 
 
 def validate_prefix(prefix: str) -> str:

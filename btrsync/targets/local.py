@@ -48,6 +48,7 @@ from btrsync.targets.base import (
     Target,
     check_range,
     from_timestamp,
+    is_valid_key,
     validate_key,
     validate_prefix,
 )
@@ -317,6 +318,9 @@ class LocalTarget(Target):
 
         def on_file(rel: str, st: os.stat_result) -> None:
             if TEMP_MARKER not in rel.rsplit("/", 1)[-1] and rel.startswith(prefix):
+                if not is_valid_key(rel):
+                    log.warning("file %r in %s is not an object btrsync writes: skipped", rel[:200], self.display_url)
+                    return
                 # a put renames a new file into place: a replaced object has a new inode and mtime
                 found.append(ObjectInfo(rel, st.st_size, f"{st.st_ino}:{st.st_mtime_ns}",
                                         from_timestamp(st.st_mtime)))

@@ -51,6 +51,7 @@ from btrsync.targets.base import (
     ObjectInfo,
     Target,
     check_range,
+    is_valid_key,
     validate_key,
     validate_prefix,
 )
@@ -395,13 +396,20 @@ class S3Target(Target):
         token: dict[str, str] = {}
         while True:
             page = self._request("list_objects_v2", what, Bucket=self.bucket, Prefix=full_prefix, **token)
-            found.extend(
-                ObjectInfo(self._relative(o["Key"]), int(o["Size"]), o.get("ETag"), _aware(o.get("LastModified")))
-                for o in page.get("Contents", [])
-            )
+            for o in page.get("Contents", []):
+                key = self._relative(str(o.get("Key", "")))
+                size = o.get("Size")
+                if not is_valid_key(key) or not isinstance(size, int) or size < 0:
+                    log.warning("object %r in %s is not one btrsync writes: skipped", key[:200], self.display_url)
+                    continue
+                found.append(ObjectInfo(key, size, o.get("ETag"), _aware(o.get("LastModified"))))
             if not page.get("IsTruncated"):
                 break
-            token = {"ContinuationToken": page["NextContinuationToken"]}
+            following = page.get("NextContinuationToken")
+            if not following or following == token.get("ContinuationToken"):
+                raise TargetError(f"{what}: the listing does not advance (continuation token "
+                                  f"{str(following)[:40]!r}); the store misbehaves, nothing was decided from it")
+            token = {"ContinuationToken": following}
         found.sort(key=lambda o: o.key)
         yield from found
 

@@ -290,7 +290,7 @@ class SshTarget(Target):
         """Bytes available to the ssh user in the root's filesystem; ``None`` if unknown."""
         result = self.conn.run(self.scripts.free_space(), timeout=self.io_timeout)
         lines = result.stdout.decode(errors="replace").split()
-        if result.returncode != 0 or not lines or not lines[-1].isdigit():
+        if result.returncode != 0 or not lines or not _is_count(lines[-1]):
             log.debug("free space unknown url=%s error=%s", self.display_url, result.stderr.strip())
             return None
         return int(lines[-1])
@@ -539,7 +539,7 @@ class SshTarget(Target):
         """The size line the remote snippet prints first; errors when there is none."""
         assert proc.stdout is not None
         header = proc.stdout.readline(64)
-        if header.strip().isdigit():
+        if _is_count(header.strip().decode(errors="replace")):
             return int(header)
         if header:  # something else talks on stdout, e.g. a login script
             raise TargetError(
@@ -627,7 +627,7 @@ def _write_parts(fd: int, parts: Iterable[bytes]) -> int:
 
 def _parse_int(out: bytes, where: str) -> int:
     text = out.decode(errors="replace").strip()
-    if not text.isdigit():
+    if not _is_count(text):
         raise TargetError(f"unexpected answer from the remote host for {where}: {text[:80]!r}")
     return int(text)
 
@@ -648,16 +648,25 @@ def _parse_listing(out: bytes) -> Iterator[tuple[str, str, ObjectInfo | None]]:
             except InvalidKey:
                 yield "f", key, None
                 continue
-            if not size.isdigit():
+            if not _is_count(size):
                 yield "f", key, None
                 continue
             yield "f", key, ObjectInfo(key, int(size), version or None, _parse_mtime(version.partition(":")[2]))
 
 
+_COUNT = re.compile(r"[0-9]{1,20}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
+
+
+def _is_count(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes ``²`` and other digits ``int`` refuses)."""
+    return _COUNT.fullmatch(text) is not None
+
+
 def _parse_mtime(text: str) -> datetime | None:
     """Seconds since the epoch (``%Y``, or find's ``%T@`` with a fraction); ``None`` otherwise."""
     try:
-        return from_timestamp(float(text)) if text and text[0].isdigit() else None
+        return from_timestamp(float(text)) if _TIMESTAMP.fullmatch(text) else None
     except (ValueError, OverflowError, OSError):
         return None
 
@@ -673,7 +682,7 @@ def _parse_temporaries(out: bytes) -> Iterator[TemporaryUpload]:
     skipped."""
     for line in out.decode(errors="replace").split("\0"):
         fields = line.rsplit("\t", 2)
-        if len(fields) == 3 and fields[1].isdigit():
+        if len(fields) == 3 and _is_count(fields[1]) and _TIMESTAMP.fullmatch(fields[2]):
             yield TemporaryUpload(fields[0], int(fields[1]), float(fields[2]))
 
 

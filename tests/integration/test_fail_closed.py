@@ -293,6 +293,7 @@ def test_leases_are_judged_on_the_targets_clock_not_their_writers(world: World) 
     json.dumps({"backup_id": "X", "host": "h", "pid": 10**30, "refreshed": "3026-01-01T00:00:00+00:00",
                 "parent_id": None}).encode(),
     b"{" + b" " * 100_000 + b"}",
+    b"[" * 4000,  # nested past the parser's recursion limit, under the size cap
 ])
 def test_bad_leases_never_crash_prune_or_clean(world: World, content: bytes) -> None:
     _backup(world, 1, "--max-chain", "0")
@@ -400,3 +401,21 @@ def test_clean_keeps_data_whose_manifest_directory_is_a_symlink(world: World, tm
     kept = [i for i in run.json()["items"] if i["kind"] == "orphaned data?"]
     assert kept and all(i["action"].startswith("kept: its manifest cannot be read") for i in kept)
     assert (world.target_dir / layout.data_prefix(bid)).is_dir()
+
+
+def test_a_hostile_target_gets_errors_not_tracebacks(world: World) -> None:
+    """Bytes from the target are input: a marker whose MAC is not ASCII made compare_digest raise
+    TypeError, and a file whose name is no key (``backups/notes 2.txt``, left by an operator)
+    made every catalog read fail with InvalidKey (exit 2) until it was removed."""
+    _backup(world)
+    marker = world.target_dir / layout.REPO_MARKER
+    good = marker.read_bytes()
+    doc = json.loads(good)
+    doc["mac"] = "\u00e9" * 64
+    marker.write_text(json.dumps(doc))
+    run = world.cli("list", "--from", world.url)
+    assert run.code == 4 and "failed authentication" in run.err and "Traceback" not in run.err, run.err
+    marker.write_bytes(good)
+    (world.target_dir / "backups" / "notes 2.txt").write_text("the operator's own note")
+    run = world.cli("list", "--from", world.url, "--json")
+    assert run.code == 0 and len(run.json()) == 1, run.err

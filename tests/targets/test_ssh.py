@@ -508,3 +508,17 @@ def test_remote_command_failures_are_classified() -> None:
 def test_ssh_target_is_a_target() -> None:
     """The ssh target implements the narrow interface."""
     assert issubclass(SshTarget, Target)
+
+
+def test_numbers_from_the_remote_are_ascii_digits_only() -> None:
+    """``str.isdigit`` takes '²' (and other digits ``int`` refuses): a remote answering one crashed
+    the caller with ValueError instead of a TargetError or a skipped entry."""
+    from btrsync.targets.errors import TargetError
+    from btrsync.targets.ssh import _parse_int, _parse_listing, _parse_temporaries
+
+    with pytest.raises(TargetError):
+        _parse_int("\u00b2".encode(), "x")
+    records = "f\t./backups/a/manifest\t\u00b2\t1:2\0f\t./backups/b/manifest\t12\t3:1700000000.5\0".encode()
+    parsed = list(_parse_listing(records))
+    assert parsed[0][2] is None and parsed[1][2] is not None and parsed[1][2].size == 12
+    assert list(_parse_temporaries("x.tmp-1\t5\tnan\0y.tmp-2\t\u00b3\t1\0".encode())) == []
