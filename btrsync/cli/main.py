@@ -213,4 +213,15 @@ def _main(argv: list[str] | None) -> int:
 
 def entry() -> None:
     release_large_buffers()  # the btrsync process: S3 parts are unmapped when freed (btrsync/memory.py)
+    _no_core_dumps()
     sys.exit(main(process=True))
+
+
+def _no_core_dumps() -> None:
+    """A core file of btrsync would hold the key (and S3 secrets) in clear."""
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError) as exc:
+        log.debug("core dumps stay enabled: %s", exc)

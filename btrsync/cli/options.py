@@ -12,10 +12,17 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: libraries whose debug output holds secrets or whole payloads: botocore logs the signed headers
+#: (Authorization, X-Amz-Security-Token) and every request body (16 MiB parts); never below WARNING
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 def configure_logging(verbose: int, debug: bool) -> None:
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(format="btrsync: %(levelname)s %(message)s", force=True)
     logging.getLogger().setLevel(level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _setter(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:

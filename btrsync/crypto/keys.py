@@ -88,6 +88,10 @@ def load_key_file(path: Path) -> MasterKey:
 
 def _decode(data: bytes, path: Path) -> bytes:
     if len(data) == KEY_BYTES:
+        if all(0x20 <= b < 0x7F for b in data):  # random bytes are this only once in ~10^14 keys
+            raise KeyFileError(
+                f"key file {path} holds 32 printable characters: a password or passphrase, not a "
+                "256-bit key; create a key with 'btrsync key generate FILE'")
         return data
     text = data.strip()
     if len(text) == 2 * KEY_BYTES:

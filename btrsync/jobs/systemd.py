@@ -165,6 +165,7 @@ def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -
     lines += [
         "KillMode=mixed",
         "TimeoutStopSec=5min",
+        "LimitCORE=0",  # a core file would hold the key in clear
         "ReadWritePaths=" + " ".join(_path_arg(p) for p in dict.fromkeys(writable)),
         "CapabilityBoundingSet=" + " ".join(caps),
         HARDENING.rstrip("\n"),

@@ -215,20 +215,44 @@ def region_from_endpoint(endpoint: str | None) -> str | None:
     return match.group(1).lower() if match else None
 
 
+_SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _shared_credentials(profile: str | None) -> S3Credentials:
+    """Without ``credentials_file``: the AWS shared credentials file (``AWS_SHARED_CREDENTIALS_FILE``,
+    else ``~/.aws/credentials``), section ``profile`` (else ``AWS_PROFILE``, else ``default``), read
+    with the checks of every secret file.  Secrets in the environment are refused: btrsync takes
+    credentials only from files (they reach every child process and ``/proc/PID/environ``)."""
+    present = [name for name in _SECRET_VARIABLES if os.environ.get(name)]
+    if present:
+        raise ConfigError(
+            f"{', '.join(present)} set in the environment: btrsync takes S3 credentials only from a file "
+            "(the environment reaches every child process); write them to a file, e.g. 'key_id=...' and "
+            "'application_key=...' lines, mode 0600, and name it in the target's credentials_file "
+            "(a systemd EnvironmentFile with 'export AWS_...' lines works as is)")
+    path = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials")
+    if not os.path.lexists(path):
+        raise ConfigError(
+            "no S3 credentials: set credentials_file in the target's settings (or deliver a systemd "
+            "credential target-NAME); see docs/targets-s3.md")
+    return read_credentials_file(path, profile or os.environ.get("AWS_PROFILE") or None)
+
+
 def make_client(settings: S3Settings) -> Any:
     """A botocore S3 client fit for B2: no flexible checksums, no botocore retries."""
     creds = (
         read_credentials_file(settings.credentials_file, settings.profile)
         if settings.credentials_file
-        else None
+        else _shared_credentials(settings.profile)
     )
     try:
+        # always explicit: boto3's own chain would take secrets from the environment, run a
+        # credential_process or ask instance metadata
         session = boto3.session.Session(
             botocore_session=_botocore_session(),
-            aws_access_key_id=creds.key_id if creds else None,
-            aws_secret_access_key=creds.secret if creds else None,
-            aws_session_token=creds.session_token if creds else None,
-            profile_name=settings.profile if not creds else None,
+            aws_access_key_id=creds.key_id,
+            aws_secret_access_key=creds.secret,
+            aws_session_token=creds.session_token,
         )
     except ProfileNotFound:
         raise ConfigError(f"AWS profile {settings.profile!r} not found in the AWS config files") from None
@@ -310,8 +334,7 @@ def translate(exc: Exception, what: str) -> BtrsyncError:
         return translate_client_error(exc, what)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return PermissionDenied(
-            f"{what}: no complete S3 credentials found: set credentials_file in the target's "
-            "settings, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            f"{what}: no complete S3 credentials found: set credentials_file in the target's settings"
         )
     if isinstance(exc, _CONNECTION_ERRORS):
         return transient(f"{what}: {type(exc).__name__}: {exc}")

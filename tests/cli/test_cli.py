@@ -194,3 +194,19 @@ def test_starting_the_command_line_loads_no_heavy_library_it_does_not_need() -> 
             "print(sorted(m for m in ('pydantic', 'prometheus_client', 'boto3', 'zstandard') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout
+
+
+def test_debug_logging_never_opens_up_the_s3_libraries() -> None:
+    """--debug set the root logger to DEBUG, and botocore logged every signed request's
+    Authorization and session-token headers and the repr of each 16 MiB part."""
+    import logging
+
+    from btrsync.cli.options import configure_logging
+
+    configure_logging(2, True)
+    try:
+        assert logging.getLogger("btrsync").getEffectiveLevel() == logging.DEBUG
+        for name in ("botocore.endpoint", "botocore.auth", "urllib3.connectionpool", "s3transfer"):
+            assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING, name
+    finally:
+        configure_logging(0, False)

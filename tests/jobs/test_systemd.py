@@ -84,6 +84,7 @@ def test_the_service_unit_names_secret_paths_only_and_is_hardened(tmp_path: Path
     assert "ExecStart=/usr/bin/btrsync --config /etc/btrsync/config.toml --key-file %d/key run home" in service
     for line in ("Type=oneshot", "ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes",
                  "IOSchedulingClass=idle", "Nice=10", "KillMode=mixed", "OnFailure=btrsync-on-failure@%n.service",
+                 "LimitCORE=0",
                  "Wants=network-online.target"):
         assert line in service.splitlines(), line
     caps = next(x for x in service.splitlines() if x.startswith("CapabilityBoundingSet="))

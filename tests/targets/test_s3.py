@@ -278,6 +278,21 @@ def test_standard_aws_environment_is_used_without_settings(
         assert target.read("k") == b"hello"
 
 
+def test_secrets_in_the_environment_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Credentials only from files: boto3's chain took AWS_SECRET_ACCESS_KEY from the environment,
+    which every hook, ssh and btrfs process inherits."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "0041234")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="only from a file") as info:
+        open_target(f"s3://{TEST_BUCKET}/p")
+    assert SECRET not in str(info.value)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ConfigError, match="no S3 credentials: set credentials_file"):
+        open_target(f"s3://{TEST_BUCKET}/p")
+
+
 # -- probe -------------------------------------------------------------------------------------
 def test_probe_reports_a_missing_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """A bucket that does not exist is TargetMissingError with the bucket's name."""

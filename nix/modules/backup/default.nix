@@ -55,6 +55,7 @@ let
         LoadCredential = map (lib.replaceStrings [ "%" ] [ "%%" ]) (credentialsOf job);
         KillMode = "mixed";
         TimeoutStopSec = "5min";
+        LimitCORE = "0"; # a core file would hold the key in clear
         ReadWritePaths = lib.concatStringsSep " " (map (T.quoted "-") writable);
         CapabilityBoundingSet = lib.concatStringsSep " " (baseCaps ++ lib.optionals withDrills receiveCaps);
       };

@@ -153,3 +153,13 @@ def test_group_readable_key_is_refused(tmp_path: Path) -> None:
     path.chmod(0o640)
     with pytest.raises(KeyFileError, match="chmod 600"):
         load_key_file(path)
+
+
+def test_a_32_character_password_is_not_taken_for_a_raw_key(tmp_path: Path) -> None:
+    """32 bytes were taken as a raw key: a 32-character password saved without a newline became a
+    key of password strength, silently."""
+    path = tmp_path / "k"
+    path.write_bytes(b"correct horse battery staple 123")
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError, match="printable characters: a password"):
+        load_key_file(path)
