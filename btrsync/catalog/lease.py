@@ -37,7 +37,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from btrsync.catalog.layout import lease_key
-from btrsync.errors import LockedError
+from btrsync.catalog.reads import read_whole
+from btrsync.errors import DamageError, LockedError
 from btrsync.targets.base import Target
 from btrsync.targets.errors import NotFound, TargetError
 
@@ -171,12 +172,14 @@ def read_lease(target: Target, key: str, now: datetime | None = None,
         size = target.stat(key).size
         if size > MAX_LEASE_BYTES:
             return LeaseInfo(backup_id, "", 0, "", now, key=key, error=f"{size} bytes, more than a lease ever holds")
-        data = target.read(key)
+        data = read_whole(target, key, MAX_LEASE_BYTES, "upload lease")
         # stamped after the read: on NFS the open revalidated the cached attributes, and a lease
         # replaced meanwhile shows the newer stamp (an older body with a newer stamp errs to live)
         modified = target.stat(key).modified
     except NotFound:
         return None
+    except DamageError as exc:  # grew past the cap since its stat: invalid, never a crash
+        return LeaseInfo(backup_id, "", 0, "", now, key=key, error=str(exc))
     lease = parse_lease(key, data, now)
     if modified is None or not lease.valid:
         return lease

@@ -23,6 +23,7 @@ from btrsync.catalog import layout
 from btrsync.catalog.cache import CatalogCache
 from btrsync.catalog.chains import BrokenChain, broken_chains
 from btrsync.catalog.manifest import ChunkRecord, Manifest
+from btrsync.catalog.reads import MANIFEST_LIMIT, SMALL_LIMIT, read_whole
 from btrsync.crypto import frames
 from btrsync.crypto.keys import MasterKey
 from btrsync.errors import BtrsyncError, DamageError, TargetMissingError, UsageError, WrongKeyError
@@ -184,7 +185,8 @@ class Repository:
     def load_manifest(self, backup_id: str, sealed: bytes | None = None) -> Manifest:
         """A manifest, read from the target (or given as ``sealed`` bytes), authenticated."""
         key = layout.manifest_key(backup_id)
-        payload = self.binding.open_manifest(key, self.target.read(key) if sealed is None else sealed)
+        payload = self.binding.open_manifest(
+            key, read_whole(self.target, key, MANIFEST_LIMIT, "manifest") if sealed is None else sealed)
         manifest = Manifest.from_json(payload, key)
         if manifest.backup_id != backup_id:
             raise DamageError(f"{key} describes backup {manifest.backup_id}, not {backup_id}")
@@ -223,7 +225,7 @@ class Repository:
             except DamageError:  # the cached copy, not necessarily the target's: read it again
                 assert self.cache is not None
                 self.cache.forget(obj.key)
-        sealed = self.target.read(obj.key)
+        sealed = read_whole(self.target, obj.key, MANIFEST_LIMIT, "manifest")
         manifest = self.load_manifest(backup_id, sealed)
         if self.cache is not None:
             self.cache.put(obj, sealed)
@@ -317,7 +319,7 @@ def read_marker(target: Target) -> RepoInfo | None:
         if size > MARKER_MAX_BYTES:
             raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} is {size} bytes: not a "
                               "btrsync marker")
-        data = target.read(layout.REPO_MARKER)
+        data = read_whole(target, layout.REPO_MARKER, SMALL_LIMIT, "repository marker")
     except NotFound:
         return None
     try:

@@ -26,6 +26,7 @@ from typing import Any
 
 from btrsync.catalog import layout
 from btrsync.catalog.manifest import ChunkRecord, Manifest
+from btrsync.catalog.reads import INDEX_LIMIT, read_whole
 from btrsync.catalog.repository import DeleteHook, Repository
 from btrsync.errors import DamageError
 from btrsync.targets.errors import NotFound
@@ -99,7 +100,7 @@ def write_index(repo: Repository, backup_id: str, segment: int, params: dict[str
 
 def _load_index(repo: Repository, backup_id: str, segment: int) -> tuple[bytes, dict[str, Any]]:
     key = layout.index_key(backup_id, segment)
-    payload = repo.binding.open_index(key, repo.target.read(key))
+    payload = repo.binding.open_index(key, read_whole(repo.target, key, INDEX_LIMIT, "segment index"))
     doc = json.loads(payload)
     if doc.get("backup_id") != backup_id or doc.get("segment") != segment:
         raise DamageError(f"{key} describes another segment")

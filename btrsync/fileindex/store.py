@@ -26,6 +26,7 @@ import zstandard
 
 from btrsync.catalog import layout
 from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.reads import FILES_PART_LIMIT, read_whole
 from btrsync.crypto.frames import FLAG_LAST
 from btrsync.errors import DamageError, UsageError
 from btrsync.fileindex import records
@@ -102,7 +103,7 @@ def read_compressed(repo: Any, manifest: Manifest) -> tuple[bytes, int]:
     while True:
         key = layout.files_key(manifest.backup_id, part)
         try:
-            frame = repo.target.read(key)
+            frame = read_whole(repo.target, key, FILES_PART_LIMIT, "file index part")
         except NotFound:
             if part == 0 and not manifest.files:
                 raise NoFileIndex(f"backup {manifest.backup_id} has no file index (pushed before btrsync "

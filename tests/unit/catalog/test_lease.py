@@ -96,3 +96,28 @@ def test_a_target_clock_that_is_not_a_time_is_not_believed(caplog) -> None:  # n
     [lease] = read_leases(target, now)
     assert lease.silent_for is None and not lease.is_live(now)
     assert "cannot read the clock of memory://" in caplog.text and "1970-01-01" in caplog.text
+
+
+def test_objects_read_whole_are_capped_whatever_stat_says() -> None:
+    """A target that answers stat small and serves more (or a sparse 100 GB 'manifest') exhausted
+    memory: what is read whole stops after its cap, as damage; a lease that grew is invalid."""
+    import pytest
+
+    from btrsync.catalog.reads import FILES_PART_LIMIT, read_whole
+    from btrsync.errors import DamageError
+    from btrsync.fileindex.store import PART_SIZE
+
+    class Liar(MemoryTarget):
+        def stat(self, key: str):  # noqa: ANN201
+            info = super().stat(key)
+            return type(info)(info.key, 10, info.version, info.modified)
+
+    target, now = Liar(), datetime.now(UTC)
+    target.put_bytes("backups/x/manifest", b"m" * 10_000)
+    with pytest.raises(DamageError, match="more than 4096 bytes"):
+        read_whole(target, "backups/x/manifest", 4096, "manifest")
+    assert read_whole(target, "backups/x/manifest", 10_000, "manifest") == b"m" * 10_000
+    target.put_bytes("locks/b.lease", _lease("b", now) + b" " * 5000)
+    lease = read_lease(target, "locks/b.lease", now)
+    assert lease is not None and not lease.valid and "more than 4096 bytes" in (lease.error or "")
+    assert FILES_PART_LIMIT > PART_SIZE + 1024  # the cap follows the part size

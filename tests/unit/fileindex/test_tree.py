@@ -12,6 +12,7 @@ from btrsync.errors import DamageError
 from btrsync.fileindex import records, store
 from btrsync.fileindex.tree import FileTree, parent_clone_paths
 from btrsync.sendstream.format import Event
+from btrsync.targets.memory import MemoryTarget
 
 FULL, INC = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
 
@@ -81,26 +82,11 @@ def test_paths_outside_the_tree_or_through_symlinks_are_damage(hostile: list[Eve
         _tree([ev("subvol", "s", uuid=FULL, ctransid=1), *hostile])
 
 
-class _Target:
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.objects[key] = data
-
-    def read(self, key: str) -> bytes:
-        from btrsync.targets.errors import NotFound
-
-        if key not in self.objects:
-            raise NotFound(key)
-        return self.objects[key]
-
-
 def _repo() -> SimpleNamespace:
     from btrsync.crypto.frames import Binding
     from btrsync.crypto.keys import MasterKey
 
-    return SimpleNamespace(binding=Binding(MasterKey(bytes(range(32))), "42"), target=_Target())
+    return SimpleNamespace(binding=Binding(MasterKey(bytes(range(32))), "42"), target=MemoryTarget())
 
 
 def _manifest(**over) -> SimpleNamespace:

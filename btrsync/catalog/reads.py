@@ -1,0 +1,37 @@
+"""Reading small objects whole, with a cap: what a target serves is input, never trusted.
+
+Markers, leases, manifests, segment indexes and file-index parts are read whole into memory
+(and authenticated after): a target that serves a 100 GB "manifest" (a hostile server, a sparse
+file on a USB disk) would otherwise exhaust the memory of every command that lists it.  Each
+kind has a size no btrsync object of it comes near; more is damage, found after ``limit + 1``
+bytes, whatever the target's listing or ``stat`` said.
+"""
+
+from __future__ import annotations
+
+from btrsync.errors import DamageError
+from btrsync.targets.base import Target
+
+SMALL_LIMIT = 4096  # the repository marker, an upload lease
+# one chunk record is about 90 bytes; a chunk of zeros stores in about 200, so a 128 MiB segment
+# of them holds some 670,000 records (60 MB of index); format 1 manifests held every record
+MANIFEST_LIMIT = 256 << 20  # format 2: a few KiB
+INDEX_LIMIT = 256 << 20
+FILES_PART_LIMIT = (4 << 20) + (64 << 10)  # fileindex.store.PART_SIZE and its frame
+
+
+def read_whole(target: Target, key: str, limit: int, what: str) -> bytes:
+    """All of ``key``; ``DamageError`` once it holds more than ``limit`` bytes (nothing more is read)."""
+    data = bytearray()
+    stream = target.get(key)
+    try:
+        for block in stream:
+            data += block
+            if len(data) > limit:
+                raise DamageError(f"{key} on {target.display_url} holds more than {limit} bytes, more than any "
+                                  f"btrsync {what} does: damaged, or not written by btrsync")
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    return bytes(data)
