@@ -52,7 +52,10 @@ class ReceiveProcess:
     def __enter__(self) -> ReceiveProcess:
         if os.path.lexists(self.path):
             self._replace_own_leftover()
-        argv = [btrfs_binary(), "receive", str(self.into)]
+        # --chroot: btrfs receive works by path names and follows symlinks, and hands a directory to
+        # its owner before filling it; a user whose uid owns one in the backup could swap part of it
+        # for a symlink while it is received. Confined to `into`, root's writes cannot leave it.
+        argv = [btrfs_binary(), "receive", "--chroot", str(self.into)]
         # opened before btrfs receive writes anything: syncfs reports the writeback errors since then
         self._into_fd = os.open(self.into, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         log.debug("start %s", " ".join(argv))

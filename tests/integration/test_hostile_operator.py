@@ -836,3 +836,24 @@ def test_a_work_directory_another_user_put_in_place_is_refused(tmp_path: Path) -
             place.open_own_dir(parent, "open")
     finally:
         os.close(parent)
+
+
+# --- btrfs receive confined to its directory -------------------------------------------------------
+
+
+def test_btrfs_receive_never_writes_outside_the_receive_directory(world: World, tmp_path: Path) -> None:
+    """btrfs receive works by path names and follows symlinks: a path that goes through a symlink
+    (made by the stream, or planted by a user whose uid owns a directory of the backup while it
+    is received) had root write wherever the link pointed.  Confined (--chroot), it cannot."""
+    from tests.unit.sendstream.streams import cmd_attrs, end, header, subvol, u64
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    stream = (header(1) + subvol("snap", version=1)
+              + cmd_attrs("symlink", [("path", b"link"), ("ino", u64(257)), ("path_link", str(outside).encode())], 1)
+              + cmd_attrs("mkfile", [("path", b"link/evil"), ("ino", u64(258))], 1) + end())
+    with pytest.raises(ReceiveFailedError):
+        with ReceiveProcess(world.restore, "snap", "a stream that writes through a symlink") as rx:
+            rx.write(stream)
+    assert list(outside.iterdir()) == []
+    assert not (world.restore / "snap").exists()
