@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -121,13 +122,35 @@ def _exists(dir_fd: int, name: str) -> os.stat_result | None:
 
 
 def _try_lock(fd: int) -> bool:
-    """An exclusive flock on ``fd`` without waiting; True where the filesystem cannot lock."""
+    """An exclusive flock on ``fd`` without waiting.  Where the filesystem cannot lock (ENOLCK on
+    some NFS and FUSE mounts), the marker's own word decides: held while the host and pid it
+    names (this host) still run, so a live restore's work directory is never taken for leftovers."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     except OSError as exc:
         log.debug("cannot lock a restore's work directory marker here: %s", exc)
+        return not _marker_holder_runs(fd)
+    return True
+
+
+def _marker_holder_runs(fd: int) -> bool:
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        pid, host = int(doc.get("pid", 0)), str(doc.get("host", socket.gethostname()))
+    except (OSError, ValueError, TypeError, RecursionError):
+        return False
+    if pid <= 0 or pid == os.getpid():
+        return False
+    if host != socket.gethostname():
+        return True  # another host's: it cannot be told from here, so it is not removed
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
     return True
 
 
@@ -181,7 +204,7 @@ def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> int:
                      dir_fd=to_fd)
         try:
             _try_lock(fd)
-            write_all(fd, json.dumps({"backup": backup_id, "pid": os.getpid(),
+            write_all(fd, json.dumps({"backup": backup_id, "pid": os.getpid(), "host": socket.gethostname(),
                                       "started": datetime.now(UTC).isoformat(timespec="seconds")}).encode())
             os.rename(f"{work}/.{MARKER}", f"{work}/{MARKER}", src_dir_fd=to_fd, dst_dir_fd=to_fd)
         except BaseException:

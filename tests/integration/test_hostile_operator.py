@@ -857,3 +857,41 @@ def test_btrfs_receive_never_writes_outside_the_receive_directory(world: World, 
             rx.write(stream)
     assert list(outside.iterdir()) == []
     assert not (world.restore / "snap").exists()
+
+
+def test_where_the_filesystem_cannot_lock_a_live_restore_is_not_taken_for_leftovers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where flock fails (ENOLCK on some NFS and FUSE mounts) the work directory counted as
+    unlocked: a second restore removed the first one's live work directory as "leftovers", and the
+    first placed a tree with files missing.  Now the marker's host and pid decide."""
+    from btrsync.errors import LockedError
+    from btrsync.ops import restore as restore_mod
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(restore_mod.fcntl, "flock", no_locks)
+    to_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        for pid, expect_locked in ((live.pid, True), (2**22 + 12345, False)):
+            work = tmp_path / ".btrsync-restore.x"
+            work.mkdir(mode=0o700)
+            (work / restore_mod.MARKER).write_text(json.dumps({"backup": "b", "pid": pid, "host": os.uname().nodename,
+                                                     "started": "2026-12-01T00:00:00+00:00"}))
+            (work / "tree").mkdir()
+            (work / "tree" / "half-written").write_bytes(b"x")
+            if expect_locked:
+                with pytest.raises(LockedError, match="another restore is writing"):
+                    restore_mod._claim_work_dir(to_fd, tmp_path, work.name, "b")
+                assert (work / "tree" / "half-written").exists()
+                shutil.rmtree(work)
+            else:
+                fd = restore_mod._claim_work_dir(to_fd, tmp_path, work.name, "b")
+                os.close(fd)
+                assert not (work / "tree").exists()  # a dead run's leftovers: removed, and claimed anew
+                shutil.rmtree(work)
+    finally:
+        live.kill()
+        live.wait()
+        os.close(to_fd)
