@@ -852,9 +852,9 @@ def test_btrfs_receive_never_writes_outside_the_receive_directory(world: World, 
     stream = (header(1) + subvol("snap", version=1)
               + cmd_attrs("symlink", [("path", b"link"), ("ino", u64(257)), ("path_link", str(outside).encode())], 1)
               + cmd_attrs("mkfile", [("path", b"link/evil"), ("ino", u64(258))], 1) + end())
-    with pytest.raises(ReceiveFailedError):
-        with ReceiveProcess(world.restore, "snap", "a stream that writes through a symlink") as rx:
-            rx.write(stream)
+    with (pytest.raises(ReceiveFailedError),
+          ReceiveProcess(world.restore, "snap", "a stream that writes through a symlink") as rx):
+        rx.write(stream)
     assert list(outside.iterdir()) == []
     assert not (world.restore / "snap").exists()
 
