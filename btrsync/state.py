@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from btrsync.catalog.manifest import Manifest
-from btrsync.errors import BtrsyncError, TargetMissingError
+from btrsync.errors import BtrsyncError, DamageError, TargetMissingError
 
 DEFAULT_STATE_DIR = Path("/var/lib/btrsync")
 
@@ -43,6 +43,7 @@ class TargetState:
     updated: str = ""
     verification: dict[str, Any] = field(default_factory=dict)  # the last verify's summary
     drill: dict[str, Any] = field(default_factory=dict)  # the last restore drill's summary
+    repo_format: int = 0  # the highest repository format seen there (a lower one is a downgrade)
 
     @property
     def subvolumes(self) -> set[str]:
@@ -52,13 +53,13 @@ class TargetState:
     def as_doc(self) -> dict[str, Any]:
         return {"url": self.url, "repo_id": self.repo_id, "held": self.held, "seen": self.seen,
                 "vanished": self.vanished, "updated": self.updated, "verification": self.verification,
-                "drill": self.drill}
+                "drill": self.drill, "repo_format": self.repo_format}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> TargetState:
         return cls(str(doc["url"]), doc.get("repo_id"), dict(doc.get("held", {})), dict(doc.get("seen", {})),
                    dict(doc.get("vanished", {})), str(doc.get("updated", "")),
-                   dict(doc.get("verification", {})), dict(doc.get("drill", {})))
+                   dict(doc.get("verification", {})), dict(doc.get("drill", {})), int(doc.get("repo_format", 0)))
 
 
 class State:
@@ -77,17 +78,26 @@ class State:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # a damaged cache entry is rebuilt by the next list or push
 
-    def bind(self, url: str, repo_id: str) -> None:
-        """Remember the repository at ``url``; refuse another one there (exit 10)."""
+    def bind(self, url: str, repo_id: str, repo_format: int = 0) -> None:
+        """Remember the repository at ``url``; refuse another one there (exit 10), and a format
+        lower than this host saw there (exit 4): a format-1 marker carries no MAC, so a target
+        could otherwise pass off an old or foreign repository written with the same key as this one."""
         known = self.target(url)
         if known is not None and known.repo_id and known.repo_id != repo_id:
             raise TargetMissingError(
                 f"{url} now holds btrsync repository {repo_id}, but this host knows repository "
                 f"{known.repo_id} there (another disk, or the location was replaced); if that is "
                 f"intended, run 'btrsync state forget {url}' first")
-        if known is None or known.repo_id != repo_id:
+        if known is not None and known.repo_id == repo_id and repo_format < known.repo_format:
+            raise DamageError(
+                f"{url} now presents repository {repo_id} as format {repo_format}, but this host saw it as "
+                f"format {known.repo_format}: a repository is never downgraded, so its marker was replaced "
+                f"(restored from an old copy, or forged); refusing to use it. If you restored an old copy on "
+                f"purpose, run 'btrsync state forget {url}' first")
+        if known is None or known.repo_id != repo_id or repo_format > known.repo_format:
             known = known or TargetState(url)
             known.repo_id = repo_id
+            known.repo_format = max(known.repo_format, repo_format)
             self._write(known)
 
     def record_target(self, url: str, manifests: Iterable[Manifest], *, repo_id: str | None = None,

@@ -38,7 +38,7 @@ def init_cmd(app: App, to: str, as_json: bool) -> None:
                 "missing now, is the disk mounted? If that repository is gone for good, run "
                 f"'btrsync state forget {target.display_url}' first, then init again")
         repo = Repository.init(target, key)
-        app.state().bind(target.display_url, repo.repo_id)
+        app.state().bind(target.display_url, repo.repo_id, repo.info.format)
     if as_json:
         emit_json({"target": target.display_url, "repo_id": repo.repo_id, "key_id": key.key_id,
                    "format": repo.info.format})

@@ -82,7 +82,7 @@ class App:
         """
         with self.target(url_or_name) as target:
             repo = Repository.open(target, self.key())
-            self.state().bind(target.display_url, repo.repo_id)
+            self.state().bind(target.display_url, repo.repo_id, repo.info.format)
             repo.cache = CatalogCache.for_repository(self.state().root, repo.repo_id)
             if write:
                 repo.require_writable()

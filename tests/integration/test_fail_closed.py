@@ -149,6 +149,12 @@ def test_format_1_repository_is_read_only(world: World) -> None:
         doc["format"], doc["chunks"] = 1, rows
         key_name = layout.manifest_key(m.backup_id)
         target.put_bytes(key_name, v1.seal_manifest(key_name, json.dumps(doc).encode()))
+    # this host saw the repository as format 2: presented as format 1 now, it is refused (a
+    # format 1 marker has no MAC, so anyone could serve one); an old repository met for the first
+    # time is what this test is about
+    downgraded = world.cli("list", "--from", world.url)
+    assert downgraded.code == 4 and "never downgraded" in downgraded.err, downgraded.err
+    assert world.cli("state", "forget", world.url).code == 0
     listed = world.cli("list", "--from", world.url, "--check")
     assert listed.code == 0, listed.err
     assert world.receive("latest").code == 0
