@@ -240,6 +240,14 @@ ASSERTIONS = {
                               'services.btrsync.targets.nas.identityFile = "/nix/store/0000-id" is in the Nix store'),
     "relative secret": ('services.btrsync.targets.b2 = { url = "s3://b/h"; credentialsFile = "b2.cred"; };',
                         'services.btrsync.targets.b2.credentialsFile = "b2.cred" must be an absolute path.'),
+    "job name like an option": ('services.btrsync.jobs."--all" = { subvolumes = [ "/srv" ]; snapshotDir = "/.s"; };',
+                                "not starting with '-'"),
+    "path literal in settings": ("services.btrsync.settings.push.rate_file = ./rates;",
+                                 "services.btrsync.settings.push.rate_file is a Nix path literal"),
+    "settings file in the store": ('services.btrsync.settings.targets.extra = { url = "s3://b/e"; '
+                                   'credentials_file = "/nix/store/0000-c"; };',
+                                   'services.btrsync.settings.targets.extra.credentials_file = "/nix/store/0000-c" '
+                                   "is in the Nix store"),
     "verification of an unknown target": ('services.btrsync.verifications.w.target = "b2";',
                                           'services.btrsync.verifications.w.target = "b2": no target of that name'),
 }

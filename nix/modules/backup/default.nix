@@ -103,7 +103,25 @@ let
       message = "services.btrsync.${s.loc} = \"${toString s.value}\" must be an absolute path."; }
   ]) secrets;
 
-  validName = n: builtins.match "[A-Za-z0-9_-]{1,64}" n != null;
+  # every leaf of `settings` (what the module wrote and what the user added), with where it is
+  leaves = path: v:
+    if builtins.isAttrs v && !(lib.isDerivation v) then
+      lib.concatLists (lib.mapAttrsToList (k: x: leaves (path ++ [ k ]) x) v)
+    else if builtins.isList v then lib.concatLists (lib.imap0 (i: x: leaves (path ++ [ (toString i) ]) x) v)
+    else [ { loc = lib.concatStringsSep "." path; key = lib.last ([ "" ] ++ path); value = v; } ];
+  # a path literal anywhere in `settings` is copied into the store by the TOML generator, and a
+  # secret file setting must not name a file in it (what the options set is asserted above)
+  secretKeys = [ "key_file" "credentials_file" "identity_file" ];
+  fromOptions = map (s: toString s.value) (lib.filter (s: s.value != null && !builtins.isPath s.value) secrets);
+  settingsAssertions = lib.concatMap (l: [
+    { assertion = !builtins.isPath l.value;
+      message = "services.btrsync.settings.${l.loc} is a Nix path literal: it would be copied into the world-readable /nix/store. Give the runtime path as a string (see docs/nixos.md, Secrets)."; }
+    { assertion = !(builtins.isString l.value && builtins.elem l.key secretKeys && !(builtins.elem l.value fromOptions)
+                    && lib.hasPrefix builtins.storeDir l.value);
+      message = "services.btrsync.settings.${l.loc} = \"${toString l.value}\" is in the Nix store, which every user can read: keep the secret outside it and name its runtime path."; }
+  ]) (leaves [ ] cfg.settings);
+
+  validName = n: builtins.match "[A-Za-z0-9_][A-Za-z0-9_-]{0,63}" n != null;
   jobsWithTargets = lib.attrNames (lib.filterAttrs (_: j: j.targets != { }) cfg.jobs);
 in
 {
@@ -181,10 +199,10 @@ in
     systemd.timers = lib.mapAttrs' (n: j: lib.nameValuePair "btrsync-${n}" (jobTimer n j)) enabledJobs;
     systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0700 root root -" ];
 
-    assertions = secretAssertions
+    assertions = secretAssertions ++ settingsAssertions
       ++ lib.mapAttrsToList (n: _: {
         assertion = validName n;
-        message = "services.btrsync.jobs.\"${n}\": a job name is 1-64 letters, digits, '-' and '_' (it names systemd units and metric labels).";
+        message = "services.btrsync.jobs.\"${n}\": a job name is 1-64 letters, digits, '-' and '_', not starting with '-' (it names systemd units and metric labels).";
       }) cfg.jobs
       ++ [ {
         assertion = cfg.keyFile != null || jobsWithTargets == [ ];
