@@ -175,6 +175,24 @@ def _remove_work(to_fd: int, work: str, lock_fd: int) -> None:
     place.remove_tree(to_fd, work)
 
 
+def _put_back_old_tree(to_fd: int, to: Path, work: str) -> None:
+    """An ``--overwrite`` cut off (SIGKILL, a power cut) between the renames of its fallback (no
+    atomic exchange, e.g. NFS) left the old tree in the work directory and nothing in its place:
+    it goes back before the leftovers are removed, never with them."""
+    name, aside = work[len(WORK_PREFIX):], place.aside_name("tree")
+    try:
+        wfd = os.open(work, DIR_FLAGS, dir_fd=to_fd)
+    except OSError:
+        return
+    try:
+        if _exists(wfd, aside) is None or _exists(to_fd, name) is not None:
+            return
+        os.rename(aside, name, src_dir_fd=wfd, dst_dir_fd=to_fd)
+        log.warning("put %s back where it was: an interrupted --overwrite had moved it aside", to / name)
+    finally:
+        os.close(wfd)
+
+
 def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> int:
     """Create the private work directory, removing the leftovers of an interrupted restore; returns
     the descriptor of its marker, which holds a ``flock`` for the restore's lifetime, so a restore
@@ -189,6 +207,7 @@ def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> int:
             if not _try_lock(fd):
                 raise LockedError(f"another restore is writing {to / work} ({_owner(fd)}); wait for it "
                                   "to finish, or stop it and run this again")
+            _put_back_old_tree(to_fd, to, work)
             log.warning("removing %s: the leftovers of an interrupted restore", to / work)
         except BaseException:
             os.close(fd)

@@ -215,6 +215,11 @@ def move_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     raise FileExistsError(errno.EEXIST, "exists", dst)
 
 
+def aside_name(src: str) -> str:
+    """Where ``swap_into_place``'s fallback keeps the old tree between its renames (beside ``src``)."""
+    return src + ".old"
+
+
 def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     """Put ``src`` at ``dst`` and what was at ``dst`` at ``src`` (atomically where the filesystem
     can exchange names, else in two renames).  Refused (``OSError(EBUSY)``, nothing moved) when a
@@ -230,7 +235,7 @@ def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
             raise
     # three renames that a signal must not split, and a failed second one puts the old tree back:
     # otherwise both trees would sit in the work directory that is removed next
-    aside = src + ".old"
+    aside = aside_name(src)
     with deferred():
         os.rename(dst, aside, src_dir_fd=dst_fd, dst_dir_fd=src_fd)
         try:

@@ -895,3 +895,30 @@ def test_where_the_filesystem_cannot_lock_a_live_restore_is_not_taken_for_leftov
         live.kill()
         live.wait()
         os.close(to_fd)
+
+
+def test_an_overwrite_cut_off_between_its_renames_gets_the_old_tree_back(world: World) -> None:
+    """Where names cannot be exchanged atomically (NFS), --overwrite renames the old tree into the
+    work directory, then the new one into place.  A SIGKILL or power cut between the two left the
+    old tree in the work directory, and the next restore removed it with the leftovers."""
+    from btrsync.ops import restore as restore_mod
+
+    _small_backup(world)
+    dest = world.src / "dest"
+    dest.mkdir()
+    first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
+    assert first.code == 0, first.err
+    placed = Path(first.json()["path"])
+    (placed / "mine").write_text("changed since the backup")
+    # the state that cut-off leaves: the old tree aside in a dead run's work directory
+    work = dest / (restore_mod.WORK_PREFIX + placed.name)
+    work.mkdir(mode=0o700)
+    (work / restore_mod.MARKER).write_text(json.dumps({"backup": "b", "pid": 2**22 + 4321,
+                                                       "host": os.uname().nodename, "started": "x"}))
+    (work / "tree").mkdir()
+    placed.rename(work / place.aside_name("tree"))
+    run = world.cli("restore", "latest", "--from", world.url, "--to", str(dest))
+    # it is back before the leftovers go; then it is where the new tree would go, which is not replaced
+    assert run.code == 1 and "back where it was" in run.err and "nothing was replaced" in run.err, run.err
+    assert (placed / "mine").read_text() == "changed since the backup"
+    assert sorted(p.name for p in dest.iterdir()) == [placed.name]
