@@ -170,6 +170,7 @@ class JobRun:
         self.audit = AuditLog(env.state_root, syslog=env.syslog)
         self.doc: dict[str, Any] = {}
         self.t0 = 0.0
+        self._recorded = False
 
     # -- the whole job ---------------------------------------------------------------------------
     def run(self) -> JobOutcome:
@@ -199,6 +200,8 @@ class JobRun:
             except (BtrsyncError, OSError) as failed:
                 log.error("could not record the failed run of job %s: %s", job.name, failed)
         except Terminated as exc:
+            if self._recorded:  # the run had ended and was recorded: only the metrics write was cut
+                raise
             out.status, out.error = "terminated", f"stopped by {exc.name}"
             try:
                 self._finish()
@@ -253,6 +256,7 @@ class JobRun:
             return
         self.out.seconds = self.clock.monotonic() - self.t0
         self._record()
+        self._recorded = True
         write_metrics_safely(self.env.config, self.env.state_root, self.clock)
 
     # -- hooks -----------------------------------------------------------------------------------

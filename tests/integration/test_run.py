@@ -493,3 +493,24 @@ def test_a_read_only_state_directory_is_a_failure_with_a_message_not_a_traceback
         assert "Traceback" not in result.err and "Read-only file system" in result.err, result.err
     finally:
         subprocess.run(["umount", str(world.state)], check=True)
+
+
+def test_a_sigterm_while_the_metrics_are_written_leaves_the_finished_run_recorded_once(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemctl stop landing while a finished run wrote its metrics: the run, recorded "ok", was
+    recorded again as "terminated", both counters went up, and the OnFailure hooks ran for a
+    backup that had succeeded."""
+    from btrsync.jobs import runner
+    from btrsync.jobs.records import JobRecords
+
+    _single_job(world)
+
+    def stopped(*args: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises in this thread first
+
+    monkeypatch.setattr(runner, "write_metrics_safely", stopped)
+    result = run(world, "data", now=0)
+    assert result.code == 143, result.err
+    doc = JobRecords(world.state).load("data")
+    assert doc["last_run"]["status"] == "ok" and doc["runs_total"] == {"ok": 1}, doc["last_run"]
