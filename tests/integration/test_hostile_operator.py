@@ -780,17 +780,22 @@ def test_a_push_whose_segments_vanish_before_the_commit_is_not_committed(world: 
 # --- btrfs subvolumes inside what is replaced ------------------------------------------------------
 
 
-def test_overwriting_a_tree_that_holds_btrfs_subvolumes_refuses_and_leaves_them(world: World) -> None:
-    """'--overwrite' swapped the old tree aside and removed it entry by entry: a subvolume in it
-    (the snapshots kept in /data/.snapshots, a container's storage) was emptied if writable, or
-    left hidden in the work directory if read-only, and the command said "replaced", exit 0.
-    None of it is in any backup.  Now the replace is refused before anything is restored."""
+def _restored_on_btrfs(world: World) -> tuple[Path, Path]:
+    """A small backup restored into ``DIR`` on the world's btrfs: (DIR, the restored tree)."""
     _small_backup(world)
     dest = world.src / "dest"
     dest.mkdir()
     first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
     assert first.code == 0, first.err
-    restored = Path(first.json()["path"])
+    return dest, Path(first.json()["path"])
+
+
+def test_overwriting_a_tree_that_holds_btrfs_subvolumes_refuses_and_leaves_them(world: World) -> None:
+    """'--overwrite' swapped the old tree aside and removed it entry by entry: a subvolume in it
+    (the snapshots kept in /data/.snapshots, a container's storage) was emptied if writable, or
+    left hidden in the work directory if read-only, and the command said "replaced", exit 0.
+    None of it is in any backup.  Now the replace is refused before anything is restored."""
+    dest, restored = _restored_on_btrfs(world)
     subprocess.run(["btrfs", "subvolume", "create", str(restored / "containers")], check=True, capture_output=True)
     (restored / "containers" / "state").write_text("not in any backup")
     run = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--overwrite")
@@ -903,12 +908,7 @@ def test_an_overwrite_cut_off_between_its_renames_gets_the_old_tree_back(world: 
     old tree in the work directory, and the next restore removed it with the leftovers."""
     from btrsync.ops import restore as restore_mod
 
-    _small_backup(world)
-    dest = world.src / "dest"
-    dest.mkdir()
-    first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
-    assert first.code == 0, first.err
-    placed = Path(first.json()["path"])
+    dest, placed = _restored_on_btrfs(world)
     (placed / "mine").write_text("changed since the backup")
     # the state that cut-off leaves: the old tree aside in a dead run's work directory
     work = dest / (restore_mod.WORK_PREFIX + placed.name)
