@@ -34,7 +34,8 @@ from btrsync.jobs.timespan import systemd_timespan
 
 FAILURE_UNIT = "btrsync-on-failure@.service"
 BASE_CAPS = ("CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
-RECEIVE_CAPS = ("CAP_CHOWN", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP", "CAP_LINUX_IMMUTABLE")
+RECEIVE_CAPS = ("CAP_CHOWN", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP", "CAP_LINUX_IMMUTABLE",
+                "CAP_SYS_CHROOT")  # btrfs receive --chroot (btrfs/receive.py)
 HARDENING = """\
 ProtectSystem=strict
 PrivateTmp=yes

@@ -514,3 +514,28 @@ def test_a_sigterm_while_the_metrics_are_written_leaves_the_finished_run_recorde
     assert result.code == 143, result.err
     doc = JobRecords(world.state).load("data")
     assert doc["last_run"]["status"] == "ok" and doc["runs_total"] == {"ok": 1}, doc["last_run"]
+
+
+@pytest.mark.parametrize("drop", [None, "CAP_SYS_CHROOT"])
+def test_a_drill_runs_with_only_the_capabilities_the_unit_grants(world: World, tmp_path: Path,
+                                                                 drop: str | None) -> None:
+    """The generated unit bounds the capabilities (CapabilityBoundingSet=); a drill needs every
+    one btrfs receive uses: --chroot needs CAP_SYS_CHROOT, and without it every drill of a
+    unit failed with 'failed to chroot: Operation not permitted'."""
+    from btrsync.jobs.systemd import BASE_CAPS, RECEIVE_CAPS
+
+    caps = [c for c in BASE_CAPS + RECEIVE_CAPS if c != drop]
+    tree.populate(world.subvol, 2)
+    world.snapshot()
+    assert world.push().code == 0
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    bounding = "-all," + ",".join("+" + c.removeprefix("CAP_").lower() for c in caps)
+    argv = ["setpriv", f"--bounding-set={bounding}", sys.executable, "-m", "btrsync",
+            "--config", str(world.config), "--state-dir", str(world.state), "--key-file", str(world.key),
+            "verify", "--from", world.url, "--level", "restore", "--scratch-dir", str(scratch)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if drop is None:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0 and "chroot" in proc.stderr, proc.stderr

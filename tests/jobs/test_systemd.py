@@ -89,6 +89,7 @@ def test_the_service_unit_names_secret_paths_only_and_is_hardened(tmp_path: Path
         assert line in service.splitlines(), line
     caps = next(x for x in service.splitlines() if x.startswith("CapabilityBoundingSet="))
     assert "CAP_SYS_ADMIN" in caps and "CAP_MKNOD" in caps  # drills receive: the receive capabilities too
+    assert "CAP_SYS_CHROOT" in caps  # btrfs receive --chroot
     assert f'"-{tmp_path}/usb disk"' in service and "-/.snapshots" in service
     # an unplugged USB disk fails its target inside the run, never the whole unit before it
     mounts = next(x for x in service.splitlines() if x.startswith("RequiresMountsFor="))

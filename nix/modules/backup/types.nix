@@ -78,5 +78,5 @@ rec {
     ++ lib.optional (s != null && s.identityFile != null) "ssh-${t}:${toString s.identityFile}";
 
   baseCaps = [ "CAP_SYS_ADMIN" "CAP_DAC_READ_SEARCH" "CAP_DAC_OVERRIDE" "CAP_FOWNER" ];
-  receiveCaps = [ "CAP_CHOWN" "CAP_FSETID" "CAP_MKNOD" "CAP_SETFCAP" "CAP_LINUX_IMMUTABLE" ];
+  receiveCaps = [ "CAP_CHOWN" "CAP_FSETID" "CAP_MKNOD" "CAP_SETFCAP" "CAP_LINUX_IMMUTABLE" "CAP_SYS_CHROOT" ];
 }
