@@ -13,10 +13,11 @@ from btrsync.errors import DamageError
 from btrsync.targets.base import Target
 
 SMALL_LIMIT = 4096  # the repository marker, an upload lease
-# one chunk record is about 90 bytes; a chunk of zeros stores in about 200, so a 128 MiB segment
-# of them holds some 670,000 records (60 MB of index); format 1 manifests held every record
-MANIFEST_LIMIT = 256 << 20  # format 2: a few KiB
-INDEX_LIMIT = 256 << 20
+# one chunk record is about 93 bytes; a chunk of zeros stores in about 200, so a 128 MiB segment
+# of them holds some 670,000 records (60 MB of index), and segment_size may be set far larger;
+# format 1 manifests held every record of the backup.  The caps bound memory, not the format.
+MANIFEST_LIMIT = 1 << 30  # format 2: a few KiB
+INDEX_LIMIT = 1 << 30
 FILES_PART_LIMIT = (4 << 20) + (64 << 10)  # fileindex.store.PART_SIZE and its frame
 
 

@@ -162,6 +162,16 @@ def _verification_failed(res: TargetOutcome, what: str, outcome: dict[str, Any])
     else:
         res.fail("failed", f"{what} did not complete: {outcome.get('error')}")
 
+def _prune_blocker(res: TargetOutcome) -> str | None:
+    """Why a target must not be pruned after its verification: what was just pushed did not verify
+    (failed to read, or damaged), or a drill found damage.  None when pruning is safe."""
+    if res.verify is not None and not res.verify.get("ok"):
+        return "verification damaged" if res.verify.get("damaged") else "verification failed"
+    if res.drill is not None and res.drill.get("damaged"):
+        return "restore drill found damage"
+    return None
+
+
 class JobRun:
     def __init__(self, env: RunEnv, job: Job) -> None:
         self.env, self.job, self.clock = env, job, env.clock
@@ -218,6 +228,7 @@ class JobRun:
         log.info("job skipped job=%s: %s", self.job.name, reason)
         if not self.env.dry_run and self.job.enabled:
             self._record()
+            self._recorded = True
             write_metrics_safely(self.env.config, self.env.state_root, self.clock)
         return out
 
@@ -418,10 +429,11 @@ class JobRun:
             # verification first: a new backup found damaged must not have been the reason the
             # old chain was pruned away
             self._verify(repo, jt, res, rec, pushed)
-            if res.status == "ok":
+            blocked = _prune_blocker(res)
+            if blocked is None:  # a drill that could not run (its scratch disk) says nothing of the backups
                 held = self._prune_target(repo, jt, res, rec) or held
             else:
-                res.prune_skipped = f"not pruned: verification {res.status} this run"
+                res.prune_skipped = f"not pruned: {blocked} this run"
         else:
             res.prune_skipped = f"not pruned: {res.status} this run"
         self._summarise(repo, jt, rec, held)

@@ -10,8 +10,9 @@
   (plus what ``btrfs receive`` needs when the job drills restores), idle CPU and I/O priority.
   ``KillMode=mixed``: ``systemctl stop`` sends SIGTERM to btrsync alone, which stops its own
   children and cleans up (exit 143) before the rest of the group is killed.
-  ``RequiresMountsFor=`` the subvolumes and the snapshot directory, not directory targets: a
-  backup disk that is not plugged in fails its own target inside the run, never the whole unit.
+  ``RequiresMountsFor=`` the subvolumes, the snapshot directory and directory targets (so a
+  ``noauto`` backup disk is mounted for the run; one that is not plugged in fails the unit, and
+  its ``OnFailure=`` hooks run).
 - ``btrsync-JOB.timer``: ``OnCalendar=`` the job's schedule, ``Persistent=true`` (a run missed
   while the machine was off happens at boot), ``RandomizedDelaySec=``.  A disabled job has no timer.
 - ``btrsync-on-failure@.service``: ``OnFailure=`` of every job service: runs the job's
@@ -136,10 +137,10 @@ def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -
         if local is None:
             remote = True
         else:
-            # never in RequiresMountsFor=: an unplugged USB disk would fail the whole unit before
-            # btrsync starts (no snapshot, no push to the other targets, no record); btrsync finds
-            # it unmounted by itself and fails that target alone
+            # RequiresMountsFor= mounts a 'noauto' backup disk for the run; the price: an unplugged
+            # one fails the whole unit (OnFailure runs). WantsMountsFor= (systemd 256) would not.
             writable.append(local)
+            mounts.append(local)
         if drills:
             writable.append(jt.verify.scratch_dir)
     argv = [btrsync, "--config", str(config_path)]

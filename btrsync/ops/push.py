@@ -136,10 +136,15 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
     held = [m for m in catalog.restorable if m.subvolume == name]
     ids = {s.name: backup_id_for(s.name, s.uuid) for s in snaps}
     held_uuids = {m.snapshot_uuid for m in held}
-    newest_held = max((m.snapshot_time for m in held), default=None)
+    # "older than the newest backup" counts this host's backups only (of its snapshots, or pushed
+    # under its name): another host backing up a subvolume of the same name to the same
+    # repository is another history, and its newer backups must not hold this one's back
+    local_uuids = {s.uuid for s in snaps}
+    mine = [m for m in held if m.snapshot_uuid in local_uuids or m.host == socket.gethostname()]
+    newest_held = max((m.snapshot_time for m in mine), default=None)
     older = [s for s in snaps if newest_held is not None and s.time < newest_held
              and s.uuid not in held_uuids and s.name not in skip and ids[s.name] not in unusable]
-    kept = _kept_by_retention(older, held, policy, now) if older and not backfill else set()
+    kept = _kept_by_retention(older, mine, policy, now) if older and not backfill else set()
     older_names = {s.name for s in older}
     for s in snaps:
         if s.name in skip:

@@ -59,7 +59,8 @@ def metadata_unsupported(exc: OSError, where: str | int) -> bool:
     if exc.errno != errno.ENOSPC:
         return False
     try:
-        st = os.statvfs(where)
+        # the directory holding it: ``where`` may name a symlink, which statvfs would follow
+        st = os.fstatvfs(where) if isinstance(where, int) else os.statvfs(os.path.dirname(where) or ".")
     except OSError:
         return False
     return st.f_bavail * st.f_frsize > _ROOM

@@ -13,6 +13,7 @@ whatever an operator had mounted inside it, or the snapshots kept in it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -38,17 +39,41 @@ def _open_dir(parent_fd: int, name: str) -> int:
 
 
 def open_own_dir(parent_fd: int, name: str) -> int:
-    """A descriptor of the private directory ``parent/name`` this process just made (``0700``):
-    refused if what the name opens now is not that, e.g. a directory another user put in its
-    place in a parent they can write to.  Everything after works through the descriptor."""
+    """A descriptor of the private directory ``parent/name`` this process just made (``0700``).
+
+    Where someone else can write to ``parent`` (another user owns it, or it is group- or
+    world-writable), they could have renamed it and put their own in its place before it was
+    opened: then it must be owned by whoever this process's files belong to here and closed to
+    others, else it is refused.  That owner is learnt from a file made and removed in ``parent``
+    (root's files belong to nobody on an NFS export with root_squash, to the mount's uid on a
+    FAT disk).  Everything after works through the descriptor."""
     fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
+    st, parent = os.fstat(fd), os.fstat(parent_fd)
+    creator = _creator_uid(parent_fd)
+    if parent.st_uid == creator and not parent.st_mode & 0o022:
+        return fd  # nobody else can write here: nobody can have swapped it
+    if st.st_uid != creator or st.st_mode & 0o077:
         os.close(fd)
         raise OSError(errno.EPERM, f"the work directory {name} was replaced while in use (owner uid "
                                    f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}): another user can write to "
                                    "where it is; restore into a directory only root can write to", name)
     return fd
+
+
+def _creator_uid(parent_fd: int) -> int:
+    """The owner a file this process makes in ``parent`` gets (the effective uid where it cannot tell)."""
+    probe = f".btrsync-probe.{os.getpid()}.{os.urandom(4).hex()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=parent_fd)
+    except OSError:
+        return os.geteuid()
+    try:
+        return os.fstat(fd).st_uid
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe, dir_fd=parent_fd)
 
 
 def _fd_path(fd: int) -> str:
@@ -72,8 +97,8 @@ def mounts_within(parent_fd: int, name: str) -> list[str]:
 def subvolumes_within(parent_fd: int, name: str) -> list[str]:
     """Directories at or below ``parent/name`` on another device than ``parent``: btrfs
     subvolumes (snapshots, a container's storage) and mount points.  A walk of the directories
-    that stats each one and never enters such a directory (nor follows a symlink); at most
-    ``EXAMPLES`` are returned."""
+    that stats each one, never enters such a directory (nor follows a symlink), holds one
+    descriptor per level, and skips what it may not read; at most ``EXAMPLES`` are returned."""
     base = os.fstat(parent_fd).st_dev
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -84,23 +109,39 @@ def subvolumes_within(parent_fd: int, name: str) -> list[str]:
     if st.st_dev != base:
         return [os.path.join(_fd_path(parent_fd), name)]
     found: list[str] = []
-    stack = [os.open(name, DIR_FLAGS, dir_fd=parent_fd)]
+    stack: list[tuple[int, list[str]]] = []
+
+    def enter(fd: int, entry: str) -> None:
+        try:
+            child = os.open(entry, DIR_FLAGS, dir_fd=fd)
+        except (PermissionError, FileNotFoundError):
+            return
+        subdirs = []
+        try:
+            with os.scandir(child) as entries:
+                for e in entries:
+                    if not e.is_dir(follow_symlinks=False):
+                        continue
+                    if e.stat(follow_symlinks=False).st_dev != base:
+                        found.append(os.path.join(_fd_path(child), e.name))
+                    else:
+                        subdirs.append(e.name)
+        except BaseException:
+            os.close(child)
+            raise
+        stack.append((child, subdirs))
+
     try:
+        enter(parent_fd, name)
         while stack and len(found) < EXAMPLES:
-            fd = stack.pop()
-            try:
-                with os.scandir(fd) as entries:
-                    for entry in entries:
-                        if not entry.is_dir(follow_symlinks=False):
-                            continue
-                        if entry.stat(follow_symlinks=False).st_dev != base:
-                            found.append(os.path.join(_fd_path(fd), entry.name))
-                        else:
-                            stack.append(os.open(entry.name, DIR_FLAGS, dir_fd=fd))
-            finally:
+            fd, todo = stack[-1]
+            if todo:
+                enter(fd, todo.pop())
+            else:
+                stack.pop()
                 os.close(fd)
     finally:
-        for fd in stack:
+        for fd, _ in stack:
             os.close(fd)
     return sorted(found)[:EXAMPLES]
 

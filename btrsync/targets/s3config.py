@@ -233,8 +233,8 @@ def _shared_credentials(profile: str | None) -> S3Credentials:
     path = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials")
     if not os.path.lexists(path):
         raise ConfigError(
-            "no S3 credentials: set credentials_file in the target's settings (or deliver a systemd "
-            "credential target-NAME); see docs/targets-s3.md")
+            "no S3 credentials: set credentials_file in the target's settings (a systemd credential "
+            "target-NAME then replaces that file in a unit); see docs/targets-s3.md")
     return read_credentials_file(path, profile or os.environ.get("AWS_PROFILE") or None)
 
 

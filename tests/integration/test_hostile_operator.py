@@ -828,7 +828,10 @@ def test_a_work_directory_another_user_put_in_place_is_refused(tmp_path: Path) -
     """A restore into a directory a user can write to: the user can rename root's fresh work
     directory and put their own there, and root would build the tree (chmod, chown, setuid bits)
     where the user can plant symlinks.  What the name opens must be root's own 0700 directory."""
-    parent = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    home = tmp_path / "alice"  # a directory another user can write to
+    home.mkdir()
+    os.chown(home, 1000, 1000)
+    parent = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.mkdir("mine", 0o700, dir_fd=parent)
         os.close(place.open_own_dir(parent, "mine"))
@@ -839,6 +842,17 @@ def test_a_work_directory_another_user_put_in_place_is_refused(tmp_path: Path) -
         os.mkdir("open", 0o755, dir_fd=parent)
         with pytest.raises(OSError, match="was replaced while in use"):
             place.open_own_dir(parent, "open")
+        assert not [n for n in os.listdir(parent) if n.startswith(".btrsync-probe")]
+    finally:
+        os.close(parent)
+    # a setgid parent (its directories are made 2700), and a parent only root can write to
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o2775)
+    parent = os.open(shared, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.mkdir("work", 0o700, dir_fd=parent)
+        os.close(place.open_own_dir(parent, "work"))
     finally:
         os.close(parent)
 

@@ -203,3 +203,32 @@ def test_snapshot_prune_with_unreadable_target_state_deletes_nothing(world: Worl
     run = world.cli("snapshot", "delete", str(world.snapshots[1]))
     assert run.code == 1 and str(entry) in run.err, run.err
     assert world.snapshots[1].exists()
+
+
+def test_another_hosts_newer_backup_never_holds_this_hosts_snapshots_back(world: World) -> None:
+    """Hosts A and B back up a subvolume named 'data' each to one repository.  B's backup made at
+    10:00 was "the newest backup of data on the target" for A too: A's snapshot of 02:00 was not
+    sent ("older than the newest backup"), and with the runner's new check every run of A failed."""
+    from tests.support.loopfs import create_subvolume
+
+    other = world.src / "host-b"
+    other.mkdir()
+    create_subvolume(other / "data")
+    (other / ".snapshots").mkdir()
+    (other / "data" / "f").write_text("b")
+    as_b = ["unshare", "--uts", "sh", "-c", 'hostname btrsync-test-host-b && exec "$@"', "sh",
+            sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state / "b"),
+            "--key-file", str(world.key)]
+    made = world.cli("snapshot", "create", str(other / "data"), "--snapshot-dir", str(other / ".snapshots"),
+                     "--timestamp", (T0 + timedelta(hours=10)).isoformat())
+    assert made.code == 0, made.err
+    done = subprocess.run([*as_b, "push", str(other / "data"), "--snapshot-dir", str(other / ".snapshots"),
+                           "--to", world.url], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (world.subvol / "f").write_text("a")
+    made = world.cli("snapshot", "create", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+                     "--timestamp", (T0 + timedelta(hours=2)).isoformat())
+    assert made.code == 0, made.err
+    assert world.push().code == 0
+    hosts = sorted(b["host"] for b in world.listing())
+    assert len(hosts) == 2 and "btrsync-test-host-b" in hosts, hosts

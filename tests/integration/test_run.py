@@ -539,3 +539,24 @@ def test_a_drill_runs_with_only_the_capabilities_the_unit_grants(world: World, t
         assert proc.returncode == 0, proc.stderr
     else:
         assert proc.returncode != 0 and "chroot" in proc.stderr, proc.stderr
+
+
+def test_a_drill_that_cannot_run_does_not_stop_retention(world: World, tmp_path: Path) -> None:
+    """Pruning waits for what was pushed to verify; a drill that could not run at all (its scratch
+    directory is a file) says nothing of the backups, and must not keep the target from ever being
+    pruned (it would grow until full while the scratch problem lasts)."""
+    tree.populate(world.subvol, 2)
+    scratch = tmp_path / "not-a-directory"
+    scratch.write_text("")
+    configure(world, f"""
+[jobs.data]
+subvolumes = ["{world.subvol}"]
+snapshot_dir = "{world.snapdir}"
+verify = {{ level = "data", drill_every = "1h", scratch_dir = "{scratch}" }}
+targets.usb = {{ max_chain = 0, retention = {{ keep_last = 1 }} }}
+""")
+    assert run(world, "data", now=0).code == 1
+    second = run(world, "data", now=2)
+    [target] = outcome(second)["data"]["targets"]
+    assert target["verify"]["ok"] and not target["drill"]["ok"] and target["drill"]["damaged"] == 0, target
+    assert len(target["pruned"]) == 1 and len(listing(world, "usb")) == 1, target

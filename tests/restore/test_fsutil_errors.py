@@ -24,3 +24,19 @@ def test_enospc_is_a_note_only_where_space_is_left(tmp_path: Path) -> None:
         assert not metadata_unsupported(enospc, str(full))
     finally:
         subprocess.run(["umount", str(full)], check=True)
+
+
+def test_looking_for_subvolumes_holds_one_descriptor_per_level(tmp_path: Path) -> None:
+    """The walk that --overwrite makes before replacing a tree opened every subdirectory of a
+    directory before visiting any: 1,000 of them ran out of descriptors ("Too many open files")."""
+    import sys
+
+    wide = tmp_path / "t"
+    for i in range(1500):
+        (wide / str(i)).mkdir(parents=True)
+    (wide / "7" / "a" / "b").mkdir(parents=True)
+    code = ("import os, resource, sys; from btrsync.restore import place; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)); "
+            f"fd = os.open({str(tmp_path)!r}, os.O_RDONLY); print(place.subvolumes_within(fd, 't'))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr

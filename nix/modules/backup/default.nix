@@ -32,13 +32,14 @@ let
   jobService = name: job:
     let
       urls = map targetUrl (lib.attrNames job.targets);
+      localDirs = lib.filter (d: d != null) (map T.fileTargetDir urls);
       remote = lib.any (u: T.fileTargetDir u == null) urls;
       withDrills = drills job;
       writable = lib.unique ([ cfg.stateDir job.snapshotDir ] ++ lib.optional (metricsDir != null) metricsDir
         ++ lib.concatLists (map (t: [ ] ++ (let d = T.fileTargetDir (targetUrl t); in lib.optional (d != null) d)
         ++ lib.optional withDrills (verifyOf job job.targets.${t}).scratchDir) (lib.attrNames job.targets)));
-      # not the directory targets: an unplugged USB disk must fail its target, not the whole unit
-      mounts = lib.unique ([ job.snapshotDir ] ++ job.subvolumes);
+      # directory targets too: a 'noauto' backup disk is mounted for the run (as btrsync systemd generate)
+      mounts = lib.unique ([ job.snapshotDir ] ++ job.subvolumes ++ localDirs);
       network = lib.optional remote "network-online.target";
       argv = [ btrsync "--config" configPath ];
     in {
