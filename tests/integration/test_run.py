@@ -403,20 +403,25 @@ def test_manual_push_prune_and_verify_rewrite_the_metrics_too(world: World) -> N
     assert sample(text, "btrsync_retention_deleted_backups_total", btrsync_job="data", target="usb") == 1
 
 
-def test_a_drill_that_cannot_run_fails_the_target_but_never_calls_it_damaged(world: World, tmp_path: Path) -> None:
-    """The drill's scratch directory is a file (a typo in the config, a disk not mounted): the run
-    recorded the target as "damaged", the operator's signal to distrust every backup on it.
-    Nothing was found damaged: the target "failed", the drill metric says so, exit 1."""
-    tree.populate(world.subvol, 3)
+def _drill_without_scratch(world: World, tmp_path: Path, *, drill_every: str, target: str) -> None:
+    """A job whose drills cannot run: their scratch directory is a file."""
     scratch = tmp_path / "not-a-directory"
     scratch.write_text("")
     configure(world, f"""
 [jobs.data]
 subvolumes = ["{world.subvol}"]
 snapshot_dir = "{world.snapdir}"
-verify = {{ level = "data", drill_every = "1d", scratch_dir = "{scratch}" }}
-targets.usb = {{ max_chain = 0 }}
+verify = {{ level = "data", drill_every = "{drill_every}", scratch_dir = "{scratch}" }}
+targets.usb = {target}
 """)
+
+
+def test_a_drill_that_cannot_run_fails_the_target_but_never_calls_it_damaged(world: World, tmp_path: Path) -> None:
+    """The drill's scratch directory is a file (a typo in the config, a disk not mounted): the run
+    recorded the target as "damaged", the operator's signal to distrust every backup on it.
+    Nothing was found damaged: the target "failed", the drill metric says so, exit 1."""
+    tree.populate(world.subvol, 3)
+    _drill_without_scratch(world, tmp_path, drill_every="1d", target="{ max_chain = 0 }")
     result = run(world, "data", now=0)
     assert result.code == 1, result.err
     [target] = outcome(result)["data"]["targets"]
@@ -546,15 +551,7 @@ def test_a_drill_that_cannot_run_does_not_stop_retention(world: World, tmp_path:
     directory is a file) says nothing of the backups, and must not keep the target from ever being
     pruned (it would grow until full while the scratch problem lasts)."""
     tree.populate(world.subvol, 2)
-    scratch = tmp_path / "not-a-directory"
-    scratch.write_text("")
-    configure(world, f"""
-[jobs.data]
-subvolumes = ["{world.subvol}"]
-snapshot_dir = "{world.snapdir}"
-verify = {{ level = "data", drill_every = "1h", scratch_dir = "{scratch}" }}
-targets.usb = {{ max_chain = 0, retention = {{ keep_last = 1 }} }}
-""")
+    _drill_without_scratch(world, tmp_path, drill_every="1h", target="{ max_chain = 0, retention = { keep_last = 1 } }")
     assert run(world, "data", now=0).code == 1
     second = run(world, "data", now=2)
     [target] = outcome(second)["data"]["targets"]
