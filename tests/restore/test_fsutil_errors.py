@@ -13,15 +13,18 @@ def test_enospc_is_a_note_only_where_space_is_left(tmp_path: Path) -> None:
     """ext4 answers ENOSPC when an inode has no room for one more xattr: a note.  A full disk
     answers it too: that restore failed, it must not end "restored" with a note."""
     enospc = OSError(errno.ENOSPC, "No space left on device")
-    assert metadata_unsupported(OSError(errno.EOPNOTSUPP, "x"), str(tmp_path))
-    assert not metadata_unsupported(OSError(errno.EIO, "x"), str(tmp_path))
-    assert metadata_unsupported(enospc, str(tmp_path))
+    # ``where`` names the entry whose metadata failed; the free space is its directory's
+    assert metadata_unsupported(OSError(errno.EOPNOTSUPP, "x"), str(tmp_path / "entry"))
+    assert not metadata_unsupported(OSError(errno.EIO, "x"), str(tmp_path / "entry"))
+    assert metadata_unsupported(enospc, str(tmp_path / "entry"))
     full = tmp_path / "full"
     full.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], check=True)
     try:
         subprocess.run(["dd", "if=/dev/zero", f"of={full}/fill", "bs=64k"], capture_output=True)
-        assert not metadata_unsupported(enospc, str(full))
+        assert not metadata_unsupported(enospc, str(full / "fill"))
+        (tmp_path / "link").symlink_to(full / "fill")  # a symlink is judged by where it is, not its target
+        assert metadata_unsupported(enospc, str(tmp_path / "link"))
     finally:
         subprocess.run(["umount", str(full)], check=True)
 
