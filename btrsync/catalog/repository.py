@@ -155,7 +155,7 @@ class Repository:
         if existing is not None:
             raise RepositoryExistsError(f"{target.display_url} already holds btrsync repository "
                                         f"{existing.repo_id} (key id {existing.key_id}); nothing changed")
-        leftovers = [o.key for o in target.list()][:3]
+        leftovers = target.first_files(3)  # any file: list() skips names that are no keys
         if leftovers:
             raise TargetMissingError(
                 f"{target.display_url} is not empty and holds no btrsync repository "

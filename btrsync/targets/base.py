@@ -124,6 +124,11 @@ class Target(ABC):
         """Bytes still free at the target, where the target can tell; ``None`` otherwise."""
         return None
 
+    def first_files(self, limit: int = 3) -> builtins.list[str]:
+        """Up to ``limit`` files of any kind at the location, objects or not (``list`` skips names
+        that are no keys, temporary files and links): ``init`` wants the location empty."""
+        return [o.key for o in self.list()][:limit] + [lo.path for lo in self.leftovers()][:limit]
+
     def clock(self) -> datetime | None:
         """The target's own time now, on the clock that stamps ``ObjectInfo.modified``; ``None``
         when the target cannot tell (then only the writers' own timestamps are there to judge by)."""

@@ -28,6 +28,7 @@ Three rules keep a sick or tampered disk from costing a backup:
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import logging
 import os
@@ -193,6 +194,22 @@ class LocalTarget(Target):
     def free_space(self) -> int | None:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
+
+    def first_files(self, limit: int = 3) -> builtins.list[str]:
+        """Up to ``limit`` regular files below the root, whatever their names."""
+        found: builtins.list[str] = []
+
+        class _Enough(Exception):
+            pass
+
+        def on_file(rel: str, st: os.stat_result) -> None:
+            found.append(rel)
+            if len(found) >= limit:
+                raise _Enough
+
+        with contextlib.suppress(_Enough):
+            self._walk_from("", lambda rel: True, on_file)
+        return found
 
     def clock(self) -> datetime | None:
         """The mtime a file made now gets: this kernel's clock on a local disk, the server's on

@@ -213,6 +213,9 @@ class RetryingTarget(Target):
     def free_space(self) -> int | None:
         return self._call(self.inner.free_space, "free space")
 
+    def first_files(self, limit: int = 3) -> builtins.list[str]:
+        return self._call(lambda: self.inner.first_files(limit), "look for files")
+
     def clock(self) -> datetime | None:
         return self._call(self.inner.clock, "read the clock")
 

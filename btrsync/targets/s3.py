@@ -374,6 +374,13 @@ class S3Target(Target):
         )
         return ObjectInfo(key, int(answer["ContentLength"]), modified=_aware(answer.get("LastModified")))
 
+    def first_files(self, limit: int = 3) -> builtins.list[str]:
+        """Up to ``limit`` keys under the prefix, whatever they are."""
+        what = f"list {self.display_url}"
+        page = self._retried("list_objects_v2", what, Bucket=self.bucket,
+                             Prefix=self._full("") if self.prefix else "", MaxKeys=limit)
+        return [self._relative(str(o.get("Key", ""))) for o in page.get("Contents", [])][:limit]
+
     def clock(self) -> datetime | None:
         """The store's time, from the ``Date`` header of a one-key listing (the permission a
         push and a clean need anyway); ``None`` if the answer carries none."""

@@ -253,6 +253,8 @@ def make_client(settings: S3Settings) -> Any:
             aws_access_key_id=creds.key_id,
             aws_secret_access_key=creds.secret,
             aws_session_token=creds.session_token,
+            # the profile's settings (region) from ~/.aws/config, when the credentials came from it
+            profile_name=settings.profile if not settings.credentials_file else None,
         )
     except ProfileNotFound:
         raise ConfigError(f"AWS profile {settings.profile!r} not found in the AWS config files") from None

@@ -335,6 +335,11 @@ class SshTarget(Target):
         size, _, mtime = out.decode(errors="replace").strip().partition(" ")
         return ObjectInfo(key, _parse_int(size.encode(), where), modified=_parse_mtime(mtime))
 
+    def first_files(self, limit: int = 3) -> builtins.list[str]:
+        """Up to ``limit`` files below the root, whatever their names (one remote ``find``)."""
+        out = self._run_listing(self.scripts.first_files(limit), "look for files")
+        return [p.removeprefix("./") for p in (out or b"").decode(errors="replace").split("\0") if p][:limit]
+
     def clock(self) -> datetime | None:
         """The remote filesystem's time, as it stamps a file made now; ``None`` if the root
         cannot be written or the answer is not a time."""

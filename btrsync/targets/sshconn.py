@@ -334,6 +334,10 @@ class RemoteScripts:
         path = shlex.quote(f"./{key}")
         return self.in_root(self.no_symlinks(key), self.need_file(key), f"exec stat -c '%s %Y' -- {path}")
 
+    def first_files(self, limit: int) -> str:
+        """NUL-terminated paths of up to ``limit`` files below the root, whatever their names."""
+        return self.in_root(f"find -P . -type f -print0 | head -z -n {int(limit)}", missing_ok=True)
+
     def clock(self) -> str:
         """The mtime (seconds since the epoch) a file made now in the root gets: the remote
         filesystem's clock.  A fresh temporary file (never an existing one: ``set -C``) is made,

@@ -425,3 +425,14 @@ def test_a_hostile_target_gets_errors_not_tracebacks(world: World) -> None:
     (world.target_dir / "backups" / "notes 2.txt").write_text("the operator's own note")
     run = world.cli("list", "--from", world.url, "--json")
     assert run.code == 0 and len(run.json()) == 1, run.err
+
+
+def test_init_refuses_a_location_whose_only_files_are_no_objects(world: World, tmp_path: Path) -> None:
+    """Listings skip names that are no keys (``My Documents``); init read such a directory as
+    empty and put a repository into someone's files."""
+    home = tmp_path / "home-of-someone"
+    (home / "My Documents").mkdir(parents=True)
+    (home / "My Documents" / "letter to the bank.odt").write_text("not a backup")
+    run = world.cli("init", "--to", f"file://{home}")
+    assert run.code == 10 and "is not empty" in run.err and "letter to the bank" in run.err, run.err
+    assert sorted(p.name for p in home.iterdir()) == ["My Documents"]

@@ -181,3 +181,10 @@ def test_the_target_clock_stamps_what_it_writes(target: Target) -> None:
     [listed] = target.list("locks/")
     assert listed.modified is not None and abs(listed.modified - modified) < slack
     assert [o.key for o in target.list()] == ["locks/x.lease"] and target.leftovers() == []
+
+
+def test_first_files_sees_what_the_location_holds(target: Target) -> None:
+    """init wants an empty location: first_files sees objects (and, where a target can, any file)."""
+    assert target.first_files() == []
+    target.put("a/b", [b"x"])
+    assert target.first_files() == ["a/b"]
