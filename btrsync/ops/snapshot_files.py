@@ -193,13 +193,16 @@ def _restore_one(src: Tree, parts: list[str], to: Path, to_fd: int, existing: st
                 syncfs(wfd)
                 if there is None:
                     place.move_into_place(wfd, name, pfd, name)
+                    copier.placed(wfd, name, pfd)
                     syncfs(pfd)
                     return RestoredPath(rel, str(dest), "restored")
                 if existing == "overwrite":
                     place.swap_into_place(wfd, name, pfd, name)
+                    copier.placed(wfd, name, pfd)
                     syncfs(pfd)
                     return RestoredPath(rel, str(dest), "replaced")
                 merged = place.merge_tree(wfd, name, pfd, name)
+                copier.placed(wfd, name, None)  # what stays in place may be the old file: never link to it
                 syncfs(pfd)
                 return RestoredPath(rel, str(dest), "merged", merged.added, merged.kept, merged.kept_examples)
             finally:

@@ -46,6 +46,21 @@ class Copier:
             os.close(fd)
         self._links.clear()
 
+    def placed(self, work_fd: int, name: str, dest_fd: int | None) -> None:
+        """The copy ``work/name`` has moved to ``dest/name`` (``None``: it was dropped, the
+        destination kept what it had): later hard links to it must find it there, or not at all.
+        Entries below ``name`` moved with their directory and need nothing."""
+        work = os.fstat(work_fd)
+        for key, (fd, entry) in list(self._links.items()):
+            st = os.fstat(fd)
+            if entry != name or (st.st_dev, st.st_ino) != (work.st_dev, work.st_ino):
+                continue
+            os.close(fd)
+            if dest_fd is None:
+                del self._links[key]
+            else:
+                self._links[key] = (os.dup(dest_fd), name)
+
     # -- metadata -----------------------------------------------------------------------------
     def _xattrs_of(self, where: str | int) -> dict[str, bytes]:
         follow = isinstance(where, int)

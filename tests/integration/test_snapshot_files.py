@@ -207,3 +207,20 @@ def test_a_signal_during_rollback_never_leaves_the_subvolume_missing(
     assert (sv / "file").read_bytes() in (b"version 1\n", b"version 2\n"), "the subvolume is gone from its path"
     aside = [p for p in sv.parent.iterdir() if p.name.startswith("data.rollback-")]
     assert (sv / "file").read_bytes() == b"version 1\n" and len(aside) == 1, (aside, out.err)
+
+
+def test_paths_that_are_hard_links_to_each_other_stay_one_file(world: World, tmp_path: Path) -> None:
+    """PATH items 'a.txt' and 'dir' where dir/b is a hard link of a.txt: the link table pointed
+    into the first item's work directory, removed once it was placed, so the second item failed
+    (exit 1, half restored).  Links follow the copy to its place."""
+    (world.subvol / "dir").mkdir()
+    (world.subvol / "a.txt").write_text("one inode, two names")
+    os.link(world.subvol / "a.txt", world.subvol / "dir" / "b")
+    snap = world.snapshot()
+    to = tmp_path / "to"
+    to.mkdir()
+    run = world.cli("snapshot", "restore", str(snap), "a.txt", "dir", "--to", str(to))
+    assert run.code == 0, run.err
+    assert (to / "a.txt").stat().st_ino == (to / "dir" / "b").stat().st_ino
+    assert (to / "dir" / "b").read_text() == "one inode, two names"
+    assert sorted(os.listdir(to)) == ["a.txt", "dir"]
