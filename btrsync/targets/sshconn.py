@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ ROOT_MISSING_TEXT = "btrsync: remote target directory missing"
 SYMLINK_TEXT = "btrsync: symlink in target not followed"  # followed by ': <path>' on stderr
 # stat(1) errors that mean "no such path": the only failure a listing may take for "empty"
 _GONE_PATTERNS = "*'No such file or directory'*|*'Not a directory'*"
+MAX_OUTPUT = 1 << 30  # bytes a remote command may answer (a listing of millions of objects fits)
 UPLOAD_SUFFIX = f"{TEMP_MARKER}upload"  # rsync's destination name, renamed into place on commit
 READ_BLOCK = 1 << 20
 
@@ -208,23 +210,42 @@ class SshConnection:
 
     # -- running commands ---------------------------------------------------------------------
     def run(self, script: str, *, timeout: float) -> RemoteResult:
-        """Run ``script`` remotely and collect its output; ssh's own failures raise."""
-        try:
-            proc = subprocess.run(
-                self.command_argv(script),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise TransientTargetError(
-                f"remote command on {self.config.display} timed out after {timeout:.0f}s"
-            ) from None
-        stderr = proc.stderr.decode(errors="replace")
+        """Run ``script`` remotely and collect its output; ssh's own failures raise.
+
+        The output goes to temporary files, watched while it runs: a remote side that answers
+        without end (a hostile or broken server) is stopped at ``MAX_OUTPUT`` bytes, never read
+        into memory."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(self.command_argv(script), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            try:
+                self._watch(proc, out, err, timeout)
+            except BaseException:  # a limit, or a signal (btrsync.signals): never leave ssh running
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                raise
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read().decode(errors="replace")
         if proc.returncode == SSH_FAILED:
             raise ssh_error(stderr, self.config.display)
-        return RemoteResult(proc.returncode, proc.stdout, stderr)
+        return RemoteResult(proc.returncode, stdout, stderr)
+
+    def _watch(self, proc: subprocess.Popen[bytes], out: IO[bytes], err: IO[bytes], timeout: float) -> None:
+        """Wait for ``proc``; raise when it runs past ``timeout`` or its output past ``MAX_OUTPUT``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            if max(os.fstat(out.fileno()).st_size, os.fstat(err.fileno()).st_size) > MAX_OUTPUT:
+                raise TargetError(f"remote command on {self.config.display} answered more than {MAX_OUTPUT} "
+                                  "bytes: stopped (a misbehaving server?)")
+            if proc.returncode is not None:
+                return
+            if time.monotonic() > deadline:
+                raise TransientTargetError(f"remote command on {self.config.display} timed out after {timeout:.0f}s")
 
     def popen(self, script: str, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
         """Start ``script`` remotely with its stdout as a pipe (for streaming reads)."""

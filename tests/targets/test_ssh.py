@@ -522,3 +522,16 @@ def test_numbers_from_the_remote_are_ascii_digits_only() -> None:
     parsed = list(_parse_listing(records))
     assert parsed[0][2] is None and parsed[1][2] is not None and parsed[1][2].size == 12
     assert list(_parse_temporaries("x.tmp-1\t5\tnan\0y.tmp-2\t\u00b3\t1\0".encode())) == []
+
+
+def test_a_remote_that_answers_without_end_is_stopped(target: SshTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remote output was read whole into memory: a server answering without end (hostile, or a
+    login script gone wrong) exhausted it.  It is stopped at the cap, and ssh does not linger."""
+    from btrsync.targets import sshconn
+    from btrsync.targets.errors import TargetError
+
+    monkeypatch.setattr(sshconn, "MAX_OUTPUT", 1 << 20)
+    with pytest.raises(TargetError, match="answered more than 1048576 bytes"):
+        target.conn.run("yes", timeout=60)
+    assert _children("ssh") == []
+    assert target.conn.run("echo fine", timeout=60).stdout == b"fine\n"
