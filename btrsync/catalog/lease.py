@@ -169,16 +169,13 @@ def read_lease(target: Target, key: str, now: datetime | None = None,
     now = now or datetime.now(UTC)
     backup_id = key.removeprefix("locks/").removesuffix(".lease")
     try:
-        size = target.stat(key).size
-        if size > MAX_LEASE_BYTES:
-            return LeaseInfo(backup_id, "", 0, "", now, key=key, error=f"{size} bytes, more than a lease ever holds")
         data = read_whole(target, key, MAX_LEASE_BYTES, "upload lease")
         # stamped after the read: on NFS the open revalidated the cached attributes, and a lease
         # replaced meanwhile shows the newer stamp (an older body with a newer stamp errs to live)
         modified = target.stat(key).modified
     except NotFound:
         return None
-    except DamageError as exc:  # grew past the cap since its stat: invalid, never a crash
+    except DamageError as exc:  # more than a lease ever holds: invalid, never a crash
         return LeaseInfo(backup_id, "", 0, "", now, key=key, error=str(exc))
     lease = parse_lease(key, data, now)
     if modified is None or not lease.valid:

@@ -4,7 +4,8 @@ Markers, leases, manifests, segment indexes and file-index parts are read whole 
 (and authenticated after): a target that serves a 100 GB "manifest" (a hostile server, a sparse
 file on a USB disk) would otherwise exhaust the memory of every command that lists it.  Each
 kind has a size no btrsync object of it comes near; more is damage, found after ``limit + 1``
-bytes, whatever the target's listing or ``stat`` said.
+bytes, whatever the target's listing or ``stat`` said.  (The marker's and a lease's caps are
+their modules' own: ``repository.MARKER_MAX_BYTES``, ``lease.MAX_LEASE_BYTES``.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 from btrsync.errors import DamageError
 from btrsync.targets.base import Target
 
-SMALL_LIMIT = 4096  # the repository marker, an upload lease
 # one chunk record is about 93 bytes; a chunk of zeros stores in about 200, so a 128 MiB segment
 # of them holds some 670,000 records (60 MB of index), and segment_size may be set far larger;
 # format 1 manifests held every record of the backup.  The caps bound memory, not the format.

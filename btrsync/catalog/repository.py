@@ -23,7 +23,7 @@ from btrsync.catalog import layout
 from btrsync.catalog.cache import CatalogCache
 from btrsync.catalog.chains import BrokenChain, broken_chains
 from btrsync.catalog.manifest import ChunkRecord, Manifest
-from btrsync.catalog.reads import MANIFEST_LIMIT, SMALL_LIMIT, read_whole
+from btrsync.catalog.reads import MANIFEST_LIMIT, read_whole
 from btrsync.crypto import frames
 from btrsync.crypto.keys import MasterKey
 from btrsync.errors import BtrsyncError, DamageError, TargetMissingError, UsageError, WrongKeyError
@@ -319,7 +319,7 @@ def read_marker(target: Target) -> RepoInfo | None:
         if size > MARKER_MAX_BYTES:
             raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} is {size} bytes: not a "
                               "btrsync marker")
-        data = read_whole(target, layout.REPO_MARKER, SMALL_LIMIT, "repository marker")
+        data = read_whole(target, layout.REPO_MARKER, MARKER_MAX_BYTES, "repository marker")
     except NotFound:
         return None
     try:

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from btrsync.catalog.lease import pid_alive
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import table_records
@@ -145,13 +146,7 @@ def _marker_holder_runs(fd: int) -> bool:
         return False
     if host != socket.gethostname():
         return True  # another host's: it cannot be told from here, so it is not removed
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _remove_work(to_fd: int, work: str, lock_fd: int) -> None:
