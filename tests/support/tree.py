@@ -26,8 +26,8 @@ What btrfs send/receive preserves, as established on real btrfs (kernel 6.18, bt
   utimes when the directory itself changed, so its mtime often ends up as the time of receive.
 * Not produced by :func:`mutate` (a btrfs limitation, not a btrsync one): changing the owner of a
   setuid/setgid file while keeping its mode. The incremental stream then carries only ``chown``,
-  which clears the set-id bits on the receiving side, and no ``chmod`` to restore them (the
-  xfail test ``test_btrfs_loses_setuid_on_incremental_chown`` shows it). Full sends are fine
+  which clears the set-id bits on the receiving side, and no ``chmod`` to restore them
+  (``test_btrfs_loses_setuid_on_incremental_chown`` asserts it, and fails once btrfs fixes it). Full sends are fine
   (``chown`` is always followed by ``chmod``).
 * Best effort only: extent sharing (``reflinks``). btrfs send emits a clone only when it finds a
   usable source and otherwise writes the data: it never clones exactly one block taken from file

@@ -336,19 +336,29 @@ def test_compressed_proto2_send_receive_preserves_the_description(
     assert any(e.flags & FIEMAP_EXTENT_ENCODED for e in extents)
 
 
-@pytest.mark.xfail(strict=False, reason="btrfs send emits only chown (which clears setuid) when the "
-                   "owner of a setuid file changes and its mode does not; mutate avoids this")
 def test_btrfs_loses_setuid_on_incremental_chown(btrfs_fs: Path,
                                                  btrfs_factory: Callable[..., Path]) -> None:
-    """Documents a btrfs limitation the tree tooling works around; XPASS means btrfs fixed it."""
+    """The btrfs limitation the tree tooling works around (``mutate`` never changes the owner of a
+    set-id file while keeping its mode): the incremental stream carries only ``chown`` for it, no
+    ``chmod``, and the received file loses its setuid bit. Fails when btrfs fixes it: then
+    ``tests/support/tree.py`` (its docstring and ``mutate``) should be updated."""
     dest = btrfs_factory()
     volume = create_subvolume(btrfs_fs / "volume")
     binary = volume / "tool"
     binary.write_bytes(b"#!/bin/sh\n")
     os.chmod(binary, 0o4755)
     first = send_receive(snapshot(volume, btrfs_fs / "s0"), dest)
-    assert (first / "tool").stat().st_mode & 0o7777 == 0o4755
+    assert (first / "tool").stat().st_mode & 0o7777 == 0o4755  # a full send is fine
     os.chown(binary, 1000, 1000)
     os.chmod(binary, 0o4755)  # same mode as before, so the stream has no chmod
-    second = send_receive(snapshot(volume, btrfs_fs / "s1"), dest, parent=btrfs_fs / "s0")
-    assert (second / "tool").stat().st_mode & 0o7777 == 0o4755
+    s1 = snapshot(volume, btrfs_fs / "s1")
+    assert s1.joinpath("tool").stat().st_mode & 0o7777 == 0o4755
+    stream = subprocess.run(["btrfs", "send", "-q", "-p", str(btrfs_fs / "s0"), str(s1)],
+                            capture_output=True, check=True).stdout
+    dump = subprocess.run(["btrfs", "receive", "--dump"], input=stream, capture_output=True,
+                          check=True).stdout.decode()
+    on_tool = sorted(line.split()[0] for line in dump.splitlines() if line.split()[1:2] == ["./s1/tool"])
+    assert on_tool == ["chown", "utimes"], dump
+    second = send_receive(s1, dest, parent=btrfs_fs / "s0")
+    st = (second / "tool").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 1000, 0o755)
