@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from btrsync.crypto.keys import load_key_file
+from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import BtrsyncError
-from btrsync.targets.s3config import read_credentials_file
+from btrsync.targets.s3config import S3Credentials, read_credentials_file
 
 SECRET = "K004" + "sEcReT9" * 4  # an application key: must never appear in a message
 NOBODY = 65534
@@ -37,6 +37,21 @@ READERS: dict[str, tuple[Callable[[Path], object], Callable[[], bytes]]] = {
     "key": (load_key_file, _key_content),
     "credentials": (read_credentials_file, _credentials_content),
 }
+
+
+# what each reader returns for a file holding ``data`` as its content function writes it
+EXPECTED: dict[Callable[[Path], object], Callable[[bytes], object]] = {
+    load_key_file: lambda data: MasterKey(base64.b64decode(data.strip(), validate=True)),
+    read_credentials_file: lambda data: S3Credentials("0041234", SECRET),
+}
+
+
+def _read_exactly(read: Callable[[Path], object], path: Path, data: bytes, mode: int) -> None:
+    """``read`` returns what ``data`` holds, and leaves the file as it was."""
+    got = read(path)
+    assert type(got) is type(EXPECTED[read](data)) and got == EXPECTED[read](data)
+    assert path.read_bytes() == data
+    assert path.stat().st_mode & 0o7777 == mode
 
 
 @pytest.fixture(params=sorted(READERS))
@@ -86,16 +101,18 @@ def _bytes_read_by_this_process() -> int:
 @pytest.mark.parametrize("mode", [0o600, 0o400])
 def test_private_regular_files_are_read(tmp_path: Path, reader, mode: int) -> None:
     read, content = reader
-    path = _write(tmp_path / "secret", content(), mode)
-    assert read(path) is not None
+    data = content()
+    path = _write(tmp_path / "secret", data, mode)
+    _read_exactly(read, path, data, mode)
 
 
 @as_root
 def test_files_of_root_are_read_when_running_as_root(tmp_path: Path, reader) -> None:
     read, content = reader
-    path = _write(tmp_path / "secret", content())
+    data = content()
+    path = _write(tmp_path / "secret", data)
     os.chown(path, 0, 0)
-    assert read(path) is not None
+    _read_exactly(read, path, data, 0o600)
 
 
 def _setfacl(path: Path, spec: str) -> None:
@@ -112,10 +129,11 @@ def test_systemd_style_acl_for_the_caller_is_accepted(tmp_path: Path, reader) ->
     ``ls -l`` shows ``-r--r-----+``: the group bits are the ACL mask, no group has access.
     """
     read, content = reader
-    path = _write(tmp_path / "secret", content(), 0o400)
+    data = content()
+    path = _write(tmp_path / "secret", data, 0o400)
     _setfacl(path, f"u:{os.geteuid()}:r")
     assert path.stat().st_mode & 0o777 == 0o440
-    assert read(path) is not None
+    _read_exactly(read, path, data, 0o440)
 
 
 @pytest.mark.parametrize("spec", [f"u:{NOBODY}:r", f"g:{NOBODY}:r", "g::r"])
