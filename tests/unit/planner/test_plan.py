@@ -77,8 +77,61 @@ def test_everything_held_means_nothing_to_do() -> None:
     assert plan.steps == () and len(plan.up_to_date) == 6
 
 
+class _Reads:
+    """Counts how often the planner reads each snapshot's uuid and each held backup's snapshot uuid:
+    work per item that stays bounded as the lists grow is what makes planning linear (a lookup by
+    scanning would read them len(snapshots) x len(held) times)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class _CountedSnap:
+    def __init__(self, name: str, uuid: str, reads: _Reads) -> None:
+        self.name, self._uuid, self._reads = name, uuid, reads
+
+    @property
+    def uuid(self) -> str:
+        self._reads.count += 1
+        return self._uuid
+
+
+class _CountedHeld:
+    def __init__(self, backup_id: str, snapshot_uuid: str, depth: int, reads: _Reads) -> None:
+        self.backup_id, self._uuid, self.depth, self._reads = backup_id, snapshot_uuid, depth, reads
+
+    @property
+    def snapshot_uuid(self) -> str:
+        self._reads.count += 1
+        return self._uuid
+
+
 def test_planning_100k_snapshots_is_linear() -> None:
-    snaps = [Snap(f"s{i}", f"u{i}") for i in range(100_000)]
-    held = [Held(f"b{i}", f"u{i}", i % 30) for i in range(0, 100_000, 2)]
-    plan = _plan(held, snaps)
-    assert len(plan.steps) == 50_000
+    """Every other snapshot of 100,000 is held (at depths 0..28): each of the others goes on the one
+    before it, except where that would pass max-chain; reading each uuid a bounded number of times."""
+    n = 100_000
+    reads = _Reads()
+    snaps = [_CountedSnap(f"s{i}", f"u{i}", reads) for i in range(n)]
+    held = [_CountedHeld(f"b{i}", f"u{i}", i % 30, reads) for i in range(0, n, 2)]
+    for max_chain in (30, 25):
+        reads.count = 0
+        plan = plan_push(snaps, held, max_chain=max_chain, backup_id_for=lambda s: "id-" + s.name)
+        assert reads.count <= 2 * (len(snaps) + len(held)), reads.count
+        assert [s.name for s in plan.up_to_date] == [f"s{i}" for i in range(0, n, 2)]
+        assert plan.skipped == ()
+        # each new snapshot s(i+1) goes on s(i), held as b(i) at depth i % 30, unless that passes max-chain
+        expected = []
+        for i in range(0, n, 2):
+            depth = i % 30 + 1
+            if depth > max_chain:
+                expected.append((f"s{i + 1}", "full", None, None, 0))
+            else:
+                expected.append((f"s{i + 1}", "incremental", f"s{i}", f"b{i}", depth))
+        got = [(s.snapshot.name, s.kind, s.parent and s.parent.name, s.parent_backup_id, s.depth)
+               for s in plan.steps]
+        assert got == expected
+        fulls = [name for name, kind, *_ in got if kind == "full"]
+        if max_chain == 30:
+            assert fulls == []
+        else:  # held at depth 26 or 28: s27, s29, s57, s59, ...
+            assert fulls[:4] == ["s27", "s29", "s57", "s59"] and len(fulls) == 6666
