@@ -21,7 +21,8 @@ from btrsync.units import format_bytes
 @click.option("--from", "source", required=True, help="target URL or configured name")
 @click.option("--to", "to", required=True, type=click.Path(path_type=Path),
               help="existing directory on any filesystem; the backup goes to DIR/<snapshot name>")
-@click.option("--overwrite", is_flag=True, help="replace DIR/<snapshot name> if it exists (once the restore is complete)")
+@click.option("--overwrite", is_flag=True, help="replace DIR/<snapshot name> if it exists (once the restore is complete); "
+                                                     "with PATH..., replace only those paths")
 @click.option("--skip-existing", is_flag=True,
               help="add only the paths missing from DIR/<snapshot name>; leave existing ones as they are")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
@@ -44,8 +45,9 @@ def restore_cmd(app: App, backup: str, paths: tuple[str, ...], source: str, to: 
     file indexes name for them are read, and the output says how much that was of the backup.
 
     If DIR/<snapshot name> exists the restore is refused, unless --overwrite (the complete
-    restore replaces it) or --skip-existing (every path of the backup that does not exist there
-    is added, every path that exists is left exactly as it is; directories merge).
+    restore replaces it; with PATH..., exactly those paths are replaced and nothing else there
+    is touched) or --skip-existing (every path of the backup that does not exist there is
+    added, every path that exists is left exactly as it is; directories merge).
 
     \b
     Examples:
@@ -74,6 +76,11 @@ def restore_cmd(app: App, backup: str, paths: tuple[str, ...], source: str, to: 
                  format_bytes(lk.bytes_written), format_bytes(lk.bytes_cloned), f"{lk.seconds:.1f}s")
                     for lk in result.links],
                    ["BACKUP", "KIND", "STREAM", "COMMANDS", "WRITTEN", "CLONED", "TIME"])
+    if result.replaced is not None:
+        click.echo(f"--overwrite: replaced {len(result.replaced)} existing path(s)"
+                   + (f" ({', '.join(result.replaced[:5])}{', ...' if len(result.replaced) > 5 else ''})"
+                      if result.replaced else "")
+                   + f", added {result.added}; nothing else in {result.path} was touched")
     if result.kept is not None:
         click.echo(f"--skip-existing: added {result.added} entries, left {result.kept} existing paths alone"
                    + (f" (e.g. {', '.join(result.kept_examples)})" if result.kept_examples else ""))

@@ -77,9 +77,10 @@ class RestoreResult:
     existing: str
     links: list[RestoredLink] = field(default_factory=list)
     notes: list[dict[str, Any]] = field(default_factory=list)
-    added: int | None = None  # --skip-existing: entries added
+    added: int | None = None  # --skip-existing: entries added; --overwrite of paths: paths added
     kept: int | None = None  # --skip-existing: existing paths left alone
     kept_examples: list[str] = field(default_factory=list)
+    replaced: list[str] | None = None  # --overwrite of selected paths: those that existed and were replaced
     reflinked_bytes: int = 0
     seconds: float = 0.0
     # selected paths only (``restore BACKUP PATH...``): what was read to restore them
@@ -278,8 +279,8 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
             if existing == "skip" and not stat.S_ISDIR(there.st_mode):
                 raise UsageError(f"{to / name} exists and is not a directory (symlinks are never "
                                  "followed); --skip-existing merges into a directory only")
-            if existing == "overwrite" and (why := place.foreign_within(to_fd, name)):
-                raise UsageError(f"{to / name} cannot be replaced: {why}")
+            if existing == "overwrite":
+                _check_overwrite(to_fd, to, name, there, selection)
         lock_fd = _claim_work_dir(to_fd, to, work, last.backup_id)
         try:
             work_fd = place.open_own_dir(to_fd, work)
@@ -302,7 +303,8 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                 result.notes = notes.as_list()
                 result.reflinked_bytes = caps.reflinked
                 syncfs(work_fd)  # durable before it takes its name
-                _place(work_fd, to_fd, name, existing, there is not None, result)
+                _place(work_fd, to_fd, name, existing, there is not None, result,
+                       _replaced_paths(selection))
                 syncfs(to_fd)
             finally:
                 os.close(work_fd)
@@ -383,10 +385,47 @@ def _restore_link(repo: Repository, applier: Applier, link: Manifest, workers: i
                         stats.parent_clones, stats.preserved_bytes, round(t1 - t0, 3), round(t2 - t0, 3))
 
 
-def _place(work_fd: int, to_fd: int, name: str, existing: str, exists: bool, result: RestoreResult) -> None:
+def _replaced_paths(selection: _Selection | None) -> list[str] | None:
+    """What ``--overwrite`` replaces: the selected paths, or ``None`` for the whole tree."""
+    if selection is None or "" in selection.paths:
+        return None
+    return place.outermost(selection.paths)
+
+
+def _check_overwrite(to_fd: int, to: Path, name: str, there: os.stat_result, selection: _Selection | None) -> None:
+    """Refuse ``--overwrite`` before anything is restored where it would remove what no backup
+    holds: a mount or subvolumes inside what is replaced, or, for selected paths, anything but
+    them (a destination that is not a directory, a file where the backup has a directory)."""
+    paths = _replaced_paths(selection)
+    if paths is None:
+        if why := place.foreign_within(to_fd, name):
+            raise UsageError(f"{to / name} cannot be replaced: {why}")
+        return
+    if not stat.S_ISDIR(there.st_mode):
+        raise UsageError(f"{to / name} exists and is not a directory (symlinks are never followed); selected "
+                         "paths replace only themselves inside a directory: restore elsewhere")
+    dfd = os.open(name, DIR_FLAGS, dir_fd=to_fd)
+    try:
+        if why := place.check_replace_paths(dfd, paths):
+            raise UsageError(f"cannot replace in {to / name}: {why}; nothing was restored")
+    finally:
+        os.close(dfd)
+
+
+def _place(work_fd: int, to_fd: int, name: str, existing: str, exists: bool, result: RestoreResult,
+           paths: list[str] | None) -> None:
     try:
         if not exists:
             place.move_into_place(work_fd, "tree", to_fd, name)
+        elif existing == "overwrite" and paths is not None:
+            # selected paths: exactly they are replaced; everything else in DIR/<snapshot> stays
+            sfd, dfd = os.open("tree", DIR_FLAGS, dir_fd=work_fd), os.open(name, DIR_FLAGS, dir_fd=to_fd)
+            try:
+                replaced = place.replace_paths(sfd, dfd, paths)
+            finally:
+                os.close(sfd)
+                os.close(dfd)
+            result.replaced, result.added = replaced.replaced, len(replaced.added)
         elif existing == "overwrite":
             place.swap_into_place(work_fd, "tree", to_fd, name)  # the old one is removed with the work dir
         else:

@@ -150,6 +150,16 @@ def foreign_within(parent_fd: int, name: str) -> str | None:
     """Why ``parent/name`` must not be replaced (and then removed): a filesystem mounted in it, or
     btrfs subvolumes in it (snapshots kept there, a container's storage), none of which a backup
     holds; ``None`` when it holds neither."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(st.st_mode) and st.st_dev != os.fstat(parent_fd).st_dev:
+        path = os.path.join(_fd_path(parent_fd), name)
+        if path in mount_points():
+            return "it is itself a mount point; unmount it, or restore elsewhere"
+        return ("it is itself a btrfs subvolume (a backup put there by 'btrsync receive'?), which a restore "
+                "never replaces; restore elsewhere, or delete it yourself first")
     if mounted := mounts_within(parent_fd, name):
         return f"a filesystem is mounted in it, at {', '.join(mounted[:3])}; unmount it, or restore elsewhere"
     if nested := subvolumes_within(parent_fd, name):
@@ -332,3 +342,108 @@ def merge_tree(src_fd: int, src: str, dst_fd: int, dst: str) -> MergeResult:
             os.close(sfd)
             os.close(dfd)
     return result
+
+
+@dataclass
+class ReplaceResult:
+    replaced: list[str] = field(default_factory=list)  # selected paths that existed and were exchanged
+    added: list[str] = field(default_factory=list)  # selected paths (or their first missing ancestor) moved in
+
+
+def outermost(paths: list[str]) -> list[str]:
+    """``paths`` (relative, normalised) without those below another one of them: replacing
+    ``a`` already replaces ``a/b``.  ``""`` (the root) covers everything."""
+    if "" in paths:
+        return [""]
+    chosen: list[str] = []
+    for p in sorted(set(paths)):
+        if not any(p.startswith(c + "/") for c in chosen):
+            chosen.append(p)
+    return chosen
+
+
+def _walk_existing(dst_fd: int, parts: list[str]) -> tuple[int, int]:
+    """Descend ``parts`` below ``dst_fd`` while each component is a real directory; returns an
+    owned descriptor of the deepest one reached and how many components that was.  A component
+    that exists but is no directory (a file, a symlink: never followed) is ``NotADirectoryError``."""
+    fd = os.dup(dst_fd)
+    depth = 0
+    try:
+        for part in parts:
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                break
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", "/".join(parts[:depth + 1]))
+            nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+            depth += 1
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, depth
+
+
+def check_replace_paths(dst_fd: int, paths: list[str]) -> str | None:
+    """Why ``replace_paths`` must not start (before anything moves): a path whose ancestor in
+    the destination is not a directory, or a selected path that holds a mount or subvolumes."""
+    for p in outermost(paths):
+        parts = p.split("/") if p else []
+        try:
+            fd, depth = _walk_existing(dst_fd, parts[:-1])
+        except NotADirectoryError as exc:
+            return (f"{exc.filename} is not a directory there (a file or a symlink, never followed), "
+                    f"but the backup has one; move it away to restore {p}")
+        try:
+            if depth == len(parts) - 1 and parts and (why := foreign_within(fd, parts[-1])):
+                return f"{p}: {why}"
+        finally:
+            os.close(fd)
+    return None
+
+
+def replace_paths(src_fd: int, dst_fd: int, paths: list[str]) -> ReplaceResult:
+    """Put each of ``paths`` of the tree at ``src_fd`` at the same place below ``dst_fd`` and
+    touch nothing else there: an existing path is exchanged (what it held goes to the source
+    tree, to be removed with it); a missing one, or its first missing ancestor (with the
+    snapshot's metadata), is moved in.  Existing directories on the way keep their times.
+    Paths already moved in with an ancestor are skipped.  ``check_replace_paths`` first."""
+    result = ReplaceResult()
+    for p in outermost(paths):
+        parts = p.split("/")
+        sfd, sdepth = _walk_existing(src_fd, parts[:-1])
+        try:
+            if sdepth < len(parts) - 1 or not _exists_nofollow(sfd, parts[-1]):
+                continue  # moved in already, with an ancestor that another path brought along
+            dfd, depth = _walk_existing(dst_fd, parts[:-1])
+            try:
+                before = os.fstat(dfd)
+                if depth < len(parts) - 1:  # an ancestor is missing: bring it, with what it holds
+                    src_parent, _ = _walk_existing(src_fd, parts[:depth])
+                    try:
+                        move_into_place(src_parent, parts[depth], dfd, parts[depth])
+                    finally:
+                        os.close(src_parent)
+                    result.added.append("/".join(parts[:depth + 1]))
+                elif _exists_nofollow(dfd, parts[-1]):
+                    swap_into_place(sfd, parts[-1], dfd, parts[-1])
+                    result.replaced.append(p)
+                else:
+                    move_into_place(sfd, parts[-1], dfd, parts[-1])
+                    result.added.append(p)
+                os.utime(dfd, ns=(before.st_atime_ns, before.st_mtime_ns))
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+    return result
+
+
+def _exists_nofollow(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

@@ -742,6 +742,107 @@ def test_a_committed_push_whose_lease_cannot_be_removed_is_still_a_success(world
         assert world.snapshots[-1].name in json.dumps(backup), backup
 
 
+# --- --overwrite of selected paths -----------------------------------------------------------------
+
+
+def test_overwrite_of_selected_paths_replaces_exactly_them(world: World, tmp_path: Path) -> None:
+    """'restore BACKUP etc/link --to DIR --overwrite' into a full restore the user had worked in
+    swapped the whole tree for one holding only etc/link and removed the rest: exit 0, and
+    everything else in DIR/<snapshot>, the user's own files included, was gone."""
+    (world.subvol / "etc").mkdir()
+    (world.subvol / "etc" / "conf").write_bytes(b"from the backup")
+    os.symlink("conf", world.subvol / "etc" / "link")
+    (world.subvol / "d").mkdir()
+    (world.subvol / "d" / "x").write_bytes(b"x")
+    (world.subvol / "top").write_bytes(b"top")
+    world.snapshot()
+    assert world.push().code == 0
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
+    assert first.code == 0, first.err
+    r = Path(first.json()["path"])
+    (r / "mine").write_bytes(b"the user's own")
+    (r / "etc" / "mine").write_bytes(b"the user's own, beside the link")
+    (r / "etc" / "link").unlink()
+    os.symlink("elsewhere", r / "etc" / "link")
+    (r / "d" / "x").write_bytes(b"changed")
+    (r / "d" / "added").write_bytes(b"inside a named directory")
+    (r / "top").write_bytes(b"changed too, but not named")
+    os.utime(r / "etc", ns=(1_000_000_000, 2_000_000_000))
+
+    run = world.cli("restore", "latest", "etc/link", "d", "--from", world.url, "--to", str(dest),
+                    "--overwrite", "--json")
+    assert run.code == 0, run.err
+    assert sorted(run.json()["replaced"]) == ["d", "etc/link"]
+    assert os.readlink(r / "etc" / "link") == "conf"
+    assert sorted(os.listdir(r / "d")) == ["x"] and (r / "d" / "x").read_bytes() == b"x"  # replaced whole
+    assert (r / "mine").read_bytes() == b"the user's own"
+    assert (r / "etc" / "mine").read_bytes() == b"the user's own, beside the link"
+    assert (r / "etc" / "conf").read_bytes() == b"from the backup"
+    assert (r / "top").read_bytes() == b"changed too, but not named"
+    assert os.stat(r / "etc").st_mtime_ns == 2_000_000_000  # a directory on the way keeps its times
+    assert sorted(p.name for p in dest.iterdir()) == [r.name]  # no work directory left
+    text = world.cli("restore", "latest", "etc/conf", "--from", world.url, "--to", str(dest), "--overwrite")
+    assert text.code == 0 and "replaced 1 existing path(s) (etc/conf)" in text.out, text.out
+
+    # a missing path comes back with its missing directories; nothing else moves
+    shutil.rmtree(r / "d")
+    run = world.cli("restore", "latest", "d/x", "--from", world.url, "--to", str(dest), "--overwrite", "--json")
+    assert run.code == 0 and run.json()["replaced"] == [] and run.json()["added"] == 1, run.err
+    assert (r / "d" / "x").read_bytes() == b"x" and (r / "mine").exists()
+
+    # a file where the backup has a directory on the way: refused before anything is restored
+    shutil.rmtree(r / "d")
+    (r / "d").write_bytes(b"a file named d")
+    run = world.cli("restore", "latest", "d/x", "--from", world.url, "--to", str(dest), "--overwrite")
+    assert run.code == 2 and f"cannot replace in {r}: d is not a directory" in run.err, run.err
+    assert (r / "d").read_bytes() == b"a file named d" and (r / "mine").exists()
+    assert sorted(p.name for p in dest.iterdir()) == [r.name]
+
+
+def test_overwrite_of_selected_paths_refuses_a_mount_in_them_and_ignores_one_elsewhere(
+        world: World, tmp_path: Path) -> None:
+    """The refusal names the selected path that holds the mount; a mount beside the selected
+    paths is no reason to refuse, since nothing but the selected paths is replaced."""
+    (world.subvol / "srv").mkdir()
+    (world.subvol / "keep").mkdir()
+    (world.subvol / "f").write_bytes(b"f")
+    world.snapshot()
+    assert world.push().code == 0
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
+    r = Path(first.json()["path"])
+    _tmpfs(r / "srv" / "disk", "size=4m")
+    try:
+        (r / "srv" / "disk" / "precious").write_bytes(b"p")
+        run = world.cli("restore", "latest", "srv", "--from", world.url, "--to", str(dest), "--overwrite")
+        assert run.code == 2 and f"cannot replace in {r}: srv: a filesystem is mounted in it, at {r}/srv/disk" \
+            in run.err, run.err
+        run = world.cli("restore", "latest", "f", "--from", world.url, "--to", str(dest), "--overwrite")
+        assert run.code == 0, run.err
+        assert (r / "srv" / "disk" / "precious").read_bytes() == b"p"
+    finally:
+        subprocess.run(["umount", str(r / "srv" / "disk")], check=False)
+
+
+def test_overwrite_refusal_names_what_is_in_the_way(world: World) -> None:
+    """DIR/<snapshot> being itself a subvolume (where 'btrsync receive' put the same backup) was
+    refused as 'it holds btrfs subvolumes, at DIR/<snapshot>': the path named was the one to be
+    replaced, not something inside it.  Now the refusal says what it is."""
+    (world.subvol / "f").write_bytes(b"f")
+    world.snapshot()
+    assert world.push().code == 0
+    assert world.receive("latest").code == 0
+    received = world.restore / world.snapshots[0].name
+    run = world.cli("restore", "latest", "--from", world.url, "--to", str(world.restore), "--overwrite")
+    assert run.code == 2, run.err
+    assert f"{received} cannot be replaced: it is itself a btrfs subvolume" in run.err, run.err
+    assert "holds btrfs subvolumes" not in run.err, run.err
+    assert sorted(os.listdir(world.restore)) == [received.name]
+
+
 # --- a push whose uploaded data vanishes before its commit ------------------------------------------
 
 
