@@ -113,7 +113,7 @@ def render(report: RunReport, dry_run: bool) -> None:
     for j in report.jobs:
         extra = []
         if j.snapshots:
-            extra.append(f"snapshots {', '.join(j.snapshots)}")
+            extra.append(f"{'would take snapshots' if dry_run else 'snapshots'} {', '.join(j.snapshots)}")
         if j.local_pruned:
             extra.append(f"{len(j.local_pruned)} local snapshot(s) pruned")
         if j.local_prune_skipped:

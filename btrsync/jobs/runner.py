@@ -48,7 +48,7 @@ from btrsync.ops.push import PushResult, push
 from btrsync.ops.push_settings import bucket_for, settings_from
 from btrsync.retention import Policy
 from btrsync.signals import Terminated
-from btrsync.snapshots.store import create_snapshot, subvolume_name
+from btrsync.snapshots.store import Snapshot, create_snapshot, planned_snapshot, subvolume_name
 from btrsync.state import State
 from btrsync.units import parse_size
 
@@ -181,6 +181,7 @@ class JobRun:
         self.doc: dict[str, Any] = {}
         self.t0 = 0.0
         self._recorded = False
+        self.planned: dict[Path, Snapshot] = {}  # dry run: the snapshots the run would take
 
     # -- the whole job ---------------------------------------------------------------------------
     def run(self) -> JobOutcome:
@@ -320,16 +321,19 @@ class JobRun:
 
     # -- snapshots -------------------------------------------------------------------------------
     def _snapshots(self) -> bool:
-        if self.env.dry_run:
-            return True
+        """Take this run's snapshots; a dry run plans them instead (``self.planned``), checked as
+        the real run would check them, so its plan includes what the run would send first."""
         when = self.clock.now()
+        take = planned_snapshot if self.env.dry_run else create_snapshot
         for subvol in self.job.subvolumes:
             try:
-                snap = create_snapshot(subvol, self.job.snapshot_dir, when)
+                snap = take(subvol, self.job.snapshot_dir, when)
             except (BtrsyncError, OSError) as exc:
-                self.out.error = f"snapshot of {subvol} failed: {exc}"
+                self.out.error = f"snapshot of {subvol} {'would fail' if self.env.dry_run else 'failed'}: {exc}"
                 log.error("job %s: %s", self.job.name, self.out.error)
                 return False
+            if self.env.dry_run:
+                self.planned[subvol] = snap
             self.out.snapshots.append(snap.name)
         return True
 
@@ -403,7 +407,8 @@ class JobRun:
                 before = (res.status, res.error)
                 try:
                     result = push(subvol, job.snapshot_dir, repo, settings, dry_run=env.dry_run,
-                                  backfill=jt.backfill, policy=self._policy(jt, name, url), audit=self.audit)
+                                  backfill=jt.backfill, policy=self._policy(jt, name, url), audit=self.audit,
+                                  planned=self.planned.get(subvol))
                 except LockedError:
                     raise
                 except (BtrsyncError, OSError) as exc:

@@ -113,7 +113,8 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int, *,
-             backfill: bool = False, policy: Policy | None = None, now: datetime | None = None) -> Plan:
+             backfill: bool = False, policy: Policy | None = None, now: datetime | None = None,
+             planned: Snapshot | None = None) -> Plan:
     """The plan for ``subvol``: which snapshots to send, on which parents, and why others are not.
 
     Only restorable backups serve as parents.  A snapshot whose backup is on the target but
@@ -121,9 +122,10 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
     snapshot older than the newest backup of the subvolume on the target is sent only with
     ``backfill`` or when the target's retention ``policy`` would keep it (btrbk's rule), so
     snapshots that retention already removed from the target are not sent again every run.
+    ``planned`` is a snapshot not taken yet (``store.planned_snapshot``), planned as if it were.
     """
     name = subvolume_name(subvol)
-    snaps = list_snapshots(snapshot_dir, name)
+    snaps = list_snapshots(snapshot_dir, name) + ([planned] if planned is not None else [])
     if not snaps:
         raise PushError(f"no snapshots of subvolume {name!r} in {snapshot_dir} (looked for "
                         f"{name}.<YYYYMMDDTHHMMSSZ>): create one with 'btrsync snapshot create {subvol} "
@@ -179,19 +181,24 @@ def push(
     backfill: bool = False,
     policy: Policy | None = None,
     audit: AuditLog | None = None,
+    planned: Snapshot | None = None,
 ) -> PushResult:
     """Send every snapshot of ``subvol`` the target lacks, oldest first; stop at the first failure.
 
     ``subvol`` must be a btrfs subvolume (exit 2 otherwise) with at least one snapshot in
     ``snapshot_dir`` (exit 1 otherwise): a push that could send nothing is never a success.
+    A ``dry_run`` may plan a ``planned`` snapshot too: the one a run would take first.
     """
     if not is_subvolume(subvol):
         raise UsageError(f"{subvol} is not a btrfs subvolume: push takes the subvolume whose snapshots "
                          "are in --snapshot-dir (check the path)")
+    if planned is not None and not dry_run:
+        raise UsageError("a snapshot not taken yet can only be planned (dry run)")
     if not dry_run:
         repo.require_writable()
     catalog = repo.catalog()
-    plan = plan_for(subvol, snapshot_dir, catalog, settings.max_chain, backfill=backfill, policy=policy)
+    plan = plan_for(subvol, snapshot_dir, catalog, settings.max_chain, backfill=backfill, policy=policy,
+                    planned=planned)
     result = PushResult(repo.target.display_url, subvolume_name(subvol), plan, held=list(catalog.manifests),
                         catalog=catalog)
     if dry_run:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +58,29 @@ def create_snapshot(subvol: Path, snapshot_dir: Path, when: datetime | None = No
     if not snapshot_dir.is_dir():
         raise SnapshotError(f"snapshot directory {snapshot_dir} does not exist; create it first "
                             f"(it must be on the same btrfs filesystem as {subvol})")
+    path, parsed = _free_name(subvol, snapshot_dir, when)
+    created = sv.create_readonly_snapshot(subvol, path)
+    log.info("snapshot created source=%s snapshot=%s uuid=%s", subvol, path, created.uuid)
+    return Snapshot(path, parsed, created)
+
+
+def planned_snapshot(subvol: Path, snapshot_dir: Path, when: datetime | None = None) -> Snapshot:
+    """The snapshot ``create_snapshot`` would make at ``when``, without making it: a plan of a
+    run (``run --dry-run``) includes it.  Checked as ``create_snapshot`` checks (a subvolume, an
+    existing snapshot directory); its uuid is a placeholder that no backup holds."""
+    subvol = Path(subvol)
+    source = sv.subvolume_info(subvol)
+    if not snapshot_dir.is_dir():
+        raise SnapshotError(f"snapshot directory {snapshot_dir} does not exist; create it first "
+                            f"(it must be on the same btrfs filesystem as {subvol})")
+    path, parsed = _free_name(subvol, snapshot_dir, when)
+    info = replace(source, path=path, name=path.name, uuid=f"planned:{path.name}", parent_uuid=source.uuid,
+                   received_uuid=None, readonly=True, otransid=source.ctransid)
+    return Snapshot(path, parsed, info)
+
+
+def _free_name(subvol: Path, snapshot_dir: Path, when: datetime | None) -> tuple[Path, SnapshotName]:
+    """``<subvol>.<UTC stamp>`` in ``snapshot_dir``, ``_N`` where that exists."""
     when = (when or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     base = subvolume_name(subvol)
     stamp = format_stamp(when)
@@ -65,10 +88,7 @@ def create_snapshot(subvol: Path, snapshot_dir: Path, when: datetime | None = No
     while (snapshot_dir / name).exists():
         serial += 1
         name = f"{base}.{stamp}_{serial}"
-    path = snapshot_dir / name
-    created = sv.create_readonly_snapshot(subvol, path)
-    log.info("snapshot created source=%s snapshot=%s uuid=%s", subvol, path, created.uuid)
-    return Snapshot(path, SnapshotName(when, serial, base), created)
+    return snapshot_dir / name, SnapshotName(when, serial, base)
 
 
 def delete_snapshot(path: Path) -> None:

@@ -373,14 +373,47 @@ def test_dry_run_prints_the_plan_and_changes_nothing(world: World, tmp_path: Pat
     result = run(world, "data", "--dry-run", now=1)
     assert result.code == 0, result.err
     job = outcome(result)["data"]
-    assert job["dry_run"] and [p["kind"] for p in job["targets"][0]["plan"]] == ["incremental"]
+    # the snapshot the target lacks, then the one the run would take, on it
+    would_take = f"data.{(T0 + timedelta(hours=1)).strftime('%Y%m%dT%H%M%SZ')}"
+    plan = job["targets"][0]["plan"]
+    assert job["dry_run"] and [(p["kind"], p["snapshot"]) for p in plan] == [
+        ("incremental", world.snapshots[-1].name), ("incremental", would_take)], plan
+    assert plan[1]["parent"] == world.snapshots[-1].name
+    assert job["snapshots"] == [would_take] and job["status"] == "ok"
     assert job["hooks"] == [{"kind": "pre", "argv": ["touch", str(marker)], "ran": False}]
-    assert not marker.exists() and not job["snapshots"]
+    assert not marker.exists()
     assert sorted(p.name for p in world.target_dir.rglob("*")) == before
     assert (world.state / "jobs" / "data.json").read_text() == record
     assert len(snapshots(world, "data")) == 2
     human = world.cli("run", "data", "--dry-run", "--now", at(1))
     assert human.code == 0 and "PLANNED" in human.out and "would run hooks pre: touch" in human.err
+    assert f"would take snapshots {would_take}" in human.err
+
+
+def test_dry_run_plans_with_the_snapshot_the_run_would_take(world: World) -> None:
+    """A new job's dry run showed its target 'failed' and advised 'snapshot create'; an existing
+    job with nothing new showed PLANNED 0 although the real run pushes the snapshot it takes.
+    The dry run now plans that snapshot (named as the run names it) and the real run then
+    pushes exactly what was planned."""
+    _single_job(world)
+    first = run(world, "data", "--dry-run", now=0)
+    assert first.code == 0, first.err
+    job = outcome(first)["data"]
+    [step] = job["targets"][0]["plan"]
+    assert (step["kind"], step["parent"], job["targets"][0]["status"]) == ("full", None, "ok"), job
+    assert snapshots(world, "data") == [] and not list(world.target_dir.glob("backups/*"))
+    real = run(world, "data", now=0)
+    assert real.code == 0, real.err
+    assert [b["backup_id"].rsplit("-", 1)[0] for b in outcome(real)["data"]["targets"][0]["backups"]] == \
+        [step["snapshot"]] == snapshots(world, "data")
+    # nothing new locally: the next run still pushes the snapshot it takes, an incremental on the last
+    again = outcome(run(world, "data", "--dry-run", now=1))["data"]
+    [step] = again["targets"][0]["plan"]
+    assert (step["kind"], step["parent"]) == ("incremental", snapshots(world, "data")[0]), again
+    # the snapshot directory gone: the dry run says the run would fail to snapshot, as the run would
+    world.snapdir.rename(world.snapdir.with_name("moved"))
+    broken = run(world, "data", "--dry-run", now=2)
+    assert broken.code == 1 and "would fail" in outcome(broken)["data"]["error"], broken.out
 
 
 def test_manual_push_prune_and_verify_rewrite_the_metrics_too(world: World) -> None:
