@@ -90,7 +90,7 @@ def summary(report: RunReport) -> str:
     bad = [j for j in report.jobs if j.status not in ("ok", "skipped")]
     parts = []
     for j in bad:
-        why = j.error or "; ".join(f"{t.name}: {t.error}" for t in j.targets if t.error) or j.status
+        why = j.error or "; ".join(p for t in j.targets if (p := t.problem())) or j.status
         parts.append(f"{j.job} {j.status}: {why}")
     return f"{len(bad)} of {len(report.jobs)} job(s) not ok: " + " | ".join(parts)
 
@@ -105,7 +105,8 @@ def render(report: RunReport, dry_run: bool) -> None:
             if t.verify:
                 note = (note + "; " if note else "") + f"verify {t.verify['level']} " + \
                     ("ok" if t.verify.get("ok") else "DAMAGE")
-            rows.append((j.job, t.name, t.status, len(t.backups) if not dry_run else len(t.plan),
+            done = sum(1 for b in t.backups if b["status"] == "ok")  # a stopped or failed push made none
+            rows.append((j.job, t.name, t.status, done if not dry_run else len(t.plan),
                          format_bytes(t.stream_bytes), format_bytes(t.stored_bytes), len(t.pruned),
                          f"{t.seconds:.1f}s", note))
     emit_table(rows, ["JOB", "TARGET", "STATUS", "PLANNED" if dry_run else "BACKUPS", "STREAM", "STORED",

@@ -98,6 +98,15 @@ class TargetOutcome:
     def fail(self, status: str, error: str) -> None:
         self.status, self.error = status, (f"{self.error}; {error}" if self.error else error)
 
+    def problem(self) -> str | None:
+        """``name: what went wrong`` for a target that is not ok, skipped or stopped alike
+        (a stopped push has no error, only the reason it stopped); None for an ok one."""
+        if self.error:
+            return f"{self.name}: {self.error}"
+        if self.status == "stopped":
+            return f"{self.name}: stopped: {self.reason}"
+        return None
+
 
 @dataclass
 class JobOutcome:
@@ -274,7 +283,7 @@ class JobRun:
     # -- hooks -----------------------------------------------------------------------------------
     def _hook_env(self, status: str) -> dict[str, str]:
         out = self.out
-        errors = [e for e in [out.error, *(f"{t.name}: {t.error}" for t in out.targets if t.error)] if e]
+        errors = [e for e in [out.error, *(t.problem() for t in out.targets)] if e]
         return hooklib.env_for(
             self.job.name, status, targets=[t.name for t in self.job.targets],
             subvolumes=[str(s) for s in self.job.subvolumes], snapshots=out.snapshots,

@@ -240,7 +240,11 @@ def test_a_push_past_the_window_end_stops_at_a_segment_boundary_and_resumes(worl
     from btrsync.config.model import load_config
     from btrsync.jobs.runner import RunEnv, run_jobs
 
-    _single_job(world, 'window = ["Fri 00:00-06:00"]\nwindow_end = "stop"')
+    from btrsync.cli.cmd_run import render, summary
+
+    hook_error = world.state.parent / "hook-error"
+    _single_job(world, 'window = ["Fri 00:00-06:00"]\nwindow_end = "stop"\n'
+                f'hooks = {{ on_failure = [["sh", "-c", "printf %s \\"$BTRSYNC_ERROR\\" > {hook_error}"]] }}')
     (world.subvol / "big").write_bytes(os.urandom(1_500_000))  # > 5 segments of 256k
     config = load_config(world.config, explicit=True)
     inside, outside = T0, T0 + timedelta(hours=4)
@@ -270,6 +274,15 @@ def test_a_push_past_the_window_end_stops_at_a_segment_boundary_and_resumes(worl
     kept = sorted(p.name for p in world.target_dir.glob("data/*/0*") if not p.name.endswith(".idx"))
     assert 1 <= len(kept) < 6
     assert "skipped" in report.jobs[0].local_prune_skipped
+    # the hook, the final line and the table say why; no backup is counted for the stopped push
+    # (before: an empty BTRSYNC_ERROR, "data partial: partial", BACKUPS 1 with 0 B sent)
+    assert "usb: stopped: the window Fri 00:00-06:00 (UTC) closed during the push" in hook_error.read_text()
+    assert summary(report) == ("1 of 1 job(s) not ok: data partial: usb: stopped: the window Fri 00:00-06:00 (UTC) "
+                               "closed during the push; the next run resumes it")
+    world.capsys.readouterr()
+    render(report, False)
+    [row] = [line.split() for line in world.capsys.readouterr().out.splitlines() if line.startswith("data ")]
+    assert row[2:4] == ["stopped", "0"], row
     result = run(world, "data", now=1)  # still Friday's window
     assert result.code == 0, result.err
     backups = outcome(result)["data"]["targets"][0]["backups"]
