@@ -33,9 +33,16 @@ def _time(ns: int) -> str:
 
 
 def _shown(e: Entry, *, relative_to: str) -> str:
-    name = e.path[len(relative_to) + 1:] if relative_to and e.path.startswith(relative_to + "/") else e.path
+    return printable(e.path[len(relative_to) + 1:] if relative_to and e.path.startswith(relative_to + "/")
+                     else e.path)
+
+
+def printable(name: str) -> str:
+    """A path as one line of a terminal: undecodable bytes as ``\\xNN``, and where it holds a
+    control character (a newline in a name must not make two lines, nor an escape sequence
+    drive the terminal) the whole of it in Python's escapes, as ``ls`` quotes such names."""
     shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    if any(ord(c) < 32 or ord(c) == 127 for c in shown):  # a newline in a name must not make two lines
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in shown):
         shown = shown.encode("unicode_escape").decode("ascii")
     return shown
 
@@ -77,7 +84,7 @@ def ls_cmd(app: App, backup: str, path: str, source: str, long_: bool, recursive
             out.write(f"{name}{'/' if e.kind == 'd' else ''}\n")
             continue
         mode = stat.filemode(_TYPE_BITS.get(e.kind, 0) | e.mode)
-        target = f" -> {e.target}" if e.target is not None else ""
+        target = f" -> {printable(e.target)}" if e.target is not None else ""
         out.write(f"{mode} {e.nlink:>3} {e.uid:>5} {e.gid:>5} {e.size:>12} {_time(e.mtime_ns)} {name}{target}\n")
 
 
@@ -120,7 +127,7 @@ def find_cmd(app: App, backups: tuple[str, ...], source: str, name: str | None, 
     for f in found:
         for s in f.history:
             e = s.entry
-            rows.append((f.path, s.backup_id, s.status.upper(), None if e is None else format_bytes(e.size),
+            rows.append((printable(f.path), s.backup_id, s.status.upper(), None if e is None else format_bytes(e.size),
                          None if e is None else _time(e.mtime_ns)))
     emit_table(rows, ["PATH", "BACKUP", "STATUS", "SIZE", "MTIME"])
 

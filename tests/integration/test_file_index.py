@@ -255,6 +255,22 @@ def test_find_tells_when_a_file_changed(world: World) -> None:
     assert world.cli("find", names[0], "--from", world.url).code == 2  # neither --name nor --newer
 
 
+def test_find_and_ls_print_a_control_character_in_a_name_escaped(world: World) -> None:
+    """'find --name' printed a newline inside a name raw, making two lines of one path (ls already
+    escaped it); a link target with an escape sequence reached the terminal as it was."""
+    (world.subvol / "two\nlines.txt").write_bytes(b"x")
+    os.symlink("\x1b[31mred", world.subvol / "link.txt")
+    world.snapshot()
+    assert world.push().code == 0
+    run = world.cli("find", "latest", "--from", world.url, "--name", "*.txt")
+    assert run.code == 0, run.err
+    assert [line.split()[0] for line in run.out.splitlines()[1:]] == ["link.txt", "two\\nlines.txt"], run.out
+    run = world.cli("ls", "latest", "--from", world.url, "--long")
+    assert run.code == 0 and "link.txt -> \\x1b[31mred" in run.out and "\x1b" not in run.out, run.out
+    json_out = world.cli("find", "latest", "--from", world.url, "--name", "*.txt", "--json").json()
+    assert sorted(f["path"] for f in json_out) == ["link.txt", "two\nlines.txt"]  # JSON keeps the name as it is
+
+
 def _forget_indexes(world: World) -> list[str]:
     """Make the target's backups look pushed before file indexes existed."""
     repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
