@@ -27,6 +27,12 @@ def _duration(option: str, text: str | None):  # noqa: ANN202
         raise UsageError(f"{option} {text!r}: {exc}") from None
 
 
+def _positive(option: str, value):  # noqa: ANN001, ANN202
+    if value is not None and value.total_seconds() <= 0:
+        raise UsageError(f"{option} must be longer than 0: a verification that may read nothing checks nothing")
+    return value
+
+
 @click.command("verify", epilog=EXIT_STATUS_HELP)
 @global_options
 @click.argument("backups", nargs=-1)
@@ -77,7 +83,8 @@ def verify_cmd(app: App, backups: tuple[str, ...], source: str, all_: bool, leve
             sampled = Sample.parse(sample)
     options = Options(level=level, subset=Subset.parse(subset) if subset else None, sample=sampled, drills=drills,
                       older_than=_duration("--older-than", older_than),
-                      max_duration=_duration("--max-duration", max_duration), scratch_dir=scratch_dir,
+                      max_duration=_positive("--max-duration", _duration("--max-duration", max_duration)),
+                      scratch_dir=scratch_dir,
                       snapshot_dirs=snapshot_dirs, workers=app.config.push.workers)
     with app.repository(source) as repo:
         ledger = Ledger.for_repository(app.state().root, repo.repo_id)
@@ -112,11 +119,18 @@ def render(report: VerifyReport, as_json: bool) -> None:
     if report.drill:
         extra.append(f"restore drill {'passed' if report.drill['ok'] else 'FAILED'} "
                      f"in {report.drill['seconds']:.1f}s")
-    click.echo(f"verified {len(report.backups)} backup(s) at level {report.level}: "
-               + ("all intact" if report.ok else f"{len(report.damaged)} damaged or affected" if report.damaged
-                  else "nothing damaged, but a restore drill could not run")
+    click.echo(f"verified {len(report.backups)} backup(s) at level {report.level}: " + _verdict(report)
                + f", read {format_bytes(report.bytes_read)} in {report.seconds:.1f}s"
                + ("; " + "; ".join(extra) if extra else ""), err=True)
+
+
+def _verdict(report: VerifyReport) -> str:
+    if report.damaged:
+        return f"{len(report.damaged)} damaged or affected"
+    if report.incomplete:  # "all intact" would claim what was never read
+        done = sum(1 for b in report.backups if b.result == "ok")
+        return f"nothing damaged in what was read; {done} of {len(report.backups)} checked whole, the rest not reached"
+    return "all intact" if report.ok else "nothing damaged, but a restore drill could not run"
 
 
 COMMANDS = [verify_cmd]

@@ -171,10 +171,42 @@ def test_slices_cover_everything_and_the_ledger_skips_what_was_verified(world: W
     assert code == 0 and 0 < doc["summary"]["bytes_read"] < total
 
 
-def test_max_duration_stops_cleanly(world: World) -> None:
-    _chain(world)
+def test_max_duration_stops_cleanly_and_says_what_was_not_read(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """'--max-duration 0s' read nothing and said 'all intact, read 0 B'. A duration of 0 is
+    refused now; a run stopped by its duration says how much it checked, never 'all intact'.
+    The clock is injected: it jumps past the deadline once the first backup has been read."""
+    from datetime import timedelta
+
+    from btrsync.cli.cmd_verify import render
+    from btrsync.ops.verify import Options, verify
+
+    ids = _chain(world)
     code, doc, err = _verify(world, "--max-duration", "0s")
-    assert code == 0 and doc["summary"]["incomplete"], err
+    assert code == 2 and "--max-duration must be longer than 0" in err, err
+    repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+    reads = []
+    real_get = repo.target.get
+
+    def counting_get(key, *args, **kwargs):  # noqa: ANN001, ANN202
+        reads.append(key)
+        return real_get(key, *args, **kwargs)
+
+    repo.target.get = counting_get  # type: ignore[method-assign]
+    now = [0.0]
+
+    def clock() -> float:  # an hour passes with every segment read
+        now[0] += 3600.0 if any(k.startswith("data/") and k[-6:].isdigit() for k in reads) else 0.0
+        return now[0]
+
+    report = verify(repo, None, Options(level="data", max_duration=timedelta(minutes=30)), clock=clock)
+    results = {b.backup_id: b.result for b in report.backups}
+    assert report.incomplete and not report.damaged and results[ids[0]] in ("ok", "incomplete"), results
+    assert list(results.values()).count("incomplete") >= len(ids) - 1, results
+    capsys.readouterr()
+    render(report, False)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "all intact" not in line and "nothing damaged in what was read" in line, line
+    assert "stopped at --max-duration: run again to continue" in line
 
 
 def test_restore_drill_compares_with_the_local_snapshot_and_cleans_leftovers(world: World, tmp_path: Path) -> None:
