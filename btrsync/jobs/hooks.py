@@ -8,6 +8,13 @@ started children of its own (``sh -c 'sleep 1000 &'``) leaves nothing behind; wh
 that exited left running in its group is killed too.  A signal that
 stops btrsync meanwhile kills the group the same way before it propagates.
 
+btrsync itself killed with SIGKILL (or the OOM killer) can do nothing, so each hook has a
+watchdog: a small process of its own session whose parent-death signal (``PR_SET_PDEATHSIG``)
+fires when the btrsync thread that started it dies; it then ends the hook's process group as a
+timeout would (SIGTERM, SIGKILL after the grace period).  A hook never outlives its run as an
+orphan.  The watchdog is killed once the hook has ended; hooks are run by one thread, the
+one that lives as long as the run.
+
 The environment is btrsync's own plus ``BTRSYNC_*`` variables describing the job (see ``env_for``).
 """
 
@@ -17,6 +24,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -71,8 +79,10 @@ def run_hook(argv: Sequence[str], *, kind: str, env: Mapping[str, str], timeout:
     reader = threading.Thread(target=_read_lines, args=(proc, result, max_output_lines, logger),
                               name=f"hook-{kind}", daemon=True)
     reader.start()
+    watchdog = None
     try:
         try:
+            watchdog = _watchdog(proc.pid)
             proc.wait(timeout=timeout)
             _kill_leftovers(proc)  # nothing a hook started outlives it (or holds its output open)
         except subprocess.TimeoutExpired:
@@ -84,6 +94,9 @@ def run_hook(argv: Sequence[str], *, kind: str, env: Mapping[str, str], timeout:
         _kill_group(proc)  # btrsync is being stopped: the hook goes with it
         raise
     finally:
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
         reader.join(timeout=KILL_GRACE + 1)
     result.code = proc.returncode
     result.seconds = monotonic() - t0
@@ -107,6 +120,48 @@ def _read_lines(proc: subprocess.Popen[bytes], result: HookResult, limit: int, l
     if result.lines > limit:
         logger.info("hook %s %s: %d more line(s) not logged", result.kind, name, result.lines - limit)
     result.tail = list(tail)
+
+
+# The watchdog's program: no import of btrsync, so it starts in a few milliseconds.
+_WATCHDOG = """
+import ctypes, os, signal, sys, time
+parent, group, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+def end(*_):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            break
+        limit = time.monotonic() + wait
+        while time.monotonic() < limit:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            time.sleep(0.05)
+    os._exit(0)
+signal.signal(signal.SIGTERM, end)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) != 0:  # PR_SET_PDEATHSIG
+    sys.exit("btrsync hook watchdog: prctl(PR_SET_PDEATHSIG) failed: errno %d" % ctypes.get_errno())
+if os.getppid() != parent:  # btrsync died before the signal was armed
+    end()
+while True:
+    signal.pause()
+"""
+
+
+def _watchdog(group: int) -> subprocess.Popen[bytes] | None:
+    """The process that ends the hook's ``group`` if btrsync dies without doing it (SIGKILL)."""
+    try:
+        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(group),
+                                 str(KILL_GRACE)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True, env={})
+    except OSError as exc:  # the hook still runs, as before watchdogs: say what is missing
+        log.warning("no watchdog for the hook's process group (%s): if btrsync is killed with SIGKILL while "
+                    "the hook runs, the hook keeps running", exc.strerror or exc)
+        return None
 
 
 def _kill_leftovers(proc: subprocess.Popen[bytes]) -> None:

@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from btrsync.locking import target_lock
@@ -603,3 +604,37 @@ def test_a_drill_that_cannot_run_does_not_stop_retention(world: World, tmp_path:
     [target] = outcome(second)["data"]["targets"]
     assert target["verify"]["ok"] and not target["drill"]["ok"] and target["drill"]["damaged"] == 0, target
     assert len(target["pruned"]) == 1 and len(listing(world, "usb")) == 1, target
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_hook_does_not_outlive_a_run_killed_with_sigkill(world: World, tmp_path: Path) -> None:
+    """SIGKILL of 'run' during a pre hook (the OOM killer, 'kill -9', a container stopped) left the
+    hook and what it started running as orphans, still dumping a database or holding a lock. The
+    hook's watchdog ends its process group when the run dies, TERM first (the hook may clean up)."""
+    from tests.integration.test_signals import Child
+
+    pids, trapped = tmp_path / "pids", tmp_path / "trapped"
+    hook = (f"trap 'echo term > {trapped}; exit 1' TERM; sleep 300 & echo $$ $! > {pids}.tmp; "
+            f"mv {pids}.tmp {pids}; wait")
+    _single_job(world, f'hooks = {{ pre = [["sh", "-c", "{hook}"]], timeout = "1h" }}')
+    child = Child(world, "run", "data")
+    deadline = time.monotonic() + 60
+    while not pids.exists():
+        assert child.proc.poll() is None, child.stderr()
+        assert time.monotonic() < deadline, "the hook never started"
+        time.sleep(0.01)
+    shell, sleeper = (int(p) for p in pids.read_text().split())
+    child.proc.kill()
+    child.proc.wait()
+    deadline = time.monotonic() + 30  # a bound on the reaping, not a guess of how long it takes
+    while (_alive(shell) or _alive(sleeper)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(shell) and not _alive(sleeper), "the hook outlived the killed run"
+    assert trapped.read_text() == "term\n"  # SIGTERM first, as at a timeout
+    assert snapshots(world, "data") == []  # the run never got past its pre hook
