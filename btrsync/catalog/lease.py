@@ -32,6 +32,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +53,10 @@ CLOCK_SKEW_WARNING = timedelta(minutes=5)
 
 __all__ = ["REFRESH", "STALE", "Lease", "LeaseInfo", "TargetClock", "boot_id", "lease_key", "live_backup_ids",
            "live_leases", "pid_alive", "read_leases"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def boot_id() -> str:
@@ -215,16 +220,24 @@ class Lease:
 
     ``with Lease(target, backup_id, parent_id):`` refuses (``LockedError``, exit 11) when another
     holder's lease on the same backup is live; a thread refreshes it every ``refresh_every``.
+
+    ``clock`` is this holder's time (an aware ``datetime``): it stamps ``started`` and ``refreshed``
+    and judges another holder's lease.  ``wait(stop, seconds)`` is the refresh thread's timer: it
+    returns True as soon as ``stop`` is set, False after ``seconds``.  Both default to the real ones;
+    a test passes a fake clock whose ``wait`` advances it, and so runs the real thread without
+    waiting out the interval.
     """
 
     def __init__(self, target: Target, backup_id: str, parent_id: str | None = None, *,
-                 refresh_every: timedelta = REFRESH) -> None:
+                 refresh_every: timedelta = REFRESH, clock: Callable[[], datetime] = utc_now,
+                 wait: Callable[[threading.Event, float], bool] = threading.Event.wait) -> None:
         self.target = target
         self.backup_id = backup_id
         self.parent_id = parent_id
         self.key = lease_key(backup_id)
         self.token = secrets.token_hex(8)
-        self.started = datetime.now(UTC)
+        self.clock, self.wait = clock, wait
+        self.started = clock()
         self.refresh_every = refresh_every
         self.refresh_error: str | None = None
         self._stop = threading.Event()
@@ -232,7 +245,7 @@ class Lease:
 
     def __enter__(self) -> Lease:
         other = read_lease(self.target, self.key)
-        if other is not None and other.is_live(datetime.now(UTC)):
+        if other is not None and other.is_live(self.clock()):
             raise LockedError(
                 f"backup {self.backup_id} is being uploaded by another btrsync ({other.describe()}) to "
                 f"{self.target.display_url}; try again when it has finished")
@@ -251,7 +264,7 @@ class Lease:
         self._write()
 
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh_every.total_seconds()):
+        while not self.wait(self._stop, self.refresh_every.total_seconds()):
             try:
                 self._write()
                 self.refresh_error = None
@@ -263,7 +276,7 @@ class Lease:
         doc = {"backup_id": self.backup_id, "parent_id": self.parent_id, "token": self.token,
                "host": socket.gethostname(), "pid": os.getpid(),
                "boot_id": boot_id(), "started": self.started.isoformat(),
-               "refreshed": datetime.now(UTC).isoformat()}
+               "refreshed": self.clock().isoformat()}
         self.target.put_bytes(self.key, json.dumps(doc).encode())
 
     def __exit__(self, exc_type: object, *exc: object) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -221,15 +223,49 @@ def test_commit_happens_inside_the_lease(world: World, monkeypatch: pytest.Monke
     assert events.index("put backups") < events.index("delete locks"), events
 
 
+class _LeaseTime:
+    """A fake clock for a ``Lease``: ``now`` is its time; ``wait`` is the refresh thread's timer,
+    which reports each wait it starts and ends it (advancing the time by it) only on ``tick``."""
+
+    def __init__(self, start: datetime) -> None:
+        self.time = start
+        self.waits: queue.Queue[float] = queue.Queue()
+        self._ticks = threading.Semaphore(0)
+
+    def now(self) -> datetime:
+        return self.time
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        self.waits.put(seconds)
+        while not stop.is_set():
+            if self._ticks.acquire(timeout=0.01):
+                self.time += timedelta(seconds=seconds)
+                return False
+        return True
+
+    def tick(self) -> None:
+        self._ticks.release()
+
+
 def test_lease_is_refreshed_by_a_timer(tmp_path: Path) -> None:
+    """The holder does nothing but hold it: its thread rewrites the lease every ``refresh_every``
+    on the holder's clock, and the lease is gone after the block."""
     target = LocalTarget(tmp_path)
-    stamps = []
-    with Lease(target, "b-1", refresh_every=timedelta(seconds=0.2)):
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    fake = _LeaseTime(start)
+    every = timedelta(minutes=5)
+
+    def lease() -> dict[str, object]:
+        return json.loads(target.read("locks/b-1.lease"))
+
+    with Lease(target, "b-1", refresh_every=every, clock=fake.now, wait=fake.wait):
+        stamps = []
         for _ in range(3):
-            stamps.append(json.loads(target.read("locks/b-1.lease"))["refreshed"])
-            import time
-            time.sleep(0.35)
-    assert len(set(stamps)) == 3  # rewritten while the holder did nothing else
+            # the thread waits out one interval only after its write: the lease now is what it wrote
+            assert fake.waits.get(timeout=30) == every.total_seconds()
+            stamps.append((lease()["started"], lease()["refreshed"]))
+            fake.tick()
+    assert stamps == [(start.isoformat(), (start + i * every).isoformat()) for i in range(3)]
     assert not list(target.list("locks/"))
 
 
