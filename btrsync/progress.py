@@ -93,13 +93,18 @@ class Reporter:
     ``interval`` seconds (0: none at all).  ``kind`` names the command in plain lines ("push");
     ``rate_of`` is the counter whose rate is shown: ``stored`` for a push (what the bandwidth
     limit applies to), ``raw`` for a restore.  Thread-safe: updates may come from any thread.
+
+    ``clock`` (monotonic seconds) times everything shown; ``wait(stop, seconds)`` is the redrawing
+    thread's timer (True as soon as ``stop`` is set, False after ``seconds``).  Both default to the
+    real ones; a test passes a fake clock whose ``wait`` advances it.
     """
 
     def __init__(self, stream: TextIO, *, tty: bool, kind: str, interval: float = 30.0,
                  rate_of: str = "stored", tick: float = 0.25, window: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[threading.Event, float], bool] = threading.Event.wait) -> None:
         self.stream, self.tty, self.kind, self.interval = stream, tty, kind, interval
-        self.rate_of, self.tick, self.clock = rate_of, tick, clock
+        self.rate_of, self.tick, self.clock, self.wait = rate_of, tick, clock, wait
         # a plain line reports the rate since about the previous line
         self.window = window if tty else max(window, min(interval, 60.0))
         self._lock = threading.RLock()
@@ -300,7 +305,7 @@ class Reporter:
             return 80
 
     def _run(self) -> None:
-        while not self._stop.wait(self.tick):
+        while not self.wait(self._stop, self.tick):
             with self._lock:
                 if self._name is None:
                     continue

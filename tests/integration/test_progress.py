@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from btrsync.progress import MIN_SPAN
 from tests.integration.conftest import World
 
 pytestmark = pytest.mark.btrfs
@@ -34,6 +35,7 @@ MiB = 1 << 20
 LIMIT = 5 * MiB
 SIZE_MIB = 48
 ERASE = "\r\x1b[K"
+WINDOW = 5.0  # seconds over which a terminal's rate is measured (Reporter's default)
 UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 RATE = re.compile(r"([\d.]+) (B|KiB|MiB|GiB)/s stored")
 ELAPSED = re.compile(r"(?:^|  )(\d+):(\d\d)(?:  |$)")
@@ -167,21 +169,26 @@ def test_push_on_a_terminal_shows_estimate_percentage_eta_and_an_honest_rate(wor
     assert any("ETA ~" in f for f in estimated), estimated[-3:]
     assert all(snap.name in f for _, f in sending)
 
-    # the rate counts what passed the token bucket: never above the limit, beyond a small margin
+    # The rate counts what passed the token bucket, over the last WINDOW seconds and never over less
+    # than MIN_SPAN: from an empty bucket whose burst is one second's worth, no span t of the push's own
+    # clock sees more than LIMIT * t + LIMIT bytes pass, however the machine schedules it.  So a rate
+    # counted before the bucket (what is queued) or over the first milliseconds shows as a breach.
     rates = [(_elapsed(f), _rate(f)) for _, f in sending if _rate(f) is not None]
     assert rates, sending[-3:]
-    assert max(r for _, r in rates) <= LIMIT * 1.25, rates
-    settled = [r for e, r in rates if e is not None and e >= 4]
-    assert settled and max(settled) <= LIMIT * 1.1, rates
-    assert max(settled) >= LIMIT * 0.5, rates  # and it is a measurement, not a placeholder
+    shown = 0.05 * MiB  # the rate is shown to one decimal
+    assert max(r for _, r in rates) <= LIMIT * (1 + 1 / MIN_SPAN) + shown, rates
+    # "sending" began before the first frame that shows it: at most a second after its elapsed time
+    began = min(e for e in (_elapsed(f) for _, f in sending) if e is not None) + 1
+    settled = [r for e, r in rates if e is not None and e - began >= WINDOW]
+    assert settled and max(settled) <= LIMIT * (1 + 1 / WINDOW) + shown, rates
+    assert len({r for _, r in rates}) > 1 and min(r for _, r in rates) >= 0, rates  # measured, not fixed
     # no first-milliseconds rate: nothing is shown before a phase is a second and a half old
     assert all(_elapsed(f) is None or _elapsed(f) >= 1 for _, f in sending if _rate(f) is not None)
 
-    # redrawn at least about every second, from the first status line to the last
-    times = [t for t, _ in screen.frames]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert max(gaps) <= 2.0, max(gaps)
-    assert len(times) >= (times[-1] - times[0]) / 1.0, (len(times), times[-1] - times[0])
+    # redrawn while it sends (how often on a fake clock: tests/unit/test_progress.py), and the
+    # push's own clock moves on from frame to frame
+    elapsed = [e for e in (_elapsed(f) for _, f in sending) if e is not None]
+    assert elapsed == sorted(elapsed) and elapsed[-1] - elapsed[0] >= SIZE_MIB * MiB / LIMIT * 0.5, elapsed
 
     # the result table starts on its own line, after the status line was erased
     _table_starts_on_its_own_line(screen, "BACKUP")
@@ -251,7 +258,9 @@ def test_push_in_a_log_has_no_control_characters_and_one_line_per_interval(world
     assert mine and snap.name in mine[0] and "starting" in mine[0] and "~" in mine[0], lines
     assert "done in" in mine[-1], lines
     periodic = mine[1:-1]
-    assert len(periodic) >= 3, lines  # a ~5 s push with a 1 s interval reports several times
-    assert len(periodic) <= took / 1.0 + 1, (took, periodic)  # never more than one per interval
+    # the bucket makes the push last 4.8 s or more of its own clock, which is never longer than ours:
+    # with a 1 s interval it reports more than once, and never more than once per interval
+    assert len(periodic) >= 2, lines
+    assert len(periodic) <= took / 1.0 + 1, (took, periodic)
     assert any(re.search(r"sending, ~\d+%, [\d.]+ \w+ of ~2[3-5]\.\d MiB, .*ETA ~", ln) for ln in periodic), periodic
     assert out.decode().startswith("BACKUP")

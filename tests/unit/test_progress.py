@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
+import re
 import struct
+import threading
+from collections.abc import Callable
 
 import pytest
 
 from btrsync.ops.estimate import ExtentSizes, _previous
 from btrsync.pipeline.throttle import Metered, TokenBucket
-from btrsync.progress import CallbackProgress, Estimate, Reporter, as_progress
+from btrsync.progress import MIN_SPAN, CallbackProgress, Estimate, Reporter, as_progress
 
 MiB = 1 << 20
 
@@ -226,3 +230,118 @@ def test_an_empty_bucket_holds_the_limit_from_the_first_byte_however_late_it_is_
         total += n
         assert total <= 1000 * (t - 50.0) + 1e-6  # never more than the rate since the start
     assert abs(passed[-1][0] - 55.0) < 1e-9
+
+
+class Ticks:
+    """A fake clock for the redrawing thread: ``wait`` reports each tick it starts to wait and ends it
+    (advancing the time by it) only when the test calls ``tick``."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: queue.Queue[float] = queue.Queue()
+        self._go = threading.Semaphore(0)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        self.waits.put(seconds)
+        while not stop.is_set():
+            if self._go.acquire(timeout=0.01):
+                self.now += seconds
+                return False
+        return True
+
+    def tick(self) -> None:
+        self._go.release()
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_the_thread_redraws_every_tick_on_a_terminal_and_writes_a_line_every_interval_elsewhere(tty: bool) -> None:
+    clock = Ticks()
+    stream = FakeTTY() if tty else io.StringIO()
+    with Reporter(stream, tty=tty, kind="push", interval=1.0, tick=0.25, clock=clock, wait=clock.wait) as r:
+        r.start("b1", Estimate(100 * MiB, "test"))
+        r.phase("sending")
+        before = stream.getvalue()
+        shown = []
+        for _ in range(8):  # two seconds of ticks; the thread's next wait means it is done with this one
+            assert clock.waits.get(timeout=10) == 0.25
+            shown.append(stream.getvalue()[len(before):])
+            clock.tick()
+        assert clock.waits.get(timeout=10) == 0.25
+        shown.append(stream.getvalue()[len(before):])
+    if tty:  # one redraw per tick, each with the time elapsed on the reporter's clock
+        assert [s.count("\r\x1b[K") for s in shown] == list(range(9))
+        frames = shown[-1].split("\r\x1b[K")[1:]
+        assert [f.split("  ")[-2] for f in frames] == ["0:00"] * 3 + ["0:01"] * 4 + ["0:02"]
+    else:  # a plain line once a second (every fourth tick), never a control character
+        assert [s.count("\n") for s in shown] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+        assert [ln.split(", ")[-1] for ln in shown[-1].splitlines()] == ["0:01", "0:02"]
+        assert "\r" not in stream.getvalue() and "\x1b" not in stream.getvalue()
+
+
+class SharedClock:
+    """One fake clock for a token bucket and a reporter: a wait for tokens advances it, and
+    ``on_tick`` runs at every 0.25 s it passes (where the redrawing thread would draw)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.on_tick: Callable[[], None] = lambda: None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        end = self.now + seconds
+        while (next_tick := (int(self.now / 0.25 + 1e-9) + 1) * 0.25) <= end:
+            self.now = next_tick
+            self.on_tick()
+        self.now = end
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        self.sleep(seconds)
+        return event.is_set()
+
+
+def _shown_rate(status: str) -> float | None:
+    m = re.search(r"([\d.]+) (B|KiB|MiB|GiB)/s stored", status)
+    return float(m.group(1)) * {"B": 1, "KiB": 1 << 10, "MiB": MiB, "GiB": 1 << 30}[m.group(2)] if m else None
+
+
+def test_the_rate_of_what_passed_an_empty_bucket_stays_within_the_limit_and_its_burst() -> None:
+    """A push's progress as push.py wires it (a Metered empty-start bucket reporting to the
+    reporter), 4 MiB frames at 5 MiB/s with a 3 s stall in the middle, shown four times a second
+    on the same fake clock: no rate before MIN_SPAN, the limit in steady flow, and after the stall
+    never more than the one second's burst the bucket saved, spread over the window."""
+    limit, window, shown = 5 * MiB, 5.0, 0.05 * MiB
+    clock = SharedClock()
+    r, _ = _reporter(True, clock, window=window)  # type: ignore[arg-type]
+    bucket = TokenBucket(rate=limit, clock=clock, initial=0)
+    passed = 0
+
+    def on_pass(n: int) -> None:
+        nonlocal passed
+        passed += n
+        r.update(passed, passed)
+
+    metered = Metered(bucket, on_pass)
+    r.start("b1", Estimate(80 * MiB, "test"))
+    r.phase("sending")
+    began, seen = clock.now, []
+    clock.on_tick = lambda: seen.append((clock.now - began, _shown_rate(r.status())))
+    for frame in range(20):
+        if frame == 10:
+            clock.sleep(3)  # the producer stalls: the bucket fills up to its burst meanwhile
+        metered.take(4 * MiB)
+    assert all(rate is None for t, rate in seen if t < MIN_SPAN)
+    rates = [(t, rate) for t, rate in seen if rate is not None]
+    # until the stall (after ten frames, at 8 s) the bucket saved nothing: the limit, to the display's decimal
+    assert all(rate <= limit + shown for t, rate in rates if t < 8.0), rates
+    assert rates and all(rate <= limit * (1 + 1 / MIN_SPAN) + shown for _, rate in rates), rates
+    assert all(rate <= limit * (1 + 1 / window) + shown for t, rate in rates if t >= window), rates
+    steady = [rate for t, rate in rates if window <= t <= 9 * 0.8]  # before the stall: the limit itself
+    assert steady and all(abs(rate - limit) <= 0.2 * limit for rate in steady), steady
