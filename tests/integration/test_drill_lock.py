@@ -3,6 +3,7 @@ live image as a leftover (both the doc test and the jobs use the default /var/tm
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,14 @@ from btrsync.verify.drill import drill, scratch_lock
 from tests.integration.conftest import World
 
 pytestmark = pytest.mark.btrfs
+
+
+def _flock_waiters(path: Path) -> int:
+    """How many flock requests on ``path`` the kernel holds blocked (``->`` lines of /proc/locks)."""
+    st = os.stat(path)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if " -> FLOCK " in line and line.split()[-3] == ident)
 
 
 def test_a_drill_waits_for_the_drill_holding_the_scratch_directory(world: World, tmp_path: Path) -> None:
@@ -34,7 +43,10 @@ def test_a_drill_waits_for_the_drill_holding_the_scratch_directory(world: World,
         worker = threading.Thread(target=lambda: results.append(
             drill(repo, catalog, backup, scratch, (world.snapdir,))))
         worker.start()
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60        # until the drill is blocked on the directory's lock
+        while not _flock_waiters(scratch) and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _flock_waiters(scratch) == 1, "the drill did not wait for the scratch directory"
         assert worker.is_alive() and live.exists()   # waiting: nothing of the live drill touched
     worker.join(60)
     assert not worker.is_alive()
