@@ -4,6 +4,10 @@ Nested subvolumes are not part of a subvolume's tree: ``btrfs send`` stops at th
 shows each one as an empty placeholder directory (inode 2). So on btrfs both are left out: a
 snapshot taken with its snapshot directory inside the subvolume (``/data/.snapshots``) equals its
 own restore.
+
+Modification times are compared for files and directories, the top directory's included (btrsync
+receive and restore set it to the snapshot's; plain ``btrfs receive`` of an incremental leaves it
+at the time of the receive).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ def _entry(path: Path) -> dict[str, Any]:
     entry["xattrs"] = xattrs_of(path)
     if stat.S_ISREG(st.st_mode):
         entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_sha256(path), links=st.st_nlink)
+    elif stat.S_ISDIR(st.st_mode):
+        entry["mtime_ns"] = st.st_mtime_ns
     return entry
 
 
@@ -74,4 +80,7 @@ def diff_trees(a: Path, b: Path) -> list[str]:
     out = [f"only in {a}: {p}" for p in sorted(da.keys() - db.keys())]
     out += [f"only in {b}: {p}" for p in sorted(db.keys() - da.keys())]
     out += [f"differs: {p}" for p in sorted(da.keys() & db.keys()) if da[p] != db[p]]
+    top_a, top_b = a.lstat().st_mtime_ns, b.lstat().st_mtime_ns
+    if top_a != top_b:
+        out.insert(0, f"differs: . (the top directory's mtime: {top_a} in {a}, {top_b} in {b})")
     return out

@@ -23,7 +23,11 @@ bytes, whatever happened to the path since.
 
 Times: a file's utimes is applied when it comes (btrfs send sends it after the file's data). A
 directory's is applied too, and remembered (following renames) and applied again when the link
-ends, since later entries created in the directory change its mtime.
+ends, since later entries created in the directory change its mtime. The top directory's times
+are carried from link to link and applied at the end of every link: an incremental creates each
+new inode under a temporary name there and renames it into place, and re-sends the top
+directory's times only when they changed in the source (``btrfs receive`` leaves that mtime at
+the time of the receive; this restore, like ``btrsync receive``, does not).
 
 Not applied, noted instead (:class:`Notes`): owners and device nodes without privileges,
 xattrs the destination filesystem refuses, FILEATTR (btrfs inode flags; the kernel does not send
@@ -269,6 +273,7 @@ class Applier:
         self._pinned: dict[tuple[int, int], _Pin] = {}
         self._pins_fd = -1
         self._times = DirTimes()
+        self._root_times: tuple[int, int] | None = None  # the top directory's, from the last link that sent them
         self._dir_modes = DirTimes()  # unprivileged: directory modes without u+rwx, set at the end
         self._where = ""
         self._link_index = 0
@@ -294,6 +299,8 @@ class Applier:
         self._first = True
         self.stats = LinkStats()
         self._times = DirTimes()
+        if self._root_times is not None:  # unchanged unless this link sends them: set again at its end
+            self._times.set([], self._root_times)
         self._link_index += 1
         try:
             if parent_clones:
@@ -635,6 +642,7 @@ class Applier:
         if name is None:
             os.utime(dfd, ns=times)
             self._times.set([], times)
+            self._root_times = times
             return
         if self._wpath == ev.path:
             self._close_file()

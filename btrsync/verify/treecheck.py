@@ -5,10 +5,11 @@ still has something exact to compare with: the file index of every link of the c
 push from the parser's events of the very stream that was sent, materialised into the tree
 ``btrfs receive`` must have built (``fileindex/tree.py``), for a full and an incremental alike.
 Every path is compared by ``lstat``: type, size, permissions, owner, mtime, symlink target,
-device number, extended attributes and, for non-directories, the hard-link count.  The one
-exception is the mtime of the top directory: an incremental receive creates and renames its
-temporary ``o<ino>-<gen>-<n>`` entries there and the stream re-sends the top directory's times
-only when it changed itself, so that mtime is the time of the receive (as on any btrfs receive).  File contents
+device number, extended attributes and, for non-directories, the hard-link count, the top
+directory included: an incremental creates and renames its temporary ``o<ino>-<gen>-<n>`` entries
+there and re-sends the top directory's times only when they changed in the source, so plain
+``btrfs receive`` leaves that mtime at the time of the receive, but ``btrsync receive`` sets it
+to the snapshot's (``ops/receive.py``).  File contents
 are not read here: they are covered by the per-chunk hashes, AEAD tags and the stream's CRC32C
 that the replay checks, and by the original-snapshot comparison when the snapshot exists.
 """
@@ -55,7 +56,7 @@ def _mismatches(path: str, full: str, st: os.stat_result, ino: Inode) -> Iterato
             yield f"device {st.st_rdev:#x} restored, {ino.rdev:#x} recorded"
     if (st.st_uid, st.st_gid) != (ino.uid, ino.gid):
         yield f"owner {st.st_uid}:{st.st_gid} restored, {ino.uid}:{ino.gid} recorded"
-    if path and ino.mtime is not None and st.st_mtime_ns != ino.mtime_ns:
+    if ino.mtime is not None and st.st_mtime_ns != ino.mtime_ns:
         yield f"mtime {st.st_mtime_ns} restored, {ino.mtime_ns} recorded"
     if kind != "d" and path and st.st_nlink != ino.nlink:
         yield f"{st.st_nlink} hard links restored, {ino.nlink} recorded"

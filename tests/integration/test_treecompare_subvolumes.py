@@ -8,6 +8,7 @@ docs/verify.md).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,11 @@ def test_nested_snapshot_placeholders_are_not_part_of_the_tree(btrfs_fs: Path) -
     (btrfs_fs / "copy").mkdir()
     (btrfs_fs / "copy" / ".snapshots").mkdir()
     (btrfs_fs / "copy" / "file").write_text("y\n")
+    for d in ("", ".snapshots"):  # directory times are compared too: the same, but for the file
+        st = (second / d).lstat()
+        os.utime(btrfs_fs / "copy" / d, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert diff_trees(second, btrfs_fs / "copy") == ["differs: file"]
+    os.utime(btrfs_fs / "copy", ns=(0, 0))
+    assert diff_trees(second, btrfs_fs / "copy")[0].startswith("differs: . (the top directory's mtime")
     # the live subvolume: nested subvolumes (snapshots too) are not data's entries
     assert sorted(describe_tree(data)) == [".snapshots", "file"]
