@@ -3,9 +3,18 @@
 ``RetryPolicy`` is the loop: exponential backoff with full jitter (delay drawn uniformly from
 ``[0, min(max_delay, base_delay * 2**n))``, as in the AWS architecture blog "Exponential Backoff And
 Jitter"), a server's ``Retry-After`` honoured when the error carries one, at most ``attempts``
-tries and at most ``budget`` seconds spent waiting in total.  Only ``TransientTargetError`` is
-retried; every other exception passes straight through.  ``sleep`` and ``random`` are injectable so
-tests never really wait.
+tries, at most ``budget`` seconds spent waiting in total and, when the policy has a ``deadline``,
+no retry once that many seconds of wall time have passed since the operation first failed (the
+time spent *in* attempts counts: a store that takes a socket timeout to fail each one is not
+retried for minutes; a long attempt that worked until it failed, such as a part upload on a slow
+link, still gets its retries).  Only ``TransientTargetError`` is retried; every other exception passes straight through.
+``sleep``, ``clock`` and ``random`` are injectable so tests never really wait.
+
+A policy may carry an ``Outage``, shared by every operation under it: once one operation has given
+up, later ones get a single attempt each (no retries) until one succeeds, so the clean-up after a
+failure against a store that stopped answering (aborting an upload, removing a lease) takes one
+attempt per request instead of a whole deadline each.  A give-up says how many attempts were made
+and how long they took, from the first attempt's start.
 
 ``RetryingTarget`` wraps any target and retries whole verbs.  ``get`` resumes a broken download at
 ``offset + bytes already yielded`` instead of starting again.  ``put`` is retried only when doing so
@@ -52,14 +61,22 @@ class RetryPolicy:
 
     ``attempts`` counts the first try too.  ``budget`` bounds the total seconds slept between the
     attempts of one operation; a ``Retry-After`` longer than what is left of it ends the retries.
+    ``deadline`` (``None``: none) bounds the retries of one operation in wall time: no retry
+    starts, and no wait is begun that would end, ``deadline`` seconds or more after its first
+    failure.  An attempt is not interrupted here: the caller's own timeouts bound it (for S3, the
+    socket timeouts), so an operation against a store that answers nothing ends within one attempt
+    + ``deadline`` + one attempt.
     """
 
     attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0
     budget: float = 300.0
+    deadline: float | None = None
+    outage: Outage | None = field(default=None, repr=False, compare=False)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
     random: Callable[[], float] = field(default=_random.random, repr=False, compare=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def delay(self, retry: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
@@ -81,10 +98,60 @@ class RetryPolicy:
         attempts = self.start(what, cancel)
         while True:
             try:
-                return fn()
+                result = fn()
             except TransientTargetError as exc:
                 if not attempts.pause(exc):
                     raise attempts.gave_up(exc) from None
+            else:
+                attempts.succeeded()
+                return result
+
+
+class Outage:
+    """Whether operations under one policy have lately given up (thread-safe).
+
+    Set by an operation that gave up after retrying (its attempts or its deadline spent), cleared
+    by any operation that succeeds.  While it is set, an operation that fails is not retried.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._told: set[str] = set()
+        self.what = ""
+
+    def begin(self, what: str) -> None:
+        with self._lock:
+            if self._since is None:
+                self._since, self.what = self._clock(), what
+                self._told = set()
+
+    def end(self) -> None:
+        with self._lock:
+            self._since = None
+
+    def first(self, topic: str) -> bool:
+        """True the first time ``topic`` is asked about in this outage (one warning, not one per
+        request), and whenever there is no outage."""
+        with self._lock:
+            if self._since is None:
+                return True
+            told = topic in self._told
+            self._told.add(topic)
+            return not told
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def describe(self) -> str:
+        """How long ago, and at what, retries last gave up (for messages)."""
+        with self._lock:
+            since, what = self._since, self.what
+        if since is None:
+            return ""
+        return f"{what} gave up {self._clock() - since:.1f}s ago"
 
 
 @dataclass
@@ -96,13 +163,38 @@ class Attempts:
     cancel: threading.Event | None = None
     made: int = 1
     slept: float = 0.0
+    started: float = field(default=-1.0)  # when the first attempt began (policy.clock)
+    failing_since: float | None = None  # when the first failure (since the last progress) came
+    # why the retries ended: "" (not yet), "spent" (attempts, budget or deadline), "outage", "cancelled"
+    ended: str = ""
+
+    def __post_init__(self) -> None:
+        if self.started < 0:
+            self.started = self.policy.clock()
+
+    @property
+    def elapsed(self) -> float:
+        """Wall seconds since the first attempt began (attempts and waits)."""
+        return max(0.0, self.policy.clock() - self.started)
 
     def pause(self, exc: BaseException) -> bool:
         """Wait before the next attempt and return True; return False when it is time to give up."""
-        delay = self.policy.delay(self.made, retry_after_of(exc))
-        if self.made >= self.policy.attempts or self.slept + delay > self.policy.budget:
-            return False
+        policy = self.policy
+        now = policy.clock()
+        if self.failing_since is None:
+            self.failing_since = now
+        delay = policy.delay(self.made, retry_after_of(exc))
         if self.cancel is not None and self.cancel.is_set():
+            self.ended = "cancelled"
+            return False
+        if getattr(exc, "gave_up", False) or (policy.outage is not None and policy.outage.down):
+            self.ended = "outage"  # another operation (or the one inside this) has given up already
+            return False
+        if (self.made >= policy.attempts or self.slept + delay > policy.budget
+                or (policy.deadline is not None and now + delay - self.failing_since >= policy.deadline)):
+            self.ended = "spent"
+            if policy.outage is not None:
+                policy.outage.begin(self.what or "a target operation")
             return False
         log.info(
             "retrying %s in %.1fs (attempt %d of %d): %s",
@@ -119,16 +211,33 @@ class Attempts:
 
     def gave_up(self, exc: TransientTargetError) -> TransientTargetError:
         """``exc``, saying how hard it was tried (an operator must tell a flaky moment from a
-        target that keeps failing: a full disk behind a 500, revoked credentials behind a 503)."""
-        if self.made <= 1:
+        target that keeps failing: a full disk behind a 500, revoked credentials behind a 503):
+        the attempts made and the wall time since the first began, waits and attempts alike."""
+        if getattr(exc, "gave_up", False):
+            return exc  # said already, by the operation inside this one
+        outage = self.policy.outage
+        if self.made > 1:
+            note = f"gave up after {self.made} attempts over {self.elapsed:.1f}s"
+        elif self.ended == "outage" and outage is not None and outage.down:
+            note = f"not retried: {outage.describe()}"
+        else:
             return exc
-        tried = TransientTargetError(f"{exc} (gave up after {self.made} attempts over {self.slept:.0f}s)")
+        tried = TransientTargetError(f"{exc} ({note})")
         tried.retry_after = getattr(exc, "retry_after", None)  # type: ignore[attr-defined]
+        tried.gave_up = True  # type: ignore[attr-defined]
         return tried
 
     def progressed(self) -> None:
-        """Reset the attempt count (not the time budget) after an attempt that made progress."""
+        """Reset the attempt count and the deadline (not the waiting budget) after an attempt that
+        made progress (a resumed download that broke again is a new failure, not an old one)."""
         self.made = 1
+        self.failing_since = None
+        self.succeeded()
+
+    def succeeded(self) -> None:
+        """An attempt worked: the store answers again."""
+        if self.policy.outage is not None:
+            self.policy.outage.end()
 
 
 class RetryingTarget(Target):
@@ -140,7 +249,9 @@ class RetryingTarget(Target):
 
     def __init__(self, inner: Target, policy: RetryPolicy | None = None) -> None:
         self.inner = inner
-        self.policy = policy or RetryPolicy()
+        # a target may name the policy its whole verbs are to be retried under (S3: its deadline and
+        # its outage state, shared with the retries inside its puts)
+        self.policy = policy or getattr(inner, "verb_policy", None) or RetryPolicy()
         self.capabilities = inner.capabilities
         self.display_url = inner.display_url
 
@@ -162,10 +273,13 @@ class RetryingTarget(Target):
         while True:
             counted = _CountingIterator(parts)
             try:
-                return self.inner.put(key, counted)
+                info = self.inner.put(key, counted)
             except TransientTargetError as exc:
                 if counted.consumed or not attempts.pause(exc):
-                    raise
+                    raise attempts.gave_up(exc) from None
+            else:
+                attempts.succeeded()
+                return info
 
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         attempts = self.policy.start(f"get {key} on {self.display_url}")
@@ -181,8 +295,9 @@ class RetryingTarget(Target):
                 if done > yielded_before:
                     attempts.progressed()
                 if not attempts.pause(exc):
-                    raise
+                    raise attempts.gave_up(exc) from None
             else:
+                attempts.succeeded()
                 return
 
     def stat(self, key: str) -> ObjectInfo:

@@ -10,7 +10,7 @@ import pytest
 from btrsync.targets.base import ObjectInfo
 from btrsync.targets.errors import NotFound, PermissionDenied, TransientTargetError
 from btrsync.targets.memory import MemoryTarget
-from btrsync.targets.retry import RetryingTarget, RetryPolicy, retry_after_of, transient
+from btrsync.targets.retry import Outage, RetryingTarget, RetryPolicy, retry_after_of, transient
 
 MiB = 1 << 20
 
@@ -64,7 +64,7 @@ def test_gives_up_after_the_attempts_with_the_last_error() -> None:
     tried (a target that keeps failing, e.g. full behind its 500s, reads otherwise as a blip)."""
     sleeps: list[float] = []
     calls, fn = failing(10)
-    with pytest.raises(TransientTargetError, match=r"failure 3 \(gave up after 3 attempts over \d+s\)"):
+    with pytest.raises(TransientTargetError, match=r"failure 3 \(gave up after 3 attempts over \d+\.\ds\)"):
         policy(sleeps, attempts=3).call(fn)  # type: ignore[arg-type]
     assert len(calls) == 3 and len(sleeps) == 2
 
@@ -77,6 +77,98 @@ def test_gives_up_when_the_time_budget_is_spent() -> None:
         policy(sleeps, attempts=10, budget=10.0).call(fn)  # type: ignore[arg-type]
     assert sleeps == [4.0, 4.0]
     assert len(calls) == 3
+
+
+class SlowClock:
+    """A clock that only the test moves: each attempt and each wait advance it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_deadline_counts_the_time_spent_in_attempts_and_the_message_the_truth() -> None:
+    """Each attempt at a store that answers nothing lasts a socket timeout (30 s here).  Retries
+    stop once ``deadline`` seconds have passed since the first failure (no wait that would end
+    past it is begun), however many attempts are left, and the error says how many attempts were
+    made over how much wall time since the first began, not the seconds slept."""
+    clock = SlowClock()
+    calls: list[float] = []
+
+    def frozen() -> None:
+        calls.append(clock.now)
+        clock.now += 30.0
+        raise TransientTargetError("read timeout")
+
+    p = RetryPolicy(attempts=50, deadline=60.0, sleep=clock.sleep, clock=clock, random=lambda: 1.0)
+    with pytest.raises(TransientTargetError, match=r"read timeout \(gave up after 3 attempts over 91\.5s\)"):
+        p.call(frozen)
+    # failures at +30, +60.5, +91.5; the third wait (2 s) would end 63.5 s after the first failure
+    assert calls == [1000.0, 1030.5, 1061.5]
+
+
+def test_a_long_attempt_that_fails_is_still_retried_under_the_deadline() -> None:
+    """The deadline runs from the first failure: a part that took longer than the deadline to
+    upload on a slow link, then failed, is resent."""
+    clock = SlowClock()
+    calls: list[int] = []
+
+    def slow_then_fine() -> str:
+        calls.append(1)
+        clock.now += 500.0
+        if len(calls) == 1:
+            raise TransientTargetError("connection reset")
+        return "ok"
+
+    p = RetryPolicy(deadline=60.0, sleep=clock.sleep, clock=clock, random=lambda: 1.0)
+    assert p.call(slow_then_fine) == "ok"
+    assert len(calls) == 2
+
+
+def test_after_one_operation_gives_up_the_next_get_one_attempt_until_one_succeeds() -> None:
+    """A shared ``Outage``: once an operation has given up, a failing one is not retried (its error
+    says why), so the clean-up after a failure costs one attempt per request; the first success
+    ends the outage and retries resume."""
+    outage = Outage()
+    p = policy([], attempts=3, outage=outage)
+    calls, fn = failing(10)
+    with pytest.raises(TransientTargetError, match=r"gave up after 3 attempts"):
+        p.call(fn, "upload part 1")  # type: ignore[arg-type]
+    assert outage.down and len(calls) == 3
+    calls, fn = failing(10)
+    with pytest.raises(TransientTargetError, match=r"failure 1 \(not retried: upload part 1 gave up [\d.]+s ago\)"):
+        p.call(fn, "abort upload")  # type: ignore[arg-type]
+    assert len(calls) == 1
+    assert outage.first("abort") and not outage.first("abort")  # one warning per outage
+    assert p.call(lambda: "ok") == "ok"
+    assert not outage.down
+    calls, fn = failing(2)
+    assert p.call(fn) == "ok" and len(calls) == 3  # type: ignore[arg-type]
+
+
+def test_an_inner_give_up_is_not_retried_again_outside() -> None:
+    """A target that retries inside a verb (S3 puts) under the same policy as its RetryingTarget:
+    the attempts do not multiply, and the message is the inner one, unchanged."""
+    clock = SlowClock()
+    p = RetryPolicy(attempts=4, sleep=clock.sleep, clock=clock, random=lambda: 1.0, outage=Outage())
+    inner_calls: list[int] = []
+
+    class InsideRetries(MemoryTarget):
+        def stat(self, key: str) -> ObjectInfo:
+            def once() -> ObjectInfo:
+                inner_calls.append(1)
+                raise TransientTargetError("503")
+            return p.call(once, "stat")
+
+    target = RetryingTarget(InsideRetries(), p)
+    with pytest.raises(TransientTargetError, match=r"^503 \(gave up after 4 attempts over [\d.]+s\)$"):
+        target.stat("k")
+    assert len(inner_calls) == 4
 
 
 def test_permanent_errors_are_not_retried() -> None:
