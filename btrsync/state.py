@@ -11,13 +11,18 @@ Per target URL, ``targets/<hash of url>.json`` records:
   disappeared without a prune by this host (a rollback of the target, or someone deleting
   backups): reported by ``list`` and ``push`` until ``btrsync state acknowledge``.
 
-The state is a cache and a memory, never the truth about a target: the manifests are.
+The state is a cache and a memory, never the truth about a target: the manifests are.  But the
+remembered repository id guards against another repository at a known URL, so an entry that
+cannot be read is never taken for "nothing known": it is kept aside
+(``<hash>.json.damaged-<UTC time>``) and every command that relies on it fails (exit 10, naming
+the file) until ``btrsync state forget URL`` after a check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -31,6 +36,49 @@ from btrsync.catalog.manifest import Manifest
 from btrsync.errors import BtrsyncError, DamageError, TargetMissingError
 
 DEFAULT_STATE_DIR = Path("/var/lib/btrsync")
+DAMAGED = ".damaged-"  # a state file that could not be read, kept aside as NAME.damaged-<UTC time>
+
+log = logging.getLogger(__name__)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged state file to ``NAME.damaged-<UTC time>`` (never over another one) and
+    return its new path; FileNotFoundError when another process moved it first, another OSError
+    when it cannot be moved (a read-only state directory)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        aside = path.with_name(f"{path.name}{DAMAGED}{stamp}" + (f".{n}" if n else ""))
+        try:
+            os.link(path, aside)  # never replaces an earlier one kept aside
+        except FileExistsError:
+            continue
+        path.unlink(missing_ok=True)
+        return aside
+    raise FileExistsError(f"{path}: too many damaged copies kept aside")
+
+
+def kept_aside(path: Path) -> list[Path]:
+    """The damaged copies of ``path`` kept aside, oldest first."""
+    try:
+        return sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name + DAMAGED))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+class DamagedStateError(TargetMissingError):
+    """What this host remembers of a target cannot be read: the repository id that guards the URL
+    against another repository is unknown, so the target is refused (exit 10) until the operator
+    checks it and runs ``btrsync state forget URL``."""
+
+    def __init__(self, url: str, path: Path, why: str | None) -> None:
+        cause = f" ({why})" if why else ""
+        super().__init__(
+            f"what this host remembers of {url} is damaged{cause} and was kept aside as {path}: without "
+            f"it, the repository id that must be found at {url} is unknown, so {url} is refused rather "
+            f"than trusting whatever repository is there now. Check that {url} holds the repository you "
+            f"expect (the damaged file may still show its repo_id; compare it with the repo_id in "
+            f"btrsync-repo.json at {url}), then run 'btrsync state forget {url}' to accept it")
+        self.url, self.path = url, path
 
 
 @dataclass(slots=True)
@@ -69,14 +117,50 @@ class State:
     def _target_file(self, url: str) -> Path:
         return self.root / "targets" / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".json")
 
-    def target(self, url: str) -> TargetState | None:
+    def target(self, url: str, *, strict: bool = True) -> TargetState | None:
+        """What this host knows of ``url``; None when nothing.  An entry that cannot be parsed is
+        kept aside and, like one kept aside before, raises ``DamagedStateError`` (exit 10): the
+        repository id it held must not be replaced by whatever repository is found there now.
+        ``strict=False`` (reports: status, metrics) returns None for it instead, moving nothing."""
         path = self._target_file(url)
         try:
-            return TargetState.from_doc(json.loads(path.read_text()))
+            text = path.read_text()
         except FileNotFoundError:
+            aside = kept_aside(path)
+            if aside and strict:
+                raise DamagedStateError(url, aside[-1], None) from None
             return None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # a damaged cache entry is rebuilt by the next list or push
+        try:
+            doc = json.loads(text)
+            st = TargetState.from_doc(doc)
+            if st.url != url or not isinstance(st.repo_id, (str, type(None))):
+                raise ValueError(f"it names {st.url!r}, not {url!r}" if st.url != url else "a bad repo_id")
+            return st
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            if not strict:
+                return None
+            why = f"{type(exc).__name__}: {exc}"
+            try:
+                moved = set_aside(path)
+            except FileNotFoundError:  # another process kept it aside first
+                raise DamagedStateError(url, (kept_aside(path) or [path])[-1], why) from None
+            except OSError as failed:
+                log.warning("could not keep the damaged state file %s aside: %s", path, failed)
+                raise DamagedStateError(url, path, why) from None
+            log.warning("the state of %s in %s could not be read (%s); kept aside as %s", url, path, why, moved)
+            raise DamagedStateError(url, moved, why) from None
+
+    def damaged(self, url: str) -> list[Path]:
+        """The damaged state of ``url``: kept-aside copies, and the entry itself if it does not parse."""
+        path = self._target_file(url)
+        found = kept_aside(path)
+        try:
+            TargetState.from_doc(json.loads(path.read_text()))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            found.append(path)
+        return found
 
     def bind(self, url: str, repo_id: str, repo_format: int = 0) -> None:
         """Remember the repository at ``url``; refuse another one there (exit 10), and a format
@@ -150,13 +234,19 @@ class State:
         return ids
 
     def forget(self, urls: Iterable[str] = (), repo_id: str | None = None) -> list[str]:
-        """Forget targets by URL or repository id; returns the URLs forgotten."""
+        """Forget targets by URL or repository id, damaged entries and their copies kept aside
+        included; returns the URLs forgotten."""
         forgotten = []
         wanted = set(urls)
-        for st in self.all_targets():
-            if st.url in wanted or (repo_id is not None and st.repo_id == repo_id):
-                self._target_file(st.url).unlink(missing_ok=True)
-                forgotten.append(st.url)
+        if repo_id is not None:
+            wanted |= {st.url for st in self.all_targets() if st.repo_id == repo_id}
+        for url in sorted(wanted):
+            path = self._target_file(url)
+            files = [p for p in (path, *kept_aside(path)) if p.exists()]
+            for p in files:
+                p.unlink(missing_ok=True)
+            if files:
+                forgotten.append(url)
         return forgotten
 
     def all_targets(self, *, strict: bool = False) -> list[TargetState]:
@@ -169,14 +259,24 @@ class State:
         for path in sorted(directory.glob("*.json")):
             try:
                 found.append(TargetState.from_doc(json.loads(path.read_text())))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 if strict:
                     raise BtrsyncError(
                         f"cannot read what this host knows of a target ({path}: {exc}): the snapshots that "
                         "target still needs cannot be told, so none is pruned; run 'btrsync list --from URL' "
-                        "for each target (it rewrites the entry), or remove the file if the target is gone"
+                        "for each target (it keeps the file aside and says what to do), or remove the file "
+                        "if the target is gone"
                     ) from None
-                continue
+                log.warning("cannot read what this host knows of a target (%s: %s); skipped", path, exc)
+        aside = sorted(directory.glob(f"*.json{DAMAGED}*"))
+        if aside and strict:
+            raise BtrsyncError(
+                f"what this host knew of a target was damaged and is kept aside as {aside[0]}: the snapshots "
+                "that target still needs cannot be told, so none is pruned; once checked, run 'btrsync state "
+                "forget URL' for that target (the commands using it name the URL), or remove the file")
+        for path in aside:
+            log.warning("a damaged state entry is kept aside as %s: 'btrsync state forget URL' of its target "
+                        "once checked", path)
         return found
 
     def targets(self, *, strict: bool = False) -> dict[str, dict[str, Any]]:

@@ -79,11 +79,15 @@ def _urls(app: App, target: str) -> list[str]:
     if target in app.config.targets:
         target = str(app.config.targets[target]["url"])
     urls = [t.url for t in known if target in (t.url, t.repo_id)]
+    if not urls and app.state().damaged(target):  # a damaged entry: only its URL can name it
+        urls = [target]
     if not urls:
         # the state keys targets by the URL as the target displays it (e.g. file:///path)
         try:
             with app.target(target) as opened:
                 urls = [t.url for t in known if t.url == opened.display_url]
+                if not urls and app.state().damaged(opened.display_url):
+                    urls = [opened.display_url]
         except BtrsyncError:  # not a URL either: matches nothing
             urls = []
     if not urls:

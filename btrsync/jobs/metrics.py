@@ -180,7 +180,7 @@ def _target_series(f: _Families, job: str, target: str, rec: dict[str, Any], sta
         f.add("btrsync_target_newest_backup_stored_bytes", sl, s.get("newest_stored_bytes"))
         f.add("btrsync_target_chain_depth", sl, s.get("chain_depth"))
     if rec.get("url"):
-        known = state.target(rec["url"])
+        known = state.target(rec["url"], strict=False)
         f.add("btrsync_target_vanished_backups", labels, len(known.vanished) if known is not None else 0)
     if last or rec.get("deleted_total"):
         f.add("btrsync_retention_deleted_backups", labels, rec.get("deleted_total", 0))
@@ -203,7 +203,7 @@ def _verification(rec: dict[str, Any], state: State) -> tuple[dict[str, Any], di
     verify["last_success"] = rec.get("verify_last_success")
     drill = dict(rec.get("drill") or {})
     drill["last_success"] = rec.get("drill_last_success")
-    known = state.target(rec["url"]) if rec.get("url") else None
+    known = state.target(rec["url"], strict=False) if rec.get("url") else None
     if known is not None and known.verification:
         v = known.verification
         if str(v.get("started") or "") > str(verify.get("time") or ""):
