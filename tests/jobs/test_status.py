@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -102,3 +103,126 @@ def test_a_drill_dated_in_the_future_is_due() -> None:
     policy = VerifyModel(drill_every="30d")
     assert drill_due(policy, {"drill": {"time": iso(T0 + timedelta(days=400))}}, T0)
     assert not drill_due(policy, {"drill": {"time": iso(T0 - timedelta(days=1))}}, T0)
+
+
+# -- --check answers UNKNOWN (exit 3) whenever it cannot evaluate -------------------------------
+def _plugin(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    code = main(argv)
+    return code, capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--stale-after", "soon"], "--stale-after"),  # a value btrsync parses
+    (["--stale-after"], "--stale-after"),  # click: the option needs a value
+    (["--no-such-option"], "--no-such-option"),  # click: unknown option
+    (["nosuchjob"], "nosuchjob"),  # a job the configuration does not have
+    (["--now", "yesterday-ish"], "yesterday-ish"),
+])
+def test_a_check_that_cannot_be_evaluated_is_unknown_not_critical(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str) -> None:
+    """Nagios reads exit 2 as CRITICAL: a typo in the check's command line paged someone about
+    backups that were fine, and printed no plugin line at all."""
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(state=tmp_path))
+    save(tmp_path, record(1), record(1))
+    code, lines = _plugin(["--config", str(path), "status", "--check", *args], capsys)
+    assert code == 3 and len(lines) == 1, lines
+    assert lines[0].startswith("BTRSYNC UNKNOWN - ") and says in lines[0], lines
+    assert main(["--config", str(path), "status", *args]) == 2  # without --check: a usage error as ever
+
+
+def test_a_missing_or_invalid_configuration_is_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.toml"
+    code, lines = _plugin(["--config", str(missing), "status", "--check"], capsys)
+    assert code == 3 and len(lines) == 1 and lines[0].startswith("BTRSYNC UNKNOWN - "), lines
+    assert str(missing) in lines[0] and "btrsync config check" in lines[0], lines
+    broken = tmp_path / "broken.toml"
+    broken.write_text(CONFIG.format(state=tmp_path) + "\n[jobs.home]\nstale_after = [\n")
+    code, lines = _plugin(["--config", str(broken), "status", "--check"], capsys)
+    assert code == 3 and len(lines) == 1 and lines[0].startswith("BTRSYNC UNKNOWN - "), lines
+    invalid = tmp_path / "invalid.toml"
+    invalid.write_text(CONFIG.format(state=tmp_path) + 'stale_after = "a while"\n')
+    code, lines = _plugin(["--config", str(invalid), "status", "--check"], capsys)
+    assert code == 3 and len(lines) == 1 and "stale_after" in lines[0] and "|" not in lines[0], lines
+
+
+def test_an_unreadable_record_is_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(state=tmp_path))
+    (tmp_path / "jobs" / "home.json").mkdir(parents=True)  # not a file: reading it fails (EISDIR)
+    code, lines = _plugin(["--config", str(path), "status", "--check", "--now", iso(T0)], capsys)
+    assert code == 3 and len(lines) == 1, lines
+    assert lines[0].startswith("BTRSYNC UNKNOWN - home/usb unknown: ") and "home.json" in lines[0], lines
+
+
+# -- a backup dated in the future --------------------------------------------------------------
+def test_a_backup_dated_in_the_future_shows_as_such_and_perfdata_stays_non_negative(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It showed as "0m" old in the table and as a negative age in the perfdata."""
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(state=tmp_path))
+    save(tmp_path, record(-2), record(-3))
+    assert main(["--config", str(path), "status", "--now", iso(T0)]) == 0
+    table = capsys.readouterr().out  # (--now keeps running: 2h ahead is 1h59m and some seconds a moment later)
+    assert len(re.findall(r" in (1h59m|2h00m) \(clock\?\) ", table)) == 1, table
+    assert len(re.findall(r" in (2h59m|3h00m) \(clock\?\) ", table)) == 1 and " 0m " not in table, table
+    code, lines = _plugin(["--config", str(path), "status", "--check", "--now", iso(T0)], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert re.search(r"home/usb stale: newest backup dated (1h59m|2h00m) in the future", lines[0]), lines
+    assert lines[0].endswith(" | oldest_newest_backup_age=0s;;;0 future_dated_backups=2;;;0"), lines
+    assert main(["--config", str(path), "status", "--json", "--now", iso(T0)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["verdict"], r["newest_in_future"]) for r in rows] == [("stale", True), ("stale", True)]
+
+
+# -- damaged records ---------------------------------------------------------------------------
+def test_a_damaged_run_record_is_unknown_never_never_and_a_writer_keeps_it_aside(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A truncated jobs/home.json made status say NEVER (exit 0), and the next run overwrote the
+    history and the failure count without a word."""
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(state=tmp_path))
+    save(tmp_path, record(1, failures=3, status="failed"), record(1))
+    record_file = tmp_path / "jobs" / "home.json"
+    damaged = record_file.read_bytes()[:70]
+    record_file.write_bytes(damaged)
+    assert main(["--config", str(path), "status", "--json", "--now", iso(T0)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["verdict"] for r in rows] == ["unknown", "unknown"], rows
+    assert str(record_file) in rows[0]["note"] and "btrsync run home" in rows[0]["note"], rows[0]
+    code, lines = _plugin(["--config", str(path), "status", "--check", "--now", iso(T0)], capsys)
+    assert code == 3 and lines[0].startswith("BTRSYNC UNKNOWN - home/usb unknown: the run record"), lines
+    assert record_file.read_bytes() == damaged  # status moves nothing
+    # a writer (the next run, the record update after a push) keeps it aside and says so
+    doc = JobRecords(tmp_path).load("home")
+    [aside] = (tmp_path / "jobs").glob("home.json.damaged-*")
+    assert aside.read_bytes() == damaged and not record_file.exists()
+    warning = capsys.readouterr().err  # (the CLI's logging setup above writes warnings to stderr)
+    assert str(aside) in warning and "failure count" in warning, warning
+    assert doc.get("last_run") is None
+    JobRecords(tmp_path).save("home", doc)  # e.g. a catalog update after a manual push
+    rows = status_rows(config_from(CONFIG.format(state=tmp_path)), tmp_path, T0)
+    assert [r.verdict for r in rows] == ["unknown", "unknown"] and str(aside) in (rows[0].note or "")
+    save(tmp_path, record(1), record(1))  # a run recorded: its verdicts again
+    assert [r.verdict for r in status_rows(config_from(CONFIG.format(state=tmp_path)), tmp_path, T0)] == \
+        ["ok", "ok"]
+
+
+def test_a_record_of_the_wrong_shape_is_damage_not_a_crash(tmp_path: Path) -> None:
+    config = config_from(CONFIG.format(state=tmp_path))
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "home.json").write_text('{"targets": {"usb": "nonsense"}, "failures_since_success": "x"}')
+    assert [r.verdict for r in status_rows(config, tmp_path, T0)] == ["unknown", "unknown"]
+
+
+def test_a_damaged_target_memory_makes_its_row_unknown(tmp_path: Path) -> None:
+    from btrsync.state import State
+
+    config = config_from(CONFIG.format(state=tmp_path))
+    save(tmp_path, record(1), {**record(1), "url": "s3://bucket/x"})
+    entry = State(tmp_path)._target_file("file:///mnt/usb")
+    entry.parent.mkdir(parents=True)
+    entry.write_text('{"url": "file:///mnt/usb", "repo_id": ')
+    rows = status_rows(config, tmp_path, T0)
+    assert [r.verdict for r in rows] == ["unknown", "ok"]
+    assert "state forget file:///mnt/usb" in (rows[0].note or "")
