@@ -27,6 +27,12 @@ Only requests inside ``put`` are retried here (a failed part is resent alone: pa
 ``get``, ``stat``, ``list`` and ``delete`` raise ``TransientTargetError`` for ``RetryingTarget`` to
 retry.  botocore's own retries are off so that only btrsync's retry layer loops, and no botocore or
 urllib3 exception leaves this module.
+
+Deadlines (docs/targets-s3.md): the socket timeouts bound one request, ``operation_deadline`` the
+retries of one, counted from its first failure.  This target and its ``RetryingTarget`` share one
+policy (``verb_policy``) and so one ``Outage``: after any operation has given up, each request
+gets one attempt on a client with ``cleanup_timeout`` until one succeeds, and the retries of a verb
+never multiply with those inside it.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from btrsync.targets.errors import (
     TargetError,
     TransientTargetError,
 )
-from btrsync.targets.retry import RetryPolicy, transient
+from btrsync.targets.retry import Outage, RetryPolicy, transient
 from btrsync.targets.s3config import (
     _STREAM_ERRORS,
     B2_CAPABILITIES_HINT,
@@ -73,7 +79,7 @@ from btrsync.targets.s3config import (
     READ_BLOCK,
     S3Settings,
     _redact_url,
-    make_client,
+    make_clients,
     translate,
 )
 
@@ -179,12 +185,16 @@ class S3Target(Target):
             validate_prefix(self.prefix)
         self.settings = settings or S3Settings()
         self.settings.check()
-        self.policy = policy or RetryPolicy(attempts=self.settings.max_attempts)
+        self.policy = policy or RetryPolicy(
+            attempts=self.settings.max_attempts, deadline=self.settings.operation_deadline, outage=Outage()
+        )
+        # RetryingTarget retries whole verbs under this same policy: one deadline, one outage state
+        self.verb_policy = self.policy
         self.display_url = f"s3://{bucket}/{self.prefix}"
         self.capabilities = Capabilities(
             max_part_size=self.settings.part_size, connections=self.settings.max_inflight_parts
         )
-        self._client = make_client(self.settings)
+        self._client, self._cleanup_client = make_clients(self.settings)
         # one budget of parts in flight for every put of this target (concurrent segment puts share it)
         self._part_slots = threading.Semaphore(self.settings.max_inflight_parts)
         self.endpoint = _redact_url(self._client.meta.endpoint_url)
@@ -192,8 +202,7 @@ class S3Target(Target):
     @classmethod
     def from_url(cls, parsed: Any, settings: Mapping[str, Any]) -> S3Target:
         """Build from a parsed ``s3://BUCKET/PREFIX`` URL and the target's settings."""
-        options = S3Settings.from_mapping(settings)
-        return cls(parsed.host, parsed.path, options, RetryPolicy(attempts=options.max_attempts))
+        return cls(parsed.host, parsed.path, S3Settings.from_mapping(settings))
 
     def __enter__(self) -> S3Target:
         return self
@@ -212,9 +221,15 @@ class S3Target(Target):
         return f"{verb} {key} on {self.display_url}"
 
     def _request(self, op: str, what: str, **kwargs: Any) -> dict[str, Any]:
-        """Call client method ``op`` once, translating every failure to a btrsync error."""
+        """Call client method ``op`` once, translating every failure to a btrsync error.
+
+        After a request has given up (the policy's outage), and until one succeeds, requests use
+        the client with ``cleanup_timeout``: the abort and the lease removal after a failure then
+        wait seconds, not a read timeout each, on a store that stopped answering."""
+        outage = self.policy.outage
+        client = self._cleanup_client if outage is not None and outage.down else self._client
         try:
-            return getattr(self._client, op)(**kwargs)  # type: ignore[no-any-return]
+            return getattr(client, op)(**kwargs)  # type: ignore[no-any-return]
         except Exception as exc:  # translated, never leaked
             raise translate(exc, what) from None
 
@@ -318,16 +333,24 @@ class S3Target(Target):
         self.policy.call(complete, what)
 
     def _abort_quietly(self, key: str, upload_id: str) -> None:
+        """Abort after a failure; never raises.  When the store has stopped answering, this is one
+        short attempt (see ``_request``) and one warning for all the uploads left this way."""
         try:
             self.abort_upload(key, upload_id)
         except NotFound:
             pass
         except BtrsyncError as exc:
-            log.warning(
-                "could not abort the unfinished upload of %s (%s); 'btrsync clean' removes it later",
-                self._what("", key).strip(),
-                exc,
-            )
+            outage = self.policy.outage
+            if outage is None or outage.first("abort"):
+                log.warning(
+                    "could not abort the unfinished upload of %s (%s); its parts stay stored until "
+                    "'btrsync clean' removes them: run it once %s answers again",
+                    self._what("", key).strip(),
+                    exc,
+                    self.endpoint,
+                )
+            else:
+                log.info("could not abort the unfinished upload of %s either: %s", key, exc)
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
@@ -540,6 +563,7 @@ class S3Target(Target):
 
     def close(self) -> None:
         self._client.close()
+        self._cleanup_client.close()
 
 
 def _aware(when: object) -> datetime | None:

