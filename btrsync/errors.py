@@ -121,6 +121,20 @@ class DamageError(BtrsyncError):
     exit_code = ExitCode.DAMAGE
 
 
+class ChunkDamageError(DamageError):
+    """A stored chunk did not check out.  ``kind`` says which check: ``missing`` (its segment is
+    absent or shorter than recorded), ``hash`` (the stored frame, or the bytes it opens to, differ
+    from the recorded size and xxh3-128), ``tag`` (GCM authentication: damaged, moved to another
+    backup or chunk number, or another key), ``data`` (not a chunk frame, or it does not
+    decompress)."""
+
+    KINDS = ("missing", "hash", "tag", "data")
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind if kind in self.KINDS else "data"
+
+
 class PushError(BtrsyncError):
     """A push failed; nothing was committed for the backup that failed."""
 

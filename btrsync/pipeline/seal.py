@@ -14,7 +14,7 @@ import xxhash
 import zstandard
 
 from btrsync.crypto import frames
-from btrsync.errors import DamageError
+from btrsync.errors import ChunkDamageError, DamageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +71,20 @@ class ChunkOpener:
         return dec
 
     def open(self, seq: int, frame: bytes, *, stored_xxh3: str, raw_size: int, raw_xxh3: str) -> bytes:
+        """The raw chunk; ``ChunkDamageError`` (its ``kind`` naming the check) when anything is off."""
         where = f"chunk {seq} of backup {self.backup_id}"
         if xxh3(frame) != stored_xxh3:
-            raise DamageError(f"{where}: stored bytes do not match their recorded xxh3-128 hash")
-        opened = self.binding.open_chunk(self.backup_id, seq, frame)
+            raise ChunkDamageError(f"{where}: stored bytes do not match their recorded xxh3-128 hash", "hash")
+        try:
+            opened = self.binding.open_chunk(self.backup_id, seq, frame)
+        except DamageError as exc:  # truncated or not a frame (data), or the GCM tag (tag)
+            raise ChunkDamageError(str(exc), "tag" if "failed authentication" in str(exc) else "data") from None
         raw = opened.payload
         if opened.flags & frames.FLAG_ZSTD:
             try:
                 raw = self._decompressor().decompress(raw, max_output_size=raw_size)
             except zstandard.ZstdError as exc:
-                raise DamageError(f"{where}: cannot decompress: {exc}") from None
+                raise ChunkDamageError(f"{where}: cannot decompress: {exc}", "data") from None
         if len(raw) != raw_size or xxh3(raw) != raw_xxh3:
-            raise DamageError(f"{where}: restored bytes do not match the recorded size and hash")
+            raise ChunkDamageError(f"{where}: restored bytes do not match the recorded size and hash", "hash")
         return raw
