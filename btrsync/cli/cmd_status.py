@@ -36,6 +36,7 @@ class CheckError(BtrsyncError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.exit_code = ExitCode(code)  # 1, 2 and 3 are also btrsync codes: the plugin meaning wins here
+        self.answered = True  # its plugin line is the whole answer on stdout, --json or not
 
 
 def _unknown(what: str) -> CheckError:

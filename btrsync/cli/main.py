@@ -181,7 +181,7 @@ def _main(argv: list[str] | None) -> int:
         if debug:
             log.exception("failed")
         click.echo(f"btrsync: error: {exc}", err=True)
-        if as_json:
+        if as_json and not getattr(exc, "answered", False):  # status --check printed its one line already
             emit_json_error(str(exc), int(exc.exit_code), type(exc).__name__)
         return int(exc.exit_code)
     except click.exceptions.Exit as exc:

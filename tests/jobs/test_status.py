@@ -131,6 +131,18 @@ def test_a_check_that_cannot_be_evaluated_is_unknown_not_critical(
     assert main(["--config", str(path), "status", *args]) == 2  # without --check: a usage error as ever
 
 
+def test_check_with_json_prints_only_the_plugin_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """'status --check --json' (a copied command line) printed the plugin line and then a JSON
+    error object on stdout: two lines where a monitoring plugin gives one (and the second one
+    says "error" about a check that worked).  The plugin line is the whole answer."""
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(state=tmp_path))
+    code, lines = _plugin(["--config", str(path), "status", "--check", "--json"], capsys)  # never ran
+    assert code == 3 and lines == ["BTRSYNC UNKNOWN - home/usb has never run; home/b2 has never run"], lines
+    code, lines = _plugin(["--config", str(path), "status", "--check", "--json", "--stale-after", "soon"], capsys)
+    assert code == 3 and len(lines) == 1 and lines[0].startswith("BTRSYNC UNKNOWN - "), lines
+
+
 def test_a_missing_or_invalid_configuration_is_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nowhere.toml"
     code, lines = _plugin(["--config", str(missing), "status", "--check"], capsys)
