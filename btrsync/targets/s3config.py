@@ -65,6 +65,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_OPERATION_DEADLINE = 60.0
 DEFAULT_CLEANUP_TIMEOUT = 10.0
+MAX_SOCKET_TIMEOUT = 86400.0
 GROWTH_START = 5_000  # parts kept at the configured size (5,000 x 16 MiB = 80 GiB)
 GROWTH_STEP = 250  # then the part size doubles every this many parts
 READ_BLOCK = 1 << 20
@@ -212,6 +213,11 @@ class S3Settings:
         if not all(0 < t < float("inf") for t in timeouts):
             raise ConfigError("S3 connect_timeout, read_timeout, operation_deadline and cleanup_timeout "
                               "must be positive numbers of seconds")
+        # a socket cannot take a timeout past ~292 years (it failed every request, retried as a
+        # network error); more than a day of silence is never what is meant
+        if max(self.connect_timeout, self.read_timeout, self.cleanup_timeout) > MAX_SOCKET_TIMEOUT:
+            raise ConfigError(f"S3 connect_timeout, read_timeout and cleanup_timeout are socket timeouts: at "
+                              f"most {MAX_SOCKET_TIMEOUT:.0f} seconds (a day)")
 
     def cleanup_settings(self) -> S3Settings:
         """These settings with socket timeouts of at most ``cleanup_timeout``: for the requests

@@ -140,6 +140,8 @@ def test_settings_parse_sizes_and_refuse_parts_s3_would_refuse() -> None:
         {"operation_deadline": 0},
         {"operation_deadline": "nan"},
         {"cleanup_timeout": -1},
+        {"read_timeout": 1e10},  # accepted, then every request failed: "timestamp out of range for time_t"
+        {"connect_timeout": 86401},
     ):
         with pytest.raises(ConfigError):
             S3Settings.from_mapping(bad)
