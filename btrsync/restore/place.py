@@ -287,6 +287,12 @@ def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     # three renames that a signal must not split, and a failed second one puts the old tree back:
     # otherwise both trees would sit in the work directory that is removed next
     aside = aside_name(src)
+    for n in range(1, 1000):  # beside a selected path, a name of the backup may be just that
+        if not _exists_nofollow(src_fd, aside):
+            break
+        aside = f"{aside_name(src)}.{n}"
+    else:
+        raise FileExistsError(errno.EEXIST, "no free name to move the old one aside", aside)
     with deferred():
         os.rename(dst, aside, src_dir_fd=dst_fd, dst_dir_fd=src_fd)
         try:
@@ -388,7 +394,17 @@ def _walk_existing(dst_fd: int, parts: list[str]) -> tuple[int, int]:
 
 def check_replace_paths(dst_fd: int, paths: list[str]) -> str | None:
     """Why ``replace_paths`` must not start (before anything moves): a path whose ancestor in
-    the destination is not a directory, or a selected path that holds a mount or subvolumes."""
+    the destination is not a directory, a directory on the way that is another subvolume or
+    filesystem (nothing can be renamed into it from the work directory), or a selected path that
+    holds a mount or subvolumes."""
+    dev = os.fstat(dst_fd).st_dev
+    up = os.open("..", DIR_FLAGS, dir_fd=dst_fd)
+    try:
+        if os.fstat(up).st_dev != dev:  # the selected paths are built beside it, in its parent
+            return ("it is itself a btrfs subvolume or a mount point (a backup put there by 'btrsync "
+                    "receive'?), which nothing can be moved into; restore elsewhere")
+    finally:
+        os.close(up)
     for p in outermost(paths):
         parts = p.split("/") if p else []
         try:
@@ -397,6 +413,9 @@ def check_replace_paths(dst_fd: int, paths: list[str]) -> str | None:
             return (f"{exc.filename} is not a directory there (a file or a symlink, never followed), "
                     f"but the backup has one; move it away to restore {p}")
         try:
+            if os.fstat(fd).st_dev != dev:
+                return (f"{'/'.join(parts[:depth])} is another btrfs subvolume or a mount point there, which "
+                        f"nothing can be moved into; restore {p} elsewhere")
             if depth == len(parts) - 1 and parts and (why := foreign_within(fd, parts[-1])):
                 return f"{p}: {why}"
         finally:
