@@ -16,7 +16,6 @@ import logging
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +30,8 @@ from btrsync.catalog.repository import Repository
 from btrsync.errors import DamageError, UsageError
 from btrsync.fileindex import store
 from btrsync.fileindex.tree import Entry, FileTree, parent_clone_paths
-from btrsync.ops.receive import restore_chain
+from btrsync.read.chains import chain_for, restore_chain
+from btrsync.read.chunks import raw_stream
 from btrsync.sendstream.parser import StreamError, StreamParser
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ def normalise(path: str) -> str:
     if ".." in parts:
         raise UsageError(f"{path!r}: '..' is not allowed in a path inside a backup")
     return "/".join(parts)
-
-
-def chain_for(repo: Repository, spec: str) -> list[Manifest]:
-    return restore_chain(repo.catalog(), spec, repo.target.display_url)
 
 
 def tree_of(repo: Repository, chain: list[Manifest], *, with_ops: bool = False) -> tuple[FileTree, int]:
@@ -249,12 +245,6 @@ def index_problem(repo: Repository, m: Manifest) -> str | None:
     return None
 
 
-def _stream_chunks(repo: Repository, m: Manifest, workers: int) -> Iterator[bytes]:
-    from btrsync.ops.restore import fetch_chunks  # the one authenticated fetch path
-
-    yield from fetch_chunks(repo, m, workers)
-
-
 def index_backups(repo: Repository, spec: str, *, workers: int = 2) -> list[Indexed]:
     """Write the missing file indexes of ``spec``'s chain (idempotent), each under a lease that
     keeps prune and clean away from the backup while its index is written."""
@@ -279,7 +269,7 @@ def index_backups(repo: Repository, spec: str, *, workers: int = 2) -> list[Inde
             writer = store.IndexWriter(m.backup_id, m.snapshot_uuid, m.parent_uuid, str(m.table.get("attempt")))
             try:
                 parser = StreamParser()
-                with closing(_stream_chunks(repo, m, workers)) as chunks:
+                with closing(raw_stream(repo, m, workers=workers)) as chunks:
                     for chunk in chunks:
                         for ev in parser.feed(chunk):
                             writer.add(ev)

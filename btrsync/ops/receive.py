@@ -2,8 +2,8 @@
 
 Data flow of one link::
 
-    target.get(segment, offset, size)  ─► [workers: xxh3(frame) → AES-256-GCM open → zstd -d
-                                            → size + xxh3(raw)]  ordered, bounded window
+    read.chunks (target.get(segment, offset, size) ─► [workers: xxh3(frame) → AES-256-GCM open
+                 → zstd -d → size + xxh3(raw)]  ordered, bounded window)
                                        ─► btrfs receive DIR  (killed, partial subvolume deleted,
                                                               on the first bad chunk)
     ReceiveProcess then syncfs(DIR)s through a descriptor opened before btrfs receive started: a
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,20 +34,13 @@ from pathlib import Path
 
 from btrsync.btrfs.receive import ReceiveProcess
 from btrsync.btrfs.subvolume import child_subvolumes, is_on_btrfs
-from btrsync.catalog.chains import walk_chain
-from btrsync.catalog.manifest import ChunkRecord, Manifest
-from btrsync.catalog.repository import Catalog, Repository
-from btrsync.catalog.segment_index import table_records
-from btrsync.errors import (
-    BackupNotFoundError,
-    DamageError,
-    ReceiveFailedError,
-    UsageError,
-)
+from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.repository import Repository
+from btrsync.errors import DamageError, ReceiveFailedError, UsageError
 from btrsync.fileindex import store
-from btrsync.pipeline.ordered import ordered_map
-from btrsync.pipeline.seal import ChunkOpener
 from btrsync.progress import Estimate, Progress, as_progress
+from btrsync.read.chains import restore_chain
+from btrsync.read.chunks import chunks as checked_chunks
 from btrsync.sendstream import compose
 from btrsync.sendstream.checker import check_parent_unchanged
 from btrsync.sendstream.format import CMD_HEADER_SIZE
@@ -79,54 +72,6 @@ class ReceiveResult:
     @property
     def path(self) -> str:
         return self.links[-1].path if self.links else ""
-
-
-def resolve(manifests: list[Manifest], spec: str) -> Manifest:
-    """BACKUP as an id, a snapshot name, ``latest`` or ``SUBVOL@latest``."""
-    if not manifests:
-        raise BackupNotFoundError("the target holds no backups")
-    if spec == "latest" or spec.endswith("@latest"):
-        pool = manifests if spec == "latest" else [m for m in manifests if m.subvolume == spec[:-7]]
-        subvols = sorted({m.subvolume for m in pool})
-        if not pool:
-            raise BackupNotFoundError(f"no backups of subvolume {spec[:-7]!r} (have: "
-                                      f"{', '.join(sorted({m.subvolume for m in manifests}))})")
-        if len(subvols) > 1:
-            raise UsageError(f"'latest' is ambiguous: the target holds {', '.join(subvols)}; "
-                             f"say which, e.g. {subvols[0]}@latest")
-        return max(pool, key=lambda m: (m.snapshot_time, m.snapshot))
-    matches = [m for m in manifests if spec in (m.backup_id, m.snapshot)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise UsageError(f"{spec!r} names several backups ({', '.join(m.backup_id for m in matches)}); "
-                         "use the id")
-    raise BackupNotFoundError(f"no backup {spec!r} on the target (see 'btrsync list')")
-
-
-def chain_of(manifests: list[Manifest], last: Manifest, damaged: Iterable[str] = ()) -> list[Manifest]:
-    """The links to replay for ``last``: its full, then every incremental up to it.
-
-    A missing, damaged or mismatched parent, or a loop, is damage (exit 4), named in the message.
-    """
-    return walk_chain({m.backup_id: m for m in manifests}, last, damaged)
-
-
-def restore_chain(catalog: Catalog, spec: str, url: str) -> list[Manifest]:
-    """The links to replay for BACKUP ``spec``, full first; a damaged backup, or a ``latest`` that
-    a damaged newer manifest may hide, is damage (exit 4), never silently another backup."""
-    for d in catalog.damaged:
-        if d.matches(spec):
-            raise DamageError(f"backup {d.backup_id} cannot be restored: {d.advice(url)}")
-    last = resolve(catalog.manifests, spec)
-    if spec == "latest" or spec.endswith("@latest"):
-        newer = [d for d in catalog.damaged if d.subvolume in (last.subvolume, None)
-                 and (d.snapshot_time is None or d.snapshot_time > last.snapshot_time)]
-        if newer:
-            raise DamageError(f"'{spec}' is ambiguous: a newer backup of {last.subvolume} may exist but its "
-                              f"manifest is damaged ({newer[0].key}); restore a backup by its id "
-                              f"(the newest intact one is {last.backup_id}) or repair the manifest")
-    return chain_of(catalog.manifests, last, {d.backup_id for d in catalog.damaged})
 
 
 def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
@@ -280,31 +225,24 @@ class _LinkStream:
 def _receive_link(repo: Repository, manifest: Manifest, into: Path, *, workers: int,
                   progress: Progress | None,
                   root_before: Callable[[], RootTimes | None]) -> tuple[LinkResult, RootTimes | None]:
-    opener = ChunkOpener(repo.binding, manifest.backup_id)
     t0 = time.monotonic()
-
-    def fetch(item: tuple[int, ChunkRecord]) -> tuple[bytes, int]:
-        index, rec = item
-        frame = repo.read_frame(manifest.backup_id, index, rec)
-        return opener.open(index, frame, stored_xxh3=rec.stored_xxh3, raw_size=rec.raw_size,
-                           raw_xxh3=rec.raw_xxh3), rec.stored_size
-
     what = f"restore of backup {manifest.backup_id}"
     stream = _LinkStream(manifest, into)
     log.info("receive started backup=%s into=%s chunks=%d", manifest.backup_id, into, manifest.n_chunks)
     written = fetched = 0
-    # the chunk table streams in one segment index at a time, checked against the manifest
-    chunks = ordered_map(fetch, enumerate(table_records(repo, manifest)), workers=workers, window=2 * workers)
+    # every chunk authenticated and checked before btrfs receive sees a byte of it (read/chunks.py)
+    chunks = checked_chunks(repo, manifest, workers=workers)
     if progress:
         progress.phase("receiving")
     with (ReceiveProcess(into, manifest.snapshot, what, parent_uuid=manifest.parent_uuid) as rx,
           closing(chunks)):
-        for raw, stored in chunks:
+        for chunk in chunks:
+            raw = chunk.raw
             for piece in stream.feed(raw):
                 if piece:
                     rx.write(piece)
             written += len(raw)
-            fetched += stored
+            fetched += chunk.record.stored_size
             if progress:
                 progress.update(written, fetched)
         end = stream.end()

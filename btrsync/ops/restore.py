@@ -2,12 +2,12 @@
 
 Data flow::
 
-    resolve BACKUP, chain (full first)                       as receive does (ops/receive.py)
+    resolve BACKUP, chain (full first)                       read/chains.py, as receive does
     DIR/.btrsync-restore.<snapshot>/   work directory, 0700: tree/ (the restore), pins-N/
     for each link:
       incremental: scan its stream for clones from the parent          (pass 1, data not used)
-      target.get ─► [workers: xxh3 → GCM open → zstd -d → size + xxh3]  ordered, bounded window
-                 ─► Applier (restore/apply.py): every command confined to tree/
+      read/chunks.py: target.get ─► [workers: xxh3 → GCM open → zstd -d → size + xxh3]
+                      ordered, bounded window ─► Applier (restore/apply.py): every command confined to tree/
     place tree/ at DIR/<snapshot>: new (rename, no replace) | --overwrite (exchange, old removed)
                                    | --skip-existing (merge: only paths that do not exist)
     syncfs before and after placing: when restore returns, the restore is on disk
@@ -26,7 +26,6 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -34,17 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from btrsync.catalog.lease import pid_alive
-from btrsync.catalog.manifest import ChunkRecord, Manifest
+from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
-from btrsync.catalog.segment_index import table_records
 from btrsync.errors import DamageError, LockedError, UsageError
 from btrsync.fdio import syncfs, write_all
-from btrsync.ops.receive import restore_chain
-from btrsync.pipeline.ordered import ordered_map
-from btrsync.pipeline.seal import ChunkOpener
+from btrsync.ops.files import normalise, tree_of
+from btrsync.read.chains import chain_for
+from btrsync.read.chunks import raw_stream
 from btrsync.restore import RestoreError, fsutil, place
 from btrsync.restore.apply import Applier, Notes, scan_parent_clones
 from btrsync.restore.paths import DIR_FLAGS, Tree
+from btrsync.restore.selective import SelectiveRestore
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +94,6 @@ class RestoreResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _chain(repo: Repository, spec: str) -> list[Manifest]:
-    return restore_chain(repo.catalog(), spec, repo.target.display_url)
-
-
-def fetch_chunks(repo: Repository, manifest: Manifest, workers: int) -> Iterator[bytes]:
-    """The link's raw stream, chunk by chunk, each authenticated and hash-checked (as receive)."""
-    opener = ChunkOpener(repo.binding, manifest.backup_id)
-
-    def fetch(item: tuple[int, ChunkRecord]) -> bytes:
-        index, rec = item
-        frame = repo.read_frame(manifest.backup_id, index, rec)
-        return opener.open(index, frame, stored_xxh3=rec.stored_xxh3, raw_size=rec.raw_size,
-                           raw_xxh3=rec.raw_xxh3)
-
-    with closing(ordered_map(fetch, enumerate(table_records(repo, manifest)), workers=workers,
-                             window=2 * workers)) as chunks:
-        yield from chunks
 
 
 def _exists(dir_fd: int, name: str) -> os.stat_result | None:
@@ -255,7 +235,7 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
         raise UsageError(f"existing must be one of {', '.join(EXISTING_MODES)}")
     if not to.is_dir():
         raise UsageError(f"{to} is not a directory; create it first (any filesystem will do)")
-    chain = _chain(repo, spec)
+    chain = chain_for(repo, spec)
     last = chain[-1]
     name = last.snapshot
     selection = None
@@ -333,8 +313,6 @@ class _Selection:
 
 
 def _materialise(repo: Repository, chain: list[Manifest], paths: list[str]) -> _Selection:
-    from btrsync.ops.files import normalise, tree_of
-
     wanted = list(dict.fromkeys(normalise(p) for p in paths))
     ftree, index_bytes = tree_of(repo, chain, with_ops=True)
     for p in wanted:
@@ -346,8 +324,6 @@ def _materialise(repo: Repository, chain: list[Manifest], paths: list[str]) -> _
 
 def _restore_selected(repo: Repository, chain: list[Manifest], sel: _Selection, tree: Tree, work_fd: int,
                       notes: Notes, workers: int, result: RestoreResult) -> fsutil.Caps:
-    from btrsync.restore.selective import SelectiveRestore
-
     t0 = time.monotonic()
     job = SelectiveRestore(repo, chain, sel.tree, tree, work_fd, notes, workers=workers)
     try:
@@ -372,11 +348,11 @@ def _restore_link(repo: Repository, applier: Applier, link: Manifest, workers: i
     t0 = time.monotonic()
     clones: dict[str, list[tuple[int, int]]] = {}
     if link.parent_uuid is not None:
-        with closing(fetch_chunks(repo, link, workers)) as chunks:
+        with closing(raw_stream(repo, link, workers=workers)) as chunks:
             clones = scan_parent_clones(chunks, link.parent_uuid, f"backup {link.backup_id}")
     t1 = time.monotonic()
     log.info("restore link backup=%s parent_clone_sources=%d", link.backup_id, len(clones))
-    with closing(fetch_chunks(repo, link, workers)) as chunks:
+    with closing(raw_stream(repo, link, workers=workers)) as chunks:
         stats = applier.apply_link(chunks, backup_id=link.backup_id, snapshot_uuid=link.snapshot_uuid,
                                    parent_uuid=link.parent_uuid, parent_clones=clones)
     t2 = time.monotonic()

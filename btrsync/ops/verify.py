@@ -22,7 +22,6 @@ is reported as *affected*.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import time
@@ -36,12 +35,11 @@ from typing import Any
 from btrsync.catalog import layout
 from btrsync.catalog.chains import walk_chain
 from btrsync.catalog.lease import read_leases
-from btrsync.catalog.manifest import ChunkRecord, Manifest
+from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
-from btrsync.catalog.segment_index import table_records
 from btrsync.errors import BtrsyncError, DamageError, UsageError
-from btrsync.pipeline.ordered import ordered_map
-from btrsync.pipeline.seal import ChunkOpener
+from btrsync.read.chains import resolve
+from btrsync.read.chunks import chunks as read_chunks
 from btrsync.sendstream import checker
 from btrsync.verify.ledger import Ledger
 from btrsync.verify.selection import Sample, Segment, Subset
@@ -162,8 +160,6 @@ def select_backups(catalog: Catalog, specs: Sequence[str] | None) -> list[str]:
     every = [m.backup_id for m in catalog.manifests] + [d.backup_id for d in catalog.damaged]
     if not specs:
         return every
-    from btrsync.ops.receive import resolve
-
     chosen: list[str] = []
     for spec in specs:
         damaged = [d.backup_id for d in catalog.damaged if d.matches(spec)]
@@ -303,25 +299,46 @@ def _chosen_segments(by_id: dict[str, Manifest], reports: dict[str, BackupReport
 def _check_data(repo: Repository, m: Manifest, rep: BackupReport, segments: set[int], options: Options,
                 ledger: Ledger | None, deadline: float | None, clock: Callable[[], float],
                 progress: ProgressFn | None, ctransids: dict[str, Any] | None = None) -> None:
+    """Read the chosen segments through the one read path (``read/chunks.py``), which hands every
+    damaged chunk over as such (``keep_going``): each becomes a problem of its segment, and a
+    segment is intact when all its chunks were.  The whole chunk table is read and checked."""
     ctransids = {} if ctransids is None else ctransids
     stream = (checker.for_manifest(m, ctransids.get(m.parent_id or "")) if options.at_least("stream") else None)
-    opener = ChunkOpener(repo.binding, m.backup_id)
     intact: list[tuple[str, int]] = []
+    current: int | None = None  # the segment being read, and whether all its chunks were intact so far
+    ok = True
     try:
-        records = enumerate(table_records(repo, m))
-        for number, group in itertools.groupby(records, key=lambda item: item[1].segment):
-            if number not in segments:
-                for _ in group:
-                    pass  # the table is still read (and checked) through
-                continue
-            if deadline is not None and clock() > deadline:
-                rep.result, rep.note = "incomplete", "--max-duration reached"
-                break
-            if _check_segment(repo, m, number, list(group), opener, options, rep, stream, progress):
-                intact.append((m.backup_id, number))
-            elif stream is not None:
-                break  # a stream with a hole cannot be parsed further
-    except DamageError as exc:
+        with closing(read_chunks(repo, m, workers=options.workers, select=lambda _i, rec: rec.segment in segments,
+                                 keep_going=True)) as results:
+            for chunk in results:
+                if chunk.record.segment != current:
+                    if current is not None and ok:
+                        intact.append((m.backup_id, current))
+                    current, ok = None, True
+                    if deadline is not None and clock() > deadline:
+                        rep.result, rep.note = "incomplete", "--max-duration reached"
+                        break
+                    current = chunk.record.segment
+                if chunk.damage is not None:
+                    rep.add(Problem(chunk.damage.kind, chunk.segment_key, str(chunk.damage)))
+                    ok = False
+                    if stream is not None:
+                        break  # a stream with a hole cannot be parsed further
+                    continue
+                rep.bytes_read += chunk.record.stored_size
+                if stream is not None:
+                    try:
+                        stream.feed(chunk.raw)
+                    except DamageError as exc:
+                        rep.add(Problem("stream", chunk.segment_key, str(exc)))
+                        ok = False
+                        break
+                if progress is not None:
+                    progress(m.backup_id, rep.bytes_read, rep.bytes_read)
+            else:
+                if current is not None and ok:
+                    intact.append((m.backup_id, current))
+    except DamageError as exc:  # the chunk table (segment indexes): the segment being read is not counted
         rep.add(Problem("index", layout.data_prefix(m.backup_id), str(exc)))
     rep.segments_checked = len(intact)
     if ledger is not None:
@@ -335,44 +352,6 @@ def _check_data(repo: Repository, m: Manifest, rep: BackupReport, segments: set[
                 ctransids[m.backup_id] = stream.ctransid
             except DamageError as exc:
                 rep.add(Problem("stream", layout.manifest_key(m.backup_id), str(exc)))
-
-
-def _check_segment(repo: Repository, m: Manifest, number: int, group: list[tuple[int, ChunkRecord]],
-                   opener: ChunkOpener, options: Options, rep: BackupReport, stream: checker.ManifestStreamCheck | None,
-                   progress: ProgressFn | None) -> bool:
-    key = layout.segment_key(m.backup_id, number)
-
-    def check(item: tuple[int, ChunkRecord]) -> tuple[int, bytes | Problem]:
-        seq, rec = item
-        try:
-            frame = repo.read_frame(m.backup_id, seq, rec)
-            return rec.stored_size, opener.open(seq, frame, stored_xxh3=rec.stored_xxh3, raw_size=rec.raw_size,
-                                                raw_xxh3=rec.raw_xxh3)
-        except DamageError as exc:
-            text = str(exc)
-            what = ("missing" if "missing" in text else "hash" if "xxh3" in text or "hash" in text
-                    else "tag" if "authentication" in text else "size" if "size" in text else "data")
-            return 0, Problem(what, key, text)
-
-    ok = True
-    with closing(ordered_map(check, group, workers=options.workers, window=2 * options.workers)) as results:
-        for read, outcome in results:
-            rep.bytes_read += read
-            if isinstance(outcome, Problem):
-                rep.add(outcome)
-                ok = False
-                if stream is not None:
-                    break
-                continue
-            if stream is not None:
-                try:
-                    stream.feed(outcome)
-                except DamageError as exc:
-                    rep.add(Problem("stream", key, str(exc)))
-                    return False
-            if progress is not None:
-                progress(m.backup_id, rep.bytes_read, rep.bytes_read)
-    return ok
 
 
 # -- restore drills ---------------------------------------------------------------------------------

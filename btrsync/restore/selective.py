@@ -6,8 +6,9 @@ stream), clones (resolved to their source inode: a clone source outside the sele
 rebuilt too, in a scratch file), truncates and preallocations. Those of the selected inodes and
 of their clone sources are replayed in stream order, each inode into its own scratch file:
 
-- the chunks covering each needed command are fetched (in parallel, in order) and opened
-  exactly as for a whole restore (authenticated, hash-checked); nothing else is read;
+- the chunks covering each needed command are fetched (in parallel, in order) through the one
+  read path (``read/chunks.RangeReader``), authenticated and hash-checked as for a whole restore;
+  nothing else is read;
 - each command is parsed from its recorded boundary: its header must give the recorded size
   and its CRC32C must match, then its data is taken from the recorded offset;
 - a clone from the parent reads the source as it was when the link began (a copy is kept
@@ -22,7 +23,6 @@ followed).
 
 from __future__ import annotations
 
-import bisect
 import errno
 import os
 import stat
@@ -31,12 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from btrsync.catalog.manifest import Manifest
-from btrsync.catalog.segment_index import table_records
 from btrsync.errors import DamageError, UsageError
 from btrsync.fdio import pwrite_all
 from btrsync.fileindex.tree import FileTree, Inode, Node
-from btrsync.pipeline.ordered import ordered_map
-from btrsync.pipeline.seal import ChunkOpener
+from btrsync.read.chunks import RangeReader, ReadStats
 from btrsync.restore import RestoreError, fsutil
 from btrsync.restore.apply import Notes
 from btrsync.restore.decompress import NAMES as COMPRESSION_NAMES
@@ -48,87 +46,6 @@ from btrsync.sendstream.parser import crc32c
 _HEADER = struct.Struct("<IHI")
 _CMD_OF = {"w": "write", "e": "encoded_write"}
 _NUMBER = {name: num for num, (name, _) in COMMANDS.items()}
-
-
-@dataclass
-class Fetched:
-    chunks: int = 0
-    stored_bytes: int = 0  # frames read
-    raw_bytes: int = 0
-
-
-class _Table:
-    """One link's chunk table: records and the raw stream offset where each chunk starts."""
-
-    def __init__(self, repo: Any, manifest: Manifest) -> None:
-        self.records = list(table_records(repo, manifest))
-        self.starts: list[int] = []
-        at = 0
-        for r in self.records:
-            self.starts.append(at)
-            at += r.raw_size
-        self.end = at
-
-    def covering(self, offset: int, size: int) -> range:
-        if offset < 0 or size <= 0 or offset + size > self.end:
-            raise DamageError(f"the file index names stream bytes {offset}+{size} beyond the stream ({self.end})")
-        first = bisect.bisect_right(self.starts, offset) - 1
-        last = bisect.bisect_right(self.starts, offset + size - 1) - 1
-        return range(first, last + 1)
-
-
-class ChunkReader:
-    """Command bytes of any link, from only the chunks that cover them; ``plan`` lists every
-    command in the order they will be asked for, so chunks are fetched ahead in parallel."""
-
-    def __init__(self, repo: Any, chain: list[Manifest], needs: list[tuple[int, int, int]], workers: int) -> None:
-        self.repo, self.chain = repo, chain
-        self.tables: dict[int, _Table] = {link: _Table(repo, chain[link]) for link in {n[0] for n in needs}}
-        order: list[tuple[int, int]] = []
-        seen: set[tuple[int, int]] = set()
-        for link, off, size in needs:
-            for idx in self.tables[link].covering(off, size):
-                if (link, idx) not in seen:
-                    seen.add((link, idx))
-                    order.append((link, idx))
-        self.fetched = Fetched()
-        self.openers = {link: ChunkOpener(repo.binding, chain[link].backup_id) for link in self.tables}
-        self._it = ordered_map(self._fetch, order, workers=workers, window=2 * workers)
-        self._have: dict[tuple[int, int], bytes] = {}
-
-    def _fetch(self, key: tuple[int, int]) -> tuple[tuple[int, int], bytes, int]:
-        link, idx = key
-        rec = self.tables[link].records[idx]
-        m = self.chain[link]
-        frame = self.repo.read_frame(m.backup_id, idx, rec)
-        raw = self.openers[link].open(idx, frame, stored_xxh3=rec.stored_xxh3, raw_size=rec.raw_size,
-                                      raw_xxh3=rec.raw_xxh3)
-        return key, raw, len(frame)
-
-    def _chunk(self, key: tuple[int, int]) -> bytes:
-        while key not in self._have:
-            got, raw, stored = next(self._it)
-            self._have[got] = raw
-            self.fetched.chunks += 1
-            self.fetched.stored_bytes += stored
-            self.fetched.raw_bytes += len(raw)
-        return self._have[key]
-
-    def command(self, link: int, offset: int, size: int) -> bytes:
-        table = self.tables[link]
-        span = table.covering(offset, size)
-        for key in [k for k in self._have if k < (link, span.start)]:
-            del self._have[key]  # asked for in order: nothing before this command is needed again
-        parts = []
-        for idx in span:
-            raw = self._chunk((link, idx))
-            lo = max(offset, table.starts[idx]) - table.starts[idx]
-            hi = min(offset + size, table.starts[idx] + len(raw)) - table.starts[idx]
-            parts.append(raw[lo:hi])
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self._it.close()  # type: ignore[attr-defined]
 
 
 def _checked(buf: bytes, name: str, where: str) -> None:
@@ -160,7 +77,7 @@ class SelectiveRestore:
         self.privileged = os.geteuid() == 0
         self.caps = fsutil.Caps()
         self.stats = SelectiveStats()
-        self.fetched = Fetched()
+        self.fetched = ReadStats()
         self._names: dict[int, str] = {}  # id(inode) -> scratch file name in data/
         self._pins: dict[tuple[int, int], str] = {}  # (link, id(inode)) -> pinned copy
 
@@ -208,7 +125,7 @@ class SelectiveRestore:
         ops = sorted((op + (ino,) for ino in closure for op in (ino.ops or ())), key=lambda op: (op[0], op[1]))
         needs = [(op[0], op[3], op[4]) for op in ops if op[2] in ("w", "e")]
         in_closure = {id(i) for i in closure}
-        reader = ChunkReader(self.repo, self.chain, needs, self.workers)
+        reader = RangeReader(self.repo, self.chain, needs, workers=self.workers)
         try:
             link = -1
             for op in ops:
@@ -239,14 +156,14 @@ class SelectiveRestore:
     def _open(self, name: str, flags: int) -> int:
         return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._data_fd)
 
-    def _op(self, op: tuple[Any, ...], reader: ChunkReader) -> None:
+    def _op(self, op: tuple[Any, ...], reader: RangeReader) -> None:
         link, kind, ino = op[0], op[2], op[-1]
         where = f"backup {self.chain[link].backup_id}: command at byte {op[3] if kind in 'we' else '?'}"
         fd = self._open(self._names[id(ino)], os.O_RDWR)
         try:
             if kind in ("w", "e"):
                 _, _, _, off, size, data_off, data_len, file_off = op[:8]
-                buf = reader.command(link, off, size)
+                buf = reader.read(link, off, size)
                 _checked(buf, _CMD_OF[kind], where)
                 if not (off + CMD_HEADER_SIZE <= data_off and data_off + data_len <= off + size):
                     raise DamageError(f"{where}: the file index places data outside its command")
