@@ -35,7 +35,7 @@ from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
 from btrsync.ops.push import PushSettings, push
 from btrsync.ops.receive import receive
-from btrsync.ops.treecompare import diff_trees
+from btrsync.verify.treecompare import diff_trees
 from btrsync.targets.local import LocalTarget
 
 PIPELINE = "cat | openssl -d | zstd -d | btrfs receive"

@@ -60,7 +60,7 @@ from benchmarks.common import (
     sh,
     subvol_delete,
 )
-from btrsync.ops.treecompare import diff_trees
+from btrsync.verify.treecompare import diff_trees
 
 BUCKET = "bench"
 PUSH_PIPE = "send | zstd | openssl | boto3 upload"

@@ -24,7 +24,7 @@ from btrsync.crypto.keys import generate_key_file
 from btrsync.errors import BtrsyncError
 from btrsync.ops.push import PushSettings, push, raise_for_failures
 from btrsync.ops.receive import receive
-from btrsync.ops.treecompare import diff_trees
+from btrsync.verify.treecompare import diff_trees
 from btrsync.snapshots.store import create_snapshot
 from btrsync.targets.local import LocalTarget
 from btrsync.units import format_bytes

@@ -38,6 +38,7 @@ from btrsync.catalog.lease import read_leases
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
 from btrsync.errors import BtrsyncError, DamageError, UsageError
+from btrsync.ops.drill import DrillUnavailable, drill
 from btrsync.read.chains import resolve
 from btrsync.read.chunks import chunks as read_chunks
 from btrsync.sendstream import checker
@@ -357,8 +358,6 @@ def _check_data(repo: Repository, m: Manifest, rep: BackupReport, segments: set[
 # -- restore drills ---------------------------------------------------------------------------------
 def _drills(repo: Repository, catalog: Catalog, reports: dict[str, BackupReport], options: Options,
             rng: random.Random, clock: Callable[[], float]) -> dict[str, Any] | None:
-    from btrsync.verify.drill import DrillUnavailable, drill
-
     candidates = [bid for bid, rep in reports.items() if rep.result == "ok" and bid not in catalog.broken
                   and any(m.backup_id == bid for m in catalog.manifests)]
     if options.drills is not None:

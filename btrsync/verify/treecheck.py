@@ -24,7 +24,7 @@ from typing import Any
 
 from btrsync.fileindex.summary import digest_records, disk_kind, disk_record
 from btrsync.fileindex.tree import FileTree, Inode
-from btrsync.ops.treecompare import xattrs_of
+from btrsync.verify.treecompare import xattrs_of
 
 MAX_SHOWN = 20
 

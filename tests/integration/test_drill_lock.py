@@ -13,7 +13,7 @@ import pytest
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
 from btrsync.targets.local import LocalTarget
-from btrsync.verify.drill import drill, scratch_lock
+from btrsync.ops.drill import drill, scratch_lock
 from tests.integration.conftest import World
 
 pytestmark = pytest.mark.btrfs

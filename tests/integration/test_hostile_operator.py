@@ -29,7 +29,7 @@ from btrsync.crypto.keys import load_key_file
 from btrsync.errors import ReceiveFailedError
 from btrsync.ops import files
 from btrsync.ops import push as push_mod
-from btrsync.ops.treecompare import diff_trees
+from btrsync.verify.treecompare import diff_trees
 from btrsync.restore import place
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from btrsync.ops.treecompare import describe_tree, diff_trees
+from btrsync.verify.treecompare import describe_tree, diff_trees
 from tests.support.loopfs import create_subvolume, send_receive, snapshot
 
 

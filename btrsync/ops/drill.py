@@ -1,4 +1,5 @@
-"""Restore drills: replay a backup's chain into a scratch btrfs and compare it with the original.
+"""Restore drills, the use case behind `verify --level restore`: replay a backup's chain into a scratch btrfs
+and compare it with the original (``verify/treecompare``) or with its file indexes (``verify/treecheck``).
 
 The scratch filesystem is a sparse image in ``scratch_dir`` (default ``/var/tmp/btrsync-drills``)
 on a loop device, always unmounted, detached and deleted afterwards; leftovers of an earlier drill
@@ -31,7 +32,7 @@ from btrsync.fileindex import store
 from btrsync.fileindex.summary import summary_of_disk
 from btrsync.ops.files import tree_of
 from btrsync.ops.receive import receive
-from btrsync.ops.treecompare import diff_trees
+from btrsync.verify.treecompare import diff_trees
 from btrsync.targets.errors import TargetError
 from btrsync.verify.treecheck import compare_with_index
 
