@@ -9,11 +9,11 @@ that exited left running in its group is killed too.  A signal that
 stops btrsync meanwhile kills the group the same way before it propagates.
 
 btrsync itself killed with SIGKILL (or the OOM killer) can do nothing, so each hook has a
-watchdog: a small process of its own session whose parent-death signal (``PR_SET_PDEATHSIG``)
-fires when the btrsync thread that started it dies; it then ends the hook's process group as a
-timeout would (SIGTERM, SIGKILL after the grace period).  A hook never outlives its run as an
-orphan.  The watchdog is killed once the hook has ended; hooks are run by one thread, the
-one that lives as long as the run.
+watchdog: a small process of its own session, started (and armed) before the hook, whose
+parent-death signal (``PR_SET_PDEATHSIG``) fires when the btrsync thread that started it dies;
+it is told the hook's process group on a pipe the moment the hook has started, and then ends the
+group as a timeout would (SIGTERM, SIGKILL after the grace period).  The watchdog is killed once
+the hook has ended; hooks are run by one thread, the one that lives as long as the run.
 
 The environment is btrsync's own plus ``BTRSYNC_*`` variables describing the job (see ``env_for``).
 """
@@ -69,34 +69,34 @@ def run_hook(argv: Sequence[str], *, kind: str, env: Mapping[str, str], timeout:
     """Run one hook to its end or its timeout; never raises for the hook's own failure."""
     result = HookResult(list(argv), kind)
     t0 = monotonic()
+    watchdog = _watchdog()
     try:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=dict(env), start_new_session=True, close_fds=True)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument or the environment
+        _end_watchdog(watchdog)
         result.error = f"cannot be started: {getattr(exc, 'strerror', None) or exc}"
         logger.warning("hook failed kind=%s argv=%s: %s", kind, list(argv), result.error)
         return result
+    pgid = proc.pid
+    _watch(watchdog, pgid)
     reader = threading.Thread(target=_read_lines, args=(proc, result, max_output_lines, logger),
                               name=f"hook-{kind}", daemon=True)
     reader.start()
-    watchdog = None
     try:
         try:
-            watchdog = _watchdog(proc.pid)
             proc.wait(timeout=timeout)
-            _kill_leftovers(proc)  # nothing a hook started outlives it (or holds its output open)
+            _kill_leftovers(pgid)  # nothing a hook started outlives it (or holds its output open)
         except subprocess.TimeoutExpired:
             result.timed_out = True
             logger.warning("hook timed out kind=%s argv=%s timeout=%.0fs: killing its process group",
                            kind, list(argv), timeout)
-            _kill_group(proc)
+            _kill_group(proc, pgid)
     except BaseException:
-        _kill_group(proc)  # btrsync is being stopped: the hook goes with it
+        _kill_group(proc, pgid)  # btrsync is being stopped: the hook goes with it
         raise
     finally:
-        if watchdog is not None:
-            watchdog.kill()
-            watchdog.wait()
+        _end_watchdog(watchdog)
         reader.join(timeout=KILL_GRACE + 1)
     result.code = proc.returncode
     result.seconds = monotonic() - t0
@@ -122,11 +122,20 @@ def _read_lines(proc: subprocess.Popen[bytes], result: HookResult, limit: int, l
     result.tail = list(tail)
 
 
-# The watchdog's program: no import of btrsync, so it starts in a few milliseconds.
+# The watchdog's program: no import of btrsync, so it starts in a few milliseconds.  Armed first,
+# then it reads the hook's process group from stdin (written by btrsync even if the watchdog is
+# still starting: the pipe keeps it); its parent's death (SIGUSR1, armed with PR_SET_PDEATHSIG)
+# makes it end that group; EOF before a group means btrsync died before starting the hook.
 _WATCHDOG = """
 import ctypes, os, signal, sys, time
-parent, group, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-def end(*_):
+parent, grace = int(sys.argv[1]), float(sys.argv[2])
+group, dead = None, False
+def on_death(*_):
+    global dead
+    dead = True
+    if group is not None:
+        end()
+def end():
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0)):
         try:
             os.killpg(group, sig)
@@ -140,48 +149,73 @@ def end(*_):
                 os._exit(0)
             time.sleep(0.05)
     os._exit(0)
-signal.signal(signal.SIGTERM, end)
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) != 0:  # PR_SET_PDEATHSIG
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_IGN)
+signal.signal(signal.SIGUSR1, on_death)
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR1) != 0:  # PR_SET_PDEATHSIG
     sys.exit("btrsync hook watchdog: prctl(PR_SET_PDEATHSIG) failed: errno %d" % ctypes.get_errno())
-if os.getppid() != parent:  # btrsync died before the signal was armed
+line = sys.stdin.readline()  # the hook's group: written, or EOF when btrsync died before the hook
+if not line.strip():
+    os._exit(0)
+group = int(line)
+if dead or os.getppid() != parent:  # btrsync died meanwhile, or before the signal was armed
     end()
 while True:
     signal.pause()
 """
 
 
-def _watchdog(group: int) -> subprocess.Popen[bytes] | None:
-    """The process that ends the hook's ``group`` if btrsync dies without doing it (SIGKILL)."""
+def _watchdog() -> subprocess.Popen[bytes] | None:
+    """The process that will end the next hook's process group if btrsync dies without doing it
+    (SIGKILL); None where it cannot be started (the hook then runs unwatched, as it says)."""
     try:
-        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(group),
-                                 str(KILL_GRACE)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                start_new_session=True, close_fds=True, env={})
-    except OSError as exc:  # the hook still runs, as before watchdogs: say what is missing
+        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(KILL_GRACE)],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+                                close_fds=True, env={})
+    except OSError as exc:
         log.warning("no watchdog for the hook's process group (%s): if btrsync is killed with SIGKILL while "
                     "the hook runs, the hook keeps running", exc.strerror or exc)
         return None
 
 
-def _kill_leftovers(proc: subprocess.Popen[bytes]) -> None:
+def _watch(watchdog: subprocess.Popen[bytes] | None, pgid: int) -> None:
+    if watchdog is None:
+        return
+    assert watchdog.stdin is not None
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        watchdog.stdin.write(f"{pgid}\n".encode())
+        watchdog.stdin.flush()
+    except OSError as exc:  # it died: the hook runs unwatched
+        log.warning("the hook's watchdog is gone (%s): if btrsync is killed with SIGKILL while the hook runs, "
+                    "the hook keeps running", exc.strerror or exc)
+
+
+def _end_watchdog(watchdog: subprocess.Popen[bytes] | None) -> None:
+    if watchdog is not None:
+        watchdog.kill()
+        watchdog.wait()
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
+
+
+def _kill_leftovers(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: subprocess.Popen[bytes], pgid: int) -> None:
     """SIGTERM to the hook's process group, SIGKILL after the grace period, then reap."""
     for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pgid, sig)
         except ProcessLookupError:
             break
         try:
             proc.wait(timeout=wait)
             # the leader is gone; its group may not be: finish the others off too
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             break
         except subprocess.TimeoutExpired:
