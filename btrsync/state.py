@@ -185,17 +185,28 @@ class State:
             self._write(known)
 
     def record_target(self, url: str, manifests: Iterable[Manifest], *, repo_id: str | None = None,
-                      deleted: Iterable[str] = (), complete: bool = True) -> list[str]:
+                      deleted: Iterable[str] = (), complete: bool = True,
+                      anchors: tuple[str, Iterable[Any]] | None = None) -> list[str]:
         """Remember what ``url`` holds now; returns the ids of this host's backups that vanished.
 
         ``deleted`` are backups this host removed on purpose (prune).  ``complete=False`` (a
         catalog with damaged manifests) updates what is held but decides nothing about vanishing.
+        ``anchors`` = (subvolume, its anchors from planner/tree.py) replaces that subvolume's
+        anchors (local snapshots later pushes build on: ``snapshot prune`` keeps them); the other
+        anchors of backups still held are kept.
         """
         manifests = list(manifests)
         st = self.target(url) or TargetState(url)
         st.repo_id = repo_id or st.repo_id
+        before = {uuid: info["anchor"] for uuid, info in st.held.items() if isinstance(info.get("anchor"), dict)
+                  and (anchors is None or info.get("subvolume") != anchors[0])}
+        if anchors is not None:
+            before.update({a.snapshot_uuid: {"reason": a.reason, "until": a.until.isoformat()} for a in anchors[1]})
         st.held = {m.snapshot_uuid: {"id": m.backup_id, "snapshot": m.snapshot, "subvolume": m.subvolume}
                    for m in manifests}
+        for uuid, anchor in before.items():
+            if uuid in st.held:
+                st.held[uuid]["anchor"] = anchor
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         present = {m.backup_id for m in manifests}
         gone = set(deleted)

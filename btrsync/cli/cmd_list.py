@@ -11,6 +11,8 @@ from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.cli.problems import report_catalog_problems
 from btrsync.errors import EXIT_STATUS_HELP, DamageError
+from btrsync.planner.tree import tiers
+from btrsync.retention.lifetime import FOREVER
 from btrsync.units import format_bytes
 
 
@@ -41,23 +43,33 @@ def list_cmd(app: App, source: str, check: bool, refresh: bool, as_json: bool) -
         vanished = app.state().record_target(repo.target.display_url, catalog.manifests, repo_id=repo.repo_id,
                                              complete=not catalog.damaged)
     url = repo.target.display_url
+    names = app.config.target_names(url) + ((source,) if source != url else ())
+    lives = tiers(((m.backup_id, (m.host, m.subvolume), m.snapshot_time) for m in catalog.manifests),
+                  lambda subvolume: app.config.retention.backup_policy(subvolume, names))
     rows: list[dict[str, Any]] = []
     for m in catalog.manifests:
         broken = catalog.broken.get(m.backup_id)
+        life = lives.get(m.backup_id)
         rows.append({**m.summary(), "status": "broken" if broken else "ok",
-                     "problem": broken.reason if broken else None})
+                     "problem": broken.reason if broken else None,
+                     "tier": life.tier if life else None, "period": life.period if life else None,
+                     "kept_until": None if life is None else "forever" if life.until == FOREVER
+                     else life.until.isoformat().replace("+00:00", "Z")})
     rows += [{"id": d.backup_id, "subvolume": d.subvolume, "status": "damaged", "problem": d.error}
              for d in catalog.damaged]
     problems = report_catalog_problems(catalog, url, vanished)
     if as_json:
         emit_json(rows)
     else:
-        emit_table([(r["id"], r["subvolume"], r.get("created"), r.get("kind"), r.get("parent"), r.get("depth"),
+        tiered = any(r.get("tier") for r in rows)
+        emit_table([(r["id"], r["subvolume"], r.get("created"), r.get("kind"),
+                     *((r.get("tier"), (r.get("kept_until") or "")[:10] or None) if tiered else ()),
+                     r.get("parent"), r.get("depth"),
                      _size(r.get("stream_bytes")), _size(r.get("stored_bytes")),
                      _changes(r.get("changes")), None if r["status"] == "ok" else r["status"].upper())
                     for r in rows],
-                   ["ID", "SUBVOLUME", "CREATED", "KIND", "PARENT", "DEPTH", "STREAM", "STORED", "CHANGES",
-                    "STATUS"])
+                   ["ID", "SUBVOLUME", "CREATED", "KIND", *(("TIER", "KEPT UNTIL") if tiered else ()), "PARENT",
+                    "DEPTH", "STREAM", "STORED", "CHANGES", "STATUS"])
     if check and (catalog.damaged or catalog.broken):
         raise DamageError(f"{len(catalog.damaged)} damaged manifest(s) and {len(catalog.broken)} unrestorable "
                           f"backup(s) on {url}" + (f" ({len(problems)} problem(s) above)" if problems else ""))

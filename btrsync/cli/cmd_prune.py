@@ -144,7 +144,7 @@ def snapshot_prune_cmd(app: App, subvol: Path, snapshot_dir: Path, protect_for: 
                 raise DamageError(f"cannot tell which snapshots {repo.target.display_url} holds: "
                                   + catalog.damaged[0].advice(repo.target.display_url))
             app.state().record_target(repo.target.display_url, catalog.manifests, repo_id=repo.repo_id)
-            held_by[repo.target.display_url] = {m.snapshot_uuid for m in catalog.manifests}
+            held_by[repo.target.display_url] = app.state().targets(strict=True)[repo.target.display_url]
     result = prune_snapshots(snapshot_dir, name, policy, _now(now_text), held_by=held_by, dry_run=dry_run,
                              audit=AuditLog(app.state().root))
     _render(result, as_json)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from btrsync.ops.push import PushResult, push, raise_for_failures
 from btrsync.ops.push_settings import settings_from
 from btrsync.ops.verify import Options, VerifyReport, verify
 from btrsync.progress import reporter
+from btrsync.retention.lifetime import FOREVER
 from btrsync.snapshots.store import subvolume_name
 from btrsync.units import format_bytes
 from btrsync.verify.ledger import Ledger
@@ -36,6 +38,9 @@ from btrsync.verify.ledger import Ledger
 @click.option("--dry-run", is_flag=True, help="print the plan (parent, full/incremental, why); send nothing")
 @click.option("--bwlimit", help="limit stored bytes per second, e.g. 25M (MiB/s)")
 @click.option("--max-chain", type=int, help="incrementals before a new full [default: 30]")
+@click.option("--chain", type=click.Choice(["tree", "linear"]),
+              help="tree: parents chosen by the target's retention policy, so prune deletes what the "
+                   "policy drops; linear: each backup on the newest [default: chain of the target, else tree]")
 @click.option("--backfill", is_flag=True,
               help="also send snapshots older than the newest backup on the target that its retention "
                    "would not keep")
@@ -45,7 +50,8 @@ from btrsync.verify.ledger import Ledger
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @pass_app
 def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool, bwlimit: str | None,
-             max_chain: int | None, backfill: bool, verify_level: str | None, as_json: bool) -> None:
+             max_chain: int | None, chain: str | None, backfill: bool, verify_level: str | None,
+             as_json: bool) -> None:
     """Send every snapshot of SUBVOL that the target lacks, oldest first, each on its best parent.
 
     The target must hold a repository ('btrsync init --to URL' creates one). SUBVOL must be a
@@ -63,8 +69,9 @@ def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool,
       btrsync push /data --snapshot-dir /data/.snapshots --to b2 --bwlimit 5M --verify catalog
       BTRSYNC_PROGRESS_INTERVAL=60 btrsync push /home --snapshot-dir /home/.snapshots --to usb
     """
-    settings = settings_from(app.config.push, bwlimit=bwlimit, max_chain=max_chain)
-    url, _ = app.config.target(to)
+    url, target_settings = app.config.target(to)
+    settings = settings_from(app.config.push, bwlimit=bwlimit, max_chain=max_chain, target=target_settings,
+                             chain=chain)
     policy = app.config.retention.backup_policy(subvolume_name(subvol), app.config.target_names(url) + (to,))
     progress = None if as_json or dry_run else reporter("push", interval=progress_interval(app.config))
     with app.repository(to, write=not dry_run, lock=not dry_run) as repo:
@@ -75,9 +82,10 @@ def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool,
         # what vanished is judged on the catalog as found, before this push re-sent anything
         vanished = app.state().record_target(repo.target.display_url, result.catalog.manifests
                                              if result.catalog else [], repo_id=repo.repo_id, complete=complete)
-        if result.results:
+        if result.results or result.anchors is not None:
             app.state().record_target(repo.target.display_url, result.held, repo_id=repo.repo_id,
-                                      complete=complete)
+                                      complete=complete, anchors=result.anchors_for())
+        if result.results:
             after_command(app.config, app.state().root, repo.target.display_url, manifests=result.held)
         level = verify_level or app.config.push.verify_after_push
         pushed = [r.backup_id for r in result.results if r.status == "ok"]
@@ -109,19 +117,28 @@ def _as_json(result: PushResult, dry_run: bool, vanished: list[str]) -> dict[str
         "vanished": vanished,
         "target": result.target, "subvolume": result.subvolume, "dry_run": dry_run,
         "plan": [{"snapshot": s.snapshot.name, "kind": s.kind, "parent": s.parent.name if s.parent else None,
-                  "parent_id": s.parent_backup_id, "depth": s.depth, "reason": s.reason}
+                  "parent_id": s.parent_backup_id, "depth": s.depth, "reason": s.reason, "tier": s.tier,
+                  "kept_until": _until(s.kept_until), "estimated_bytes": s.estimated_bytes}
                  for s in result.plan.steps],
         "skipped": [{"snapshot": s.snapshot.name, "reason": s.reason} for s in result.plan.skipped],
         "backups": [asdict(r) for r in result.results],
     }
 
 
+def _until(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return "forever" if when == FOREVER else when.isoformat().replace("+00:00", "Z")
+
+
 def _render(result: PushResult, dry_run: bool) -> None:
     if not result.plan.steps:
         click.echo(f"{result.target} is up to date for {result.subvolume}")
     if dry_run:
-        emit_table([(s.snapshot.name, s.kind, s.parent.name if s.parent else None, s.reason)
-                    for s in result.plan.steps], ["SNAPSHOT", "KIND", "PARENT", "WHY"])
+        emit_table([(s.snapshot.name, s.kind, s.tier or "-", s.parent.name if s.parent else None,
+                     format_bytes(s.estimated_bytes) if s.estimated_bytes is not None else "-",
+                     (_until(s.kept_until) or "-")[:10], s.reason)
+                    for s in result.plan.steps], ["SNAPSHOT", "KIND", "TIER", "PARENT", "ESTIMATE", "KEPT UNTIL", "WHY"])
     else:  # a failure's message is printed once, as the command's error, not in the table
         emit_table([(r.backup_id, r.kind, r.status, format_bytes(r.stream_bytes), format_bytes(r.stored_bytes),
                      f"{r.seconds:.1f}s") for r in result.results],

@@ -38,7 +38,9 @@ from btrsync.units import parse_size
 DEFAULT_CONFIG = Path("/etc/btrsync/config.toml")
 _TOP_KEYS = {"key_file", "state_dir", "push", "targets", "retention", "jobs", "metrics_dir", "max_parallel_jobs"}
 _PUSH_KEYS = {"chunk_size", "segment_size", "zstd_level", "workers", "max_chain", "bwlimit",
-              "bwlimit_schedule", "bwlimit_timezone", "progress_interval", "verify_after_push"}
+              "bwlimit_schedule", "bwlimit_timezone", "progress_interval", "verify_after_push", "chain",
+              "full_threshold"}
+CHAINS = ("tree", "linear")
 DEFAULT_PROGRESS_INTERVAL = 30.0
 PROGRESS_INTERVAL_ENV = "BTRSYNC_PROGRESS_INTERVAL"
 
@@ -53,6 +55,8 @@ class PushDefaults:
     bwlimit: RateSchedule = field(default_factory=lambda: RateSchedule(None))
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL  # seconds between lines when not on a terminal
     verify_after_push: str = "none"  # none | catalog | data: re-read what a push just wrote
+    chain: str = "tree"  # tree: parents by the retention policy (docs/retention.md); linear
+    full_threshold: float = 0.5  # tree: a full when the best delta is more than this share of one
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,8 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
                                        push_doc.get("bwlimit_timezone")),
             progress_interval=float(push_doc.get("progress_interval", DEFAULT_PROGRESS_INTERVAL)),
             verify_after_push=str(push_doc.get("verify_after_push", "none")),
+            chain=str(push_doc.get("chain", "tree")),
+            full_threshold=float(push_doc.get("full_threshold", 0.5)),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{where} [push]: {exc}") from None
@@ -121,6 +127,10 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
     for name, settings in targets.items():
         if not isinstance(settings, dict) or "url" not in settings:
             raise ConfigError(f"{where} [targets.{name}] needs a url")
+        try:
+            chain_settings(settings, None)
+        except ValueError as exc:
+            raise ConfigError(f"{where} [targets.{name}] {exc}") from None
     retention = parse_retention(doc.get("retention", {}), where)
     return Config(
         path=path,
@@ -165,8 +175,25 @@ def _check_push(push: PushDefaults, where: str) -> None:
         raise ConfigError(f"{where} [push] verify_after_push must be none, catalog or data")
     if push.max_chain < 0:
         raise ConfigError(f"{where} [push] max_chain must be 0 or more")
+    try:
+        chain_settings({"chain": push.chain, "full_threshold": push.full_threshold}, None)
+    except ValueError as exc:
+        raise ConfigError(f"{where} [push] {exc}") from None
     if not 0 <= push.progress_interval <= 86400:
         raise ConfigError(f"{where} [push] progress_interval must be 0 (no progress lines) to 86400 seconds")
+
+
+def chain_settings(settings: dict[str, Any], defaults: PushDefaults | None) -> tuple[str, float]:
+    """``chain`` and ``full_threshold`` of a target's settings over the [push] ``defaults``;
+    raises ValueError naming a bad one."""
+    base = defaults or PushDefaults()
+    chain = settings.get("chain", base.chain)
+    if chain not in CHAINS:
+        raise ValueError(f"chain must be {' or '.join(map(repr, CHAINS))}, not {chain!r}")
+    threshold = settings.get("full_threshold", base.full_threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
+        raise ValueError(f"full_threshold must be a share above 0 and at most 1 (e.g. 0.5), not {threshold!r}")
+    return str(chain), float(threshold)
 
 
 def progress_interval(config: Config) -> float:

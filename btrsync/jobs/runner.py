@@ -399,7 +399,7 @@ class JobRun:
     def _push_prune_verify(self, repo: Repository, jt: JobTarget, res: TargetOutcome,
                            rec: dict[str, Any]) -> None:
         job, env = self.job, self.env
-        settings = settings_from(env.config.push, max_chain=jt.max_chain)
+        settings = settings_from(env.config.push, max_chain=jt.max_chain, target=env.config.targets.get(jt.name))
         if jt.bwlimit is not None:
             settings = dataclasses.replace(settings, bucket=bucket_for(jt.bwlimit))
         window = jt.window or job.window
@@ -417,7 +417,7 @@ class JobRun:
                 try:
                     result = push(subvol, job.snapshot_dir, repo, settings, dry_run=env.dry_run,
                                   backfill=jt.backfill, policy=self._policy(jt, name, url), audit=self.audit,
-                                  planned=self.planned.get(subvol))
+                                  planned=self.planned.get(subvol), now=self.clock.now())
                 except LockedError:
                     raise
                 except (BtrsyncError, OSError) as exc:
@@ -457,13 +457,16 @@ class JobRun:
         complete = not (result.catalog and result.catalog.damaged)
         if self.env.dry_run:
             res.plan += [{"subvolume": result.subvolume, "snapshot": s.snapshot.name, "kind": s.kind,
-                          "parent": s.parent.name if s.parent else None, "reason": s.reason}
+                          "parent": s.parent.name if s.parent else None, "reason": s.reason, "tier": s.tier,
+                          "kept_until": s.kept_until.isoformat() if s.kept_until else None,
+                          "estimated_bytes": s.estimated_bytes}
                          for s in result.plan.steps]
             return result.held
         vanished = state.record_target(url, result.catalog.manifests if result.catalog else [],
                                        repo_id=repo.repo_id, complete=complete)
-        if result.results:
-            state.record_target(url, result.held, repo_id=repo.repo_id, complete=complete)
+        if result.results or result.anchors is not None:
+            state.record_target(url, result.held, repo_id=repo.repo_id, complete=complete,
+                                anchors=result.anchors_for())
         if vanished:
             log.warning("%d backup(s) this host pushed vanished from %s without a prune by it: %s "
                         "(btrsync state acknowledge %s)", len(vanished), url, ", ".join(vanished[:5]), url)

@@ -102,6 +102,15 @@ def estimate_push(snapshot: Path, parent: Path | None, history: Iterable[Manifes
     return found
 
 
+def stream_size(snapshot: Path, parent: Path | None, budget: float = DEFAULT_BUDGET,
+                clock: Callable[[], float] = time.monotonic) -> int | None:
+    """The stream of sending ``snapshot`` (on ``parent``) as ``btrfs send --no-data`` measures
+    it; None where that fails or takes longer than ``budget`` seconds.  The tree planner prices
+    candidate parents with it."""
+    found = _metadata_send(snapshot, parent, budget, clock)
+    return found.bytes if found is not None else None
+
+
 def _metadata_send(snapshot: Path, parent: Path | None, budget: float,
                    clock: Callable[[], float]) -> Estimate | None:
     deadline = clock() + budget

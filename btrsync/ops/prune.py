@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,13 +161,18 @@ def _delete_backup(repo: Repository, m: Manifest, result: PruneResult, dry_run: 
     result.deleted.append(m.backup_id)
 
 
-def protect_for_targets(snaps: list[Snapshot], held_by: Mapping[str, Iterable[str]]) -> dict[str, str]:
+def protect_for_targets(snaps: list[Snapshot], held_by: Mapping[str, Iterable[str]],
+                        now: datetime | None = None) -> dict[str, str]:
     """Per target that receives this subvolume (holds a backup of one of ``snaps``): its newest
-    common snapshot, and every newer one it has not received yet.  A target that holds none of
+    common snapshot, every newer one it has not received yet, and its tree's anchors (the
+    snapshots its later backups are sent on, recorded by the last push: ``held_by[url]`` maps
+    uuid -> {..., "anchor": {reason, until}}) until they lapse.  A target that holds none of
     them does not receive this subvolume and protects nothing (else one push of any subvolume
     would pin every other subvolume's snapshots forever)."""
     protected: dict[str, str] = {}
+    now = now or datetime.now(UTC)
     for url, held in held_by.items():
+        entries = held if isinstance(held, Mapping) else {}
         held = set(held)
         common = [i for i, s in enumerate(snaps) if s.uuid in held]
         if not common:
@@ -176,14 +181,25 @@ def protect_for_targets(snaps: list[Snapshot], held_by: Mapping[str, Iterable[st
         for s in snaps[start:]:
             reason = f"newest common with {url}" if s.uuid in held else f"not yet on {url}"
             protected.setdefault(s.name, reason)
+        for s in snaps[:start]:
+            anchor = entries.get(s.uuid, {}).get("anchor") if isinstance(entries.get(s.uuid), Mapping) else None
+            if isinstance(anchor, Mapping) and _until(anchor.get("until")) > now:
+                protected.setdefault(s.name, str(anchor.get("reason")))
     return protected
+
+
+def _until(text: object) -> datetime:
+    try:
+        return datetime.fromisoformat(str(text))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)  # unreadable: lapsed, the newest-common rule still holds
 
 
 def prune_snapshots(snapshot_dir: Path, subvolume: str, policy: Policy | None, now: datetime, *,
                     held_by: Mapping[str, Iterable[str]], dry_run: bool,
                     audit: AuditLog | None) -> PruneResult:
     snaps = list_snapshots(snapshot_dir, subvolume)
-    protected = protect_for_targets(snaps, held_by)
+    protected = protect_for_targets(snaps, held_by, now)
     items = [Item(s.name, s.time, None) for s in snaps]
     decisions = _decide(items, policy, now, protected)
     result = PruneResult(str(snapshot_dir), dry_run)

@@ -10,13 +10,14 @@ Data flow of one backup::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,12 +42,13 @@ from btrsync.catalog.segment_index import (
 )
 from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, SendFailedError, UsageError
 from btrsync.fileindex.store import IndexWriter
-from btrsync.ops.estimate import estimate_push
+from btrsync.ops.estimate import estimate_push, stream_size
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk, xxh3
 from btrsync.pipeline.segments import write_segments
 from btrsync.pipeline.throttle import Metered, TokenBucket
-from btrsync.planner.plan import DEFAULT_MAX_CHAIN, Plan, Step, plan_push
+from btrsync.planner.plan import DEFAULT_MAX_CHAIN, LocalSnapshot, Plan, Step, plan_push
+from btrsync.planner.tree import DEFAULT_FULL_THRESHOLD, Anchor, Estimate, Held, anchors, plan_tree, uses_tree
 from btrsync.progress import Progress, as_progress
 from btrsync.retention import Item, Policy, decide
 from btrsync.sendstream.watch import StreamWatch
@@ -71,6 +73,8 @@ class PushSettings:
     max_chain: int = DEFAULT_MAX_CHAIN
     send_options: SendOptions | None = None  # None: the best the kernel and btrfs-progs support
     bucket: TokenBucket | None = None
+    chain: str = "tree"  # tree: parents chosen by the retention policy (planner/tree.py); linear
+    full_threshold: float = DEFAULT_FULL_THRESHOLD  # tree: a full when the best delta is more than this share
 
     @property
     def window(self) -> int:
@@ -101,6 +105,11 @@ class PushResult:
     results: list[BackupResult] = field(default_factory=list)
     held: list[Manifest] = field(default_factory=list)  # the target's backups afterwards
     catalog: Catalog | None = None  # what the target held before (damaged and broken included)
+    anchors: list[Anchor] | None = None  # chain = tree: local snapshots later pushes build on
+
+    def anchors_for(self) -> tuple[str, list[Anchor]] | None:
+        """(subvolume, anchors) as ``State.record_target`` takes them; None without a tree."""
+        return None if self.anchors is None else (self.subvolume, self.anchors)
 
     @property
     def failed(self) -> list[BackupResult]:
@@ -114,7 +123,9 @@ ProgressFn = Callable[[str, int, int], None]
 
 def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int, *,
              backfill: bool = False, policy: Policy | None = None, now: datetime | None = None,
-             planned: Snapshot | None = None) -> Plan:
+             planned: Snapshot | None = None, chain: str = "linear",
+             full_threshold: float = DEFAULT_FULL_THRESHOLD, estimate: Estimate | None = None,
+             unusable: Mapping[str, str] | None = None) -> Plan:
     """The plan for ``subvol``: which snapshots to send, on which parents, and why others are not.
 
     Only restorable backups serve as parents.  A snapshot whose backup is on the target but
@@ -123,6 +134,10 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
     ``backfill`` or when the target's retention ``policy`` would keep it (btrbk's rule), so
     snapshots that retention already removed from the target are not sent again every run.
     ``planned`` is a snapshot not taken yet (``store.planned_snapshot``), planned as if it were.
+
+    ``chain = "tree"`` chooses parents by the target's retention ``policy`` (planner/tree.py),
+    pricing candidates with ``estimate``; a policy without calendar rules (or none) gets the
+    linear chain, and the plan says why.  ``unusable`` backups (found damaged) are no parents.
     """
     name = subvolume_name(subvol)
     snaps = list_snapshots(snapshot_dir, name) + ([planned] if planned is not None else [])
@@ -156,7 +171,32 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
         elif s.name in older_names and not backfill and s.name not in kept:
             skip[s.name] = ("older than the newest backup on the target and not kept by its retention "
                             "(use --backfill to send it anyway)")
-    return plan_push(snaps, held, max_chain=max_chain, backup_id_for=lambda s: ids[s.name], skip=skip)
+    if chain == "tree" and uses_tree(policy) is None:
+        assert policy is not None
+        mine_held = [Held(m.backup_id, m.snapshot_uuid, m.snapshot_time, m.depth, m.parent_id, m.stored_bytes, m.snapshot)
+                     for m in mine]
+        return plan_tree(snaps, mine_held, policy, time_of=lambda s: s.time, max_chain=max_chain,
+                         backup_id_for=lambda s: ids[s.name], skip=skip, estimate=estimate,
+                         full_threshold=full_threshold, unusable=unusable)
+    plan = plan_push(snaps, held, max_chain=max_chain, backup_id_for=lambda s: ids[s.name], skip=skip)
+    if chain == "tree" and (why := uses_tree(policy)) is not None:
+        plan = dataclasses.replace(plan, steps=tuple(dataclasses.replace(s, reason=f"{s.reason}; {why}")
+                                                     for s in plan.steps))
+    return plan
+
+
+def delta_estimator(budget: float = 5.0) -> Estimate:
+    """Prices a send for the tree planner with ``btrfs send --no-data`` (cached per pair)."""
+    cache: dict[tuple[str, str | None], int | None] = {}
+
+    def estimate(snap: LocalSnapshot, parent: LocalSnapshot | None) -> int | None:
+        key = (str(snap.path), str(parent.path) if parent is not None else None)  # type: ignore[attr-defined]
+        if key not in cache:
+            cache[key] = (stream_size(snap.path, parent.path if parent is not None else None, budget)  # type: ignore[attr-defined]
+                          if snap.path.exists() else None)  # type: ignore[attr-defined]
+        return cache[key]
+
+    return estimate
 
 
 def _kept_by_retention(older: list[Snapshot], held: list[Manifest], policy: Policy | None,
@@ -182,6 +222,8 @@ def push(
     policy: Policy | None = None,
     audit: AuditLog | None = None,
     planned: Snapshot | None = None,
+    unusable: Mapping[str, str] | None = None,
+    now: datetime | None = None,
 ) -> PushResult:
     """Send every snapshot of ``subvol`` the target lacks, oldest first; stop at the first failure.
 
@@ -198,7 +240,8 @@ def push(
         repo.require_writable()
     catalog = repo.catalog()
     plan = plan_for(subvol, snapshot_dir, catalog, settings.max_chain, backfill=backfill, policy=policy,
-                    planned=planned)
+                    planned=planned, now=now, chain=settings.chain, full_threshold=settings.full_threshold,
+                    estimate=delta_estimator(), unusable=unusable)
     result = PushResult(repo.target.display_url, subvolume_name(subvol), plan, held=list(catalog.manifests),
                         catalog=catalog)
     if dry_run:
@@ -213,7 +256,19 @@ def push(
         if manifest is None:
             break  # later steps would build on the backup that failed
         result.held.append(manifest)
+    if settings.chain == "tree":
+        result.anchors = tree_anchors(result.held, subvolume_name(subvol), policy, now or datetime.now(UTC),
+                                      repo.target.display_url)
     return result
+
+
+def tree_anchors(held: list[Manifest], subvolume: str, policy: Policy | None, now: datetime,
+                 target: str) -> list[Anchor]:
+    """The anchors (planner/tree.py) of this host's backups of ``subvolume`` among ``held``."""
+    host = socket.gethostname()
+    mine = [Held(m.backup_id, m.snapshot_uuid, m.snapshot_time, m.depth, m.parent_id, m.stored_bytes, m.snapshot)
+            for m in held if m.subvolume == subvolume and m.host == host]
+    return anchors(mine, policy, now, target)
 
 
 def push_step(

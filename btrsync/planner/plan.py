@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 DEFAULT_MAX_CHAIN = 30
@@ -38,6 +39,11 @@ class Step:
     parent_backup_id: str | None
     depth: int
     reason: str
+    # chain = "tree" (planner/tree.py): the backup's tier, until when the policy keeps it, and
+    # the estimated stream of the chosen send (None where it was not estimated)
+    tier: str | None = None
+    kept_until: datetime | None = None
+    estimated_bytes: int | None = None
 
     @property
     def kind(self) -> str:

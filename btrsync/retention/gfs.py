@@ -170,6 +170,13 @@ def period_label(rule: str, when: datetime, policy: Policy) -> str:
     return _PERIODS[rule][1](when.astimezone(policy.tz), policy.week_start)
 
 
+def period_key(rule: str, when: datetime, policy: Policy) -> object:
+    """The key ``decide`` gives the ``rule`` period holding ``when`` (equal keys: same period)."""
+    _require_aware(when, "when")
+    local = when.astimezone(policy.tz)
+    return _PERIODS[rule][0]([local], [local.toordinal()], policy.week_start)[0]
+
+
 def _first_of_each(keys: Sequence[object]) -> list[int]:
     """Indices of the first occurrence of each key, in order (one C-level pass, no Python loop)."""
     last = len(keys) - 1
