@@ -17,10 +17,12 @@ from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, DamageError, UsageError
 from btrsync.jobs.aftercommand import after_command
 from btrsync.ops.prune import PruneResult, prune_backups, prune_snapshots
+from btrsync.planner.plan import DEFAULT_MAX_CHAIN
+from btrsync.planner.pricing import STRATEGIES, Churn, price, render_prices
 from btrsync.retention import Policy, parse_duration, render_simulation, simulate
 from btrsync.snapshots.naming import parse_timestamp
 from btrsync.snapshots.store import subvolume_name
-from btrsync.units import format_bytes
+from btrsync.units import format_bytes, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -163,15 +165,31 @@ def retention() -> None:
 @click.option("--every", default="1h", show_default=True, help="how often a backup is made")
 @click.option("--span", default="1y", show_default=True, help="how long to simulate")
 @click.option("--max-chain", type=int, default=None, help="full every N+1 backups, as push does")
+@click.option("--size", help="price the chain strategies for a volume of this size (e.g. 100G)")
+@click.option("--churn", default="1G/d", show_default=True,
+              help="with --size: bytes written a day, on the working set (e.g. 2G/d)")
+@click.option("--working-set", "working_set", default="10%", show_default=True,
+              help="with --size: the share of the volume the writes fall on")
+@click.option("--full-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="with --size: tree sends a full when the best delta is more than this share of one")
 @pass_app
 def simulate_cmd(app: App, profile: str | None, for_snapshots: bool, every: str, span: str,
-                 max_chain: int | None, **flags: Any) -> None:
+                 max_chain: int | None, size: str | None, churn: str, working_set: str, full_threshold: float,
+                 **flags: Any) -> None:
     """What a policy holds after SPAN of backups every EVERY: counts per rule and a timeline.
+
+    With --size, also what each chain strategy costs over the span (docs/retention.md, "The
+    tree"): backups held, stored bytes (now, peak, mean), bytes uploaded, fulls and the
+    deepest restore, for linear chains (a full every max-chain + 1, default 30) and the
+    retention-aware tree, under a churn model: --churn bytes a day written at random on
+    --working-set of the volume.
 
     \b
     Examples:
       btrsync retention simulate --keep-hourly 24 --keep-daily 7 --keep-monthly 12
       btrsync retention simulate --profile standard --every 1d --span 2y --max-chain 30
+      btrsync retention simulate --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --every 1d --span 2y \\
+          --size 100G --churn 2G/d --working-set 10%
     """
     policy = policy_from_flags(flags, app.config.retention.timezone)
     if policy is None and profile:
@@ -186,9 +204,25 @@ def simulate_cmd(app: App, profile: str | None, for_snapshots: bool, every: str,
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    churn_model = _churn(size, churn, working_set) if size is not None else None
     result = simulate(policy, start, start + length, step, max_chain=max_chain,
                       prune_every=max(step, timedelta(days=1)))
     click.echo(render_simulation(result))
+    if churn_model is not None:
+        priced = [price(policy, start, start + length, step, churn_model, strategy=s,
+                        max_chain=DEFAULT_MAX_CHAIN if max_chain is None else max_chain,
+                        full_threshold=full_threshold, prune_every=max(step, timedelta(days=1)))
+                  for s in STRATEGIES]
+        click.echo("\n" + render_prices(priced, churn_model))
+
+
+def _churn(size: str, churn: str, working_set: str) -> Churn:
+    try:
+        share = float(working_set.rstrip("%")) / (100 if working_set.endswith("%") else 1)
+        per = churn.lower().removesuffix("/d").removesuffix("/day")
+        return Churn(parse_size(size), parse_size(per), share)
+    except ValueError as exc:
+        raise UsageError(f"--size/--churn/--working-set: {exc}") from None
 
 
 COMMANDS = [prune_cmd, retention]
