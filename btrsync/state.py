@@ -234,6 +234,17 @@ class State:
             st.drill = {**summary["drill"], "time": summary.get("started")}
         self._write(st)
 
+    def damaged_backups(self, url: str) -> dict[str, str]:
+        """Backup ids of ``url`` its last verification found damaged or affected, with why: no
+        new backup is sent on them (they are listed until a verification finds them intact)."""
+        st = self.target(url, strict=False)
+        summary = st.verification if st is not None else {}
+        ids = summary.get("damaged_ids") if isinstance(summary, dict) else None
+        if not isinstance(ids, list):
+            return {}
+        return {str(i): f"found damaged or affected by the verification of {summary.get('started', '?')}"
+                for i in ids}
+
     def acknowledge(self, url: str) -> list[str]:
         """Stop reporting vanished backups of ``url``; returns the ids acknowledged."""
         st = self.target(url)

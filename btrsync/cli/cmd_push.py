@@ -77,7 +77,8 @@ def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool,
     with app.repository(to, write=not dry_run, lock=not dry_run) as repo:
         with progress or nullcontext():  # its line is erased before anything else is printed
             result = push(subvol, snapshot_dir, repo, settings, dry_run=dry_run, progress=progress,
-                          backfill=backfill, policy=policy, audit=AuditLog(app.state().root))
+                          backfill=backfill, policy=policy, audit=AuditLog(app.state().root),
+                          unusable=app.state().damaged_backups(repo.target.display_url))
         complete = not (result.catalog and result.catalog.damaged)
         # what vanished is judged on the catalog as found, before this push re-sent anything
         vanished = app.state().record_target(repo.target.display_url, result.catalog.manifests

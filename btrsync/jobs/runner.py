@@ -417,7 +417,8 @@ class JobRun:
                 try:
                     result = push(subvol, job.snapshot_dir, repo, settings, dry_run=env.dry_run,
                                   backfill=jt.backfill, policy=self._policy(jt, name, url), audit=self.audit,
-                                  planned=self.planned.get(subvol), now=self.clock.now())
+                                  planned=self.planned.get(subvol), now=self.clock.now(),
+                                  unusable=env.state.damaged_backups(url))
                 except LockedError:
                     raise
                 except (BtrsyncError, OSError) as exc:

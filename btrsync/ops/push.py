@@ -125,7 +125,7 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
              backfill: bool = False, policy: Policy | None = None, now: datetime | None = None,
              planned: Snapshot | None = None, chain: str = "linear",
              full_threshold: float = DEFAULT_FULL_THRESHOLD, estimate: Estimate | None = None,
-             unusable: Mapping[str, str] | None = None) -> Plan:
+             no_parent: Mapping[str, str] | None = None) -> Plan:
     """The plan for ``subvol``: which snapshots to send, on which parents, and why others are not.
 
     Only restorable backups serve as parents.  A snapshot whose backup is on the target but
@@ -137,7 +137,8 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
 
     ``chain = "tree"`` chooses parents by the target's retention ``policy`` (planner/tree.py),
     pricing candidates with ``estimate``; a policy without calendar rules (or none) gets the
-    linear chain, and the plan says why.  ``unusable`` backups (found damaged) are no parents.
+    linear chain, and the plan says why.  ``no_parent`` backups (a verification found them
+    damaged or affected) are no parents of the tree.
     """
     name = subvolume_name(subvol)
     snaps = list_snapshots(snapshot_dir, name) + ([planned] if planned is not None else [])
@@ -177,7 +178,7 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
                      for m in mine]
         return plan_tree(snaps, mine_held, policy, time_of=lambda s: s.time, max_chain=max_chain,
                          backup_id_for=lambda s: ids[s.name], skip=skip, estimate=estimate,
-                         full_threshold=full_threshold, unusable=unusable)
+                         full_threshold=full_threshold, unusable=no_parent)
     plan = plan_push(snaps, held, max_chain=max_chain, backup_id_for=lambda s: ids[s.name], skip=skip)
     if chain == "tree" and (why := uses_tree(policy)) is not None:
         plan = dataclasses.replace(plan, steps=tuple(dataclasses.replace(s, reason=f"{s.reason}; {why}")
@@ -241,7 +242,7 @@ def push(
     catalog = repo.catalog()
     plan = plan_for(subvol, snapshot_dir, catalog, settings.max_chain, backfill=backfill, policy=policy,
                     planned=planned, now=now, chain=settings.chain, full_threshold=settings.full_threshold,
-                    estimate=delta_estimator(), unusable=unusable)
+                    estimate=delta_estimator(), no_parent=unusable)
     result = PushResult(repo.target.display_url, subvolume_name(subvol), plan, held=list(catalog.manifests),
                         catalog=catalog)
     if dry_run:

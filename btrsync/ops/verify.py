@@ -133,7 +133,9 @@ class VerifyReport:
                 "affected": sum(b.result == "affected" for b in self.backups),
                 "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3), "incomplete": self.incomplete,
                 "orphaned_objects": len(self.orphaned), "stale_leases": len(self.stale_leases),
-                "started": self.started.isoformat().replace("+00:00", "Z"), "drill": self.drill}
+                "started": self.started.isoformat().replace("+00:00", "Z"), "drill": self.drill,
+                # the tree planner sends no new backup on these (planner/tree.py, ``unusable``)
+                "damaged_ids": [b.backup_id for b in self.backups if b.result in ("damaged", "affected")]}
 
 
 @dataclass(frozen=True, slots=True)

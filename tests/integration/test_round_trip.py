@@ -118,7 +118,10 @@ def test_new_snapshot_goes_on_the_newest_common_parent(world: World) -> None:
     plan = world.push("--dry-run", "--json").json()["plan"]
     assert plan == [{"snapshot": world.snapshots[2].name, "kind": "incremental",
                      "parent": world.snapshots[1].name, "parent_id": world.listing()[1]["id"],
-                     "depth": 2, "reason": plan[0]["reason"]}]
+                     "depth": 2, "reason": plan[0]["reason"], "tier": None, "kept_until": None,
+                     "estimated_bytes": None}]
+    # no retention policy: the tree cannot apply, and the plan says so
+    assert plan[0]["reason"].endswith("no retention policy for this target (it keeps everything): a linear chain")
 
 
 def test_compressed_extents_travel_with_protocol_2(btrfs_factory, world: World) -> None:

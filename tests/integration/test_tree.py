@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from btrsync.ops.treecompare import diff_trees
+from btrsync.verify.treecompare import diff_trees
 from tests.integration.conftest import CONFIG, T0, World, toml_table
 
 pytestmark = pytest.mark.btrfs
@@ -148,3 +149,143 @@ def test_dry_run_push_says_tier_parent_estimate_and_until(world: World) -> None:
     assert "2026-12-07" in row and "KiB" in row, run.out
     assert world.push("--dry-run", "--chain", "linear", "--json").json()["plan"][0]["parent"] == \
         "data.20261122T030000Z"
+
+
+def test_an_anchor_found_damaged_is_no_parent_and_the_plan_says_so(world: World) -> None:
+    """verify finds November's first backup (the base, and the monthly anchor) damaged: its
+    children are affected, and the next backups are not sent on it: another parent or a full."""
+    _configure(world)
+    rng = random.Random(11)
+    (world.subvol / "big").write_bytes(rng.randbytes(300_000))
+    _days(world, range(4), rng)
+    base = next(b for b in world.listing() if b["depth"] == 0)
+    segment = world.target_dir / "data" / base["id"] / "000000"
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    verify = world.cli("verify", "--from", world.url, "--level", "data")
+    assert verify.code == 4, verify.err
+    _churn(world, 4, rng)
+    [target] = _run(world, 4, "--dry-run")["targets"]
+    [step] = target["plan"]
+    assert f"not a parent: {base['snapshot']} (found damaged or affected by the verification" in step["reason"]
+    assert step["parent"] != base["snapshot"], step
+    job = world.cli("run", "data", "--json", "--now", _at(4))
+    [target] = job.json()["jobs"][0]["targets"]
+    [pushed] = target["backups"]
+    assert pushed["status"] == "ok" and pushed["kind"] == "full", target  # every other backup hangs off the base
+
+
+def test_a_push_killed_while_sending_a_new_anchor_resumes_on_the_same_parent(world: World) -> None:
+    """December's first backup (the new monthly anchor) is SIGKILLed mid-push; the next push plans
+    the same parent (the base), resumes the durable segments and the backup restores identical."""
+    import os
+    import signal
+    import time
+
+    _configure(world)
+    rng = random.Random(13)
+    (world.subvol / "static.bin").write_bytes(os.urandom(6 << 20))  # in the base: the delta stays small
+    _days(world, range(3), rng)
+    with open(world.subvol / "december.bin", "wb") as f:
+        f.write(os.urandom(2 << 20))
+    snap = world.cli("snapshot", "create", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+                     "--timestamp", "2026-12-01T03:00:00+00:00")
+    assert snap.code == 0, snap.err
+    name = snap.out.strip().rsplit("/", 1)[1]
+    plan = world.push("--dry-run", "--json").json()["plan"]
+    assert [(s["snapshot"], s["tier"], s["parent"]) for s in plan] == [(name, "monthly", "data.20261120T030000Z")]
+    argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state),
+            "--key-file", str(world.key), "push", str(world.subvol), "--snapshot-dir", str(world.snapdir),
+            "--to", world.url, "--bwlimit", "1M"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    idx = world.target_dir / "data"
+    while time.monotonic() < deadline and len(list(idx.glob(f"{name}-*/*.idx"))) < 2:
+        assert proc.poll() is None, "the push ended before it was killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = world.push("--json")
+    assert run.code == 0, run.err
+    [backup] = run.json()["backups"]
+    assert backup["resumed_bytes"] > 0 and backup["parent"].startswith("data.20261120T030000Z"), backup
+    into = world.restore / "r"
+    into.mkdir()
+    assert world.receive(name, into).code == 0
+    assert diff_trees(world.snapdir / name, into / name) == []
+
+
+def test_two_hosts_with_a_subvolume_of_one_name_each_grow_their_own_tree(world: World) -> None:
+    """Another host (a UTS namespace with its own host name, its own btrfs subvolume also called
+    'data') pushes to the same repository under the same policy: each host's backups are tiered
+    and pruned as a history of their own, and neither is sent on the other's."""
+    import os
+
+    _configure(world)
+    other = world.src / "other"
+    other.mkdir()
+    subprocess.run(["btrfs", "subvolume", "create", str(other / "data")], check=True, capture_output=True)
+    (other / "snaps").mkdir()
+    rng = random.Random(17)
+    (world.subvol / "big").write_bytes(rng.randbytes(300_000))
+    (other / "data" / "big").write_bytes(rng.randbytes(300_000))
+
+    def other_host(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir",
+                str(world.state.parent / "other-state"), "--key-file", str(world.key), *args]
+        return subprocess.run(["unshare", "-u", "sh", "-c", 'hostname otherhost && exec "$@"', "-", *argv],
+                              capture_output=True, text=True)
+
+    for day in range(8):
+        _churn(world, day, rng)
+        assert _run(world, day)["status"] == "ok"
+        (other / "data" / f"o{day}").write_bytes(os.urandom(5000))
+        made = other_host("snapshot", "create", str(other / "data"), "--snapshot-dir", str(other / "snaps"),
+                          "--timestamp", (T0 + timedelta(days=day, hours=2)).isoformat())
+        assert made.returncode == 0, made.stderr
+        pushed = other_host("push", str(other / "data"), "--snapshot-dir", str(other / "snaps"), "--to", world.url)
+        assert pushed.returncode == 0, pushed.stderr
+        pruned = other_host("prune", "--from", world.url)
+        assert pruned.returncode == 0, pruned.stderr
+    held = world.listing()
+    mine = {b["id"]: b for b in held if b["host"] != "otherhost"}
+    theirs = {b["id"]: b for b in held if b["host"] == "otherhost"}
+    assert mine and theirs
+    for group in (mine, theirs):
+        assert all(b["parent"] is None or b["parent"] in group for b in group.values()), group
+        assert len([b for b in group.values() if b["depth"] == 0]) == 1
+    # the other host's tiers are its own: its first backup is its own November backup
+    assert min(theirs.values(), key=lambda b: b["snapshot"])["tier"] == "monthly"
+
+
+def test_a_policy_changed_between_runs_rewrites_nothing_and_old_chains_age_out(world: World) -> None:
+    """Ten days under one policy, then a shorter one (keep_daily 3, keep_monthly 1): the backups
+    already there keep their parents (nothing is rewritten); prune applies the new policy and
+    keeps what a kept backup needs; new backups are tiered by the new policy; every held backup
+    stays restorable, and within a week the target holds the new policy's count plus the base."""
+    global POLICY
+    _configure(world)
+    rng = random.Random(19)
+    (world.subvol / "big").write_bytes(rng.randbytes(300_000))
+    _days(world, range(10), rng)
+    before = {b["id"]: b["parent"] for b in world.listing()}
+    saved, POLICY = POLICY, "keep_daily = 3, keep_monthly = 1"
+    try:
+        _configure(world)
+    finally:
+        POLICY = saved
+    _days(world, range(10, 18), rng)
+    held = world.listing()
+    for b in held:
+        assert b["parent"] is None or b["parent"] in {h["id"] for h in held}, b  # no chain broken
+        if b["id"] in before:
+            assert b["parent"] == before[b["id"]]  # nothing rewritten
+    prune = world.cli("prune", "--from", world.url, "--dry-run", "--now", _at(17), "--json").json()
+    parents_only = [d for d in prune if all(r.startswith("parent of kept") for r in d["reasons"])]
+    assert len(held) - len(parents_only) <= 3 + 1 and len(parents_only) <= 2, (held, parents_only)
+    newest = max(held, key=lambda b: b["snapshot"])
+    into = world.restore / "n"
+    into.mkdir()
+    assert world.receive(newest["id"], into).code == 0
+    assert diff_trees(world.snapdir / newest["snapshot"], into / newest["snapshot"]) == []
