@@ -24,6 +24,7 @@ from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.errors import DamageError
 from btrsync.retention import Decision, Item, Policy, decide, deletion_order
+from btrsync.retention.gfs import PARENT_PREFIX
 from btrsync.snapshots.store import Snapshot, delete_snapshot, list_snapshots
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry
             items = [Item(m.backup_id, m.snapshot_time, m.parent_id) for m in restorable if m.host == host]
             decisions = _decide(items, policy, now, protected)
             decided = {d.id: d for d in decisions}
-            result.decisions += [_backup_decision(d, by_id[d.id]) for d in decisions]
+            result.decisions += [_backup_decision(d, by_id[d.id], by_id) for d in decisions]
             doomed = deletion_order(decisions, items)
             if doomed and not dry_run:  # the decision may rest on a cache: check what it relies on
                 parents = {by_id[d.id].parent_id for d in decisions if d.kept} & set(by_id)
@@ -139,8 +140,29 @@ def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry
     return result
 
 
-def _backup_decision(d: Decision, m: Manifest) -> PruneDecision:
-    return PruneDecision(d.id, m.snapshot, m.subvolume, m.snapshot_time, d.action, d.reasons, m.stored_bytes)
+def _backup_decision(d: Decision, m: Manifest, by_id: Mapping[str, Manifest] | None = None) -> PruneDecision:
+    reasons = d.reasons
+    if by_id is not None and d.kept and reasons and all(r.startswith(PARENT_PREFIX) for r in reasons):
+        reasons = (_which_chain(reasons[0], m, by_id),) + reasons[1:]
+    return PruneDecision(d.id, m.snapshot, m.subvolume, m.snapshot_time, d.action, reasons, m.stored_bytes)
+
+
+def _which_chain(reason: str, m: Manifest, by_id: Mapping[str, Manifest]) -> str:
+    """``parent of kept X`` with the chain that causes it: the tree's base (a full a kept backup
+    is sent on directly) or a longer chain of backups kept only as parents (a linear chain from
+    before the tree, or from before a policy change), named from the kept backup up to this one."""
+    child = by_id.get(reason[len(PARENT_PREFIX):])
+    steps = [child] if child is not None else []
+    while steps and steps[-1].parent_id not in (None, m.backup_id) and steps[-1].parent_id in by_id \
+            and len(steps) < 64:
+        steps.append(by_id[steps[-1].parent_id])  # type: ignore[index]
+    if child is None or steps[-1].parent_id != m.backup_id:
+        return reason
+    if len(steps) == 1 and m.is_full:
+        return f"{reason} (the base of the backup tree: {child.snapshot} is sent on this full)"
+    path = " → ".join(s.snapshot for s in steps[:3]) + (" → …" if len(steps) > 3 else "")
+    return (f"{reason} (a chain of {len(steps) + 1}: {path} → {m.snapshot}; from linear chains or an "
+            "older policy, it goes when nothing kept is sent on it)")
 
 
 def _kept(m: Manifest, reason: str) -> PruneDecision:

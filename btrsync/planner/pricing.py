@@ -107,16 +107,18 @@ def price(policy: Policy, start: datetime, end: datetime, every: timedelta, chur
 
 def _plan_one(snap: _Snap, held: dict[str, tuple[_Snap, str | None, int, int]], policy: Policy,
               churn: Churn, strategy: str, max_chain: int, full_threshold: float) -> tuple[str | None, int, int]:
-    snaps = sorted((v[0] for v in held.values()), key=lambda s: s.time) + [snap]
     if strategy == "tree" and uses_tree(policy) is None:
+        snaps = sorted((v[0] for v in held.values()), key=lambda s: s.time) + [snap]
         def estimate(child: _Snap, parent: _Snap | None) -> int:  # type: ignore[misc]
             return churn.size if parent is None else churn.delta((child.time - parent.time).total_seconds() / 86400)
 
         plan = plan_tree(snaps, [Held(k, v[0].uuid, v[0].time, v[2], v[1], v[3]) for k, v in held.items()], policy,
                          time_of=lambda s: s.time, max_chain=max_chain, backup_id_for=lambda s: s.name,
                          estimate=estimate, full_threshold=full_threshold)  # type: ignore[arg-type]
-    else:
-        plan = plan_push(snaps, [_HeldDepth(k, v[0].uuid, v[2]) for k, v in held.items()],
+    else:  # the linear planner looks at the newest backup only: give it just that
+        newest = max(held.items(), key=lambda kv: kv[1][0].time, default=None)
+        plan = plan_push([newest[1][0], snap] if newest else [snap],
+                         [_HeldDepth(newest[0], newest[1][0].uuid, newest[1][2])] if newest else [],
                          max_chain=max_chain, backup_id_for=lambda s: s.name)
     [step] = plan.steps
     if step.parent is None:

@@ -170,6 +170,11 @@ def period_label(rule: str, when: datetime, policy: Policy) -> str:
     return _PERIODS[rule][1](when.astimezone(policy.tz), policy.week_start)
 
 
+def period_keys(rule: str, local: Sequence[datetime], week_start: int) -> list[object]:
+    """``period_key`` of many local times (already in the policy's timezone) at once."""
+    return _PERIODS[rule][0](local, [lt.toordinal() for lt in local], week_start)
+
+
 def period_key(rule: str, when: datetime, policy: Policy) -> object:
     """The key ``decide`` gives the ``rule`` period holding ``when`` (equal keys: same period)."""
     _require_aware(when, "when")

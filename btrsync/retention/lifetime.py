@@ -23,11 +23,12 @@ the child needs it ("parent of kept ..."): never a broken chain, at worst a back
 from __future__ import annotations
 
 import statistics
+from functools import lru_cache
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from btrsync.retention.gfs import period_key, period_label
+from btrsync.retention.gfs import period_keys, period_label
 from btrsync.retention.policy import UNLIMITED, Policy
 
 #: Calendar rules, coarsest first: the order of the tiers.
@@ -99,30 +100,42 @@ def lifetimes(times: Sequence[datetime], policy: Policy | None, *,
     """The ``Lifetime`` of each backup of one history (``times``, in any order; result in the
     same order).  ``interval`` prices ``keep_last`` (default: the history's typical interval).
     Without a policy, or with one that keeps everything, every backup is kept forever."""
-    rules = tier_rules(policy)
     if policy is None or policy.is_empty():
-        return [Lifetime((), (), FOREVER) for _ in times]
-    within = policy.within
-    last = policy.keep_last
-    if interval is None:
+        return [_FOREVER_BASE for _ in times]
+    rules = tier_rules(policy)
+    if interval is None and policy.keep_last not in (None, 0):
         interval = typical_interval(times)
+    order = sorted(range(len(times)), key=times.__getitem__)
+    tz = policy.tz
+    local = [times[i].astimezone(tz) for i in order]
+    keys = {rule: period_keys(rule, local, policy.week_start) for rule in rules}
     seen: dict[str, set[object]] = {r: set() for r in rules}
-    out: list[Lifetime | None] = [None] * len(times)
-    for index in sorted(range(len(times)), key=lambda i: times[i]):
-        t = times[index]
+    out: list[Lifetime] = [_FOREVER_BASE] * len(times)
+    for j, index in enumerate(order):
         firsts = []
         for rule in rules:
-            key = period_key(rule, t, policy)
+            key = keys[rule][j]
             if key not in seen[rule]:
                 seen[rule].add(key)
                 firsts.append(rule)
-        until = t
-        for rule in firsts:
-            count = policy.count(rule)
-            until = FOREVER if count == UNLIMITED else max(until, period_start(rule, t, policy, count))
-        if within is not None and until != FOREVER:
-            until = max(until, t + within)
-        if last is not None and last != 0 and until != FOREVER:
-            until = FOREVER if last == UNLIMITED else max(until, t + last * (interval or timedelta(0)))
-        out[index] = Lifetime(tuple(firsts), tuple(period_label(r, t, policy) for r in firsts), until)
-    return out  # type: ignore[return-value]
+        out[index] = _lifetime(policy, times[index], tuple(firsts), interval)
+    return out
+
+
+_FOREVER_BASE = Lifetime((), (), FOREVER)
+
+
+@lru_cache(maxsize=1 << 16)
+def _lifetime(policy: Policy, t: datetime, firsts: tuple[str, ...], interval: timedelta | None) -> Lifetime:
+    """One backup's lifetime from the rules it is the first of (cached: a planner asks again
+    for every backup it holds at every push)."""
+    until = t
+    for rule in firsts:
+        count = policy.count(rule)
+        until = FOREVER if count == UNLIMITED else max(until, period_start(rule, t, policy, count))
+    within, last = policy.within, policy.keep_last
+    if within is not None and until != FOREVER:
+        until = max(until, t + within)
+    if last is not None and last != 0 and until != FOREVER:
+        until = FOREVER if last == UNLIMITED else max(until, t + last * (interval or timedelta(0)))
+    return Lifetime(firsts, tuple(period_label(r, t, policy) for r in firsts), until)

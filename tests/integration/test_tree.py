@@ -102,6 +102,9 @@ def test_linear_chains_keep_nearly_everything(world: World) -> None:
         _churn(world, day, rng)
         assert _run(world, day)["status"] == "ok"
     assert len(world.listing()) >= 18
+    prune = world.cli("prune", "--from", world.url, "--dry-run", "--now", _at(19), "--json").json()
+    chained = [d["reasons"][0] for d in prune if d["reasons"][0].startswith("parent of kept")]
+    assert len(chained) >= 10 and all("(a chain of " in r and "from linear chains" in r for r in chained), chained
 
 
 def test_anchors_survive_snapshot_pruning_and_a_deleted_anchor_falls_back(world: World) -> None:
@@ -284,6 +287,8 @@ def test_a_policy_changed_between_runs_rewrites_nothing_and_old_chains_age_out(w
     prune = world.cli("prune", "--from", world.url, "--dry-run", "--now", _at(17), "--json").json()
     parents_only = [d for d in prune if all(r.startswith("parent of kept") for r in d["reasons"])]
     assert len(held) - len(parents_only) <= 3 + 1 and len(parents_only) <= 2, (held, parents_only)
+    for d in parents_only:  # prune says which chain holds each one
+        assert "(the base of the backup tree: " in d["reasons"][0] or "(a chain of " in d["reasons"][0], d
     newest = max(held, key=lambda b: b["snapshot"])
     into = world.restore / "n"
     into.mkdir()
