@@ -26,6 +26,7 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 EXISTING_MODES = ("refuse", "overwrite", "skip")
 WORK_PREFIX = ".btrsync-restore."
 MARKER = "btrsync-restore.json"
+JOURNAL = "aside.json"  # --overwrite of selected paths without atomic exchange: what is aside
 
 
 @dataclass
@@ -153,20 +155,80 @@ def _remove_work(to_fd: int, work: str, lock_fd: int) -> None:
 
 def _put_back_old_tree(to_fd: int, to: Path, work: str) -> None:
     """An ``--overwrite`` cut off (SIGKILL, a power cut) between the renames of its fallback (no
-    atomic exchange, e.g. NFS) left the old tree in the work directory and nothing in its place:
-    it goes back before the leftovers are removed, never with them."""
+    atomic exchange, e.g. NFS) left the old tree, or the old version of a selected path (named
+    in the work directory's journal), in the work directory and nothing in its place: it goes
+    back before the leftovers are removed, never with them."""
     name, aside = work[len(WORK_PREFIX):], place.aside_name("tree")
     try:
         wfd = os.open(work, DIR_FLAGS, dir_fd=to_fd)
     except OSError:
         return
     try:
-        if _exists(wfd, aside) is None or _exists(to_fd, name) is not None:
-            return
-        os.rename(aside, name, src_dir_fd=wfd, dst_dir_fd=to_fd)
-        log.warning("put %s back where it was: an interrupted --overwrite had moved it aside", to / name)
+        if _exists(wfd, aside) is not None and _exists(to_fd, name) is None:
+            os.rename(aside, name, src_dir_fd=wfd, dst_dir_fd=to_fd)
+            log.warning("put %s back where it was: an interrupted --overwrite had moved it aside", to / name)
+        _put_back_path(wfd, to_fd, to / name, name)
     finally:
         os.close(wfd)
+
+
+def _put_back_path(wfd: int, to_fd: int, dest: Path, name: str) -> None:
+    """The selected path the journal names, back from its aside where its place is empty."""
+    try:
+        fd = os.open(JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=wfd)
+    except OSError:
+        return
+    try:
+        doc = json.loads(os.pread(fd, 1 << 16, 0))
+        path, aside = place.outermost([str(doc["path"])])[0], str(doc["aside"])
+    except (OSError, ValueError, TypeError, KeyError, IndexError, RecursionError):
+        return
+    finally:
+        os.close(fd)
+    if not path or ".." in path.split("/") or ".." in aside.split("/") or aside.startswith("/"):
+        return
+    parts, aparts = path.split("/"), ["tree", *aside.split("/")]
+    try:
+        tfd = os.open(name, DIR_FLAGS, dir_fd=to_fd)
+    except OSError:
+        return
+    try:
+        dfd, depth = place.walk_existing(tfd, parts[:-1])
+        sfd, sdepth = place.walk_existing(wfd, aparts[:-1])
+        try:
+            if depth == len(parts) - 1 and sdepth == len(aparts) - 1 and _exists(dfd, parts[-1]) is None \
+                    and _exists(sfd, aparts[-1]) is not None:
+                os.rename(aparts[-1], parts[-1], src_dir_fd=sfd, dst_dir_fd=dfd)
+                log.warning("put %s back where it was: an interrupted --overwrite had moved it aside",
+                            dest / path)
+        finally:
+            os.close(dfd)
+            os.close(sfd)
+    except OSError as exc:
+        log.warning("could not put %s back from the work directory (%s); it is still there: move it back "
+                    "yourself before another restore into %s", dest / path, exc.strerror or exc, dest.parent)
+        raise
+    finally:
+        os.close(tfd)
+
+
+def _journal(work_fd: int) -> Callable[[str, str | None], None]:
+    """Writes, durably, which selected path an exchange without atomic support has moved aside
+    and where, and removes it when the exchange is done (``_put_back_path`` reads it)."""
+    def note(path: str, aside: str | None) -> None:
+        if aside is None:
+            os.unlink(JOURNAL, dir_fd=work_fd)
+            return
+        fd = os.open(JOURNAL + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=work_fd)
+        try:
+            write_all(fd, json.dumps({"path": path, "aside": aside}).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(JOURNAL + ".tmp", JOURNAL, src_dir_fd=work_fd, dst_dir_fd=work_fd)
+        os.fsync(work_fd)
+    return note
 
 
 def _claim_work_dir(to_fd: int, to: Path, work: str, backup_id: str) -> int:
@@ -397,7 +459,7 @@ def _place(work_fd: int, to_fd: int, name: str, existing: str, exists: bool, res
             # selected paths: exactly they are replaced; everything else in DIR/<snapshot> stays
             sfd, dfd = os.open("tree", DIR_FLAGS, dir_fd=work_fd), os.open(name, DIR_FLAGS, dir_fd=to_fd)
             try:
-                replaced = place.replace_paths(sfd, dfd, paths)
+                replaced = place.replace_paths(sfd, dfd, paths, journal=_journal(work_fd))
             finally:
                 os.close(sfd)
                 os.close(dfd)

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from btrsync.btrfs.rollback import mount_points
@@ -271,10 +272,14 @@ def aside_name(src: str) -> str:
     return src + ".old"
 
 
-def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str, *,
+                    noting: Callable[[str | None], None] | None = None) -> None:
     """Put ``src`` at ``dst`` and what was at ``dst`` at ``src`` (atomically where the filesystem
     can exchange names, else in two renames).  Refused (``OSError(EBUSY)``, nothing moved) when a
-    filesystem is mounted in ``dst``: the old tree is removed next, and must hold only its own."""
+    filesystem is mounted in ``dst``: the old tree is removed next, and must hold only its own.
+    ``noting(aside)`` is called before the fallback moves the old one aside (beside ``src``), and
+    ``noting(None)`` once it is back in ``src``: a journal, so that a SIGKILL between the renames
+    can be undone by whoever finds the aside (the next restore)."""
     why = foreign_within(dst_fd, dst)
     if why:
         raise OSError(errno.EBUSY, f"{why} (nothing was replaced)")
@@ -294,6 +299,8 @@ def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     else:
         raise FileExistsError(errno.EEXIST, "no free name to move the old one aside", aside)
     with deferred():
+        if noting is not None:
+            noting(aside)
         os.rename(dst, aside, src_dir_fd=dst_fd, dst_dir_fd=src_fd)
         try:
             os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
@@ -301,6 +308,8 @@ def swap_into_place(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
             os.rename(aside, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
             raise
         os.rename(aside, src, src_dir_fd=src_fd, dst_dir_fd=src_fd)
+        if noting is not None:
+            noting(None)
 
 
 @dataclass
@@ -368,7 +377,7 @@ def outermost(paths: list[str]) -> list[str]:
     return chosen
 
 
-def _walk_existing(dst_fd: int, parts: list[str]) -> tuple[int, int]:
+def walk_existing(dst_fd: int, parts: list[str]) -> tuple[int, int]:
     """Descend ``parts`` below ``dst_fd`` while each component is a real directory; returns an
     owned descriptor of the deepest one reached and how many components that was.  A component
     that exists but is no directory (a file, a symlink: never followed) is ``NotADirectoryError``."""
@@ -408,7 +417,7 @@ def check_replace_paths(dst_fd: int, paths: list[str]) -> str | None:
     for p in outermost(paths):
         parts = p.split("/") if p else []
         try:
-            fd, depth = _walk_existing(dst_fd, parts[:-1])
+            fd, depth = walk_existing(dst_fd, parts[:-1])
         except NotADirectoryError as exc:
             return (f"{exc.filename} is not a directory there (a file or a symlink, never followed), "
                     f"but the backup has one; move it away to restore {p}")
@@ -423,31 +432,37 @@ def check_replace_paths(dst_fd: int, paths: list[str]) -> str | None:
     return None
 
 
-def replace_paths(src_fd: int, dst_fd: int, paths: list[str]) -> ReplaceResult:
+def replace_paths(src_fd: int, dst_fd: int, paths: list[str], *,
+                  journal: Callable[[str, str | None], None] | None = None) -> ReplaceResult:
     """Put each of ``paths`` of the tree at ``src_fd`` at the same place below ``dst_fd`` and
     touch nothing else there: an existing path is exchanged (what it held goes to the source
     tree, to be removed with it); a missing one, or its first missing ancestor (with the
     snapshot's metadata), is moved in.  Existing directories on the way keep their times.
-    Paths already moved in with an ancestor are skipped.  ``check_replace_paths`` first."""
+    Paths already moved in with an ancestor are skipped.  ``check_replace_paths`` first.
+    ``journal(path, aside)`` hears where an exchange without atomic support keeps the old
+    ``path`` meanwhile (relative to ``src_fd``), and ``journal(path, None)`` when it is done."""
     result = ReplaceResult()
     for p in outermost(paths):
         parts = p.split("/")
-        sfd, sdepth = _walk_existing(src_fd, parts[:-1])
+        sfd, sdepth = walk_existing(src_fd, parts[:-1])
         try:
             if sdepth < len(parts) - 1 or not _exists_nofollow(sfd, parts[-1]):
                 continue  # moved in already, with an ancestor that another path brought along
-            dfd, depth = _walk_existing(dst_fd, parts[:-1])
+            dfd, depth = walk_existing(dst_fd, parts[:-1])
             try:
                 before = os.fstat(dfd)
                 if depth < len(parts) - 1:  # an ancestor is missing: bring it, with what it holds
-                    src_parent, _ = _walk_existing(src_fd, parts[:depth])
+                    src_parent, _ = walk_existing(src_fd, parts[:depth])
                     try:
                         move_into_place(src_parent, parts[depth], dfd, parts[depth])
                     finally:
                         os.close(src_parent)
                     result.added.append("/".join(parts[:depth + 1]))
                 elif _exists_nofollow(dfd, parts[-1]):
-                    swap_into_place(sfd, parts[-1], dfd, parts[-1])
+                    def noting(aside: str | None, p: str = p, parent: list[str] = parts[:-1]) -> None:
+                        if journal is not None:
+                            journal(p, None if aside is None else "/".join([*parent, aside]))
+                    swap_into_place(sfd, parts[-1], dfd, parts[-1], noting=noting)
                     result.replaced.append(p)
                 else:
                     move_into_place(sfd, parts[-1], dfd, parts[-1])

@@ -1097,3 +1097,52 @@ def test_an_overwrite_cut_off_between_its_renames_gets_the_old_tree_back(world: 
     assert run.code == 1 and "back where it was" in run.err and "nothing was replaced" in run.err, run.err
     assert (placed / "mine").read_text() == "changed since the backup"
     assert sorted(p.name for p in dest.iterdir()) == [placed.name]
+
+
+def test_a_selected_path_left_aside_by_a_killed_overwrite_is_put_back_by_the_next_restore(
+        world: World, tmp_path: Path) -> None:
+    """Where names cannot be exchanged, replacing a selected path takes two renames: the old one
+    aside into the work directory, then the new one into place.  A SIGKILL between them left the
+    path missing, and the next restore into that directory removed the old copy with the work
+    directory's leftovers.  The restore now journals what it moved aside; whatever restore runs
+    there next puts it back first.  The state is the one a SIGKILL leaves (journal, aside, gap)."""
+    (world.subvol / "d").mkdir()
+    (world.subvol / "d" / "f").write_bytes(b"from the backup")
+    (world.subvol / "g").write_bytes(b"g")
+    world.snapshot()
+    assert world.push().code == 0
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
+    r = Path(first.json()["path"])
+    (r / "d" / "f").write_bytes(b"the user's own version")
+    work = dest / f".btrsync-restore.{r.name}"
+    (work / "tree" / "d").mkdir(parents=True)
+    os.rename(r / "d" / "f", work / "tree" / "d" / "f.old")  # the first rename happened, the second not
+    (work / "aside.json").write_text(json.dumps({"path": "d/f", "aside": "d/f.old"}))
+    (work / "btrsync-restore.json").write_text(json.dumps({"backup": "x", "pid": 999999, "started": "then"}))
+    run = world.cli("restore", "latest", "g", "--from", world.url, "--to", str(dest), "--overwrite")
+    assert run.code == 0, run.err
+    assert "put " in run.err and "d/f back where it was" in run.err, run.err
+    assert (r / "d" / "f").read_bytes() == b"the user's own version"
+    assert sorted(p.name for p in dest.iterdir()) == [r.name]
+
+
+def test_overwrite_of_a_selected_path_where_names_cannot_be_exchanged(world: World, tmp_path: Path) -> None:
+    """On FUSE (no RENAME_EXCHANGE) a selected path is replaced through the journalled fallback,
+    and the journal is gone afterwards."""
+    (world.subvol / "d").mkdir()
+    (world.subvol / "d" / "f").write_bytes(b"from the backup")
+    world.snapshot()
+    assert world.push().code == 0
+    with mounted_for_test(tmp_path / "fault") as fs:
+        dest = fs.mountpoint
+        first = world.cli("restore", "latest", "--from", world.url, "--to", str(dest), "--json")
+        assert first.code == 0, first.err
+        r = Path(first.json()["path"])
+        (r / "d" / "f").write_bytes(b"changed")
+        (r / "mine").write_bytes(b"mine")
+        run = world.cli("restore", "latest", "d/f", "--from", world.url, "--to", str(dest), "--overwrite")
+        assert run.code == 0, run.err
+        assert (r / "d" / "f").read_bytes() == b"from the backup" and (r / "mine").read_bytes() == b"mine"
+        assert sorted(p.name for p in dest.iterdir()) == [r.name]
