@@ -6,7 +6,7 @@ import json
 
 import click
 
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json
 from btrsync.errors import EXIT_STATUS_HELP

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import click
 
 from btrsync.audit import AuditLog
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.cli.problems import report_catalog_problems

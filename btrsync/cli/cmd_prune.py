@@ -10,8 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from btrsync.audit import AuditLog
-from btrsync.cli.cmd_snapshot import snapshot
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app, snapshot
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, DamageError, UsageError

@@ -12,8 +12,7 @@ import click
 
 from btrsync.audit import AuditLog
 from btrsync.catalog.repository import Repository
-from btrsync.cli.cmd_verify import render as render_verify
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app, render_verify
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.cli.problems import report_catalog_problems

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from btrsync.catalog.repository import Repository
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, TargetMissingError, UsageError

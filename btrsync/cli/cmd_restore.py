@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, UsageError

@@ -6,14 +6,12 @@ from typing import Any
 
 import click
 
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app, run_env
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, UsageError
-from btrsync.jobs.clock import Clock, ShiftedClock, SystemClock
-from btrsync.jobs.runner import RunEnv, RunReport, run_jobs
+from btrsync.jobs.runner import RunReport, run_jobs
 from btrsync.jobs.timespan import timespan
-from btrsync.snapshots.naming import parse_timestamp
 from btrsync.units import format_bytes
 
 
@@ -23,22 +21,6 @@ class RunFailedError(BtrsyncError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.exit_code = ExitCode(code)
-
-
-def clock_for(now_text: str | None) -> Clock:
-    if not now_text:
-        return SystemClock()
-    try:
-        return ShiftedClock(parse_timestamp(now_text))
-    except ValueError as exc:
-        raise UsageError(f"--now {now_text!r}: {exc}") from None
-
-
-def run_env(app: App, *, dry_run: bool = False, wait: float | None = None, now: str | None = None) -> RunEnv:
-    """The run's surroundings (the credentials systemd passed in are applied by ``App.config``)."""
-    return RunEnv(app.config, app.state().root,
-                  open_repository=lambda name, write: app.repository(name, write=write),
-                  clock=clock_for(now), dry_run=dry_run, wait=wait)
 
 
 @click.command("run", epilog=EXIT_STATUS_HELP)

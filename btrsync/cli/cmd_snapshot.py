@@ -7,17 +7,12 @@ from pathlib import Path
 import click
 
 from btrsync.audit import AuditLog
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app, snapshot
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, PartialError, SnapshotError
 from btrsync.ops import snapshots as ops
 from btrsync.snapshots.naming import parse_timestamp
-
-
-@click.group(epilog=EXIT_STATUS_HELP)
-def snapshot() -> None:
-    """Create, list and delete read-only snapshots."""
 
 
 @snapshot.command("create", epilog=EXIT_STATUS_HELP)
@@ -57,8 +52,8 @@ def list_(app: App, subvol: Path | None, snapshot_dir: Path, as_json: bool) -> N
         emit_json(rows)
         return
     emit_table([(r["name"], r["created"], r["uuid"], r["parent_uuid"], "yes" if r["readonly"] else "NO",
-                 ", ".join(r["targets"]) or None) for r in rows],
-               ["SNAPSHOT", "CREATED", "UUID", "PARENT UUID", "RO", "ON TARGETS"])
+                 ", ".join(r["targets"]) or None, "; ".join(r["anchor"]) or None) for r in rows],
+               ["SNAPSHOT", "CREATED", "UUID", "PARENT UUID", "RO", "ON TARGETS", "KEPT AS ANCHOR"])
 
 
 @snapshot.command("delete", epilog=EXIT_STATUS_HELP)

@@ -1,4 +1,4 @@
-"""btrsync snapshot restore | rollback (subcommands of the ``snapshot`` group of cmd_snapshot)"""
+"""btrsync snapshot restore | rollback (subcommands of the ``snapshot`` group, btrsync.cli.app)"""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from btrsync.cli.cmd_snapshot import snapshot
+from btrsync.cli.app import snapshot
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, UsageError

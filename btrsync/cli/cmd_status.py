@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from btrsync.cli.cmd_run import clock_for
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, clock_for, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ConfigError, ExitCode, KeyFileError, UsageError

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from btrsync.cli.cmd_run import run_env
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app, run_env
 from btrsync.cli.options import global_options
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, UsageError
 from btrsync.jobs.runner import run_failure_hooks

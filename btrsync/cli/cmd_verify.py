@@ -6,14 +6,12 @@ from pathlib import Path
 
 import click
 
-from btrsync.cli.main import App, pass_app
+from btrsync.cli.app import App, pass_app, render_verify
 from btrsync.cli.options import global_options
-from btrsync.cli.output import emit_json, emit_table
-from btrsync.cli.problems import report_catalog_problems
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, DamageError, UsageError
 from btrsync.jobs.aftercommand import after_command
-from btrsync.ops.verify import LEVELS, Options, VerifyReport, verify
-from btrsync.units import format_bytes, parse_interval
+from btrsync.ops.verify import LEVELS, Options, verify
+from btrsync.units import parse_interval
 from btrsync.verify.ledger import Ledger
 from btrsync.verify.selection import Sample, Subset
 
@@ -91,7 +89,7 @@ def verify_cmd(app: App, backups: tuple[str, ...], source: str, all_: bool, leve
         report = verify(repo, list(backups) or None, options, ledger=ledger)
         app.state().record_verification(repo.target.display_url, report.summary())
     after_command(app.config, app.state().root)  # the metrics file shows this verification
-    render(report, as_json)
+    render_verify(report, as_json)
     if report.damaged:
         first = report.damaged[0]
         detail = first.problems[0].message if first.problems else first.note or first.result
@@ -99,38 +97,6 @@ def verify_cmd(app: App, backups: tuple[str, ...], source: str, all_: bool, leve
                           f"first: {first.backup_id}: {detail} (see docs/verify.md)")
     if not report.ok:  # a drill that could not be set up: no finding, and no pass (exit 1)
         raise BtrsyncError(str(report.first_problem()))
-
-
-def render(report: VerifyReport, as_json: bool) -> None:
-    if as_json:
-        emit_json({"backups": [b.as_dict() for b in report.backups], "summary": report.summary()})
-        return
-    report_catalog_problems(None, report.target)
-    emit_table([(b.backup_id, b.level, b.result.upper() if b.result != "ok" else "ok", f"{b.seconds:.1f}s",
-                 format_bytes(b.bytes_read), (b.problems[0].message if b.problems else b.note))
-                for b in report.backups], ["BACKUP", "LEVEL", "RESULT", "TIME", "READ", "NOTE"])
-    extra = []
-    if report.orphaned:
-        extra.append(f"{len(report.orphaned)} orphaned object(s) ('btrsync clean' removes them)")
-    if report.stale_leases:
-        extra.append(f"{len(report.stale_leases)} stale lease(s)")
-    if report.incomplete:
-        extra.append("stopped at --max-duration: run again to continue")
-    if report.drill:
-        extra.append(f"restore drill {'passed' if report.drill['ok'] else 'FAILED'} "
-                     f"in {report.drill['seconds']:.1f}s")
-    click.echo(f"verified {len(report.backups)} backup(s) at level {report.level}: " + _verdict(report)
-               + f", read {format_bytes(report.bytes_read)} in {report.seconds:.1f}s"
-               + ("; " + "; ".join(extra) if extra else ""), err=True)
-
-
-def _verdict(report: VerifyReport) -> str:
-    if report.damaged:
-        return f"{len(report.damaged)} damaged or affected"
-    if report.incomplete:  # "all intact" would claim what was never read
-        done = sum(1 for b in report.backups if b.result == "ok")
-        return f"nothing damaged in what was read; {done} of {len(report.backups)} checked whole, the rest not reached"
-    return "all intact" if report.ok else "nothing damaged, but a restore drill could not run"
 
 
 COMMANDS = [verify_cmd]

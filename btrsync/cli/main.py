@@ -5,92 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from btrsync import __version__
-from btrsync.catalog.cache import CatalogCache
-from btrsync.catalog.repository import Repository
+from btrsync.cli.app import App
 from btrsync.cli.commands import COMMAND_MODULES
 from btrsync.cli.options import configure_logging
 from btrsync.cli.output import begin_command, emit_json_error
-from btrsync.config.credentials import apply_credentials
-from btrsync.config.model import DEFAULT_CONFIG, Config, load_config
-from btrsync.crypto.keys import MasterKey, load_key_file
-from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, KeyFileError
-from btrsync.locking import target_lock
+from btrsync.config.model import DEFAULT_CONFIG
+from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode
 from btrsync.memory import release_large_buffers
 from btrsync.signals import Terminated, end_after_cleanup, signals_raise
-from btrsync.state import State
-from btrsync.targets.base import Target
-from btrsync.targets.registry import open_target
 
 log = logging.getLogger("btrsync")
-
-
-@dataclass
-class App:
-    """Lazily loaded configuration, key and state shared by every command."""
-
-    config_path: Path | None
-    config_explicit: bool
-    key_file: Path | None
-    state_dir: Path | None
-    debug: bool
-    verbose: int = 0
-    _config: Config | None = field(default=None, repr=False)
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            # under systemd, the unit's credentials (LoadCredential=) replace the targets' secret
-            # files for every command: run, verify, list, receive ...
-            self._config = apply_credentials(load_config(self.config_path, explicit=self.config_explicit),
-                                             os.environ.get("CREDENTIALS_DIRECTORY"))
-        return self._config
-
-    def key(self) -> MasterKey:
-        path = self.key_file or self.config.key_file
-        if path is None:
-            raise KeyFileError("no key: pass --key-file FILE, set BTRSYNC_KEY_FILE, or set key_file in "
-                               "the configuration (create a key with 'btrsync key generate FILE')")
-        return load_key_file(path)
-
-    def state(self) -> State:
-        return State(self.state_dir or self.config.state_dir)
-
-    def lock(self, name: str) -> AbstractContextManager[None]:
-        """A local lock (exit 11 when another process holds it): per repository, per job."""
-        return target_lock(self.state().root, name)
-
-    def target(self, url_or_name: str) -> Target:
-        url, settings = self.config.target(url_or_name)
-        return open_target(url, settings)
-
-    @contextmanager
-    def repository(self, url_or_name: str, *, write: bool = False, lock: bool = False) -> Iterator[Repository]:
-        """Open the repository at a target, checked against what this host knows of it.
-
-        Exit 10 when there is none (``btrsync init`` creates one) or when the URL now holds a
-        different repository than this host saw there; 12 for a wrong key.  ``write`` refuses
-        read-only (format 1) repositories; ``lock`` takes the local lock of the repository (by
-        its id, however the URL is spelled), exit 11 when another process holds it.
-        """
-        with self.target(url_or_name) as target:
-            repo = Repository.open(target, self.key())
-            self.state().bind(target.display_url, repo.repo_id, repo.info.format)
-            repo.cache = CatalogCache.for_repository(self.state().root, repo.repo_id)
-            if write:
-                repo.require_writable()
-            with self.lock(f"repository {repo.repo_id}") if lock else nullcontext():
-                yield repo
-
-
-pass_app = click.make_pass_decorator(App)
 
 SIGNAL_EXITS = frozenset({ExitCode.HANGUP, ExitCode.INTERRUPTED, ExitCode.TERMINATED})
 

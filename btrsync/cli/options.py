@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
+from btrsync.cli.app import App
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -29,8 +31,6 @@ def _setter(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
         if value is None or value is False or value == 0:
             return
-        from btrsync.cli.main import App
-
         app = ctx.find_object(App)
         if app is None:
             return

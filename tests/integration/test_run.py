@@ -262,7 +262,7 @@ def test_a_push_past_the_window_end_stops_at_a_segment_boundary_and_resumes(worl
         def sleep(self, seconds: float) -> None:
             time.sleep(seconds)
 
-    from btrsync.cli.main import App
+    from btrsync.cli.app import App
 
     app = App(world.config, True, world.key, world.state, False)
     env = RunEnv(config, world.state, lambda name, write: app.repository(name, write=write), ClosingClock())

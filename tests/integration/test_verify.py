@@ -177,7 +177,7 @@ def test_max_duration_stops_cleanly_and_says_what_was_not_read(world: World, cap
     The clock is injected: it jumps past the deadline once the first backup has been read."""
     from datetime import timedelta
 
-    from btrsync.cli.cmd_verify import render
+    from btrsync.cli.app import render_verify
     from btrsync.ops.verify import Options, verify
 
     ids = _chain(world)
@@ -203,7 +203,7 @@ def test_max_duration_stops_cleanly_and_says_what_was_not_read(world: World, cap
     assert report.incomplete and not report.damaged and results[ids[0]] in ("ok", "incomplete"), results
     assert list(results.values()).count("incomplete") >= len(ids) - 1, results
     capsys.readouterr()
-    render(report, False)
+    render_verify(report, False)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "all intact" not in line and "nothing damaged in what was read" in line, line
     assert "stopped at --max-duration: run again to continue" in line
