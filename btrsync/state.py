@@ -310,6 +310,26 @@ class State:
         write_json_atomic(self._target_file(st.url), st.as_doc())
 
 
+def anchors_in_force(held_by: dict[str, Any], uuid: str, now: datetime | None = None) -> list[str]:
+    """Why later pushes need the snapshot ``uuid`` as a parent: the reasons of the tree's
+    anchors (``held[uuid].anchor``) the last push to each target recorded, still in force at
+    ``now``.  ``held_by``: url -> held, as ``State.targets`` gives it."""
+    now = now or datetime.now(UTC)
+    reasons = []
+    for held in held_by.values():
+        entry = held.get(uuid) if isinstance(held, dict) else None
+        anchor = entry.get("anchor") if isinstance(entry, dict) else None
+        if not isinstance(anchor, dict):
+            continue
+        try:
+            until = datetime.fromisoformat(str(anchor.get("until")))
+        except ValueError:
+            continue  # unreadable: lapsed; the newest-common rule still holds
+        if until.tzinfo is not None and until > now:
+            reasons.append(str(anchor.get("reason")))
+    return reasons
+
+
 def write_json_atomic(path: Path, doc: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from btrsync.errors import DamageError
 from btrsync.retention import Decision, Item, Policy, decide, deletion_order
 from btrsync.retention.gfs import PARENT_PREFIX
 from btrsync.snapshots.store import Snapshot, delete_snapshot, list_snapshots
+from btrsync.state import anchors_in_force
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +193,8 @@ def protect_for_targets(snaps: list[Snapshot], held_by: Mapping[str, Iterable[st
     them does not receive this subvolume and protects nothing (else one push of any subvolume
     would pin every other subvolume's snapshots forever)."""
     protected: dict[str, str] = {}
-    now = now or datetime.now(UTC)
     for url, held in held_by.items():
-        entries = held if isinstance(held, Mapping) else {}
+        entries = {url: held} if isinstance(held, Mapping) else {}
         held = set(held)
         common = [i for i, s in enumerate(snaps) if s.uuid in held]
         if not common:
@@ -204,17 +204,9 @@ def protect_for_targets(snaps: list[Snapshot], held_by: Mapping[str, Iterable[st
             reason = f"newest common with {url}" if s.uuid in held else f"not yet on {url}"
             protected.setdefault(s.name, reason)
         for s in snaps[:start]:
-            anchor = entries.get(s.uuid, {}).get("anchor") if isinstance(entries.get(s.uuid), Mapping) else None
-            if isinstance(anchor, Mapping) and _until(anchor.get("until")) > now:
-                protected.setdefault(s.name, str(anchor.get("reason")))
+            if why := anchors_in_force(entries, s.uuid, now):
+                protected.setdefault(s.name, why[0])
     return protected
-
-
-def _until(text: object) -> datetime:
-    try:
-        return datetime.fromisoformat(str(text))
-    except ValueError:
-        return datetime.min.replace(tzinfo=UTC)  # unreadable: lapsed, the newest-common rule still holds
 
 
 def prune_snapshots(snapshot_dir: Path, subvolume: str, policy: Policy | None, now: datetime, *,

@@ -17,7 +17,7 @@ from btrsync.snapshots.store import (
     list_snapshots,
     subvolume_name,
 )
-from btrsync.state import State
+from btrsync.state import State, anchors_in_force
 
 
 def create(subvol: Path, snapshot_dir: Path, when: datetime | None) -> Snapshot:
@@ -34,6 +34,7 @@ def describe(snapshot_dir: Path, subvol: Path | None, state: State) -> list[dict
             "uuid": s.uuid, "parent_uuid": s.info.parent_uuid, "received_uuid": s.info.received_uuid,
             "readonly": s.info.readonly,
             "targets": sorted(url for url, uuids in held.items() if s.uuid in uuids),
+            "anchor": anchors_in_force(held, s.uuid),
         })
     return rows
 
@@ -61,6 +62,10 @@ def delete(path: Path, state: State, *, force: bool, audit: AuditLog | None = No
         raise SnapshotError(
             f"{path.name} is the newest snapshot that {', '.join(urls)} also holds: the parent of the "
             "next incremental push; deleting it forces a full send (use --force to delete anyway)")
+    if (why := anchors_in_force(state.targets(strict=True), snap.uuid)) and not force:
+        raise SnapshotError(
+            f"{path.name} is the {why[0]}; deleting it makes those pushes choose another parent or send "
+            "a full (use --force to delete anyway)")
     with (audit.deletion("delete-snapshot", path=str(path), snapshot=path.name, subvolume=parsed.base,
                          reasons=["snapshot delete" + (" --force" if force else "")])
           if audit is not None else nullcontext()):

@@ -235,6 +235,13 @@ def anchors(held: Sequence[Held], policy: Policy | None, now: datetime, target: 
     held = sorted(held, key=lambda h: h.time)
     lives = lifetimes([h.time for h in held], policy)
     found: dict[str, Anchor] = {}
+    fulls = [h for h in held if h.depth == 0]
+    if fulls:  # first: where the base is also a tier's anchor, it outlasts that period
+        base = fulls[-1]
+        found[base.snapshot_uuid] = Anchor(
+            base.snapshot_uuid, base.backup_id,
+            f"base of the backup tree on {target} (the newest full: the longest-kept tier is sent on it) "
+            "until a newer full replaces it", FOREVER)
     for rule in tier_rules(policy):
         key = period_key(rule, now, policy)
         for h, life in zip(held, lives):
@@ -245,13 +252,6 @@ def anchors(held: Sequence[Held], policy: Policy | None, now: datetime, target: 
                     f"anchor of the {rule} tier for {target} until {until:%Y-%m-%d %H:%MZ} "
                     f"(the {rule} backup of {period_label(rule, now, policy)}: this period's later backups "
                     "are sent on it)", until))
-    fulls = [h for h in held if h.depth == 0]
-    if fulls:
-        base = fulls[-1]
-        found.setdefault(base.snapshot_uuid, Anchor(
-            base.snapshot_uuid, base.backup_id,
-            f"base of the backup tree on {target} (the newest full: the longest-kept tier is sent on it) "
-            "until a newer full replaces it", FOREVER))
     return list(found.values())
 
 

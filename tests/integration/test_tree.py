@@ -113,6 +113,7 @@ def test_anchors_survive_snapshot_pruning_and_a_deleted_anchor_falls_back(world:
     push choose another parent or a full and say so; the push does not fail."""
     _configure(world)
     rng = random.Random(3)
+    (world.subvol / "big").write_bytes(rng.randbytes(300_000))  # the deltas stay small: one full
     _days(world, range(9), rng)  # 2026-11-20 (Friday) .. 11-28
     local = sorted(p.name for p in world.snapdir.iterdir())
     # the base (November's first, a full), this week's first (Monday 11-23), today's: nothing else
@@ -121,9 +122,14 @@ def test_anchors_survive_snapshot_pruning_and_a_deleted_anchor_falls_back(world:
                     "--keep-last", "1", "--dry-run", "--now", _at(8), "--json")
     assert dry.code == 0, dry.err
     why = {d["id"]: " ".join(d["reasons"]) for d in dry.json()}
-    assert "anchor of the monthly tier" in why["data.20261120T030000Z"], why  # also the tree's base
+    assert "base of the backup tree" in why["data.20261120T030000Z"], why  # also November's anchor
     assert "anchor of the weekly tier" in why["data.20261123T030000Z"], why
     assert "until 2026-11-30 00:00Z" in why["data.20261123T030000Z"], why
+    listed = world.cli("snapshot", "list", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--json")
+    anchors = {r["name"]: r["anchor"] for r in listed.json()}
+    assert anchors["data.20261128T030000Z"] == [] or "anchor of the daily tier" in anchors["data.20261128T030000Z"][0]
+    refused = world.cli("snapshot", "delete", str(world.snapdir / "data.20261120T030000Z"))
+    assert refused.code != 0 and "is the base of the backup tree" in refused.err, refused.err
     subprocess.run(["btrfs", "subvolume", "delete", str(world.snapdir / "data.20261123T030000Z")],
                    check=True, capture_output=True)
     _churn(world, 9, rng)
