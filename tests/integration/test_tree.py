@@ -300,3 +300,34 @@ def test_a_policy_changed_between_runs_rewrites_nothing_and_old_chains_age_out(w
     into.mkdir()
     assert world.receive(newest["id"], into).code == 0
     assert diff_trees(world.snapdir / newest["snapshot"], into / newest["snapshot"]) == []
+
+
+def test_two_targets_with_their_own_policies_grow_their_own_trees(world: World, tmp_path: Path) -> None:
+    """usb keeps days, weeks and months; far keeps weeks only (targets.far in the profile): each
+    target's backups are tiered by its own policy, and the local anchors serve both."""
+    far = tmp_path / "far"
+    far.mkdir()
+    _configure(world)
+    text = world.config.read_text()
+    text = text.replace('[retention.profiles.p]\n', '[retention.profiles.p]\ntargets.far = { keep_weekly = 3 }\n')
+    text = text.replace("targets.usb = {}\n", "targets.usb = {}\ntargets.far = {}\n")
+    world.config.write_text(text + "\n" + toml_table("far", {"url": f"file://{far}"}))
+    assert world.cli("init", "--to", "far").code == 0
+    rng = random.Random(23)
+    (world.subvol / "big").write_bytes(rng.randbytes(300_000))
+    for day in range(10):
+        _churn(world, day, rng)
+        assert _run(world, day)["status"] == "ok"
+    listed = world.cli("list", "--from", "far", "--json")
+    tiers = {b["snapshot"]: b["tier"] for b in listed.json()}
+    # far keeps the first backup of each week, and the newest (of no period of its policy)
+    assert tiers == {"data.20261120T030000Z": "weekly", "data.20261123T030000Z": "weekly",
+                     "data.20261129T030000Z": "base"}, tiers
+    usb = {b["snapshot"]: b["tier"] for b in world.listing()}
+    table = world.cli("list", "--from", "far").out.splitlines()
+    assert table[0].split()[4:7] == ["TIER", "KEPT", "UNTIL"], table[0]
+    assert any("weekly" in line and "2026-12-07" in line for line in table), table  # W48 + 2 weeks
+    assert usb["data.20261120T030000Z"] == "monthly" and usb["data.20261123T030000Z"] == "weekly", usb
+    # the local snapshots: both targets' anchors and their newest; nothing else
+    local = sorted(p.name for p in world.snapdir.iterdir())
+    assert local == ["data.20261120T030000Z", "data.20261123T030000Z", "data.20261129T030000Z"], local
