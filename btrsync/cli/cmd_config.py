@@ -9,9 +9,9 @@ import click
 from btrsync.cli.app import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json
+from btrsync.config.effective import effective
+from btrsync.config.schema import json_schema
 from btrsync.errors import EXIT_STATUS_HELP
-from btrsync.jobs.effective import effective
-from btrsync.jobs.schema import json_schema
 
 
 @click.group("config", epilog=EXIT_STATUS_HELP)

@@ -9,9 +9,9 @@ import click
 from btrsync.cli.app import App, pass_app, run_env
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
+from btrsync.config.timespan import timespan
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, UsageError
 from btrsync.jobs.runner import RunReport, run_jobs
-from btrsync.jobs.timespan import timespan
 from btrsync.units import format_bytes
 
 

@@ -11,9 +11,9 @@ import click
 from btrsync.cli.app import App, clock_for, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
+from btrsync.config.timespan import timespan
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ConfigError, ExitCode, KeyFileError, UsageError
 from btrsync.jobs.status import PLUGIN_WORDS, UNKNOWN, StatusRow, age_text, check, plugin_text, refresh, status_rows
-from btrsync.jobs.timespan import timespan
 from btrsync.units import format_bytes
 
 CHECK_HELP = """\b

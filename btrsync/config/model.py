@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from btrsync.config.jobs import JobsConfig, parse_jobs
 from btrsync.config.retention import RetentionConfig, parse_retention
 from btrsync.errors import ConfigError
-from btrsync.jobs.model import JobsConfig
 from btrsync.pipeline.schedule import RateSchedule
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN
 from btrsync.state import DEFAULT_STATE_DIR
@@ -148,8 +148,6 @@ def _jobs(doc: dict[str, Any], where: str, targets: dict[str, Any], retention: R
     that has any: most commands never need it."""
     if not any(key in doc for key in ("jobs", "metrics_dir", "max_parallel_jobs")):
         return JobsConfig()
-    from btrsync.jobs.schema import parse_jobs
-
     return parse_jobs(doc, where, targets, retention)
 
 

@@ -1,8 +1,5 @@
 """Jobs: the unattended path a nightly timer runs, and what an operator watches.
 
-``schema``       [jobs.NAME] in the configuration (pydantic models: the one source of truth
-                 for validation, ``btrsync config schema`` and the documentation's reference)
-``windows``      backup windows, target schedules ("every = daily"), stopping at a segment boundary
 ``hooks``        pre/post/on_success/on_failure commands: argv lists, timeouts, process groups
 ``coordination`` the job lock, the host-wide push slots (max_parallel_jobs), waiting locks
 ``records``      what each run leaves in state_dir/jobs/<job>.json (the input of status and metrics)
@@ -12,5 +9,7 @@
 ``systemd``      the units ``btrsync systemd generate`` writes
 
 Layering: ``jobs`` sits beside ``ops`` (it calls push, prune and snapshot use cases) and below
-``cli``; ``schema``, ``windows`` and ``timespan`` are pure and are imported by ``config``.
+``cli``.  What a job *is* (``[jobs.NAME]``: the dataclasses, their pydantic schema, windows,
+target schedules, durations) is configuration, in ``btrsync.config`` (``jobs``, ``schema``,
+``windows``, ``timespan``, ``effective``); nothing below imports this package.
 """

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -33,16 +34,15 @@ from typing import Any
 from btrsync.audit import AuditLog
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
+from btrsync.config.jobs import Job, JobTarget
 from btrsync.config.model import Config
+from btrsync.config.timespan import timespan
 from btrsync.errors import BtrsyncError, DamageError, ExitCode, LockedError
 from btrsync.jobs import hooks as hooklib
 from btrsync.jobs.clock import Clock
 from btrsync.jobs.coordination import job_lock, push_slot, repository_lock
 from btrsync.jobs.metrics import write_metrics_safely
 from btrsync.jobs.records import JobRecords, catalog_summary, iso, parse_iso
-from btrsync.jobs.schema import Job, JobTarget
-from btrsync.jobs.timespan import timespan
-from btrsync.jobs.windows import WindowStop
 from btrsync.ops.prune import prune_backups, prune_snapshots
 from btrsync.ops.push import PushResult, push
 from btrsync.ops.push_settings import bucket_for, settings_from
@@ -640,3 +640,30 @@ def run_failure_hooks(env: RunEnv, job: Job, unit: str) -> list[hooklib.HookResu
                              env=hooklib.env_for(job.name, "failed", targets=[t.name for t in job.targets],
                                                  subvolumes=[str(s) for s in job.subvolumes],
                                                  snapshot_dir=str(job.snapshot_dir), error=error))
+
+
+_SEGMENT_KEY = re.compile(r"^data/[^/]+/\d{6}$")
+
+
+class WindowClosedError(BtrsyncError):
+    """The backup window closed during a push (window_end = "stop"): stopped at a segment boundary."""
+
+
+class WindowStop:
+    """A target proxy refusing new segment uploads once ``is_open()`` is false."""
+
+    def __init__(self, inner: Any, is_open: Callable[[], bool], describe: str) -> None:
+        self._inner = inner
+        self._is_open = is_open
+        self._describe = describe
+        self.stopped = False
+
+    def put(self, key: str, parts: Any) -> Any:
+        if _SEGMENT_KEY.match(key) and not self._is_open():
+            self.stopped = True
+            raise WindowClosedError(f"the backup window {self._describe} closed: stopped before segment "
+                                    f"{key.rsplit('/', 1)[-1]}; the next run resumes from there")
+        return self._inner.put(key, parts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

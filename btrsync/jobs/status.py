@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from btrsync.catalog.repository import Repository
+from btrsync.config.jobs import Job
 from btrsync.config.model import Config
 from btrsync.errors import BtrsyncError, LockedError
 from btrsync.jobs.clock import Clock
 from btrsync.jobs.coordination import job_lock
 from btrsync.jobs.records import JobRecords, catalog_summary, iso, oldest_newest_backup_time, parse_iso
-from btrsync.jobs.schema import Job
 from btrsync.snapshots.store import subvolume_name
 from btrsync.state import State
 from btrsync.units import parse_size

@@ -28,10 +28,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from btrsync.config.jobs import Job
 from btrsync.config.model import Config
+from btrsync.config.timespan import systemd_timespan
 from btrsync.errors import ConfigError
-from btrsync.jobs.schema import Job
-from btrsync.jobs.timespan import systemd_timespan
 
 FAILURE_UNIT = "btrsync-on-failure@.service"
 BASE_CAPS = ("CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_DAC_OVERRIDE", "CAP_FOWNER")

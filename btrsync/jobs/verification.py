@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from btrsync.catalog.repository import Repository
+from btrsync.config.jobs import Job
 from btrsync.config.model import Config
+from btrsync.config.schema import VerifyModel
+from btrsync.config.timespan import timespan
 from btrsync.errors import BtrsyncError
 from btrsync.jobs.clock import Clock
 from btrsync.jobs.records import iso, parse_iso
-from btrsync.jobs.schema import Job, VerifyModel
-from btrsync.jobs.timespan import timespan
 from btrsync.ops.verify import Options, VerifyReport, verify
 from btrsync.state import State
 from btrsync.verify.ledger import Ledger

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from btrsync.cli.main import main
+from btrsync.config.schema import json_schema, reference_markdown
 from btrsync.errors import ConfigError
-from btrsync.jobs.schema import json_schema, reference_markdown
 from tests.jobs.conftest import config_from
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "scheduling.md"
@@ -162,4 +162,4 @@ def test_the_configuration_reference_in_the_docs_is_generated_from_the_schema() 
     current = text.split(begin, 1)[1].split(end, 1)[0]
     assert current.strip() == reference_markdown().strip(), (
         "docs/scheduling.md is out of date: regenerate the block with "
-        "python -c 'from btrsync.jobs.schema import reference_markdown; print(reference_markdown())'")
+        "python -c 'from btrsync.config.schema import reference_markdown; print(reference_markdown())'")

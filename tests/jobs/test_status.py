@@ -97,7 +97,7 @@ def test_stale_after_zero_is_a_threshold_not_the_default(tmp_path: Path) -> None
 
 
 def test_a_drill_dated_in_the_future_is_due() -> None:
-    from btrsync.jobs.schema import VerifyModel
+    from btrsync.config.schema import VerifyModel
     from btrsync.jobs.verification import drill_due
 
     policy = VerifyModel(drill_every="30d")

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from btrsync.jobs.windows import BackupWindow, TargetEvery, WindowClosedError, WindowStop
+from btrsync.config.windows import BackupWindow, TargetEvery
+from btrsync.jobs.runner import WindowClosedError, WindowStop
 
 
 def utc(day: int, hour: int, minute: int = 0) -> datetime:

@@ -22,8 +22,8 @@ import pytest
 import tomli_w
 
 from btrsync.config.model import parse_config
+from btrsync.config.timespan import timespan
 from btrsync.jobs.systemd import generate
-from btrsync.jobs.timespan import timespan
 from tests.nix.nixeval import ROOT, directives, evaluate, find_lib, run_nix, unit_files
 
 EXAMPLES = ["minimal", "b2-opnix", "two-jobs-ssh"]

@@ -17,27 +17,23 @@
 The pydantic models below validate the file (every error names the file, the job and the key),
 produce the JSON schema (``btrsync config schema``, for the NixOS module's option checks) and the
 reference table in docs/scheduling.md (a test keeps that table equal to ``reference_markdown()``).
-``parse_jobs`` then resolves what refers to the rest of the file (targets, retention profiles)
-into frozen ``Job`` values the runner uses.
+``btrsync.config.jobs.parse_jobs`` then resolves what refers to the rest of the file (targets,
+retention profiles) into the frozen ``Job`` values the runner uses; this module imports nothing
+of it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from btrsync.config.retention import RetentionConfig, policy_from
+from btrsync.config import DEFAULT_METRICS_DIR
+from btrsync.config.timespan import check_timespan
+from btrsync.config.windows import BackupWindow, TargetEvery
 from btrsync.errors import ConfigError
-from btrsync.jobs.model import DEFAULT_METRICS_DIR, Job, JobsConfig, JobTarget
-from btrsync.jobs.timespan import check_timespan, timespan
-from btrsync.jobs.windows import BackupWindow, TargetEvery
-from btrsync.pipeline.schedule import RateSchedule
-from btrsync.retention import Policy
 
 DEFAULT_STALE_AFTER = "26h"
 
@@ -191,43 +187,20 @@ class RunSettingsModel(_Strict):
                                                               "others queue")
 
 
-def parse_jobs(doc: Mapping[str, Any], where: str, targets: Mapping[str, Any],
-               retention: RetentionConfig) -> JobsConfig:
-    """Validate the top-level run settings and [jobs.*] of a configuration document."""
-    run_doc = {k: doc[k] for k in ("metrics_dir", "max_parallel_jobs") if k in doc}
+def run_settings(doc: Mapping[str, Any], where: str) -> RunSettingsModel:
+    """The top-level run settings (metrics_dir, max_parallel_jobs), validated; ``ConfigError``."""
     try:
-        run = RunSettingsModel.model_validate(run_doc)
+        return RunSettingsModel.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, where, None)) from None
-    jobs_doc = doc.get("jobs", {})
-    if not isinstance(jobs_doc, dict):
-        raise ConfigError(f"{where} [jobs] must be a table of [jobs.NAME] tables")
-    jobs: dict[str, Job] = {}
-    problems: list[str] = []
-    for name, body in jobs_doc.items():
-        if not _valid_job_name(name):
-            problems.append(f"{where} [jobs.{name}]: a job name is letters, digits, '-' and '_', not starting with '-' "
-                            "(it names systemd units and metrics labels)")
-            continue
-        try:
-            model = JobModel.model_validate(body)
-        except ValidationError as exc:
-            problems.append(_describe(exc, where, name))
-            continue
-        try:
-            jobs[name] = _resolve(name, model, where, targets, retention)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    problems += _series_collisions(jobs, where)
-    if problems:
-        raise ConfigError("\n".join(problems))
-    metrics_dir = Path(run.metrics_dir) if run.metrics_dir else None
-    return JobsConfig(jobs, metrics_dir, "metrics_dir" in doc, run.max_parallel_jobs)
 
 
-def _valid_job_name(name: str) -> bool:
-    return (bool(name) and len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name) and name.isascii()
-            and not name.startswith("-"))  # `btrsync run --all` is not a job
+def job_model(name: str, body: Any, where: str) -> JobModel:
+    """One [jobs.NAME] table, validated; ``ConfigError`` with a line per problem."""
+    try:
+        return JobModel.model_validate(body)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where, name)) from None
 
 
 def _describe(exc: ValidationError, where: str, job: str | None) -> str:
@@ -243,91 +216,6 @@ def _describe(exc: ValidationError, where: str, job: str | None) -> str:
             msg = "required setting missing"
         lines.append(f"{where} {table} {loc or '(table)'}: {msg}")
     return "\n".join(lines)
-
-
-def _series_collisions(jobs: Mapping[str, Job], where: str) -> list[str]:
-    """Snapshots are named ``<last path component>.<time>`` in their snapshot_dir: two subvolumes
-    (or two jobs) meeting under one name there would be one history to push, restore and prune:
-    ``/home`` sent as an incremental on ``/srv/home``'s parent, one's backups pruned as the other's."""
-    owners: dict[tuple[str, str], list[str]] = {}
-    for job in jobs.values():
-        directory = os.path.normpath(job.snapshot_dir)
-        for subvol in job.subvolumes:
-            path = os.path.normpath(subvol)
-            owners.setdefault((directory, os.path.basename(path) or "root"), []).append(f"{path} in [jobs.{job.name}]")
-    return [f"{where}: {' and '.join(who)} would both be snapshotted as {base}.<time> in {directory}: "
-            "give each subvolume, and each job, a snapshot_dir of its own (or list a subvolume once)"
-            for (directory, base), who in owners.items() if len(who) > 1]
-
-
-def _resolve(name: str, model: JobModel, where: str, targets: Mapping[str, Any],
-             retention: RetentionConfig) -> Job:
-    here = f"{where} [jobs.{name}]"
-    tz = model.timezone
-    profile = None
-    if model.retention is not None:
-        profile = retention.profiles.get(model.retention)
-        if profile is None:
-            raise ConfigError(f"{here} retention: no profile named {model.retention!r} "
-                              f"(defined: {', '.join(sorted(retention.profiles)) or 'none'})")
-    snapshot_policy = profile.snapshots if profile else None
-    if model.snapshots is not None:
-        snapshot_policy = policy_from(model.snapshots, retention.timezone, f"{here} snapshots")
-    job_targets = []
-    for tname, tmodel in model.targets.items():
-        if tname not in targets and "://" not in tname:
-            raise ConfigError(f"{here} targets.{tname}: no [targets.{tname}] in the configuration "
-                              f"(configured: {', '.join(sorted(targets)) or 'none'}) and not a URL")
-        job_targets.append(_resolve_target(tname, tmodel, model, profile, here, targets, retention))
-    return Job(
-        name=name, enabled=model.enabled, subvolumes=tuple(Path(p) for p in model.subvolumes),
-        snapshot_dir=Path(model.snapshot_dir), schedule=model.schedule,
-        randomized_delay=timespan(model.randomized_delay), window=BackupWindow.parse(model.window, tz),
-        window_end=model.window_end, snapshot_policy=snapshot_policy, targets=tuple(job_targets),
-        verify=model.verify, hooks=model.hooks, lock_wait=timespan(model.lock_wait),
-        stale_after=timespan(model.stale_after), model=model,
-    )
-
-
-def _resolve_target(tname: str, t: JobTargetModel, job: JobModel, profile: Any, here: str,
-                    targets: Mapping[str, Any], retention: RetentionConfig) -> JobTarget:
-    where = f"{here} targets.{tname}"
-    policy: Policy | None
-    if isinstance(t.retention, dict):
-        policy, text = policy_from(t.retention, retention.timezone, f"{where} retention"), "inline"
-    elif isinstance(t.retention, str):
-        chosen = retention.profiles.get(t.retention)
-        if chosen is None:
-            raise ConfigError(f"{where} retention: no profile named {t.retention!r} "
-                              f"(defined: {', '.join(sorted(retention.profiles)) or 'none'})")
-        policy, text = _profile_policy(chosen, tname, targets), f"profile {t.retention}"
-    elif profile is not None:
-        policy, text = _profile_policy(profile, tname, targets), f"profile {profile.name}"
-    else:
-        policy, text = None, "[retention] of each subvolume"
-    bwlimit = None
-    if t.bwlimit is not None or t.bwlimit_schedule:
-        try:
-            bwlimit = RateSchedule.parse(t.bwlimit, list(t.bwlimit_schedule or []), job.timezone)
-        except ValueError as exc:
-            raise ConfigError(f"{where} bwlimit: {exc}") from None
-    return JobTarget(
-        name=tname, retention=policy, retention_text=text, bwlimit=bwlimit, max_chain=t.max_chain,
-        every=TargetEvery.parse(t.every) if t.every else None,
-        window=BackupWindow.parse(t.window, job.timezone) if t.window is not None else None,
-        backfill=t.backfill, verify=t.verify or job.verify,
-    )
-
-
-def _profile_policy(profile: Any, tname: str, targets: Mapping[str, Any]) -> Policy | None:
-    names = [tname]
-    settings = targets.get(tname)
-    if isinstance(settings, dict) and settings.get("url"):
-        names.append(str(settings["url"]))
-    for n in names:
-        if n in profile.targets:
-            return profile.targets[n]  # type: ignore[no-any-return]
-    return profile.backups  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from datetime import timedelta
 
 from btrsync.units import parse_interval
 
-
 MAX_TIMESPAN = timedelta(days=3660)  # ten years: longer is a typo, and overflows date arithmetic
 
 

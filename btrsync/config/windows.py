@@ -9,26 +9,18 @@ A target's ``every`` decides whether a run pushes to it: ``hourly``/``daily``/``
 ``monthly`` mean "unless it already got a backup in this calendar period" (so a timer's random
 delay never skips a day), a duration (``6h``) means "unless the last success is more recent";
 a run up to a tenth of the duration (at most an hour) early still counts as due.
-
-``WindowStop`` wraps a target for ``window_end = "stop"``: once the window has closed, the next
-segment upload is refused before it starts, so the push stops at a segment boundary; the
-segments already durable (and indexed) are resumed by the next run.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from btrsync.errors import BtrsyncError
-from btrsync.jobs.timespan import timespan
+from btrsync.config.timespan import timespan
 from btrsync.pipeline.schedule import RateSchedule, Window
 
-_SEGMENT_KEY = re.compile(r"^data/[^/]+/\d{6}$")
 PERIODS = ("hourly", "daily", "weekly", "monthly")
 
 
@@ -139,27 +131,3 @@ def _ago(delta: timedelta) -> str:
     if seconds < 2 * 86400:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
-
-
-class WindowClosedError(BtrsyncError):
-    """The backup window closed during a push (window_end = "stop"): stopped at a segment boundary."""
-
-
-class WindowStop:
-    """A target proxy refusing new segment uploads once ``is_open()`` is false."""
-
-    def __init__(self, inner: Any, is_open: Callable[[], bool], describe: str) -> None:
-        self._inner = inner
-        self._is_open = is_open
-        self._describe = describe
-        self.stopped = False
-
-    def put(self, key: str, parts: Any) -> Any:
-        if _SEGMENT_KEY.match(key) and not self._is_open():
-            self.stopped = True
-            raise WindowClosedError(f"the backup window {self._describe} closed: stopped before segment "
-                                    f"{key.rsplit('/', 1)[-1]}; the next run resumes from there")
-        return self._inner.put(key, parts)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
