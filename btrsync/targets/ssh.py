@@ -101,7 +101,7 @@ from btrsync.targets.sshconn import (
 )
 
 if TYPE_CHECKING:
-    from btrsync.targets.registry import TargetURL
+    from btrsync.targets.url import TargetURL
 
 log = logging.getLogger(__name__)
 

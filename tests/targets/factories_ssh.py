@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from btrsync.targets.base import Target
-from btrsync.targets.registry import open_target, parse_url
+from btrsync.targets.registry import open_target
 from btrsync.targets.ssh import SshTarget
+from btrsync.targets.url import parse_url
 from tests.support.sshd import SshServer, missing_tools
 
 _server: SshServer | None = None

@@ -31,10 +31,10 @@ from btrsync.targets.errors import (
     TransientTargetError,
 )
 from btrsync.targets.local import LocalTarget
-from btrsync.targets.registry import parse_url
 from btrsync.targets.retry import RetryPolicy
 from btrsync.targets.ssh import PARTIAL_DIR, SshTarget, TransferStats, remote_root
 from btrsync.targets.sshconn import SshConfig, SshConnection, remote_error, rsync_error, ssh_error
+from btrsync.targets.url import parse_url
 from tests.support.sshd import SshServer, free_port
 from tests.targets.factories_ssh import open_ssh_target, ssh_server
 

@@ -22,8 +22,9 @@ from btrsync.errors import TargetMissingError, UsageError
 from btrsync.ops.clean import clean
 from btrsync.targets.errors import NotFound, PermissionDenied, TargetError
 from btrsync.targets.local import LocalTarget
-from btrsync.targets.registry import open_target, parse_url
+from btrsync.targets.registry import open_target
 from btrsync.targets.safety import SymlinkInTarget
+from btrsync.targets.url import parse_url
 from tests.support.faultfs import FaultFS
 from tests.targets.conftest import files_below as _files
 
