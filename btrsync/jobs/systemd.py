@@ -26,7 +26,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from btrsync.config.jobs import Job
 from btrsync.config.model import Config
@@ -37,21 +39,33 @@ FAILURE_UNIT = "btrsync-on-failure@.service"
 BASE_CAPS = ("CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
 RECEIVE_CAPS = ("CAP_CHOWN", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP", "CAP_LINUX_IMMUTABLE",
                 "CAP_SYS_CHROOT")  # btrfs receive --chroot (btrfs/receive.py)
+# a unit's own /tmp and /var/tmp (PrivateTmp=): a drill scratch directory under them is bound in
+PRIVATE_TMP = ("/tmp", "/var/tmp")
+# LimitCORE=0: a core file of a unit holding the key would hold it in clear
 HARDENING = """\
 ProtectSystem=strict
 PrivateTmp=yes
 NoNewPrivileges=yes
 ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
 ProtectControlGroups=yes
+ProtectClock=yes
 ProtectHostname=yes
+ProtectProc=invisible
+RestrictNamespaces=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 RestrictSUIDSGID=yes
 RestrictRealtime=yes
 LockPersonality=yes
 SystemCallArchitectures=native
+SystemCallFilter=@system-service @mount
+SystemCallErrorNumber=EPERM
 UMask=0077
+LimitCORE=0
 Nice=10
 CPUSchedulingPolicy=batch
-IOSchedulingClass=idle
+IOSchedulingClass=best-effort
 """
 
 
@@ -91,10 +105,15 @@ def default_btrsync() -> str:
 
 
 def _file_target_dir(url: str) -> str | None:
-    if url.startswith("file://"):
-        rest = url[len("file://"):]
-        return "/" + rest.split("/", 1)[1] if not rest.startswith("/") and "/" in rest else rest
-    return None
+    """The directory of a ``file://`` target, percent-decoded as btrsync opens it (``repo%201``)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "file":
+        return None
+    return unquote(parts.path).rstrip("/") or "/"
+
+
+def _under_private_tmp(path: str) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in PRIVATE_TMP)
 
 
 def check_calendar(job: Job) -> None:
@@ -106,6 +125,21 @@ def check_calendar(job: Job) -> None:
     if proc.returncode != 0:
         raise ConfigError(f"[jobs.{job.name}] schedule {job.schedule!r} is not a systemd calendar "
                           f"expression: {proc.stderr.strip() or proc.stdout.strip()} (see systemd.time(7))")
+
+
+def _make_dirs(config: Config, scratch: Sequence[str] = ()) -> list[str]:
+    """ExecStartPre= lines making btrsync's own directories.  '+': outside the sandbox, where
+    ProtectSystem=strict would refuse it; ReadWritePaths= skips a directory missing when the service
+    starts, so btrsync could not make them itself."""
+    mkdir = shutil.which("mkdir") or "/bin/mkdir"
+    dirs = [("0700", str(config.state_dir))]
+    if config.jobs.metrics_dir is not None:
+        dirs.append(("0755", str(config.jobs.metrics_dir)))
+    dirs += [("0700", d) for d in scratch]
+    unique: dict[str, str] = {}
+    for mode, d in dirs:
+        unique.setdefault(d, mode)
+    return [f"ExecStartPre=+{exec_arg(mkdir)} -p -m {mode} {exec_arg(d)}" for d, mode in unique.items()]
 
 
 def credentials(config: Config, job: Job) -> list[tuple[str, str]]:
@@ -125,6 +159,7 @@ def credentials(config: Config, job: Job) -> list[tuple[str, str]]:
 def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -> str:
     creds = credentials(config, job)
     remote = False
+    scratch: list[str] = []
     writable = [str(config.state_dir), str(job.snapshot_dir)]
     mounts = [str(job.snapshot_dir), *map(str, job.subvolumes)]
     if config.jobs.metrics_dir is not None:
@@ -142,7 +177,8 @@ def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -
             writable.append(local)
             mounts.append(local)
         if drills:
-            writable.append(jt.verify.scratch_dir)
+            writable.append(str(jt.verify.scratch_dir))
+            scratch.append(str(jt.verify.scratch_dir))
     argv = [btrsync, "--config", str(config_path)]
     if any(name == "key" for name, _ in creds):
         argv += ["--key-file", "%d/key"]
@@ -161,14 +197,21 @@ def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -
         "",
         "[Service]",
         "Type=oneshot",
+        *_make_dirs(config, list(dict.fromkeys(scratch))),
         "ExecStart=" + " ".join(exec_arg(a) if a != "%d/key" else a for a in argv),
     ]
     lines += [f"LoadCredential={name}:{path.replace('%', '%%')}" for name, path in creds]
     lines += [
         "KillMode=mixed",
         "TimeoutStopSec=5min",
-        "LimitCORE=0",  # a core file would hold the key in clear
         "ReadWritePaths=" + " ".join(_path_arg(p) for p in dict.fromkeys(writable)),
+    ]
+    # the drill lock and the leftover cleanup are shared between units (jobs, verifications, a
+    # manual verify): a scratch directory under the unit's private /tmp or /var/tmp is the host's
+    shared = [d for d in dict.fromkeys(scratch) if _under_private_tmp(d)]
+    if shared:
+        lines.append("BindPaths=" + " ".join(_path_arg(d) for d in shared))
+    lines += [
         "CapabilityBoundingSet=" + " ".join(caps),
         HARDENING.rstrip("\n"),
     ]
@@ -198,9 +241,12 @@ def failure_unit(config: Config, *, config_path: Path, btrsync: str) -> str:
         "# generated by 'btrsync systemd generate'",
         "[Unit]",
         "Description=btrsync: on_failure hooks of the failed unit %i",
+        "Wants=network-online.target",  # hooks that notify over the network
+        "After=network-online.target",
         "",
         "[Service]",
         "Type=oneshot",
+        *_make_dirs(config)[:1],
         "ExecStart=" + " ".join(exec_arg(a) for a in argv) + " %i",
         "ReadWritePaths=" + _path_arg(config.state_dir),
         HARDENING.rstrip("\n"),

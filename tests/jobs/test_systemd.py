@@ -83,7 +83,7 @@ def test_the_service_unit_names_secret_paths_only_and_is_hardened(tmp_path: Path
     assert f"LoadCredential=ssh-nas:{tmp_path}/id_ed25519" in service
     assert "ExecStart=/usr/bin/btrsync --config /etc/btrsync/config.toml --key-file %d/key run home" in service
     for line in ("Type=oneshot", "ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes",
-                 "IOSchedulingClass=idle", "Nice=10", "KillMode=mixed", "OnFailure=btrsync-on-failure@%n.service",
+                 "IOSchedulingClass=best-effort", "Nice=10", "KillMode=mixed", "OnFailure=btrsync-on-failure@%n.service",
                  "LimitCORE=0",
                  "Wants=network-online.target"):
         assert line in service.splitlines(), line
@@ -97,6 +97,43 @@ def test_the_service_unit_names_secret_paths_only_and_is_hardened(tmp_path: Path
     timer = units["btrsync-home.timer"]
     assert "OnCalendar=Mon..Fri *-*-* 02:30:00" in timer and "Persistent=true" in timer
     assert "RandomizedDelaySec=900s" in timer
+
+
+def test_a_percent_encoded_directory_target_is_named_decoded_in_the_sandbox(tmp_path: Path) -> None:
+    """btrsync opens file:///x/repo%201 as '/x/repo 1': that directory is the one to make writable."""
+    text = CONFIG.format(tmp=tmp_path).replace(f'url = "file://{tmp_path}/usb disk"',
+                                               f'url = "file://localhost{tmp_path}/usb%20disk%25"')
+    config = config_from(text)
+    service = generate(config, [config.jobs.jobs["logs"]], config_path=Path("/etc/btrsync/config.toml"),
+                       btrsync="/usr/bin/btrsync", check=False)["btrsync-logs.service"]
+    rw = next(x for x in service.splitlines() if x.startswith("ReadWritePaths="))
+    mounts = next(x for x in service.splitlines() if x.startswith("RequiresMountsFor="))
+    assert f'"-{tmp_path}/usb disk%%"' in rw and f'"{tmp_path}/usb disk%%"' in mounts
+    assert "%20" not in service and "localhost" not in service
+
+
+def test_drill_scratch_directories_are_shared_between_units(tmp_path: Path) -> None:
+    """PrivateTmp= gives each unit its own /var/tmp: the default scratch directory is bound in from the
+    host's, so the drill lock and the leftover cleanup work across units; and it is made first."""
+    config = config_from(CONFIG.format(tmp=tmp_path))
+    service = generate(config, [config.jobs.jobs["home"]], config_path=Path("/etc/btrsync/config.toml"),
+                       btrsync="/usr/bin/btrsync", check=False)["btrsync-home.service"]
+    lines = service.splitlines()
+    assert "BindPaths=-/var/tmp/btrsync-drills" in lines
+    assert any(x.startswith("ExecStartPre=+") and x.endswith("-p -m 0700 /var/tmp/btrsync-drills") for x in lines)
+    assert any(x.endswith(f"-p -m 0700 {tmp_path}/state") for x in lines)
+    assert any(x.endswith(f"-p -m 0755 {tmp_path}/metrics") for x in lines)
+    logs = generate(config, [config.jobs.jobs["logs"]], config_path=Path("/etc/btrsync/config.toml"),
+                    btrsync="/usr/bin/btrsync", check=False)["btrsync-logs.service"]
+    assert "BindPaths" not in logs and "btrsync-drills" not in logs  # no drills, no scratch
+
+
+def test_the_on_failure_unit_waits_for_the_network_for_its_hooks(tmp_path: Path) -> None:
+    config = config_from(CONFIG.format(tmp=tmp_path))
+    unit = generate(config, [], config_path=Path("/etc/btrsync/config.toml"), btrsync="/usr/bin/btrsync",
+                    check=False)["btrsync-on-failure@.service"].splitlines()
+    assert "Wants=network-online.target" in unit and "After=network-online.target" in unit
+    assert "LimitCORE=0" in unit and "IOSchedulingClass=best-effort" in unit
 
 
 def test_credentials_from_systemd_replace_the_targets_secret_files(tmp_path: Path) -> None:

@@ -146,7 +146,8 @@ def _normalised(d: dict[str, list[str]]) -> dict[str, list[str]]:
         if key == "Timer.RandomizedDelaySec":
             values = [str(int(timespan(v).total_seconds())) for v in values]
         elif key in ("Unit.Wants", "Unit.After", "Unit.RequiresMountsFor", "Service.ReadWritePaths",
-                     "Service.CapabilityBoundingSet"):
+                     "Service.CapabilityBoundingSet", "Service.SystemCallFilter", "Service.RestrictAddressFamilies",
+                     "Service.BindPaths"):
             values = sorted(" ".join(values).split(" ")) if '"' not in " ".join(values) else values
         values = ["true" if v in ("yes", "true") else "false" if v in ("no", "false") else v for v in values]
         out[key] = values
@@ -169,6 +170,9 @@ def test_the_units_are_what_btrsync_systemd_generate_writes(hosts: dict[str, Any
             extra = set(mine.pop(key, [])) - set(theirs.get(key, []))
             assert extra <= secrets_units, (unit, key, extra)
             theirs.pop(key, None)
+        # generated units make the state and metrics directories; on NixOS tmpfiles does
+        for made in theirs.pop("Service.ExecStartPre", []):
+            assert f"d {made.split()[-1]} 0" in " ".join(host["tmpfiles"]), (unit, made)
         assert mine == theirs, unit
     job_units = {u for u in ours if not u.startswith("btrsync-verify-")}
     assert job_units == set(expected)
@@ -369,3 +373,45 @@ def test_the_host_in_docs_nixos_md_evaluates_and_passes_config_check(lib: str, t
     proc = subprocess.run([btrsync_bin(), "--config", str(path), "config", "check"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_hosts_own_service_settings_override_the_hardening(lib: str) -> None:
+    """The hardening is at mkDefault: `serviceConfig.Nice = 5` is the host's choice, not a conflict."""
+    result = evaluate(lib, [f"({{ lib, ... }}: {{ {BASE} }})",
+                            "{ systemd.services.btrsync-home.serviceConfig = { Nice = 5; ProtectProc = \"default\"; }; }",
+                            "{ services.btrsync = { ioSchedulingClass = \"idle\"; ioSchedulingPriority = 7; }; }"])
+    home = result["services"]["btrsync-home"]["serviceConfig"]
+    assert home["Nice"] == 5 and home["ProtectProc"] == "default"
+    assert home["IOSchedulingClass"] == "idle" and home["IOSchedulingPriority"] == 7
+    assert home["LimitCORE"] == "0"  # not a default: the key must never land in a core file
+    default = evaluate(lib, [f"({{ lib, ... }}: {{ {BASE} }})"])["services"]["btrsync-home"]["serviceConfig"]
+    assert default["IOSchedulingClass"] == "best-effort" and "IOSchedulingPriority" not in default
+    assert default["Nice"] == 10 and default["SystemCallFilter"] == ["@system-service", "@mount"]
+
+
+def test_a_percent_encoded_directory_target_is_the_decoded_directory(lib: str) -> None:
+    result = evaluate(lib, [f"({{ lib, ... }}: {{ {BASE} }})",
+                            '{ services.btrsync.targets.usb.url = lib.mkForce "file:///mnt/usb%20disk%25/"; }'
+                            .replace("{ services", "({ lib, ... }: { services").replace("; }", "; })")])
+    home = result["services"]["btrsync-home"]
+    assert '"-/mnt/usb disk%%"' in home["serviceConfig"]["ReadWritePaths"]
+    assert '"/mnt/usb disk%%"' in home["unitConfig"]["RequiresMountsFor"] and "%20" not in json.dumps(home)
+
+
+def test_verification_and_failure_units(lib: str) -> None:
+    """A verification holds the key: no core file; it starts the host's failure units; the failure
+    unit's hooks may notify over the network; drill scratch directories are the host's."""
+    result = evaluate(lib, [f"({{ lib, ... }}: {{ {BASE} }})", """{
+      services.btrsync.onFailure = [ "notify@%n.service" ];
+      services.btrsync.verifications.drill = { target = "usb"; level = "restore"; };
+      services.btrsync.jobs.home.verify.drillEvery = "30d";
+    }"""])
+    drill = result["services"]["btrsync-verify-drill"]
+    assert drill["onFailure"] == ["notify@%n.service"] and drill["serviceConfig"]["LimitCORE"] == "0"
+    assert drill["serviceConfig"]["BindPaths"] == "-/var/tmp/btrsync-drills"
+    home = result["services"]["btrsync-home"]
+    assert home["onFailure"] == ["btrsync-on-failure@%n.service", "notify@%n.service"]
+    assert home["serviceConfig"]["BindPaths"] == "-/var/tmp/btrsync-drills"
+    assert "d /var/tmp/btrsync-drills 0700 root root -" in result["tmpfiles"]
+    failure = result["services"]["btrsync-on-failure@"]
+    assert failure["wants"] == ["network-online.target"] == failure["after"]

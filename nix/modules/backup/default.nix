@@ -13,7 +13,7 @@ let
   configPath = "/etc/btrsync/config.toml";
   btrsync = "${cfg.package}/bin/btrsync";
 
-  hardening = T.hardening;
+  hardening = T.hardening cfg;
   inherit (T) baseCaps receiveCaps;
 
   enabledJobs = lib.filterAttrs (_: j: j.enable) cfg.jobs;
@@ -38,6 +38,8 @@ let
       writable = lib.unique ([ cfg.stateDir job.snapshotDir ] ++ lib.optional (metricsDir != null) metricsDir
         ++ lib.concatLists (map (t: [ ] ++ (let d = T.fileTargetDir (targetUrl t); in lib.optional (d != null) d)
         ++ lib.optional withDrills (verifyOf job job.targets.${t}).scratchDir) (lib.attrNames job.targets)));
+      scratch = lib.unique (lib.optionals withDrills (map (t: (verifyOf job job.targets.${t}).scratchDir) (lib.attrNames job.targets)));
+      shared = lib.filter T.privateTmp scratch;
       # directory targets too: a 'noauto' backup disk is mounted for the run (as btrsync systemd generate)
       mounts = lib.unique ([ job.snapshotDir ] ++ job.subvolumes ++ localDirs);
       network = lib.optional remote "network-online.target";
@@ -46,7 +48,7 @@ let
       description = "btrsync backup job ${name}";
       wants = network ++ cfg.secretsUnits;
       after = network ++ cfg.secretsUnits;
-      onFailure = [ "btrsync-on-failure@%n.service" ];
+      onFailure = [ "btrsync-on-failure@%n.service" ] ++ cfg.onFailure;
       unitConfig.RequiresMountsFor = lib.concatStringsSep " " (map (T.quoted "") mounts);
       restartIfChanged = false; # a switch must not start a backup
       serviceConfig = hardening // {
@@ -56,9 +58,10 @@ let
         LoadCredential = map (lib.replaceStrings [ "%" ] [ "%%" ]) (credentialsOf job);
         KillMode = "mixed";
         TimeoutStopSec = "5min";
-        LimitCORE = "0"; # a core file would hold the key in clear
         ReadWritePaths = lib.concatStringsSep " " (map (T.quoted "-") writable);
         CapabilityBoundingSet = lib.concatStringsSep " " (baseCaps ++ lib.optionals withDrills receiveCaps);
+      } // lib.optionalAttrs (shared != [ ]) {
+        BindPaths = lib.concatStringsSep " " (map (T.quoted "-") shared);
       };
     };
 
@@ -75,6 +78,9 @@ let
 
   failureService = {
     description = "btrsync: on_failure hooks of the failed unit %i";
+    # hooks that notify over the network
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" ];
     serviceConfig = hardening // {
       Type = "oneshot";
       ExecStart = lib.concatStringsSep " " (map T.execArg [ btrsync "--config" configPath "systemd" "on-failure" ]) + " %i";
@@ -168,6 +174,38 @@ in
       '';
     };
 
+    nice = mkOption {
+      type = types.ints.between (-20) 19;
+      default = 10;
+      description = "`Nice=` of every btrsync unit (as services.btrbk.niceness).";
+    };
+
+    ioSchedulingClass = mkOption {
+      type = types.enum [ "idle" "best-effort" "realtime" ];
+      default = "best-effort";
+      description = ''
+        `IOSchedulingClass=` of every btrsync unit (as services.btrbk.ioSchedulingClass).  `idle`
+        gets disk time only when nothing else wants it: on a busy disk a backup may never finish.
+      '';
+    };
+
+    ioSchedulingPriority = mkOption {
+      type = types.nullOr (types.ints.between 0 7);
+      default = null;
+      description = "`IOSchedulingPriority=` (0 highest, 7 lowest) within the class; null: derived from `nice`.";
+    };
+
+    onFailure = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "notify-failure@%n.service" ];
+      description = ''
+        Units every btrsync unit starts when it fails (`OnFailure=`): the job units besides
+        `btrsync-on-failure@` (which runs the job's `on_failure` hooks), and the verification units,
+        which have no hooks of their own.
+      '';
+    };
+
     checkConfig = mkOption {
       type = types.bool;
       default = true;
@@ -198,7 +236,10 @@ in
     systemd.services = lib.mapAttrs' (n: j: lib.nameValuePair "btrsync-${n}" (jobService n j)) cfg.jobs
       // { "btrsync-on-failure@" = failureService; };
     systemd.timers = lib.mapAttrs' (n: j: lib.nameValuePair "btrsync-${n}" (jobTimer n j)) enabledJobs;
-    systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0700 root root -" ];
+    # the state directory, and the drills' scratch directories (bound into units with a private /var/tmp)
+    systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0700 root root -" ]
+      ++ map (d: "d ${d} 0700 root root -") (lib.unique (lib.concatLists (lib.mapAttrsToList (_: job:
+        lib.optionals (drills job) (map (t: (verifyOf job job.targets.${t}).scratchDir) (lib.attrNames job.targets))) cfg.jobs)));
 
     assertions = secretAssertions ++ settingsAssertions
       ++ lib.mapAttrsToList (n: _: {

@@ -48,28 +48,57 @@ rec {
 
   # the directory of a file:// target URL, or null
   fileTargetDir = url:
-    let m = builtins.match "file://([^/]*)(/.*)" url;
-    in if m == null then null else builtins.elemAt m 1;
+    let m = builtins.match "file://([^/]*)(/[^?#]*).*" url;
+        dir = if m == null then null else percentDecode (builtins.elemAt m 1);
+        trimmed = if dir == null then null else lib.removeSuffix "/" dir;
+    in if dir == null then null else if trimmed == "" then "/" else trimmed;
+  # %XX escapes of a URL path, decoded as btrsync (urllib.parse.unquote) decodes them: file:///mnt/repo%201
+  # is the directory "/mnt/repo 1" (printable ASCII; anything else is left as written)
+  hexDigits = lib.stringToCharacters "0123456789abcdef";
+  printable = lib.stringToCharacters " !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~";
+  byteChars = lib.listToAttrs (map (c: let i = lib.strings.charToInt c; in lib.nameValuePair
+    (builtins.elemAt hexDigits (i / 16) + builtins.elemAt hexDigits (lib.mod i 16)) c) printable);
+  percentDecode = s:
+    let parts = lib.splitString "%" s;
+        decodeOne = p: let code = lib.toLower (builtins.substring 0 2 p); in
+          if byteChars ? ${code} then byteChars.${code} + builtins.substring 2 (-1) p else "%" + p;
+    in builtins.head parts + lib.concatStrings (map decodeOne (builtins.tail parts));
   isS3 = url: lib.hasPrefix "s3://" url;
   isSsh = url: lib.hasPrefix "ssh://" url;
 
-  # the hardening of every unit, as btrsync/jobs/systemd.py HARDENING
-  hardening = {
+  # the hardening of every unit, as btrsync/jobs/systemd.py HARDENING; at mkDefault, so that a
+  # host's own serviceConfig (Nice = 5, ProtectHome = ...) overrides it instead of conflicting.
+  # LimitCORE=0 stays at normal priority: a core file of a unit holding the key would hold it in clear.
+  hardening = cfg: lib.mapAttrs (_: lib.mkDefault) ({
     ProtectSystem = "strict";
     PrivateTmp = true;
     NoNewPrivileges = true;
     ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
     ProtectControlGroups = true;
+    ProtectClock = true;
     ProtectHostname = true;
+    ProtectProc = "invisible";
+    RestrictNamespaces = true;
+    RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
     RestrictSUIDSGID = true;
     RestrictRealtime = true;
     LockPersonality = true;
     SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" "@mount" ];
+    SystemCallErrorNumber = "EPERM";
     UMask = "0077";
-    Nice = 10;
+    Nice = cfg.nice;
     CPUSchedulingPolicy = "batch";
-    IOSchedulingClass = "idle";
-  };
+    IOSchedulingClass = cfg.ioSchedulingClass;
+  } // lib.optionalAttrs (cfg.ioSchedulingPriority != null) { IOSchedulingPriority = cfg.ioSchedulingPriority; })
+  // { LimitCORE = "0"; };
+
+  # a drill scratch directory under a unit's private /tmp or /var/tmp (PrivateTmp=) is bound in
+  # from the host's, so that the drill lock and the leftover cleanup are shared between units
+  privateTmp = d: lib.any (p: d == p || lib.hasPrefix "${p}/" d) [ "/tmp" "/var/tmp" ];
+
   # LoadCredential= entries for a target's secret files (btrsync reads them from
   # $CREDENTIALS_DIRECTORY/target-<name> and ssh-<name>, in every command); none for a bare URL.
   targetCredentials = cfg: t:

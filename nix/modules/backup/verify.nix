@@ -57,8 +57,9 @@ let
       description = "btrsync verification ${name} of ${v.target} (${v.level})";
       wants = network ++ cfg.secretsUnits;
       after = network ++ cfg.secretsUnits;
+      onFailure = cfg.onFailure;
       restartIfChanged = false;
-      serviceConfig = T.hardening // {
+      serviceConfig = T.hardening cfg // {
         Type = "oneshot";
         ExecStart = lib.concatStringsSep " " (map T.execArg argv
           ++ lib.optionals (cfg.keyFile != null) [ "--key-file" "%d/key" ] ++ map T.execArg rest);
@@ -69,6 +70,8 @@ let
         ReadWritePaths = lib.concatStringsSep " " (map (T.quoted "-") (lib.unique ([ cfg.stateDir ] ++ metrics
           ++ lib.optional (dir != null) dir ++ lib.optional restore v.scratchDir)));
         CapabilityBoundingSet = lib.concatStringsSep " " (T.baseCaps ++ lib.optionals restore T.receiveCaps);
+      } // lib.optionalAttrs (restore && T.privateTmp v.scratchDir) {
+        BindPaths = T.quoted "-" v.scratchDir;
       };
     };
 in
@@ -110,6 +113,8 @@ in
     }) cfg.jobs;
 
     systemd.services = lib.mapAttrs' (n: v: lib.nameValuePair "btrsync-verify-${n}" (verifyService n v)) cfg.verifications;
+    systemd.tmpfiles.rules = lib.unique (lib.mapAttrsToList (_: v: "d ${v.scratchDir} 0700 root root -")
+      (lib.filterAttrs (_: v: v.level == "restore") cfg.verifications));
     systemd.timers = lib.mapAttrs' (n: v: lib.nameValuePair "btrsync-verify-${n}" {
       description = "btrsync verification ${n} (${v.schedule})";
       wantedBy = [ "timers.target" ];
