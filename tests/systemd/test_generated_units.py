@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 import uuid
 from pathlib import Path
@@ -183,3 +184,144 @@ def test_a_drill_runs_in_its_unit_and_shares_the_scratch_directory(booted: Boote
     assert "btrsync-drill-leftover.img" in result["journal"]  # removed, and said
     assert c.run(["ls", "-A", "/var/tmp/btrsync-drills"]).stdout.strip() == ""
     assert "btrsync-drill" not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+
+
+class FailingJob:
+    """A job whose on_failure hook appends to a marker file; its unit can be made to fail or be killed."""
+
+    def __init__(self, booted: Booted, name: str) -> None:
+        self.s = s = Setup(booted, name)
+        self.c = booted.container
+        self.unit = f"btrsync-{name}.service"
+        self.handler = f"btrsync-on-failure@{self.unit}.service"
+        self.marker = s.dir / "failures"
+        self.flag, self.running = s.dir / "kill-me", s.dir / "running"
+        hooks = (f'hooks = {{ on_failure = [["sh", "-c", '
+                 f'"echo \\"$BTRSYNC_STATUS $BTRSYNC_ERROR\\" >> {self.marker}"]], '
+                 f'pre = [["sh", "-c", "if [ -e {self.flag} ]; then touch {self.running}; sleep 60; fi"]] }}')
+        s.write(f'[targets.usb]\nurl = "file://{s.dir / "usb"}"\n', f'targets = ["usb"]\n{hooks}\n')
+        self.units = s.units()
+        # the hook writes its marker beside the job's files: writable for this test
+        for unit in (self.unit, "btrsync-on-failure@.service"):
+            (self.c.units / f"{unit}.d").mkdir(exist_ok=True)
+            self.units[f"{unit}.d/marker.conf"] = f"[Service]\nReadWritePaths={s.dir}\n"
+        self.c.install(self.units)
+
+    def start(self, *, killed: bool = False) -> dict[str, str]:
+        """Start the unit; ``killed``: SIGKILL it while its pre hook runs (an OOM kill, say)."""
+        self.c.reset(self.unit, self.handler)
+        if not killed:
+            self.flag.unlink(missing_ok=True)
+            result = started(self.s.booted, self.unit)
+        else:
+            self.flag.touch()
+            self.running.unlink(missing_ok=True)
+            self.c.systemctl("start", "--no-block", self.unit)
+            deadline = time.monotonic() + 30
+            while not self.running.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.c.systemctl("kill", "--signal=KILL", self.unit)
+            self.c.wait_inactive(self.unit)
+            result = self.c.show(self.unit, "ActiveState", "Result", "ExecMainStatus")
+            result["journal"] = self.c.journal(self.unit)
+        time.sleep(0.5)  # OnFailure= queues the handler as the unit fails
+        assert self.c.wait_inactive(self.handler) == "inactive"
+        return result
+
+    def hook_runs(self) -> list[str]:
+        return self.marker.read_text().splitlines() if self.marker.exists() else []
+
+
+def test_a_failing_run_starts_the_on_failure_unit_which_runs_the_hooks_once(booted: Booted) -> None:
+    """A run btrsync could not report (killed) gets its on_failure hooks from btrsync-on-failure@,
+    started by OnFailure=; a run that failed (target disk missing) runs them itself, and then
+    btrsync-on-failure@ runs, but does not run them twice."""
+    job = FailingJob(booted, "fails")
+    result = job.start(killed=True)
+    assert result["Result"] == "signal", result
+    assert job.c.show(job.handler, "ExecMainStartTimestampMonotonic")["ExecMainStartTimestampMonotonic"] != "0"
+    runs = job.hook_runs()
+    assert len(runs) == 1 and "systemd unit btrsync-fails.service failed" in runs[0], job.c.journal(job.handler)
+
+    result = job.start()
+    assert result["Result"] == "exit-code" and result["ExecMainStatus"] == "1", result["journal"]
+    assert job.c.show(job.handler, "Result")["Result"] == "success"
+    runs = job.hook_runs()
+    assert len(runs) == 2 and "does not exist (is the disk mounted?)" in runs[1], runs
+
+
+@pytest.mark.xfail(strict=True, reason="btrsync-on-failure@ decides from the job record, which a killed run "
+                   "never wrote: after a failed run whose hooks ran, a killed run gets no on_failure hooks "
+                   "(jobs/runner.py run_failure_hooks; systemd gives the handler $MONITOR_INVOCATION_ID)")
+def test_a_run_killed_after_a_failed_run_still_gets_its_failure_hooks(booted: Booted) -> None:
+    job = FailingJob(booted, "refails")
+    job.start()
+    assert len(job.hook_runs()) == 1
+    assert job.start(killed=True)["Result"] == "signal"
+    assert len(job.hook_runs()) == 2, job.c.journal(job.handler)
+
+
+def test_stop_mid_push_is_recorded_as_terminated_and_the_next_start_resumes(booted: Booted) -> None:
+    s = Setup(booted, "stop")
+    (s.subvolume / "big").write_bytes(os.urandom(4 << 20))
+    usb = s.dir / "usb"
+    usb.mkdir()
+    push = '[push]\nchunk_size = "64k"\nsegment_size = "192k"\n'
+    slow = push + 'bwlimit = "400k"\n'
+    s.write(f'{slow}[targets.usb]\nurl = "file://{usb}"\n', 'targets = ["usb"]\n')
+    assert host_cli(s.config, "init", "--to", "usb").returncode == 0
+    c = booted.container
+    c.install(s.units())
+    c.systemctl("start", "--no-block", "btrsync-stop.service")
+    deadline = time.monotonic() + 30
+    while not list((usb).rglob("*.lease")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # a few segments are durable
+    t0 = time.monotonic()
+    c.systemctl("stop", "btrsync-stop.service")
+    stopped_in = time.monotonic() - t0
+    props = c.show("btrsync-stop.service", "Result", "ExecMainStatus")
+    assert props["ExecMainStatus"] == "143", (props, c.journal("btrsync-stop.service"))
+    assert stopped_in < 20
+    assert s.record()["last_run"]["status"] == "terminated"
+    # the segments made durable before the stop: a resume keeps them, it does not send them again
+    durable = {p: p.stat().st_ino for p in usb.glob("data/*/[0-9]*")}
+    assert durable, sorted(str(p) for p in usb.rglob("*"))
+    s.write(f'{push}[targets.usb]\nurl = "file://{usb}"\n', 'targets = ["usb"]\n')
+    c.reset("btrsync-stop.service")
+    result = started(booted, "btrsync-stop.service")
+    assert result["rc"] == "0", result["journal"]
+    assert s.record()["last_run"]["status"] == "ok", result["journal"]
+    # the stopped backup completed (the next run's own snapshot follows it), from its durable segments
+    stopped = {p.parent.name for p in durable}
+    assert stopped <= {b["id"] for b in s.backups("usb")} and len(s.backups("usb")) == 2
+    kept = [p for p, ino in durable.items() if p.exists() and p.stat().st_ino == ino]
+    assert len(kept) >= len(durable) // 2, (len(kept), len(durable))  # a fresh push rewrites them all
+
+
+def test_the_timer_is_listed_and_catches_up_a_missed_run(booted: Booted) -> None:
+    s = Setup(booted, "timer")
+    usb = s.dir / "usb"
+    usb.mkdir()
+    s.write(f'[targets.usb]\nurl = "file://{usb}"\n', 'targets = ["usb"]\n')
+    assert host_cli(s.config, "init", "--to", "usb").returncode == 0
+    c = booted.container
+    c.install(s.units())
+    # the timer last elapsed three days ago (Persistent= keeps that in a stamp file): a run was missed
+    c.run(["mkdir", "-p", "/var/lib/systemd/timers"])
+    c.run(["touch", "-d", "3 days ago", "/var/lib/systemd/timers/stamp-btrsync-timer.timer"])
+    c.systemctl("start", "btrsync-timer.timer")
+    listed = c.systemctl("list-timers", "--all", "--no-legend", "btrsync-timer.timer").stdout
+    assert "btrsync-timer.timer" in listed and "btrsync-timer.service" in listed, listed
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if c.show("btrsync-timer.service", "Result", "ActiveState", "ExecMainStatus")["ActiveState"] == "inactive" \
+                and (s.state / "jobs" / "timer.json").exists():
+            break
+        time.sleep(0.2)
+    assert s.record()["last_run"]["status"] == "ok", c.journal("btrsync-timer.service")
+    assert len(s.backups("usb")) == 1
+    # and the next run is tomorrow (schedule "daily")
+    listed = c.systemctl("list-timers", "--all", "--no-legend", "--output=json", "btrsync-timer.timer").stdout
+    timer = json.loads(listed)[0]
+    assert timer["next"] and timer["last"] and timer["next"] - timer["last"] < 86_400_000_000 + 60_000_000, timer
