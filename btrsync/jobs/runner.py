@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -405,34 +404,30 @@ class JobRun:
         window = jt.window or job.window
         stopper = None
         if job.window_end == "stop" and not window.always and not env.dry_run:
-            stopper = WindowStop(repo.target, lambda: window.is_open(self.clock.now()), window.describe())
-            repo.target = stopper  # type: ignore[assignment]
+            stopper = WindowStop(lambda: window.is_open(self.clock.now()), window.describe())
+            settings = dataclasses.replace(settings, may_start_segment=stopper)
         url = res.url or ""
         held: list[Manifest] | None = None
         pushed: list[str] = []
-        try:
-            for subvol in job.subvolumes:
-                name = subvolume_name(subvol)
-                before = (res.status, res.error)
-                try:
-                    result = push(subvol, job.snapshot_dir, repo, settings, dry_run=env.dry_run,
-                                  backfill=jt.backfill, policy=self._policy(jt, name, url), audit=self.audit,
-                                  planned=self.planned.get(subvol), now=self.clock.now(),
-                                  unusable=env.state.damaged_backups(url))
-                except LockedError:
-                    raise
-                except (BtrsyncError, OSError) as exc:
-                    res.fail("failed", f"{name}: {_describe(exc)}")
-                else:
-                    held = self._after_push(repo, result, res)
-                    pushed += [r.backup_id for r in result.results if r.status == "ok"]
-                if stopper is not None and stopper.stopped:
-                    # what this subvolume's push reported is the stop; what failed before it stays
-                    res.status, res.error = before
-                    break
-        finally:
-            if stopper is not None:
-                repo.target = stopper._inner
+        for subvol in job.subvolumes:
+            name = subvolume_name(subvol)
+            before = (res.status, res.error)
+            try:
+                result = push(subvol, job.snapshot_dir, repo, settings, dry_run=env.dry_run,
+                              backfill=jt.backfill, policy=self._policy(jt, name, url), audit=self.audit,
+                              planned=self.planned.get(subvol), now=self.clock.now(),
+                              unusable=env.state.damaged_backups(url))
+            except LockedError:
+                raise
+            except (BtrsyncError, OSError) as exc:
+                res.fail("failed", f"{name}: {_describe(exc)}")
+            else:
+                held = self._after_push(repo, result, res)
+                pushed += [r.backup_id for r in result.results if r.status == "ok"]
+            if stopper is not None and stopper.stopped:
+                # what this subvolume's push reported is the stop; what failed before it stays
+                res.status, res.error = before
+                break
         if stopper is not None and stopper.stopped:
             if res.status == "ok":
                 res.status, res.error = "stopped", None
@@ -642,28 +637,22 @@ def run_failure_hooks(env: RunEnv, job: Job, unit: str) -> list[hooklib.HookResu
                                                  snapshot_dir=str(job.snapshot_dir), error=error))
 
 
-_SEGMENT_KEY = re.compile(r"^data/[^/]+/\d{6}$")
-
-
 class WindowClosedError(BtrsyncError):
     """The backup window closed during a push (window_end = "stop"): stopped at a segment boundary."""
 
 
 class WindowStop:
-    """A target proxy refusing new segment uploads once ``is_open()`` is false."""
+    """``may_start_segment`` for ``window_end = "stop"``: refuses the next segment once
+    ``is_open()`` is false, so the push stops at a segment boundary (the durable, indexed segments
+    are resumed by the next run)."""
 
-    def __init__(self, inner: Any, is_open: Callable[[], bool], describe: str) -> None:
-        self._inner = inner
+    def __init__(self, is_open: Callable[[], bool], describe: str) -> None:
         self._is_open = is_open
         self._describe = describe
         self.stopped = False
 
-    def put(self, key: str, parts: Any) -> Any:
-        if _SEGMENT_KEY.match(key) and not self._is_open():
+    def __call__(self, segment: int) -> None:
+        if not self._is_open():
             self.stopped = True
             raise WindowClosedError(f"the backup window {self._describe} closed: stopped before segment "
-                                    f"{key.rsplit('/', 1)[-1]}; the next run resumes from there")
-        return self._inner.put(key, parts)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+                                    f"{segment:06d}; the next run resumes from there")

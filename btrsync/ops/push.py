@@ -75,6 +75,9 @@ class PushSettings:
     bucket: TokenBucket | None = None
     chain: str = "tree"  # tree: parents chosen by the retention policy (planner/tree.py); linear
     full_threshold: float = DEFAULT_FULL_THRESHOLD  # tree: a full when the best delta is more than this share
+    #: asked before each segment is started, refuses it by raising (``write_segments``): the
+    #: run's ``window_end = "stop"`` ends a push at a segment boundary
+    may_start_segment: Callable[[int], None] | None = None
 
     @property
     def window(self) -> int:
@@ -437,7 +440,8 @@ class _Attempt:
             write_segments(
                 self.repo.target, self.backup_id, self._handed(sealed) if self.progress else sealed,
                 segment_size=self.settings.segment_size, bucket=meter,  # type: ignore[arg-type]
-                on_stored=self._stored, first_segment=point.segments, on_segment=self._segment_done)
+                on_stored=self._stored, first_segment=point.segments, on_segment=self._segment_done,
+                may_start=self.settings.may_start_segment)
         framing.finish()
 
     def _fresh_chunks(self, send: SendProcess, framing: StreamWatch,

@@ -101,13 +101,16 @@ def write_segments(
     first_segment: int = 0,
     on_segment: Callable[[int, list[ChunkRecord]], None] | None = None,
     max_inflight: int = 2,
+    may_start: Callable[[int], None] | None = None,
 ) -> int:
     """Store chunks in order as ``data/<id>/<NNNNNN>`` objects of about ``segment_size`` bytes.
 
     A chunk never spans segments.  ``on_segment(n, records)`` runs, in order, after segment ``n``
     is durable; records are not kept beyond that, so memory does not grow with the stream.
-    Returns the number of the next segment.  On any error no partial segment remains: unfinished
-    puts are failed through their parts iterator.
+    ``may_start(n)`` is asked before segment ``n`` is started and refuses it by raising (the run's
+    ``window_end = "stop"``): nothing of that segment is stored, and the error ends the writing
+    like any other.  Returns the number of the next segment.  On any error no partial segment
+    remains: unfinished puts are failed through their parts iterator.
     """
     inflight: deque[_SegmentPut] = deque()
     current: _SegmentPut | None = None
@@ -122,6 +125,8 @@ def write_segments(
                         current.end()
                     while len(inflight) >= limit:
                         _finish(inflight.popleft(), on_segment)
+                    if may_start is not None:
+                        may_start(number)
                     current = _SegmentPut(number)
                     number += 1
                     inflight.append(current)  # before start: an abort must reach every started put

@@ -33,10 +33,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from btrsync.targets.base import Leftover, ObjectInfo, Target
 from btrsync.targets.errors import NotFound, TransientTargetError
+from btrsync.targets.wrapper import TargetWrapper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -240,28 +241,18 @@ class Attempts:
             self.policy.outage.end()
 
 
-class RetryingTarget(Target):
+class RetryingTarget(TargetWrapper):
     """Retries the verbs of ``inner`` on ``TransientTargetError`` under ``policy``.
 
     Thread-safe when ``inner`` is.  Attributes that are not part of ``Target`` (for example
-    ``S3Target.list_uploads``) are forwarded to ``inner`` unchanged.
+    ``S3Target.list_uploads``) are forwarded to ``inner`` unchanged (``TargetWrapper``).
     """
 
     def __init__(self, inner: Target, policy: RetryPolicy | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         # a target may name the policy its whole verbs are to be retried under (S3: its deadline and
         # its outage state, shared with the retries inside its puts)
         self.policy = policy or getattr(inner, "verb_policy", None) or RetryPolicy()
-        self.capabilities = inner.capabilities
-        self.display_url = inner.display_url
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (copy, unpickle): do not recurse
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    def __repr__(self) -> str:
-        return f"RetryingTarget({self.inner!r})"
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
         return self.policy.call(fn, f"{what} on {self.display_url}")
@@ -339,9 +330,6 @@ class RetryingTarget(Target):
 
     def remove_leftover(self, leftover: Leftover) -> None:
         self._call(lambda: self.inner.remove_leftover(leftover), f"remove {leftover.key}")
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class _CountingIterator(Iterator[bytes]):

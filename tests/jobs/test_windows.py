@@ -50,26 +50,15 @@ def test_target_every_counts_calendar_periods_or_elapsed_time() -> None:
 
 
 def test_window_stop_refuses_the_next_segment_only_after_the_window_closed() -> None:
-    class Store:
-        def __init__(self) -> None:
-            self.keys: list[str] = []
-
-        def put(self, key: str, parts: object) -> None:
-            self.keys.append(key)
-
-        display_url = "memory://"
-
-    store, open_ = Store(), [True]
-    stop = WindowStop(store, lambda: open_[0], "Fri 00:00-06:00 (UTC)")
-    stop.put("data/b-1/000000", [])
+    """The runner's ``may_start_segment``: write_segments asks it before each segment."""
+    open_ = [True]
+    stop = WindowStop(lambda: open_[0], "Fri 00:00-06:00 (UTC)")
+    stop(0)
+    assert not stop.stopped
     open_[0] = False
-    stop.put("data/b-1/000000.idx", [])  # the index of a durable segment still goes up
-    stop.put("locks/b-1.lease", [])
-    with pytest.raises(WindowClosedError, match="stopped before segment 000001"):
-        stop.put("data/b-1/000001", [])
-    assert stop.stopped and store.keys == ["data/b-1/000000", "data/b-1/000000.idx", "locks/b-1.lease"]
-    assert stop.display_url == "memory://"
-    assert timedelta(0) == timedelta(0)
+    with pytest.raises(WindowClosedError, match="stopped before segment 000001; the next run resumes"):
+        stop(1)
+    assert stop.stopped
 
 
 def test_a_last_success_in_the_future_is_due_not_skipped_until_then() -> None:

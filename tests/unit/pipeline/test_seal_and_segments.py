@@ -119,6 +119,25 @@ def test_segments_are_acknowledged_in_order_after_they_are_stored() -> None:
     assert [r.segment for r in records] == [5 + i // 2 for i in range(20)]
 
 
+def test_a_refused_segment_is_never_started() -> None:
+    """``may_start`` (the run's window_end = "stop") is asked before each segment; its refusal
+    ends the writing at that boundary with nothing of the refused segment stored."""
+    target = MemoryTarget()
+    sealer = ChunkSealer(BINDING, "bid", 0)
+    asked: list[int] = []
+
+    def may_start(n: int) -> None:
+        asked.append(n)
+        if n == 3:
+            raise RuntimeError("window closed")
+
+    with pytest.raises(RuntimeError, match="window closed"):
+        write_segments(target, "bid", (sealer((i, os.urandom(1000))) for i in range(20)),
+                       segment_size=2100, first_segment=1, may_start=may_start)
+    assert asked == [1, 2, 3]
+    assert segment_key("bid", 3) not in target.objects and segment_key("bid", 1) in target.objects
+
+
 def test_a_failing_producer_leaves_no_partial_segment() -> None:
     target = MemoryTarget()
     sealer = ChunkSealer(BINDING, "bid", 0)
