@@ -1,6 +1,7 @@
 # btrsync for nixpkgs: `pkgs.callPackage ./nix/package.nix { }`.  The C send-stream parser is
-# built (setup.py) and imported as a check; btrfs-progs, zstd, openssh and rsync are on the
-# wrapped program's PATH.  The checks run the tests that need neither root, btrfs, loop devices
+# built (setup.py) and imported as a check; btrfs-progs, zstd, openssh, rsync and util-linux
+# (losetup, mount, umount, mountpoint: restore drills) are on the wrapped program's PATH, which is
+# all a NixOS unit adds to its own (coreutils, findutils, grep, sed, systemd).  The checks run the tests that need neither root, btrfs, loop devices
 # nor network (the rest run in the project's CI and in nix/tests/vm.nix).
 { lib
 , python3Packages
@@ -8,6 +9,7 @@
 , zstd
 , openssh
 , rsync
+, util-linux
 }:
 python3Packages.buildPythonApplication {
   pname = "btrsync";
@@ -35,10 +37,15 @@ python3Packages.buildPythonApplication {
     prometheus-client
   ];
 
-  makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ btrfs-progs zstd openssh rsync ]) ];
+  makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ btrfs-progs zstd openssh rsync util-linux ]) ];
 
   nativeCheckInputs = with python3Packages; [ pytestCheckHook hypothesis pytest-timeout ];
-  pytestFlagsArray = [ "tests/unit" "-p" "no:cacheprovider" ];
+  enabledTestPaths = [ "tests/unit" ];
+  pytestFlags = [ "-p" "no:cacheprovider" ];
+  # the checks import the installed package (with its compiled C extension), not the source tree
+  preCheck = ''
+    rm -r btrsync
+  '';
   pythonImportsCheck = [ "btrsync" "btrsync.sendstream._native" ];
 
   meta = {

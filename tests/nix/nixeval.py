@@ -126,3 +126,26 @@ def directives(text: str) -> dict[str, list[str]]:
         key, _, value = line.partition("=")
         out.setdefault(f"{section}.{key}", []).append(value)
     return out
+
+
+PACKAGE_TOOLS = """
+{ lib }:
+let
+  py = { buildPythonApplication = a: a; } // lib.genAttrs [ "boto3" "zstandard" "cryptography" "xxhash" "click"
+    "psutil" "pydantic" "prometheus-client" "setuptools" "wheel" "pytestCheckHook" "hypothesis" "pytest-timeout" ] (n: n);
+  args = builtins.functionArgs (import ROOT/nix/package.nix);
+  tools = lib.filterAttrs (n: _: !(builtins.elem n [ "lib" "python3Packages" ])) args;
+  p = import ROOT/nix/package.nix ({ inherit lib; python3Packages = py; }
+        // lib.mapAttrs (n: _: { name = n; outPath = "/nix/store/00000000000000000000000000000000-${n}"; }) tools);
+in p.makeWrapperArgs
+"""
+
+
+def wrapped_tools() -> list[str]:
+    """The packages nix/package.nix puts on the wrapped btrsync's PATH (nixpkgs attribute names)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        expr = Path(tmp) / "tools.nix"
+        expr.write_text(PACKAGE_TOOLS.replace("ROOT/", f"{ROOT}/"))
+        args = json.loads(run_nix(["--eval", "--strict", "--json", str(expr), "--arg", "lib", find_lib()]).stdout)
+    path = args[args.index("PATH") + 2]
+    return [entry.split("-", 1)[1].removesuffix("/bin") for entry in path.split(":")]

@@ -337,8 +337,8 @@ let
        // { buildPythonApplication = a: a; };
   bin = name: { name = name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
   p = import ./nix/package.nix { inherit lib; python3Packages = py; btrfs-progs = bin "btrfs-progs"; zstd = bin "zstd";
-                                 openssh = bin "openssh"; rsync = bin "rsync"; };
-in { inherit (p) pname dependencies makeWrapperArgs pythonImportsCheck; }
+                                 openssh = bin "openssh"; rsync = bin "rsync"; util-linux = bin "util-linux"; };
+in { inherit (p) pname dependencies makeWrapperArgs pythonImportsCheck enabledTestPaths pytestFlags preCheck; }
 """
 
 
@@ -350,9 +350,10 @@ def test_the_package_has_the_projects_dependencies_and_tools(lib: str, tmp_path:
     wanted = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower().replace("_", "-") for d in project["dependencies"]}
     assert set(pkg["dependencies"]) == wanted
     path = pkg["makeWrapperArgs"][3]
-    for tool in ("btrfs-progs", "zstd", "openssh", "rsync"):
+    for tool in ("btrfs-progs", "zstd", "openssh", "rsync", "util-linux"):  # util-linux: the drills' losetup, mount
         assert f"-{tool}/bin" in path, tool
     assert "btrsync.sendstream._native" in pkg["pythonImportsCheck"]
+    assert pkg["enabledTestPaths"] == ["tests/unit"] and "rm -r btrsync" in pkg["preCheck"]
 
 
 def test_the_host_in_docs_nixos_md_evaluates_and_passes_config_check(lib: str, tmp_path: Path) -> None:

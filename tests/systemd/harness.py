@@ -257,3 +257,28 @@ class Container:
             if state not in ("activating", "deactivating", "reloading") or time.monotonic() > deadline:
                 return state
             time.sleep(0.1)
+
+
+# nixpkgs packages -> the Debian packages holding the same programs (the host's /usr plays the store)
+DEBIAN_OF = {"coreutils": ["coreutils"], "findutils": ["findutils"], "grep": ["grep"], "sed": ["sed"],
+             "systemd": ["systemd"], "btrfs-progs": ["btrfs-progs"], "zstd": ["zstd"],
+             "openssh": ["openssh-client"], "rsync": ["rsync"], "util-linux": ["util-linux", "mount"]}
+
+
+def nix_like_path(farm: Path, packages: Sequence[str]) -> str:
+    """A PATH with only the programs of ``packages`` (nixpkgs names), as a NixOS unit has it: one
+    directory of symlinks per package, from the Debian packages that hold those programs."""
+    dirs = []
+    for name in packages:
+        bindir = farm / name / "bin"
+        bindir.mkdir(parents=True, exist_ok=True)
+        for deb in DEBIAN_OF[name]:
+            files = subprocess.run(["dpkg", "-L", deb], capture_output=True, text=True, check=True).stdout.split()
+            for f in files:
+                p = Path(f)
+                if p.parent.name in ("bin", "sbin") and (p.is_file() or p.is_symlink()) and os.access(p, os.X_OK):
+                    link = bindir / p.name
+                    if not link.exists():
+                        link.symlink_to(p)
+        dirs.append(str(bindir))
+    return ":".join(dirs)

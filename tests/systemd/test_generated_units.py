@@ -325,3 +325,27 @@ def test_the_timer_is_listed_and_catches_up_a_missed_run(booted: Booted) -> None
     listed = c.systemctl("list-timers", "--all", "--no-legend", "--output=json", "btrsync-timer.timer").stdout
     timer = json.loads(listed)[0]
     assert timer["next"] and timer["last"] and timer["next"] - timer["last"] < 86_400_000_000 + 60_000_000, timer
+
+
+def test_a_drill_needs_only_what_the_nixos_package_puts_on_path(booted: Booted) -> None:
+    """On NixOS a unit's PATH is coreutils, findutils, grep, sed and systemd, and the wrapped btrsync
+    adds what nix/package.nix lists: a drill (losetup, mount, umount, mountpoint, btrfs) must run
+    with exactly that."""
+    from tests.nix.nixeval import wrapped_tools
+    from tests.systemd.harness import NIXOS_BASE_PATH, nix_like_path
+
+    s = Setup(booted, "narrow")
+    usb = s.dir / "usb"
+    usb.mkdir()
+    s.write(f'[targets.usb]\nurl = "file://{usb}"\n',
+            f'targets = ["usb"]\nverify = {{ drill_every = "1d", scratch_dir = "{s.dir / "scratch"}" }}\n')
+    assert host_cli(s.config, "init", "--to", "usb").returncode == 0
+    path = nix_like_path(s.dir / "nix", [*wrapped_tools(), *NIXOS_BASE_PATH])
+    units = s.units()
+    (booted.container.units / "btrsync-narrow.service.d").mkdir()
+    units["btrsync-narrow.service.d/path.conf"] = f"[Service]\nEnvironment=PATH={path}\n"
+    booted.container.install(units)
+    result = started(booted, "btrsync-narrow.service")
+    assert result["rc"] == "0", result["journal"]
+    drill = s.record()["targets"]["usb"]["drill"]
+    assert drill["ok"] and drill["level"] == "restore", (drill, result["journal"])
