@@ -59,9 +59,12 @@ pkgs.testers.runNixOSTest {
         )
         host.succeed("ssh-keyscan -t ed25519 server > /etc/btrsync/known_hosts")
         host.succeed("btrsync config check")
+        # a new target is created once, on purpose (a push to a missing repository exits 10)
+        host.succeed("btrsync init --to nas")
 
     with subtest("the unit snapshots and pushes"):
-        host.systemctl("start btrsync-data.service")
+        # host.systemctl() does not check the exit status: succeed() does
+        host.succeed("systemctl start btrsync-data.service")
         host.succeed("systemctl show -p Result btrsync-data.service | grep -q success")
         host.succeed("btrsync list --from nas | grep -q home")
 

@@ -326,6 +326,10 @@ def test_the_vm_test_evaluates_as_far_as_the_stubs_allow(lib: str, tmp_path: Pat
     compile(vm["testScript"], "nix/tests/vm.nix testScript", "exec")  # the driver's script is Python
     for step in ("systemctl start btrsync-data.service", "btrsync restore", "btrsync.prom", "is-failed"):
         assert step in vm["testScript"], step
+    script = vm["testScript"]
+    # the repository exists before the first push (exit 10 otherwise), and the start is checked
+    assert script.index("btrsync init --to nas") < script.index("systemctl start btrsync-data.service")
+    assert 'host.systemctl("start' not in script and 'host.succeed("systemctl start btrsync-data.service")' in script
     assert btrsync_prefix()  # the rendered units elsewhere run the real one
 
 
