@@ -24,6 +24,31 @@ class ExitCode(enum.IntEnum):
     TERMINATED = 143  # SIGTERM (systemctl stop, timeout, kill)
 
 
+#: The exit status of each outcome of a job (``btrsync run``, the job's record, the metrics): the
+#: one mapping of run statuses to codes.  A run recorded as terminated exits 143 in its record
+#: whatever the signal was; the process itself exits 128 + its number (``cli/main.py``).
+JOB_EXIT = {"ok": ExitCode.OK, "skipped": ExitCode.OK, "partial": ExitCode.PARTIAL, "failed": ExitCode.FAILURE,
+            "locked": ExitCode.LOCKED, "terminated": ExitCode.TERMINATED}
+
+
+def job_exit(status: str) -> ExitCode:
+    """The exit status of one job's outcome (an unknown status is a failure)."""
+    return JOB_EXIT.get(status, ExitCode.FAILURE)
+
+
+def run_exit(statuses: list[str]) -> ExitCode:
+    """The exit status of a run of jobs: 0 all that ran succeeded, 11 all found their lock held,
+    1 all failed, 3 a mixture."""
+    ran = [s for s in statuses if s != "skipped"]
+    if not ran or all(s == "ok" for s in ran):
+        return ExitCode.OK
+    if all(s == "locked" for s in ran):
+        return ExitCode.LOCKED
+    if all(s in ("failed", "locked") for s in ran):
+        return ExitCode.FAILURE
+    return ExitCode.PARTIAL
+
+
 EXIT_STATUS_HELP = """\b
 EXIT STATUS
   0 success; 1 failure; 2 usage or configuration error; 3 partial (some

@@ -11,12 +11,13 @@
       ─► post hooks, then on_success or on_failure
       ─► record the run (state_dir/jobs/JOB.json) ─► write the metrics file
 
-Outcome per job: ok (0), partial (3: some targets failed), failed (1), locked (11), skipped (0).
-``run`` exits 0 when every job that ran succeeded, 11 when every one found its lock held, 1 when
-all failed, 3 otherwise.  A SIGTERM (systemctl stop) raises ``Terminated`` in the middle of
+Outcome per job: ok, partial (some targets failed), failed, locked, skipped, terminated; their
+exit codes (``run``'s, the record's) are mapped in one place, ``btrsync.errors.job_exit`` and
+``run_exit``.  A SIGTERM (systemctl stop) raises ``Terminated`` in the middle of
 whatever runs: the ``with`` blocks stop ``btrfs send``, abort the upload and release the lease
 and the locks, the run is recorded as terminated, the metrics are written, and the exception
-goes on to exit 143; the next run resumes the interrupted backup from its durable segments.
+goes on to ``cli/main``, which exits 128 + the signal number; the next run resumes the
+interrupted backup from its durable segments.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from btrsync.catalog.repository import Repository
 from btrsync.config.jobs import Job, JobTarget
 from btrsync.config.model import Config
 from btrsync.config.timespan import timespan
-from btrsync.errors import BtrsyncError, DamageError, ExitCode, LockedError
+from btrsync.errors import BtrsyncError, DamageError, LockedError, job_exit, run_exit
 from btrsync.jobs import hooks as hooklib
 from btrsync.jobs.clock import Clock
 from btrsync.jobs.coordination import job_lock, push_slot, repository_lock
@@ -56,8 +57,6 @@ log = logging.getLogger(__name__)
 OpenRepository = Callable[[str, bool], AbstractContextManager[Repository]]  # (name or URL, write)
 
 BAD_TARGET = ("failed", "damaged")
-EXIT = {"ok": ExitCode.OK, "skipped": ExitCode.OK, "partial": ExitCode.PARTIAL, "failed": ExitCode.FAILURE,
-        "locked": ExitCode.LOCKED}
 
 
 @dataclass
@@ -124,7 +123,7 @@ class JobOutcome:
 
     @property
     def exit_code(self) -> int:
-        return int(EXIT.get(self.status, ExitCode.FAILURE))
+        return int(job_exit(self.status))
 
     def as_dict(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
@@ -139,19 +138,7 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        return combined_exit([j.status for j in self.jobs])
-
-
-def combined_exit(statuses: list[str]) -> int:
-    """0 all ran jobs succeeded, 11 all found their lock held, 1 all failed, 3 a mixture."""
-    ran = [s for s in statuses if s != "skipped"]
-    if not ran or all(s == "ok" for s in ran):
-        return ExitCode.OK
-    if all(s == "locked" for s in ran):
-        return ExitCode.LOCKED
-    if all(s in ("failed", "locked") for s in ran):
-        return ExitCode.FAILURE
-    return ExitCode.PARTIAL
+        return int(run_exit([j.status for j in self.jobs]))
 
 
 def run_jobs(env: RunEnv, jobs: list[Job]) -> RunReport:
@@ -585,7 +572,7 @@ class JobRun:
         doc["job"] = self.job.name
         doc["updated"] = iso(now)
         doc["last_run"] = {"started": iso(out.started), "finished": iso(now), "status": out.status,
-                           "exit_code": out.exit_code if out.status != "terminated" else 143,
+                           "exit_code": out.exit_code,
                            "seconds": round(out.seconds, 3), "error": out.error, "reason": out.reason,
                            "snapshots": out.snapshots}
         runs = doc.setdefault("runs_total", {})

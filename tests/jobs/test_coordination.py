@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from btrsync.errors import LockedError
+from btrsync.errors import LockedError, run_exit
 from btrsync.jobs.coordination import job_lock, push_slot
-from btrsync.jobs.runner import combined_exit
 from btrsync.locking import target_lock
 from tests.jobs.conftest import FakeClock
 
@@ -55,4 +54,4 @@ def test_jobs_queue_for_a_push_slot_rather_than_fail(tmp_path: Path) -> None:
     (["locked", "ok"], 3), (["locked", "failed"], 1), (["partial"], 3),
 ])
 def test_the_exit_status_of_a_run_combines_its_jobs(statuses: list[str], code: int) -> None:
-    assert combined_exit(statuses) == code
+    assert run_exit(statuses) == code
