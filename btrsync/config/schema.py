@@ -51,6 +51,15 @@ def _absolute(value: str) -> str:
 AbsPath = Annotated[str, AfterValidator(_absolute)]
 
 
+def _search_dir(value: str) -> str:
+    if ":" in value:
+        raise ValueError(f"a PATH directory cannot contain ':', got {value!r}")
+    return value
+
+
+SearchDir = Annotated[AbsPath, AfterValidator(_search_dir)]
+
+
 def _argv(value: list[str]) -> list[str]:
     if not value or not value[0]:
         raise ValueError("a hook is a non-empty argv list, e.g. [\"/usr/bin/curl\", \"-fsS\", URL]")
@@ -85,6 +94,11 @@ class HooksModel(_Strict):
     pre_failure: Literal["skip", "continue"] = Field(
         "skip", description="a failing pre hook skips the job (exit 1 for it), or is only logged")
     max_output_lines: int = Field(200, ge=0, description="lines of a hook's output logged (the rest counted)")
+    read_write_paths: list[AbsPath] = Field(
+        default_factory=list, description="where the hooks write (a dump directory): writable in the job's "
+                                          "systemd unit, which is read-only elsewhere (ReadWritePaths=)")
+    path: list[SearchDir] = Field(
+        default_factory=list, description="directories put in front of the hooks' PATH (not btrsync's own)")
 
 
 def _sample(value: str | None) -> str | None:

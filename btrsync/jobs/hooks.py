@@ -15,7 +15,8 @@ it is told the hook's process group on a pipe the moment the hook has started, a
 group as a timeout would (SIGTERM, SIGKILL after the grace period).  The watchdog is killed once
 the hook has ended; hooks are run by one thread, the one that lives as long as the run.
 
-The environment is btrsync's own plus ``BTRSYNC_*`` variables describing the job (see ``env_for``).
+The environment is btrsync's own plus ``BTRSYNC_*`` variables describing the job, with the job's
+``hooks.path`` directories in front of PATH (see ``env_for``).
 """
 
 from __future__ import annotations
@@ -239,9 +240,13 @@ def run_hooks(kind: str, hooks: Sequence[Sequence[str]], *, env: Mapping[str, st
 def env_for(job: str, status: str, *, targets: Sequence[str], subvolumes: Sequence[str] = (),
             snapshots: Sequence[str] = (), snapshot_dir: str = "", failed_targets: Sequence[str] = (),
             stream_bytes: int = 0, stored_bytes: int = 0, seconds: float = 0.0, error: str = "",
-            dry_run: bool = False, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a hook: btrsync's own, plus what describes the job and its run."""
+            dry_run: bool = False, path: Sequence[str] = (),
+            base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a hook: btrsync's own, plus what describes the job and its run; the
+    job's hook ``path`` directories in front of PATH (a unit's own PATH stays what it declares)."""
     env = dict(os.environ if base is None else base)
+    if path:
+        env["PATH"] = ":".join([*path, env.get("PATH") or os.defpath])
     env.update({
         "BTRSYNC_JOB": job,
         "BTRSYNC_STATUS": status,  # running (pre), ok, partial, failed

@@ -277,7 +277,8 @@ class JobRun:
             failed_targets=[t.name for t in out.targets if t.status in BAD_TARGET],
             stream_bytes=sum(t.stream_bytes for t in out.targets),
             stored_bytes=sum(t.stored_bytes for t in out.targets),
-            seconds=self.clock.monotonic() - self.t0, error="; ".join(errors), dry_run=self.env.dry_run)
+            seconds=self.clock.monotonic() - self.t0, error="; ".join(errors), dry_run=self.env.dry_run,
+            path=self.job.hooks.path)
 
     def _hooks(self, kind: str, status: str, *, stop_on_failure: bool = False) -> list[hooklib.HookResult]:
         hooks = self.job.hooks
@@ -621,7 +622,8 @@ def run_failure_hooks(env: RunEnv, job: Job, unit: str) -> list[hooklib.HookResu
                              max_output_lines=hooks.max_output_lines,
                              env=hooklib.env_for(job.name, "failed", targets=[t.name for t in job.targets],
                                                  subvolumes=[str(s) for s in job.subvolumes],
-                                                 snapshot_dir=str(job.snapshot_dir), error=error))
+                                                 snapshot_dir=str(job.snapshot_dir), error=error,
+                                                 path=hooks.path))
 
 
 class WindowClosedError(BtrsyncError):

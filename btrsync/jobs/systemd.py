@@ -5,7 +5,8 @@
   the service reads them from ``$CREDENTIALS_DIRECTORY``, which every command honours: a
   credential ``target-NAME`` replaces the ``credentials_file`` of target NAME, ``ssh-NAME`` its
   ``identity_file``).  Hardening: ``ProtectSystem=strict`` with ``ReadWritePaths=`` for what a run
-  writes (state, metrics, snapshot directories, directory targets, the drill scratch),
+  writes (state, metrics, snapshot directories, directory targets, the drill scratch, the hooks'
+  ``read_write_paths``; the hooks' ``path`` is added to their PATH by btrsync, not to the unit's),
   ``PrivateTmp``, ``NoNewPrivileges``, a capability bounding set of what snapshot and send need
   (plus what ``btrfs receive`` needs when the job drills restores), idle CPU and I/O priority.
   ``KillMode=mixed``: ``systemctl stop`` sends SIGTERM to btrsync alone, which stops its own
@@ -179,6 +180,8 @@ def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -
         if drills:
             writable.append(str(jt.verify.scratch_dir))
             scratch.append(str(jt.verify.scratch_dir))
+    # where the job's hooks write (a database dump): declared, or read-only like the rest
+    writable += job.hooks.read_write_paths
     argv = [btrsync, "--config", str(config_path)]
     if any(name == "key" for name, _ in creds):
         argv += ["--key-file", "%d/key"]

@@ -26,6 +26,22 @@ def test_a_hook_gets_argv_verbatim_and_the_job_environment(tmp_path: Path) -> No
     assert out.read_text() == "$HOME; ls|home|usb b2|3|1.2"
 
 
+def test_the_hooks_path_comes_first_and_a_bad_directory_is_refused(tmp_path: Path) -> None:
+    from btrsync.config.schema import HooksModel
+
+    bindir = tmp_path / "pgbin"
+    bindir.mkdir()
+    (bindir / "pg_dumpall").write_text("#!/bin/sh\necho dumped\n")
+    (bindir / "pg_dumpall").chmod(0o755)
+    env = env_for("db", "running", targets=[], path=[str(bindir)], base={"PATH": "/usr/bin:/bin"})
+    assert env["PATH"] == f"{bindir}:/usr/bin:/bin"
+    assert run_hook(["pg_dumpall"], kind="pre", env=env, timeout=10).tail == ["dumped"]
+    assert env_for("db", "running", targets=[], path=["/opt/x"], base={})["PATH"] == "/opt/x:" + os.defpath
+    for bad in ("relative/bin", "/a:/b"):
+        with pytest.raises(ValueError):
+            HooksModel.model_validate({"path": [bad]})
+
+
 def _gone(pid: int) -> bool:
     """No such process, or only its zombie (an orphan waiting for init to reap it)."""
     try:

@@ -1,6 +1,6 @@
 # A host backing up to Backblaze B2 with its key and B2 credentials from 1Password (OpNix),
 # per-data-type retention, a weekly verification on its own timer, node_exporter and Prometheus.
-{ config, ... }:
+{ config, pkgs, ... }:
 {
   imports = [ ./opnix-stub.nix ];
   services.onepassword-secrets = {
@@ -47,6 +47,10 @@
       targets.b2 = { every = "daily"; };
       verify = { level = "data"; sample = "5%"; drillEvery = "30d"; };
       hooks.onFailure = [ [ "/run/current-system/sw/bin/logger" "-t" "btrsync" "backup failed" ] ];
+      # a dump before the snapshot: pg_dumpall from the hooks' PATH, written where the unit lets it
+      hooks.pre = [ [ "pg_dumpall" "-f" "/srv/db/dump.sql" ] ];
+      hooks.path = [ pkgs.postgresql ];
+      hooks.readWritePaths = [ "/srv/db" ];
     };
     verifications.b2-weekly = { target = "b2"; level = "data"; subset = "1/7"; schedule = "Sun 03:00"; };
   };

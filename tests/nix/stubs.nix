@@ -29,6 +29,7 @@ in
     formats.toml = { }: { generate = name: value: stubDrv name; };
     runCommand = name: env: script: stubDrv name // { inherit script; };
     writeText = name: text: stubDrv name;
+    postgresql = stubDrv "postgresql";
   };
   config.services.btrsync.package = lib.mkDefault { type = "derivation"; name = "btrsync"; outPath = btrsyncPrefix; };
 }

@@ -84,7 +84,13 @@ def test_b2_opnix_host(hosts: dict[str, Any]) -> None:
     assert s["retention"]["subvolumes"] == {"postgres": "databases"}
     assert s["push"] == {"bwlimit": "20M", "bwlimit_schedule": ["Mon-Fri 08:00-18:00 5M"]}
     assert s["jobs"]["home"]["verify"]["sample"] == "5%"
+    hooks = s["jobs"]["home"]["hooks"]
+    assert hooks["path"] == ["/nix/store/00000000000000000000000000000000-postgresql/bin"]
+    assert hooks["read_write_paths"] == ["/srv/db"]
     home = host["services"]["btrsync-home"]
+    assert home["serviceConfig"]["ReadWritePaths"].endswith(" -/srv/db")
+    # the hooks' packages are on their PATH (btrsync adds them), not on the unit's
+    assert "postgresql" not in json.dumps(home.get("path", [])) + json.dumps(home.get("environment", {}))
     # OpNix: ordered after the unit that writes the secrets, wanted by it, not required
     assert home["after"] == ["network-online.target", "opnix-secrets.service"] == home["wants"]
     assert home["serviceConfig"]["LoadCredential"] == ["key:/var/lib/opnix/secrets/btrsyncKey",

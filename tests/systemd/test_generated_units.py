@@ -164,6 +164,50 @@ def test_hooks_run_in_the_sandbox_with_their_watchdog(booted: Booted) -> None:
     assert not outside.exists() and "Read-only file system" in result["journal"], result["journal"]
 
 
+def test_a_pre_hook_writes_to_a_declared_writable_path_with_its_own_path(booted: Booted) -> None:
+    """A database dump before the snapshot: ``pg_dumpall`` found on the hooks' ``path`` (not the
+    unit's), writing into a directory the job declares in ``hooks.read_write_paths``.  Without the
+    declaration the same unit fails: the sandbox keeps the directory read-only."""
+    s = Setup(booted, "dump")
+    usb = s.dir / "usb"
+    usb.mkdir()
+    db = s.dir / "srv" / "db"  # /srv/db of a real host
+    db.mkdir(parents=True)
+    bindir = s.dir / "pgbin"
+    bindir.mkdir()
+    dump = bindir / "pg_dumpall"
+    dump.write_text('#!/bin/sh\n[ "$1" = -f ] || exit 64\necho "-- dump of $BTRSYNC_JOB" > "$2"\n')
+    dump.chmod(0o755)
+
+    def job(writable: str) -> str:
+        return (f'targets = ["usb"]\nhooks = {{ pre = [["pg_dumpall", "-f", "{db}/dump.sql"]], '
+                f'path = ["{bindir}"]{writable} }}\n')
+
+    target = f'[targets.usb]\nurl = "file://{usb}"\n'
+    c = booted.container
+
+    s.write(target, job(f', read_write_paths = ["{db}"]'))
+    assert host_cli(s.config, "init", "--to", "usb").returncode == 0
+    units = s.units()
+    assert f"-{db}" in units["btrsync-dump.service"]
+    assert str(bindir) not in units["btrsync-dump.service"]  # the unit's own PATH is not extended
+    c.install(units)
+    result = started(booted, "btrsync-dump.service")
+    assert result["rc"] == "0" and result["Result"] == "success", result["journal"]
+    assert (db / "dump.sql").read_text() == "-- dump of dump\n"
+    assert s.record()["last_run"]["status"] == "ok"
+
+    (db / "dump.sql").unlink()
+    s.write(target, job(""))
+    c.install(s.units())
+    c.reset("btrsync-dump.service")
+    result = started(booted, "btrsync-dump.service")
+    assert result["rc"] == "1" and result["Result"] == "exit-code", result["journal"]
+    assert not (db / "dump.sql").exists()
+    assert "Read-only file system" in result["journal"], result["journal"]
+    assert s.record()["last_run"]["status"] == "failed"
+
+
 def test_a_drill_runs_in_its_unit_and_shares_the_scratch_directory(booted: Booted) -> None:
     """A restore drill inside the unit: loop device, mount, btrfs receive under the capability set and
     the system call filter.  The default scratch directory is under /var/tmp, which PrivateTmp=

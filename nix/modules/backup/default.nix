@@ -37,7 +37,8 @@ let
       withDrills = drills job;
       writable = lib.unique ([ cfg.stateDir job.snapshotDir ] ++ lib.optional (metricsDir != null) metricsDir
         ++ lib.concatLists (map (t: [ ] ++ (let d = T.fileTargetDir (targetUrl t); in lib.optional (d != null) d)
-        ++ lib.optional withDrills (verifyOf job job.targets.${t}).scratchDir) (lib.attrNames job.targets)));
+        ++ lib.optional withDrills (verifyOf job job.targets.${t}).scratchDir) (lib.attrNames job.targets))
+        ++ job.hooks.readWritePaths);
       scratch = lib.unique (lib.optionals withDrills (map (t: (verifyOf job job.targets.${t}).scratchDir) (lib.attrNames job.targets)));
       shared = lib.filter T.privateTmp scratch;
       # directory targets too: a 'noauto' backup disk is mounted for the run (as btrsync systemd generate)

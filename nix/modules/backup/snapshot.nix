@@ -71,6 +71,26 @@ let
         onSuccess = mkOption { type = argv; default = [ ]; description = "Commands after `post` when the job succeeded."; };
         onFailure = mkOption { type = argv; default = [ ]; example = [ [ "curl" "-fsS" "https://hc-ping.com/UUID/fail" ] ]; description = "Commands after `post` when the job failed (also run by btrsync-on-failure@ when the unit was killed)."; };
         timeout = mkOption { type = types.str; default = "5m"; description = "Each hook is killed, with its process group, after this."; };
+        readWritePaths = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "/srv/db" ];
+          description = ''
+            Where the hooks write (a database dump, a marker file): added to the job unit's
+            `ReadWritePaths=`; everything else but btrsync's own directories is read-only there
+            (`ProtectSystem=strict`), so a hook writing elsewhere fails with "Read-only file system".
+          '';
+        };
+        path = mkOption {
+          type = types.listOf (types.either types.package types.str);
+          default = [ ];
+          example = literalExpression "[ config.services.postgresql.package pkgs.curl ]";
+          description = ''
+            Packages (their `bin`) or directories put in front of the hooks' `PATH`, so a hook can
+            name `pg_dumpall` or `curl` without a store path.  btrsync's own `PATH` (the unit's)
+            stays what the package needs.
+          '';
+        };
       };
       lockWait = mkOption {
         type = types.str;
@@ -110,6 +130,8 @@ in
         inherit (j.hooks) pre post timeout;
         on_success = j.hooks.onSuccess;
         on_failure = j.hooks.onFailure;
+        read_write_paths = j.hooks.readWritePaths;
+        path = map (p: if builtins.isString p then p else "${lib.getBin p}/bin") j.hooks.path;
       };
       lock_wait = j.lockWait;
       stale_after = j.staleAfter;
