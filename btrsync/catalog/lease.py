@@ -35,11 +35,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from btrsync.catalog.layout import lease_key
 from btrsync.catalog.reads import read_whole
 from btrsync.errors import DamageError, LockedError
+from btrsync.procs import boot_id, pid_alive
 from btrsync.targets.base import Target
 from btrsync.targets.errors import NotFound, TargetError
 
@@ -51,19 +51,12 @@ MAX_LEASE_BYTES = 4096
 SANE_CLOCK = datetime(2020, 1, 1, tzinfo=UTC)  # a target clock before this is not read as a time
 CLOCK_SKEW_WARNING = timedelta(minutes=5)
 
-__all__ = ["REFRESH", "STALE", "Lease", "LeaseInfo", "TargetClock", "boot_id", "lease_key", "live_backup_ids",
-           "live_leases", "pid_alive", "read_leases"]
+__all__ = ["REFRESH", "STALE", "Lease", "LeaseInfo", "TargetClock", "lease_key", "live_backup_ids",
+           "live_leases", "read_leases"]
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 class TargetClock:
@@ -297,18 +290,3 @@ class Lease:
             # stale on its own, and until then only a push of this same backup waits for it
             log.warning("could not remove the upload lease %s (it goes stale %d minutes after its last "
                         "refresh): %s", self.key, STALE.total_seconds() // 60, exc)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (one we may not signal counts)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:
-        return False
-    return True

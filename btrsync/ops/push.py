@@ -43,6 +43,7 @@ from btrsync.catalog.segment_index import (
 from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, SendFailedError, UsageError
 from btrsync.fileindex.store import IndexWriter
 from btrsync.ops.estimate import estimate_push, stream_size
+from btrsync.ops.stream_watch import StreamWatch
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk, xxh3
 from btrsync.pipeline.segments import write_segments
@@ -51,7 +52,6 @@ from btrsync.planner.plan import DEFAULT_MAX_CHAIN, LocalSnapshot, Plan, Step, p
 from btrsync.planner.tree import DEFAULT_FULL_THRESHOLD, Anchor, Estimate, Held, anchors, plan_tree, uses_tree
 from btrsync.progress import Progress, as_progress
 from btrsync.retention import Item, Policy, decide
-from btrsync.sendstream.watch import StreamWatch
 from btrsync.snapshots.store import Snapshot, list_snapshots, subvolume_name
 from btrsync.targets.base import Target
 

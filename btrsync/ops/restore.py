@@ -33,12 +33,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from btrsync.catalog.lease import pid_alive
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.errors import DamageError, LockedError, UsageError
 from btrsync.fdio import syncfs, write_all
 from btrsync.ops.files import normalise, tree_of
+from btrsync.procs import pid_alive
 from btrsync.read.chains import chain_for
 from btrsync.read.chunks import raw_stream
 from btrsync.restore import RestoreError, fsutil, place

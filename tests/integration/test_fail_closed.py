@@ -21,13 +21,14 @@ import pytest
 from btrsync.audit import read_audit
 from btrsync.btrfs.send import SendProcess
 from btrsync.catalog import layout
-from btrsync.catalog.lease import Lease, boot_id
+from btrsync.catalog.lease import Lease
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import table_records
 from btrsync.crypto.frames import Binding
 from btrsync.crypto.keys import load_key_file
 from btrsync.errors import LockedError
 from btrsync.locking import target_lock
+from btrsync.procs import boot_id
 from btrsync.targets.local import LocalTarget
 from tests.integration.conftest import World
 from tests.support import tree

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from btrsync.catalog.lease import pid_alive
+from btrsync.procs import pid_alive
 
 REQUIRED_TOOLS = ("mkfs.btrfs", "btrfs", "losetup", "mount", "umount", "truncate")
 

@@ -1,5 +1,8 @@
 """The send stream as a push sees it: every chunk through the parser on its way to be sealed.
 
+Beside ``push.py``, its only user: it joins the parser (``sendstream/``) and the tree summary
+(``fileindex/summary.py``), which ``sendstream/`` itself does not import.
+
 A stream that fails the parser (a bad CRC, a malformed command, no END, bytes after END) fails
 the backup before anything is committed.  On the way, the parser's events give the change
 statistics of every backup (``stats.py``) and, for a full, the summary of the tree it builds
