@@ -12,6 +12,7 @@ from btrsync.cli.output import emit_json
 from btrsync.config.effective import effective
 from btrsync.config.schema import json_schema
 from btrsync.errors import EXIT_STATUS_HELP
+from btrsync.jobs.systemd import check_calendars
 
 
 @click.group("config", epilog=EXIT_STATUS_HELP)
@@ -27,13 +28,20 @@ def check_cmd(app: App, as_json: bool) -> None:
     """Validate the configuration without touching anything (no target, no state, no btrfs) and
     print the effective configuration: defaults filled in, profiles resolved, secrets shown only
     as the paths of their files.  Exit 2 naming the file, the table and the key of every problem.
+    Each job's schedule is checked with 'systemd-analyze calendar' when it is installed (a note
+    says when it is not).
 
     \b
     Examples:
       btrsync config check
       btrsync --config ./new.toml config check --json
     """
-    doc = effective(app.config)
+    config = app.config
+    # the schedules as systemd reads them (the one check 'systemd generate' makes too)
+    unchecked = check_calendars(list(config.jobs.jobs.values()), str(config.path or "configuration"))
+    doc = effective(config)
+    if unchecked:
+        click.echo(unchecked, err=True)
     if as_json:
         emit_json(doc)
         return

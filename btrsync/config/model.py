@@ -33,6 +33,7 @@ from btrsync.errors import ConfigError
 from btrsync.pipeline.schedule import RateSchedule
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN
 from btrsync.state import DEFAULT_STATE_DIR
+from btrsync.targets.settings import unknown_settings
 from btrsync.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/btrsync/config.toml")
@@ -127,6 +128,9 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
     for name, settings in targets.items():
         if not isinstance(settings, dict) or "url" not in settings:
             raise ConfigError(f"{where} [targets.{name}] needs a url")
+        unknown = unknown_settings(str(settings["url"]), settings)
+        if unknown:
+            raise ConfigError("\n".join(f"{where} [targets.{name}] {line}" for line in unknown))
         try:
             chain_settings(settings, None)
         except ValueError as exc:

@@ -46,9 +46,13 @@ class BackupWindow:
         windows = []
         for entry in entries:
             try:  # a bandwidth window without a rate is a backup window
-                windows.extend(RateSchedule.parse(None, [f"{entry} unlimited"]).windows)
+                parsed = RateSchedule.parse(None, [f"{entry} unlimited"]).windows
             except ValueError:
                 raise ValueError(f"bad window {entry!r}: use '[Mon-Fri] 22:00-06:00'") from None
+            if any(w.start == w.end for w in parsed):  # covers no minute: the job would never run
+                raise ValueError(f"window {entry!r} never opens (it ends when it starts): "
+                                 "write 00:00-24:00 for a whole day")
+            windows.extend(parsed)
         return cls(entries, tuple(windows), zone)
 
     @property

@@ -119,13 +119,28 @@ def _under_private_tmp(path: str) -> bool:
 
 def check_calendar(job: Job) -> None:
     """Ask ``systemd-analyze calendar`` about the job's schedule, when it is installed."""
+    check_calendars([job])
+
+
+def check_calendars(jobs: Sequence[Job], where: str = "") -> str | None:
+    """Ask ``systemd-analyze calendar`` about each job's schedule (``config check`` and ``systemd
+    generate``): ``ConfigError`` naming every one it refuses; without the tool, the sentence
+    saying that they could not be checked (None when they were)."""
+    if not jobs:
+        return None
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        return
-    proc = subprocess.run([tool, "calendar", job.schedule], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise ConfigError(f"[jobs.{job.name}] schedule {job.schedule!r} is not a systemd calendar "
-                          f"expression: {proc.stderr.strip() or proc.stdout.strip()} (see systemd.time(7))")
+        return (f"{where + ': ' if where else ''}schedule of {', '.join(f'[jobs.{j.name}]' for j in jobs)} not checked: systemd-analyze is not "
+                "installed here (the timer refuses a bad one when the units are loaded)")
+    problems = []
+    for job in jobs:
+        proc = subprocess.run([tool, "calendar", job.schedule], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            problems.append(f"{where + ' ' if where else ''}[jobs.{job.name}] schedule {job.schedule!r} is not a systemd calendar "
+                            f"expression: {proc.stderr.strip() or proc.stdout.strip()} (see systemd.time(7))")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return None
 
 
 def _make_dirs(config: Config, scratch: Sequence[str] = ()) -> list[str]:
@@ -262,9 +277,9 @@ def generate(config: Config, jobs: list[Job], *, config_path: Path, btrsync: str
     btrsync = btrsync or default_btrsync()
     config_path = config_path.absolute()
     units: dict[str, str] = {FAILURE_UNIT: failure_unit(config, config_path=config_path, btrsync=btrsync)}
+    if check:
+        check_calendars(jobs)
     for job in jobs:
-        if check:
-            check_calendar(job)
         units[service_name(job.name)] = service_unit(config, job, config_path=config_path, btrsync=btrsync)
         if job.enabled:
             units[f"btrsync-{job.name}.timer"] = timer_unit(job)

@@ -569,9 +569,18 @@ def rsync_error(returncode: int, stderr: str, where: str, display: str) -> Targe
 
 
 # -- settings ---------------------------------------------------------------------------------
+def _listed(name: str) -> str:
+    """``name``, which must be in btrsync.targets.settings.SSH (what config check accepts)."""
+    from btrsync.targets.settings import SSH
+
+    if name not in SSH:
+        raise AssertionError(f"ssh target setting {name!r} is read but not listed in btrsync/targets/settings.py")
+    return name
+
+
 def setting_str(settings: Mapping[str, Any], name: str) -> str | None:
     """A string setting, or ``None`` when unset; ``ConfigError`` for other types."""
-    value = settings.get(name)
+    value = settings.get(_listed(name))
     if value is None or isinstance(value, str):
         return value or None
     raise ConfigError(f"ssh target setting {name!r} must be a string, not {type(value).__name__}")
@@ -579,7 +588,7 @@ def setting_str(settings: Mapping[str, Any], name: str) -> str | None:
 
 def setting_path(settings: Mapping[str, Any], name: str) -> str | None:
     """A path setting with ``~`` expanded."""
-    value = settings.get(name)
+    value = settings.get(_listed(name))
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     text = setting_str({name: value}, name)
@@ -588,7 +597,7 @@ def setting_path(settings: Mapping[str, Any], name: str) -> str | None:
 
 def setting_int(settings: Mapping[str, Any], name: str, default: int | None = None) -> int | None:
     """A positive integer setting."""
-    value = settings.get(name, default)
+    value = settings.get(_listed(name), default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -598,7 +607,7 @@ def setting_int(settings: Mapping[str, Any], name: str, default: int | None = No
 
 def setting_strings(settings: Mapping[str, Any], name: str) -> tuple[str, ...]:
     """A list-of-strings setting (each one a single argument, never split on spaces)."""
-    value = settings.get(name) or ()
+    value = settings.get(_listed(name)) or ()
     if isinstance(value, str) or not all(isinstance(v, str) and "\n" not in v for v in value):
         raise ConfigError(f"ssh target setting {name!r} must be a list of strings")
     return tuple(value)
@@ -606,7 +615,7 @@ def setting_strings(settings: Mapping[str, Any], name: str) -> tuple[str, ...]:
 
 def host_key_checking(settings: Mapping[str, Any]) -> str:
     """``strict_host_key_checking``: ``yes`` (default), ``accept-new`` or ``no`` (true = yes)."""
-    value = settings.get("strict_host_key_checking", "yes")
+    value = settings.get(_listed("strict_host_key_checking"), "yes")
     if isinstance(value, bool):
         value = "yes" if value else "no"
     if value not in HOST_KEY_VALUES:

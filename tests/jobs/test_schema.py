@@ -132,6 +132,11 @@ def test_config_check_exits_2_naming_the_problem_and_prints_secrets_only_as_path
     path = tmp_path / "config.toml"
     path.write_text(GOOD.replace('[targets.usb]\nurl = "file:///mnt/usb"',
                                  '[targets.usb]\nurl = "file:///mnt/usb"\nsecret_access_key = "hunter2"'))
+    # a setting no file target reads is refused, named, its value never shown
+    assert main(["--config", str(path), "config", "check", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "[targets.usb] secret_access_key: unknown setting" in err and "hunter2" not in err
+    path.write_text(GOOD)
     assert main(["--config", str(path), "config", "check", "--json"]) == 0
     out = capsys.readouterr().out
     doc = json.loads(out)
