@@ -30,6 +30,7 @@ from benchmarks import (
     bench_s3,
     bench_s3rss,
     bench_scale,
+    bench_storage,
     bench_throttle,
     bench_verify,
     report,
@@ -61,6 +62,7 @@ BENCHMARKS = {
     "files": (10, bench_files, "File index: ls of 100,000 files, one file out of a 1 GiB backup"),
     "s3": (11, bench_s3, "Push and restore over S3 (SeaweedFS on loopback), peak RSS"),
     "s3rss": (12, bench_s3rss, "Peak RSS of an S3 push against the stream size (full mode only)"),
+    "storage": (13, bench_storage, "Storage over 120+ dated days under one GFS policy: tree, linear, btrfs2s3, restic"),
 }
 NEEDS_DISK = {"quick": 3 * GiB, "full": 24 * GiB}
 T0 = time.monotonic()
