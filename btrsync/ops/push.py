@@ -49,8 +49,8 @@ from btrsync.pipeline.seal import ChunkSealer, SealedChunk, xxh3
 from btrsync.pipeline.segments import write_segments
 from btrsync.pipeline.throttle import Metered, TokenBucket
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN, LocalSnapshot, Plan, Step, plan_push
-from btrsync.planner.tree import DEFAULT_FULL_THRESHOLD, Anchor, Estimate, Held, anchors, plan_tree, uses_tree
-from btrsync.progress import Progress, as_progress
+from btrsync.planner.tree import DEFAULT_FULL_THRESHOLD, Anchor, Held, Pricer, anchors, plan_tree, uses_tree
+from btrsync.progress import Estimate, Progress, as_progress
 from btrsync.retention import Item, Policy, decide
 from btrsync.snapshots.store import Snapshot, list_snapshots, subvolume_name
 from btrsync.targets.base import Target
@@ -127,7 +127,7 @@ ProgressFn = Callable[[str, int, int], None]
 def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int, *,
              backfill: bool = False, policy: Policy | None = None, now: datetime | None = None,
              planned: Snapshot | None = None, chain: str = "linear",
-             full_threshold: float = DEFAULT_FULL_THRESHOLD, estimate: Estimate | None = None,
+             full_threshold: float = DEFAULT_FULL_THRESHOLD, estimate: Pricer | None = None,
              no_parent: Mapping[str, str] | None = None) -> Plan:
     """The plan for ``subvol``: which snapshots to send, on which parents, and why others are not.
 
@@ -179,6 +179,13 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
         assert policy is not None
         mine_held = [Held(m.backup_id, m.snapshot_uuid, m.snapshot_time, m.depth, m.parent_id, m.stored_bytes, m.snapshot)
                      for m in mine]
+        fulls = [m for m in mine if m.depth == 0]
+        if estimate is not None and fulls:  # a full's size changes slowly: the newest full's, not a
+            newest_full = max(fulls, key=lambda m: m.snapshot_time).stream_bytes  # metadata walk
+            priced = estimate
+
+            def estimate(snap: LocalSnapshot, parent: LocalSnapshot | None) -> int | None:  # type: ignore[misc]
+                return newest_full if parent is None else priced(snap, parent)
         return plan_tree(snaps, mine_held, policy, time_of=lambda s: s.time, max_chain=max_chain,
                          backup_id_for=lambda s: ids[s.name], skip=skip, estimate=estimate,
                          full_threshold=full_threshold, unusable=no_parent)
@@ -189,7 +196,7 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
     return plan
 
 
-def delta_estimator(budget: float = 5.0) -> Estimate:
+def delta_estimator(budget: float = 5.0) -> Pricer:
     """Prices a send for the tree planner with ``btrfs send --no-data`` (cached per pair)."""
     cache: dict[tuple[str, str | None], int | None] = {}
 
@@ -301,9 +308,10 @@ def push_step(
     t0 = time.monotonic()
     log.info("push started backup=%s kind=%s parent=%s target=%s", attempt.backup_id, step.kind,
              step.parent_backup_id, repo.target.display_url)
-    if reporter is not None:
-        estimate = estimate_push(attempt.snap.path, attempt.parent.path if attempt.parent else None,
-                                 history or [], subvolume)
+    if reporter is not None:  # the tree planner measured the chosen send already: not twice
+        estimate = (Estimate(step.estimated_bytes, "btrfs send --no-data") if step.estimated_bytes is not None
+                    else estimate_push(attempt.snap.path, attempt.parent.path if attempt.parent else None,
+                                       history or [], subvolume))
         reporter.start(attempt.backup_id, estimate, index=index, count=count)
     try:
         manifest = attempt.run()

@@ -45,7 +45,7 @@ CANDIDATES = 3
 #: "Forever" in the cost arithmetic: ten years.
 HORIZON = timedelta(days=3653)
 
-Estimate = Callable[[LocalSnapshot, LocalSnapshot | None], int | None]
+Pricer = Callable[[LocalSnapshot, LocalSnapshot | None], int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def plan_tree(
     max_chain: int,
     backup_id_for: Callable[[LocalSnapshot], str],
     skip: Mapping[str, str] | None = None,
-    estimate: Estimate | None = None,
+    estimate: Pricer | None = None,
     full_threshold: float = DEFAULT_FULL_THRESHOLD,
     unusable: Mapping[str, str] | None = None,
 ) -> Plan:
@@ -135,7 +135,7 @@ def plan_tree(
 
 
 class _Chooser:
-    def __init__(self, nodes: list[_Node], max_chain: int, estimate: Estimate | None, full_threshold: float,
+    def __init__(self, nodes: list[_Node], max_chain: int, estimate: Pricer | None, full_threshold: float,
                  unusable: Mapping[str, str]) -> None:
         self.nodes, self.max_chain, self.estimate = nodes, max_chain, estimate
         self.full_threshold, self.unusable = full_threshold, unusable
