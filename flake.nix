@@ -16,10 +16,9 @@
 
       overlays.default = final: _prev: { btrsync = final.callPackage ./nix/package.nix { }; };
 
-      nixosModules.default = { pkgs, ... }: {
-        imports = [ ./nix/modules/backup ];
-        services.btrsync.package = nixpkgs.lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.btrsync;
-      };
+      # the module builds the package with the host's own nixpkgs (its default is
+      # pkgs.callPackage ./nix/package.nix { }): a second nixpkgs would bring a second Python
+      nixosModules.default = ./nix/modules/backup;
 
       checks = forAll (pkgs: {
         package = self.packages.${pkgs.stdenv.hostPlatform.system}.btrsync;  # with its unit tests

@@ -48,9 +48,19 @@ python3Packages.buildPythonApplication {
   '';
   pythonImportsCheck = [ "btrsync" "btrsync.sendstream._native" ];
 
+  # meta.homepage: none yet (the project has no public address); add it with the first release.
+  # meta.maintainers: empty here; a nixpkgs package lists its maintainers' handles from
+  # maintainers/maintainer-list.nix (lib.maintainers.<handle>), added in the same pull request.
   meta = {
     description = "btrfs send/receive incremental backups: snapshots, encrypted chunked pushes to S3/B2, ssh and disks, chain-safe retention, verified restore";
+    longDescription = ''
+      btrsync takes read-only btrfs snapshots and sends them, encrypted and chunked, to S3-compatible
+      storage (Backblaze B2, AWS, SeaweedFS), to ssh servers and to directories; keeps them with
+      chain-safe GFS retention, verifies and restore-drills them, and runs as systemd jobs with
+      metrics and alerts.  The NixOS module is services.btrsync.
+    '';
     license = lib.licenses.asl20;
+    maintainers = [ ];
     platforms = lib.platforms.linux;
     mainProgram = "btrsync";
   };

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import click
 
-from btrsync.catalog.repository import Repository
+from btrsync.catalog.repository import Repository, check_marker, read_marker
 from btrsync.cli.app import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, TargetMissingError, UsageError
+from btrsync.targets.mounts import refuse_unmounted
 
 
 @click.command("init", epilog=EXIT_STATUS_HELP)
 @global_options
 @click.option("--to", "to", required=True, help="target URL (file://, s3://, ssh://) or configured name")
+@click.option("--if-empty", "if_empty", is_flag=True,
+              help="exit 0 when a repository of this key is already there (for a unit run before each backup)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @pass_app
-def init_cmd(app: App, to: str, as_json: bool) -> None:
+def init_cmd(app: App, to: str, if_empty: bool, as_json: bool) -> None:
     """Create a repository at an empty location: the only command that creates one.
 
     Every other command fails with exit 10 where there is no repository, so an unmounted disk or
@@ -24,14 +27,38 @@ def init_cmd(app: App, to: str, as_json: bool) -> None:
     the key id; this host remembers the repository id of the URL and refuses another repository
     there later.
 
+    With --if-empty a repository already there is no error when it is this key's (and the one
+    this host knows at the URL): exit 0, nothing written.  Anything else is refused as without
+    it: a location that is not empty, another key's repository (exit 12), a repository this host
+    knew there and no longer finds (exit 10: is the disk mounted?).  A directory target on a
+    mount point of /etc/fstab that is not mounted is refused either way.
+
     \b
     Examples:
       btrsync init --to file:///mnt/usb/backups --key-file /root/backup.key
       btrsync init --to b2          # a target configured as [targets.b2]
+      btrsync init --to b2 --if-empty
     """
     key = app.key()
     with app.target(to) as target:
+        refuse_unmounted(target.display_url)
         known = app.state().target(target.display_url)
+        if if_empty:
+            info = read_marker(target)
+            if info is not None:
+                check_marker(info, key, target)  # another key's: exit 12
+                if known is not None and known.repo_id and known.repo_id != info.repo_id:
+                    raise TargetMissingError(
+                        f"{target.display_url} holds btrsync repository {info.repo_id}, but this host knows "
+                        f"{known.repo_id} there: see 'btrsync state show'")
+                app.state().bind(target.display_url, info.repo_id, info.format)
+                if as_json:
+                    emit_json({"target": target.display_url, "repo_id": info.repo_id, "key_id": key.key_id,
+                               "format": info.format, "created": False})
+                else:
+                    click.echo(f"btrsync repository {info.repo_id} is already at {target.display_url} "
+                               f"(key id {key.key_id}): nothing to do", err=True)
+                return
         if known is not None and known.repo_id:
             raise TargetMissingError(
                 f"this host knows btrsync repository {known.repo_id} at {target.display_url}: if it is "
@@ -41,7 +68,7 @@ def init_cmd(app: App, to: str, as_json: bool) -> None:
         app.state().bind(target.display_url, repo.repo_id, repo.info.format)
     if as_json:
         emit_json({"target": target.display_url, "repo_id": repo.repo_id, "key_id": key.key_id,
-                   "format": repo.info.format})
+                   "format": repo.info.format, "created": True})
         return
     click.echo(f"initialised btrsync repository {repo.repo_id} at {target.display_url} "
                f"(format {repo.info.format}, key id {key.key_id})")

@@ -131,6 +131,8 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
         unknown = unknown_settings(str(settings["url"]), settings)
         if unknown:
             raise ConfigError("\n".join(f"{where} [targets.{name}] {line}" for line in unknown))
+        if not isinstance(settings.get("initialize", False), bool):
+            raise ConfigError(f"{where} [targets.{name}] initialize must be true or false")
         try:
             chain_settings(settings, None)
         except ValueError as exc:

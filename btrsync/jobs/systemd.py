@@ -200,6 +200,10 @@ def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -
     argv = [btrsync, "--config", str(config_path)]
     if any(name == "key" for name, _ in creds):
         argv += ["--key-file", "%d/key"]
+    # initialize = true: a repository is created where there is none yet, in the unit's sandbox
+    # (never over another one, nor where this host knew one: 'init --if-empty')
+    inits = [[*argv, "init", "--to", jt.name, "--if-empty"] for jt in job.targets
+             if config.targets.get(jt.name, {}).get("initialize") is True]
     argv += ["run", job.name]
     caps = BASE_CAPS + (RECEIVE_CAPS if drills else ())
     lines = [
@@ -216,6 +220,7 @@ def service_unit(config: Config, job: Job, *, config_path: Path, btrsync: str) -
         "[Service]",
         "Type=oneshot",
         *_make_dirs(config, list(dict.fromkeys(scratch))),
+        *("ExecStartPre=" + " ".join(exec_arg(a) if a != "%d/key" else a for a in init) for init in inits),
         "ExecStart=" + " ".join(exec_arg(a) if a != "%d/key" else a for a in argv),
     ]
     lines += [f"LoadCredential={name}:{path.replace('%', '%%')}" for name, path in creds]

@@ -15,8 +15,9 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-# read for every kind: the configuration (url), capacity (quota), the push's backup tree
-COMMON = ("url", "quota", "chain", "full_threshold")
+# read for every kind: the configuration (url), capacity (quota), the push's backup tree, and
+# 'systemd generate' (initialize: 'btrsync init --if-empty' before each run of a job's unit)
+COMMON = ("url", "quota", "chain", "full_threshold", "initialize")
 FILE: tuple[str, ...] = ()
 # btrsync.targets.s3config.S3Settings
 S3 = ("endpoint", "region", "credentials_file", "profile", "part_size", "max_inflight_parts", "connect_timeout",

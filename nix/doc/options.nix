@@ -7,6 +7,10 @@ let
       ../modules/backup
       { options.assertions = lib.mkOption { type = lib.types.listOf lib.types.unspecified; default = [ ]; }; }
       { _module.check = false; }
+      # no nixpkgs here: what the declarations read of pkgs (pkgs.formats.toml's type, as nixpkgs has it)
+      { _module.args.pkgs = {
+          formats.toml = { }: { type = with lib.types; let v = nullOr (oneOf [ bool int float str path (attrsOf v) (listOf v) ]) // { description = "TOML value"; }; in v; };
+        }; }
     ];
   };
   visible = o: (o.visible or true) != false && !(o.internal or false);

@@ -21,4 +21,6 @@ if failed != [ ] then { assertions = failed; } else {
     inherit (c.services.prometheus.exporters.node) enabledCollectors extraFlags;
   };
   auditLog = c.services.btrsync.retention.auditLog;
+  users = c.users.users;
+  groups = c.users.groups;
 }

@@ -18,6 +18,8 @@ in
     systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
     environment.etc = loose;
     environment.systemPackages = mkOption { type = types.listOf types.unspecified; default = [ ]; };
+    users.users = loose;
+    users.groups = loose;
     services.prometheus.enable = mkOption { type = types.bool; default = false; };
     services.prometheus.ruleFiles = mkOption { type = types.listOf types.unspecified; default = [ ]; };
     services.prometheus.exporters.node.enable = mkOption { type = types.bool; default = false; };
@@ -26,10 +28,17 @@ in
   };
   config._module.args.pkgs = {
     callPackage = _: _: stubDrv "btrsync";
-    formats.toml = { }: { generate = name: value: stubDrv name; };
+    # pkgs.formats.toml's type, as nixpkgs declares it (pkgs/pkgs-lib/formats.nix)
+    formats.toml = { }: {
+      generate = name: value: stubDrv name;
+      type = with types; let valueType = nullOr (oneOf [ bool int float str path (attrsOf valueType) (listOf valueType) ]) // {
+        description = "TOML value"; }; in valueType;
+    };
     runCommand = name: env: script: stubDrv name // { inherit script; };
     writeText = name: text: stubDrv name;
     postgresql = stubDrv "postgresql";
+    writeShellScript = name: text: stubDrv name // { inherit text; };
+  } // lib.genAttrs [ "bash" "bubblewrap" "coreutils" "findutils" "rsync" ] stubDrv // {
   };
   config.services.btrsync.package = lib.mkDefault { type = "derivation"; name = "btrsync"; outPath = btrsyncPrefix; };
 }

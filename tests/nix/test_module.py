@@ -128,6 +128,15 @@ def test_two_jobs_and_an_ssh_target(hosts: dict[str, Any]) -> None:
     home = host["services"]["btrsync-home"]["serviceConfig"]
     assert home["LoadCredential"] == ["key:/etc/btrsync/backup.key", "ssh-nas:/etc/btrsync/id_ed25519"]
     assert '"-/mnt/usb disk/backups"' in home["ReadWritePaths"]
+    # initialize: the repository is made where there is none, before the run, in the same sandbox
+    assert s["targets"]["usb"]["initialize"] is True and "initialize" not in s["targets"]["nas"]
+    assert home["ExecStartPre"] == [f"{btrsync_bin()} --config {CONFIG_PATH} --key-file %d/key init --to usb --if-empty"]
+    assert host["services"]["btrsync-logs"]["serviceConfig"]["ExecStartPre"] == [  # it pushes to usb too
+        f"{btrsync_bin()} --config {CONFIG_PATH} --key-file %d/key init --to usb --if-empty"]
+    # timerConfig over the module's
+    assert host["timers"]["btrsync-home"]["timerConfig"] == {
+        "OnCalendar": "Mon..Fri *-*-* 02:30:00", "Persistent": False, "RandomizedDelaySec": "15m",
+        "AccuracySec": "1min", "Unit": "btrsync-home.service"}
     assert "CAP_MKNOD" in home["CapabilityBoundingSet"]  # drills receive
     assert "CAP_MKNOD" not in host["services"]["btrsync-logs"]["serviceConfig"]["CapabilityBoundingSet"]
     assert host["services"]["btrsync-logs"].get("after") == []  # a directory target: no network
@@ -160,6 +169,9 @@ def _normalised(d: dict[str, list[str]]) -> dict[str, list[str]]:
     return out
 
 
+TIMER_CONFIG = {("two-jobs-ssh", "btrsync-home.timer"): ("Timer.AccuracySec", "Timer.Persistent")}
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_the_units_are_what_btrsync_systemd_generate_writes(hosts: dict[str, Any], name: str) -> None:
     """The module mirrors btrsync/jobs/systemd.py; the two must not drift apart."""
@@ -176,9 +188,15 @@ def test_the_units_are_what_btrsync_systemd_generate_writes(hosts: dict[str, Any
             extra = set(mine.pop(key, [])) - set(theirs.get(key, []))
             assert extra <= secrets_units, (unit, key, extra)
             theirs.pop(key, None)
-        # generated units make the state and metrics directories; on NixOS tmpfiles does
-        for made in theirs.pop("Service.ExecStartPre", []):
+        # generated units make the state and metrics directories ('+mkdir'); on NixOS tmpfiles does
+        pre = theirs.pop("Service.ExecStartPre", [])
+        for made in [p for p in pre if p.startswith("+")]:
             assert f"d {made.split()[-1]} 0" in " ".join(host["tmpfiles"]), (unit, made)
+        if [p for p in pre if not p.startswith("+")]:  # btrsync init --if-empty (targets.<name>.initialize)
+            theirs["Service.ExecStartPre"] = [p for p in pre if not p.startswith("+")]
+        for key in TIMER_CONFIG.get((name, unit), ()):  # the host's own timerConfig, over the module's
+            mine.pop(key, None)
+            theirs.pop(key, None)
         assert mine == theirs, unit
     job_units = {u for u in ours if not u.startswith("btrsync-verify-")}
     assert job_units == set(expected)
@@ -260,7 +278,62 @@ ASSERTIONS = {
                                    "is in the Nix store"),
     "verification of an unknown target": ('services.btrsync.verifications.w.target = "b2";',
                                           'services.btrsync.verifications.w.target = "b2": no target of that name'),
+    "restricted key given": ('services.btrsync.sshAccess = { enable = true; authorizedKeys = '
+                             '[ "command=\\"sh\\" ssh-ed25519 AAAA x" ]; };',
+                             "services.btrsync.sshAccess.authorizedKeys: give bare public keys"),
 }
+
+
+def test_the_flakes_module_uses_the_hosts_nixpkgs(lib: str, tmp_path: Path) -> None:
+    """nixosModules.default is the module itself: its package is built with the host's pkgs, not
+    with the flake's own nixpkgs (a second nixpkgs, a second Python in the closure)."""
+    expr = tmp_path / "flake.nix"
+    expr.write_text(f"""
+{{ lib }}:
+let flake = import {ROOT}/flake.nix;
+    out = flake.outputs {{ self = out; nixpkgs = {{ inherit lib; legacyPackages = {{ }}; }}; }};
+in {{ module = toString out.nixosModules.default; inputs = builtins.attrNames flake.inputs; }}
+""")
+    out = json.loads(run_nix(["--eval", "--strict", "--json", str(expr), "--arg", "lib", lib]).stdout)
+    assert out == {"module": str(ROOT / "nix/modules/backup"), "inputs": ["nixpkgs"]}
+
+
+def test_the_ssh_server_side(lib: str) -> None:
+    """sshAccess: a system user whose home holds the repositories; each key restricted and forced to
+    a wrapper running the client's command sandboxed in that home (what the ssh target runs: sh
+    snippets with coreutils and find, and rsync)."""
+    host = evaluate(lib, ["./tests/nix/ssh-server.nix"])
+    assert host["assertions"] == []
+    user = host["users"]["btrsync"]
+    assert user["home"] == "/srv/backups" and user["homeMode"] == "700" and user["isSystemUser"] is True
+    assert user["group"] == "btrsync" and "btrsync" in host["groups"]
+    keys = user["openssh"]["authorizedKeys"]["keys"]
+    assert len(keys) == 2
+    wrapper = "/nix/store/00000000000000000000000000000000-btrsync-ssh-access"
+    assert all(k.startswith(f'restrict,command="{wrapper}" ssh-ed25519 ') for k in keys), keys
+    # no btrsync units on a server that only receives
+    assert set(host["services"]) == set() and host["settings"] == {}
+
+
+def test_the_ssh_access_wrapper_runs_only_a_given_command_confined_to_the_home(lib: str, tmp_path: Path) -> None:
+    expr = tmp_path / "wrapper.nix"
+    expr.write_text(f"""
+{{ lib, btrsyncPrefix }}:
+let e = lib.evalModules {{ modules = [ {ROOT}/nix/modules/backup (import {ROOT}/tests/nix/stubs.nix {{ inherit btrsyncPrefix; }})
+                                      {ROOT}/tests/nix/ssh-server.nix ]; }};
+    key = builtins.head e.config.users.users.btrsync.openssh.authorizedKeys.keys;
+in key
+""")
+    key = json.loads(run_nix(["--eval", "--strict", "--json", str(expr), "--arg", "lib", lib,
+                              "--argstr", "btrsyncPrefix", "/x"]).stdout)
+    assert key.startswith('restrict,command="')
+    # the wrapper's text, from the module source: refuses a shell, binds only the store and the home
+    text = (ROOT / "nix/modules/backup/ssh-access.nix").read_text()
+    script = text.split('writeShellScript "btrsync-ssh-access" \'\'', 1)[1].split("\'\';", 1)[0]
+    for part in ('[ -z "\'\'${SSH_ORIGINAL_COMMAND:-}" ]', "--unshare-all", "--ro-bind /nix/store /nix/store",
+                 '--bind "$HOME" "$HOME"', "--clearenv", '-c "$SSH_ORIGINAL_COMMAND"'):
+        assert part in script, part
+    assert script.count("--bind ") == 1  # nothing else is writable
 
 
 def test_the_base_of_the_bad_configurations_is_good(lib: str) -> None:
@@ -293,13 +366,15 @@ VM_EVAL = """
 { lib, btrsyncPrefix }:
 let
   drv = name: { type = "derivation"; inherit name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
-  pkgs = { testers.runNixOSTest = t: t; rsync = drv "rsync"; callPackage = _: _: drv "btrsync"; };
+  pkgs = { testers.runNixOSTest = t: t; rsync = drv "rsync"; callPackage = _: _: drv "btrsync";
+           formats.toml = { }: { generate = name: _: drv name; type = lib.types.attrsOf lib.types.anything; };
+           runCommand = name: _: script: drv name // { inherit script; }; };
   test = import ./nix/tests/vm.nix { inherit pkgs; };
   loose = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
-  nodeStubs = { options = { virtualisation = loose; users = loose; services.openssh = loose; }; };
+  nodeStubs = { options = { virtualisation = loose; services.openssh = loose; }; };
   host = lib.evalModules { modules = [ test.nodes.host (import ./tests/nix/stubs.nix { inherit btrsyncPrefix; }) nodeStubs
                                        { _module.args.pkgs = lib.mkForce pkgs; } ]; };
-  server = lib.evalModules { modules = [ test.nodes.server nodeStubs
+  server = lib.evalModules { modules = [ test.nodes.server nodeStubs { options.users = loose; }
     { options.environment.systemPackages = lib.mkOption { type = lib.types.listOf lib.types.unspecified; }; } ]; };
 in {
   inherit (test) name testScript;
@@ -348,7 +423,8 @@ let
   bin = name: { name = name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
   p = import ./nix/package.nix { inherit lib; python3Packages = py; btrfs-progs = bin "btrfs-progs"; zstd = bin "zstd";
                                  openssh = bin "openssh"; rsync = bin "rsync"; util-linux = bin "util-linux"; };
-in { inherit (p) pname dependencies makeWrapperArgs pythonImportsCheck enabledTestPaths pytestFlags preCheck; }
+in { inherit (p) pname dependencies makeWrapperArgs pythonImportsCheck enabledTestPaths pytestFlags preCheck;
+     meta = { inherit (p.meta) license maintainers mainProgram platforms; }; }
 """
 
 
@@ -356,6 +432,9 @@ def test_the_package_has_the_projects_dependencies_and_tools(lib: str, tmp_path:
     expr = tmp_path / "pkg.nix"
     expr.write_text(PACKAGE_EVAL.replace("./nix/", f"{ROOT}/nix/"))
     pkg = json.loads(run_nix(["--eval", "--strict", "--json", str(expr), "--arg", "lib", lib]).stdout)
+    assert pkg["meta"]["license"]["spdxId"] == "Apache-2.0" == tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["license"]["text"]
+    assert pkg["meta"]["maintainers"] == [] and pkg["meta"]["mainProgram"] == "btrsync"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower().replace("_", "-") for d in project["dependencies"]}
     assert set(pkg["dependencies"]) == wanted

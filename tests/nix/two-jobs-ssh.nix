@@ -12,7 +12,7 @@
       knownHostsFile = "/etc/btrsync/known_hosts";
       port = 2222;
     };
-    targets.usb.url = "file:///mnt/usb disk/backups";
+    targets.usb = { url = "file:///mnt/usb disk/backups"; initialize = true; };
     retention.profiles.standard = {
       snapshots = { keepHourly = 24; keepDaily = 7; };
       backups = { keepDaily = 14; keepWeekly = 8; };
@@ -28,6 +28,7 @@
       targets.usb = { };
       verify = { drillEvery = "30d"; };
       lockWait = "10m";
+      timerConfig = { AccuracySec = "1min"; Persistent = false; };
     };
     jobs.logs = {
       enable = false;

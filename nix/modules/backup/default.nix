@@ -45,6 +45,11 @@ let
       mounts = lib.unique ([ job.snapshotDir ] ++ job.subvolumes ++ localDirs);
       network = lib.optional remote "network-online.target";
       argv = [ btrsync "--config" configPath ];
+      keyArgs = lib.optionals (cfg.keyFile != null) [ "--key-file" "%d/key" ];
+      # targets.<name>.initialize: 'btrsync init --if-empty' first, in the same sandbox (as btrsync systemd generate)
+      inits = map (t: lib.concatStringsSep " " (map T.execArg argv ++ keyArgs ++ map T.execArg [ "init" "--to" t "--if-empty" ]))
+        (lib.filter (t: cfg.targets ? ${t} && cfg.targets.${t}.initialize) (lib.attrNames job.targets));
+      run = lib.concatStringsSep " " (map T.execArg argv ++ keyArgs ++ [ "run" (T.execArg name) ]);
     in {
       description = "btrsync backup job ${name}";
       wants = network ++ cfg.secretsUnits;
@@ -54,8 +59,7 @@ let
       restartIfChanged = false; # a switch must not start a backup
       serviceConfig = hardening // {
         Type = "oneshot";
-        ExecStart = lib.concatStringsSep " " (map T.execArg argv
-          ++ lib.optionals (cfg.keyFile != null) [ "--key-file" "%d/key" ] ++ [ "run" (T.execArg name) ]);
+        ExecStart = run;
         LoadCredential = map (lib.replaceStrings [ "%" ] [ "%%" ]) (credentialsOf job);
         KillMode = "mixed";
         TimeoutStopSec = "5min";
@@ -63,6 +67,8 @@ let
         CapabilityBoundingSet = lib.concatStringsSep " " (baseCaps ++ lib.optionals withDrills receiveCaps);
       } // lib.optionalAttrs (shared != [ ]) {
         BindPaths = lib.concatStringsSep " " (map (T.quoted "-") shared);
+      } // lib.optionalAttrs (inits != [ ]) {
+        ExecStartPre = inits;
       };
     };
 
@@ -74,7 +80,7 @@ let
       Persistent = job.persistent;
       RandomizedDelaySec = job.randomizedDelaySec;
       Unit = "btrsync-${name}.service";
-    };
+    } // job.timerConfig;
   };
 
   failureService = {
@@ -133,7 +139,7 @@ let
   jobsWithTargets = lib.attrNames (lib.filterAttrs (_: j: j.targets != { }) cfg.jobs);
 in
 {
-  imports = [ ./snapshot.nix ./remote.nix ./retention.nix ./verify.nix ./monitoring.nix ];
+  imports = [ ./snapshot.nix ./remote.nix ./retention.nix ./verify.nix ./monitoring.nix ./ssh-access.nix ];
 
   options.services.btrsync = {
     enable = mkEnableOption "btrsync, btrfs snapshots and encrypted incremental backups";
@@ -214,7 +220,7 @@ in
     };
 
     settings = mkOption {
-      type = types.attrsOf types.anything;
+      type = settingsFormat.type;
       default = { };
       example = literalExpression ''{ push.chunk_size = "8M"; targets.b2.part_size = "64M"; }'';
       description = ''

@@ -30,6 +30,17 @@ let
       user = mkOption { type = types.nullOr types.str; default = null; description = "ssh: the user, when the URL has none."; };
       port = mkOption { type = types.nullOr types.port; default = null; description = "ssh: the port, when the URL has none."; };
       quota = mkOption { type = types.nullOr types.str; default = null; example = "1T"; description = "Stored bytes this target may hold (status and alerts say when it fills)."; };
+      initialize = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Create the repository on the first run of a job pushing here (`ExecStartPre=btrsync init
+          --to <name> --if-empty`): where the location is empty and reachable.  Never over an existing
+          repository (another key's fails the run with exit 12), never where this host knew one and no
+          longer finds it (exit 10: is the disk mounted?), never on a mount point of /etc/fstab
+          that is not mounted, never in a non-empty directory or prefix.
+        '';
+      };
       extraSettings = mkOption {
         type = types.attrsOf types.anything;
         default = { };
@@ -75,6 +86,7 @@ in
     services.btrsync.settings = {
       targets = lib.mapAttrs (n: t: T.compact {
         inherit (t) url endpoint region user port quota;
+        initialize = if t.initialize then true else null;
         credentials_file = if t.credentialsFile == null then null else toString t.credentialsFile;
         identity_file = if t.identityFile == null then null else toString t.identityFile;
         known_hosts_file = if t.knownHostsFile == null then null else "${t.knownHostsFile}";

@@ -37,6 +37,17 @@ let
         example = "20m";
         description = "The timer's `RandomizedDelaySec=`: spreads the start of many hosts' backups.";
       };
+      timerConfig = mkOption {
+        type = types.attrsOf (types.oneOf [ types.str types.int types.bool (types.listOf types.str) ]);
+        default = { };
+        example = { OnCalendar = [ "" "Mon..Fri 01:30" "Sat 04:00" ]; AccuracySec = "1min"; };
+        description = ''
+          `[Timer]` settings of `btrsync-<name>.timer` over the module's (`OnCalendar=` from
+          `schedule`, `Persistent=`, `RandomizedDelaySec=`, `Unit=`); as services.restic.backups.<name>.timerConfig.
+          An `OnCalendar` here replaces `schedule` for the timer only: `btrsync config check` no
+          longer sees it.
+        '';
+      };
       persistent = mkOption {
         type = types.bool;
         default = true;
