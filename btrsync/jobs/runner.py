@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -314,6 +315,8 @@ class JobRun:
         self._hooks("on_success" if status == "ok" else "on_failure", status)
         if status != "ok" and self.job.hooks.on_failure:
             self.doc["failure_hooks_ran_for"] = iso(self.out.started)  # the OnFailure unit needs not
+            # under systemd: the unit's invocation, which the OnFailure unit gets as $MONITOR_INVOCATION_ID
+            self.doc["failure_hooks_ran_in"] = os.environ.get("INVOCATION_ID")
 
     # -- snapshots -------------------------------------------------------------------------------
     def _snapshots(self) -> bool:
@@ -611,7 +614,14 @@ def run_failure_hooks(env: RunEnv, job: Job, unit: str) -> list[hooklib.HookResu
     """For the OnFailure unit: the job's on_failure hooks, unless its last run already ran them."""
     doc = JobRecords(env.state_root).load(job.name)
     last = doc.get("last_run") or {}
-    if last.get("status") in ("failed", "partial") and doc.get("failure_hooks_ran_for") == last.get("started"):
+    # systemd >= 251 names the failed invocation: the hooks ran iff that run recorded them.  A run
+    # killed before its record (SIGKILL, OOM) left the previous run's there, which must not count.
+    monitored = os.environ.get("MONITOR_INVOCATION_ID")
+    if monitored:
+        ran = doc.get("failure_hooks_ran_in") == monitored
+    else:  # an older systemd, or by hand: the last record's run, if it ran them
+        ran = last.get("status") in ("failed", "partial") and doc.get("failure_hooks_ran_for") == last.get("started")
+    if ran:
         log.info("on_failure hooks of job %s already ran for its last run", job.name)
         return []
     error = f"systemd unit {unit} failed (journalctl -u {unit})"

@@ -188,3 +188,30 @@ hooks = {{ on_failure = [["sh", "-c", "echo \\"$BTRSYNC_STATUS $BTRSYNC_ERROR\\"
     assert main(["--config", str(path), "systemd", "on-failure", "btrsync-home.service"]) == 0
     assert not marker.exists()  # btrsync ran them itself for that run
     subprocess.run(["true"], check=True)
+
+
+def test_the_on_failure_unit_tells_a_killed_run_from_the_failed_one_before_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd >= 251 gives the handler the failed invocation ($MONITOR_INVOCATION_ID): the record
+    left by an earlier failed run whose hooks ran does not silence a later run that was killed."""
+    from btrsync.jobs.records import JobRecords
+
+    marker = tmp_path / "hook-ran"
+    path = tmp_path / "config.toml"
+    path.write_text(f"""
+state_dir = "{tmp_path / 'state'}"
+metrics_dir = ""
+[jobs.home]
+subvolumes = ["/home"]
+snapshot_dir = "/.snapshots"
+hooks = {{ on_failure = [["sh", "-c", "echo ran >> {marker}"]] }}
+""")
+    JobRecords(tmp_path / "state").save("home", {
+        "job": "home", "last_run": {"status": "failed", "started": "2026-11-20T03:00:00Z"},
+        "failure_hooks_ran_for": "2026-11-20T03:00:00Z", "failure_hooks_ran_in": "a" * 32, "targets": {}})
+    monkeypatch.setenv("MONITOR_INVOCATION_ID", "a" * 32)  # the failed run itself: its hooks ran
+    assert main(["--config", str(path), "systemd", "on-failure", "btrsync-home.service"]) == 0
+    assert not marker.exists()
+    monkeypatch.setenv("MONITOR_INVOCATION_ID", "b" * 32)  # a later invocation, killed before its record
+    assert main(["--config", str(path), "systemd", "on-failure", "btrsync-home.service"]) == 0
+    assert marker.read_text() == "ran\n"
