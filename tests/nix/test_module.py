@@ -220,6 +220,12 @@ def test_rendered_units_pass_systemd_analyze_verify(hosts: dict[str, Any], tmp_p
                               env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"}, timeout=120, check=False)
         mine = [line for line in (proc.stdout + proc.stderr).splitlines() if str(out) in line or "btrsync" in line]
         assert proc.returncode == 0 and not mine, f"{name}:\n{proc.stdout}{proc.stderr}"
+        # systemd-analyze security: no unit of the module above "OK" either (docs/scheduling.md)
+        from tests.jobs.test_systemd import SECURITY_LIMIT, exposure
+
+        for unit in sorted(out.glob("*.service")):
+            if unit.name != "btrsync-on-failure@.service":
+                assert exposure(tool, unit) <= SECURITY_LIMIT, (name, unit.name)
 
 
 BASE = """
