@@ -85,7 +85,8 @@ def test_b2_opnix_host(hosts: dict[str, Any]) -> None:
     assert s["push"] == {"bwlimit": "20M", "bwlimit_schedule": ["Mon-Fri 08:00-18:00 5M"]}
     assert s["jobs"]["home"]["verify"]["sample"] == "5%"
     hooks = s["jobs"]["home"]["hooks"]
-    assert hooks["path"] == ["/nix/store/00000000000000000000000000000000-postgresql/bin"]
+    assert hooks["path"] == ["/nix/store/00000000000000000000000000000000-postgresql/bin",
+                             "/nix/store/00000000000000000000000000000000-bash/bin"]  # 'sh' for hooks
     assert hooks["read_write_paths"] == ["/srv/db"]
     home = host["services"]["btrsync-home"]
     assert home["serviceConfig"]["ReadWritePaths"].endswith(" -/srv/db")
@@ -372,7 +373,7 @@ VM_EVAL = """
 { lib, btrsyncPrefix }:
 let
   drv = name: { type = "derivation"; inherit name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
-  pkgs = { testers.runNixOSTest = t: t; rsync = drv "rsync"; callPackage = _: _: drv "btrsync";
+  pkgs = { testers.runNixOSTest = t: t; rsync = drv "rsync"; bash = drv "bash"; callPackage = _: _: drv "btrsync";
            formats.toml = { }: { generate = name: _: drv name; type = lib.types.attrsOf lib.types.anything; };
            runCommand = name: _: script: drv name // { inherit script; }; };
   test = import ./nix/tests/vm.nix { inherit pkgs; };

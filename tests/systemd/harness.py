@@ -262,7 +262,8 @@ class Container:
 # nixpkgs packages -> the Debian packages holding the same programs (the host's /usr plays the store)
 DEBIAN_OF = {"coreutils": ["coreutils"], "findutils": ["findutils"], "grep": ["grep"], "sed": ["sed"],
              "systemd": ["systemd"], "btrfs-progs": ["btrfs-progs"], "zstd": ["zstd"],
-             "openssh": ["openssh-client"], "rsync": ["rsync"], "util-linux": ["util-linux", "mount"]}
+             "openssh": ["openssh-client"], "rsync": ["rsync"], "util-linux": ["util-linux", "mount"],
+             "bash": ["bash", "dash"]}  # nixpkgs' bash has bin/sh too
 
 
 def nix_like_path(farm: Path, packages: Sequence[str]) -> str:

@@ -1,7 +1,7 @@
 # services.btrsync.jobs.<name>: the subvolumes, their snapshots and local retention, and when the
 # job runs (its timer) and what runs around it.  The targets of a job are in remote.nix, its
 # retention profile in retention.nix, its verification in verify.nix.
-{ config, lib, ... }:
+{ config, lib, pkgs, ... }:
 let
   inherit (lib) mkOption types literalExpression;
   T = import ./types.nix { inherit lib; };
@@ -98,8 +98,9 @@ let
           example = literalExpression "[ config.services.postgresql.package pkgs.curl ]";
           description = ''
             Packages (their `bin`) or directories put in front of the hooks' `PATH`, so a hook can
-            name `pg_dumpall` or `curl` without a store path.  btrsync's own `PATH` (the unit's)
-            stays what the package needs.
+            name `pg_dumpall` or `curl` without a store path; `pkgs.bash` is always added (a NixOS
+            unit's `PATH` has no shell, and hooks are often `[ "sh" "-c" "..." ]`).  btrsync's own
+            `PATH` (the unit's) stays what the package needs.
           '';
         };
       };
@@ -142,7 +143,9 @@ in
         on_success = j.hooks.onSuccess;
         on_failure = j.hooks.onFailure;
         read_write_paths = j.hooks.readWritePaths;
-        path = map (p: if builtins.isString p then p else "${lib.getBin p}/bin") j.hooks.path;
+        # a NixOS unit's PATH has no shell (coreutils, findutils, grep, sed, systemd): hooks get
+        # bash ('sh -c ...', as the examples write them) after their own
+        path = map (p: if builtins.isString p then p else "${lib.getBin p}/bin") (j.hooks.path ++ [ pkgs.bash ]);
       };
       lock_wait = j.lockWait;
       stale_after = j.staleAfter;
