@@ -472,6 +472,27 @@ def test_the_host_in_docs_nixos_md_evaluates_and_passes_config_check(lib: str, t
     assert proc.returncode == 0, proc.stderr
 
 
+def test_the_minimal_host_in_docs_nixos_md_evaluates_and_passes_config_check(lib: str, tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "nixos.md").read_text()
+    part = doc.split("## A minimal host: B2 only", 1)[1].split("## A complete host", 1)[0]
+    flake, block = [b.split("```", 1)[0] for b in part.split("```nix\n")[1:3]]
+    assert 'inputs.nixpkgs.follows = "nixpkgs"' in flake and flake.count("follows") == 2
+    imports = "imports = [ btrsync.nixosModules.default opnix.nixosModules.default ];"
+    assert imports in block
+    host_file = tmp_path / "host.nix"
+    host_file.write_text(block.replace("{ config, btrsync, opnix, ... }:", "{ config, ... }:")
+                         .replace(imports, f"imports = [ {ROOT}/tests/nix/opnix-stub.nix ];"))
+    host = evaluate(lib, [str(host_file)])
+    assert host["assertions"] == []
+    home = host["services"]["btrsync-home"]["serviceConfig"]
+    assert home["ExecStartPre"] == [f"{btrsync_bin()} --config {CONFIG_PATH} --key-file %d/key init --to b2 --if-empty"]
+    assert home["LoadCredential"] == ["key:/var/lib/opnix/secrets/btrsyncKey",
+                                      "target-b2:/var/lib/opnix/secrets/b2Credentials"]
+    proc = subprocess.run([btrsync_bin(), "--config", str(write_config(host["settings"], tmp_path / "c.toml")),
+                           "config", "check"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_a_hosts_own_service_settings_override_the_hardening(lib: str) -> None:
     """The hardening is at mkDefault: `serviceConfig.Nice = 5` is the host's choice, not a conflict."""
     result = evaluate(lib, [f"({{ lib, ... }}: {{ {BASE} }})",

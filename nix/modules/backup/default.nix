@@ -152,8 +152,8 @@ in
     };
 
     keyFile = T.secretPath ''
-      Runtime path of the repository key file (`btrsync key generate FILE`; 32 bytes or 64 hex
-      digits, root-only).  A string, never a Nix path: a path literal or a `/nix/store` path is
+      Runtime path of the repository key file (`btrsync key generate FILE` writes 44 base64
+      characters; 64 hex digits or 32 raw bytes are read too; root-only).  A string, never a Nix path: a path literal or a `/nix/store` path is
       refused, because the store is world-readable.  Passed to every unit with `LoadCredential=`
       (`--key-file %d/key`).  Required when a job has targets.  With OpNix:
       `config.services.onepassword-secrets.secretPaths.btrsyncKey`.
