@@ -88,7 +88,7 @@ class Notes:
 # the data of the chunk being applied
 
 
-class Window:
+class StreamBytes:
     """The stream bytes a command's data may live in: the chunk just fed, and a carry of the bytes
     since the end of the last complete command (a command's data may begin in an earlier chunk)."""
 
@@ -278,7 +278,7 @@ class Applier:
         self._where = ""
         self._link_index = 0
         self.stats = LinkStats()
-        self._handlers: dict[str, Callable[[Any, Window], None]] = {
+        self._handlers: dict[str, Callable[[Any, StreamBytes], None]] = {
             "subvol": self._subvol, "snapshot": self._snapshot, "mkfile": self._mkfile,
             "mkdir": self._mkdir, "mknod": self._mknod, "mkfifo": self._mkfifo, "mksock": self._mksock,
             "symlink": self._symlink, "rename": self._rename, "link": self._link, "unlink": self._unlink,
@@ -306,7 +306,7 @@ class Applier:
             if parent_clones:
                 self._pin(parent_clones)
             parser = StreamParser()
-            window = Window()
+            window = StreamBytes()
             upto = 0
             for chunk in chunks:
                 window.add(chunk)
@@ -333,7 +333,7 @@ class Applier:
         self.stream_uuid = snapshot_uuid
         return self.stats
 
-    def _apply(self, ev: Any, window: Window) -> None:
+    def _apply(self, ev: Any, window: StreamBytes) -> None:
         self.stats.commands += 1
         where = f"backup {self._backup}: {ev.cmd} {ev.path!r} (command at byte {ev.offset})"
         if self._first and ev.cmd not in ("subvol", "snapshot"):
@@ -352,10 +352,10 @@ class Applier:
                                + (f" ({exc.filename})" if exc.filename else "")) from None
 
     # -- subvolume ------------------------------------------------------------------------------
-    def _subvol(self, ev: Any, _w: Window) -> None:
+    def _subvol(self, ev: Any, _w: StreamBytes) -> None:
         self._start(ev, incremental=False)
 
-    def _snapshot(self, ev: Any, _w: Window) -> None:
+    def _snapshot(self, ev: Any, _w: StreamBytes) -> None:
         self._start(ev, incremental=True)
 
     def _start(self, ev: Any, *, incremental: bool) -> None:
@@ -380,16 +380,16 @@ class Applier:
         self._ctransid = ev.attrs.get("ctransid")
 
     # -- creation -------------------------------------------------------------------------------
-    def _mkfile(self, ev: Any, _w: Window) -> None:
+    def _mkfile(self, ev: Any, _w: StreamBytes) -> None:
         dfd, name = self.tree.parent(ev.path)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         os.close(fd)
 
-    def _mkdir(self, ev: Any, _w: Window) -> None:
+    def _mkdir(self, ev: Any, _w: StreamBytes) -> None:
         dfd, name = self.tree.parent(ev.path)
         os.mkdir(name, 0o700, dir_fd=dfd)
 
-    def _mknod(self, ev: Any, _w: Window) -> None:
+    def _mknod(self, ev: Any, _w: StreamBytes) -> None:
         mode = int(ev.attrs["mode"])
         kind = stat.S_IFMT(mode)
         if kind not in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG):
@@ -402,27 +402,27 @@ class Applier:
                 raise
             self.notes.add("device node not created (needs root)", ev.path)
 
-    def _mkfifo(self, ev: Any, _w: Window) -> None:
+    def _mkfifo(self, ev: Any, _w: StreamBytes) -> None:
         dfd, name = self.tree.parent(ev.path)
         os.mkfifo(name, 0o600, dir_fd=dfd)
 
-    def _mksock(self, ev: Any, _w: Window) -> None:
+    def _mksock(self, ev: Any, _w: StreamBytes) -> None:
         dfd, name = self.tree.parent(ev.path)
         os.mknod(name, stat.S_IFSOCK | 0o600, dir_fd=dfd)
 
-    def _symlink(self, ev: Any, _w: Window) -> None:
+    def _symlink(self, ev: Any, _w: StreamBytes) -> None:
         target = ev.attrs["path_link"]
         if "\0" in target:
             raise PathRefused("symlink target holds a NUL byte")
         dfd, name = self.tree.parent(ev.path)
         os.symlink(target, name, dir_fd=dfd)
 
-    def _link(self, ev: Any, _w: Window) -> None:
+    def _link(self, ev: Any, _w: StreamBytes) -> None:
         with _TwoParents(self.tree, ev.attrs["path_link"], ev.path) as (sdfd, sname, ddfd, dname):
             os.link(sname, dname, src_dir_fd=sdfd, dst_dir_fd=ddfd, follow_symlinks=False)
 
     # -- namespace changes ----------------------------------------------------------------------
-    def _rename(self, ev: Any, _w: Window) -> None:
+    def _rename(self, ev: Any, _w: StreamBytes) -> None:
         src, dst = ev.path, ev.attrs["path_to"]
         self._close_file()
         sparts, dparts = split(src), split(dst)
@@ -433,12 +433,12 @@ class Applier:
         self._times.move(sparts, dparts)
         self._dir_modes.move(sparts, dparts)
 
-    def _unlink(self, ev: Any, _w: Window) -> None:
+    def _unlink(self, ev: Any, _w: StreamBytes) -> None:
         self._close_file()
         dfd, name = self.tree.parent(ev.path)
         os.unlink(name, dir_fd=dfd)
 
-    def _rmdir(self, ev: Any, _w: Window) -> None:
+    def _rmdir(self, ev: Any, _w: StreamBytes) -> None:
         self._close_file()
         parts = split(ev.path)
         self.tree.forget(ev.path)
@@ -466,7 +466,7 @@ class Applier:
             self._preserve(pin, fd)
         return fd
 
-    def _write(self, ev: Any, window: Window) -> None:
+    def _write(self, ev: Any, window: StreamBytes) -> None:
         fd = self._file(ev.path)
         data = window.get(int(ev.attrs["data_offset"]), int(ev.attrs["data_len"]))
         self._pwrite(fd, data, int(ev.attrs["file_offset"]))
@@ -474,7 +474,7 @@ class Applier:
     def _pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
         self.stats.bytes_written += pwrite_all(fd, data, offset)
 
-    def _encoded_write(self, ev: Any, window: Window) -> None:
+    def _encoded_write(self, ev: Any, window: StreamBytes) -> None:
         a = ev.attrs
         if int(a.get("encryption", 0)) != 0:
             raise DamageError(f"backup {self._backup}: encoded_write {ev.path!r}: encrypted extents "
@@ -490,10 +490,10 @@ class Applier:
         plain = decompress(kind, raw, unencoded_len)
         self._pwrite(fd, memoryview(plain)[offset:offset + length], int(a["file_offset"]))
 
-    def _truncate(self, ev: Any, _w: Window) -> None:
+    def _truncate(self, ev: Any, _w: StreamBytes) -> None:
         os.ftruncate(self._file(ev.path), int(ev.attrs["size"]))
 
-    def _fallocate(self, ev: Any, _w: Window) -> None:
+    def _fallocate(self, ev: Any, _w: StreamBytes) -> None:
         mode, offset, length = int(ev.attrs["fallocate_mode"]), int(ev.attrs["file_offset"]), int(ev.attrs["size"])
         fd = self._file(ev.path)
         if mode & fsutil.FALLOC_FL_PUNCH_HOLE:
@@ -508,7 +508,7 @@ class Applier:
                 os.ftruncate(fd, offset + length)  # the size is what matters; the allocation is not
             self.notes.add("preallocation not supported by the filesystem", ev.path)
 
-    def _clone(self, ev: Any, _w: Window) -> None:
+    def _clone(self, ev: Any, _w: StreamBytes) -> None:
         a = ev.attrs
         dst = self._file(ev.path)
         src_uuid, src_path = str(a["clone_uuid"]), a["clone_path"]
@@ -603,7 +603,7 @@ class Applier:
         self._pinned.clear()
 
     # -- metadata -------------------------------------------------------------------------------
-    def _chmod(self, ev: Any, _w: Window) -> None:
+    def _chmod(self, ev: Any, _w: StreamBytes) -> None:
         mode = int(ev.attrs["mode"]) & 0o7777
         dfd, name = self.tree.parent(ev.path, allow_root=True)
         if name is None:
@@ -623,7 +623,7 @@ class Applier:
             mode |= 0o700
         os.chmod(name, mode, dir_fd=dfd)  # not a symlink: nothing to follow
 
-    def _chown(self, ev: Any, _w: Window) -> None:
+    def _chown(self, ev: Any, _w: StreamBytes) -> None:
         uid, gid = int(ev.attrs["uid"]), int(ev.attrs["gid"])
         dfd, name = self.tree.parent(ev.path, allow_root=True)
         try:
@@ -636,7 +636,7 @@ class Applier:
                 raise
             self.notes.add("owner not set (needs root)", ev.path or ".")
 
-    def _utimes(self, ev: Any, _w: Window) -> None:
+    def _utimes(self, ev: Any, _w: StreamBytes) -> None:
         times = (_ns(ev.attrs["atime"]), _ns(ev.attrs["mtime"]))
         dfd, name = self.tree.parent(ev.path, allow_root=True)
         if name is None:
@@ -675,11 +675,11 @@ class Applier:
             except (FileNotFoundError, NotADirectoryError):
                 continue
 
-    def _set_xattr(self, ev: Any, _w: Window) -> None:
+    def _set_xattr(self, ev: Any, _w: StreamBytes) -> None:
         name, value = ev.attrs["xattr_name"], ev.attrs["xattr_data"]
         self._xattr(ev, lambda where: os.setxattr(where, name, value, follow_symlinks=isinstance(where, int)))
 
-    def _remove_xattr(self, ev: Any, _w: Window) -> None:
+    def _remove_xattr(self, ev: Any, _w: StreamBytes) -> None:
         name = ev.attrs["xattr_name"]
         self._xattr(ev, lambda where: os.removexattr(where, name, follow_symlinks=isinstance(where, int)))
 
@@ -697,11 +697,11 @@ class Applier:
             why = "not permitted" if exc.errno in (errno.EPERM, errno.EACCES) else "not supported"
             self.notes.add(f"{namespace}.* xattr {why} here ({exc.strerror})", f"{ev.path or '.'}: {name}")
 
-    def _fileattr(self, ev: Any, _w: Window) -> None:
+    def _fileattr(self, ev: Any, _w: StreamBytes) -> None:
         self.notes.add("fileattr ignored (btrfs inode flags; btrfs receive ignores them too)", ev.path or ".")
 
-    def _enable_verity(self, ev: Any, _w: Window) -> None:
+    def _enable_verity(self, ev: Any, _w: StreamBytes) -> None:
         self.notes.add("fs-verity not enabled (the data is restored, without verity)", ev.path)
 
-    def _nothing(self, _ev: Any, _w: Window) -> None:
+    def _nothing(self, _ev: Any, _w: StreamBytes) -> None:
         return

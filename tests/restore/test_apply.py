@@ -21,7 +21,7 @@ import zstandard
 
 from btrsync.errors import DamageError
 from btrsync.restore import RestoreError
-from btrsync.restore.apply import Applier, Notes, Window, scan_parent_clones
+from btrsync.restore.apply import Applier, Notes, StreamBytes, scan_parent_clones
 from btrsync.restore.decompress import DecompressError, _btrfs_lzo, decompress, lzo1x_decompress
 from btrsync.restore.paths import PathRefused, Tree, split
 from btrsync.sendstream import parser
@@ -98,7 +98,7 @@ def test_recorded_streams_restore_alike_in_any_chunking(tmp_path: Path, size: in
 
 
 def test_window_serves_data_that_began_in_an_earlier_chunk() -> None:
-    w = Window()
+    w = StreamBytes()
     w.add(b"0123456789")
     assert bytes(w.get(2, 3)) == b"234"
     w.consumed(6)  # a command ended at 6: 6789 is carried
