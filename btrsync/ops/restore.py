@@ -42,7 +42,8 @@ from btrsync.procs import pid_alive
 from btrsync.read.chains import chain_for
 from btrsync.read.chunks import raw_stream
 from btrsync.restore import RestoreError, fsutil, place
-from btrsync.restore.apply import Applier, Notes, scan_parent_clones
+from btrsync.restore.apply import Applier, scan_parent_clones
+from btrsync.restore.meta import Notes
 from btrsync.restore.paths import DIR_FLAGS, Tree
 from btrsync.restore.selective import SelectiveRestore
 

@@ -35,7 +35,7 @@ from btrsync.btrfs import subvolume as sv
 from btrsync.errors import SnapshotError, UsageError
 from btrsync.fdio import syncfs
 from btrsync.restore import RestoreError, place
-from btrsync.restore.apply import Notes
+from btrsync.restore.meta import Notes
 from btrsync.restore.paths import DIR_FLAGS, PathRefused, Tree, split
 from btrsync.restore.snapcopy import Copier
 from btrsync.signals import deferred

@@ -41,7 +41,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from btrsync.errors import DamageError
@@ -49,6 +49,7 @@ from btrsync.fdio import pwrite_all
 from btrsync.restore import RestoreError, fsutil
 from btrsync.restore.decompress import NAMES as COMPRESSION_NAMES
 from btrsync.restore.decompress import DecompressError, decompress
+from btrsync.restore.meta import Notes, chown_noted, xattr_noted
 from btrsync.restore.paths import PathRefused, Tree, split
 from btrsync.sendstream.checker import check_parent_unchanged
 from btrsync.sendstream.parser import StreamError, StreamParser
@@ -56,32 +57,7 @@ from btrsync.sendstream.parser import StreamError, StreamParser
 log = logging.getLogger(__name__)
 
 OPEN_DATA = os.O_RDWR
-_NOTE_EXAMPLES = 3
 
-
-
-# --------------------------------------------------------------------------------------------------
-# notes
-
-
-@dataclass
-class Notes:
-    """What could not be applied on this filesystem or without privileges: counts and examples."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def add(self, kind: str, example: str) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        shown = self.examples.setdefault(kind, [])
-        if len(shown) < _NOTE_EXAMPLES:
-            shown.append(example)
-
-    def as_list(self) -> list[dict[str, Any]]:
-        return [{"kind": k, "count": n, "examples": self.examples.get(k, [])} for k, n in sorted(self.counts.items())]
-
-    def lines(self) -> list[str]:
-        return [f"{n} × {k} (e.g. {', '.join(self.examples.get(k, []))})" for k, n in sorted(self.counts.items())]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -624,17 +600,9 @@ class Applier:
         os.chmod(name, mode, dir_fd=dfd)  # not a symlink: nothing to follow
 
     def _chown(self, ev: Any, _w: StreamBytes) -> None:
-        uid, gid = int(ev.attrs["uid"]), int(ev.attrs["gid"])
         dfd, name = self.tree.parent(ev.path, allow_root=True)
-        try:
-            if name is None:
-                os.chown(dfd, uid, gid)
-            else:
-                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-        except PermissionError:
-            if self.privileged:
-                raise
-            self.notes.add("owner not set (needs root)", ev.path or ".")
+        chown_noted(dfd, name, int(ev.attrs["uid"]), int(ev.attrs["gid"]), privileged=self.privileged,
+                    notes=self.notes, rel=ev.path)
 
     def _utimes(self, ev: Any, _w: StreamBytes) -> None:
         times = (_ns(ev.attrs["atime"]), _ns(ev.attrs["mtime"]))
@@ -687,15 +655,7 @@ class Applier:
         name = ev.attrs["xattr_name"]
         if "\0" in name or not name:
             raise PathRefused("invalid xattr name")
-        where = self.tree.xattr_path(ev.path)
-        try:
-            action(where)
-        except OSError as exc:
-            if not fsutil.metadata_unsupported(exc, where):
-                raise
-            namespace = name.split(".", 1)[0]
-            why = "not permitted" if exc.errno in (errno.EPERM, errno.EACCES) else "not supported"
-            self.notes.add(f"{namespace}.* xattr {why} here ({exc.strerror})", f"{ev.path or '.'}: {name}")
+        xattr_noted(action, self.tree.xattr_path(ev.path), name, notes=self.notes, rel=ev.path)
 
     def _fileattr(self, ev: Any, _w: StreamBytes) -> None:
         self.notes.add("fileattr ignored (btrfs inode flags; btrfs receive ignores them too)", ev.path or ".")

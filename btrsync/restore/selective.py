@@ -36,7 +36,7 @@ from btrsync.fdio import pwrite_all
 from btrsync.fileindex.tree import FileTree, Inode, Node
 from btrsync.read.chunks import RangeReader, ReadStats
 from btrsync.restore import RestoreError, fsutil
-from btrsync.restore.apply import Notes
+from btrsync.restore.meta import Notes, chown_noted, setxattr_noted
 from btrsync.restore.decompress import NAMES as COMPRESSION_NAMES
 from btrsync.restore.decompress import DecompressError, decompress
 from btrsync.restore.paths import PathRefused, Tree
@@ -282,29 +282,15 @@ class SelectiveRestore:
 
     def _meta(self, path: str, ino: Inode) -> None:
         dfd, name = self.tree.parent(path, allow_root=True)
-        try:
-            if name is None:
-                os.chown(dfd, ino.uid, ino.gid)
-            else:
-                os.chown(name, ino.uid, ino.gid, dir_fd=dfd, follow_symlinks=False)
-        except PermissionError:
-            if self.privileged:
-                raise
-            self.notes.add("owner not set (needs root)", path or ".")
+        chown_noted(dfd, name, ino.uid, ino.gid, privileged=self.privileged, notes=self.notes, rel=path)
         if ino.kind not in ("l", "d"):  # directories: at the end, so they still take their entries
             if name is None:
                 os.chmod(dfd, ino.mode)
             else:
                 os.chmod(name, ino.mode, dir_fd=dfd)
         for xname, value in sorted(ino.xattrs.items()):
-            where = self.tree.xattr_path(path)
-            try:
-                os.setxattr(where, xname, bytes.fromhex(value), follow_symlinks=isinstance(where, int))
-            except OSError as exc:
-                if not fsutil.metadata_unsupported(exc, where):
-                    raise
-                self.notes.add(f"{xname.split('.', 1)[0]}.* xattr not supported here ({exc.strerror})",
-                               f"{path or '.'}: {xname}")
+            setxattr_noted(self.tree.xattr_path(path), xname, bytes.fromhex(value), notes=self.notes, rel=path,
+                           verb="not supported here")
 
     def _times(self, path: str, ino: Inode, *, allow_root: bool = False) -> None:
         if ino.mtime is None:

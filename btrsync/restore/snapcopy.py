@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass, field
 
 from btrsync.restore import fsutil
-from btrsync.restore.apply import Notes
+from btrsync.restore.meta import Notes, chown_noted, setxattr_noted
 from btrsync.restore.paths import DIR_FLAGS
 
 MAX_LINK_GROUPS = 4096  # hard-linked inodes whose first copy's directory stays open
@@ -83,15 +83,8 @@ class Copier:
               dir_fd: int | None = None, name: str | None = None, rel: str) -> None:
         """Owner, mode, xattrs, times of one copied entry (by descriptor, or by name in dir_fd)."""
         is_link = stat.S_ISLNK(st.st_mode)
-        try:
-            if fd is not None:
-                os.chown(fd, st.st_uid, st.st_gid)
-            else:
-                os.chown(name, st.st_uid, st.st_gid, dir_fd=dir_fd, follow_symlinks=False)
-        except PermissionError:
-            if self.privileged:
-                raise
-            self.notes.add("owner not set (needs root)", rel)
+        chown_noted(fd if fd is not None else dir_fd, None if fd is not None else name,  # type: ignore[arg-type]
+                    st.st_uid, st.st_gid, privileged=self.privileged, notes=self.notes, rel=rel)
         if not is_link:
             if fd is not None:
                 os.chmod(fd, stat.S_IMODE(st.st_mode))
@@ -99,12 +92,7 @@ class Copier:
                 os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dir_fd)  # just created, not a symlink
         where: str | int = fd if fd is not None else f"/proc/self/fd/{dir_fd}/{name}"
         for key, value in xattrs.items():
-            try:
-                os.setxattr(where, key, value, follow_symlinks=isinstance(where, int))
-            except OSError as exc:
-                if not fsutil.metadata_unsupported(exc, where):
-                    raise
-                self.notes.add(f"{key.split('.', 1)[0]}.* xattr not copied ({exc.strerror})", f"{rel}: {key}")
+            setxattr_noted(where, key, value, notes=self.notes, rel=rel, verb="not copied")
         times = (st.st_atime_ns, st.st_mtime_ns)
         if fd is not None:
             os.utime(fd, ns=times)

@@ -21,7 +21,8 @@ import zstandard
 
 from btrsync.errors import DamageError
 from btrsync.restore import RestoreError
-from btrsync.restore.apply import Applier, Notes, StreamBytes, scan_parent_clones
+from btrsync.restore.apply import Applier, StreamBytes, scan_parent_clones
+from btrsync.restore.meta import Notes
 from btrsync.restore.decompress import DecompressError, _btrfs_lzo, decompress, lzo1x_decompress
 from btrsync.restore.paths import PathRefused, Tree, split
 from btrsync.sendstream import parser
@@ -284,7 +285,8 @@ def test_btrfs_lzo_framing_and_zero_fill() -> None:
 
 UNPRIVILEGED = """
 import json, os, sys
-from btrsync.restore.apply import Applier, Notes
+from btrsync.restore.apply import Applier
+from btrsync.restore.meta import Notes
 from btrsync.restore.paths import Tree
 base = sys.argv[1]
 data = open(os.path.join(base, "stream"), "rb").read()
