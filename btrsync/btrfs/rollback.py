@@ -10,6 +10,7 @@ from pathlib import Path
 
 from btrsync.btrfs.runner import run_btrfs
 from btrsync.errors import BtrfsError
+from btrsync.mountinfo import mount_points
 
 # struct btrfs_ioctl_fs_info_args (1 KiB): max_id u64, num_devices u64, fsid[16], ...
 _FS_INFO_SIZE = 1024
@@ -27,30 +28,6 @@ def filesystem_uuid(path: Path) -> str:
     finally:
         os.close(fd)
     return str(uuidlib.UUID(bytes=bytes(buf[16:32])))
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as ``\\ooo``."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_points() -> set[str]:
-    """Every mount point of this mount namespace (``/proc/self/mountinfo``)."""
-    points = set()
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split(" ")
-            if len(fields) > 4:
-                points.add(_unescape(fields[4]))
-    return points
 
 
 def is_mount_point(path: Path) -> bool:

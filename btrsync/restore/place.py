@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from btrsync.btrfs.rollback import mount_points
+from btrsync.mountinfo import mount_points
 from btrsync.restore import fsutil
 from btrsync.restore.paths import DIR_FLAGS
 from btrsync.signals import deferred

@@ -9,48 +9,15 @@ import os
 from urllib.parse import unquote, urlsplit
 
 from btrsync.errors import TargetMissingError
-
-FSTAB = "/etc/fstab"
-MOUNTINFO = "/proc/self/mountinfo"
-
-
-def _unescape(field: str) -> str:
-    """fstab and mountinfo write a blank in a path as \\040 (octal escapes)."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def fstab_mount_points(fstab: str = FSTAB) -> set[str]:
-    points = set()
-    try:
-        with open(fstab, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 2 and not fields[0].startswith("#") and fields[1].startswith("/"):
-                    points.add(os.path.normpath(_unescape(fields[1])))
-    except OSError:
-        pass
-    return points
-
+from btrsync.mountinfo import FSTAB, MOUNTINFO, fstab_mount_points, mount_points
 
 def mounted(mountinfo: str = MOUNTINFO) -> set[str]:
-    points = set()
+    """What is mounted; nothing where the table cannot be read (then every fstab mount point
+    counts as unmounted, and no repository is created under one)."""
     try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 5:
-                    points.add(os.path.normpath(_unescape(fields[4])))
+        return mount_points(mountinfo)
     except OSError:
-        pass
-    return points
+        return set()
 
 
 def unmounted_mount_point(path: str, fstab: str = FSTAB, mountinfo: str = MOUNTINFO) -> str | None:
