@@ -81,7 +81,7 @@ def run_bench(ws: Any, cfg: Config, log: Callable[[str], None]) -> BenchResult:
     log(f"  scale: plan_push median {statistics.median(times) * 1000:.0f} ms")
 
     try:
-        gfs = importlib.import_module("btrsync.retention.gfs")
+        gfs = importlib.import_module("btrsync.retention")
         policy_mod = importlib.import_module("btrsync.retention.policy")
         decide = gfs.decide
     except (ImportError, AttributeError) as exc:

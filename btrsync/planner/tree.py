@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from btrsync.planner.plan import LocalSnapshot, Plan, Skip, Step
-from btrsync.retention.gfs import period_key, period_label
+from btrsync.retention.periods import period_key, period_label
 from btrsync.retention.lifetime import FOREVER, Lifetime, lifetimes, period_start, tier_rules
 from btrsync.retention.policy import Policy
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from btrsync.retention.gfs import period_keys, period_label
+from btrsync.retention.periods import period_keys, period_label
 from btrsync.retention.policy import UNLIMITED, Policy
 
 #: Calendar rules, coarsest first: the order of the tiers.

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from btrsync.planner.pricing import Churn, price, render_prices
 from btrsync.planner.tree import Held, anchors, plan_tree, uses_tree
-from btrsync.retention.gfs import Item, decide, simulate
+from btrsync.retention import Item, decide, simulate
 from btrsync.retention.lifetime import BASE, FOREVER, lifetimes, period_start
 from btrsync.retention.policy import Policy
 
