@@ -11,7 +11,8 @@ from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
 from btrsync.config.timespan import timespan
 from btrsync.errors import EXIT_STATUS_HELP, BtrsyncError, ExitCode, UsageError
-from btrsync.jobs.runner import RunReport, run_jobs
+from btrsync.jobs.outcome import RunReport
+from btrsync.jobs.runner import run_jobs
 from btrsync.units import format_bytes
 
 

@@ -27,8 +27,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,15 @@ from btrsync.catalog.repository import Repository
 from btrsync.config.jobs import Job, JobTarget
 from btrsync.config.model import Config
 from btrsync.config.timespan import timespan
-from btrsync.errors import BtrsyncError, DamageError, LockedError, job_exit, run_exit
+from btrsync.errors import BtrsyncError, DamageError, LockedError
 from btrsync.jobs import hooks as hooklib
 from btrsync.jobs.clock import Clock
 from btrsync.jobs.coordination import job_lock, push_slot, repository_lock
 from btrsync.jobs.metrics import write_metrics_safely
+from btrsync.jobs.outcome import (
+    BAD_TARGET, JobOutcome, RunReport, TargetOutcome, prune_blocker, verification_failed,
+)
+from btrsync.jobs.windowstop import WindowStop
 from btrsync.jobs.records import JobRecords, catalog_summary, iso, parse_iso
 from btrsync.ops.prune import prune_backups, prune_snapshots
 from btrsync.ops.push import PushResult, push
@@ -56,9 +59,6 @@ from btrsync.units import parse_size
 log = logging.getLogger(__name__)
 
 OpenRepository = Callable[[str, bool], AbstractContextManager[Repository]]  # (name or URL, write)
-
-BAD_TARGET = ("failed", "damaged")
-
 
 @dataclass
 class RunEnv:
@@ -77,95 +77,11 @@ class RunEnv:
         return State(self.state_root)
 
 
-@dataclass
-class TargetOutcome:
-    name: str
-    status: str = "ok"  # ok | skipped | failed | damaged | stopped | locked
-    url: str | None = None
-    seconds: float = 0.0
-    backups: list[dict[str, Any]] = field(default_factory=list)
-    stream_bytes: int = 0
-    stored_bytes: int = 0
-    error: str | None = None
-    reason: str | None = None
-    pruned: list[str] = field(default_factory=list)
-    prune_skipped: str | None = None
-    verify: dict[str, Any] | None = None
-    drill: dict[str, Any] | None = None
-    plan: list[dict[str, Any]] = field(default_factory=list)
-
-    def fail(self, status: str, error: str) -> None:
-        self.status, self.error = status, (f"{self.error}; {error}" if self.error else error)
-
-    def problem(self) -> str | None:
-        """``name: what went wrong`` for a target that is not ok, skipped or stopped alike
-        (a stopped push has no error, only the reason it stopped); None for an ok one."""
-        if self.error:
-            return f"{self.name}: {self.error}"
-        if self.status == "stopped":
-            return f"{self.name}: stopped: {self.reason}"
-        return None
-
-
-@dataclass
-class JobOutcome:
-    job: str
-    status: str = "ok"  # ok | partial | failed | skipped | locked | terminated
-    started: datetime | None = None
-    seconds: float = 0.0
-    reason: str | None = None
-    error: str | None = None
-    snapshots: list[str] = field(default_factory=list)
-    targets: list[TargetOutcome] = field(default_factory=list)
-    hooks: list[dict[str, Any]] = field(default_factory=list)
-    local_pruned: list[str] = field(default_factory=list)
-    local_prune_skipped: str | None = None
-    dry_run: bool = False
-
-    @property
-    def exit_code(self) -> int:
-        return int(job_exit(self.status))
-
-    def as_dict(self) -> dict[str, Any]:
-        doc = dataclasses.asdict(self)
-        doc["started"] = iso(self.started)
-        doc["exit_code"] = self.exit_code
-        return doc
-
-
-@dataclass
-class RunReport:
-    jobs: list[JobOutcome]
-
-    @property
-    def exit_code(self) -> int:
-        return int(run_exit([j.status for j in self.jobs]))
-
-
 def run_jobs(env: RunEnv, jobs: list[Job]) -> RunReport:
     report = RunReport([])
     for job in jobs:
         report.jobs.append(JobRun(env, job).run())
     return report
-
-
-def _verification_failed(res: TargetOutcome, what: str, outcome: dict[str, Any]) -> None:
-    """A target is "damaged" only when something was read and did not check out; a verification
-    or drill that could not run or complete (the target unreachable, the scratch disk full) says
-    nothing about the backups, and the target's status is "failed"."""
-    if outcome.get("damaged"):
-        res.fail("damaged", f"{what} found damage: {outcome.get('error')}")
-    else:
-        res.fail("failed", f"{what} did not complete: {outcome.get('error')}")
-
-def _prune_blocker(res: TargetOutcome) -> str | None:
-    """Why a target must not be pruned after its verification: what was just pushed did not verify
-    (failed to read, or damaged), or a drill found damage.  None when pruning is safe."""
-    if res.verify is not None and not res.verify.get("ok"):
-        return "verification damaged" if res.verify.get("damaged") else "verification failed"
-    if res.drill is not None and res.drill.get("damaged"):
-        return "restore drill found damage"
-    return None
 
 
 class JobRun:
@@ -430,7 +346,7 @@ class JobRun:
             # verification first: a new backup found damaged must not have been the reason the
             # old chain was pruned away
             self._verify(repo, jt, res, rec, pushed)
-            blocked = _prune_blocker(res)
+            blocked = prune_blocker(res)
             if blocked is None:  # a drill that could not run (its scratch disk) says nothing of the backups
                 held = self._prune_target(repo, jt, res, rec) or held
             else:
@@ -514,7 +430,7 @@ class JobRun:
             if res.verify.get("ok"):
                 rec["verify_last_success"] = res.verify["time"]
             else:
-                _verification_failed(res, "verification", res.verify)
+                verification_failed(res, "verification", res.verify)
         if drill_due(policy, rec, self.clock.now()):
             mine = sorted({subvolume_name(s) for s in self.job.subvolumes})
             res.drill = run_drill(repo, mine, policy, self.job, self.env.state_root, self.env.config, self.clock)
@@ -523,7 +439,7 @@ class JobRun:
                 if res.drill.get("ok"):
                     rec["drill_last_success"] = res.drill["time"]
                 else:
-                    _verification_failed(res, "restore drill", res.drill)
+                    verification_failed(res, "restore drill", res.drill)
 
     def _summarise(self, repo: Repository, jt: JobTarget, rec: dict[str, Any], held: list[Manifest] | None) -> None:
         """The target's catalog as this run left it (counts, bytes, newest, depth) and its capacity."""
@@ -634,24 +550,3 @@ def run_failure_hooks(env: RunEnv, job: Job, unit: str) -> list[hooklib.HookResu
                                                  subvolumes=[str(s) for s in job.subvolumes],
                                                  snapshot_dir=str(job.snapshot_dir), error=error,
                                                  path=hooks.path))
-
-
-class WindowClosedError(BtrsyncError):
-    """The backup window closed during a push (window_end = "stop"): stopped at a segment boundary."""
-
-
-class WindowStop:
-    """``may_start_segment`` for ``window_end = "stop"``: refuses the next segment once
-    ``is_open()`` is false, so the push stops at a segment boundary (the durable, indexed segments
-    are resumed by the next run)."""
-
-    def __init__(self, is_open: Callable[[], bool], describe: str) -> None:
-        self._is_open = is_open
-        self._describe = describe
-        self.stopped = False
-
-    def __call__(self, segment: int) -> None:
-        if not self._is_open():
-            self.stopped = True
-            raise WindowClosedError(f"the backup window {self._describe} closed: stopped before segment "
-                                    f"{segment:06d}; the next run resumes from there")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from btrsync.config.windows import BackupWindow, TargetEvery
-from btrsync.jobs.runner import WindowClosedError, WindowStop
+from btrsync.jobs.windowstop import WindowClosedError, WindowStop
 
 
 def utc(day: int, hour: int, minute: int = 0) -> datetime:
