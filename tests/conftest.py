@@ -58,6 +58,44 @@ def _release_session_loops(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 # --------------------------------------------------------------------------------------------------
+# Markers given by what a test uses, and pytest-xdist groups
+
+# modules whose throwaway servers make a test "remote" (SeaweedFS, sshd, the B2 rules proxy)
+_SERVER_MODULES = ("tests.support.s3server", "tests.support.sshd", "tests.support.b2proxy",
+                   "tests.targets.factories_")
+
+
+def _uses_servers(item: pytest.Item) -> bool:
+    module = getattr(item, "module", None)
+    if module is None:
+        return False
+    for value in vars(module).values():
+        name = getattr(value, "__module__", None) or getattr(value, "__name__", "")
+        if isinstance(name, str) and name.startswith(_SERVER_MODULES):
+            return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "target" in callspec.params:
+        # the conformance suite's target factories: remote ones live in tests/targets/factories_*.py
+        from tests.targets.conftest import TARGET_FACTORIES
+
+        factory = TARGET_FACTORIES.get(callspec.params["target"])
+        return factory is not None and factory.__module__.startswith(_SERVER_MODULES)
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests that start servers ``remote``; keep tests sharing a module-scoped fixture (one
+    booted container, one set of nix evaluations) on one xdist worker (``--dist loadgroup``)."""
+    for item in items:
+        if _uses_servers(item) and "remote" not in item.keywords:
+            item.add_marker(pytest.mark.remote)
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d and d[-1].scope == "module" for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+# --------------------------------------------------------------------------------------------------
 # Fixtures
 
 
@@ -98,3 +136,27 @@ def btrfs_factory(tmp_path: Path) -> Iterator[BtrfsFactory]:
 def btrfs_fs(btrfs_factory: BtrfsFactory) -> Path:
     """The mount point of one fresh 512M btrfs filesystem on a loop device."""
     return btrfs_factory()
+
+
+POOL_SIZE = "4G"  # sparse: only what the tests write takes space, and each test's area is removed
+
+
+@pytest.fixture(scope="session")
+def btrfs_pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Path]]:
+    """Loop btrfs filesystems shared by the tests of this session (of this xdist worker), by name.
+
+    ``btrfs_pools("src")`` makes the filesystem on first use and returns its mount point; every
+    one is unmounted and detached at session end. Tests never work in a pool's root: they take an
+    area of their own with ``tests.support.loopfs.fresh_area``, removed after the test. A test that
+    fills, remounts, unmounts or counts the filesystem itself uses ``btrfs_factory`` instead.
+    """
+    with ExitStack() as stack:
+        pools: dict[str, Path] = {}
+
+        def get(name: str) -> Path:
+            require_loop_btrfs()
+            if name not in pools:
+                pools[name] = stack.enter_context(loop_btrfs(tmp_path_factory.mktemp("pool"), POOL_SIZE, name))
+            return pools[name]
+
+        yield get

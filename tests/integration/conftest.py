@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from btrsync.cli.main import main
 from btrsync.config.model import load_config
 from btrsync.targets.registry import open_target
 from btrsync.crypto.keys import generate_key_file
-from tests.support.loopfs import create_subvolume
+from tests.support.loopfs import create_subvolume, fresh_area
 
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 
@@ -128,9 +129,18 @@ def add_target(world: World, name: str, url: str, settings: dict[str, Any], **pu
 
 
 @pytest.fixture
-def world(btrfs_factory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> World:
-    src = btrfs_factory("1G", label="src")
-    restore = btrfs_factory("1G", label="restore")
+def world(btrfs_pools, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[World]:
+    """The world of one test. Its source and restore places are fresh subvolumes (each is a
+    filesystem root's equal: a directory of its own device number, inode 256) in the two btrfs
+    filesystems this session's tests share, one for sources and one for restores, so that a receive
+    never finds a source snapshot as its parent; both are removed with all they hold after the test.
+    """
+    with (fresh_area(btrfs_pools("src"), "src") as src,
+          fresh_area(btrfs_pools("restore"), "restore") as restore):
+        yield _make_world(src, restore, tmp_path, capsys)
+
+
+def _make_world(src: Path, restore: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> World:
     create_subvolume(src / "data")
     (src / ".snapshots").mkdir()
     target_dir = tmp_path / "target"

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.loopfs import LoopBtrfs, _run, detach_loops_under, open_loop_btrfs, release_device, unmount
+from tests.support.loopfs import LoopBtrfs, _run, attach_loop, detach_loops_under, open_loop_btrfs, release_device, unmount
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -253,7 +253,7 @@ class DocWorld:
     def _setup_disk(self) -> None:
         self.disk_image = self.workdir / "newdisk.img"
         _run(["truncate", "-s", "2G", self.disk_image])
-        device = _run(["losetup", "--find", "--show", "--partscan", self.disk_image]).stdout.strip()
+        device = attach_loop(self.disk_image, "--partscan")
         self.disk_device = device
         self.devices = {"/dev/sdX": device, **{f"/dev/sdX{n}": f"{device}p{n}" for n in range(1, 10)}}
 

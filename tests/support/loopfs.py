@@ -121,14 +121,31 @@ def _mount_targets_of(device: str) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
+def _syncfs(path: Path) -> None:
+    """``syncfs`` of the filesystem ``path`` is on; best effort (unmount flushes it anyway)."""
+    import ctypes
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).syncfs(fd)
+    finally:
+        os.close(fd)
+
+
 def unmount(mountpoint: Path, *, attempts: int = UMOUNT_ATTEMPTS) -> None:
     """Unmount ``mountpoint``: ``sync``, retry while the target is busy, then detach lazily.
 
     A busy mount (EBUSY: an open file, a cwd inside it, udev probing the device) usually frees up
     within moments, so a short retry loop handles most cases cleanly; if it never does, ``umount -l``
     detaches it from the tree so the test can go on (the kernel finishes once the last user leaves).
+
+    Only this filesystem is flushed first (``syncfs``), never all of them: a global ``sync`` in one
+    test process would write back what a parallel test deliberately keeps in the page cache.
     """
-    os.sync()
+    _syncfs(mountpoint)
     for attempt in range(attempts):
         if not _is_mountpoint(mountpoint):
             return
@@ -171,6 +188,27 @@ def release_device(device: str) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # The loop filesystem itself
+
+LOSETUP_ATTEMPTS = 20
+
+
+def attach_loop(image: Path, *extra: str) -> str:
+    """``losetup --find --show [EXTRA] IMAGE``: the loop device now backed by ``image``.
+
+    Several test processes (pytest-xdist workers, concurrent runs) attach devices at once; two of
+    them may pick the same free device, and the loser gets EBUSY. losetup retries that itself in
+    most versions; this retries it too, for a bounded number of attempts, and never sleeps otherwise.
+    """
+    for attempt in range(LOSETUP_ATTEMPTS):
+        proc = _run(["losetup", "--find", "--show", *extra, image], check=False)
+        device = proc.stdout.strip()
+        if proc.returncode == 0 and device:
+            return device
+        busy = "busy" in proc.stderr.lower() or "could not find any free loop device" in proc.stderr.lower()
+        if not busy or attempt + 1 == LOSETUP_ATTEMPTS:
+            raise LoopFsError(f"losetup --find --show {image} failed with {proc.returncode}: {proc.stderr.strip()}")
+        time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 @dataclass(eq=False)
@@ -250,7 +288,7 @@ def open_loop_btrfs(
         fs.mountpoint.mkdir()
         _run(["truncate", "-s", size, fs.image])
         _run(["mkfs.btrfs", "-q", "-f", "-L", label, *mkfs_options, fs.image])
-        fs.device = _run(["losetup", "--find", "--show", fs.image]).stdout.strip()
+        fs.device = attach_loop(fs.image)
         options = ["-o", ",".join(mount_options)] if mount_options else []
         _run(["mount", "-t", "btrfs", *options, fs.device, fs.mountpoint])
         fs.mounted = True
@@ -436,3 +474,92 @@ def send_receive(
                 f"receive: {recv_err.read().decode(errors='replace').strip()}"
             )
     return dest_dir / snapshot_path.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-test areas in a shared filesystem
+
+BTRFS_SUBVOLUME_ROOT_INO = 256  # the inode number of every subvolume's root directory
+
+
+def _mountinfo_points() -> list[str]:
+    """Every mount point of this process's mount namespace, octal escapes decoded."""
+    import re
+
+    points = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            field = line.split()[4]
+            raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+            points.append(os.fsdecode(raw))
+    return points
+
+
+def _subvolumes_under(root: Path) -> list[Path]:
+    """Subvolumes strictly below ``root`` (on ``root``'s filesystem), parents before children.
+
+    A directory on another device whose inode is not a subvolume root is a mount: not entered.
+    """
+    found: list[Path] = []
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            path = Path(entry.path)
+            if st.st_ino == BTRFS_SUBVOLUME_ROOT_INO:
+                found.append(path)
+            elif st.st_dev != os.lstat(directory).st_dev:
+                continue  # a mount point that could not be unmounted: never walk into it
+            stack.append(path)
+    return found
+
+
+def discard_area(area: Path, trash: Path) -> None:
+    """Remove ``area`` (a directory in a shared btrfs) with every subvolume and mount in it.
+
+    Mounts under it go first (lazily), then its subvolumes, deepest first, then the rest. Whatever
+    resists (a subvolume nested in a read-only one, a busy mount) is moved into ``trash``, so that
+    nothing of one test is visible to the next one; the shared filesystem goes at session end.
+    """
+    prefix = str(area) + "/"
+    for point in sorted((p for p in _mountinfo_points() if p.startswith(prefix)), key=len, reverse=True):
+        _run(["umount", "--lazy", point], check=False)
+    subvolumes = _subvolumes_under(area)
+    for path in sorted(subvolumes, key=lambda p: len(p.parts), reverse=True):
+        if _run(["btrfs", "subvolume", "delete", path], check=False).returncode != 0:
+            # a read-only parent forbids unlinking it: make the parent writable, then retry
+            _run(["btrfs", "property", "set", "-f", "-t", "subvol", path.parent, "ro", "false"], check=False)
+            _run(["btrfs", "subvolume", "delete", path], check=False)
+    shutil.rmtree(area, ignore_errors=True)
+    if area.exists():
+        trash.mkdir(exist_ok=True)
+        try:
+            area.rename(trash / area.name)
+        except OSError:
+            pass
+
+
+@contextmanager
+def fresh_area(pool: Path, name: str, *, subvolume: bool = True) -> Iterator[Path]:
+    """A new, empty ``name`` (a subvolume, or a plain directory) in a directory of its own under
+    the shared filesystem ``pool``; on the way out it is removed with all it holds."""
+    area = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=pool))
+    try:
+        path = area / name
+        if subvolume:
+            create_subvolume(path)
+        else:
+            path.mkdir()
+        yield path
+    finally:
+        discard_area(area, pool / ".trash")

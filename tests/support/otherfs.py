@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.loopfs import _run, detach_loop, unmount
+from tests.support.loopfs import _run, attach_loop, detach_loop, unmount
 
 
 @contextmanager
@@ -25,7 +25,7 @@ def loop_ext4(workdir: Path, size: str = "256M") -> Iterator[Path]:
     try:
         _run(["truncate", "-s", size, image])
         _run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "lazy_itable_init=1,lazy_journal_init=1", image])
-        device = _run(["losetup", "--find", "--show", image]).stdout.strip()
+        device = attach_loop(image)
         _run(["mount", "-t", "ext4", device, mnt])
         mounted = True
         yield mnt

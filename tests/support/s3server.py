@@ -40,6 +40,8 @@ from typing import Any
 import pytest
 
 START_TIMEOUT = 30.0
+START_ATTEMPTS = 4
+STALE_SOCKET_AGE = 120.0  # seconds: a server still starting up has not listened yet
 _GRPC_OFFSET = 10_000
 _COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 
@@ -61,10 +63,23 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
+def _worker_slice(low: int, high: int) -> tuple[int, int]:
+    """This pytest-xdist worker's share of [low, high) (all of it outside xdist), so that the
+    workers of one run never pick the same ports."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    if count <= 1:
+        return low, high
+    width = (high - low) // count
+    return low + (index % count) * width, low + (index % count + 1) * width
+
+
 def free_port_pair() -> int:
     """A port P such that P and P + 10000 are both free on 127.0.0.1 right now."""
+    low, high = _worker_slice(20_000, 55_000)
     for _ in range(200):
-        port = secrets.randbelow(55_000 - 20_000) + 20_000
+        port = secrets.randbelow(high - low) + low
         if _port_is_free(port) and _port_is_free(port + _GRPC_OFFSET):
             return port
     raise RuntimeError("no free pair of loopback ports found for SeaweedFS")
@@ -139,20 +154,24 @@ class SeaweedServer:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.account = S3Account("", "btrsync" + secrets.token_hex(6), secrets.token_urlsafe(24))
         self._write_identity()
-        self.ports = {name: free_port_pair() for name in _COMPONENTS}
-        self.account = S3Account(
-            f"http://127.0.0.1:{self.ports['s3']}", self.account.key_id, self.account.secret
-        )
-        with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
+        for attempt in range(START_ATTEMPTS):
+            # the ports were free a moment ago; should another process take one first, weed
+            # exits: start again on other ports
+            self.ports = {name: free_port_pair() for name in _COMPONENTS}
+            self.account = S3Account(
+                f"http://127.0.0.1:{self.ports['s3']}", self.account.key_id, self.account.secret
             )
-        self._wait_ready()
+            with open(self.log_file, "ab") as log:
+                self._proc = subprocess.Popen(
+                    self.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            if self._wait_ready(last=attempt + 1 == START_ATTEMPTS):
+                break
         return self
 
     def _write_identity(self) -> None:
@@ -171,11 +190,16 @@ class SeaweedServer:
         path.write_text(json.dumps(config))
         path.chmod(0o600)
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, *, last: bool = True) -> bool:
+        """Wait until S3 answers this server's own credentials (another server on the port would
+        refuse them); False if weed exited because a port was taken and ``last`` is false."""
         client = self.client()
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self._proc is not None and self._proc.poll() is not None:
+                if not last and "address already in use" in self.log_tail(200).lower():
+                    self._proc = None
+                    return False
                 raise RuntimeError(
                     f"weed mini exited with {self._proc.returncode}:\n{self.log_tail()}"
                 )
@@ -189,7 +213,7 @@ class SeaweedServer:
                     ) from None
                 time.sleep(0.1)
             else:
-                return
+                return True
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -244,7 +268,13 @@ class SeaweedServer:
 
 def sweep_stale_sockets() -> None:
     """Remove ``/tmp/seaweedfs-*.sock`` files nobody listens on (left by killed test runs)."""
+    now = time.time()
     for path in Path("/tmp").glob("seaweedfs-*.sock"):
+        try:
+            if now - path.lstat().st_mtime < STALE_SOCKET_AGE:
+                continue  # maybe a server of a parallel test process between bind and listen
+        except OSError:
+            continue
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             try:
                 probe.connect(str(path))

@@ -24,6 +24,7 @@ from typing import Self
 
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 10.0
+START_ATTEMPTS = 5
 
 
 def missing_tools() -> list[str]:
@@ -63,17 +64,21 @@ class SshServer:
         self._keygen(self.identity_file)
         self.authorized_keys.write_text(self.identity_file.with_suffix(".pub").read_text())
         self.ssh_config.write_text("# empty: keeps the tests away from ~/.ssh/config\n")
-        self.port = free_port()
-        self.config.write_text(self._sshd_config())
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
-        with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        self._wait_listening()
+        for attempt in range(START_ATTEMPTS):
+            # the port was free a moment ago; another process (a parallel test worker) may take
+            # it first, then sshd cannot bind and exits: try another port
+            self.port = free_port()
+            self.config.write_text(self._sshd_config())
+            with open(self.log_file, "ab") as log:
+                self._proc = subprocess.Popen(
+                    [SSHD, "-D", "-e", "-f", str(self.config)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+            if self._wait_listening(last=attempt + 1 == START_ATTEMPTS):
+                break
         host_pub = self.host_key.with_suffix(".pub").read_text().split()
         self.known_hosts_file.write_text(f"[{self.host}]:{self.port} {host_pub[0]} {host_pub[1]}\n")
         return self
@@ -152,22 +157,26 @@ class SshServer:
             ]
         )
 
-    def _wait_listening(self) -> None:
+    def _wait_listening(self, *, last: bool) -> bool:
+        """Wait until this sshd logs that it listens on its port (a connection alone could reach
+        another process that took the port); False if it could not bind and ``last`` is false."""
+        listening = f"Server listening on {self.host} port {self.port}."
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             assert self._proc is not None
+            if listening in self._log_tail(20_000):
+                return True
             if self._proc.poll() is not None:
+                if not last and "Address already in use" in self._log_tail():
+                    self._proc = None
+                    return False
                 raise RuntimeError(f"sshd exited with {self._proc.returncode}: {self._log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"sshd did not listen on port {self.port} within {START_TIMEOUT}s")
 
-    def _log_tail(self) -> str:
+    def _log_tail(self, size: int = 2000) -> str:
         try:
-            return self.log_file.read_text(errors="replace")[-2000:]
+            return self.log_file.read_text(errors="replace")[-size:]
         except FileNotFoundError:
             return ""
