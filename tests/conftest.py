@@ -60,19 +60,63 @@ def _release_session_loops(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 # --------------------------------------------------------------------------------------------------
 # Markers given by what a test uses, and pytest-xdist groups
 
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: two workers per core. Most of a test's time is spent waiting (btrfs, fsync,
+    subprocesses, servers, bandwidth limits), so twice the cores keeps them busy."""
+    return 2 * max(1, len(os.sched_getaffinity(0)))
+
+
 # modules whose throwaway servers make a test "remote" (SeaweedFS, sshd, the B2 rules proxy)
 _SERVER_MODULES = ("tests.support.s3server", "tests.support.sshd", "tests.support.b2proxy",
                    "tests.targets.factories_")
 
 
-def _uses_servers(item: pytest.Item) -> bool:
-    module = getattr(item, "module", None)
-    if module is None:
+def _names(code: object) -> set[str]:
+    """The global names a function's code (nested functions included) refers to."""
+    import types
+
+    names: set[str] = set()
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        if isinstance(c, types.CodeType):
+            names.update(c.co_names)
+            stack.extend(c.co_consts)
+    return names
+
+
+def _refers_to_servers(func: object) -> bool:
+    """Whether a test or fixture function refers to a server module or to something of one, by a
+    global name of its module (imports inside the function count too)."""
+    func = getattr(func, "__wrapped__", func)
+    code = getattr(func, "__code__", None)
+    module_globals = getattr(func, "__globals__", {})
+    if code is None:
         return False
-    for value in vars(module).values():
-        name = getattr(value, "__module__", None) or getattr(value, "__name__", "")
-        if isinstance(name, str) and name.startswith(_SERVER_MODULES):
+    for name in _names(code):
+        if name.startswith(_SERVER_MODULES) or any(name == m.rsplit(".", 1)[-1] for m in _SERVER_MODULES):
             return True
+        value = module_globals.get(name)
+        if value is None:
+            continue
+        owner = getattr(value, "__module__", None) or getattr(value, "__name__", "")
+        if isinstance(owner, str) and owner.startswith(_SERVER_MODULES):
+            return True
+    return False
+
+
+def _uses_servers(item: pytest.Item) -> bool:
+    """The test function, or one of its fixtures outside the conftest files, refers to a server
+    module, or the test runs the conformance suite on a remote target."""
+    if _refers_to_servers(getattr(item, "function", None)):
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        for fixturedef in defs:
+            module = getattr(fixturedef.func, "__module__", "") or ""
+            if module.startswith("tests.") and not module.endswith("conftest") and _refers_to_servers(fixturedef.func):
+                return True
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "target" in callspec.params:
         # the conformance suite's target factories: remote ones live in tests/targets/factories_*.py
@@ -84,14 +128,18 @@ def _uses_servers(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark tests that start servers ``remote``; keep tests sharing a module-scoped fixture (one
-    booted container, one set of nix evaluations) on one xdist worker (``--dist loadgroup``)."""
+    """Mark tests that start servers ``remote``, and give pytest-xdist (``--dist loadgroup``) its
+    groups: the tests of every module with a module-scoped fixture (one set of nix evaluations) run
+    on one worker, and so do all the ``systemd`` tests: their containers run in the host's cgroup
+    (``--keep-unit``), where two booted at once disturb each other's units (status 219/CGROUP)."""
     for item in items:
         if _uses_servers(item) and "remote" not in item.keywords:
             item.add_marker(pytest.mark.remote)
         info = getattr(item, "_fixtureinfo", None)
         defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(d and d[-1].scope == "module" for d in defs):
+        if item.get_closest_marker("systemd") is not None:
+            item.add_marker(pytest.mark.xdist_group("systemd-container"))
+        elif any(d and d[-1].scope == "module" for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 

@@ -276,6 +276,7 @@ def test_edited_repository_marker_fails_authentication(world: World) -> None:
 # 4. snapshots that retention removed from the target are not sent again on every push
 
 
+@pytest.mark.slow
 def test_pruned_snapshots_are_not_resent_without_backfill(world: World) -> None:
     names = [s.name for s in _history(world, 4, "--max-chain", "0")]
     run = world.cli("prune", "--from", world.url, "--keep-last", "1")
@@ -302,6 +303,7 @@ def test_pruned_snapshots_are_not_resent_without_backfill(world: World) -> None:
 
 
 @pytest.mark.parametrize("rule", ["keep_last = 10", "keep_hourly = 24"])
+@pytest.mark.slow
 def test_snapshots_the_targets_retention_keeps_are_resent(world: World, rule: str) -> None:
     world.config.write_text(world.config.read_text() + f"""
 [retention.profiles.p]

@@ -99,8 +99,9 @@ def test_btrfs_send_dying_mid_stream_commits_nothing(world: World, monkeypatch: 
     assert world.push().code == 0 and len(world.listing()) == 1
 
 
+@pytest.mark.slow
 def test_full_target_fails_cleanly_and_keeps_earlier_backups(world: World, btrfs_factory) -> None:
-    small = btrfs_factory("256M", label="small", mkfs_options=["--mixed"])
+    small = btrfs_factory("128M", label="small", mkfs_options=["--mixed"])
     world.target_dir = small / "target"
     world.target_dir.mkdir()
     world.init()
@@ -108,7 +109,7 @@ def test_full_target_fails_cleanly_and_keeps_earlier_backups(world: World, btrfs
     world.snapshot()
     assert world.push().code == 0
     with open(world.subvol / "big.bin", "wb") as f:  # incompressible, larger than the target
-        for _ in range(40):
+        for _ in range(20):
             f.write(os.urandom(8 << 20))
     world.snapshot()
     run = world.push()

@@ -156,6 +156,7 @@ def _same_paths(full: Path, part: Path, paths: list[str]) -> None:
     assert diffs == [], "\n".join(diffs[:40])
 
 
+@pytest.mark.slow
 def test_selected_paths_equal_the_same_paths_of_the_full_restore(world: World, tmp_path: Path) -> None:
     """Three generations (renames, deletes, hard links, reflinks, sparse files, xattrs): for the
     latest and a middle backup, restoring some paths gives exactly those paths of the full
@@ -199,6 +200,7 @@ def test_selecting_a_missing_path_writes_nothing(world: World, tmp_path: Path) -
     assert os.listdir(to) == []
 
 
+@pytest.mark.slow
 def test_one_file_reads_a_small_share_of_the_backup(world: World, tmp_path: Path) -> None:
     """The issue's measure at 1/10 scale (1 MiB of a ~100 MiB backup; benchmark 10 runs the
     full 10 MiB of 1 GiB): the chunks and indexes read stay under 5 % of what the chain stores,

@@ -232,6 +232,7 @@ def _drill(world: World, scratch: Path, *args: str) -> tuple[int, dict, str]:
     return run.code, json.loads(run.out.split("\n}\n")[0] + "\n}"), run.err
 
 
+@pytest.mark.slow
 def test_a_drill_uses_the_file_indexes_that_index_wrote_for_older_backups(world: World, tmp_path: Path) -> None:
     """The drill of a backup pushed before file indexes told the operator to run 'btrsync index',
     and after it still compared with nothing, since no manifest pins those indexes."""
@@ -316,6 +317,7 @@ def _incompressible_backup(world: World, mib: int) -> None:
     assert world.push().code == 0
 
 
+@pytest.mark.slow
 def test_a_receive_whose_data_never_reaches_the_disk_fails(world: World, tmp_path: Path) -> None:
     """A btrfs whose image sits on a filesystem that fills up: btrfs receive exited 0 with every
     byte still in the page cache, and 'btrsync receive' reported success for a subvolume whose data
@@ -335,6 +337,7 @@ def test_a_receive_whose_data_never_reaches_the_disk_fails(world: World, tmp_pat
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
+@pytest.mark.slow
 def test_a_drill_whose_scratch_disk_cannot_take_the_data_is_no_pass(world: World, tmp_path: Path) -> None:
     """The same on a drill's scratch filesystem: the drill compared the page cache with the index
     and reported an intact backup that no disk held. Now: incomplete, drill failed, exit 1."""
@@ -370,6 +373,7 @@ def test_leftovers_of_a_killed_drill_are_removed_from_a_scratch_dir_with_a_non_a
         subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
 
 
+@pytest.mark.slow
 def test_a_drill_passes_over_a_local_snapshot_changed_after_it_was_taken(world: World, tmp_path: Path) -> None:
     """A local snapshot made writable, changed and made read-only again made an intact backup
     look DAMAGED ('the restored tree differs from <snapshot>'); it is passed over, said so, and
@@ -615,6 +619,7 @@ def test_a_partial_receive_that_cannot_be_removed_does_not_hide_the_failure(worl
     assert partial.is_dir()  # named in the message (or log): the operator deletes it
 
 
+@pytest.mark.slow
 def test_a_signal_while_a_receive_is_made_durable_does_not_skip_the_check(world: World, tmp_path: Path) -> None:
     """SIGTERM while btrsync flushed a finished receive (syncfs: minutes on a big restore, shown as
     'committing') was handled as syncfs returned, before its error was looked at: a subvolume that
@@ -639,6 +644,7 @@ def test_a_signal_while_a_receive_is_made_durable_does_not_skip_the_check(world:
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
+@pytest.mark.slow
 def test_a_drill_that_loses_the_target_midway_is_no_finding(world: World, tmp_path: Path) -> None:
     """The target's disk began failing reads while the drill ran (its data pass had read every
     chunk fine): the backup was reported DAMAGED (exit 4), where the same failure during the data
@@ -906,13 +912,14 @@ def test_overwrite_of_selected_paths_into_a_subvolume_is_refused_before_anything
 # --- a push whose uploaded data vanishes before its commit ------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_push_whose_segments_vanish_before_the_commit_is_not_committed(world: World) -> None:
     """A clean on another host took a running push's segments for orphans and deleted them (or a
     disk lost them); the push went on and committed a manifest naming data that was gone: a
     backup, and every incremental on it, that cannot be restored.  Now the push checks, in one
     listing right before the commit, that everything it names is there; the rerun sends it anew."""
     tree.populate(world.subvol, 3)
-    (world.subvol / "big").write_bytes(os.urandom(64 << 20))
+    (world.subvol / "big").write_bytes(os.urandom(16 << 20))  # 64 segments of 256k: seconds at 8M/s
     snap = world.snapshot()
     child = Child(world, "push", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--to", world.url,
                   "--bwlimit", "8M")

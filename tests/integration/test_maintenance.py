@@ -20,6 +20,7 @@ from tests.support import tree
 pytestmark = pytest.mark.btrfs
 
 
+@pytest.mark.slow
 def test_clean_removes_leftovers_of_a_killed_push_and_nothing_else(world: World) -> None:
     (world.subvol / "first").write_text("kept\n")
     world.snapshot()
@@ -57,6 +58,7 @@ def test_clean_keeps_the_data_of_an_upload_in_progress(world: World) -> None:
     assert [i["action"] for i in run.json()["items"]] == ["removed"]
 
 
+@pytest.mark.slow
 def test_usage_adds_up_per_subvolume_and_chain(world: World) -> None:
     tree.populate(world.subvol, 2)
     for g in range(1, 4):

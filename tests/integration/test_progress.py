@@ -151,6 +151,7 @@ def _table_starts_on_its_own_line(screen: Screen, header: str) -> None:
     assert shown == line[line.rindex(header):], repr(line[-300:])  # nothing of the status line remains
 
 
+@pytest.mark.slow
 def test_push_on_a_terminal_shows_estimate_percentage_eta_and_an_honest_rate(world: World) -> None:
     _realistic_chunks(world)
     snap = _big_snapshot(world)
@@ -227,6 +228,7 @@ def test_an_error_after_progress_starts_on_a_fresh_line(world: World) -> None:
     assert _visible(line) == line[line.rindex("btrsync: error:"):], repr(line)
 
 
+@pytest.mark.slow
 def test_push_in_a_log_has_no_control_characters_and_one_line_per_interval(world: World) -> None:
     _realistic_chunks(world, progress_interval="1")
     snap = _big_snapshot(world, 24)

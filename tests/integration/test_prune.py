@@ -31,6 +31,7 @@ def _decisions(run) -> dict[str, dict]:
     return {d["id"]: d for d in run.json()}
 
 
+@pytest.mark.slow
 def test_prune_keeps_parents_of_kept_backups_and_explains_every_decision(world: World) -> None:
     backups = _history(world, 6, "--max-chain", "2")  # chains: 0-1-2, 3-4-5
     assert [b["depth"] for b in backups] == [0, 1, 2, 0, 1, 2]
@@ -62,6 +63,7 @@ def test_prune_keeps_parents_of_kept_backups_and_explains_every_decision(world: 
     assert rerun.code == 0 and "deleted 0 of 3" in rerun.err
 
 
+@pytest.mark.slow
 def test_prune_uses_the_profile_of_the_subvolume(world: World) -> None:
     _history(world, 4, "--max-chain", "0")
     world.config.write_text(world.config.read_text() + """
@@ -83,6 +85,7 @@ def test_no_policy_keeps_everything(world: World) -> None:
     assert all(x["reasons"] == ["no policy"] for x in run.json())
 
 
+@pytest.mark.slow
 def test_parent_of_an_upload_in_progress_is_kept(world: World) -> None:
     backups = _history(world, 3, "--max-chain", "0")
     target = LocalTarget(world.target_dir)
@@ -94,6 +97,7 @@ def test_parent_of_an_upload_in_progress_is_kept(world: World) -> None:
     assert d[backups[1]["id"]]["action"] == "delete"
 
 
+@pytest.mark.slow
 def test_crash_between_manifest_and_data_leaves_only_orphans(world: World, monkeypatch) -> None:
     backups = _history(world, 3, "--max-chain", "0")
     original = LocalTarget.delete
@@ -154,6 +158,7 @@ def test_snapshot_prune_without_targets_follows_the_policy(world: World) -> None
     assert sorted(p.name for p in world.snapdir.iterdir()) == [s.name for s in world.snapshots[2:]]
 
 
+@pytest.mark.slow
 def test_two_hosts_backing_up_a_subvolume_of_one_name_keep_a_history_each(world: World) -> None:
     """Hosts A (01:00) and B (03:00) each back up a subvolume named 'data' to one repository.
     Retention pooled their backups: keep_daily 3 kept the newest backup of each day, always B's,

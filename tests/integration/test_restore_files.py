@@ -95,6 +95,7 @@ def other_filesystems(tmp_path: Path) -> Iterator[dict[str, Path]]:
                "tmpfs": stack.enter_context(tmpfs(tmp_path / "otherfs"))}
 
 
+@pytest.mark.slow
 def test_restore_onto_ext4_and_tmpfs_equals_btrfs_receive(world: World, other_filesystems: dict[str, Path]) -> None:
     """Three generations (full + 2 incrementals); every link's restore equals its btrfs receive."""
     _generations(world, 3)
@@ -149,6 +150,7 @@ def test_clones_from_the_parent_read_the_parents_bytes(world: World, tmp_path: P
 
 
 @pytest.mark.parametrize("compression", ["zstd", "zlib", "lzo"])
+@pytest.mark.slow
 def test_compressed_extents_of_protocol_2(btrfs_factory, tmp_path: Path, capsys, compression: str) -> None:
     """A source mounted compress=ALG sends ENCODED_WRITE commands; they are decompressed."""
     src = btrfs_factory("1G", label="src", mount_options=[f"compress={compression}"])

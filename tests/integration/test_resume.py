@@ -44,6 +44,7 @@ def _restored_equals_original(world: World) -> None:
     assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_nothing_listed_and_the_next_push_resumes(world: World) -> None:
     _killed_push(world)
     assert world.listing() == []
@@ -56,6 +57,7 @@ def test_sigkill_leaves_nothing_listed_and_the_next_push_resumes(world: World) -
     _restored_equals_original(world)
 
 
+@pytest.mark.slow
 def test_a_stream_that_differs_from_the_stored_part_restarts_cleanly(world: World) -> None:
     _killed_push(world)
     repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
@@ -73,6 +75,7 @@ def test_a_stream_that_differs_from_the_stored_part_restarts_cleanly(world: Worl
     _restored_equals_original(world)
 
 
+@pytest.mark.slow
 def test_changed_settings_are_not_resumed(world: World) -> None:
     _killed_push(world)
     world.config.write_text(world.config.read_text().replace("zstd_level = 3", "zstd_level = 1"))

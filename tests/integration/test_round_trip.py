@@ -39,6 +39,7 @@ def test_full_round_trip_preserves_everything(world: World) -> None:
     _assert_same(world.snapshots[0], world.restore / world.snapshots[0].name, mutated=False)
 
 
+@pytest.mark.slow
 def test_incremental_chain_of_generations(world: World) -> None:
     """Four generations pushed one by one form one chain; every link restores exactly."""
     tree.populate(world.subvol, 11)
@@ -67,6 +68,7 @@ def test_several_snapshots_in_one_push_chain_oldest_first(world: World) -> None:
     assert all(b["uploaded_bytes"] > 0 and b["resumed_bytes"] == 0 for b in doc["backups"])
 
 
+@pytest.mark.slow
 def test_receive_of_an_older_link_replays_only_its_prefix(world: World) -> None:
     _generations(world, 4)
     assert world.push().code == 0
@@ -79,6 +81,7 @@ def test_receive_of_an_older_link_replays_only_its_prefix(world: World) -> None:
     _assert_same(world.snapshots[1], world.restore / world.snapshots[1].name)
 
 
+@pytest.mark.slow
 def test_receive_skips_links_already_present(world: World) -> None:
     _generations(world, 3)
     assert world.push().code == 0
@@ -92,6 +95,7 @@ def test_receive_skips_links_already_present(world: World) -> None:
     assert again.code == 0 and {lk["action"] for lk in again.json()["links"]} == {"skipped"}
 
 
+@pytest.mark.slow
 def test_max_chain_starts_a_new_full(world: World) -> None:
     _generations(world, 4)
     assert world.push("--max-chain", "1").code == 0

@@ -331,6 +331,7 @@ def test_hooks_get_the_job_in_their_environment_and_failure_policies_apply(world
     assert len(snapshots(world, "data")) == 2
 
 
+@pytest.mark.slow
 def test_a_held_job_lock_gives_exit_11_or_a_wait_and_a_manual_push_lock_too(world: World) -> None:
     _single_job(world)
     with target_lock(world.state, "job data"):
@@ -347,6 +348,7 @@ def test_a_held_job_lock_gives_exit_11_or_a_wait_and_a_manual_push_lock_too(worl
     assert run(world, "data", now=1).code == 0
 
 
+@pytest.mark.slow
 def test_sigterm_of_a_run_leaves_no_lock_no_half_state_and_the_next_run_resumes(world: World) -> None:
     """systemctl stop: SIGTERM in the middle of a push.  Exit 143, the record says terminated, no
     manifest, no lease, no lock; the next run resumes the backup from its durable segments."""
@@ -481,6 +483,7 @@ def test_a_drill_that_cannot_run_fails_the_target_but_never_calls_it_damaged(wor
     assert sample(text, "btrsync_target_last_run_status", btrsync_job="data", target="usb", status="damaged") == 0
 
 
+@pytest.mark.slow
 def test_a_new_backup_that_fails_verification_never_gets_the_old_chain_pruned(world: World, tmp_path: Path) -> None:
     """The run pruned the target before verifying what it had just sent: with keep_last = 1 the
     old, good backup was gone by the time verification found the new one unreadable.  Now the
@@ -569,6 +572,7 @@ def test_a_sigterm_while_the_metrics_are_written_leaves_the_finished_run_recorde
 
 
 @pytest.mark.parametrize("drop", [None, "CAP_SYS_CHROOT"])
+@pytest.mark.slow
 def test_a_drill_runs_with_only_the_capabilities_the_unit_grants(world: World, tmp_path: Path,
                                                                  drop: str | None) -> None:
     """The generated unit bounds the capabilities (CapabilityBoundingSet=); a drill needs every
@@ -593,6 +597,7 @@ def test_a_drill_runs_with_only_the_capabilities_the_unit_grants(world: World, t
         assert proc.returncode != 0 and "chroot" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_a_drill_that_cannot_run_does_not_stop_retention(world: World, tmp_path: Path) -> None:
     """Pruning waits for what was pushed to verify; a drill that could not run at all (its scratch
     directory is a file) says nothing of the backups, and must not keep the target from ever being

@@ -143,6 +143,7 @@ PUSH_POINTS: dict[str, Callable[[World], bool]] = {
 
 @pytest.mark.parametrize("point", list(PUSH_POINTS))
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.slow
 def test_a_signalled_push_cleans_up_and_the_rerun_succeeds(world: World, sig: signal.Signals, point: str) -> None:
     snap = _content(world, 24)
     child = Child(world, *_push_argv(world))
@@ -168,6 +169,7 @@ def test_a_signalled_push_cleans_up_and_the_rerun_succeeds(world: World, sig: si
     _assert_restored(world, snap)
 
 
+@pytest.mark.slow
 def test_a_second_signal_during_cleanup_does_not_cut_it_short(world: World) -> None:
     """SIGHUP and SIGTERM both pending: the first starts the cleanup, the second is only noted."""
     _content(world, 24)
@@ -183,6 +185,7 @@ def test_a_second_signal_during_cleanup_does_not_cut_it_short(world: World) -> N
     assert world.push().code == 0
 
 
+@pytest.mark.slow
 def test_a_successful_push_removes_the_temporaries_of_a_killed_one(world: World) -> None:
     """SIGKILL cannot be handled: it leaves a temporary file and a stale lease; the next push of
     the same backup removes both (its own backup's leftovers) once it has committed."""
@@ -224,6 +227,7 @@ def _partial(world: World, snap: Path) -> Callable[[], bool]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.slow
 def test_a_signalled_receive_removes_its_partial_subvolume(world: World, sig: signal.Signals) -> None:
     snap = _pushed(world)
     argv = ["receive", "latest", "--from", world.url, "--into", str(world.restore)]
@@ -260,6 +264,7 @@ def _pause_and_resume_until_done(child: Child, timeout: float = 120) -> int:
     return child.proc.returncode
 
 
+@pytest.mark.slow
 def test_a_paused_and_resumed_push_and_receive_complete_unharmed(world: World) -> None:
     """A stop interrupts a blocking write to btrfs receive's stdin after part of it went through;
     the rest must still be written (it once was dropped: btrfs receive then failed with "crc32
@@ -275,6 +280,7 @@ def test_a_paused_and_resumed_push_and_receive_complete_unharmed(world: World) -
     _assert_restored(world, snap)
 
 
+@pytest.mark.slow
 def test_the_rerun_of_a_killed_receive_replaces_its_partial_subvolume(world: World) -> None:
     """SIGKILL leaves a writable subvolume without received uuid under the final name: the rerun
     recognises it as its own partial receive, removes it (saying so) and receives again."""

@@ -176,6 +176,7 @@ def test_rollback_refusals(world: World) -> None:
     assert (sv / "f").exists() and sorted(p.name for p in world.src.iterdir() if "rollback" in p.name) == []
 
 
+@pytest.mark.slow
 def test_a_signal_during_rollback_never_leaves_the_subvolume_missing(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM (Ctrl-C, an ssh session dropping) while the new subvolume was being snapshotted:

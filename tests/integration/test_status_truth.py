@@ -15,6 +15,7 @@ from tests.support import tree
 pytestmark = pytest.mark.btrfs
 
 
+@pytest.mark.slow
 def test_each_target_has_its_own_status_and_a_drill_that_could_not_run_is_no_damage(
         world: World, tmp_path: Path) -> None:
     """usb's drills cannot run (their scratch directory is a file); usb2 is pushed daily and

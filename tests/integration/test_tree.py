@@ -65,6 +65,7 @@ def _days(world: World, days: range, rng: random.Random) -> None:
         assert job["status"] == "ok", job
 
 
+@pytest.mark.slow
 def test_five_weeks_of_daily_backups_hold_what_the_policy_keeps(world: World) -> None:
     _configure(world)
     rng = random.Random(7)
@@ -93,6 +94,7 @@ def test_five_weeks_of_daily_backups_hold_what_the_policy_keeps(world: World) ->
     assert diff_trees(world.subvol, world.restore / by_time[-1]["snapshot"] / by_time[-1]["snapshot"]) == []
 
 
+@pytest.mark.slow
 def test_linear_chains_keep_nearly_everything(world: World) -> None:
     """The same days under chain = linear: each backup is the parent of the next, so the
     policy's prune keeps nearly all of them.  This is what the tree is for."""
@@ -185,6 +187,7 @@ def test_an_anchor_found_damaged_is_no_parent_and_the_plan_says_so(world: World)
     assert pushed["status"] == "ok" and pushed["kind"] == "full", target  # every other backup hangs off the base
 
 
+@pytest.mark.slow
 def test_a_push_killed_while_sending_a_new_anchor_resumes_on_the_same_parent(world: World) -> None:
     """December's first backup (the new monthly anchor) is SIGKILLed mid-push; the next push plans
     the same parent (the base), resumes the durable segments and the backup restores identical."""
@@ -225,6 +228,7 @@ def test_a_push_killed_while_sending_a_new_anchor_resumes_on_the_same_parent(wor
     assert diff_trees(world.snapdir / name, into / name) == []
 
 
+@pytest.mark.slow
 def test_two_hosts_with_a_subvolume_of_one_name_each_grow_their_own_tree(world: World) -> None:
     """Another host (a UTS namespace with its own host name, its own btrfs subvolume also called
     'data') pushes to the same repository under the same policy: each host's backups are tiered
@@ -268,6 +272,7 @@ def test_two_hosts_with_a_subvolume_of_one_name_each_grow_their_own_tree(world: 
     assert min(theirs.values(), key=lambda b: b["snapshot"])["tier"] == "monthly"
 
 
+@pytest.mark.slow
 def test_a_policy_changed_between_runs_rewrites_nothing_and_old_chains_age_out(world: World) -> None:
     """Ten days under one policy, then a shorter one (keep_daily 3, keep_monthly 1): the backups
     already there keep their parents (nothing is rewritten); prune applies the new policy and
@@ -302,6 +307,7 @@ def test_a_policy_changed_between_runs_rewrites_nothing_and_old_chains_age_out(w
     assert diff_trees(world.snapdir / newest["snapshot"], into / newest["snapshot"]) == []
 
 
+@pytest.mark.slow
 def test_two_targets_with_their_own_policies_grow_their_own_trees(world: World, tmp_path: Path) -> None:
     """usb keeps days, weeks and months; far keeps weeks only (targets.far in the profile): each
     target's backups are tiered by its own policy, and the local anchors serve both."""

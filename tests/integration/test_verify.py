@@ -53,6 +53,7 @@ def _repo(world: World) -> Repository:
     return Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
 
 
+@pytest.mark.slow
 def test_intact_backups_pass_every_level_without_root_needs_but_restore(world: World) -> None:
     ids = _chain(world)
     for level in ("catalog", "data", "stream"):
@@ -209,6 +210,7 @@ def test_max_duration_stops_cleanly_and_says_what_was_not_read(world: World, cap
     assert "stopped at --max-duration: run again to continue" in line
 
 
+@pytest.mark.slow
 def test_restore_drill_compares_with_the_local_snapshot_and_cleans_leftovers(world: World, tmp_path: Path) -> None:
     _chain(world, 2)
     scratch = tmp_path / "drills"
@@ -262,6 +264,7 @@ def test_push_parses_the_stream_records_changes_and_a_tree_summary(world: World,
         "the file indexes recorded at push time and the tree summary recorded at push time"
 
 
+@pytest.mark.slow
 def test_a_drill_of_an_incremental_without_its_snapshot_compares_with_the_chain_s_file_indexes(
         world: World, tmp_path: Path) -> None:
     ids = _chain(world, 3)

@@ -133,6 +133,7 @@ def test_every_metric_is_documented() -> None:
     assert not missing, f"docs/metrics.md does not describe {missing}"
 
 
+@pytest.mark.slow
 def test_the_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
     tool = promtool()
     check = subprocess.run([tool, "check", "rules", "alerts.yml"], cwd=ROOT / "monitoring", capture_output=True,

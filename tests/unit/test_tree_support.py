@@ -320,11 +320,13 @@ def test_full_send_receive_preserves_the_description(
     _round_trip(btrfs_fs, btrfs_factory(), generations=0)
 
 
+@pytest.mark.slow
 def test_incremental_send_receive_preserves_the_description(
         btrfs_fs: Path, btrfs_factory: Callable[..., Path]) -> None:
     _round_trip(btrfs_fs, btrfs_factory(), generations=3)
 
 
+@pytest.mark.slow
 def test_compressed_proto2_send_receive_preserves_the_description(
         btrfs_factory: Callable[..., Path]) -> None:
     """``--proto 2 --compressed-data`` from a compress-force=zstd source, full and incremental;

@@ -46,6 +46,7 @@ def _check(data: bytes, rng: random.Random, stats: dict[str, int]) -> None:
         "ok" if py[1] is None else py[1][0].split(" ")[0], 0) + 1
 
 
+@pytest.mark.slow
 def test_real_streams_parse_in_both_implementations() -> None:
     assert set(REAL) == {"v1-full", "v1-incremental", "v2-compressed-full",
                          "v2-compressed-incremental"}
@@ -65,6 +66,7 @@ def test_real_streams_parse_in_both_implementations() -> None:
 
 
 @pytest.mark.parametrize("corpus", ["samples", "real"])
+@pytest.mark.slow
 def test_mutated_streams(corpus) -> None:
     rng = _rng(f"mutated-{corpus}")
     source = SAMPLES if corpus == "samples" else REAL
@@ -77,6 +79,7 @@ def test_mutated_streams(corpus) -> None:
     assert stats.get("CRC32C", 0) < n
 
 
+@pytest.mark.slow
 def test_random_bytes() -> None:
     rng = _rng("random")
     stats: dict[str, int] = {}

@@ -161,6 +161,7 @@ def test_error_carries_the_events_before_it(Parser) -> None:
     assert [e.cmd for e in exc.events] == ["subvol", "unlink"]
 
 
+@pytest.mark.slow
 def test_every_truncation_is_detected_at_finish(Parser) -> None:
     data = S.SampleStream(2, write_size=100).data()
     reasons = set()
@@ -365,6 +366,7 @@ def test_crc32c_check_value(name, fn) -> None:
 
 
 @pytest.mark.parametrize("name,fn", _crc_functions())
+@pytest.mark.slow
 def test_crc32c_implementations_agree(name, fn) -> None:
     import random
 
