@@ -619,6 +619,14 @@ def test_a_partial_receive_that_cannot_be_removed_does_not_hide_the_failure(worl
     assert partial.is_dir()  # named in the message (or log): the operator deletes it
 
 
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie; one that went away between listing and asking is not running."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.slow
 def test_a_signal_while_a_receive_is_made_durable_does_not_skip_the_check(world: World, tmp_path: Path) -> None:
     """SIGTERM while btrsync flushed a finished receive (syncfs: minutes on a big restore, shown as
@@ -633,8 +641,7 @@ def test_a_signal_while_a_receive_is_made_durable_does_not_skip_the_check(world:
             child = Child(world, "receive", "latest", "--from", world.url, "--into", str(into))
 
             def committing() -> bool:  # btrfs receive has exited: btrsync checks and flushes
-                return any(into.iterdir()) and not [p for p in child.ps.children()
-                                               if p.status() != psutil.STATUS_ZOMBIE]
+                return any(into.iterdir()) and not any(_running(p) for p in child.ps.children())
             child.freeze_when(committing)
             out = child.signal(signal.SIGTERM)
             assert out.code == 143, out.err

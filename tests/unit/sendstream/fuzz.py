@@ -162,7 +162,10 @@ def structural_mutation(data: bytes, rng: random.Random) -> bytes:
 
 
 def _encode_tlvs(attrs: list[tuple[int, bytes]], version: int) -> bytes:
-    return b"".join(S.attr(t, v, version=version) for t, v in attrs)
+    """Encode mutated TLVs. A v2 DATA value has no length field and may exceed 64 KiB; given
+    another type by a mutation, it needs a 16-bit length, so it is cut to the largest that fits
+    (before, the generator itself failed with struct.error whenever a run got that far)."""
+    return b"".join(S.attr(t, v if t == S.A_DATA else v[:0xFFFF], version=version) for t, v in attrs)
 
 
 def random_chunks(data: bytes, rng: random.Random) -> list[bytes]:
