@@ -177,8 +177,7 @@ def plan_for(subvol: Path, snapshot_dir: Path, catalog: Catalog, max_chain: int,
                             "(use --backfill to send it anyway)")
     if chain == "tree" and uses_tree(policy) is None:
         assert policy is not None
-        mine_held = [Held(m.backup_id, m.snapshot_uuid, m.snapshot_time, m.depth, m.parent_id, m.stored_bytes, m.snapshot)
-                     for m in mine]
+        mine_held = [_held(m) for m in mine]
         fulls = [m for m in mine if m.depth == 0]
         if estimate is not None and fulls:  # a full's size changes slowly: the newest full's, not a
             newest_full = max(fulls, key=lambda m: m.snapshot_time).stream_bytes  # metadata walk
@@ -277,9 +276,12 @@ def tree_anchors(held: list[Manifest], subvolume: str, policy: Policy | None, no
                  target: str) -> list[Anchor]:
     """The anchors (planner/tree.py) of this host's backups of ``subvolume`` among ``held``."""
     host = socket.gethostname()
-    mine = [Held(m.backup_id, m.snapshot_uuid, m.snapshot_time, m.depth, m.parent_id, m.stored_bytes, m.snapshot)
-            for m in held if m.subvolume == subvolume and m.host == host]
-    return anchors(mine, policy, now, target)
+    return anchors([_held(m) for m in held if m.subvolume == subvolume and m.host == host], policy, now, target)
+
+
+def _held(m: Manifest) -> Held:
+    """A backup as the tree planner sees it."""
+    return Held(m.backup_id, m.snapshot_uuid, m.snapshot_time, m.depth, m.parent_id, m.stored_bytes, m.snapshot)
 
 
 def push_step(
@@ -308,8 +310,10 @@ def push_step(
     t0 = time.monotonic()
     log.info("push started backup=%s kind=%s parent=%s target=%s", attempt.backup_id, step.kind,
              step.parent_backup_id, repo.target.display_url)
-    if reporter is not None:  # the tree planner measured the chosen send already: not twice
-        estimate = (Estimate(step.estimated_bytes, "btrfs send --no-data") if step.estimated_bytes is not None
+    if reporter is not None:  # the tree planner measured the chosen incremental already: not twice
+        # (a full it priced by the newest full's size: progress measures that one itself, as before)
+        estimate = (Estimate(step.estimated_bytes, "btrfs send --no-data")
+                    if step.estimated_bytes is not None and step.parent is not None
                     else estimate_push(attempt.snap.path, attempt.parent.path if attempt.parent else None,
                                        history or [], subvolume))
         reporter.start(attempt.backup_id, estimate, index=index, count=count)

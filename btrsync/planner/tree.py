@@ -77,7 +77,7 @@ def _date(when: datetime) -> str:
     return "forever" if when == FOREVER else f"{when:%Y-%m-%d}"
 
 
-def _years(start: datetime, end: datetime) -> float:
+def _days(start: datetime, end: datetime) -> float:
     """``end - start`` in days, ``FOREVER`` counted as ``HORIZON``."""
     span = HORIZON if end == FOREVER else min(end - start, HORIZON)
     return max(span.total_seconds(), 0.0) / 86400
@@ -194,10 +194,10 @@ class _Chooser:
         delta, plus a base's own bytes for the time it is held longer for this child), or None
         where a full costs less.  Without estimates: the newest parent kept long enough, else
         the newest base."""
-        days = _years(when, life.until)
+        days = _days(when, life.until)
         priced: list[tuple[float, _Node, int | None, bool]] = []
         for n in usable:
-            extension = _years(self._kept_until(n), life.until) if n.life.until < life.until else 0.0
+            extension = _days(self._kept_until(n), life.until) if n.life.until < life.until else 0.0
             delta = self.estimate(snap, n.snapshot) if self.estimate is not None else None
             if delta is None:
                 priced.append((float("inf"), n, None, extension > 0))
