@@ -7,7 +7,7 @@ Data flow::
     for each link:
       incremental: scan its stream for clones from the parent          (pass 1, data not used)
       read/chunks.py: target.get ─► [workers: xxh3 → GCM open → zstd -d → size + xxh3]
-                      ordered, bounded window ─► Applier (restore/apply.py): every command confined to tree/
+                      ordered, bounded window ─► Applier (restore/apply/): every command confined to tree/
     place tree/ at DIR/<snapshot>: new (rename, no replace) | --overwrite (exchange, old removed)
                                    | --skip-existing (merge: only paths that do not exist)
     syncfs before and after placing: when restore returns, the restore is on disk

@@ -1,7 +1,7 @@
 """Metadata a restore may not be able to set, and the notes that say so.
 
 Owners need root, and some filesystems hold no xattrs of a namespace (``security.*`` on tmpfs,
-``user.*`` on vfat): every restore path (a stream applied by ``apply.py``, selected paths by
+``user.*`` on vfat): every restore path (a stream applied by ``apply/``, selected paths by
 ``selective.py``, a snapshot copied by ``snapcopy.py``) sets them through these helpers, so what
 could not be set becomes one note (a count and examples) instead of a failure, and a failure
 that is not "not supported here" still fails.

@@ -4,7 +4,7 @@ An incremental creates every new inode under a temporary name (``o<ino>-<gen>-<n
 subvolume's top directory and renames it into place, and btrfs send re-sends the top directory's
 times only when they changed in the source: after ``btrfs receive`` of a link that adds files
 under an unchanged top directory, its mtime is the time of the receive. btrsync sets it to the
-snapshot's (``ops/receive.py`` inserts a UTIMES before END; ``restore/apply.py`` carries it from
+snapshot's (``ops/receive.py`` inserts a UTIMES before END; ``restore/apply/`` carries it from
 link to link). Every time here is compared to the nanosecond with the source snapshot's.
 """
 
