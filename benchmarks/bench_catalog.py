@@ -293,8 +293,8 @@ def open_spec(spec: dict[str, Any], *, simulate_versions: bool = False) -> Count
 
         return CountingTarget(LocalTarget(spec["path"]), simulate_versions=simulate_versions)
     from btrsync.targets.retry import RetryingTarget
-    from btrsync.targets.s3 import S3Target
-    from btrsync.targets.s3config import S3Settings
+    from btrsync.targets.s3.settings import S3Settings
+    from btrsync.targets.s3.target import S3Target
 
     settings = S3Settings.from_mapping({"endpoint": spec["endpoint"], "region": spec["region"],
                                         "credentials_file": spec["credentials_file"]})

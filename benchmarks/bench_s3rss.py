@@ -1,7 +1,7 @@
 """Benchmark 12: peak RSS of ``btrsync push --to s3://`` against the stream size (full mode only).
 
 Issue 14 wants the S3 push under 300 MB of peak RSS at *any* stream size: parts in flight are
-bounded by one budget (``btrsync/targets/s3.py``), so the peak must not grow with the stream.
+bounded by one budget (``btrsync/targets/s3/uploads.py``), so the peak must not grow with the stream.
 For each size in ``STREAMS`` a subvolume holding one file of incompressible bytes (AES-CTR
 keystream: the stream is as large as the file, every chunk goes to S3 uncompressed, which puts
 the most bytes per second through the part budget) is snapshotted and pushed with the CLI to

@@ -17,7 +17,7 @@ def open_target(url: str, settings: Any = None) -> Target:
         return LocalTarget(parsed.path)
     if parsed.scheme == "s3":
         from btrsync.targets.retry import RetryingTarget
-        from btrsync.targets.s3 import S3Target
+        from btrsync.targets.s3.target import S3Target
 
         # S3Target resends single parts inside put(); the wrapper retries whole reads, lists, deletes
         return RetryingTarget(S3Target.from_url(parsed, settings or {}))

@@ -19,7 +19,7 @@ from typing import Any
 # 'systemd generate' (initialize: 'btrsync init --if-empty' before each run of a job's unit)
 COMMON = ("url", "quota", "chain", "full_threshold", "initialize")
 FILE: tuple[str, ...] = ()
-# btrsync.targets.s3config.S3Settings
+# btrsync.targets.s3.settings.S3Settings
 S3 = ("endpoint", "region", "credentials_file", "profile", "part_size", "max_inflight_parts", "connect_timeout",
       "read_timeout", "max_attempts", "operation_deadline", "cleanup_timeout")
 # btrsync.targets.sshconn.config_from_settings and btrsync.targets.ssh.SshTarget.from_url

@@ -85,7 +85,7 @@ def test_every_documented_kind_of_setting_is_accepted(tmp_path: Path, capsys: py
 
 
 def test_the_lists_are_what_the_targets_read() -> None:
-    from btrsync.targets.s3config import S3Settings
+    from btrsync.targets.s3.settings import S3Settings
     from btrsync.targets.ssh import SshTarget
     from btrsync.targets.url import parse_url
 

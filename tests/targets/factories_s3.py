@@ -24,13 +24,9 @@ import pytest
 from btrsync.targets.base import Target
 from btrsync.targets.registry import open_target
 from btrsync.targets.retry import RetryPolicy
-from btrsync.targets.s3 import (
-    S3Target,
-)
-from btrsync.targets.s3config import (
-    MIN_PART_SIZE,
-    S3Settings,
-)
+from btrsync.targets.s3.parts import MIN_PART_SIZE
+from btrsync.targets.s3.settings import S3Settings
+from btrsync.targets.s3.target import S3Target
 from tests.support.b2proxy import B2_MIN_PART_SIZE, B2RulesProxy
 from tests.support.s3server import SeaweedServer, session_server
 

@@ -30,25 +30,23 @@ from btrsync.targets.errors import (
 )
 from btrsync.targets.registry import open_target
 from btrsync.targets.retry import RetryingTarget, retry_after_of
-from btrsync.targets.s3 import (
-    S3Target,
-    marked_parts,
-    max_object_size,
-    part_size_for,
-    rechunk,
-)
-from btrsync.targets.s3config import (
+from btrsync.targets.s3.client import region_from_endpoint
+from btrsync.targets.s3.credentials import read_credentials_file
+from btrsync.targets.s3.errors import translate
+from btrsync.targets.s3.parts import (
     DEFAULT_PART_SIZE,
     GROWTH_START,
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
-    S3Settings,
-    read_credentials_file,
-    region_from_endpoint,
-    translate,
+    marked_parts,
+    max_object_size,
+    part_size_for,
+    rechunk,
 )
+from btrsync.targets.s3.settings import S3Settings
+from btrsync.targets.s3.target import S3Target
 from tests.support.b2proxy import B2RulesProxy
 from tests.targets.factories_s3 import (
     TEST_BUCKET,

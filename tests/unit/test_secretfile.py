@@ -18,7 +18,7 @@ import pytest
 
 from btrsync.crypto.keys import MasterKey, load_key_file
 from btrsync.errors import BtrsyncError
-from btrsync.targets.s3config import S3Credentials, read_credentials_file
+from btrsync.targets.s3.credentials import S3Credentials, read_credentials_file
 
 SECRET = "K004" + "sEcReT9" * 4  # an application key: must never appear in a message
 NOBODY = 65534

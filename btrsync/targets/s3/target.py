@@ -37,18 +37,14 @@ never multiply with those inside it.
 
 from __future__ import annotations
 
-import base64
 import builtins
 import contextlib
-import hashlib
 import logging
-import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from btrsync.errors import BtrsyncError, ConfigError, TargetMissingError
 from btrsync.targets.base import (
@@ -68,100 +64,15 @@ from btrsync.targets.errors import (
     TargetError,
     TransientTargetError,
 )
-from btrsync.targets.retry import Outage, RetryPolicy, transient
-from btrsync.targets.s3config import (
-    _STREAM_ERRORS,
-    B2_CAPABILITIES_HINT,
-    GROWTH_START,
-    GROWTH_STEP,
-    MAX_PART_SIZE,
-    MAX_PARTS,
-    READ_BLOCK,
-    S3Settings,
-    _redact_url,
-    make_clients,
-    translate,
-)
+from btrsync.targets.retry import Outage, RetryPolicy
+from btrsync.targets.s3.client import make_clients, redact_url
+from btrsync.targets.s3.errors import B2_CAPABILITIES_HINT, translate
+from btrsync.targets.s3.parts import check_part_number, drain, marked_parts, part_size_for
+from btrsync.targets.s3.reads import aware, byte_count, stream_body
+from btrsync.targets.s3.settings import S3Settings
+from btrsync.targets.s3.uploads import BoundedUploads, Upload, md5_b64
 
 log = logging.getLogger(__name__)
-
-
-# -- part sizes --------------------------------------------------------------------------------
-def part_size_for(number: int, base: int) -> int:
-    """The size of part ``number`` (1-based) of an upload that started with ``base``-byte parts.
-
-    Parts keep ``base`` for the first ``GROWTH_START`` parts, then double every ``GROWTH_STEP``
-    parts up to ``MAX_PART_SIZE``, so that 10,000 parts hold at least 10 TB for any base from
-    ``MIN_PART_SIZE`` up.  S3 and B2 accept parts of unequal size.
-    """
-    if number <= GROWTH_START:
-        return base
-    doublings = (number - GROWTH_START - 1) // GROWTH_STEP + 1
-    return min(MAX_PART_SIZE, base << doublings)
-
-
-def max_object_size(base: int) -> int:
-    """The largest object ``MAX_PARTS`` parts grown from ``base`` can hold."""
-    return sum(part_size_for(n, base) for n in range(1, MAX_PARTS + 1))
-
-
-def rechunk(parts: Iterable[bytes], size_for: Callable[[int], int]) -> Iterator[bytes]:
-    """Re-cut a stream of byte strings into parts of ``size_for(1)``, ``size_for(2)``, ... bytes.
-
-    The last part may be shorter; an empty stream yields one empty part, so there is always at
-    least one.  See :func:`marked_parts`, which this is without the marks.
-    """
-    return (part for part, _more in marked_parts(parts, size_for))
-
-
-def marked_parts(parts: Iterable[bytes], size_for: Callable[[int], int]) -> Iterator[tuple[bytes, bool]]:
-    """:func:`rechunk`'s parts, each with whether more data follows it.
-
-    Each input is copied once, into the part being filled (a ``bytearray``), and is not referenced
-    after that: a part is never held twice (pieces and their join).
-    To mark a full part, the next non-empty input piece is pulled before the part is yielded (one
-    piece of look-ahead), never a next part: a put can hand its first part to an upload before
-    it fills the second.
-    """
-    views = (view for view in (memoryview(p).cast("B") for p in parts) if view)
-    number = 1
-    want = size_for(number)
-    buf, have = bytearray(want), 0
-    view = next(views, None)
-    while view is not None:
-        take = view[: want - have]
-        buf[have : have + len(take)] = take
-        have += len(take)
-        view = view[len(take) :] or next(views, None)
-        if have == want:
-            more = view is not None
-            yield buf, more  # type: ignore[misc]  # a bytearray: botocore sends it as it is
-            if not more:
-                return
-            number += 1
-            want = size_for(number)
-            buf, have = bytearray(want), 0
-    del buf[have:]  # the short last part (have > 0), or the one empty part of an empty stream
-    yield buf, False  # type: ignore[misc]
-
-
-def _drain(head: builtins.list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
-    """Yield the parts in ``head`` (dropping each reference as it goes), then those of ``rest``."""
-    while head:
-        yield head.pop(0)
-    yield from rest
-
-
-def _md5_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
-
-
-class Upload(NamedTuple):
-    """An unfinished multipart upload (``btrsync clean`` lists and aborts them)."""
-
-    key: str
-    upload_id: str
-    initiated: datetime
 
 
 class S3Target(Target):
@@ -197,7 +108,7 @@ class S3Target(Target):
         self._client, self._cleanup_client = make_clients(self.settings)
         # one budget of parts in flight for every put of this target (concurrent segment puts share it)
         self._part_slots = threading.Semaphore(self.settings.max_inflight_parts)
-        self.endpoint = _redact_url(self._client.meta.endpoint_url)
+        self.endpoint = redact_url(self._client.meta.endpoint_url)
 
     @classmethod
     def from_url(cls, parsed: Any, settings: Mapping[str, Any]) -> S3Target:
@@ -249,7 +160,7 @@ class S3Target(Target):
         head = [first]
         del first
         chunks = (part for part, _more in marked)
-        return ObjectInfo(key, self._put_multipart(key, full, _drain(head, chunks)))
+        return ObjectInfo(key, self._put_multipart(key, full, drain(head, chunks)))
 
     def _put_single(self, key: str, full: str, data: bytes) -> ObjectInfo:
         self._retried(
@@ -258,7 +169,7 @@ class S3Target(Target):
             Bucket=self.bucket,
             Key=full,
             Body=data,
-            ContentMD5=_md5_b64(data),
+            ContentMD5=md5_b64(data),
         )
         return ObjectInfo(key, len(data))
 
@@ -271,7 +182,7 @@ class S3Target(Target):
             Key=full,
         )
         upload_id = created["UploadId"]
-        uploads = _BoundedUploads(
+        uploads = BoundedUploads(
             self.settings.max_inflight_parts,
             self._part_slots,
             lambda n, data, cancel: self._upload_part(key, upload_id, n, data, cancel),
@@ -279,7 +190,7 @@ class S3Target(Target):
         try:
             size = 0
             for number, data in enumerate(chunks, start=1):
-                _check_part_number(number, size, self._what("put", key))
+                check_part_number(number, size, self._what("put", key))
                 size += len(data)
                 uploads.submit(number, data)
                 del data  # the upload holds the only reference now
@@ -305,7 +216,7 @@ class S3Target(Target):
             UploadId=upload_id,
             PartNumber=number,
             Body=data,
-            ContentMD5=_md5_b64(data),
+            ContentMD5=md5_b64(data),
         )
         return str(answer["ETag"])
 
@@ -365,7 +276,7 @@ class S3Target(Target):
         if opened is None:
             return
         body, count = opened
-        yield from _stream(body, count, self._what("get", key))
+        yield from stream_body(body, count, self._what("get", key))
 
     def _open_range(self, key: str, full: str, offset: int, length: int | None) -> tuple[Any, int] | None:
         """Start a GET of the range; returns the body and its byte count (None: empty range)."""
@@ -382,7 +293,7 @@ class S3Target(Target):
             return None
         body = answer["Body"]
         try:
-            count = _byte_count(key, answer, offset, length)
+            count = byte_count(key, answer, offset, length)
         except BaseException:
             body.close()
             raise
@@ -395,7 +306,7 @@ class S3Target(Target):
             Bucket=self.bucket,
             Key=self._full(validate_key(key)),
         )
-        return ObjectInfo(key, int(answer["ContentLength"]), modified=_aware(answer.get("LastModified")))
+        return ObjectInfo(key, int(answer["ContentLength"]), modified=aware(answer.get("LastModified")))
 
     def first_files(self, limit: int = 3) -> builtins.list[str]:
         """Up to ``limit`` keys under the prefix, whatever they are."""
@@ -411,7 +322,7 @@ class S3Target(Target):
         answer = self._retried("list_objects_v2", what, Bucket=self.bucket, Prefix=self._full("locks/"), MaxKeys=1)
         date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         try:
-            return _aware(parsedate_to_datetime(date)) if date else None
+            return aware(parsedate_to_datetime(date)) if date else None
         except (TypeError, ValueError):
             log.debug("%s: unreadable Date header %r", what, date)
             return None
@@ -432,7 +343,7 @@ class S3Target(Target):
                 if not is_valid_key(key) or not isinstance(size, int) or size < 0:
                     log.warning("object %r in %s is not one btrsync writes: skipped", key[:200], self.display_url)
                     continue
-                found.append(ObjectInfo(key, size, o.get("ETag"), _aware(o.get("LastModified"))))
+                found.append(ObjectInfo(key, size, o.get("ETag"), aware(o.get("LastModified"))))
             if not page.get("IsTruncated"):
                 break
             following = page.get("NextContinuationToken")
@@ -564,91 +475,3 @@ class S3Target(Target):
     def close(self) -> None:
         self._client.close()
         self._cleanup_client.close()
-
-
-def _aware(when: object) -> datetime | None:
-    """A store's timestamp as an aware UTC datetime (botocore parses them; a naive one is UTC)."""
-    if not isinstance(when, datetime):
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-def _check_part_number(number: int, size: int, what: str) -> None:
-    if number > MAX_PARTS:
-        raise TargetError(f"{what}: the object exceeds {MAX_PARTS} parts after {size} bytes; raise part_size")
-
-
-def _byte_count(key: str, answer: Mapping[str, Any], offset: int, length: int | None) -> int:
-    """How many bytes a GET answer for ``offset``/``length`` carries; checks the served range."""
-    start, total = 0, int(answer["ContentLength"])
-    match = re.match(r"bytes (\d+)-\d+/(\d+)", answer.get("ContentRange") or "")
-    if match:
-        start, total = int(match.group(1)), int(match.group(2))
-    if start != offset:
-        raise TargetError(f"get {key}: the server ignored the Range header")
-    return check_range(key, total, offset, length) - offset
-
-
-def _stream(body: Any, count: int, what: str) -> Iterator[bytes]:
-    """Yield ``count`` bytes of a response body in blocks; a broken connection is transient."""
-    got = 0
-    try:
-        while got < count:
-            try:
-                block = body.read(min(READ_BLOCK, count - got))
-            except _STREAM_ERRORS as exc:
-                raise transient(
-                    f"{what}: connection broke after {got} of {count} bytes ({type(exc).__name__})"
-                ) from None
-            if not block:
-                raise transient(f"{what}: connection closed after {got} of {count} bytes")
-            got += len(block)
-            yield block
-    finally:
-        body.close()
-
-
-class _BoundedUploads:
-    """Runs part uploads on ``limit`` threads; ``submit`` blocks while ``limit`` are in flight.
-
-    Modelled on s3transfer's ``BoundedExecutor``: a slot is acquired before a part is submitted and
-    released by the future's done callback, so at most ``limit`` part buffers belong to uploads.
-    """
-
-    def __init__(self, limit: int, slots: threading.Semaphore,
-                 upload: Callable[[int, bytes, threading.Event], str]) -> None:
-        self._slots = slots  # shared with the target's other puts: one budget of parts in flight
-        self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="btrsync-s3-part")
-        self._upload = upload
-        self._futures: dict[int, Future[str]] = {}
-        self._failure: BaseException | None = None
-        self.cancelled = threading.Event()
-
-    def submit(self, number: int, data: bytes) -> None:
-        """Start uploading part ``number``; re-raises the error of a part that already failed."""
-        self._slots.acquire()
-        if self._failure is not None:
-            self._slots.release()
-            raise self._failure
-        future = self._pool.submit(self._upload, number, data, self.cancelled)
-        future.add_done_callback(self._on_done)  # never one holding ``data``: futures are kept
-        self._futures[number] = future
-
-    def _on_done(self, future: Future[str]) -> None:
-        if not future.cancelled() and future.exception() is not None and self._failure is None:
-            self._failure = future.exception()
-        self._slots.release()
-
-    def finish(self) -> builtins.list[dict[str, Any]]:
-        """Wait for all parts; return the ``Parts`` for CompleteMultipartUpload, or raise."""
-        done, _pending = wait(self._futures.values(), return_when=FIRST_EXCEPTION)
-        for future in done:
-            if future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
-        self._pool.shutdown()
-        return [{"PartNumber": n, "ETag": f.result()} for n, f in sorted(self._futures.items())]
-
-    def cancel(self) -> None:
-        """Stop retrying, drop parts not yet started and wait for those in flight."""
-        self.cancelled.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
