@@ -35,6 +35,7 @@ python3Packages.buildPythonApplication {
     psutil
     pydantic
     prometheus-client
+    jeepney
   ];
 
   makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ btrfs-progs zstd openssh rsync util-linux ]) ];

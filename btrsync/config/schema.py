@@ -176,6 +176,8 @@ class JobModel(_Strict):
                                                  "(0: report exit 11 at once); run --wait overrides")
     stale_after: Timespan = Field(DEFAULT_STALE_AFTER, description="a target whose newest backup is older "
                                                                    "is stale (status, alerts)")
+    inhibit_sleep: bool = Field(False, description="hold logind's sleep inhibitor lock while the job runs "
+                                                    "(without logind: a warning, and the run goes on)")
 
     @field_validator("targets", mode="before")
     @classmethod

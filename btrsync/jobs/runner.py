@@ -35,6 +35,7 @@ from btrsync.errors import BtrsyncError, LockedError
 from btrsync.jobs import hooks as hooklib
 from btrsync.jobs.coordination import job_lock, push_slot
 from btrsync.jobs.env import OpenRepository, RunEnv
+from btrsync.jobs.inhibit import sleep_inhibited
 from btrsync.jobs.metrics import write_metrics_safely
 from btrsync.jobs.outcome import BAD_TARGET, JobOutcome, RunReport
 from btrsync.jobs.records import JobRecords, iso
@@ -80,7 +81,8 @@ class JobRun:
                 if not job.window.is_open(out.started):
                     return self._skip(job.window.closed_reason(out.started))
                 with push_slot(self.env.state_root, self.env.config.jobs.max_parallel_jobs, clock=self.clock,
-                               job=job.name):
+                               job=job.name), \
+                        sleep_inhibited(f"job {job.name} runs", enabled=job.model.inhibit_sleep and not self.env.dry_run):
                     self._body()
                 self._finish()
         except LockedError as exc:

@@ -50,6 +50,8 @@
       # a dump before the snapshot: pg_dumpall from the hooks' PATH, written where the unit lets it
       hooks.pre = [ [ "pg_dumpall" "-f" "/srv/db/dump.sql" ] ];
       hooks.path = [ pkgs.postgresql ];
+      hooks.extraPackages = [ pkgs.curl ];  # the same list under services.restic's name
+      inhibitsSleep = true;
       hooks.readWritePaths = [ "/srv/db" ];
     };
     verifications.b2-weekly = { target = "b2"; level = "data"; subset = "1/7"; schedule = "Sun 03:00"; };

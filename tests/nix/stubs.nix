@@ -37,6 +37,7 @@ in
     runCommand = name: env: script: stubDrv name // { inherit script; };
     writeText = name: text: stubDrv name;
     postgresql = stubDrv "postgresql";
+    curl = stubDrv "curl";
     writeShellScript = name: text: stubDrv name // { inherit text; };
   } // lib.genAttrs [ "bash" "bubblewrap" "coreutils" "findutils" "rsync" ] stubDrv // {
   };

@@ -86,7 +86,10 @@ def test_b2_opnix_host(hosts: dict[str, Any]) -> None:
     assert s["jobs"]["home"]["verify"]["sample"] == "5%"
     hooks = s["jobs"]["home"]["hooks"]
     assert hooks["path"] == ["/nix/store/00000000000000000000000000000000-postgresql/bin",
+                             "/nix/store/00000000000000000000000000000000-curl/bin",  # extraPackages
                              "/nix/store/00000000000000000000000000000000-bash/bin"]  # 'sh' for hooks
+    assert s["jobs"]["home"]["inhibit_sleep"] is True  # inhibitsSleep: btrsync takes logind's lock
+    assert "systemd-inhibit" not in json.dumps(host["services"]["btrsync-home"])  # no wrapper (SIGTERM)
     assert hooks["read_write_paths"] == ["/srv/db"]
     home = host["services"]["btrsync-home"]
     assert home["serviceConfig"]["ReadWritePaths"].endswith(" -/srv/db")
@@ -424,7 +427,7 @@ def test_the_vm_test_evaluates_as_far_as_the_stubs_allow(lib: str, tmp_path: Pat
 PACKAGE_EVAL = """
 { lib }:
 let
-  py = lib.genAttrs [ "boto3" "zstandard" "cryptography" "xxhash" "click" "psutil" "pydantic" "prometheus-client"
+  py = lib.genAttrs [ "boto3" "zstandard" "cryptography" "xxhash" "click" "psutil" "pydantic" "prometheus-client" "jeepney"
                       "setuptools" "wheel" "pytestCheckHook" "hypothesis" "pytest-timeout" ] (n: n)
        // { buildPythonApplication = a: a; };
   bin = name: { name = name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };

@@ -304,22 +304,33 @@ def test_a_run_killed_after_a_failed_run_still_gets_its_failure_hooks(booted: Bo
     assert len(job.hook_runs()) == 2, job.c.journal(job.handler)
 
 
+def inhibitors(booted: Booted) -> str:
+    """``systemd-inhibit --list`` in the container (logind runs there: dbus and systemd-logind)."""
+    return booted.container.run(["systemd-inhibit", "--list", "--no-pager", "--no-legend"]).stdout
+
+
 def test_stop_mid_push_is_recorded_as_terminated_and_the_next_start_resumes(booted: Booted) -> None:
+    """With ``inhibit_sleep``: btrsync holds logind's sleep lock itself, so SIGTERM still reaches it."""
     s = Setup(booted, "stop")
     (s.subvolume / "big").write_bytes(os.urandom(4 << 20))
     usb = s.dir / "usb"
     usb.mkdir()
     push = '[push]\nchunk_size = "64k"\nsegment_size = "192k"\n'
     slow = push + 'bwlimit = "400k"\n'
-    s.write(f'{slow}[targets.usb]\nurl = "file://{usb}"\n', 'targets = ["usb"]\n')
+    job = 'targets = ["usb"]\ninhibit_sleep = true\n'
+    s.write(f'{slow}[targets.usb]\nurl = "file://{usb}"\n', job)
     assert host_cli(s.config, "init", "--to", "usb").returncode == 0
     c = booted.container
     c.install(s.units())
+    assert "btrsync" not in inhibitors(booted)
     c.systemctl("start", "--no-block", "btrsync-stop.service")
     deadline = time.monotonic() + 30
     while not list((usb).rglob("*.lease")) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(2)  # a few segments are durable
+    held = [line for line in inhibitors(booted).splitlines() if "btrsync" in line]
+    assert len(held) == 1 and "sleep" in held[0] and "job stop runs" in held[0] and "block" in held[0], held
+    assert "sleep not inhibited" not in c.journal("btrsync-stop.service")
     t0 = time.monotonic()
     c.systemctl("stop", "btrsync-stop.service")
     stopped_in = time.monotonic() - t0
@@ -327,10 +338,11 @@ def test_stop_mid_push_is_recorded_as_terminated_and_the_next_start_resumes(boot
     assert props["ExecMainStatus"] == "143", (props, c.journal("btrsync-stop.service"))
     assert stopped_in < 20
     assert s.record()["last_run"]["status"] == "terminated"
+    assert "btrsync" not in inhibitors(booted)  # the lock went with the process
     # the segments made durable before the stop: a resume keeps them, it does not send them again
     durable = {p: p.stat().st_ino for p in usb.glob("data/*/[0-9]*")}
     assert durable, sorted(str(p) for p in usb.rglob("*"))
-    s.write(f'{push}[targets.usb]\nurl = "file://{usb}"\n', 'targets = ["usb"]\n')
+    s.write(f'{push}[targets.usb]\nurl = "file://{usb}"\n', job)
     c.reset("btrsync-stop.service")
     result = started(booted, "btrsync-stop.service")
     assert result["rc"] == "0", result["journal"]

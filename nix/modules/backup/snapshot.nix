@@ -103,6 +103,12 @@ let
             `PATH` (the unit's) stays what the package needs.
           '';
         };
+        extraPackages = mkOption {
+          type = types.listOf (types.either types.package types.str);
+          default = [ ];
+          example = literalExpression "[ pkgs.curl ]";
+          description = "The same as `hooks.path` (the name services.restic and others use); both lists are joined.";
+        };
       };
       lockWait = mkOption {
         type = types.str;
@@ -113,6 +119,18 @@ let
         type = types.str;
         default = "26h";
         description = "A target whose newest backup is older is stale (status, alerts).";
+      };
+      inhibitsSleep = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Hold logind's sleep inhibitor lock while the job runs (as services.restic.backups.<name>.inhibitsSleep),
+          so a laptop does not suspend mid-push.  btrsync takes the lock itself over D-Bus
+          (`inhibit_sleep = true`), not under a `systemd-inhibit` wrapper: `systemctl stop` must
+          reach btrsync for the run to be recorded as terminated and resumed by the next one.
+          `systemd-inhibit --list` shows it while the job runs; without logind the run goes on
+          with a warning.
+        '';
       };
     };
   };
@@ -145,10 +163,11 @@ in
         read_write_paths = j.hooks.readWritePaths;
         # a NixOS unit's PATH has no shell (coreutils, findutils, grep, sed, systemd): hooks get
         # bash ('sh -c ...', as the examples write them) after their own
-        path = map (p: if builtins.isString p then p else "${lib.getBin p}/bin") (j.hooks.path ++ [ pkgs.bash ]);
+        path = map (p: if builtins.isString p then p else "${lib.getBin p}/bin") (j.hooks.path ++ j.hooks.extraPackages ++ [ pkgs.bash ]);
       };
       lock_wait = j.lockWait;
       stale_after = j.staleAfter;
+      inhibit_sleep = j.inhibitsSleep;
     }) cfg.jobs;
 
     assertions = lib.mapAttrsToList (n: j: {
