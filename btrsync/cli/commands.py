@@ -18,6 +18,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "key": ("cmd_key",),
     "list": ("cmd_list",),
     "ls": ("cmd_files",),
+    "mount": ("cmd_mount",),
     "prune": ("cmd_prune",),
     "push": ("cmd_push",),
     "receive": ("cmd_receive",),

@@ -1,0 +1,183 @@
+"""File contents of the mount: rebuilt on first read into a bounded on-disk cache.
+
+A file is rebuilt by the selective restore (``restore/selective.py``): its data commands and those
+of its clone sources, replayed from only the chunks that hold them, each chunk fetched,
+authenticated and hash-checked through the one read path (``read/chunks.RangeReader``).  So
+reading one file through the mount fetches what ``btrsync restore BACKUP PATH`` fetches for it.
+The result is a plain sparse file in the cache directory (holes stay holes, so ``SEEK_HOLE``
+answers from it), read with ``pread``.
+
+The cache holds at most ``limit`` bytes (allocated blocks) of files nobody has open; the least
+recently used go first.  An open file stays until closed, so one file larger than the limit is
+still readable (and goes when closed).  Two readers of one file wait for one rebuild.  A file
+whose data is damaged (a chunk fails its tag or hash, its segment is missing) is remembered as
+damaged: every read of it fails with EIO, and the rest of the mount reads on.  A target failure
+is not remembered (the next read tries again).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from btrsync.catalog.repository import Repository
+from btrsync.errors import BtrsyncError, DamageError
+from btrsync.fileindex.tree import FileTree, Inode
+from btrsync.mount.namespace import Backup
+from btrsync.restore import place
+from btrsync.restore.meta import Notes
+from btrsync.restore.paths import DIR_FLAGS
+from btrsync.restore.selective import SelectiveRestore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FetchStats:
+    """What the mount has read from the target for file contents."""
+
+    files: int = 0  # files rebuilt
+    chunks: int = 0
+    stored_bytes: int = 0  # stored (frame) bytes of the chunks fetched
+    damaged: int = 0  # files found damaged
+
+
+@dataclass
+class _Cached:
+    name: str
+    blocks: int  # allocated bytes
+    users: int = 0
+
+
+@dataclass
+class _Build:
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class ContentCache:
+    """Rebuilt files in ``cache_fd`` (a private directory), at most ``limit`` bytes unused."""
+
+    def __init__(self, repo: Repository, cache_fd: int, limit: int, *, workers: int = 2) -> None:
+        self.repo, self.cache_fd, self.limit, self.workers = repo, cache_fd, limit, workers
+        self.stats = FetchStats()
+        self._lock = threading.Lock()
+        self._files: OrderedDict[int, _Cached] = OrderedDict()
+        self._building: dict[int, _Build] = {}
+        self._damaged: dict[int, str] = {}
+        self._seq = itertools.count()
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return sum(c.blocks for c in self._files.values())
+
+    def acquire(self, ino: int, backup: Backup, tree: FileTree, inode: Inode) -> int:
+        """A read-only descriptor of the file's content, rebuilt first when not cached; the file
+        stays cached until ``release``.  ``OSError(EIO)`` when its data is damaged or unreadable."""
+        while True:
+            with self._lock:
+                if ino in self._damaged:
+                    raise OSError(errno.EIO, self._damaged[ino])
+                cached = self._files.get(ino)
+                if cached is not None:
+                    cached.users += 1
+                    self._files.move_to_end(ino)
+                    break
+                build = self._building.get(ino)
+                mine = build is None
+                if mine:
+                    build = self._building[ino] = _Build()
+            assert build is not None
+            if not mine:
+                build.done.wait()
+                if build.error is not None:
+                    raise OSError(errno.EIO, str(build.error))
+                continue
+            try:
+                cached = self._build(ino, backup, tree, inode)
+            except BaseException as exc:
+                build.error = exc
+                raise
+            finally:
+                with self._lock:
+                    del self._building[ino]
+                    if build.error is None:
+                        self._files[ino] = cached
+                        cached.users += 1
+                build.done.set()
+            self._evict()
+            break
+        try:
+            return os.open(cached.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.cache_fd)
+        except BaseException:
+            self.release(ino)
+            raise
+
+    def release(self, ino: int) -> None:
+        with self._lock:
+            cached = self._files.get(ino)
+            if cached is not None:
+                cached.users -= 1
+        self._evict()
+
+    def _evict(self) -> None:
+        gone: list[str] = []
+        with self._lock:
+            total = sum(c.blocks for c in self._files.values())
+            for ino in list(self._files):
+                if total <= self.limit:
+                    break
+                cached = self._files[ino]
+                if cached.users > 0:
+                    continue
+                del self._files[ino]
+                total -= cached.blocks
+                gone.append(cached.name)
+        for name in gone:
+            try:
+                os.unlink(name, dir_fd=self.cache_fd)
+            except FileNotFoundError:
+                pass
+
+    def _build(self, ino: int, backup: Backup, tree: FileTree, inode: Inode) -> _Cached:
+        name = f"f{ino:x}"
+        work = f".w{next(self._seq)}"
+        os.mkdir(work, 0o700, dir_fd=self.cache_fd)
+        try:
+            wfd = os.open(work, DIR_FLAGS, dir_fd=self.cache_fd)
+            # only rebuild() is used, which needs no destination tree
+            sel = SelectiveRestore(self.repo, backup.chain, tree, None, wfd, Notes(),  # type: ignore[arg-type]
+                                   workers=self.workers)
+            try:
+                try:
+                    sel.rebuild([inode])
+                finally:
+                    with self._lock:
+                        self.stats.chunks += sel.fetched.chunks
+                        self.stats.stored_bytes += sel.fetched.stored_bytes
+                # the scratch file the rebuild made for the inode becomes the cached file
+                os.rename(sel._names[id(inode)], name, src_dir_fd=sel._data_fd, dst_dir_fd=self.cache_fd)
+            finally:
+                sel.close()
+                os.close(wfd)
+        except DamageError as exc:
+            message = f"backup {backup.manifest.backup_id}: a file's data is damaged: {exc}"
+            with self._lock:
+                self._damaged[ino] = message
+                self.stats.damaged += 1
+            log.error("%s (reads of it fail with EIO; 'btrsync verify' tells what else is affected)", message)
+            raise OSError(errno.EIO, message) from None
+        except BtrsyncError as exc:
+            log.error("backup %s: cannot read a file's data: %s", backup.manifest.backup_id, exc)
+            raise OSError(errno.EIO, str(exc)) from None
+        finally:
+            place.remove_tree(self.cache_fd, work)
+        with self._lock:
+            self.stats.files += 1
+        return _Cached(name, os.stat(name, dir_fd=self.cache_fd).st_blocks * 512)
