@@ -11,6 +11,7 @@ from __future__ import annotations
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "clean": ("cmd_maintenance",),
     "config": ("cmd_config",),
+    "copy": ("cmd_copy",),
     "demo": ("cmd_demo",),
     "find": ("cmd_files",),
     "index": ("cmd_files",),

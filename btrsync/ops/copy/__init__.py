@@ -1,0 +1,127 @@
+"""``btrsync copy``: backups of one repository copied into another, chains intact.
+
+    open both (exit 10 / 12 before anything is written; the same repository twice: exit 2)
+      ─► plan (ops/copy/plan.py): each asked-for backup with the links of its chain the
+         destination lacks, parents first; links already there matched by id and snapshot uuid
+      ─► for each, oldest link first (transfer.py): under the destination's upload lease, read
+         every chunk through read/ (authenticated and checked), seal it for the destination,
+         segments and indexes, the file index, one listing, the manifest last
+
+A backup that fails (damage in the source, the destination gone) commits nothing; the backups
+that build on it are skipped, the others are still copied.  Copied backups keep their ids,
+snapshot times, hosts and chain links, so ``list`` shows them as on the source; each
+repository's retention then decides alone what it keeps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from btrsync.audit import AuditLog
+from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.repository import Repository
+from btrsync.errors import BtrsyncError, DamageError, LockedError, PartialError
+from btrsync.ops.copy.plan import CopyPlan, check_distinct, plan_copy, wanted_by_policy
+from btrsync.ops.copy.transfer import CopiedBackup, CopyError, CopySettings, copy_backup
+
+__all__ = ["CopiedBackup", "CopyError", "CopyPlan", "CopyResult", "CopySettings", "copy_backups",
+           "raise_for_failures", "wanted_by_policy"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CopyResult:
+    source: str
+    destination: str
+    backups: list[CopiedBackup] = field(default_factory=list)
+    unusable: dict[str, str] = field(default_factory=dict)  # source backups left out (--all): why
+    held: list[Manifest] = field(default_factory=list)  # the destination's backups afterwards
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> list[CopiedBackup]:
+        return [b for b in self.backups if b.status in ("failed", "skipped")]
+
+    def totals(self) -> dict[str, int]:
+        copied = [b for b in self.backups if b.status in ("copied", "planned")]
+        return {"backups": len(copied), "stored_bytes": sum(b.stored_bytes for b in copied),
+                "moved_bytes": sum(b.moved_bytes for b in copied),
+                "resumed_bytes": sum(b.resumed_bytes for b in copied),
+                "read_bytes": sum(b.read_bytes for b in copied),
+                "present": sum(1 for b in self.backups if b.status == "present")}
+
+    def as_dict(self) -> dict[str, object]:
+        return {"source": self.source, "destination": self.destination, "dry_run": self.dry_run,
+                "backups": [vars_of(b) for b in self.backups], "unusable": self.unusable,
+                "summary": self.totals()}
+
+
+def vars_of(b: CopiedBackup) -> dict[str, object]:
+    return {name: getattr(b, name) for name in b.__slots__}  # type: ignore[attr-defined]
+
+
+def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | None, settings: CopySettings, *,
+                 dry_run: bool = False, audit: AuditLog | None = None) -> CopyResult:
+    """Copy the backups ``specs`` names (None: every restorable backup) from ``source`` to ``dest``."""
+    src_url, dst_url = source.target.display_url, dest.target.display_url
+    check_distinct(source.repo_id, dest.repo_id, src_url, dst_url)
+    if not dry_run:
+        dest.require_writable()
+    dest_catalog = dest.catalog()
+    plan = plan_copy(source.catalog(), dest_catalog, specs, src_url, dst_url)
+    result = CopyResult(src_url, dst_url, unusable=dict(plan.unusable), held=list(dest_catalog.manifests),
+                        dry_run=dry_run)
+    result.backups += [CopiedBackup.of(m, "present") for m in plan.present]
+    if dry_run:
+        result.backups += [CopiedBackup.of(m, "planned") for m in plan.copy]
+        return result
+    set_rate = getattr(dest.target, "set_rate_limit", None)  # ssh: rsync follows the limit too
+    if set_rate is not None and settings.bucket is not None:
+        set_rate(settings.bucket.current_rate)
+    failed: set[str] = set()
+    for m in plan.copy:
+        if m.parent_id in failed:
+            skipped = CopiedBackup.of(m, "skipped")
+            skipped.error = f"its parent {m.parent_id} was not copied"
+            result.backups.append(skipped)
+            failed.add(m.backup_id)
+            continue
+        try:
+            outcome, copied = copy_backup(source, dest, m, settings, audit)
+        except LockedError:
+            raise
+        except BtrsyncError as exc:
+            outcome = CopiedBackup.of(m, "failed")
+            outcome.error = str(exc)
+            outcome.damaged = isinstance(exc, DamageError)
+            log.error("copy of backup %s from %s to %s failed: %s", m.backup_id, src_url, dst_url, exc)
+            failed.add(m.backup_id)
+            result.backups.append(outcome)
+            continue
+        result.backups.append(outcome)
+        result.held.append(copied)
+    return result
+
+
+def raise_for_failures(result: CopyResult) -> None:
+    """Exit 4 when a source backup was damaged or left out as such, 3 when others were copied,
+    1 when nothing was."""
+    failed = [b for b in result.backups if b.status == "failed"]
+    if not failed and not result.unusable:
+        return
+    parts = [f"backup {b.backup_id} was not copied: {b.error}" for b in failed]
+    parts += [f"backup {bid} was left out: {why}" for bid, why in sorted(result.unusable.items())]
+    skipped = [b.backup_id for b in result.backups if b.status == "skipped"]
+    if skipped:
+        parts.append(f"{len(skipped)} backup(s) built on it were not copied: {', '.join(skipped)}")
+    message = "; ".join(parts)
+    if result.unusable or any(b.damaged for b in failed):
+        raise DamageError(message + "; nothing of those was committed")
+    copied = [b.backup_id for b in result.backups if b.status == "copied"]
+    if copied:
+        raise PartialError(f"{message} ({len(copied)} other backup(s) were copied: {', '.join(copied)}; "
+                           "run again to copy the rest)")
+    raise CopyError(message)
