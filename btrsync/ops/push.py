@@ -43,7 +43,7 @@ from btrsync.catalog.segment_index import (
 from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, SendFailedError, UsageError
 from btrsync.fileindex.store import IndexWriter
 from btrsync.ops.estimate import estimate_push, stream_size
-from btrsync.ops.stream_watch import StreamWatch
+from btrsync.ops.stream_watch import StreamWatch, WatchThread
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk, xxh3
 from btrsync.pipeline.segments import write_segments
@@ -432,37 +432,39 @@ class _Attempt:
             self.progress.phase("resuming" if point.chunks else "sending")
         files = IndexWriter(self.backup_id, self.snap.uuid, self.parent.uuid if self.parent else None,
                             point.attempt)
+        framing = StreamWatch(f"btrfs send of {self.snap.path}", full=self.parent is None, sink=files)
+        watch = WatchThread(framing, depth=self.settings.window)  # parses beside the read, not in it
         try:
-            framing = StreamWatch(f"btrfs send of {self.snap.path}", full=self.parent is None, sink=files)
-            self._send(framing, point)
+            self._send(watch, point)
             files.finish(stream_bytes=self.table.stream_bytes, commands=framing.commands)
             self._check_parent_unchanged(framing)
             # the file index is durable before the manifest that commits the backup names it
             return self._manifest(framing, started, files.upload(self.repo))
         finally:
+            watch.close()
             files.close()
 
-    def _send(self, framing: StreamWatch, point: ResumePoint) -> None:
+    def _send(self, watch: WatchThread, point: ResumePoint) -> None:
         sealer = ChunkSealer(self.repo.binding, self.backup_id, self.settings.zstd_level)
         # progress counts frames as the token bucket lets them through to the target
         meter = Metered(self.settings.bucket, self._passed) if self.progress else self.settings.bucket
         with (SendProcess(self.snap.path, self.parent.path if self.parent else None, self.options) as send,
-              closing(ordered_map(sealer, self._fresh_chunks(send, framing, point),
+              closing(ordered_map(sealer, self._fresh_chunks(send, watch, point),
                                   workers=self.settings.workers, window=self.settings.window)) as sealed):
             write_segments(
                 self.repo.target, self.backup_id, self._handed(sealed) if self.progress else sealed,
                 segment_size=self.settings.segment_size, bucket=meter,  # type: ignore[arg-type]
                 on_stored=self._stored, first_segment=point.segments, on_segment=self._segment_done,
                 may_start=self.settings.may_start_segment)
-        framing.finish()
+        watch.finish()
 
-    def _fresh_chunks(self, send: SendProcess, framing: StreamWatch,
+    def _fresh_chunks(self, send: SendProcess, watch: WatchThread,
                       point: ResumePoint) -> Iterator[tuple[int, bytes]]:
         """Chunks to seal; those already durable are checked against their hashes and skipped."""
         seq = -1
         kept = resumed_records(self.repo, self.backup_id, point)  # one index at a time
         for seq, chunk in enumerate(send.chunks(self.settings.chunk_size)):
-            framing.feed(chunk)
+            watch.feed(chunk)
             self.raw += len(chunk)
             if seq < point.chunks:
                 rec = next(kept)

@@ -3,6 +3,10 @@
 Beside ``push.py``, its only user: it joins the parser (``sendstream/``) and the tree summary
 (``fileindex/summary.py``), which ``sendstream/`` itself does not import.
 
+``WatchThread`` runs a ``StreamWatch`` on a thread of its own, so that the thread reading
+``btrfs send`` only hands it buffers: parsing, the statistics, the tree summary and the file
+index's records never hold up the read (a pipe left unread stalls the kernel's send).
+
 A stream that fails the parser (a bad CRC, a malformed command, no END, bytes after END) fails
 the backup before anything is committed.  On the way, the parser's events give the change
 statistics of every backup (``stats.py``) and, for a full, the summary of the tree it builds
@@ -11,6 +15,8 @@ statistics of every backup (``stats.py``) and, for a full, the summary of the tr
 
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any
 
 from btrsync.errors import SendFailedError
@@ -64,3 +70,78 @@ class StreamWatch:
 
     def tree_summary(self) -> dict[str, Any] | None:
         return self.tree.result() if self.tree is not None else None
+
+
+_END = object()
+
+
+class WatchThread:
+    """A ``StreamWatch`` fed through a bounded queue on a thread of its own.
+
+    ``feed`` only queues the chunk (it blocks while ``depth`` chunks wait, so memory stays
+    bounded); an error the watch raised is raised by the next ``feed`` and by ``finish``, which
+    waits for the watch to see every chunk.  ``close`` (always, e.g. in a ``finally``) stops the
+    thread without waiting for the chunks still queued.  The watch's ``sink`` is called on the
+    thread only; after ``finish`` or ``close`` the watch is the caller's again.
+    """
+
+    def __init__(self, watch: StreamWatch, *, depth: int = 4) -> None:
+        self.watch = watch
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="btrsync-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (chunk := self._queue.get()) is not _END:
+                if self._stop.is_set():
+                    return
+                self.watch.feed(chunk)
+            if not self._stop.is_set():
+                self.watch.finish()
+        except BaseException as exc:  # noqa: BLE001 - handed to the feeding thread
+            self._error = exc
+            self._stop.set()
+            self._drain()
+
+    def _drain(self) -> None:
+        """Empty the queue so a feeder blocked on it wakes up (and then sees the error)."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def feed(self, chunk: Any) -> None:
+        self._raise()
+        while True:
+            try:
+                self._queue.put(chunk, timeout=0.2)
+                return
+            except queue.Full:
+                self._raise()
+                if not self._thread.is_alive():
+                    raise RuntimeError("the stream watch thread ended early") from None
+
+    def finish(self) -> StreamWatch:
+        """Wait until the watch has seen every chunk and the end; raise what it raised."""
+        self.feed(_END)
+        self._thread.join()
+        self._raise()
+        return self.watch
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._drain()
+            try:
+                self._queue.put_nowait(_END)
+            except queue.Full:
+                pass
+            self._thread.join()
