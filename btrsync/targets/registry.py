@@ -22,7 +22,7 @@ def open_target(url: str, settings: Any = None) -> Target:
         # S3Target resends single parts inside put(); the wrapper retries whole reads, lists, deletes
         return RetryingTarget(S3Target.from_url(parsed, settings or {}))
     from btrsync.targets.retry import RetryingTarget
-    from btrsync.targets.ssh import SshTarget
+    from btrsync.targets.ssh.target import SshTarget
 
     # SshTarget retries its own rsync transfers inside put(); the wrapper retries the other verbs
     return RetryingTarget(SshTarget.from_url(parsed, settings or {}))

@@ -5,7 +5,7 @@ a did-you-mean hint: a misspelt ``qouta`` or ``credentails_file`` was silently i
 an S3 target then looked for credentials elsewhere.  This module imports nothing, so that reading
 the configuration never imports boto3; the target modules keep to these lists:
 ``S3Settings`` has exactly the fields of :data:`S3` (a test compares them), and the ssh setting
-readers (``btrsync.targets.sshconn.setting_*``) refuse a name that is not in :data:`SSH`.
+readers (``btrsync.targets.ssh.settings.setting_*``) refuse a name that is not in :data:`SSH`.
 Names may be written with ``-`` or ``_``.
 """
 
@@ -22,7 +22,7 @@ FILE: tuple[str, ...] = ()
 # btrsync.targets.s3.settings.S3Settings
 S3 = ("endpoint", "region", "credentials_file", "profile", "part_size", "max_inflight_parts", "connect_timeout",
       "read_timeout", "max_attempts", "operation_deadline", "cleanup_timeout")
-# btrsync.targets.sshconn.config_from_settings and btrsync.targets.ssh.SshTarget.from_url
+# btrsync.targets.ssh.settings.config_from_settings and btrsync.targets.ssh.target.SshTarget.from_url
 SSH = ("user", "port", "identity_file", "known_hosts_file", "ssh_config", "ssh_options", "strict_host_key_checking",
        "connect_timeout", "server_alive_interval", "control_persist", "spool_dir", "rsync_options", "io_timeout",
        "remote_rsync", "max_attempts")

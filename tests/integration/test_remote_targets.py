@@ -163,7 +163,7 @@ def test_a_location_without_a_repository_is_never_written(remote: World) -> None
 def test_ssh_push_passes_its_bandwidth_limit_to_rsync(world: World, request: pytest.FixtureRequest, tmp_path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The wire follows --bwlimit, not only the local spooling: every rsync of the push gets it."""
-    from btrsync.targets.ssh import SshTarget
+    from btrsync.targets.ssh.target import SshTarget
 
     server = ssh_server(request)
     root = tmp_path / "remote root"

@@ -86,7 +86,7 @@ def test_every_documented_kind_of_setting_is_accepted(tmp_path: Path, capsys: py
 
 def test_the_lists_are_what_the_targets_read() -> None:
     from btrsync.targets.s3.settings import S3Settings
-    from btrsync.targets.ssh import SshTarget
+    from btrsync.targets.ssh.target import SshTarget
     from btrsync.targets.url import parse_url
 
     assert tuple(f.name for f in dataclasses.fields(S3Settings)) == target_settings.S3
@@ -97,7 +97,7 @@ def test_the_lists_are_what_the_targets_read() -> None:
                   "io_timeout": 5, "remote_rsync": "rsync", "max_attempts": 2}
     assert set(everything) == set(target_settings.SSH)
     SshTarget.from_url(parse_url("ssh://nas/srv/b"), everything)
-    from btrsync.targets.sshconn import setting_str
+    from btrsync.targets.ssh.settings import setting_str
 
     with pytest.raises(AssertionError, match="not listed"):
         setting_str({}, "hostname")

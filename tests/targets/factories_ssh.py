@@ -18,7 +18,7 @@ import pytest
 
 from btrsync.targets.base import Target
 from btrsync.targets.registry import open_target
-from btrsync.targets.ssh import SshTarget
+from btrsync.targets.ssh.target import SshTarget
 from btrsync.targets.url import parse_url
 from tests.support.sshd import SshServer, missing_tools
 

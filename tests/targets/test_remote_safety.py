@@ -25,7 +25,7 @@ from btrsync.targets.errors import NotFound, PermissionDenied, TargetError, Tran
 from btrsync.targets.registry import open_target
 from btrsync.targets.retry import RetryingTarget
 from btrsync.targets.safety import SymlinkInTarget
-from btrsync.targets.ssh import SshTarget
+from btrsync.targets.ssh.target import SshTarget
 from tests.support.b2proxy import B2RulesProxy
 from tests.support.faultfs import FaultFS
 from tests.support.sshd import SshServer

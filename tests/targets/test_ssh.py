@@ -32,8 +32,12 @@ from btrsync.targets.errors import (
 )
 from btrsync.targets.local import LocalTarget
 from btrsync.targets.retry import RetryPolicy
-from btrsync.targets.ssh import PARTIAL_DIR, SshTarget, TransferStats, remote_root
-from btrsync.targets.sshconn import SshConfig, SshConnection, remote_error, rsync_error, ssh_error
+from btrsync.targets.ssh.connection import SshConfig, SshConnection
+from btrsync.targets.ssh.errors import remote_error, rsync_error, ssh_error
+from btrsync.targets.ssh.parsers import TransferStats
+from btrsync.targets.ssh.scripts import PARTIAL_DIR
+from btrsync.targets.ssh.settings import remote_root
+from btrsync.targets.ssh.target import SshTarget
 from btrsync.targets.url import parse_url
 from tests.support.sshd import SshServer, free_port
 from tests.targets.factories_ssh import open_ssh_target, ssh_server
@@ -514,23 +518,23 @@ def test_numbers_from_the_remote_are_ascii_digits_only() -> None:
     """``str.isdigit`` takes '²' (and other digits ``int`` refuses): a remote answering one crashed
     the caller with ValueError instead of a TargetError or a skipped entry."""
     from btrsync.targets.errors import TargetError
-    from btrsync.targets.ssh import _parse_int, _parse_listing, _parse_temporaries
+    from btrsync.targets.ssh.parsers import parse_int, parse_listing, parse_temporaries
 
     with pytest.raises(TargetError):
-        _parse_int("\u00b2".encode(), "x")
+        parse_int("\u00b2".encode(), "x")
     records = "f\t./backups/a/manifest\t\u00b2\t1:2\0f\t./backups/b/manifest\t12\t3:1700000000.5\0".encode()
-    parsed = list(_parse_listing(records))
+    parsed = list(parse_listing(records))
     assert parsed[0][2] is None and parsed[1][2] is not None and parsed[1][2].size == 12
-    assert list(_parse_temporaries("x.tmp-1\t5\tnan\0y.tmp-2\t\u00b3\t1\0".encode())) == []
+    assert list(parse_temporaries("x.tmp-1\t5\tnan\0y.tmp-2\t\u00b3\t1\0".encode())) == []
 
 
 def test_a_remote_that_answers_without_end_is_stopped(target: SshTarget, monkeypatch: pytest.MonkeyPatch) -> None:
     """Remote output was read whole into memory: a server answering without end (hostile, or a
     login script gone wrong) exhausted it.  It is stopped at the cap, and ssh does not linger."""
-    from btrsync.targets import sshconn
     from btrsync.targets.errors import TargetError
+    from btrsync.targets.ssh import connection
 
-    monkeypatch.setattr(sshconn, "MAX_OUTPUT", 1 << 20)
+    monkeypatch.setattr(connection, "MAX_OUTPUT", 1 << 20)
     with pytest.raises(TargetError, match="answered more than 1048576 bytes"):
         target.conn.run("yes", timeout=60)
     assert _children("ssh") == []

@@ -21,7 +21,7 @@ targets, a ``put`` whose transfer finally fails deliberately leaves its hidden p
 the next ``put`` of the key; ``leftovers`` (``list_temporaries``) and ``remove_leftover``
 (``remove_temporary``) let ``btrsync clean`` remove stale ones.  Small operations (``get``,
 ``stat``, ``list``, ``delete``) are single remote commands run over one shared ssh master
-connection (:mod:`btrsync.targets.sshconn`).
+connection (:mod:`btrsync.targets.ssh.connection`).
 
 Safety rules shared with the directory target (:mod:`btrsync.targets.safety`): listings fail
 closed (one remote ``find -P``; any error it meets raises, only a missing root or prefix is
@@ -50,11 +50,10 @@ import threading
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Self
 
-from btrsync.errors import ConfigError, TargetMissingError, UsageError
+from btrsync.errors import ConfigError, TargetMissingError
 from btrsync.fdio import write_all
 from btrsync.targets.base import (
     TEMP_MARKER,
@@ -63,7 +62,6 @@ from btrsync.targets.base import (
     ObjectInfo,
     Target,
     check_range,
-    from_timestamp,
     validate_key,
     validate_prefix,
 )
@@ -74,13 +72,29 @@ from btrsync.targets.errors import (
     TransientTargetError,
 )
 from btrsync.targets.retry import RetryPolicy
-from btrsync.targets.safety import SymlinkInTarget, refuse_system_dir
-from btrsync.targets.sshconn import (
+from btrsync.targets.safety import SymlinkInTarget
+from btrsync.targets.ssh.connection import SshConfig, SshConnection
+from btrsync.targets.ssh.errors import remote_error, rsync_error, ssh_error
+from btrsync.targets.ssh.parsers import (
+    TemporaryUpload,
+    TransferStats,
+    intended_key,
+    is_count,
+    leftover_kind,
+    parse_int,
+    parse_listing,
+    parse_mtime,
+    parse_stats,
+    parse_temporaries,
+    symlink_path,
+)
+from btrsync.targets.ssh.scripts import (
     COMMIT_FAILED,
     MISSING,
     NO_RSYNC,
     NOT_A_DIRECTORY,
     NOT_WRITABLE,
+    PARTIAL_DIR,
     READ_BLOCK,
     ROOT_MISSING_TEXT,
     SIZE_MISMATCH,
@@ -88,16 +102,14 @@ from btrsync.targets.sshconn import (
     SYMLINK_TEXT,
     UPLOAD_SUFFIX,
     RemoteScripts,
-    SshConfig,
-    SshConnection,
+)
+from btrsync.targets.ssh.settings import (
+    checked_rsync_options,
     config_from_settings,
-    remote_error,
-    rsync_error,
+    remote_root,
     setting_int,
     setting_path,
     setting_str,
-    setting_strings,
-    ssh_error,
 )
 
 if TYPE_CHECKING:
@@ -105,34 +117,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PARTIAL_DIR = f"{TEMP_MARKER}rsync-partial"  # rsync --partial-dir, relative to the key's directory
 _TEMP_RE = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
-_RSYNC_TEMP_RE = re.compile(rf"^\.(.+){re.escape(UPLOAD_SUFFIX)}\.[A-Za-z0-9]{{6}}$")  # rsync's own
-_STAT_RE = re.compile(r"^(Literal data|Matched data|Total bytes sent): ([0-9]+)", re.MULTILINE)
-_SYMLINK_RE = re.compile(rf"{re.escape(SYMLINK_TEXT)}: (.*)")
 
 #: bytes per second for rsync's ``--bwlimit`` (``None``: unlimited), asked at each transfer's start
 RateLimit = Callable[[], "float | None"]
-
-
-@dataclass(frozen=True, slots=True)
-class TransferStats:
-    """What rsync reported for one upload (logged at DEBUG as ``extra={"transfer": stats}``)."""
-
-    key: str
-    size: int
-    literal: int  # bytes sent as data
-    matched: int  # bytes rebuilt on the remote from an earlier partial upload
-    sent: int  # bytes on the wire from this side, protocol included
-
-
-@dataclass(frozen=True, slots=True)
-class TemporaryUpload:
-    """A leftover of an interrupted upload; ``path`` is relative to the target root."""
-
-    path: str
-    size: int
-    mtime: float
 
 
 class SshTarget(Target):
@@ -183,7 +171,7 @@ class SshTarget(Target):
             config_from_settings(parsed.host, parsed.user, parsed.port, settings),
             remote_root(parsed.path),
             spool_dir=setting_path(settings, "spool_dir"),
-            rsync_options=_rsync_options(settings),
+            rsync_options=checked_rsync_options(settings),
             io_timeout=setting_int(settings, "io_timeout", 300) or 300,
             remote_rsync=setting_str(settings, "remote_rsync") or "rsync",
             policy=RetryPolicy(attempts=setting_int(settings, "max_attempts", 5) or 5),
@@ -235,7 +223,7 @@ class SshTarget(Target):
         is never ``NotFound`` (a find that could not read a directory is not an empty one)."""
         result = self.conn.run(script, timeout=self.io_timeout)
         if result.returncode == SYMLINK:
-            self._warn_symlink(_symlink_path(result.stderr))
+            self._warn_symlink(symlink_path(result.stderr))
             return None
         if result.returncode != 0:
             error = remote_error(result.stderr, f"{what} on {self.display_url}")
@@ -249,7 +237,7 @@ class SshTarget(Target):
         return result.stdout
 
     def _symlink_error(self, stderr: str) -> SymlinkInTarget:
-        return SymlinkInTarget(self.display_url, _symlink_path(stderr))
+        return SymlinkInTarget(self.display_url, symlink_path(stderr))
 
     def _warn_symlink(self, path: str) -> None:
         log.warning("symlink in target %s not followed, skipped: %s (btrsync never follows links "
@@ -290,7 +278,7 @@ class SshTarget(Target):
         """Bytes available to the ssh user in the root's filesystem; ``None`` if unknown."""
         result = self.conn.run(self.scripts.free_space(), timeout=self.io_timeout)
         lines = result.stdout.decode(errors="replace").split()
-        if result.returncode != 0 or not lines or not _is_count(lines[-1]):
+        if result.returncode != 0 or not lines or not is_count(lines[-1]):
             log.debug("free space unknown url=%s error=%s", self.display_url, result.stderr.strip())
             return None
         return int(lines[-1])
@@ -333,7 +321,7 @@ class SshTarget(Target):
         where = self._where(key)
         out = self._run(self.scripts.stat(validate_key(key)), where)
         size, _, mtime = out.decode(errors="replace").strip().partition(" ")
-        return ObjectInfo(key, _parse_int(size.encode(), where), modified=_parse_mtime(mtime))
+        return ObjectInfo(key, parse_int(size.encode(), where), modified=parse_mtime(mtime))
 
     def first_files(self, limit: int = 3) -> builtins.list[str]:
         """Up to ``limit`` files below the root, whatever their names (one remote ``find``)."""
@@ -344,7 +332,7 @@ class SshTarget(Target):
         """The remote filesystem's time, as it stamps a file made now; ``None`` if the root
         cannot be written or the answer is not a time."""
         result = self.conn.run(self.scripts.clock(), timeout=self.io_timeout)
-        now = _parse_mtime(result.stdout.decode(errors="replace").strip()) if result.returncode == 0 else None
+        now = parse_mtime(result.stdout.decode(errors="replace").strip()) if result.returncode == 0 else None
         if now is None:
             log.debug("cannot read the clock of %s: %s", self.display_url, result.stderr.strip()[:200])
         return now
@@ -359,7 +347,7 @@ class SshTarget(Target):
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         out = self._run_listing(self.scripts.listing(base), f"list {prefix or 'everything'!r}")
         found: builtins.list[ObjectInfo] = []
-        for kind, path, info in _parse_listing(out or b""):
+        for kind, path, info in parse_listing(out or b""):
             if kind == "l":
                 self._warn_symlink(path)
             elif info is not None and info.key.startswith(prefix):
@@ -377,7 +365,7 @@ class SshTarget(Target):
         An upload in progress in another process shows up too: look at ``mtime`` before removing.
         """
         out = self._run_listing(self.scripts.temporaries(), "list temporary files")
-        return sorted(_parse_temporaries(out or b""), key=lambda t: t.path)
+        return sorted(parse_temporaries(out or b""), key=lambda t: t.path)
 
     def remove_temporary(self, path: str) -> None:
         """Remove one file named by ``list_temporaries`` and the directories it leaves empty."""
@@ -392,7 +380,7 @@ class SshTarget(Target):
     def leftovers(self) -> builtins.list[Leftover]:
         """``list_temporaries`` as ``Leftover``s, each with the key it was meant to become."""
         return [
-            Leftover(_leftover_kind(t.path), _intended_key(t.path), t.size, t.path)
+            Leftover(leftover_kind(t.path), intended_key(t.path), t.size, t.path)
             for t in self.list_temporaries()
         ]
 
@@ -498,7 +486,7 @@ class SshTarget(Target):
         stderr = proc.stderr.decode(errors="replace")
         if proc.returncode != 0:
             raise self._upload_error(proc.returncode, stderr, key)
-        return _parse_stats(key, size, proc.stdout.decode(errors="replace"))
+        return parse_stats(key, size, proc.stdout.decode(errors="replace"))
 
     def _upload_error(self, returncode: int, stderr: str, key: str) -> BaseException:
         """Classify a failed upload: missing root, failed commit, or an rsync/ssh failure."""
@@ -544,7 +532,7 @@ class SshTarget(Target):
         """The size line the remote snippet prints first; errors when there is none."""
         assert proc.stdout is not None
         header = proc.stdout.readline(64)
-        if _is_count(header.strip().decode(errors="replace")):
+        if is_count(header.strip().decode(errors="replace")):
             return int(header)
         if header:  # something else talks on stdout, e.g. a login script
             raise TargetError(
@@ -568,56 +556,6 @@ class SshTarget(Target):
         return remote_error(stderr, self._where(key))
 
 
-# -- helpers ----------------------------------------------------------------------------------
-def remote_root(url_path: str) -> str:
-    """The remote root from a URL path: ``/abs/path``, or ``/~/rel`` for a path under home."""
-    if "\0" in url_path or "\n" in url_path:
-        raise UsageError("ssh target path must not contain NUL or newline characters")
-    if url_path == "/~" or url_path.startswith("/~/"):
-        root = url_path[3:].strip("/")
-        if root and posixpath.normpath(root) == ".":
-            raise UsageError(
-                f"refusing ssh target directory {url_path}: it is the remote home directory itself; "
-                "use a dedicated directory, e.g. ssh://host/~/backups"
-            )
-    else:
-        root = url_path.rstrip("/")
-        if url_path.startswith("/"):
-            refuse_system_dir(url_path, "ssh target directory", resolve=False)
-    if not root:
-        raise UsageError("ssh URL must name a directory: ssh://[user@]host[:port]/path")
-    return root
-
-
-def _intended_key(path: str) -> str:
-    """The object key a temporary file was meant to become (``a/.tmp-rsync-partial/k.tmp-upload``,
-    ``a/.k.tmp-upload.XyZ123`` and ``a/k.tmp-upload`` all belong to ``a/k``)."""
-    directory, name = posixpath.split(path)
-    if posixpath.basename(directory) == PARTIAL_DIR:
-        directory = posixpath.dirname(directory)
-    match = _RSYNC_TEMP_RE.match(name)
-    stem = match.group(1) if match else name.split(TEMP_MARKER)[0]
-    return posixpath.join(directory, stem)
-
-
-def _leftover_kind(path: str) -> str:
-    if f"/{PARTIAL_DIR}/" in f"/{path}" or _RSYNC_TEMP_RE.match(posixpath.basename(path)):
-        return "partial upload"
-    return "temporary file"
-
-
-def _rsync_options(settings: Mapping[str, Any]) -> tuple[str, ...]:
-    """The ``rsync_options`` setting, refusing the options the target itself depends on."""
-    options = setting_strings(settings, "rsync_options")
-    reserved = ("-e", "--rsh", "--rsync-path", "--partial-dir", "--inplace", "--append")
-    for option in options:
-        if option.split("=", 1)[0] in reserved:
-            raise ConfigError(
-                f"rsync option {option!r} is set by the ssh target itself; use the ssh_options "
-                "or remote_rsync settings instead"
-            )
-    return options
-
 
 def default_spool_parent() -> str:
     """``$TMPDIR`` if set, else ``/var/tmp`` (disk-backed, unlike a tmpfs ``/tmp``)."""
@@ -629,77 +567,6 @@ def default_spool_parent() -> str:
 def _write_parts(fd: int, parts: Iterable[bytes]) -> int:
     return sum(write_all(fd, part) for part in parts)
 
-
-def _parse_int(out: bytes, where: str) -> int:
-    text = out.decode(errors="replace").strip()
-    if not _is_count(text):
-        raise TargetError(f"unexpected answer from the remote host for {where}: {text[:80]!r}")
-    return int(text)
-
-
-def _parse_listing(out: bytes) -> Iterator[tuple[str, str, ObjectInfo | None]]:
-    """``(kind, path, info)`` per NUL-terminated record of :meth:`RemoteScripts.listing`:
-    ``f`` files (``info`` is ``None`` for a name that is not a valid key) and ``l`` symlinks."""
-    for record in out.decode(errors="replace").split("\0"):
-        kind, _, rest = record.partition("\t")
-        if kind == "l":
-            yield "l", rest.removeprefix("./"), None
-        elif kind == "f":
-            # size and version come last, so a name with a tab cannot shift them
-            path, size, version = rest.rsplit("\t", 2) if rest.count("\t") >= 2 else (rest, "", "")
-            key = path.removeprefix("./")
-            try:
-                validate_key(key)
-            except InvalidKey:
-                yield "f", key, None
-                continue
-            if not _is_count(size):
-                yield "f", key, None
-                continue
-            yield "f", key, ObjectInfo(key, int(size), version or None, _parse_mtime(version.partition(":")[2]))
-
-
-_COUNT = re.compile(r"[0-9]{1,20}")
-_TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
-
-
-def _is_count(text: str) -> bool:
-    """ASCII digits only (``str.isdigit`` also takes ``²`` and other digits ``int`` refuses)."""
-    return _COUNT.fullmatch(text) is not None
-
-
-def _parse_mtime(text: str) -> datetime | None:
-    """Seconds since the epoch (``%Y``, or find's ``%T@`` with a fraction); ``None`` otherwise."""
-    try:
-        return from_timestamp(float(text)) if _TIMESTAMP.fullmatch(text) else None
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
-def _symlink_path(stderr: str) -> str:
-    """The path a remote snippet named after ``SYMLINK_TEXT``."""
-    match = _SYMLINK_RE.search(stderr)
-    return match.group(1).strip() if match else "(a path in the target)"
-
-
-def _parse_temporaries(out: bytes) -> Iterator[TemporaryUpload]:
-    """NUL-terminated ``path<TAB>size<TAB>mtime`` records; odd names that cannot be parsed are
-    skipped."""
-    for line in out.decode(errors="replace").split("\0"):
-        fields = line.rsplit("\t", 2)
-        if len(fields) == 3 and _is_count(fields[1]) and _TIMESTAMP.fullmatch(fields[2]):
-            yield TemporaryUpload(fields[0], int(fields[1]), float(fields[2]))
-
-
-def _parse_stats(key: str, size: int, output: str) -> TransferStats:
-    values = {name: int(value) for name, value in _STAT_RE.findall(output)}
-    return TransferStats(
-        key,
-        size,
-        values.get("Literal data", -1),
-        values.get("Matched data", -1),
-        values.get("Total bytes sent", -1),
-    )
 
 
 def _unlink_quietly(path: str) -> None:
