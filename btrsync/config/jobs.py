@@ -37,6 +37,7 @@ class JobTarget:
     window: BackupWindow | None  # None: the job's
     backfill: bool
     verify: VerifyModel
+    copy_from: str | None = None  # copy from this target (a [targets.*] name or URL) instead of pushing
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,26 @@ def _resolve_target(tname: str, t: JobTargetModel, job: JobModel, profile: Any, 
         every=TargetEvery.parse(t.every) if t.every else None,
         window=BackupWindow.parse(t.window, job.timezone) if t.window is not None else None,
         backfill=t.backfill, verify=t.verify or job.verify,
+        copy_from=_copy_source(t.copy_from, tname, where, targets),
     )
+
+
+def _copy_source(source: str | None, tname: str, where: str, targets: Mapping[str, Any]) -> str | None:
+    """``copy_from``: another configured target or a URL, never the target itself."""
+    if source is None:
+        return None
+    if source not in targets and "://" not in source:
+        raise ConfigError(f"{where} copy_from: no [targets.{source}] in the configuration "
+                          f"(configured: {', '.join(sorted(targets)) or 'none'}) and not a URL")
+
+    def url(name: str) -> str:
+        settings = targets.get(name)
+        return str(settings.get("url", name)).rstrip("/") if isinstance(settings, dict) else name.rstrip("/")
+
+    if source == tname or url(source) == url(tname):
+        raise ConfigError(f"{where} copy_from: {source!r} is this target itself; copy_from names the target "
+                          "whose backups this one receives")
+    return source
 
 
 def _profile_policy(profile: Any, tname: str, targets: Mapping[str, Any]) -> Policy | None:

@@ -140,6 +140,8 @@ class JobTargetModel(_Strict):
     window: Windows | None = Field(None, description="this target's own window; default: the job's")
     backfill: bool = Field(False, description="also send older snapshots retention would not keep")
     verify: VerifyModel | None = Field(None, description="this target's verification; default: the job's")
+    copy_from: str | None = Field(None, min_length=1, description="copy the job's backups from this other target "
+                                                                  "([targets.*] name or URL) instead of pushing")
 
     @field_validator("every")
     @classmethod

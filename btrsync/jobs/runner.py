@@ -34,6 +34,7 @@ from btrsync.config.timespan import timespan
 from btrsync.errors import BtrsyncError, LockedError
 from btrsync.jobs import hooks as hooklib
 from btrsync.jobs.coordination import job_lock, push_slot
+from btrsync.jobs.copy_run import CopyRun
 from btrsync.jobs.env import OpenRepository, RunEnv
 from btrsync.jobs.inhibit import sleep_inhibited
 from btrsync.jobs.metrics import write_metrics_safely
@@ -262,6 +263,8 @@ class JobRun:
 
 def target_run(ctx: JobContext, jt: JobTarget) -> TargetRun:
     """The run of one target of the job: a push, or a copy for a target with ``copy_from``."""
+    if jt.copy_from is not None:
+        return CopyRun(ctx, jt)
     return PushRun(ctx, jt)
 
 
