@@ -81,10 +81,16 @@ def check_mountpoint(path: Path, *, allow_non_empty: bool) -> Path:
     if not os.path.isdir(path) or not (st.st_mode & 0o170000 == 0o040000):
         raise UsageError(f"mount point {path} is not a directory")
     real = os.path.realpath(path)
+    try:
+        entries = os.listdir(path)
+    except OSError as exc:  # its attributes may still be in the kernel's cache: listing asks the server
+        if exc.errno == errno.ENOTCONN:
+            raise UsageError(f"{path} is a FUSE mount whose server is gone (a killed 'btrsync mount'?): unmount "
+                             f"it with 'fusermount3 -u {path}' (or 'umount {path}' as root), then mount again") from None
+        raise UsageError(f"mount point {path}: {exc.strerror}") from None
     if real in mount_points():
         raise UsageError(f"something is mounted at {path} already ('findmnt {path}' says what); unmount it or "
                          "choose another directory")
-    entries = os.listdir(path)
     if entries and not allow_non_empty:
         raise UsageError(f"{path} is not empty ({len(entries)} entries): the mount would hide them; choose an empty "
                          "directory, or pass --allow-non-empty to mount over them anyway")
@@ -95,8 +101,9 @@ def fusermount() -> str | None:
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
-def unmount(mountpoint: Path) -> bool:
-    """Unmount; a busy mount is detached lazily.  True when nothing is mounted there any more."""
+def unmount(mountpoint: Path) -> str:
+    """Unmount: ``"done"``, ``"detached"`` (it was busy: detached lazily, the server still has
+    the processes that hold it) or ``"failed"``."""
     tool = fusermount()
     for lazy in (False, True):
         if tool is not None:
@@ -108,9 +115,9 @@ def unmount(mountpoint: Path) -> bool:
             if lazy:
                 log.warning("%s was busy (a process has a file or its working directory in it): detached it; "
                             "those processes now get errors from it", mountpoint)
-            return True
+            return "detached" if lazy else "done"
         log.debug("%s: %s", " ".join(argv), done.stderr.strip())
-    return str(mountpoint) not in mount_points()
+    return "failed" if str(mountpoint) in mount_points() else "done"
 
 
 def _abort_connection(dev: int) -> None:
@@ -161,6 +168,7 @@ def serve(repo: Repository, mountpoint: Path, load_tree: LoadTree, options: Moun
     cache = ContentCache(repo, cache_fd, options.cache_size, workers=options.workers)
     result = Mounted(mountpoint, len(ns.backups), ns.skipped, cache.stats)
     ready = threading.Event()
+    ended = threading.Event()  # not Thread.is_alive(): a join() cut short by a signal can leave it False
     failure: list[BaseException] = []
     ops = operations(binding, ns, cache)
     ops.init = lambda path: ready.set()  # the kernel has the mount: requests may come
@@ -175,9 +183,12 @@ def serve(repo: Repository, mountpoint: Path, load_tree: LoadTree, options: Moun
     def run() -> None:
         try:
             fuse_class(binding)(ops, str(mountpoint), **fuse_options)
+            log.debug("the FUSE server at %s ended", mountpoint)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            log.debug("the FUSE server at %s failed: %r", mountpoint, exc)
             failure.append(exc)
         finally:
+            ended.set()
             ready.set()
 
     thread = threading.Thread(target=run, name="btrsync-fuse", daemon=True)
@@ -186,23 +197,23 @@ def serve(repo: Repository, mountpoint: Path, load_tree: LoadTree, options: Moun
         thread.start()
         while not ready.wait(0.5):
             pass
-        if failure or not thread.is_alive():
+        if failure or ended.is_set():
             raise MountError(f"cannot mount at {mountpoint}: {failure[0] if failure else 'libfuse gave up'} "
                              "(is the fuse module loaded and /dev/fuse there?)")
         dev = os.stat(mountpoint).st_dev
         if on_ready is not None:
             on_ready(result)
-        while thread.is_alive():
-            thread.join(0.5)
+        while not ended.wait(0.5):
+            pass
         if failure:
             raise MountError(f"the FUSE server at {mountpoint} failed: {failure[0]}")
         return result
     finally:
-        if thread.is_alive():
-            unmount(mountpoint)
-            thread.join(UNMOUNT_WAIT)
-            if thread.is_alive() and dev is not None:
+        if thread.ident is not None and not ended.is_set():
+            log.debug("unmounting %s", mountpoint)
+            how = unmount(mountpoint)
+            if not ended.wait(UNMOUNT_WAIT if how == "done" else 1.0) and dev is not None:
                 _abort_connection(dev)
-                thread.join(UNMOUNT_WAIT)
+                ended.wait(UNMOUNT_WAIT)
         os.close(cache_fd)
         shutil.rmtree(cache_dir, ignore_errors=True)
