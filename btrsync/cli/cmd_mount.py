@@ -17,8 +17,8 @@ from btrsync.ops.files import tree_of
 from btrsync.units import format_bytes, parse_size
 
 
-def _load_tree(repo: Repository, chain: list[Manifest]) -> FileTree:
-    return tree_of(repo, chain, with_ops=True)[0]
+def _load_tree(repo: Repository, chain: list[Manifest]) -> tuple[FileTree, int]:
+    return tree_of(repo, chain, with_ops=True)
 
 
 @click.command("mount", epilog=EXIT_STATUS_HELP)
@@ -76,7 +76,7 @@ def mount_cmd(app: App, mountpoint: Path, source: str, cache_dir: Path | None, c
     with app.repository(source) as repo:
         done = serve(repo, mountpoint, _load_tree, options, on_ready=ready)
     click.echo(f"btrsync: unmounted {done.mountpoint}; read {format_bytes(done.fetched.stored_bytes)} of chunks "
-               f"for {done.fetched.files} file(s)", err=True)
+               f"for {done.fetched.files} file(s) and {format_bytes(done.index_bytes)} of file indexes", err=True)
 
 
 COMMANDS = [mount_cmd]

@@ -35,7 +35,7 @@ INO_SHIFT = 40
 TYPE_BITS = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "c": stat.S_IFCHR, "b": stat.S_IFBLK,
              "p": stat.S_IFIFO, "s": stat.S_IFSOCK}
 
-LoadTree = Callable[[Repository, list[Manifest]], FileTree]
+LoadTree = Callable[[Repository, list[Manifest]], tuple[FileTree, int]]  # the tree, stored index bytes read
 
 
 class Unavailable(Exception):
@@ -99,6 +99,7 @@ class Namespace:
         self._trees: OrderedDict[int, FileTree] = OrderedDict()
         self._lock = threading.Lock()
         self._blocks: dict[int, int] = {}
+        self.index_bytes = 0  # stored bytes of file indexes read (each replay of a tree counts)
         self.backups: list[Backup] = []
         url = repo.target.display_url
         for d in catalog.damaged:
@@ -151,13 +152,14 @@ class Namespace:
                 if backup.problem is not None:
                     raise Unavailable(backup.problem)
                 try:
-                    tree = self._load(self.repo, backup.chain)
+                    tree, read = self._load(self.repo, backup.chain)
                 except BtrsyncError as exc:
                     backup.problem = str(exc)
                     log.error("backup %s cannot be shown: %s", backup.manifest.backup_id, exc)
                     raise Unavailable(backup.problem) from None
             backup.top = tree.root.inode
             with self._lock:
+                self.index_bytes += read
                 self._trees[backup.base] = tree
                 self._trees.move_to_end(backup.base)
                 while len(self._trees) > self.keep_trees:

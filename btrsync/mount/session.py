@@ -65,6 +65,7 @@ class Mounted:
     backups: int
     skipped: list[str]
     fetched: FetchStats
+    index_bytes: int = 0  # stored bytes of file indexes read
 
 
 def check_mountpoint(path: Path, *, allow_non_empty: bool) -> Path:
@@ -209,11 +210,22 @@ def serve(repo: Repository, mountpoint: Path, load_tree: LoadTree, options: Moun
             raise MountError(f"the FUSE server at {mountpoint} failed: {failure[0]}")
         return result
     finally:
+        result.index_bytes = ns.index_bytes
+        log.info("read for contents: %d stored bytes in %d chunks for %d files; file indexes: %d stored bytes",
+                 cache.stats.stored_bytes, cache.stats.chunks, cache.stats.files, ns.index_bytes)
+        _close(thread, ended, mountpoint, dev, cache_fd, cache_dir)
+
+
+def _close(thread: threading.Thread, ended: threading.Event, mountpoint: Path, dev: int | None, cache_fd: int,
+           cache_dir: Path) -> None:
+    """Unmount when still mounted, wait for the server thread, remove the cache."""
+    try:
         if thread.ident is not None and not ended.is_set():
             log.debug("unmounting %s", mountpoint)
             how = unmount(mountpoint)
             if not ended.wait(UNMOUNT_WAIT if how == "done" else 1.0) and dev is not None:
                 _abort_connection(dev)
                 ended.wait(UNMOUNT_WAIT)
+    finally:
         os.close(cache_fd)
         shutil.rmtree(cache_dir, ignore_errors=True)
