@@ -24,6 +24,7 @@ from benchmarks import (
     bench_files,
     bench_incremental,
     bench_memory,
+    bench_mount,
     bench_parser,
     bench_push,
     bench_restore,
@@ -62,6 +63,7 @@ BENCHMARKS = {
     "files": (10, bench_files, "File index: ls of 100,000 files, one file out of a 1 GiB backup"),
     "s3": (11, bench_s3, "Push and restore over S3 (SeaweedFS on loopback), peak RSS"),
     "s3rss": (12, bench_s3rss, "Peak RSS of an S3 push against the stream size (full mode only)"),
+    "mount": (14, bench_mount, "btrsync mount: first byte deep in a large tree, bytes read for one file"),
     "storage": (13, bench_storage, "Storage over 120+ dated days under one GFS policy: tree, linear, btrfs2s3, restic"),
 }
 NEEDS_DISK = {"quick": 3 * GiB, "full": 24 * GiB}
