@@ -4,7 +4,8 @@ Each segment is one atomic ``target.put`` running on a thread of its own and fed
 through a small bounded queue, so that the slow end of one segment (an fsync, a multipart
 completion, an rsync) overlaps with sealing and sending the next one.  At most
 ``max_inflight`` segment puts run at once; segments are acknowledged (``on_segment``) strictly in
-order, each after its ``put`` has returned, i.e. after it is durable.
+order, each on its put's thread as soon as its ``put`` has returned (it is durable) and the
+previous segment's acknowledgement has run: a segment's index never waits for the next segment.
 """
 
 from __future__ import annotations
@@ -42,10 +43,24 @@ class _SegmentPut:
     future: Future[ObjectInfo] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)  # wakes a throttled wait on abort
 
-    def start(self, pool: ThreadPoolExecutor, target: Target, backup_id: str,
-              bucket: TokenBucket | None) -> None:
-        self.future = pool.submit(target.put, segment_key(backup_id, self.segment),
-                                  throttle(self._frames(), bucket, self.cancel))
+    def start(self, pool: ThreadPoolExecutor, target: Target, backup_id: str, bucket: TokenBucket | None,
+              previous: _SegmentPut | None,
+              on_segment: Callable[[int, list[ChunkRecord]], None] | None) -> None:
+        self.future = pool.submit(self._put, target, segment_key(backup_id, self.segment),
+                                  throttle(self._frames(), bucket, self.cancel), previous, on_segment)
+
+    def _put(self, target: Target, key: str, parts: Iterator[bytes], previous: _SegmentPut | None,
+             on_segment: Callable[[int, list[ChunkRecord]], None] | None) -> ObjectInfo:
+        """The put, then ``on_segment`` as soon as it is durable and the previous segment's has run
+        (in order; not if the previous one failed): a segment's index never waits for the next
+        segment to be written, so a kill loses only what was not durable yet."""
+        info = target.put(key, parts)
+        if previous is not None:
+            assert previous.future is not None
+            previous.future.result()  # started before us on the pool: no deadlock
+        if on_segment is not None:
+            on_segment(self.segment, self.records)  # complete: the producer ended us before put returned
+        return info
 
     def _frames(self) -> Iterator[bytes]:
         while (item := self.queue.get()) is not _END:
@@ -105,8 +120,8 @@ def write_segments(
 ) -> int:
     """Store chunks in order as ``data/<id>/<NNNNNN>`` objects of about ``segment_size`` bytes.
 
-    A chunk never spans segments.  ``on_segment(n, records)`` runs, in order, after segment ``n``
-    is durable; records are not kept beyond that, so memory does not grow with the stream.
+    A chunk never spans segments.  ``on_segment(n, records)`` runs, in order, as soon as segment
+    ``n`` is durable, on the thread of its put (never two at once); records are not kept beyond that, so memory does not grow with the stream.
     ``may_start(n)`` is asked before segment ``n`` is started and refuses it by raising (the run's
     ``window_end = "stop"``): nothing of that segment is stored, and the error ends the writing
     like any other.  Returns the number of the next segment.  On any error no partial segment
@@ -124,13 +139,14 @@ def write_segments(
                     if current is not None:
                         current.end()
                     while len(inflight) >= limit:
-                        _finish(inflight.popleft(), on_segment)
+                        _finish(inflight.popleft())
                     if may_start is not None:
                         may_start(number)
+                    previous = inflight[-1] if inflight else None
                     current = _SegmentPut(number)
                     number += 1
                     inflight.append(current)  # before start: an abort must reach every started put
-                    current.start(pool, target, backup_id, bucket)
+                    current.start(pool, target, backup_id, bucket, previous, on_segment)
                 current.records.append(ChunkRecord(current.segment, current.size, len(frame), chunk.raw_size,
                                                    chunk.stored_xxh3, chunk.raw_xxh3))
                 current.feed(frame)
@@ -140,7 +156,7 @@ def write_segments(
             if current is not None:
                 current.end()
             while inflight:
-                _finish(inflight.popleft(), on_segment)
+                _finish(inflight.popleft())
         except BaseException:
             for put in inflight:
                 put.abort()
@@ -148,8 +164,6 @@ def write_segments(
     return number
 
 
-def _finish(put: _SegmentPut, on_segment: Callable[[int, list[ChunkRecord]], None] | None) -> None:
+def _finish(put: _SegmentPut) -> None:
     assert put.future is not None
-    put.future.result()
-    if on_segment is not None:
-        on_segment(put.segment, put.records)
+    put.future.result()  # durable, and its on_segment has run

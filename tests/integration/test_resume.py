@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+import btrsync
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import write_index
 from btrsync.catalog.manifest import ChunkRecord
@@ -82,4 +84,56 @@ def test_changed_settings_are_not_resumed(world: World) -> None:
     run = world.push("--json")
     assert run.code == 0, run.err
     assert run.json()["backups"][0]["resumed_bytes"] == 0
+    _restored_equals_original(world)
+
+
+_KILLED_AT_A_BOUNDARY = """
+import os, signal, sys, time
+from pathlib import Path
+from btrsync.catalog.repository import Repository
+from btrsync.crypto.keys import load_key_file
+from btrsync.ops.push import PushSettings, push
+from btrsync.targets.local import LocalTarget
+
+subvol, snapdir, target, key = (Path(a) for a in sys.argv[1:5])
+
+def may_start(segment):
+    # segments 0 and 1 are ended (every frame handed over), segment 2 not started: wait (bounded)
+    # until segment 1 is durable and indexed, then die without any cleanup
+    if segment == 2:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list(target.glob("data/*/000001.idx")):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+repo = Repository.open(LocalTarget(target), load_key_file(key))
+push(subvol, snapdir, repo, PushSettings(chunk_size=64 << 10, segment_size=256 << 10, zstd_level=3,
+                                         may_start_segment=may_start))
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkill_loses_no_durable_segment(world: World) -> None:
+    """SIGKILL right after segment 1 became durable: its index is written already (it does not
+    wait for segment 2), so the next push resumes both segments and sends only the rest."""
+    with open(world.subvol / "big.bin", "wb") as f:
+        f.write(os.urandom(4 << 20))
+    world.snapshot()
+    assert world.push("--dry-run").code == 0  # the repository exists (as the CLI's first push makes it)
+    script = world.target_dir.parent / "killed_push.py"
+    script.write_text(_KILLED_AT_A_BOUNDARY)
+    child = subprocess.run([sys.executable, str(script), str(world.subvol), str(world.snapdir),
+                            str(world.target_dir), str(world.key)], capture_output=True,
+                           env={**os.environ, "PYTHONPATH": str(Path(btrsync.__file__).parents[1])})
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    segments = {f: (world.target_dir / f).stat().st_size for f in world.data_files()
+                if f.startswith("data/") and f[-6:].isdigit()}
+    indexed = [f for f in world.data_files() if f.endswith(".idx")]
+    assert sorted(f[-10:] for f in indexed) == ["000000.idx", "000001.idx"]
+    durable = sum(size for f, size in segments.items() if f[-6:] in ("000000", "000001"))
+    run = world.push("--json")
+    assert run.code == 0, run.err
+    [backup] = run.json()["backups"]
+    assert backup["resumed_bytes"] == durable  # both durable segments, nothing else
+    assert backup["uploaded_bytes"] == backup["stored_bytes"] - durable
     _restored_equals_original(world)

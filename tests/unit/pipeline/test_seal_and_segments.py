@@ -214,3 +214,25 @@ def test_a_failing_put_stops_the_producer_with_its_error() -> None:
     with pytest.raises(QuotaExceeded):
         write_segments(FullTarget(), "bid", sealed(), segment_size=1 << 30)
     assert len(produced) < 20  # the producer was stopped, not run to the end
+
+
+def test_a_segment_is_acknowledged_as_soon_as_it_is_durable() -> None:
+    """Segment 1's ``on_segment`` (the push writes its index there) runs while the producer still
+    fills segment 2: it never waits for a later segment to be started or written."""
+    import threading
+
+    target = MemoryTarget()
+    sealer = ChunkSealer(BINDING, "bid", 0)
+    acked = {n: threading.Event() for n in range(4)}
+    seen_early: list[bool] = []
+
+    def produce():
+        for i in range(8):  # two chunks per segment
+            if i == 5:  # segment 2 has one chunk; segments 0 and 1 are ended
+                seen_early.append(acked[1].wait(timeout=30))
+            yield sealer((i, os.urandom(1000)))
+
+    write_segments(target, "bid", produce(), segment_size=2100,
+                   on_segment=lambda n, recs: acked[n].set())
+    assert seen_early == [True]
+    assert all(e.is_set() for e in acked.values())
