@@ -5,6 +5,7 @@
 # nor network (the rest run in the project's CI and in nix/tests/vm.nix).
 { lib
 , python3Packages
+, installShellFiles
 , btrfs-progs
 , zstd
 , openssh
@@ -19,7 +20,7 @@ python3Packages.buildPythonApplication {
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
-      ../btrsync ../native ../tests ../monitoring ../docs ../setup.py ../pyproject.toml ../README.md
+      ../btrsync ../native ../tests ../monitoring ../docs ../man ../completions ../setup.py ../pyproject.toml ../README.md
     ];
   };
 
@@ -38,6 +39,16 @@ python3Packages.buildPythonApplication {
     jeepney
   ];
 
+  nativeBuildInputs = [ installShellFiles ];
+
+  # man pages and completion scripts are committed (scripts/cli-files writes them from the click
+  # CLI; a test keeps them current), so nothing runs btrsync at build time (cross builds too)
+  postInstall = ''
+    installManPage man/*.1
+    installShellCompletion --cmd btrsync \
+      --bash completions/btrsync.bash --zsh completions/_btrsync --fish completions/btrsync.fish
+  '';
+
   makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ btrfs-progs zstd openssh rsync util-linux ]) ];
 
   nativeCheckInputs = with python3Packages; [ pytestCheckHook hypothesis pytest-timeout ];
@@ -49,7 +60,8 @@ python3Packages.buildPythonApplication {
   '';
   pythonImportsCheck = [ "btrsync" "btrsync.sendstream._native" ];
 
-  # meta.homepage: none yet (the project has no public address); add it with the first release.
+  # meta.homepage: absent on purpose, not a placeholder: the project has no public address yet
+  # (no repository remote, none in README.md or pyproject.toml); add it with the first release.
   # meta.maintainers: empty here; a nixpkgs package lists its maintainers' handles from
   # maintainers/maintainer-list.nix (lib.maintainers.<handle>), added in the same pull request.
   meta = {

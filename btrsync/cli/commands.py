@@ -10,6 +10,7 @@ from __future__ import annotations
 
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "clean": ("cmd_maintenance",),
+    "completion": ("cmd_completion",),
     "config": ("cmd_config",),
     "copy": ("cmd_copy",),
     "demo": ("cmd_demo",),

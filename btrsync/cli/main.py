@@ -12,6 +12,7 @@ import click
 from btrsync import __version__
 from btrsync.cli.app import App
 from btrsync.cli.commands import COMMAND_MODULES
+from btrsync.cli.completion import attach as attach_completers  # light: its readers import lazily
 from btrsync.cli.options import configure_logging
 from btrsync.cli.output import begin_command, emit_json_error
 from btrsync.config.model import DEFAULT_CONFIG
@@ -62,6 +63,7 @@ def _load(*modules: str) -> None:
     for name in modules:
         for command in importlib.import_module(f"btrsync.cli.{name}").COMMANDS:
             if command.name not in cli.commands:
+                attach_completers(command)  # backup ids, target and job names (btrsync/cli/completion.py)
                 cli.add_command(command)
 
 

@@ -431,10 +431,12 @@ let
                       "setuptools" "wheel" "pytestCheckHook" "hypothesis" "pytest-timeout" ] (n: n)
        // { buildPythonApplication = a: a; };
   bin = name: { name = name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
-  p = import ./nix/package.nix { inherit lib; python3Packages = py; btrfs-progs = bin "btrfs-progs"; zstd = bin "zstd";
+  p = import ./nix/package.nix { inherit lib; python3Packages = py; installShellFiles = bin "installShellFiles";
+                                 btrfs-progs = bin "btrfs-progs"; zstd = bin "zstd";
                                  openssh = bin "openssh"; rsync = bin "rsync"; util-linux = bin "util-linux"; };
-in { inherit (p) pname dependencies makeWrapperArgs pythonImportsCheck enabledTestPaths pytestFlags preCheck;
-     meta = { inherit (p.meta) license maintainers mainProgram platforms; }; }
+in { inherit (p) pname dependencies makeWrapperArgs pythonImportsCheck enabledTestPaths pytestFlags preCheck postInstall;
+     nativeBuildInputs = map (d: d.name) p.nativeBuildInputs;
+     meta = { inherit (p.meta) license maintainers mainProgram platforms; hasHomepage = p.meta ? homepage; }; }
 """
 
 
@@ -453,6 +455,16 @@ def test_the_package_has_the_projects_dependencies_and_tools(lib: str, tmp_path:
         assert f"-{tool}/bin" in path, tool
     assert "btrsync.sendstream._native" in pkg["pythonImportsCheck"]
     assert pkg["enabledTestPaths"] == ["tests/unit"] and "rm -r btrsync" in pkg["preCheck"]
+    # the man pages and click's completion scripts, committed (scripts/cli-files), are installed
+    assert pkg["nativeBuildInputs"] == ["installShellFiles"]
+    assert "installManPage man/*.1" in pkg["postInstall"]
+    for shell, file in (("bash", "btrsync.bash"), ("zsh", "_btrsync"), ("fish", "btrsync.fish")):
+        assert f"--{shell} completions/{file}" in pkg["postInstall"] and (ROOT / "completions" / file).is_file()
+    assert len(list((ROOT / "man").glob("btrsync*.1"))) > 30
+    source = (ROOT / "nix" / "package.nix").read_text()
+    assert "../man " in source and "../completions " in source  # in the source the build sees
+    # no public address exists yet (no remote, none in README or pyproject): no placeholder either
+    assert pkg["meta"]["hasHomepage"] is False and "meta.homepage: absent on purpose" in source
 
 
 def test_the_host_in_docs_nixos_md_evaluates_and_passes_config_check(lib: str, tmp_path: Path) -> None:
