@@ -37,3 +37,13 @@ class InvalidKey(TargetError):
 
 class TransientTargetError(TargetError):
     """A timeout, throttling answer, 5xx or reset connection: retrying may succeed."""
+
+
+class ObjectLocked(TargetError):
+    """The object is under a retention lock (S3 Object Lock) that has not expired; nothing was
+    changed.  ``until`` is the retain-until date the store holds (aware UTC), ``mode`` its mode."""
+
+    def __init__(self, message: str, until: object = None, mode: str | None = None) -> None:
+        super().__init__(message)
+        self.until = until
+        self.mode = mode

@@ -21,7 +21,7 @@ COMMON = ("url", "quota", "chain", "full_threshold", "initialize")
 FILE: tuple[str, ...] = ()
 # btrsync.targets.s3.settings.S3Settings
 S3 = ("endpoint", "region", "credentials_file", "profile", "part_size", "max_inflight_parts", "connect_timeout",
-      "read_timeout", "max_attempts", "operation_deadline", "cleanup_timeout")
+      "read_timeout", "max_attempts", "operation_deadline", "cleanup_timeout", "object_lock", "object_lock_margin")
 # btrsync.targets.ssh.settings.config_from_settings and btrsync.targets.ssh.target.SshTarget.from_url
 SSH = ("user", "port", "identity_file", "known_hosts_file", "ssh_config", "ssh_options", "strict_host_key_checking",
        "connect_timeout", "server_alive_interval", "control_persist", "spool_dir", "rsync_options", "io_timeout",
@@ -40,8 +40,8 @@ def kind_of(url: str) -> str | None:
 
 
 def unknown_settings(url: str, settings: Mapping[str, Any]) -> list[str]:
-    """One line per key of ``settings`` a target at ``url`` does not read ('KEY: why'); none for a
-    URL of an unknown kind (opening it says what is wrong)."""
+    """One line per key of ``settings`` a target at ``url`` does not read, or reads but cannot take
+    ('KEY: why'); none for a URL of an unknown kind (opening it says what is wrong)."""
     kind = kind_of(url)
     if kind is None:
         return []
@@ -50,6 +50,8 @@ def unknown_settings(url: str, settings: Mapping[str, Any]) -> list[str]:
     for key in settings:
         name = str(key).replace("-", "_")
         if name in names:
+            if (why := _bad_value(name, settings[key])) is not None:
+                problems.append(f"{key}: {why}")
             continue
         hint = difflib.get_close_matches(name, names, n=1)
         others = [k for k, v in KINDS.items() if name in v]
@@ -60,3 +62,15 @@ def unknown_settings(url: str, settings: Mapping[str, Any]) -> list[str]:
             why += f" (did you mean {hint[0]!r}?)"
         problems.append(f"{key}: {why}; {kind} targets read {', '.join(names)}")
     return problems
+
+
+#: the values of S3 Object Lock (btrsync.targets.s3.objectlock.MODES; docs/immutable.md)
+OBJECT_LOCK_MODES = ("governance", "compliance")
+
+
+def _bad_value(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the value of setting ``name`` (checked here: ``object_lock``, whose
+    typo must not leave a bucket unlocked), or ``None``."""
+    if name == "object_lock" and not (isinstance(value, str) and value.lower() in OBJECT_LOCK_MODES):
+        return f"must be \"governance\" or \"compliance\", not {value!r} (see docs/immutable.md)"
+    return None

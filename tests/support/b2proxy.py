@@ -19,6 +19,13 @@ Faults are injected on demand with :meth:`B2RulesProxy.inject`, for the next N m
   more times than the retry budget to make it stick);
 * ``"forbidden"``: ``403 AccessDenied`` (permanent).
 
+Application key capabilities: :attr:`B2RulesProxy.capabilities` is the key's set (all of
+:data:`CAPABILITIES` by default).  A request that needs one the key lacks is answered ``403
+AccessDenied`` as B2 does, never forwarded (:func:`capability_needed`: deleting a file *version*
+needs ``deleteFiles``, deleting by name only hides the file and needs ``writeFiles``; Object
+Lock retention needs ``writeFileRetentions``).  Remove ``deleteFiles`` to act as a push host's
+write-and-list-only key (docs/immutable.md, "Least privilege").
+
 ``after=N`` lets the first N matching requests through untouched, so a fault can hit, say, the
 second page of a ``ListObjectsV2`` pagination.
 
@@ -94,6 +101,23 @@ _SUBRESOURCE_OPS = {
     ("GET", "versions"): "ListObjectVersions",
     ("GET", "versioning"): "GetBucketVersioning",
     ("PUT", "versioning"): "PutBucketVersioning",
+    ("PUT", "retention"): "PutObjectRetention",
+    ("GET", "retention"): "GetObjectRetention",
+    ("GET", "object-lock"): "GetObjectLockConfiguration",
+    ("POST", "delete"): "DeleteObjects",
+}
+# B2 application key capabilities (https://www.backblaze.com/docs/cloud-storage-application-key-capabilities)
+CAPABILITIES = frozenset(
+    "listBuckets listFiles readFiles writeFiles deleteFiles readBucketRetentions readFileRetentions "
+    "writeFileRetentions bypassGovernance".split()
+)
+_NEEDS = {
+    "ListObjectsV2": "listFiles", "ListObjects": "listFiles", "ListObjectVersions": "listFiles",
+    "ListMultipartUploads": "listFiles", "ListParts": "listFiles", "GetObject": "readFiles",
+    "HeadObject": "readFiles", "PutObject": "writeFiles", "CreateMultipartUpload": "writeFiles",
+    "UploadPart": "writeFiles", "CompleteMultipartUpload": "writeFiles", "AbortMultipartUpload": "writeFiles",
+    "DeleteObjects": "deleteFiles", "PutObjectRetention": "writeFileRetentions",
+    "GetObjectRetention": "readFileRetentions", "GetObjectLockConfiguration": "readBucketRetentions",
 }
 _BUCKET_OPS = {"HEAD": "HeadBucket", "PUT": "CreateBucket", "DELETE": "DeleteBucket"}
 _OBJECT_OPS = {
@@ -116,6 +140,18 @@ def s3_operation(method: str, path: str, query: dict[str, list[str]]) -> str:
             return "ListObjectsV2" if "list-type" in query else "ListObjects"
         return _BUCKET_OPS.get(method, method)
     return _OBJECT_OPS.get(method, method)
+
+
+def capability_needed(op: str, query: dict[str, list[str]], headers: dict[str, str]) -> set[str]:
+    """The B2 key capabilities a request needs (B2's S3-compatible API rules)."""
+    if op == "DeleteObject":  # by name: hides the file (writeFiles); a version: deletes it
+        return {"deleteFiles" if "versionId" in query else "writeFiles"}
+    needed = {_NEEDS[op]} if op in _NEEDS else set()
+    if op in ("PutObject", "CreateMultipartUpload") and "x-amz-object-lock-mode" in headers:
+        needed.add("writeFileRetentions")
+    if headers.get("x-amz-bypass-governance-retention", "").lower() == "true":
+        needed.add("bypassGovernance")
+    return needed
 
 
 def error_xml(code: str, message: str) -> bytes:
@@ -147,6 +183,8 @@ class B2RulesProxy:
             self.max_in_flight: Counter[str] = Counter()
             self.answered: Counter[str] = Counter()
             self.delays = {}
+            self.capabilities: set[str] = set(CAPABILITIES)
+            self.denied: list[str] = []  # "op key" of each request refused for a missing capability
             if not hasattr(self, "part_sizes"):
                 self.part_sizes: dict[str, dict[int, int]] = {}
 
@@ -265,7 +303,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         body = self._read_body()
-        if refusal := self._refusal(op, query, seen, body):
+        missing = capability_needed(op, query, seen.headers) - self.proxy.capabilities
+        if missing:
+            self.proxy.denied.append(f"{op} {urlsplit(seen.path).path}")
+            self._answer(403, {"Content-Type": "application/xml"},
+                         error_xml("AccessDenied", f"not entitled: the key lacks {', '.join(sorted(missing))}"))
+        elif refusal := self._refusal(op, query, seen, body):
             self._answer(400, {"Content-Type": "application/xml"}, refusal)
         elif fault in _ERROR_FAULTS:
             status, code, message = _ERROR_FAULTS[fault]

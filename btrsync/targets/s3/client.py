@@ -7,6 +7,8 @@ retries are off: btrsync's retry layer is the only one that loops.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import threading
@@ -81,9 +83,30 @@ def make_clients(settings: S3Settings) -> tuple[Any, Any]:
             s3={"addressing_style": "path" if settings.endpoint or env_endpoint else "auto"},
             signature_version="s3v4",
         )
-        return session.client("s3", endpoint_url=settings.endpoint, region_name=region, config=config)
+        made = session.client("s3", endpoint_url=settings.endpoint, region_name=region, config=config)
+        for operation in MD5_OPERATIONS:
+            made.meta.events.register(f"before-sign.s3.{operation}", md5_instead_of_flexible_checksum)
+        return made
 
     return client(settings), client(settings.cleanup_settings())
+
+
+# Operations whose model requires a checksum: botocore then sends a CRC32 even "when_required",
+# which B2 refuses (400); they get Content-MD5 of the body instead, as S3 has always accepted.
+MD5_OPERATIONS = ("PutObjectRetention",)
+_FLEXIBLE_CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
+
+
+def md5_instead_of_flexible_checksum(request: Any, **_: Any) -> None:
+    """A ``before-sign`` hook: drop the flexible checksum headers, set ``Content-MD5``."""
+    for name in list(request.headers.keys()):
+        if name.lower().startswith(_FLEXIBLE_CHECKSUM_HEADERS):
+            del request.headers[name]
+    body = request.body or b""
+    if isinstance(body, str):
+        body = body.encode()
+    if isinstance(body, bytes | bytearray):
+        request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
 
 
 _LOADER_LOCK = threading.Lock()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from btrsync.errors import ConfigError
+from btrsync.targets.s3.objectlock import DEFAULT_MARGIN, check_mode
 from btrsync.targets.s3.parts import DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE
-from btrsync.units import parse_size
+from btrsync.units import parse_interval, parse_size
 
 # A store that stops answering (a frozen server, a dead route) is noticed after one socket timeout
 # and given up on after the deadline: a push fails in minutes, not tens of minutes.  30 s without a
@@ -41,6 +43,8 @@ class S3Settings:
     max_attempts: int = 5
     operation_deadline: float = DEFAULT_OPERATION_DEADLINE
     cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT
+    object_lock: str | None = None  # governance or compliance: docs/immutable.md
+    object_lock_margin: timedelta = DEFAULT_MARGIN
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> S3Settings:
@@ -59,6 +63,8 @@ class S3Settings:
                 max_attempts=int(given.get("max_attempts", 5)),
                 operation_deadline=float(given.get("operation_deadline", DEFAULT_OPERATION_DEADLINE)),
                 cleanup_timeout=float(given.get("cleanup_timeout", DEFAULT_CLEANUP_TIMEOUT)),
+                object_lock=check_mode(given.get("object_lock")),
+                object_lock_margin=_margin(given.get("object_lock_margin", DEFAULT_MARGIN)),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid S3 target setting: {exc}") from None
@@ -78,6 +84,10 @@ class S3Settings:
         if not all(0 < t < float("inf") for t in timeouts):
             raise ConfigError("S3 connect_timeout, read_timeout, operation_deadline and cleanup_timeout "
                               "must be positive numbers of seconds")
+        if self.object_lock is not None:
+            check_mode(self.object_lock)
+        if not timedelta(0) <= self.object_lock_margin <= timedelta(days=3650):
+            raise ConfigError("S3 object_lock_margin must be between 0 and 3650 days (e.g. \"7d\")")
         # a socket cannot take a timeout past ~292 years (it failed every request, retried as a
         # network error); more than a day of silence is never what is meant
         if max(self.connect_timeout, self.read_timeout, self.cleanup_timeout) > MAX_SOCKET_TIMEOUT:
@@ -93,3 +103,14 @@ class S3Settings:
 
 def _opt_str(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
+
+
+def _margin(value: Any) -> timedelta:
+    """``object_lock_margin``: a duration such as ``"7d"`` or ``"36h"``, or a number of days."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"object_lock_margin must be a duration such as \"7d\", not {value!r}")
+    if isinstance(value, int | float):
+        return timedelta(days=value)
+    return parse_interval(str(value))

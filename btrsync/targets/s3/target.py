@@ -59,6 +59,7 @@ from btrsync.targets.base import (
 )
 from btrsync.targets.errors import (
     NotFound,
+    ObjectLocked,
     PermissionDenied,
     RangeError,
     TargetError,
@@ -67,6 +68,7 @@ from btrsync.targets.errors import (
 from btrsync.targets.retry import Outage, RetryPolicy
 from btrsync.targets.s3.client import make_clients, redact_url
 from btrsync.targets.s3.errors import B2_CAPABILITIES_HINT, translate
+from btrsync.targets.s3.objectlock import Holds, LockClock, Retention, backup_of, lock_until
 from btrsync.targets.s3.parts import check_part_number, drain, marked_parts, part_size_for
 from btrsync.targets.s3.reads import aware, byte_count, stream_body
 from btrsync.targets.s3.settings import S3Settings
@@ -109,6 +111,12 @@ class S3Target(Target):
         # one budget of parts in flight for every put of this target (concurrent segment puts share it)
         self._part_slots = threading.Semaphore(self.settings.max_inflight_parts)
         self.endpoint = redact_url(self._client.meta.endpoint_url)
+        # Object Lock (objectlock.py, docs/immutable.md): None, governance or compliance
+        self.lock_mode = self.settings.object_lock
+        self.lock_clock = LockClock(self.clock, self.display_url)
+        self._holds = Holds()
+        self._lock_check = threading.Lock()
+        self._lock_supported = False
 
     @classmethod
     def from_url(cls, parsed: Any, settings: Mapping[str, Any]) -> S3Target:
@@ -170,16 +178,19 @@ class S3Target(Target):
             Key=full,
             Body=data,
             ContentMD5=md5_b64(data),
+            **self._lock_args(key),
         )
         return ObjectInfo(key, len(data))
 
     def _put_multipart(self, key: str, full: str, chunks: Iterator[bytes]) -> int:
         """Upload ``chunks`` as parts; Complete commits, any exception aborts.  Returns the size."""
+        lock = self._lock_args(key)
         created = self._retried(
             "create_multipart_upload",
             self._what("start upload of", key),
             Bucket=self.bucket,
             Key=full,
+            **lock,
         )
         upload_id = created["UploadId"]
         uploads = BoundedUploads(
@@ -201,6 +212,8 @@ class S3Target(Target):
             finally:
                 self._abort_quietly(key, upload_id)
             raise
+        if lock:  # a store may take the lock at Complete only from the create (moto takes none)
+            self._put_retention(key, lock["ObjectLockMode"], lock["ObjectLockRetainUntilDate"])
         return size
 
     def _upload_part(
@@ -360,9 +373,16 @@ class S3Target(Target):
         full = self._full(validate_key(key))
         self.stat(key)  # S3 answers a delete of a missing key with success; we raise NotFound
         what = self._what("delete", key)
+        self._refuse_if_locked(key)  # before the delete marker: a locked object is not even hidden
         self._request("delete_object", what, Bucket=self.bucket, Key=full)
         for version_id in self._versions_of(full, what):
-            self._request("delete_object", what, Bucket=self.bucket, Key=full, VersionId=version_id)
+            try:
+                self._request("delete_object", what, Bucket=self.bucket, Key=full, VersionId=version_id)
+            except PermissionDenied as exc:
+                if self.lock_mode is None or backup_of(key) is None:
+                    raise
+                raise ObjectLocked(f"{what}: an older version is still locked ({exc}); the key is hidden, "
+                                   "and its stored versions go once their retention has expired") from None
 
     def _versions_of(self, full: str, what: str) -> builtins.list[str]:
         """Version ids of exactly ``full``, delete markers included ([] if unsupported)."""
@@ -471,6 +491,94 @@ class S3Target(Target):
             ) from None
         except TransientTargetError as exc:
             raise TargetMissingError(f"cannot reach {self.endpoint}: {exc}") from None
+        if self.lock_mode is not None:
+            self._require_lock_support()
+
+    # -- Object Lock (objectlock.py, docs/immutable.md) -------------------------------------
+    def hold_backup(self, backup_id: str, kept_until: datetime | None) -> None:
+        """Lock the objects of ``backup_id`` written from now on until ``kept_until`` (when the
+        retention policy keeps the backup until; ``None``: not known yet) plus the margin."""
+        if self.lock_mode is not None and kept_until is not None:
+            self._holds.set(backup_id, kept_until)
+
+    def lock_until(self, kept_until: datetime | None) -> datetime:
+        """The retain-until date an object written now for ``kept_until`` gets (store's clock)."""
+        return lock_until(kept_until, self.lock_clock.now(), self.settings.object_lock_margin)
+
+    def retention(self, key: str) -> Retention | None:
+        """The lock the store holds on ``key`` (``None``: none); ``NotFound`` if there is no object."""
+        answer = self._request("head_object", self._what("read the retention of", key), Bucket=self.bucket,
+                               Key=self._full(validate_key(key)))
+        mode, until = answer.get("ObjectLockMode"), aware(answer.get("ObjectLockRetainUntilDate"))
+        return Retention(str(mode).lower(), until) if mode and until is not None else None
+
+    def extend_retention(self, backup_id: str, kept_until: datetime | None) -> int:
+        """Extend the lock of every object of ``backup_id`` to :meth:`lock_until` where it is
+        shorter (never shortened); the manifest last.  Returns how many objects were extended."""
+        if self.lock_mode is None:
+            return 0
+        self._require_lock_support()
+        until = self.lock_until(kept_until)
+        keys = [o.key for o in self.list(f"data/{backup_id}/")]
+        keys += [o.key for o in self.list(f"backups/{backup_id}/")]
+        extended = 0
+        for key in keys:
+            held = self.retention(key)
+            if held is not None and held.until >= until:
+                continue
+            mode = "compliance" if "compliance" in (self.lock_mode, held.mode if held else None) else "governance"
+            self._put_retention(key, mode.upper(), until)
+            extended += 1
+        return extended
+
+    def _lock_args(self, key: str) -> dict[str, Any]:
+        """The Object Lock arguments of a write of ``key`` (none for leases and the marker)."""
+        if self.lock_mode is None:
+            return {}
+        backup_id = backup_of(key)
+        if backup_id is None:
+            return {}
+        self._require_lock_support()
+        until = self.lock_until(self._holds.get(backup_id))
+        return {"ObjectLockMode": self.lock_mode.upper(), "ObjectLockRetainUntilDate": until}
+
+    def _put_retention(self, key: str, mode: str, until: datetime) -> None:
+        self._retried("put_object_retention", self._what("lock", key), Bucket=self.bucket, Key=self._full(key),
+                      Retention={"Mode": mode, "RetainUntilDate": until})
+
+    def _refuse_if_locked(self, key: str) -> None:
+        """Raise ``ObjectLocked`` when ``key``'s lock has not expired on the store's clock."""
+        if self.lock_mode is None or backup_of(key) is None:
+            return
+        held = self.retention(key)
+        if held is not None and held.until > self.lock_clock.now():
+            raise ObjectLocked(f"{self._what('delete', key)}: refused, {held.describe()} (S3 Object Lock)",
+                               held.until, held.mode)
+
+    def _require_lock_support(self) -> None:
+        """Fail closed unless the bucket has Object Lock enabled (checked once per target)."""
+        with self._lock_check:
+            if self._lock_supported:
+                return
+            what = f"read the Object Lock configuration of bucket {self.bucket} at {self.endpoint}"
+            advice = (f"object_lock = \"{self.lock_mode}\" is set for {self.display_url}, so nothing is written "
+                      "unlocked: use a bucket created with Object Lock enabled (docs/immutable.md), or remove "
+                      "object_lock from the target's settings")
+            try:
+                answer = self._retried("get_object_lock_configuration", what, Bucket=self.bucket)
+            except PermissionDenied as exc:
+                raise PermissionDenied(f"{exc}; with object_lock the key must be allowed to read the bucket's "
+                                       "Object Lock configuration (B2: readBucketRetentions)") from None
+            except TransientTargetError:
+                raise
+            except TargetError as exc:
+                raise ConfigError(f"{self.endpoint} does not report Object Lock for bucket {self.bucket} "
+                                  f"({str(exc)[-160:]}): {advice}") from None
+            enabled = answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+            if enabled != "Enabled":
+                raise ConfigError(f"bucket {self.bucket} at {self.endpoint} does not have Object Lock enabled: "
+                                  f"{advice}")
+            self._lock_supported = True
 
     def close(self) -> None:
         self._client.close()
