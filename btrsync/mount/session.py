@@ -40,6 +40,7 @@ from btrsync.restore.paths import DIR_FLAGS
 log = logging.getLogger(__name__)
 
 SESSION_PREFIX = "session-"
+MAX_THREADS = 16  # threads libfuse answers the kernel with (a read waiting for its chunks holds one)
 UNMOUNT_WAIT = 10.0  # seconds for the server thread to end after an unmount, before its connection is aborted
 
 
@@ -176,6 +177,8 @@ def serve(repo: Repository, mountpoint: Path, load_tree: LoadTree, options: Moun
     fuse_options: dict[str, object] = {"foreground": True, "ro": True, "default_permissions": True,
                                        "fsname": "btrsync", "subtype": "btrsync", "use_ino": True,
                                        "kernel_cache": True, "attr_timeout": 60, "entry_timeout": 60}
+    if (binding.fuse_version_major, binding.fuse_version_minor) >= (3, 12):
+        fuse_options["max_threads"] = MAX_THREADS  # unset, libfuse 3.14 warns about its own default
     if options.allow_other:
         fuse_options["allow_other"] = True
     if options.allow_non_empty and binding.fuse_version_major == 2:
