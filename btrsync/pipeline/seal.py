@@ -1,7 +1,14 @@
 """Turn raw send-stream chunks into stored frames, and back.
 
 Sealing a chunk: xxh3-128 of the raw bytes, zstd (kept only if smaller), AES-256-GCM frame bound to
-(repository, backup id, chunk number), xxh3-128 of the stored frame.  Each worker thread has its own
+(repository, backup id, chunk number), xxh3-128 of the stored frame.
+
+A chunk larger than ``PROBE_FROM`` is probed first: ``PROBE_SLICES`` slices of ``PROBE_SLICE``
+bytes spread over it are compressed together at level 1; when that saves less than
+``PROBE_MIN_SAVING`` the chunk is stored raw without running zstd at the configured level over it
+(random data, already-compressed files).  Whether a frame is compressed is its ``FLAG_ZSTD`` bit,
+in the frame's header and so inside the authenticated data: a reader never guesses, and a
+flipped bit fails authentication.  Each worker thread has its own
 ``ZstdCompressor``/``ZstdDecompressor``: one instance is never used by two threads at once.
 """
 
@@ -9,6 +16,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+
+PROBE_FROM = 256 * 1024  # smaller chunks are compressed outright: the probe would cost as much
+PROBE_SLICE = 16 * 1024
+PROBE_SLICES = 4
+PROBE_MIN_SAVING = 0.03  # store raw when level 1 saves less than this on the sample
 
 import xxhash
 import zstandard
@@ -45,10 +57,25 @@ class ChunkSealer:
             comp = self._local.compressor = zstandard.ZstdCompressor(level=self.zstd_level)
         return comp
 
+    def _prober(self) -> zstandard.ZstdCompressor:
+        comp = getattr(self._local, "prober", None)
+        if comp is None:
+            comp = self._local.prober = zstandard.ZstdCompressor(level=1)
+        return comp
+
+    def compressible(self, raw: bytes) -> bool:
+        """False when a level-1 sample of ``raw`` saves less than ``PROBE_MIN_SAVING``."""
+        if len(raw) < PROBE_FROM:
+            return True
+        step = (len(raw) - PROBE_SLICE) // (PROBE_SLICES - 1)
+        view = memoryview(raw)
+        sample = b"".join(view[i * step:i * step + PROBE_SLICE] for i in range(PROBE_SLICES))
+        return len(self._prober().compress(sample)) < len(sample) * (1 - PROBE_MIN_SAVING)
+
     def __call__(self, item: tuple[int, bytes]) -> SealedChunk:
         seq, raw = item
         flags, payload = 0, raw
-        if self.zstd_level > 0:
+        if self.zstd_level > 0 and self.compressible(raw):
             packed = self._compressor().compress(raw)
             if len(packed) < len(raw):
                 flags, payload = frames.FLAG_ZSTD, packed

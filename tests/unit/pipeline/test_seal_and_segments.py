@@ -236,3 +236,36 @@ def test_a_segment_is_acknowledged_as_soon_as_it_is_durable() -> None:
                    on_segment=lambda n, recs: acked[n].set())
     assert seen_early == [True]
     assert all(e.is_set() for e in acked.values())
+
+
+def test_a_chunk_that_does_not_compress_skips_zstd_and_is_stored_raw() -> None:
+    sealer, opener = ChunkSealer(BINDING, "bid", 3), ChunkOpener(BINDING, "bid")
+    noise = os.urandom(4 << 20)
+    s = sealer((0, noise))
+    assert len(s.frame) == len(noise) + 40  # header + tag: stored raw
+    assert getattr(sealer._local, "compressor", None) is None  # the level-3 compressor never ran
+    assert opener.open(0, s.frame, stored_xxh3=s.stored_xxh3, raw_size=s.raw_size, raw_xxh3=s.raw_xxh3) == noise
+
+
+def test_a_chunk_that_compresses_is_compressed() -> None:
+    sealer = ChunkSealer(BINDING, "bid", 3)
+    text = b"".join(b"line %d of a log that compresses well\n" % i for i in range(120_000))
+    assert len(text) > 4 << 20
+    assert len(sealer((0, text)).frame) < len(text) // 3
+
+
+def test_the_compression_flag_is_authenticated() -> None:
+    """Flipping FLAG_ZSTD in a frame's header (so that a reader would decompress raw bytes, or
+    hand out compressed ones) fails authentication, not only the hash of the restored bytes."""
+    from btrsync.errors import ChunkDamageError
+    from btrsync.pipeline.seal import xxh3
+
+    sealer, opener = ChunkSealer(BINDING, "bid", 3), ChunkOpener(BINDING, "bid")
+    for seq, raw in enumerate([os.urandom(1 << 20), b"compressible " * 100_000]):
+        s = sealer((seq, raw))
+        forged = bytearray(s.frame)
+        forged[4] ^= 0x01  # the flags byte after the 4-byte magic: FLAG_ZSTD
+        with pytest.raises(ChunkDamageError, match="failed authentication") as err:
+            opener.open(seq, bytes(forged), stored_xxh3=xxh3(bytes(forged)), raw_size=s.raw_size,
+                        raw_xxh3=s.raw_xxh3)
+        assert err.value.kind == "tag"
