@@ -43,6 +43,7 @@ from btrsync.catalog.segment_index import (
 from btrsync.errors import BtrsyncError, LockedError, PartialError, PushError, SendFailedError, UsageError
 from btrsync.fileindex.store import IndexWriter
 from btrsync.ops.estimate import estimate_push, stream_size
+from btrsync.ops.immutable import hold_for_step
 from btrsync.ops.stream_watch import StreamWatch, WatchThread
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk, xxh3
@@ -260,6 +261,7 @@ def push(
     if set_rate is not None and settings.bucket is not None:
         set_rate(settings.bucket.current_rate)
     for index, step in enumerate(plan.steps, 1):
+        hold_for_step(repo.target, backup_id_for(step.snapshot.name, step.snapshot.uuid), step, result.held)
         outcome, manifest = push_step(repo, step, subvolume_name(subvol), subvol, settings, progress, audit,
                                       history=result.held, index=index, count=len(plan.steps))
         result.results.append(outcome)
