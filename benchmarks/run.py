@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks import (
     bench_catalog,
+    bench_copy,
     bench_files,
     bench_incremental,
     bench_memory,
@@ -63,6 +64,7 @@ BENCHMARKS = {
     "files": (10, bench_files, "File index: ls of 100,000 files, one file out of a 1 GiB backup"),
     "s3": (11, bench_s3, "Push and restore over S3 (SeaweedFS on loopback), peak RSS"),
     "s3rss": (12, bench_s3rss, "Peak RSS of an S3 push against the stream size (full mode only)"),
+    "copy": (15, bench_copy, "btrsync copy of the full backup into a repository of another key"),
     "mount": (14, bench_mount, "btrsync mount: first byte deep in a large tree, bytes read for one file"),
     "storage": (13, bench_storage, "Storage over 120+ dated days under one GFS policy: tree, linear, btrfs2s3, restic"),
 }
