@@ -222,3 +222,27 @@ def test_sigkill_mid_copy_then_the_next_copy_resumes(world: World, other: Other)
     run = world.cli("receive", "latest", "--from", other.url, "--into", str(world.restore), key=other.key)
     assert run.code == 0, run.err
     assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_copy_cleans_up_exits_143_and_the_next_copy_resumes(world: World, other: Other) -> None:
+    from tests.integration.test_signals import Child
+
+    with open(world.subvol / "big.bin", "wb") as f:
+        f.write(os.urandom(8 << 20))
+    world.snapshot()
+    assert world.push().code == 0
+    child = Child(world, "copy", "--all", "--from", world.url, "--to", other.url, "--from-key-file",
+                  str(world.key), "--bwlimit", "2M", "--key-file", str(other.key))
+    # a segment in flight after one durable segment: its temporary file exists
+    child.freeze_when(lambda: sum(f.endswith(".idx") for f in other.files()) >= 1
+                      and any(".tmp-" in f for f in other.files()))
+    out = child.signal(signal.SIGTERM)
+    assert out.code == 143, out.err
+    assert "terminated" in out.err
+    left = other.files()
+    assert not any(".tmp-" in f or f.startswith(("locks/", "backups/")) for f in left), left
+    run = other.copy("--all", "--json")
+    assert run.code == 0, run.err
+    [backup] = run.json()["backups"]
+    assert backup["resumed_bytes"] > 0 and backup["moved_bytes"] + backup["resumed_bytes"] == backup["stored_bytes"]
