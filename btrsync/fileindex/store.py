@@ -62,6 +62,12 @@ class IndexWriter:
         if len(self._lines) >= 1024:
             self._flush()
 
+    def add_many(self, events: list[Any]) -> None:
+        """``add`` for each of ``events`` (a parser's batch), encoded at once."""
+        self._flush()
+        self._z.write(records.encode_many(events))
+        self.records += len(events)
+
     def _flush(self) -> None:
         self._z.write(b"".join(self._lines))
         self._lines.clear()

@@ -30,7 +30,8 @@ class StreamWatch:
 
     def __init__(self, what: str, *, full: bool, sink: Any = None) -> None:
         self.what = what
-        self.sink = sink  # e.g. the file index writer: ``sink.add(event)`` for every command
+        # e.g. the file index writer: ``sink.add_many(events)`` per chunk if it has it, else ``sink.add(event)``
+        self.sink = sink
         self.parser = StreamParser()
         self.stats = ChangeStats()
         self.tree: StreamSummary | None = StreamSummary() if full else None
@@ -47,12 +48,19 @@ class StreamWatch:
         if events and self.ctransid is None:  # the parser makes sure it is SUBVOL or SNAPSHOT, with a ctransid
             first = events[0].attrs
             self.ctransid, self.parent_ctransid = first.get("ctransid"), first.get("clone_ctransid")
+        stats = self.stats.add
         for ev in events:
-            self.stats.add(ev)
-            if self.tree is not None:
-                self.tree.add(ev)
-            if self.sink is not None:
-                self.sink.add(ev)
+            stats(ev)
+        if self.tree is not None:
+            for ev in events:
+                self.tree.add(ev)  # looked up each time: the summary swaps its ``add`` as it goes
+        if self.sink is not None and events:
+            many = getattr(self.sink, "add_many", None)
+            if many is not None:
+                many(events)
+            else:
+                for ev in events:
+                    self.sink.add(ev)
 
     def finish(self) -> None:
         try:
