@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -10,11 +11,13 @@ from btrsync.audit import AuditLog
 from btrsync.cli.app import App, pass_app
 from btrsync.cli.options import global_options
 from btrsync.cli.output import emit_json, emit_table
+from btrsync.config.model import progress_interval
 from btrsync.crypto.keys import load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, UsageError
 from btrsync.jobs.aftercommand import after_command
 from btrsync.ops.copy import CopyResult, CopySettings, copy_backups, raise_for_failures
 from btrsync.ops.push_settings import settings_from
+from btrsync.progress import reporter
 from btrsync.units import format_bytes
 
 
@@ -43,6 +46,9 @@ def copy_cmd(app: App, backups: tuple[str, ...], copy_all: bool, source: str, de
     copy commits nothing, and the next copy keeps its durable segments. A damaged source
     backup commits nothing and names the backup (exit 4); the other backups are still copied.
 
+    Progress goes to stderr as for push (the total of each backup is exact: its manifest's
+    stream size); none with --json.
+
     \b
     Examples:
       btrsync copy data@latest --from usb --to b2
@@ -55,10 +61,12 @@ def copy_cmd(app: App, backups: tuple[str, ...], copy_all: bool, source: str, de
     settings = CopySettings(workers=push.workers, segment_size=push.segment_size, bucket=push.bucket)
     source_key = load_key_file(from_key_file) if from_key_file is not None else None
     audit = AuditLog(app.state().root)
+    progress = None if as_json or dry_run else reporter("copy", interval=progress_interval(app.config))
     with app.repository(source, key=source_key) as src, \
             app.repository(dest, write=not dry_run, lock=not dry_run) as dst:
-        result = copy_backups(src, dst, None if copy_all else list(backups), settings, dry_run=dry_run,
-                              audit=audit)
+        with progress or nullcontext():  # its line is erased before anything else is printed
+            result = copy_backups(src, dst, None if copy_all else list(backups), settings, dry_run=dry_run,
+                                  audit=audit, progress=progress)
         if not dry_run and any(b.status == "copied" for b in result.backups):
             app.state().record_target(dst.target.display_url, result.held, repo_id=dst.repo_id, complete=False)
             after_command(app.config, app.state().root, dst.target.display_url, manifests=result.held)

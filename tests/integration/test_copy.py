@@ -5,6 +5,7 @@ SIGKILL mid-copy, two copies of one backup at once)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -246,3 +247,21 @@ def test_sigterm_mid_copy_cleans_up_exits_143_and_the_next_copy_resumes(world: W
     assert run.code == 0, run.err
     [backup] = run.json()["backups"]
     assert backup["resumed_bytes"] > 0 and backup["moved_bytes"] + backup["resumed_bytes"] == backup["stored_bytes"]
+
+
+@pytest.mark.slow
+def test_copy_on_a_terminal_shows_each_backup_with_an_exact_total(world: World, other: Other) -> None:
+    from tests.integration.test_progress import _argv, _big_snapshot, _on_pty, _realistic_chunks, \
+        _table_starts_on_its_own_line
+
+    _realistic_chunks(world)
+    snap = _big_snapshot(world, 12)
+    assert world.push().code == 0
+    screen = _on_pty([*_argv(world, "copy", "latest", "--from", world.url, "--to", other.url, "--from-key-file",
+                             str(world.key), "--bwlimit", "6M"), "--key-file", str(other.key)])
+    assert screen.code == 0, screen.text
+    copying = [f for _, f in screen.frames if f.startswith("copying")]
+    assert copying and all(snap.name in f for f in copying), screen.text
+    # the manifest knows the stream's size: no '~' on the total or the share
+    assert all(re.search(r"  \d+%  [\d.]+ \w+ of 1[2-3]\.\d MiB", f) for f in copying), copying
+    _table_starts_on_its_own_line(screen, "BACKUP")

@@ -25,6 +25,7 @@ from btrsync.catalog.repository import Repository
 from btrsync.errors import BtrsyncError, DamageError, LockedError, PartialError
 from btrsync.ops.copy.plan import CopyPlan, check_distinct, plan_copy, wanted_by_policy
 from btrsync.ops.copy.transfer import CopiedBackup, CopyError, CopySettings, copy_backup
+from btrsync.progress import Progress
 
 __all__ = ["CopiedBackup", "CopyError", "CopyPlan", "CopyResult", "CopySettings", "copy_backups",
            "raise_for_failures", "wanted_by_policy"]
@@ -64,7 +65,7 @@ def vars_of(b: CopiedBackup) -> dict[str, object]:
 
 
 def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | None, settings: CopySettings, *,
-                 dry_run: bool = False, audit: AuditLog | None = None) -> CopyResult:
+                 dry_run: bool = False, audit: AuditLog | None = None, progress: Progress | None = None) -> CopyResult:
     """Copy the backups ``specs`` names (None: every restorable backup) from ``source`` to ``dest``."""
     src_url, dst_url = source.target.display_url, dest.target.display_url
     check_distinct(source.repo_id, dest.repo_id, src_url, dst_url)
@@ -82,7 +83,7 @@ def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | No
     if set_rate is not None and settings.bucket is not None:
         set_rate(settings.bucket.current_rate)
     failed: set[str] = set()
-    for m in plan.copy:
+    for index, m in enumerate(plan.copy, 1):
         if m.parent_id in failed:
             skipped = CopiedBackup.of(m, "skipped")
             skipped.error = f"its parent {m.parent_id} was not copied"
@@ -90,7 +91,8 @@ def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | No
             failed.add(m.backup_id)
             continue
         try:
-            outcome, copied = copy_backup(source, dest, m, settings, audit)
+            outcome, copied = copy_backup(source, dest, m, settings, audit, progress, index=index,
+                                          count=len(plan.copy))
         except LockedError:
             raise
         except BtrsyncError as exc:

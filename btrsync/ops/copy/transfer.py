@@ -42,6 +42,7 @@ from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk
 from btrsync.pipeline.segments import write_segments
 from btrsync.pipeline.throttle import TokenBucket
+from btrsync.progress import Estimate, Progress
 from btrsync.read.chunks import ReadStats, chunks
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class _Attempt:
     settings: CopySettings
     audit: AuditLog | None
     outcome: CopiedBackup
+    progress: Progress | None = None
     point: ResumePoint = field(default_factory=ResumePoint)
     table: TableDigest = field(default_factory=TableDigest)
 
@@ -165,7 +167,9 @@ class _Attempt:
         with closing(fetched), closing(ordered_map(sealer, ((c.index, c.raw) for c in fetched),
                                                    workers=self.settings.workers,
                                                    window=self.settings.window)) as sealed:
-            write_segments(self.dest.target, self.backup_id, _counted(sealed, out),
+            if self.progress is not None:
+                self.progress.phase("copying")
+            write_segments(self.dest.target, self.backup_id, self._counted(sealed),
                            segment_size=self.settings.segment_size, bucket=self.settings.bucket,
                            first_segment=point.segments, on_segment=self._segment_done,
                            may_start=self.settings.may_start_segment)
@@ -175,6 +179,8 @@ class _Attempt:
             raise DamageError(f"backup {m.backup_id}: the copy holds {self.table.chunks} chunks of "
                               f"{self.table.stream_bytes} bytes, the source manifest records {m.n_chunks} of "
                               f"{m.stream_bytes}; nothing was committed")
+        if self.progress is not None:
+            self.progress.phase("committing")
         files = self._copy_file_index()
         out.seconds = time.monotonic() - started
         now = datetime.now(UTC).replace(microsecond=0)
@@ -185,6 +191,17 @@ class _Attempt:
             encryption={**m.encryption, "key_id": self.dest.key.key_id},
             tool={**m.tool, "copied": {"btrsync": __version__, "from_repository": self.source.repo_id,
                                        "time": now.isoformat().replace("+00:00", "Z")}})
+
+    def _counted(self, sealed: Iterator[SealedChunk]) -> Iterator[SealedChunk]:
+        """Count the frames handed to the segment writer (``moved_bytes``), and report them."""
+        out, progress = self.outcome, self.progress
+        raw = self.point.table.stream_bytes
+        for chunk in sealed:
+            out.moved_bytes += len(chunk.frame)
+            raw += chunk.raw_size
+            if progress is not None:
+                progress.update(raw, out.resumed_bytes + out.moved_bytes)
+            yield chunk
 
     def _segment_done(self, segment: int, records: list[ChunkRecord]) -> None:
         params = {**self.params(), "attempt": self.point.attempt}
@@ -221,19 +238,25 @@ class _Attempt:
                             "copy again to send it anew")
 
 
-def _counted(sealed: Iterator[SealedChunk], out: CopiedBackup) -> Iterator[SealedChunk]:
-    for chunk in sealed:
-        out.moved_bytes += len(chunk.frame)
-        yield chunk
-
-
 def copy_backup(source: Repository, dest: Repository, manifest: Manifest, settings: CopySettings,
-                audit: AuditLog | None = None) -> tuple[CopiedBackup, Manifest]:
+                audit: AuditLog | None = None, progress: Progress | None = None, *, index: int = 1,
+                count: int = 1) -> tuple[CopiedBackup, Manifest]:
     """Copy one backup whose parent (if any) the destination holds; commits its manifest last.
-    Raises on any failure, with nothing committed."""
+    Raises on any failure, with nothing committed.  ``progress`` gets the manifest's stream size
+    as the (exact) total and the phases ``copying`` and ``committing``."""
     outcome = CopiedBackup.of(manifest, "copied")
     t0 = time.monotonic()
-    copied = _Attempt(source, dest, manifest, settings, audit, outcome).run()
+    if progress is None:
+        copied = _Attempt(source, dest, manifest, settings, audit, outcome).run()
+    else:
+        progress.start(manifest.backup_id, Estimate(manifest.stream_bytes, "manifest", exact=True),
+                       index=index, count=count)
+        try:
+            copied = _Attempt(source, dest, manifest, settings, audit, outcome, progress).run()
+        except BaseException:
+            progress.finish(ok=False)
+            raise
+        progress.finish(ok=True)
     outcome.seconds = time.monotonic() - t0
     log.info("copy finished backup=%s moved_bytes=%d resumed_bytes=%d stored_bytes=%d seconds=%.1f",
              manifest.backup_id, outcome.moved_bytes, outcome.resumed_bytes, copied.stored_bytes, outcome.seconds)
