@@ -19,7 +19,7 @@ from btrsync.catalog import layout
 from btrsync.catalog.lease import LeaseInfo, TargetClock, lease_key, read_lease, read_leases
 from btrsync.catalog.repository import Repository
 from btrsync.targets.base import Target
-from btrsync.targets.errors import NotFound, TargetError
+from btrsync.targets.errors import NotFound, ObjectLocked, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,13 @@ def clean(repo: Repository, *, dry_run: bool = False, audit: AuditLog | None = N
                 result.items.append(CleanItem(kind, key, size, why))
                 return
         if not dry_run:
-            with (audit.deletion("clean", target=where, kind=kind, key=key, bytes=size)
-                  if audit is not None else nullcontext()):
-                remove()
+            try:
+                with (audit.deletion("clean", target=where, kind=kind, key=key, bytes=size)
+                      if audit is not None else nullcontext()):
+                    remove()
+            except ObjectLocked as exc:  # an orphan under S3 Object Lock: reported, not an error
+                result.items.append(CleanItem(kind, key, size, f"kept: {exc}; a clean after that date removes it"))
+                return
         result.items.append(CleanItem(kind, key, size, "would remove" if dry_run else "removed"))
         log.info("clean %s key=%s bytes=%d dry_run=%s", kind, key, size, dry_run)
 

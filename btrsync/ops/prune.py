@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from btrsync.catalog.lease import live_leases
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.errors import DamageError
+from btrsync.ops import immutable
 from btrsync.retention import Decision, Item, Policy, decide, deletion_order
 from btrsync.retention.gfs import PARENT_PREFIX
 from btrsync.snapshots.store import Snapshot, delete_snapshot, list_snapshots
@@ -59,6 +60,8 @@ class PruneResult:
     refused: dict[str, str] = field(default_factory=dict)  # subvolume -> why it was not pruned
     damaged: list[str] = field(default_factory=list)  # advice per damaged manifest
     remaining: list[Manifest] = field(default_factory=list)  # backups left (what the state records)
+    locked: dict[str, str] = field(default_factory=dict)  # id -> why Object Lock kept it (not an error)
+    lock_extensions: dict[str, str] = field(default_factory=dict)  # id -> lock extended (ops/immutable.py)
 
     def raise_for_damage(self) -> None:
         """Exit 4 after a real prune that met unrestorable backups or damaged manifests."""
@@ -103,6 +106,7 @@ def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry
     protected = {lease.parent_id: "parent of an upload in progress"
                  for lease in live_leases(repo.target) if lease.parent_id}
     by_id = {m.backup_id: m for m in catalog.manifests}
+    locks = _LockCheck(repo, now, by_id, result)
     for subvolume in sorted({m.subvolume for m in catalog.manifests} | damaged_subvolumes):  # type: ignore[arg-type]
         group = [m for m in catalog.manifests if m.subvolume == subvolume]
         # a damaged manifest's subvolume is known only as its key spells it ('@home' as '_home')
@@ -127,18 +131,50 @@ def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry
             if doomed and not dry_run:  # the decision may rest on a cache: check what it relies on
                 parents = {by_id[d.id].parent_id for d in decisions if d.kept} & set(by_id)
                 repo.reread([by_id[i] for i in sorted(set(doomed) | parents)])  # type: ignore[arg-type]
-            for backup_id in doomed:
+            for backup_id in doomed:  # children first: a locked child keeps its parents
+                if locks.refused(backup_id):
+                    continue
                 _delete_backup(repo, by_id[backup_id], result, dry_run, audit, decided[backup_id],
                                policy_text(subvolume))
     result.decisions.sort(key=lambda d: (d.subvolume, d.created, d.id))
     gone = set(result.deleted) if not dry_run else set()
     result.remaining = [m for m in catalog.manifests if m.backup_id not in gone]
+    if not dry_run:  # the policy's dates may have grown since upload: locks follow them
+        result.lock_extensions = immutable.extend_kept(repo.target, result.remaining, policy_for)
     if audit is not None:
         audit.record("prune", target=result.where, dry_run=dry_run, deleted=len(result.deleted),
                      kept=sum(d.action == "keep" for d in result.decisions), freed_bytes=result.freed,
                      now=now.isoformat(), unrestorable=len(result.unrestorable),
                      refused=sorted(result.refused))
     return result
+
+
+class _LockCheck:
+    """Object Lock before a deletion (ops/immutable.py): a backup whose manifest is locked on the
+    store's clock, or that a refused backup is sent on, is kept with the reason instead."""
+
+    def __init__(self, repo: Repository, now: datetime, by_id: Mapping[str, Manifest], result: PruneResult) -> None:
+        self.target, self.fallback, self.by_id, self.result = repo.target, now, by_id, result
+        self.applies = hasattr(repo.target, "retention")
+        self._now: datetime | None = None
+
+    def refused(self, backup_id: str) -> bool:
+        if not self.applies:
+            return False
+        child = next((c for c, m in self.by_id.items() if m.parent_id == backup_id and c in self.result.locked), None)
+        if child is not None:
+            why = f"object lock: {child}, which is sent on it, is locked"
+        else:
+            if self._now is None:
+                self._now = immutable.store_now(self.target, self.fallback)
+            why = immutable.refusal(self.target, backup_id, self._now)  # type: ignore[assignment]
+        if why is None:
+            return False
+        self.result.locked[backup_id] = why
+        self.result.decisions = [replace(d, action="keep", reasons=(why, *d.reasons)) if d.id == backup_id else d
+                                 for d in self.result.decisions]
+        log.info("prune kept backup=%s: %s", backup_id, why)
+        return True
 
 
 def _backup_decision(d: Decision, m: Manifest, by_id: Mapping[str, Manifest] | None = None) -> PruneDecision:

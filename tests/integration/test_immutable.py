@@ -1,0 +1,147 @@
+"""Immutable backups end to end (docs/immutable.md): S3 Object Lock on moto's S3 server (which
+implements it) and a push host whose key may not delete, through the B2-rules proxy."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import World, add_target
+from tests.integration.test_resume import _killed_push
+from tests.support import tree
+from tests.support.motoserver import MotoServer, moto_server
+from tests.targets.factories_s3 import fresh_b2_proxy, seaweed, seaweed_settings
+
+pytestmark = [pytest.mark.btrfs, pytest.mark.remote]
+
+RETENTION = """
+[retention]
+default_profile = "std"
+
+[retention.profiles.std]
+backups = { keep_daily = 10, keep_monthly = 6 }
+"""
+
+
+def locks(moto: MotoServer, bucket: str, prefix: str) -> dict[str, tuple[str | None, datetime | None]]:
+    """Key (without the prefix) -> (lock mode, retain-until) of every btrsync object there."""
+    client = moto.client()
+    found = {}
+    for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", []):
+        head = client.head_object(Bucket=bucket, Key=obj["Key"])
+        until = head.get("ObjectLockRetainUntilDate")
+        found[obj["Key"][len(prefix) + 1:]] = (head.get("ObjectLockMode"), until.astimezone(UTC) if until else None)
+    return found
+
+
+def locked_world(world: World, request: pytest.FixtureRequest, tmp_path: Path, mode: str,
+                 **extra: str) -> tuple[MotoServer, str]:
+    moto = moto_server(request)
+    bucket = moto.create_bucket(locked=True)
+    add_target(world, "vault", f"s3://{bucket}/repo", moto.settings(tmp_path, object_lock=mode, **extra))
+    return moto, bucket
+
+
+def test_a_push_writes_every_object_locked_and_prune_explains_what_it_may_not_delete(
+        world: World, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    moto, bucket = locked_world(world, request, tmp_path, "compliance")
+    world.config.write_text(world.config.read_text() + RETENTION)
+    tree.populate(world.subvol, 7)
+    world.snapshot()
+    tree.mutate(world.subvol, 7, 1)
+    world.snapshot()
+    run = world.push("--json")
+    assert run.code == 0, run.err
+    first, second = world.listing()
+    held = locks(moto, bucket, "repo")
+    backup_objects = {k: v for k, v in held.items() if k.startswith(("data/", "backups/"))}
+    assert len(backup_objects) >= 4 and {mode for mode, _ in backup_objects.values()} == {"COMPLIANCE"}
+    soon = datetime.now(UTC) + timedelta(days=7) - timedelta(minutes=5)
+    assert all(until is not None and until >= soon for _, until in backup_objects.values())
+    # the month's first backup is kept ~6 months by the policy, and its child is sent on it
+    assert held[f"backups/{first['id']}/manifest"][1] > datetime.now(UTC) + timedelta(days=120)
+    assert held["btrsync-repo.json"] == (None, None)
+    run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--json")
+    assert run.code == 0, run.err  # a refusal is explained, not a failure
+    [older] = [d for d in run.json() if d["id"] == first["id"]]
+    assert older["action"] == "keep" and older["reasons"][0].startswith("object lock: ")
+    assert "compliance lock until" in older["reasons"][0]
+    assert [b["id"] for b in world.listing()] == [first["id"], second["id"]]
+
+
+def test_prune_deletes_what_has_expired_and_extends_what_the_policy_keeps_longer(
+        world: World, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A linear chain (no policy date at upload) is locked for the margin alone (0 s here);
+    once that has passed, prune deletes what the policy drops and extends the lock of what it
+    keeps to the policy's date."""
+    moto, bucket = locked_world(world, request, tmp_path, "governance", object_lock_margin="0s")
+    tree.populate(world.subvol, 8)
+    for g in range(3):
+        if g:
+            tree.mutate(world.subvol, 8, g)
+        world.snapshot()
+    assert world.push("--chain", "linear", "--max-chain", "0").code == 0  # three fulls
+    ids = [b["id"] for b in world.listing()]
+    assert all(until is not None and until < datetime.now(UTC) + timedelta(minutes=5)
+               for _, until in locks(moto, bucket, "repo").values() if _ is not None)
+    time.sleep(2.5)  # the locks of 0 s margin expire (whole seconds on the store)
+    world.config.write_text(world.config.read_text() + RETENTION)
+    run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--json")
+    assert run.code == 0, run.err
+    assert [d["action"] for d in run.json()] == ["delete", "delete", "keep"]
+    assert [b["id"] for b in world.listing()] == ids[2:]
+    run = world.cli("prune", "--from", world.url, "--json")  # the configured policy: daily and monthly
+    assert run.code == 0, run.err
+    manifest = locks(moto, bucket, "repo")[f"backups/{ids[2]}/manifest"]
+    assert manifest[0] == "GOVERNANCE" and manifest[1] is not None
+    assert manifest[1] > datetime.now(UTC) + timedelta(days=5)
+
+
+def test_object_lock_on_a_server_without_it_fails_closed(world: World, request: pytest.FixtureRequest,
+                                                         tmp_path: Path) -> None:
+    """Careless operator: object_lock on SeaweedFS (no Object Lock).  init refuses with exit 2 and
+    says why; nothing is written."""
+    settings = seaweed_settings(request, tmp_path, object_lock="compliance")
+    url = f"s3://btrsync-test/it-{uuid.uuid4().hex[:12]}"
+    text = world.config.read_text() + "\n[targets.vault]\n" + f'url = "{url}"\n' + "".join(
+        f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v}\n" for k, v in settings.items())
+    world.config.write_text(text)
+    run = world.cli("init", "--to", "vault")
+    assert run.code == 2, run.err
+    assert "object_lock" in run.err and "Object Lock" in run.err
+    assert seaweed(request).client().list_objects_v2(Bucket="btrsync-test", Prefix=url[len("s3://btrsync-test/"):]
+                                                     ).get("KeyCount", 0) == 0
+
+
+def test_a_push_host_without_delete_permission_pushes_and_resumes(world: World, request: pytest.FixtureRequest,
+                                                                  tmp_path: Path) -> None:
+    """Least privilege: the push host's B2 key lacks deleteFiles.  A push killed mid-way resumes,
+    status and verify work; what it could not delete (old lease versions) is left for a clean
+    run elsewhere with a delete-capable key."""
+    proxy = fresh_b2_proxy(request)
+    bucket = seaweed(request).create_bucket(f"btrsync-nodelete-{uuid.uuid4().hex[:8]}", versioned=True)
+    settings = seaweed_settings(request, tmp_path, via_proxy=True)
+    add_target(world, "b2", f"s3://{bucket}/repo", settings, chunk_size="1M", segment_size="6M")
+    try:
+        proxy.capabilities.discard("deleteFiles")
+        _killed_push(world, size_mib=30)
+        run = world.push("--json")
+        assert run.code == 0, run.err
+        [backup] = run.json()["backups"]
+        assert backup["resumed_bytes"] > 0
+        assert world.cli("status", "--json").code == 0
+        run = world.cli("verify", "--from", world.url, "--level", "catalog", "--json")
+        assert run.code == 0, run.err
+        assert proxy.denied, "the key was never asked to delete: the test tests nothing"
+        assert all(d.startswith("DeleteObject ") for d in proxy.denied)
+        assert world.receive("latest").code == 0
+        name = world.snapshots[0].name
+        assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
+    finally:
+        proxy.capabilities.add("deleteFiles")
+    run = world.cli("clean", "--from", world.url, "--json")  # elsewhere, with a delete-capable key
+    assert run.code == 0, run.err
