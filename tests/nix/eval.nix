@@ -22,5 +22,6 @@ if failed != [ ] then { assertions = failed; } else {
   };
   auditLog = c.services.btrsync.retention.auditLog;
   users = c.users.users;
+  sshForcedCommand = c.services.btrsync.sshAccess.forcedCommand.text or null;
   groups = c.users.groups;
 }

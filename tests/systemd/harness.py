@@ -263,7 +263,8 @@ class Container:
 DEBIAN_OF = {"coreutils": ["coreutils"], "findutils": ["findutils"], "grep": ["grep"], "sed": ["sed"],
              "systemd": ["systemd"], "btrfs-progs": ["btrfs-progs"], "zstd": ["zstd"],
              "openssh": ["openssh-client"], "rsync": ["rsync"], "util-linux": ["util-linux", "mount"],
-             "bash": ["bash", "dash"]}  # nixpkgs' bash has bin/sh too
+             "bash": ["bash", "dash"],  # nixpkgs' bash has bin/sh too
+             "bubblewrap": ["bubblewrap"]}
 
 
 def nix_like_path(farm: Path, packages: Sequence[str]) -> str:

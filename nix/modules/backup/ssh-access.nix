@@ -47,9 +47,19 @@ in
       example = "/srv/backups";
       description = ''
         The user's home (mode 0700): the root of the repositories, and the only directory the
-        sending hosts can write.  A host's target is `ssh://<user>@<server>/~/<name>`, which the
-        host creates with `btrsync init` (or `initialize = true`).
+        sending hosts can write.  A host's target is `ssh://<user>@<server>/~/<name>`: the host
+        makes the directory through its key (`ssh <user>@<server> mkdir <name>`), then the
+        repository with `btrsync init` (or `initialize = true`).
       '';
+    };
+
+    forcedCommand = mkOption {
+      type = types.package;
+      default = wrapper;
+      readOnly = true;
+      internal = true;
+      visible = false;
+      description = "The forced command of every key (the wrapper above); tests run it under a real sshd.";
     };
 
     authorizedKeys = mkOption {
