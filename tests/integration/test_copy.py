@@ -84,6 +84,11 @@ def test_a_chain_copied_to_another_key_lists_and_restores_identically(world: Wor
     assert summary["read_bytes"] == summary["stored_bytes"]
     # the same ids, dates, chain links, hosts and sizes: only the key and the repository differ
     assert _identical(other.listing()) == _identical(world.listing())
+    # the file indexes came along: the chain's tree lists the same without reading backup data
+    theirs = world.cli("ls", "latest", "--from", other.url, "--recursive", "--long", "--json", key=other.key)
+    mine = world.cli("ls", "latest", "--from", world.url, "--recursive", "--long", "--json")
+    assert theirs.code == 0 and mine.code == 0, theirs.err + mine.err
+    assert theirs.json() == mine.json() and len(mine.json()) > 20
     name = world.snapshots[-1].name
     run = world.cli("receive", "latest", "--from", other.url, "--into", str(world.restore), key=other.key)
     assert run.code == 0, run.err
