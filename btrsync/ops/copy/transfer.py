@@ -216,8 +216,13 @@ class _Attempt:
         data, _stored = read_compressed(self.source, m)
         writer = IndexWriter(m.backup_id, m.snapshot_uuid, m.parent_uuid, self.point.attempt)
         try:
+            batch: list[SimpleNamespace] = []
             for cmd, offset, size, path, attrs in iter_records(data, m):
-                writer.add(SimpleNamespace(cmd=cmd, offset=offset, size=size, path=path, attrs=attrs))
+                batch.append(SimpleNamespace(cmd=cmd, offset=offset, size=size, path=path, attrs=attrs))
+                if len(batch) >= 1024:
+                    writer.add_many(batch)
+                    batch = []
+            writer.add_many(batch)
             writer.finish(stream_bytes=m.stream_bytes, commands=int(m.send.get("commands", writer.records)))
             return writer.upload(self.dest)
         finally:
