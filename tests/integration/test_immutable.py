@@ -145,3 +145,38 @@ def test_a_push_host_without_delete_permission_pushes_and_resumes(world: World, 
         proxy.capabilities.add("deleteFiles")
     run = world.cli("clean", "--from", world.url, "--json")  # elsewhere, with a delete-capable key
     assert run.code == 0, run.err
+
+
+def test_run_on_a_push_host_without_delete_permission_degrades_its_prune(
+        world: World, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """``btrsync run`` prunes after pushing; with a key that may not delete (no deleteFiles) the
+    prune is refused by the store: the run still succeeds, and says why nothing was deleted."""
+    from tests.integration.test_run import at, configure
+
+    proxy = fresh_b2_proxy(request)
+    bucket = seaweed(request).create_bucket(f"btrsync-nodelete-{uuid.uuid4().hex[:8]}", versioned=True)
+    b2 = {"url": f"s3://{bucket}/repo", "chain": "linear", **seaweed_settings(request, tmp_path, via_proxy=True)}
+    tree.populate(world.subvol, 9)
+    configure(world, f"""
+[jobs.data]
+subvolumes = ["{world.subvol}"]
+snapshot_dir = "{world.snapdir}"
+snapshots = {{ keep_last = 3 }}
+targets.b2 = {{ retention = {{ keep_last = 1 }}, max_chain = 0 }}
+""", targets={"b2": b2})
+    assert world.cli("init", "--to", "b2").code == 0
+    try:
+        proxy.capabilities.discard("deleteFiles")
+        for hour in range(3):
+            if hour:
+                tree.mutate(world.subvol, 9, hour)
+            result = world.cli("run", "--all", "--json", "--now", at(hour))
+            assert result.code == 0, result.err
+        assert proxy.denied and all(d.startswith("DeleteObject ") for d in proxy.denied)
+        assert "run prune of" in result.err and "where the key may" in result.err
+    finally:
+        proxy.capabilities.add("deleteFiles")
+    run = world.cli("prune", "--from", "b2", "--keep-last", "1", "--json")  # elsewhere, delete-capable
+    assert run.code == 0, run.err
+    assert [d["action"] for d in run.json()] == ["keep"]
+    assert world.cli("clean", "--from", "b2").code == 0

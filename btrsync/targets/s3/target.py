@@ -380,7 +380,8 @@ class S3Target(Target):
                 self._request("delete_object", what, Bucket=self.bucket, Key=full, VersionId=version_id)
             except PermissionDenied as exc:
                 if self.lock_mode is None or backup_of(key) is None:
-                    raise
+                    raise PermissionDenied(f"{exc}; the key is hidden (a delete marker) but its stored versions "
+                                           "stay: this key may not delete versions (B2: no deleteFiles)") from None
                 raise ObjectLocked(f"{what}: an older version is still locked ({exc}); the key is hidden, "
                                    "and its stored versions go once their retention has expired") from None
 
