@@ -28,6 +28,7 @@ from btrsync.retention import Decision, Item, Policy, decide, deletion_order
 from btrsync.retention.gfs import PARENT_PREFIX
 from btrsync.snapshots.store import Snapshot, delete_snapshot, list_snapshots
 from btrsync.state import anchors_in_force
+from btrsync.targets.errors import ObjectLocked, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class PruneResult:
     refused: dict[str, str] = field(default_factory=dict)  # subvolume -> why it was not pruned
     damaged: list[str] = field(default_factory=list)  # advice per damaged manifest
     remaining: list[Manifest] = field(default_factory=list)  # backups left (what the state records)
-    locked: dict[str, str] = field(default_factory=dict)  # id -> why Object Lock kept it (not an error)
+    locked: dict[str, str] = field(default_factory=dict)  # id -> why the store kept it (lock, no delete right)
     lock_extensions: dict[str, str] = field(default_factory=dict)  # id -> lock extended (ops/immutable.py)
 
     def raise_for_damage(self) -> None:
@@ -134,8 +135,11 @@ def prune_backups(repo: Repository, policy_for: PolicyFor, now: datetime, *, dry
             for backup_id in doomed:  # children first: a locked child keeps its parents
                 if locks.refused(backup_id):
                     continue
-                _delete_backup(repo, by_id[backup_id], result, dry_run, audit, decided[backup_id],
-                               policy_text(subvolume))
+                try:
+                    _delete_backup(repo, by_id[backup_id], result, dry_run, audit, decided[backup_id],
+                                   policy_text(subvolume))
+                except (ObjectLocked, PermissionDenied) as exc:
+                    locks.keep(backup_id, _not_deleted(exc, repo.target.display_url))
     result.decisions.sort(key=lambda d: (d.subvolume, d.created, d.id))
     gone = set(result.deleted) if not dry_run else set()
     result.remaining = [m for m in catalog.manifests if m.backup_id not in gone]
@@ -157,8 +161,12 @@ class _LockCheck:
         self.target, self.fallback, self.by_id, self.result = repo.target, now, by_id, result
         self.applies = hasattr(repo.target, "retention")
         self._now: datetime | None = None
+        self.denied: str | None = None  # set once a delete was refused for want of the right
 
     def refused(self, backup_id: str) -> bool:
+        if self.denied is not None:  # the key may not delete: no further attempt (docs/immutable.md)
+            self.keep(backup_id, self.denied)
+            return True
         if not self.applies:
             return False
         child = next((c for c, m in self.by_id.items() if m.parent_id == backup_id and c in self.result.locked), None)
@@ -170,11 +178,29 @@ class _LockCheck:
             why = immutable.refusal(self.target, backup_id, self._now)  # type: ignore[assignment]
         if why is None:
             return False
+        self.keep(backup_id, why)
+        return True
+
+    def keep(self, backup_id: str, why: str) -> None:
+        """Keep ``backup_id`` for ``why`` (a refusal of the store: reported, not an error)."""
+        if why.startswith(_DENIED):
+            self.denied = (f"{_DENIED} of another backup in this prune, so this one was not tried: run prune "
+                           f"of {self.target.display_url} where the key may delete")
         self.result.locked[backup_id] = why
         self.result.decisions = [replace(d, action="keep", reasons=(why, *d.reasons)) if d.id == backup_id else d
                                  for d in self.result.decisions]
-        log.info("prune kept backup=%s: %s", backup_id, why)
-        return True
+        log.warning("prune kept backup %s: %s", backup_id, why)
+
+
+_DENIED = "not deleted: the target refused the delete"
+
+
+def _not_deleted(exc: BaseException, where: str) -> str:
+    """The reason a backup prune meant to delete is kept after the store refused its delete."""
+    if isinstance(exc, ObjectLocked):
+        return f"object lock: {exc}"
+    return (f"{_DENIED} ({exc}): if this host's key may not delete on purpose (a push host, "
+            f"docs/immutable.md), run prune of {where} where the key may")
 
 
 def _backup_decision(d: Decision, m: Manifest, by_id: Mapping[str, Manifest] | None = None) -> PruneDecision:
