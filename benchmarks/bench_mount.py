@@ -4,7 +4,8 @@
   one 1 MiB file twelve directories deep, mounted by a ``btrsync mount`` process: the time from
   ``open`` to the first byte of that deep file, right after the mount (cold: the backup's file
   index is read and its chain replayed, then the file's chunks fetched), and of a second file of
-  the same backup (warm: the tree is kept).  Also the time until the mount answers.
+  the same backup (warm: the tree is kept).  Also the time until the mount answers, and, for
+  comparison, ``btrsync ls`` of the deep directory without a cached listing (the same replay).
 * One file of a large backup (as benchmark 10: 10 MiB of 1 GiB; quick: 1 % of 256 MiB), read whole
   through the mount: the stored bytes of chunks and file indexes it fetched (the mount logs them
   at unmount) against ``btrsync restore BACKUP PATH`` of the same file.  Bar: the mount reads at
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -133,11 +135,18 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         res.runs.setdefault("first byte, deep file, cold", []).append({"seconds": cold, "rep": rep, **figures})
         res.runs.setdefault("first byte, another file, tree kept", []).append({"seconds": warm, "rep": rep})
         log(f"  mount: ready {m.ready_seconds:5.2f} s, first byte deep {cold:6.2f} s, next file {warm:6.3f} s")
+    # the same replay, as 'btrsync ls' does it without a cached listing: what the first byte waits for
+    shutil.rmtree(state / "files", ignore_errors=True)
+    t = time.monotonic()
+    subprocess.run([*cli_argv(), "--key-file", str(ws.key_file), "--state-dir", str(state), "ls", snap.name,
+                    str(rel.parent), "--from", url], check=True, capture_output=True)
+    res.runs["ls of the deep directory, cold"] = [{"seconds": time.monotonic() - t}]
     res.work_bytes = cfg.inc_files
     res.metrics.update(entries=cfg.inc_files, depth=DEPTH,
                        ready_seconds=res.median("mount ready"),
                        first_byte_cold_seconds=res.median("first byte, deep file, cold"),
-                       first_byte_warm_seconds=res.median("first byte, another file, tree kept"))
+                       first_byte_warm_seconds=res.median("first byte, another file, tree kept"),
+                       ls_cold_seconds=res.median("ls of the deep directory, cold"))
 
     # -- bytes fetched for one file: mount against selective restore
     big = subvol_create(ws.src / "mount-big")

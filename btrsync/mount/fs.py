@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from btrsync.mount.content import ContentCache
-from btrsync.mount.namespace import Backup, Namespace, Place, TYPE_BITS, Unavailable
+from btrsync.mount.namespace import TYPE_BITS, Namespace, Place, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def operations(binding: Any, ns: Namespace, cache: ContentCache) -> Any:
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 raise OSError(errno.EROFS, path)
             place = self._place(path)
-            if place.inode.kind != "f" or place.backup is None:
+            if place.inode.kind != "f" or place.backup is None or place.tree is None:
                 raise OSError(errno.EISDIR if place.inode.kind == "d" else errno.EACCES, path)
             with self._lock:
                 fh = next(self._next)
@@ -122,12 +122,11 @@ def operations(binding: Any, ns: Namespace, cache: ContentCache) -> Any:
                 raise OSError(errno.EBADF, "no such handle")
             with handle.lock:
                 if handle.fd < 0:
-                    backup: Backup = handle.place.backup  # type: ignore[assignment]
-                    try:
-                        tree = ns.tree(backup)
-                    except Unavailable:
-                        raise OSError(errno.EIO, "the backup's file index cannot be read") from None
-                    handle.fd = cache.acquire(handle.place.ino, backup, tree, handle.place.inode)
+                    place = handle.place
+                    assert place.backup is not None and place.tree is not None
+                    # the tree the inode is of, even when the namespace has dropped it since: a
+                    # replay makes new inode objects, and the rebuild matches clone sources by object
+                    handle.fd = cache.acquire(place.ino, place.backup, place.tree, place.inode)
                 return handle.fd
 
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:

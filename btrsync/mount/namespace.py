@@ -73,6 +73,7 @@ class Place:
     backup: Backup | None = None
     node: Node | None = None
     synthetic: dict[str, Place] | None = None  # the top two levels
+    tree: FileTree | None = None  # the tree ``node`` is of (a file's data is rebuilt from that one)
 
     def names(self) -> list[str]:
         if self.synthetic is not None:
@@ -87,7 +88,7 @@ class Place:
         node = (self.node.children or {}).get(name) if self.node is not None else None
         if node is None or self.backup is None:
             return None
-        return Place(node.inode, self.backup.ino(node.inode), self.backup, node)
+        return Place(node.inode, self.backup.ino(node.inode), self.backup, node, tree=self.tree)
 
 
 class Namespace:
@@ -184,10 +185,11 @@ class Namespace:
                 backup = place.backup
                 if len(parts) == 2 and backup.top is not None and not entries:
                     return Place(backup.top, backup.ino(backup.top), backup)
-                node = self.tree(backup).lookup("/".join(parts[2:]))
+                tree = self.tree(backup)
+                node = tree.lookup("/".join(parts[2:]))
                 if node is None:
                     return None
-                return Place(node.inode, backup.ino(node.inode), backup, node)
+                return Place(node.inode, backup.ino(node.inode), backup, node, tree=tree)
         return place
 
     def attrs(self, place: Place) -> dict[str, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import filecmp
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -267,3 +268,50 @@ def test_reading_one_file_fetches_what_a_selective_restore_fetches(world: World,
     from btrsync.units import format_bytes
 
     assert format_bytes(restored) in line, (restored, line)
+
+
+def test_files_opened_before_their_tree_was_dropped_read_right(world: World, mounter) -> None:
+    """An incremental clones from its parent's files (btrfs send names the parent's paths, which the
+    rebuild pins by inode object); its files are opened, then four more backups are looked into,
+    which drops its tree (four are kept): the reads use the tree the files were opened in."""
+    sv = world.subvol
+    rng = random.Random(5)
+    (sv / "dir").mkdir()
+    old = rng.randbytes(256 * 1024)
+    (sv / "dir" / "old").write_bytes(old)
+    (sv / "keep").write_bytes(rng.randbytes(64 * 1024))
+    world.snapshot()
+    tree._clone(sv / "dir" / "old", sv / "copy")  # a reflink of the parent's file ...
+    with open(sv / "dir" / "old", "r+b") as f:  # ... whose source then changes in place
+        f.write(rng.randbytes(128 * 1024))
+    os.rename(sv / "dir" / "old", sv / "renamed")
+    world.snapshot()
+    for n in range(4):
+        (sv / f"later-{n}").write_bytes(rng.randbytes(1000))
+        world.snapshot()
+    assert world.push().code == 0
+    snaps = world.snapshots
+    m = mounter(world)
+    inc = _backup_dir(m.mountpoint, snaps[1])
+    handles = {name: os.open(inc / name, os.O_RDONLY) for name in ("copy", "renamed", "keep")}
+    try:
+        for snap in snaps[2:]:
+            os.listdir(_backup_dir(m.mountpoint, snap))  # each replays its tree: the incremental's is dropped
+        for name, fd in handles.items():
+            assert os.pread(fd, 1 << 20, 0) == (snaps[1] / name).read_bytes(), name
+        assert os.pread(handles["copy"], 1 << 20, 0) == old
+    finally:
+        for fd in handles.values():
+            os.close(fd)
+
+
+def test_a_damaged_file_index_gives_eio_below_that_backup_only(world: World, mounter) -> None:
+    snaps = _generations(world, 2)
+    child = next(b["id"] for b in world.listing() if b["snapshot"] == snaps[1].name)
+    (world.target_dir / "data" / child / "files-000000").write_bytes(b"not an index")
+    m = mounter(world)
+    with pytest.raises(OSError) as info:
+        os.listdir(_backup_dir(m.mountpoint, snaps[1]))
+    assert info.value.errno == errno.EIO
+    assert sorted(os.listdir(_backup_dir(m.mountpoint, snaps[0])))  # the parent reads
+    assert m.proc.poll() is None and child in m.stderr()
