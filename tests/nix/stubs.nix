@@ -20,6 +20,8 @@ in
     environment.systemPackages = mkOption { type = types.listOf types.unspecified; default = [ ]; };
     users.users = loose;
     users.groups = loose;
+    fileSystems = loose;  # docs/nixos.md's complete host: the backup disk
+    services.postgresql.package = mkOption { type = types.anything; default = stubDrv "postgresql"; };
     services.prometheus.enable = mkOption { type = types.bool; default = false; };
     services.prometheus.ruleFiles = mkOption { type = types.listOf types.unspecified; default = [ ]; };
     services.prometheus.exporters.node.enable = mkOption { type = types.bool; default = false; };

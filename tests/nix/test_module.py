@@ -10,6 +10,7 @@ configuration; every assertion must fire with its message.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -476,15 +477,58 @@ def test_the_host_in_docs_nixos_md_evaluates_and_passes_config_check(lib: str, t
     host_file.write_text(block.replace(imports, f"imports = [ {ROOT}/tests/nix/opnix-stub.nix ];"))
     host = evaluate(lib, [str(host_file)])
     assert host["assertions"] == []
-    assert set(host["timers"]) == {"btrsync-home", "btrsync-logs", "btrsync-verify-b2-weekly", "btrsync-verify-nas-drill"}
-    assert "opnix-secrets.service" in host["services"]["btrsync-home"]["after"]
-    assert host["services"]["btrsync-home"]["serviceConfig"]["LoadCredential"] == [
-        "key:/var/lib/opnix/secrets/btrsyncKey", "target-b2:/var/lib/opnix/secrets/b2Credentials",
-        "ssh-nas:/var/lib/opnix/secrets/nasIdentity"]
+    assert set(host["timers"]) == {"btrsync-home", "btrsync-logs", "btrsync-verify-b2-weekly", "btrsync-verify-usb-drill"}
+    home = host["services"]["btrsync-home"]
+    assert "opnix-secrets.service" in home["after"]
+    assert home["serviceConfig"]["LoadCredential"] == [
+        "key:/var/lib/opnix/secrets/btrsyncKey", "target-b2:/var/lib/opnix/secrets/b2Credentials"]
+    # the disk is mounted for the run; both targets are initialised on the first one
+    assert "/mnt/backup/web1" in home["unitConfig"]["RequiresMountsFor"]
+    assert [p.split(" init --to ")[1] for p in home["serviceConfig"]["ExecStartPre"] if " init " in p] == [
+        "b2 --if-empty", "usb --if-empty"]
+    hooks = host["settings"]["jobs"]["home"]["hooks"]
+    assert hooks["pre"] == [["systemctl", "start", "postgres-dump.service"]]
+    assert hooks["path"] == ["/nix/store/00000000000000000000000000000000-curl/bin",
+                             "/nix/store/00000000000000000000000000000000-bash/bin"]
+    assert host["prometheus"]["ruleFiles"] == [str(ROOT / "monitoring" / "alerts.yml")]
+    assert host["prometheus"]["enabledCollectors"] == ["textfile"]
     path = write_config(host["settings"], tmp_path / "config.toml")
     proc = subprocess.run([btrsync_bin(), "--config", str(path), "config", "check"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_backup_server_and_its_target_in_docs_nixos_md_evaluate(lib: str, tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "nixos.md").read_text()
+    part = doc.split("## A backup server: `sshAccess`", 1)[1].split("\n## ", 1)[0]
+    server, target = [b.split("```", 1)[0] for b in part.split("```nix\n")[1:3]]
+    (tmp_path / "server.nix").write_text(server)
+    openssh = "({ lib, ... }: { options.services.openssh = lib.mkOption { type = lib.types.attrsOf lib.types.anything; }; })"
+    host = evaluate(lib, [str(tmp_path / "server.nix"), openssh])
+    assert host["assertions"] == [] and host["users"]["btrsync"]["home"] == "/srv/backups"
+    (key,) = host["users"]["btrsync"]["openssh"]["authorizedKeys"]["keys"]
+    assert key.startswith('restrict,command="') and key.endswith(" root@web1")
+    (tmp_path / "sender.nix").write_text(
+        "{ config, pkgs, ... }: { imports = [ %s/tests/nix/opnix-stub.nix ];\n"
+        "services.onepassword-secrets = { enable = true; secrets.nasIdentity = { reference = \"op://B/nas/key\"; kind = \"file\"; }; };\n"
+        "services.btrsync = { enable = true; keyFile = \"/run/k\"; jobs.home = { subvolumes = [ \"/home\" ]; "
+        "snapshotDir = \"/.snapshots\"; targets.nas = { }; }; };\n%s }" % (ROOT, target))
+    sender = evaluate(lib, [str(tmp_path / "sender.nix")])
+    assert sender["assertions"] == []
+    assert sender["settings"]["targets"]["nas"]["url"] == "ssh://btrsync@nas.lan/~/web1"
+    assert "ssh-nas:/var/lib/opnix/secrets/nasIdentity" in sender["services"]["btrsync-home"]["serviceConfig"]["LoadCredential"]
+
+
+def test_the_docs_fetch_1password_documents_with_kind_file(lib: str) -> None:
+    """The key and the credentials are stored as 1Password Documents (op document create), which
+    OpNix (v0.11.0) fetches only with kind = "file" and a three-part reference op://VAULT/ITEM/FILE."""
+    doc = (ROOT / "docs" / "nixos.md").read_text()
+    secrets = re.findall(r'(\w+) = \{ reference = "(op://[^"]+)"; kind = "(\w+)";', doc)
+    assert {name for name, _ref, _kind in secrets} >= {"btrsyncKey", "b2Credentials"}
+    for _name, ref, kind in secrets:
+        assert kind == "file" and len(ref.removeprefix("op://").split("/")) == 3, ref
+    assert "op document create /root/btrsync-web1.key" in doc and "btrsync-web1/btrsync-web1.key" in doc
+    assert "op document create b2.credentials" in doc and "b2-web1/b2.credentials" in doc
 
 
 def test_the_minimal_host_in_docs_nixos_md_evaluates_and_passes_config_check(lib: str, tmp_path: Path) -> None:
