@@ -228,6 +228,17 @@ class JobRun:
             self.out.snapshots.append(snap.name)
         return True
 
+    def _copy_fed_urls(self) -> set[str]:
+        """The URLs of this job's copy_from targets (none this job also pushes to): fed from another
+        target, never from a local snapshot, they need no local parent, so they protect no local
+        snapshot (the off-site copy must not hold the host's snapshots until its next copy)."""
+        seen = {t.name: t.url for t in self.out.targets if t.url}
+        recorded = self.doc.get("targets", {})
+        urls = {jt.name: seen.get(jt.name) or (recorded.get(jt.name) or {}).get("url") for jt in self.job.targets}
+        fed = {urls[jt.name] for jt in self.job.targets if jt.copy_from is not None}
+        pushed = {urls[jt.name] for jt in self.job.targets if jt.copy_from is None}
+        return {u for u in fed - pushed if u}
+
     def _record(self) -> None:
         record_run(self.records, self.job, self.out, self.doc, self.clock.now())
 
@@ -246,6 +257,8 @@ class JobRun:
             out.local_prune_skipped = f"skipped: {exc}"
             log.error("local snapshots of job %s not pruned: %s", self.job.name, exc)
             return
+        for url in self._copy_fed_urls():
+            held_by.pop(url, None)
         for subvol in self.job.subvolumes:
             name = subvolume_name(subvol)
             policy = self.job.snapshot_policy or self.env.config.retention.snapshot_policy(name)

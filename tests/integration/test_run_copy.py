@@ -62,3 +62,30 @@ def test_config_check_refuses_a_copy_from_itself_or_from_nowhere(world: World, t
     _jobs(world, tmp_path, copy_from=f"file://{tmp_path}/")  # the same place by its URL
     check = world.cli("config", "check")
     assert check.code == 2 and "is this target itself" in check.err, check.err
+
+
+@pytest.mark.slow
+def test_a_copy_from_target_holds_no_local_snapshot(world: World, tmp_path: Path) -> None:
+    """The off-site copy is fed from the disk: while it lags behind (not due), the host's
+    snapshots are pruned as if it did not exist; only the pushed-to disk keeps its parent."""
+    offsite = tmp_path / "offsite"
+    offsite.mkdir()
+    jobs = f"""
+[jobs.data]
+subvolumes = ["{world.subvol}"]
+snapshot_dir = "{world.snapdir}"
+snapshots = {{ keep_last = 1 }}
+targets.usb = {{ retention = {{ keep_last = 3 }}, max_chain = 0 }}
+targets.offsite = {{ copy_from = "usb", every = "daily" }}
+"""
+    configure(world, jobs, targets={"offsite": {"url": f"file://{offsite}"}})
+    assert world.cli("init", "--to", "offsite").code == 0
+    for hour in range(3):
+        (world.subvol / f"f{hour}").write_bytes(os.urandom(50_000))
+        result = run(world, "--all", now=hour)
+        assert result.code == 0, result.err
+        job = outcome(result)["data"]
+        assert job["local_prune_skipped"] is None, job
+        # the disk's newest backup is the one snapshot kept; the offsite's (hour 0) pins nothing
+        assert sorted(p.name for p in world.snapdir.iterdir()) == [job["snapshots"][0]]
+    assert len(listing(world, "offsite")) == 1 and len(listing(world, "usb")) == 3
