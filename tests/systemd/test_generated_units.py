@@ -304,6 +304,30 @@ def test_a_run_killed_after_a_failed_run_still_gets_its_failure_hooks(booted: Bo
     assert len(job.hook_runs()) == 2, job.c.journal(job.handler)
 
 
+def test_a_missing_key_file_fails_the_unit_with_243_credentials_and_runs_the_hooks(booted: Booted) -> None:
+    """What a host sees when the secrets manager has not written the key yet (OpNix without its
+    token on a new host, docs/nixos.md): LoadCredential= cannot read it, the unit fails before
+    btrsync starts (243/CREDENTIALS), and btrsync-on-failure@ runs the job's on_failure hooks."""
+    job = FailingJob(booted, "nokey")
+    (job.s.dir / "usb").mkdir()
+    assert host_cli(job.s.config, "init", "--to", "usb").returncode == 0
+    aside = job.s.key.with_name("key.aside")
+    job.s.key.rename(aside)
+    try:
+        result = job.start()
+    finally:
+        aside.rename(job.s.key)
+    assert result["Result"] == "exit-code", result
+    status = job.c.systemctl("status", job.unit, check=False).stdout
+    assert "243/CREDENTIALS" in status, status
+    assert "Failed to set up credentials" in result["journal"] or "credential" in result["journal"].lower(), result
+    runs = job.hook_runs()
+    assert len(runs) == 1 and f"systemd unit {job.unit} failed" in runs[0], job.c.journal(job.handler)
+    # with the key back, the same unit runs
+    job.c.reset(job.unit)
+    assert started(booted, job.unit)["rc"] == "0"
+
+
 def inhibitors(booted: Booted) -> str:
     """``systemd-inhibit --list`` in the container (logind runs there: dbus and systemd-logind)."""
     return booted.container.run(["systemd-inhibit", "--list", "--no-pager", "--no-legend"]).stdout
