@@ -492,6 +492,24 @@ def test_the_host_in_docs_nixos_md_evaluates_and_passes_config_check(lib: str, t
                              "/nix/store/00000000000000000000000000000000-bash/bin"]
     assert host["prometheus"]["ruleFiles"] == [str(ROOT / "monitoring" / "alerts.yml")]
     assert host["prometheus"]["enabledCollectors"] == ["textfile"]
+    # the systemd-analyze security figures the page gives for these units are this version's
+    tool = shutil.which("systemd-analyze")
+    if tool is not None:
+        from tests.jobs.test_systemd import SECURITY_LIMIT, exposure
+
+        units = tmp_path / "units"
+        units.mkdir()
+        ours = {**host, "services": {k: v for k, v in host["services"].items() if k.startswith("btrsync")}}
+        for unit, text in unit_files(ours).items():
+            (units / unit).write_text(text)
+        (units / "btrsync-on-failure@btrsync-home.service.service").write_text(
+            (units / "btrsync-on-failure@.service").read_text())
+        for unit in sorted(units.glob("*.service")):
+            if unit.name == "btrsync-on-failure@.service":
+                continue
+            level = exposure(tool, unit)
+            shown = "btrsync-on-failure@.service" if unit.name.startswith("btrsync-on-failure@") else unit.name
+            assert level <= SECURITY_LIMIT and f"| `{shown}` | {level} |" in doc, (shown, level)
     path = write_config(host["settings"], tmp_path / "config.toml")
     proc = subprocess.run([btrsync_bin(), "--config", str(path), "config", "check"], capture_output=True, text=True,
                           timeout=60, check=False)
