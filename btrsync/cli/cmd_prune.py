@@ -77,6 +77,10 @@ def prune_cmd(app: App, source: str, now_text: str | None, dry_run: bool, as_jso
     Without --keep-* flags, each subvolume's profile from the configuration applies
     (backups, or the profile's override for this target); a subvolume without one keeps all.
 
+    On an S3 target with object_lock, a backup whose lock has not expired (on the store's clock)
+    is kept with the reason, as is one the store refuses to delete (a push host's key without
+    delete rights): reported, exit 0.  Kept backups' locks are extended to the policy's dates.
+
     \b
     Examples:
       btrsync prune --from usb --keep-daily 14 --keep-weekly 8 --keep-monthly 24 --dry-run

@@ -33,6 +33,11 @@ def init_cmd(app: App, to: str, if_empty: bool, as_json: bool) -> None:
     knew there and no longer finds (exit 10: is the disk mounted?).  A directory target on a
     mount point of /etc/fstab that is not mounted is refused either way.
 
+    An S3 target with object_lock = "governance" or "compliance" (and object_lock_margin, default
+    "7d") writes every object of a backup locked until the retention policy's date plus the
+    margin; init (and every command) refuses a bucket without Object Lock (exit 2).  See
+    docs/immutable.md.
+
     \b
     Examples:
       btrsync init --to file:///mnt/usb/backups --key-file /root/backup.key

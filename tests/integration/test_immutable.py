@@ -180,3 +180,26 @@ targets.b2 = {{ retention = {{ keep_last = 1 }}, max_chain = 0 }}
     assert run.code == 0, run.err
     assert [d["action"] for d in run.json()] == ["keep"]
     assert world.cli("clean", "--from", "b2").code == 0
+
+
+@pytest.mark.slow
+def test_a_killed_push_on_a_locked_bucket_leaves_locked_orphans_clean_reports_and_a_push_resumes(
+        world: World, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    moto, bucket = locked_world(world, request, tmp_path, "compliance")
+    world.config.write_text(world.config.read_text().replace('segment_size = "256k"', 'segment_size = "6M"')
+                            .replace('chunk_size = "64k"', 'chunk_size = "1M"'))
+    _killed_push(world, size_mib=30)
+    run = world.cli("clean", "--from", world.url, "--json")
+    assert run.code == 0, run.err  # a locked orphan is reported, not an error
+    orphans = [i for i in run.json()["items"] if i["kind"] == "orphaned data"]
+    assert orphans and all(i["action"].startswith("kept: ") and "compliance lock until" in i["action"]
+                           for i in orphans)
+    run = world.push("--json")
+    assert run.code == 0, run.err
+    [backup] = run.json()["backups"]
+    assert backup["resumed_bytes"] > 0
+    assert all(mode == "COMPLIANCE" for key, (mode, _) in locks(moto, bucket, "repo").items()
+               if key.startswith(("data/", "backups/")))
+    assert world.receive("latest").code == 0
+    name = world.snapshots[0].name
+    assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
