@@ -29,6 +29,8 @@ def _load_tree(repo: Repository, chain: list[Manifest]) -> tuple[FileTree, int]:
               help="where file contents are cached while mounted [default: STATE_DIR/mount-cache]")
 @click.option("--cache-size", default="1G", show_default=True,
               help="bytes of file contents kept cached (files open beyond it stay until closed)")
+@click.option("--read-window", default="16M", show_default=True,
+              help="a larger file is rebuilt this many bytes at a time, as they are read (files with clones whole)")
 @click.option("--allow-non-empty", is_flag=True, help="mount over a directory that holds entries (hiding them)")
 @click.option("--allow-other", is_flag=True,
               help="let other users in (modes and owners of the backup apply; non-root needs user_allow_other "
@@ -36,13 +38,14 @@ def _load_tree(repo: Repository, chain: list[Manifest]) -> tuple[FileTree, int]:
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="threads fetching and opening chunks for each file read")
 @pass_app
-def mount_cmd(app: App, mountpoint: Path, source: str, cache_dir: Path | None, cache_size: str,
+def mount_cmd(app: App, mountpoint: Path, source: str, cache_dir: Path | None, cache_size: str, read_window: str,
               allow_non_empty: bool, allow_other: bool, workers: int) -> None:
     """Mount every backup of a repository, read-only, at MOUNTPOINT: MOUNTPOINT/<subvolume>/<snapshot>/...
 
     Names, modes, owners, times, symlinks, hard links (one inode number), xattrs and sparse
     files are as in the snapshot, from the file indexes; a file's contents are fetched when it
-    is first read, only the chunks that hold it, each authenticated, and kept in a bounded
+    is first read, only the chunks that hold it (of a file larger than --read-window, those of
+    the windows read), each authenticated, and kept in a bounded
     cache (plaintext, in a 0700 directory removed at unmount). A damaged chunk makes reads of
     the files it holds fail with EIO; everything else reads on. ls, cp, diff -r, rsync and file
     managers work.
@@ -66,8 +69,15 @@ def mount_cmd(app: App, mountpoint: Path, source: str, cache_dir: Path | None, c
         limit = parse_size(cache_size)
     except ValueError as exc:
         raise UsageError(f"--cache-size: {exc}") from None
+    try:
+        window = parse_size(read_window)
+    except ValueError as exc:
+        raise UsageError(f"--read-window: {exc}") from None
+    if window < 4096:
+        raise UsageError("--read-window: at least 4k")
     root = cache_dir if cache_dir is not None else app.state().root / "mount-cache"
-    options = MountOptions(root, limit, allow_non_empty=allow_non_empty, allow_other=allow_other, workers=workers)
+    options = MountOptions(root, limit, allow_non_empty=allow_non_empty, allow_other=allow_other, workers=workers,
+                           window=window)
 
     def ready(m: Mounted) -> None:
         click.echo(f"btrsync: mounted {m.backups} backup(s) of {repo.target.display_url} at {m.mountpoint} "

@@ -23,10 +23,12 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from btrsync.catalog.repository import Repository
 from btrsync.errors import BtrsyncError, DamageError
+from btrsync.fdio import pwrite_all
 from btrsync.fileindex.tree import FileTree, Inode
 from btrsync.mount.namespace import Backup
 from btrsync.restore import place
@@ -35,6 +37,28 @@ from btrsync.restore.paths import DIR_FLAGS
 from btrsync.restore.selective import SelectiveRestore
 
 log = logging.getLogger(__name__)
+
+WINDOW = 16 * 1024 * 1024  # a file larger than this, without clones, is rebuilt by windows as it is read
+
+
+def windowed(inode: Inode, window: int) -> bool:
+    """Whether ``inode`` is rebuilt window by window: larger than one, and no clone (whose source
+    ranges would need their own rebuild) among its data commands."""
+    return inode.size > window and not any(op[2] == "c" for op in inode.ops or ())
+
+
+def _touches(op: tuple, lo: int, hi: int) -> bool:
+    """Whether a data command changes bytes in ``[lo, hi)`` (a truncate always may)."""
+    kind = op[2]
+    if kind == "w":
+        start, end = op[7], op[7] + op[6]
+    elif kind == "e":
+        start, end = op[7], op[7] + op[11]
+    elif kind == "a":
+        start, end = op[4], op[4] + op[5]
+    else:
+        return True
+    return start < hi and end > lo
 
 
 @dataclass
@@ -52,6 +76,8 @@ class _Cached:
     name: str
     blocks: int  # allocated bytes
     users: int = 0
+    windows: set[int] | None = None  # a file rebuilt window by window: those done (None: whole)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -63,8 +89,9 @@ class _Build:
 class ContentCache:
     """Rebuilt files in ``cache_fd`` (a private directory), at most ``limit`` bytes unused."""
 
-    def __init__(self, repo: Repository, cache_fd: int, limit: int, *, workers: int = 2) -> None:
-        self.repo, self.cache_fd, self.limit, self.workers = repo, cache_fd, limit, workers
+    def __init__(self, repo: Repository, cache_fd: int, limit: int, *, workers: int = 2,
+                 window: int = WINDOW) -> None:
+        self.repo, self.cache_fd, self.limit, self.workers, self.window = repo, cache_fd, limit, workers, window
         self.stats = FetchStats()
         self._lock = threading.Lock()
         self._files: OrderedDict[int, _Cached] = OrderedDict()
@@ -119,6 +146,68 @@ class ContentCache:
             self.release(ino)
             raise
 
+    def fill(self, ino: int, backup: Backup, tree: FileTree, inode: Inode, offset: int, length: int) -> None:
+        """Make bytes ``offset .. offset + length - 1`` of an acquired file present (a file rebuilt
+        by windows gets the windows under them; a whole one has them all)."""
+        with self._lock:
+            cached = self._files.get(ino)
+            damage = self._damaged.get(ino)
+        if damage is not None:
+            raise OSError(errno.EIO, damage)
+        if cached is None or cached.windows is None or length <= 0:
+            return
+        end = min(offset + length, inode.size)
+        for k in range(offset // self.window, -(-end // self.window) if end > offset else offset // self.window):
+            with cached.lock:
+                if k in cached.windows:
+                    continue
+                lo, hi = k * self.window, min((k + 1) * self.window, inode.size)
+                view = Inode("f", inode.ino, size=inode.size,
+                             ops=[op for op in inode.ops or () if _touches(op, lo, hi)])
+                self._rebuilt(ino, backup, tree, view, lambda data_fd, name: self._copy_in(
+                    data_fd, name, cached.name, lo, hi))
+                if not cached.windows:
+                    with self._lock:
+                        self.stats.files += 1
+                cached.windows.add(k)
+                blocks = os.stat(cached.name, dir_fd=self.cache_fd).st_blocks * 512
+            with self._lock:
+                cached.blocks = blocks
+        self._evict()
+
+    def _copy_in(self, data_fd: int, scratch: str, name: str, lo: int, hi: int) -> None:
+        """The data of ``[lo, hi)`` of a scratch file into the cached file; holes stay holes."""
+        src = os.open(scratch, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=data_fd)
+        dst = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.cache_fd)
+        try:
+            at = lo
+            hi = min(hi, os.fstat(src).st_size)
+            while at < hi:
+                try:
+                    start = os.lseek(src, at, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:
+                        break
+                    raise
+                if start >= hi:
+                    break
+                stop = min(os.lseek(src, start, os.SEEK_HOLE), hi)
+                while start < stop:
+                    piece = os.pread(src, min(stop - start, 1 << 20), start)
+                    if not piece:
+                        raise OSError(errno.EIO, "the rebuilt file ended early")
+                    pwrite_all(dst, piece, start)
+                    start += len(piece)
+                at = stop
+        finally:
+            os.close(src)
+            os.close(dst)
+
+    def is_windowed(self, ino: int) -> bool:
+        with self._lock:
+            cached = self._files.get(ino)
+        return cached is not None and cached.windows is not None
+
     def release(self, ino: int) -> None:
         with self._lock:
             cached = self._files.get(ino)
@@ -147,6 +236,27 @@ class ContentCache:
 
     def _build(self, ino: int, backup: Backup, tree: FileTree, inode: Inode) -> _Cached:
         name = f"f{ino:x}"
+        if windowed(inode, self.window):  # an empty file of its size; windows are rebuilt as they are read
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.cache_fd)
+            try:
+                os.ftruncate(fd, inode.size)
+            finally:
+                os.close(fd)
+            return _Cached(name, 0, windows=set())
+
+        def keep(data_fd: int, scratch: str) -> None:  # the scratch file becomes the cached file
+            os.rename(scratch, name, src_dir_fd=data_fd, dst_dir_fd=self.cache_fd)
+
+        self._rebuilt(ino, backup, tree, inode, keep)
+        with self._lock:
+            self.stats.files += 1
+        return _Cached(name, os.stat(name, dir_fd=self.cache_fd).st_blocks * 512)
+
+    def _rebuilt(self, ino: int, backup: Backup, tree: FileTree, inode: Inode,
+                 use: Callable[[int, str], None]) -> None:
+        """Rebuild ``inode`` (its data commands, and its clone sources') in a work directory by the
+        selective restore, hand its scratch file to ``use``, remove the rest."""
         work = f".w{next(self._seq)}"
         os.mkdir(work, 0o700, dir_fd=self.cache_fd)
         try:
@@ -161,8 +271,7 @@ class ContentCache:
                     with self._lock:
                         self.stats.chunks += sel.fetched.chunks
                         self.stats.stored_bytes += sel.fetched.stored_bytes
-                # the scratch file the rebuild made for the inode becomes the cached file
-                os.rename(sel._names[id(inode)], name, src_dir_fd=sel._data_fd, dst_dir_fd=self.cache_fd)
+                use(sel._data_fd, sel._names[id(inode)])  # the scratch file the rebuild made for the inode
             finally:
                 sel.close()
                 os.close(wfd)
@@ -178,6 +287,3 @@ class ContentCache:
             raise OSError(errno.EIO, str(exc)) from None
         finally:
             place.remove_tree(self.cache_fd, work)
-        with self._lock:
-            self.stats.files += 1
-        return _Cached(name, os.stat(name, dir_fd=self.cache_fd).st_blocks * 512)

@@ -8,6 +8,9 @@ counted whole (its source's holes are not looked at).
 
 from __future__ import annotations
 
+import errno
+import os
+
 from btrsync.fileindex.tree import Inode
 
 BLOCK = 4096
@@ -70,3 +73,36 @@ def allocated_blocks(inode: Inode) -> int:
             total += hi - lo
             end = hi
     return total // 512
+
+
+def block_ranges(inode: Inode) -> list[tuple[int, int]]:
+    """``data_ranges`` rounded out to whole blocks (within the size), as a filesystem reports them."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in data_ranges(inode):
+        lo, hi = lo - lo % BLOCK, min(-(-hi // BLOCK) * BLOCK, inode.size)
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def seek(inode: Inode, offset: int, whence: int) -> int:
+    """``lseek`` with ``SEEK_DATA`` or ``SEEK_HOLE`` from the index alone (files without clones:
+    there the ranges are exact to the block)."""
+    if offset < 0:
+        raise OSError(errno.EINVAL, "negative offset")
+    if offset >= inode.size:
+        raise OSError(errno.ENXIO, "past the end")
+    ranges = block_ranges(inode)
+    if whence == os.SEEK_DATA:
+        for lo, hi in ranges:
+            if hi > offset:
+                return max(lo, offset)
+        raise OSError(errno.ENXIO, "no data after the offset")
+    if whence == os.SEEK_HOLE:
+        for lo, hi in ranges:
+            if lo <= offset < hi:
+                return hi
+        return offset
+    raise OSError(errno.EINVAL, "only SEEK_DATA and SEEK_HOLE")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from btrsync.mount.content import ContentCache
+from btrsync.mount.extents import seek
 from btrsync.mount.namespace import TYPE_BITS, Namespace, Place, Unavailable
 
 log = logging.getLogger(__name__)
@@ -130,10 +131,16 @@ def operations(binding: Any, ns: Namespace, cache: ContentCache) -> Any:
                 return handle.fd
 
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-            return os.pread(self._fd(fh), size, offset)
+            fd = self._fd(fh)
+            place = self._handles[fh].place
+            cache.fill(place.ino, place.backup, place.tree, place.inode, offset, size)  # type: ignore[arg-type]
+            return os.pread(fd, size, offset)
 
         def lseek(self, path: str, offset: int, whence: int, fh: int) -> int:
-            return os.lseek(self._fd(fh), offset, whence)
+            fd = self._fd(fh)
+            if cache.is_windowed(self._handles[fh].place.ino):  # not all there yet: the index knows
+                return seek(self._handles[fh].place.inode, offset, whence)
+            return os.lseek(fd, offset, whence)
 
         def release(self, path: str, fh: int) -> int:
             with self._lock:

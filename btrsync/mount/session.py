@@ -29,7 +29,7 @@ from pathlib import Path
 
 from btrsync.catalog.repository import Repository
 from btrsync.errors import BtrsyncError, UsageError
-from btrsync.mount.content import ContentCache, FetchStats
+from btrsync.mount.content import WINDOW, ContentCache, FetchStats
 from btrsync.mount.fs import fuse_class, load_binding, operations
 from btrsync.mount.namespace import KEEP_TREES, LoadTree, Namespace
 from btrsync.mountinfo import mount_points
@@ -56,6 +56,7 @@ class MountOptions:
     allow_other: bool = False
     workers: int = 2
     keep_trees: int = KEEP_TREES
+    window: int = WINDOW  # files larger than this (without clones) are rebuilt a window at a time
 
 
 @dataclass
@@ -167,7 +168,7 @@ def serve(repo: Repository, mountpoint: Path, load_tree: LoadTree, options: Moun
     for line in ns.skipped:
         log.warning("not shown: %s", line)
     cache_dir, cache_fd = _session_dir(options.cache_root)
-    cache = ContentCache(repo, cache_fd, options.cache_size, workers=options.workers)
+    cache = ContentCache(repo, cache_fd, options.cache_size, workers=options.workers, window=options.window)
     result = Mounted(mountpoint, len(ns.backups), ns.skipped, cache.stats)
     ready = threading.Event()
     ended = threading.Event()  # not Thread.is_alive(): a join() cut short by a signal can leave it False

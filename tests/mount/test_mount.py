@@ -64,9 +64,10 @@ def _backup_dir(mp: Path, snap: Path) -> Path:
     return mp / "data" / snap.name
 
 
-def test_every_backup_of_a_chain_looks_as_its_snapshot(world: World, mounter) -> None:
+@pytest.mark.parametrize("window", ["16M", "64k"])  # whole files; files over 64 KiB rebuilt by windows
+def test_every_backup_of_a_chain_looks_as_its_snapshot(world: World, mounter, window: str) -> None:
     snaps = _generations(world, 3)
-    m = mounter(world)
+    m = mounter(world, "--read-window", window)
     assert sorted(os.listdir(m.mountpoint)) == ["data"]
     assert sorted(os.listdir(m.mountpoint / "data")) == sorted(s.name for s in snaps)
     for snap in snaps:
@@ -96,7 +97,8 @@ def test_hard_links_share_an_inode_number_and_backups_never_do(world: World, mou
     assert done.returncode == 1 and "a" in done.stdout
 
 
-def test_sparse_files_report_their_allocation_and_holes(world: World, mounter) -> None:
+@pytest.mark.parametrize("window", ["16M", "1M"])
+def test_sparse_files_report_their_allocation_and_holes(world: World, mounter, window: str) -> None:
     f = world.subvol / "sparse"
     with open(f, "wb") as out:
         out.write(os.urandom(65536))
@@ -104,7 +106,7 @@ def test_sparse_files_report_their_allocation_and_holes(world: World, mounter) -
         out.write(os.urandom(65536))
     world.snapshot()
     assert world.push().code == 0
-    m = mounter(world)
+    m = mounter(world, "--read-window", window)
     got = _backup_dir(m.mountpoint, world.snapshots[0]) / "sparse"
     st, src = got.stat(), (world.snapshots[0] / "sparse").stat()
     assert st.st_size == src.st_size
@@ -315,3 +317,22 @@ def test_a_damaged_file_index_gives_eio_below_that_backup_only(world: World, mou
     assert info.value.errno == errno.EIO
     assert sorted(os.listdir(_backup_dir(m.mountpoint, snaps[0])))  # the parent reads
     assert m.proc.poll() is None and child in m.stderr()
+
+
+def test_a_few_bytes_of_a_large_file_fetch_only_the_chunks_under_them(world: World, mounter) -> None:
+    """A 24 MiB file, 64 KiB chunks (the world's push settings), 1 MiB windows: a read of 100 bytes
+    in the middle fetches the chunks of that window (about 1 MiB), not the file."""
+    data = os.urandom(24 << 20)
+    (world.subvol / "large.bin").write_bytes(data)
+    world.snapshot()
+    assert world.push().code == 0
+    m = mounter(world, "--read-window", "1M", "-v")
+    path = _backup_dir(m.mountpoint, world.snapshots[0]) / "large.bin"
+    with open(path, "rb") as f:
+        f.seek(12_345_678)
+        assert f.read(100) == data[12_345_678:12_345_778]
+    subprocess.run(["fusermount3", "-u", str(m.mountpoint)], check=True)
+    assert m.wait() == 0
+    line = [ln for ln in m.stderr().splitlines() if "read for contents" in ln][-1]
+    fetched = int(line.split("read for contents: ")[1].split()[0])
+    assert 0 < fetched < 3 << 20, line  # the window and the kernel's read-ahead, never the 24 MiB
