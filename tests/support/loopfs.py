@@ -13,6 +13,13 @@ directories) and unmount and detach them.
 Small helpers drive the btrfs command line: :func:`create_subvolume`, :func:`snapshot`,
 :func:`delete_subvolume` and :func:`send_receive` (a ``btrfs send | btrfs receive`` pipe built from
 two processes, without a shell).
+
+Images in RAM: the image of a filesystem made under pytest's temporary directories lives at the
+same path below :data:`IMAGE_MIRROR` (``/dev/shm/btrsync-test-images``) when /dev/shm is a tmpfs
+with room (:func:`image_dir_for`); its mount point stays where the test asked. The filesystem is
+the same real btrfs on a real loop device; only its flushes cost nothing, and tests stop waiting
+on the disk that the machine's other work shares. The safety nets look at images by their logical
+path (:func:`logical_path`), and the mirror of a dead run is removed with its loop devices.
 """
 
 from __future__ import annotations
@@ -187,6 +194,46 @@ def release_device(device: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Images in RAM
+
+IMAGE_MIRROR = Path("/dev/shm/btrsync-test-images")
+IMAGE_MIRROR_MIN_FREE = 6 << 30  # below this much free RAM in /dev/shm, images stay on disk
+
+
+def _shm_usable() -> bool:
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return False
+    tmpfs = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts if len(line.split()) > 2)
+    return tmpfs and st.f_bavail * st.f_frsize >= IMAGE_MIRROR_MIN_FREE
+
+
+def image_dir_for(directory: Path) -> Path:
+    """Where the image of a filesystem made in ``directory`` goes: the same path below
+    :data:`IMAGE_MIRROR` when ``directory`` is under pytest's temporary directories and /dev/shm
+    has room, else ``directory`` itself."""
+    real = Path(os.path.realpath(directory))
+    if not _is_under(str(real), Path(os.path.realpath(default_pytest_root()))) or not _shm_usable():
+        return directory
+    return IMAGE_MIRROR / real.relative_to("/")
+
+
+def logical_path(path: str) -> str:
+    """A backing file's path as the test named its directory: without the :data:`IMAGE_MIRROR` prefix."""
+    if _is_under(path, IMAGE_MIRROR):
+        return "/" + str(Path(path).relative_to(IMAGE_MIRROR))
+    return path
+
+
+def remove_image_mirror(directory: Path) -> None:
+    """Delete what is left of the images mirrored for ``directory`` (after its loops are released)."""
+    mirror = IMAGE_MIRROR / Path(os.path.realpath(directory)).relative_to("/")
+    shutil.rmtree(mirror, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
 # The loop filesystem itself
 
 LOSETUP_ATTEMPTS = 20
@@ -242,14 +289,17 @@ class LoopBtrfs:
                 detach_loop(self.device)
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
-        try:
-            self.image.unlink(missing_ok=True)
-            if not self.mounted:
-                self.mountpoint.rmdir()
-                self.image.parent.rmdir()
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
-                errors.append(exc)
+        dirs = [] if self.mounted else list(dict.fromkeys(
+            [self.mountpoint, self.image.parent, self.mountpoint.parent]))  # the image's may be in RAM
+        for path in [self.image, *dirs]:
+            try:
+                if path == self.image:
+                    path.unlink(missing_ok=True)
+                else:
+                    path.rmdir()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
+                    errors.append(exc)
         if errors:
             raise errors[0]
 
@@ -282,7 +332,10 @@ def open_loop_btrfs(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=workdir))
-    fs = LoopBtrfs(image=base / "fs.img", mountpoint=base / "mnt")
+    images = image_dir_for(base)
+    if images != base:
+        images.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fs = LoopBtrfs(image=images / "fs.img", mountpoint=base / "mnt")
     _LIVE.add(fs)
     try:
         fs.mountpoint.mkdir()
@@ -328,7 +381,8 @@ def loop_btrfs(
 def attached_loops() -> list[tuple[str, str]]:
     """``(device, backing file)`` for every attached loop device, as ``losetup`` reports them.
 
-    A backing file that was deleted is reported with a ``" (deleted)"`` suffix, which is stripped.
+    A backing file that was deleted is reported with a ``" (deleted)"`` suffix, which is stripped;
+    an image kept in RAM is named by its logical path (:func:`logical_path`).
     """
     proc = _run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"], check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
@@ -336,7 +390,7 @@ def attached_loops() -> list[tuple[str, str]]:
     loops = []
     for entry in json.loads(proc.stdout).get("loopdevices", []):
         back = (entry.get("back-file") or "").strip()
-        back = back.removesuffix(" (deleted)")
+        back = logical_path(back.removesuffix(" (deleted)"))
         loops.append((entry["name"], back))
     return loops
 
@@ -396,7 +450,13 @@ def sweep_orphaned_pytest_loops(pytest_root: Path) -> list[str]:
         run_dir = root / parts[0]
         if not _run_is_live(run_dir):
             orphaned_roots.add(run_dir)
-    return detach_loops_under(orphaned_roots) if orphaned_roots else []
+    released = detach_loops_under(orphaned_roots) if orphaned_roots else []
+    mirror = IMAGE_MIRROR / root.relative_to("/")
+    if mirror.is_dir():  # the images of dead runs, whether a loop still held them or not
+        for run_mirror in mirror.iterdir():
+            if not _run_is_live(root / run_mirror.name):
+                remove_image_mirror(root / run_mirror.name)
+    return released
 
 
 def default_pytest_root() -> Path:

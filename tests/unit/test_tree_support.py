@@ -57,7 +57,7 @@ def _device_of(mountpoint: Path) -> str:
 def _forget_if_released(fs: loopfs.LoopBtrfs) -> None:
     """After a sweep released ``fs``, let ``close()`` only tidy files: its loop device number may
     already belong to someone else."""
-    if fs.device is not None and (fs.device, str(fs.image)) not in loopfs.attached_loops():
+    if fs.device is not None and (fs.device, loopfs.logical_path(str(fs.image))) not in loopfs.attached_loops():
         fs.mounted, fs.device = False, None
 
 
