@@ -200,3 +200,37 @@ def test_locks_follow_b2_rules_md5_not_flexible_checksums(moto: MotoServer, tmp_
         proxy.capabilities.discard("writeFileRetentions")
         with pytest.raises(TargetError, match="writeFileRetentions"):
             target.put_bytes("data/b1/000001", b"x")
+
+
+def test_a_child_kept_longer_extends_its_parent_before_it_is_sent(moto: MotoServer, tmp_path: Path) -> None:
+    """The push holds a backup's date and extends the backup it is sent on to at least that date
+    (ops/immutable.py): a parent is locked as long as its longest-lived child needs it."""
+    from btrsync.ops.immutable import hold_for_step
+    from btrsync.planner.plan import Step
+
+    target = locked_target(moto, tmp_path)
+    target.put_bytes("data/parent/000000", b"p")  # locked for the margin only (date unknown at upload)
+    target.put_bytes("backups/parent/manifest", b"m")
+    child_kept = datetime.now(UTC) + timedelta(days=60)
+    step = Step(None, None, "parent", 1, "incremental", "monthly", child_kept)  # type: ignore[arg-type]
+    hold_for_step(target, "child", step, [])
+    for key in ("data/parent/000000", "backups/parent/manifest"):
+        assert lock_of(moto, target.bucket, f"repo/{key}")[1] >= child_kept + MARGIN  # type: ignore[operator]
+    target.put_bytes("data/child/000000", b"c")
+    assert lock_of(moto, target.bucket, "repo/data/child/000000")[1] >= child_kept + MARGIN  # type: ignore[operator]
+
+
+def test_config_check_refuses_a_misspelt_object_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Careless operator: ``object_lock = "compliant"`` must not leave the bucket unlocked."""
+    from btrsync.cli.main import main
+
+    config = tmp_path / "config.toml"
+    config.write_text('[targets.b2]\nurl = "s3://bucket/host"\nobject_lock = "compliant"\n')
+    assert main(["--config", str(config), "config", "check"]) == 2
+    assert "object_lock" in capsys.readouterr().err
+    config.write_text('[targets.b2]\nurl = "s3://bucket/host"\nobject_lock = "governance"\nobject_lock_margin = "3d"\n')
+    assert main(["--config", str(config), "config", "check"]) == 0
+    with pytest.raises(ConfigError, match="object_lock_margin"):
+        S3Settings.from_mapping({"object_lock": "compliance", "object_lock_margin": -1})
+    with pytest.raises(ConfigError, match="not a duration"):
+        S3Settings.from_mapping({"object_lock": "compliance", "object_lock_margin": "a week"})
