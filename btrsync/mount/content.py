@@ -164,7 +164,7 @@ class ContentCache:
                 lo, hi = k * self.window, min((k + 1) * self.window, inode.size)
                 view = Inode("f", inode.ino, size=inode.size,
                              ops=[op for op in inode.ops or () if _touches(op, lo, hi)])
-                self._rebuilt(ino, backup, tree, view, lambda data_fd, name: self._copy_in(
+                self._rebuilt(ino, backup, tree, view, lambda data_fd, name, lo=lo, hi=hi: self._copy_in(
                     data_fd, name, cached.name, lo, hi))
                 if not cached.windows:
                     with self._lock:

@@ -47,13 +47,13 @@ class MountProc:
         self.proc.send_signal(sig)
 
 
-def start_mount(world: World, mountpoint: Path, *extra: str, key: Path | None = None,
+def start_mount(of: World, mountpoint: Path, *extra: str, key: Path | None = None,
                 wait: bool = True) -> MountProc:
     """``btrsync mount`` as its own process (signals reach it as they reach a user's), ready once
     the mount point is in the mount table, or failed when the process ends first."""
     err = mountpoint.parent / f"{mountpoint.name}.stderr"
-    argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state),
-            "--key-file", str(key or world.key), "mount", "--from", world.url, str(mountpoint), *extra]
+    argv = [sys.executable, "-m", "btrsync", "--config", str(of.config), "--state-dir", str(of.state),
+            "--key-file", str(key or of.key), "mount", "--from", of.url, str(mountpoint), *extra]
     with open(err, "w") as f:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f, text=True, start_new_session=True)
     mp = MountProc(proc, mountpoint, err)
@@ -75,10 +75,10 @@ def mounter(tmp_path: Path) -> Iterator:
     unmounted at teardown, whatever the test did to it."""
     started: list[MountProc] = []
 
-    def start(world: World, *extra: str, mountpoint: Path | None = None, **kw) -> MountProc:
+    def start(of: World, *extra: str, mountpoint: Path | None = None, **kw) -> MountProc:
         mp_dir = mountpoint or tmp_path / f"mnt{len(started)}"
         mp_dir.mkdir(exist_ok=True)
-        mp = start_mount(world, mp_dir, *extra, **kw)
+        mp = start_mount(of, mp_dir, *extra, **kw)
         started.append(mp)
         return mp
 

@@ -14,8 +14,10 @@ import errno
 import filecmp
 import os
 import random
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from unittest import mock
@@ -336,3 +338,36 @@ def test_a_few_bytes_of_a_large_file_fetch_only_the_chunks_under_them(world: Wor
     line = [ln for ln in m.stderr().splitlines() if "read for contents" in ln][-1]
     fetched = int(line.split("read for contents: ")[1].split()[0])
     assert 0 < fetched < 3 << 20, line  # the window and the kernel's read-ahead, never the 24 MiB
+
+
+def test_other_users_get_in_only_with_allow_other_and_then_as_the_backup_allows(world: World, mounter) -> None:
+    (world.subvol / "public").write_text("for everyone\n")
+    (world.subvol / "public").chmod(0o644)
+    (world.subvol / "secret").write_text("root only\n")
+    (world.subvol / "secret").chmod(0o600)
+    world.snapshot()
+    assert world.push().code == 0
+    base = Path(tempfile.mkdtemp(prefix="btrsync-mount-test-"))  # a place user nobody can reach
+    base.chmod(0o755)
+    try:
+        for extra, public_readable in (((), False), (("--allow-other",), True)):
+            mp = base / f"m{len(extra)}"
+            mp.mkdir()
+            mp.chmod(0o755)
+            m = mounter(world, *extra, mountpoint=mp)
+            top = _backup_dir(mp, world.snapshots[0])
+
+            def as_nobody(name: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
+                                       str(top / name)], capture_output=True, text=True)
+
+            public, secret = as_nobody("public"), as_nobody("secret")
+            assert (public.returncode == 0) == public_readable, public.stderr
+            if public_readable:
+                assert public.stdout == "for everyone\n"
+            assert secret.returncode != 0 and "Permission denied" in secret.stderr
+            assert (top / "secret").read_text() == "root only\n"  # root reads it
+            subprocess.run(["fusermount3", "-u", str(mp)], check=True)
+            assert m.wait() == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
