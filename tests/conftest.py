@@ -95,9 +95,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 2 * max(1, len(os.sched_getaffinity(0)))
 
 
-# modules whose throwaway servers make a test "remote" (SeaweedFS, sshd, the B2 rules proxy)
+# modules whose throwaway servers make a test "remote" (SeaweedFS, sshd, the B2 rules proxy, moto)
 _SERVER_MODULES = ("tests.support.s3server", "tests.support.sshd", "tests.support.b2proxy",
-                   "tests.targets.factories_")
+                   "tests.support.motoserver", "tests.targets.factories_")
 
 
 def _names(code: object) -> set[str]:
