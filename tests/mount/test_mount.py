@@ -357,11 +357,9 @@ def test_other_users_get_in_only_with_allow_other_and_then_as_the_backup_allows(
             m = mounter(world, *extra, mountpoint=mp)
             top = _backup_dir(mp, world.snapshots[0])
 
-            def as_nobody(name: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
-                                       str(top / name)], capture_output=True, text=True)
-
-            public, secret = as_nobody("public"), as_nobody("secret")
+            public, secret = (subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
+                                              str(top / name)], capture_output=True, text=True)
+                              for name in ("public", "secret"))
             assert (public.returncode == 0) == public_readable, public.stderr
             if public_readable:
                 assert public.stdout == "for everyone\n"
