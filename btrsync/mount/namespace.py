@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
-from btrsync.errors import BtrsyncError
+from btrsync.errors import BtrsyncError, DamageError
+from btrsync.fileindex.store import NoFileIndex
 from btrsync.fileindex.tree import FileTree, Inode, Node
 from btrsync.mount.extents import allocated_blocks
 from btrsync.read.chains import restore_chain
@@ -154,10 +155,13 @@ class Namespace:
                     raise Unavailable(backup.problem)
                 try:
                     tree, read = self._load(self.repo, backup.chain)
-                except BtrsyncError as exc:
+                except (DamageError, NoFileIndex) as exc:  # for good: said once, EIO from then on
                     backup.problem = str(exc)
                     log.error("backup %s cannot be shown: %s", backup.manifest.backup_id, exc)
                     raise Unavailable(backup.problem) from None
+                except BtrsyncError as exc:  # the target (unplugged, offline): the next look tries again
+                    log.error("backup %s cannot be shown now: %s", backup.manifest.backup_id, exc)
+                    raise Unavailable(str(exc)) from None
             backup.top = tree.root.inode
             with self._lock:
                 self.index_bytes += read

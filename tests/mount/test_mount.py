@@ -369,3 +369,28 @@ def test_other_users_get_in_only_with_allow_other_and_then_as_the_backup_allows(
             assert m.wait() == 0
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_target_that_goes_away_gives_eio_until_it_is_back(world: World, mounter) -> None:
+    """The disk of a directory target unplugged while mounted: what needs the target fails with
+    EIO (a backup not looked into yet, a file not read yet), what was read goes on; back, all reads."""
+    (world.subvol / "a.txt").write_text("first\n")
+    world.snapshot()
+    (world.subvol / "b.txt").write_text("second\n")
+    world.snapshot()
+    assert world.push().code == 0
+    m = mounter(world)
+    first, second = (_backup_dir(m.mountpoint, s) for s in world.snapshots)
+    assert (first / "a.txt").read_text() == "first\n"
+    away = world.target_dir.with_name("unplugged")
+    world.target_dir.rename(away)
+    try:
+        with pytest.raises(OSError) as info:
+            os.listdir(second)
+        assert info.value.errno == errno.EIO
+        assert (first / "a.txt").read_text() == "first\n"  # cached
+    finally:
+        away.rename(world.target_dir)
+    assert sorted(os.listdir(second)) == ["a.txt", "b.txt"]
+    assert (second / "b.txt").read_text() == "second\n"
+    assert m.proc.poll() is None
