@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 from btrsync import __version__
 from btrsync.audit import AuditLog
@@ -36,7 +35,7 @@ from btrsync.catalog.segment_index import (
     ResumePoint, TableDigest, find_resume_point, resumed_records, table_records, write_index,
 )
 from btrsync.errors import BtrsyncError, DamageError
-from btrsync.fileindex.store import IndexWriter, iter_records, read_compressed
+from btrsync.fileindex.store import PART_SIZE, read_compressed
 from btrsync.ops.push import remove_temporaries
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk
@@ -114,12 +113,23 @@ class _Attempt:
     def level(self) -> int:
         return int(self.manifest.compression.get("level", 3))
 
+    @property
+    def attempt(self) -> str | None:
+        """The source's attempt token, which the copy takes for its own: the file index's header
+        names it, so the index is copied as it is.  Tokens tell attempts at one backup apart in
+        one repository; a copy of the same attempt holds the same stream."""
+        token = self.manifest.table.get("attempt") if self.manifest.format >= 2 else None
+        return str(token) if token else None
+
     def params(self) -> dict[str, object]:
         """What must be unchanged for durable segments of an interrupted copy to be kept (never a
-        push's: the keys differ, so neither takes the other's leftovers for its own)."""
+        push's: the parameters differ, so neither takes the other's leftovers for its own)."""
         m = self.manifest
-        return {"copy_of": m.snapshot_uuid, "parent_uuid": m.parent_uuid, "chunk_size": m.chunk_size,
-                "zstd_level": self.level, "key_id": self.dest.key.key_id}
+        return {"copy_of": m.snapshot_uuid, "source_attempt": self.attempt, "parent_uuid": m.parent_uuid,
+                "chunk_size": m.chunk_size, "zstd_level": self.level, "key_id": self.dest.key.key_id}
+
+    def _fresh(self) -> ResumePoint:
+        return ResumePoint(self.attempt) if self.attempt else ResumePoint()
 
     def run(self) -> Manifest:
         deletions = (self.audit.object_deletions(self.dest.target.display_url, "copy: discard an interrupted "
@@ -130,12 +140,14 @@ class _Attempt:
                 raise CopyError(f"backup {self.backup_id} was committed on {self.dest.target.display_url} "
                                 "meanwhile (by another copy or push); nothing was changed")
             self.point = find_resume_point(self.dest, self.backup_id, self.params(), deletions)
+            if not self.point.segments:
+                self.point = self._fresh()
             try:
                 self._check_kept()
             except _KeptDiffers as exc:
                 log.warning("copying backup=%s from scratch: %s", self.backup_id, exc)
                 self.dest.discard_uncommitted(self.backup_id, deletions)
-                self.point = ResumePoint()
+                self.point = self._fresh()
             copied = self._copy()
             self._check_uploaded(copied)
             self.dest.commit(copied)
@@ -144,6 +156,8 @@ class _Attempt:
 
     def _check_kept(self) -> None:
         """The kept chunks must be the source's: raw size and hash of each, from the two tables."""
+        if self.attempt is not None and self.point.attempt != self.attempt:
+            raise _KeptDiffers("the kept segments belong to another attempt than the source's")
         if not self.point.chunks:
             return
         theirs = table_records(self.source, self.manifest)
@@ -208,25 +222,23 @@ class _Attempt:
         self.table.add(write_index(self.dest, self.backup_id, segment, params, records), records)
 
     def _copy_file_index(self) -> dict[str, object] | None:
-        """The source's file index (authenticated, pinned by its manifest), written anew for the
-        destination: the same records under this attempt's header; None when it has none."""
+        """The source's file index, authenticated and pinned by its manifest (``read_compressed``),
+        sealed part by part for the destination: the same compressed bytes, so the same digest.
+        Its header names the source's attempt token, which the copy carries on (``attempt``), so
+        no record is decoded or encoded again.  None when the backup has none."""
         m = self.manifest
         if not m.files:
             return None
         data, _stored = read_compressed(self.source, m)
-        writer = IndexWriter(m.backup_id, m.snapshot_uuid, m.parent_uuid, self.point.attempt)
-        try:
-            batch: list[SimpleNamespace] = []
-            for cmd, offset, size, path, attrs in iter_records(data, m):
-                batch.append(SimpleNamespace(cmd=cmd, offset=offset, size=size, path=path, attrs=attrs))
-                if len(batch) >= 1024:
-                    writer.add_many(batch)
-                    batch = []
-            writer.add_many(batch)
-            writer.finish(stream_bytes=m.stream_bytes, commands=int(m.send.get("commands", writer.records)))
-            return writer.upload(self.dest)
-        finally:
-            writer.close()
+        parts = max(1, -(-len(data) // PART_SIZE))
+        stored = 0
+        for part in range(parts):
+            key = layout.files_key(m.backup_id, part)
+            frame = self.dest.binding.seal_files(key, data[part * PART_SIZE:(part + 1) * PART_SIZE],
+                                                 last=part == parts - 1)
+            self.dest.target.put_bytes(key, frame)
+            stored += len(frame)
+        return {**m.files, "parts": parts, "stored_bytes": stored}
 
     def _check_uploaded(self, manifest: Manifest) -> None:
         """One listing right before the commit: every segment and index there, holding exactly the

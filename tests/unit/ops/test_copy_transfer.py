@@ -30,10 +30,11 @@ CHUNK = 4096
 SETTINGS = CopySettings(workers=2, segment_size=3 * CHUNK + 200)  # three chunks a segment
 
 
-def backup(repo: Repository, data: bytes, *, uuid: str = "u-1", level: int = 3) -> Manifest:
+def backup(repo: Repository, data: bytes, *, uuid: str = "u-1", level: int = 3,
+           attempt: str | None = None) -> Manifest:
     """A full backup of ``data`` written the way a push writes one (without btrfs send)."""
     bid = f"data.20261120T030000Z-{uuid[-8:].rjust(8, '0')}"
-    attempt, table = new_attempt(), TableDigest()
+    attempt, table = attempt or new_attempt(), TableDigest()
     params = {"attempt": attempt}
     sealed = map(ChunkSealer(repo.binding, bid, level), enumerate(data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
     write_segments(repo.target, bid, sealed, segment_size=SETTINGS.segment_size,
@@ -117,18 +118,32 @@ def test_an_interrupted_copy_commits_nothing_and_the_next_resumes() -> None:
 
 def test_a_kept_part_that_is_not_the_sources_is_thrown_away() -> None:
     """The destination holds an interrupted copy of the same backup id and snapshot from another
-    source whose stream differs (a hostile or confused repository): the chunks are compared with
-    the source's records, and the copy starts again from nothing."""
+    source whose stream differs under the same attempt token (a hostile or confused repository):
+    the chunks are compared with the source's records, and the copy starts again from nothing."""
     first, second, plain = repository(), repository(), MemoryTarget()
     dest = Repository.open(plain, MasterKey(os.urandom(32)), create=True)
-    backup(first, data())
-    m = backup(second, data())
+    backup(first, data(), attempt="0123456789abcdef")
+    m = backup(second, data(), attempt="0123456789abcdef")
     with pytest.raises(KeyboardInterrupt):
         copy_backups(first, Repository.open(Dies(plain, 3), dest.key), ["latest"], SETTINGS)
     result = copy_backups(second, dest, ["latest"], SETTINGS)
     [b] = result.backups
     assert b.status == "copied" and b.resumed_bytes == 0 and b.moved_bytes == m.stored_bytes
     assert stream(dest, dest.manifests()[0]) == stream(second, m)
+
+
+def test_a_kept_part_of_another_source_attempt_is_not_resumed() -> None:
+    first, second, plain = repository(), repository(), MemoryTarget()
+    dest = Repository.open(plain, MasterKey(os.urandom(32)), create=True)
+    payload = data()
+    backup(first, payload)
+    m = backup(second, payload)  # the same stream, another attempt token
+    with pytest.raises(KeyboardInterrupt):
+        copy_backups(first, Repository.open(Dies(plain, 3), dest.key), ["latest"], SETTINGS)
+    [b] = copy_backups(second, dest, ["latest"], SETTINGS).backups
+    assert b.resumed_bytes == 0 and b.moved_bytes == m.stored_bytes
+    [copied] = dest.manifests()
+    assert copied.table["attempt"] == m.table["attempt"] and stream(dest, copied) == payload
 
 
 def test_a_flipped_bit_in_the_source_commits_nothing() -> None:
