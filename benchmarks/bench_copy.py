@@ -8,8 +8,8 @@ region:
   again for the destination, segments, indexes, file index, manifest;
 * ``btrsync push`` of the same snapshot to a fresh repository: sending again from the host, what
   a copy saves the host;
-* ``cp -r`` of the source repository (the I/O floor of moving the stored bytes, unchecked: such a
-  copy would not even open, its objects being bound to the source repository).
+* ``cp -r --reflink=never`` of the source repository (the I/O floor of moving the stored bytes,
+  unchecked: such a copy would not even open, its objects being bound to the source repository).
 
 Checks: the copy moved exactly the backup's stored bytes (``moved_bytes == stored_bytes``), and
 its manifest lists like the source's (id, snapshot, sizes).  The copy is restored once and
@@ -33,7 +33,7 @@ from btrsync.targets.local import LocalTarget
 from btrsync.verify.treecompare import diff_trees
 
 PUSH = "btrsync push (send again from the host)"
-FLOOR = "cp -r of the repository (I/O floor)"
+FLOOR = "cp -r of the repository (floor)"
 
 
 def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchResult:
@@ -89,7 +89,8 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         sh(f"sync -f {places[PUSH]}")
 
     def floor_run(rep: int) -> None:
-        sh(f"cp -r {shared['btrsync_target']} {places[FLOOR]} && sync -f {places[FLOOR]}")
+        # --reflink=never: on btrfs cp would share the extents and move nothing
+        sh(f"cp -r --reflink=never {shared['btrsync_target']} {places[FLOOR]} && sync -f {places[FLOOR]}")
 
     alternate(res, [Contender("btrsync copy", copy_run, before=fresh("btrsync copy")),
                     Contender(PUSH, push_run, before=fresh(PUSH)),
