@@ -68,7 +68,8 @@ def copy_cmd(app: App, backups: tuple[str, ...], copy_all: bool, source: str, de
             result = copy_backups(src, dst, None if copy_all else list(backups), settings, dry_run=dry_run,
                                   audit=audit, progress=progress)
         if not dry_run and any(b.status == "copied" for b in result.backups):
-            app.state().record_target(dst.target.display_url, result.held, repo_id=dst.repo_id, complete=False)
+            # the job records and metrics of the destination; not the state's "held": a copy
+            # destination needs no local snapshot as a parent, so it must pin none
             after_command(app.config, app.state().root, dst.target.display_url, manifests=result.held)
     if as_json:
         emit_json(result.as_dict())

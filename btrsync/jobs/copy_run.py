@@ -59,7 +59,6 @@ class CopyRun(TargetRun):
                           "reason": f"copy from {jt.copy_from}", "estimated_bytes": b.stored_bytes}
                          for b in result.backups if b.status == "planned"]
             return Transfer(held=result.held)
-        env.state.record_target(url, result.held, repo_id=repo.repo_id, complete=False)
         if stopper is not None and stopper.stopped:
             res.status, res.error = "stopped", None
             res.reason = f"the window {window.describe()} closed during the copy; the next run resumes it"
