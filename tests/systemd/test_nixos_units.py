@@ -87,6 +87,7 @@ def test_the_nixos_job_unit_runs_end_to_end_with_only_what_it_declares(booted: B
     snapshots.mkdir()
     usb = data / "usb"
     usb.mkdir()
+    (data / "hooks").mkdir()
     module = data / "host.nix"
     module.write_text(f"""
 {{
@@ -102,6 +103,10 @@ def test_the_nixos_job_unit_runs_end_to_end_with_only_what_it_declares(booted: B
       targets.usb = {{ }};
       verify.drillEvery = "1d";
       verify.scratchDir = "{data / 'scratch'}";
+      # the sleep lock is btrsync's own while the job runs: a hook sees it in logind's list
+      inhibitsSleep = true;
+      hooks.pre = [ [ "sh" "-c" "systemd-inhibit --list --no-pager --no-legend > {data / 'hooks' / 'inhibitors'}" ] ];
+      hooks.readWritePaths = [ "{data / 'hooks'}" ];
     }};
   }};
 }}
@@ -123,6 +128,9 @@ def test_the_nixos_job_unit_runs_end_to_end_with_only_what_it_declares(booted: B
     assert record["last_run"]["status"] == "ok", result["journal"]
     assert record["targets"]["usb"]["drill"]["ok"], (record, result["journal"])
     assert (usb / "btrsync-repo.json").exists() and (data / "metrics" / "btrsync.prom").exists()
+    held = [line for line in (data / "hooks" / "inhibitors").read_text().splitlines() if "btrsync" in line]
+    assert len(held) == 1 and "job nixos runs" in held[0] and "sleep" in held[0], held
+    assert "sleep not inhibited" not in result["journal"]
     # the second run finds its repository and does not make another
     c.reset("btrsync-nixos.service")
     result = started(booted, "btrsync-nixos.service")
