@@ -40,9 +40,10 @@ class CopyRun(TargetRun):
         url = repo.target.display_url
         mine = {subvolume_name(s) for s in self.job.subvolumes}
         with env.open_repository(jt.copy_from, False) as source:
-            wanted = wanted_by_policy(source.catalog(), repo.catalog(), mine, lambda sub: self.policy(sub, url),
-                                      self.clock.now())
-            result = copy_backups(source, repo, wanted, settings, dry_run=env.dry_run, audit=self.ctx.audit)
+            catalogs = source.catalog(), repo.catalog()
+            wanted = wanted_by_policy(*catalogs, mine, lambda sub: self.policy(sub, url), self.clock.now())
+            result = copy_backups(source, repo, wanted, settings, dry_run=env.dry_run, audit=self.ctx.audit,
+                                  catalogs=catalogs)
         for b in result.backups:
             if b.status == "present":
                 continue

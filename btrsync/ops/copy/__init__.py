@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from btrsync.audit import AuditLog
 from btrsync.catalog.manifest import Manifest
-from btrsync.catalog.repository import Repository
+from btrsync.catalog.repository import Catalog, Repository
 from btrsync.errors import BtrsyncError, DamageError, LockedError, PartialError
 from btrsync.ops.copy.plan import CopyPlan, check_distinct, plan_copy, wanted_by_policy
 from btrsync.ops.copy.transfer import CopiedBackup, CopyError, CopySettings, copy_backup
@@ -65,14 +65,16 @@ def vars_of(b: CopiedBackup) -> dict[str, object]:
 
 
 def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | None, settings: CopySettings, *,
-                 dry_run: bool = False, audit: AuditLog | None = None, progress: Progress | None = None) -> CopyResult:
-    """Copy the backups ``specs`` names (None: every restorable backup) from ``source`` to ``dest``."""
+                 dry_run: bool = False, audit: AuditLog | None = None, progress: Progress | None = None,
+                 catalogs: tuple[Catalog, Catalog] | None = None) -> CopyResult:
+    """Copy the backups ``specs`` names (None: every restorable backup) from ``source`` to ``dest``;
+    ``catalogs``: the two catalogs (source, destination) when the caller has just read them."""
     src_url, dst_url = source.target.display_url, dest.target.display_url
     check_distinct(source.repo_id, dest.repo_id, src_url, dst_url)
     if not dry_run:
         dest.require_writable()
-    dest_catalog = dest.catalog()
-    plan = plan_copy(source.catalog(), dest_catalog, specs, src_url, dst_url)
+    source_catalog, dest_catalog = catalogs or (source.catalog(), dest.catalog())
+    plan = plan_copy(source_catalog, dest_catalog, specs, src_url, dst_url)
     result = CopyResult(src_url, dst_url, unusable=dict(plan.unusable), held=list(dest_catalog.manifests),
                         dry_run=dry_run)
     result.backups += [CopiedBackup.of(m, "present") for m in plan.present]
