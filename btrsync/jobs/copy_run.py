@@ -60,11 +60,10 @@ class CopyRun(TargetRun):
                           "reason": f"copy from {jt.copy_from}", "estimated_bytes": b.stored_bytes}
                          for b in result.backups if b.status == "planned"]
             return Transfer(held=result.held)
-        if stopper is not None and stopper.stopped:
-            res.status, res.error = "stopped", None
+        for b in result.backups:
+            if b.status == "failed":
+                res.fail("damaged" if b.damaged else "failed", f"copy of backup {b.backup_id}: {b.error}")
+        if any(b.status == "stopped" for b in result.backups) and res.status == "ok":
+            res.status = "stopped"
             res.reason = f"the window {window.describe()} closed during the copy; the next run resumes it"
-        else:
-            for b in result.backups:
-                if b.status == "failed":
-                    res.fail("damaged" if b.damaged else "failed", f"copy of backup {b.backup_id}: {b.error}")
         return Transfer(held=result.held, sent=[b.backup_id for b in result.backups if b.status == "copied"])

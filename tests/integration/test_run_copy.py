@@ -89,3 +89,70 @@ targets.offsite = {{ copy_from = "usb", every = "daily" }}
         # the disk's newest backup is the one snapshot kept; the offsite's (hour 0) pins nothing
         assert sorted(p.name for p in world.snapdir.iterdir()) == [job["snapshots"][0]]
     assert len(listing(world, "offsite")) == 1 and len(listing(world, "usb")) == 3
+
+
+@pytest.mark.slow
+def test_a_copy_past_the_window_end_stops_at_a_segment_boundary_and_resumes(world: World, tmp_path: Path) -> None:
+    """window_end = "stop" holds for a copy as for a push: the window closes once the copy's first
+    segment is durable; the copy stops before the next one (no manifest; the target is stopped),
+    and the next run resumes it from the durable segments."""
+    import time
+    from datetime import timedelta
+
+    from btrsync.cli.app import App
+    from btrsync.config.model import load_config
+    from btrsync.jobs.runner import RunEnv, run_jobs
+    from tests.integration.conftest import T0
+
+    offsite = tmp_path / "offsite"
+    offsite.mkdir()
+    jobs = f"""
+[jobs.data]
+subvolumes = ["{world.subvol}"]
+snapshot_dir = "{world.snapdir}"
+window = ["Fri 00:00-06:00"]
+window_end = "stop"
+targets.usb = {{ max_chain = 0 }}
+targets.offsite = {{ copy_from = "usb" }}
+"""
+    configure(world, jobs, targets={"offsite": {"url": f"file://{offsite}"}})
+    assert world.cli("init", "--to", "offsite").code == 0
+    (world.subvol / "big").write_bytes(os.urandom(1_500_000))  # > 5 segments of 256k
+    inside, outside = T0, T0 + timedelta(hours=4)
+
+    class ClosingClock:
+        """Inside the window until the copy's first segment is on the offsite target."""
+
+        def __init__(self, closes: bool) -> None:
+            self.closes = closes
+
+        def now(self):  # noqa: ANN202
+            return outside if self.closes and any(offsite.glob("data/*/000000.idx")) else inside
+
+        def monotonic(self) -> float:
+            return time.monotonic()
+
+        def sleep(self, seconds: float) -> None:
+            time.sleep(seconds)
+
+    config = load_config(world.config, explicit=True)
+    app = App(world.config, True, world.key, world.state, False)
+
+    def run_once(closes: bool):  # noqa: ANN202
+        env = RunEnv(config, world.state, lambda name, write: app.repository(name, write=write), ClosingClock(closes))
+        return run_jobs(env, [config.jobs.jobs["data"]]).jobs[0]
+
+    job = run_once(closes=True)
+    usb, off = job.targets
+    assert usb.status == "ok" and off.status == "stopped" and "closed during the copy" in off.reason, off
+    assert job.status == "partial"
+    assert not any(offsite.glob("backups/*/manifest"))
+    kept = [p for p in offsite.glob("data/*/0*") if not p.name.endswith(".idx")]
+    assert 1 <= len(kept) < 6
+    job = run_once(closes=False)
+    usb, off = job.targets
+    assert off.status == "ok", off
+    copied, newer = off.backups  # the stopped one, then this run's
+    assert copied["status"] == newer["status"] == "ok" and newer["resumed_bytes"] == 0
+    assert copied["resumed_bytes"] > 0 and copied["uploaded_bytes"] + copied["resumed_bytes"] == copied["stored_bytes"]
+    assert [b["id"] for b in listing(world, "offsite")] == [b["id"] for b in listing(world, "usb")]

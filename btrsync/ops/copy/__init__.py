@@ -24,7 +24,7 @@ from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
 from btrsync.errors import BtrsyncError, DamageError, LockedError, PartialError
 from btrsync.ops.copy.plan import CopyPlan, check_distinct, plan_copy, wanted_by_policy
-from btrsync.ops.copy.transfer import CopiedBackup, CopyError, CopySettings, copy_backup
+from btrsync.ops.copy.transfer import CopiedBackup, CopyError, CopySettings, Refused, copy_backup
 from btrsync.progress import Progress
 
 __all__ = ["CopiedBackup", "CopyError", "CopyPlan", "CopyResult", "CopySettings", "copy_backups",
@@ -97,6 +97,12 @@ def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | No
                                           count=len(plan.copy))
         except LockedError:
             raise
+        except Refused as exc:  # the run's window closed: this one resumes next time, the rest wait
+            stopped = CopiedBackup.of(m, "stopped")
+            stopped.error = str(exc)
+            result.backups.append(stopped)
+            log.info("copy of backup %s stopped: %s", m.backup_id, exc)
+            break
         except BtrsyncError as exc:
             outcome = CopiedBackup.of(m, "failed")
             outcome.error = str(exc)

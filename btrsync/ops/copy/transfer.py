@@ -73,7 +73,7 @@ class CopiedBackup:
     snapshot: str
     kind: str
     parent: str | None
-    status: str  # copied | present | planned | failed | skipped
+    status: str  # copied | present | planned | failed | skipped | stopped
     stream_bytes: int = 0
     stored_bytes: int = 0  # the backup's stored bytes (as on the source)
     moved_bytes: int = 0  # chunk frames written to the destination by this copy
@@ -87,6 +87,11 @@ class CopiedBackup:
     def of(cls, m: Manifest, status: str) -> CopiedBackup:
         return cls(m.backup_id, m.subvolume, m.snapshot, "full" if m.is_full else "incremental", m.parent_id,
                    status, stream_bytes=m.stream_bytes, stored_bytes=m.stored_bytes)
+
+
+class Refused(BtrsyncError):
+    """``may_start_segment`` refused the next segment (a run's window closed): the copy stopped
+    at a segment boundary; the next copy resumes it."""
 
 
 class _KeptDiffers(BtrsyncError):
@@ -186,7 +191,7 @@ class _Attempt:
             write_segments(self.dest.target, self.backup_id, self._counted(sealed),
                            segment_size=self.settings.segment_size, bucket=self.settings.bucket,
                            first_segment=point.segments, on_segment=self._segment_done,
-                           may_start=self.settings.may_start_segment)
+                           may_start=self._may_start if self.settings.may_start_segment else None)
         out.read_bytes = stats.stored_bytes
         m = self.manifest
         if (self.table.chunks, self.table.stream_bytes) != (m.n_chunks, m.stream_bytes):
@@ -205,6 +210,13 @@ class _Attempt:
             encryption={**m.encryption, "key_id": self.dest.key.key_id},
             tool={**m.tool, "copied": {"btrsync": __version__, "from_repository": self.source.repo_id,
                                        "time": now.isoformat().replace("+00:00", "Z")}})
+
+    def _may_start(self, segment: int) -> None:
+        assert self.settings.may_start_segment is not None
+        try:
+            self.settings.may_start_segment(segment)
+        except BtrsyncError as exc:
+            raise Refused(str(exc)) from exc
 
     def _counted(self, sealed: Iterator[SealedChunk]) -> Iterator[SealedChunk]:
         """Count the frames handed to the segment writer (``moved_bytes``), and report them."""
