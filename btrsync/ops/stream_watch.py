@@ -39,6 +39,8 @@ class StreamWatch:
         # had when this was sent (an incremental's clone_ctransid); the manifest records both
         self.ctransid: int | None = None
         self.parent_ctransid: int | None = None
+        self._summary: dict[str, Any] | None = None
+        self._summarised = False
 
     def feed(self, chunk: Any) -> None:
         try:
@@ -63,10 +65,14 @@ class StreamWatch:
                     self.sink.add(ev)
 
     def finish(self) -> None:
+        """The stream must have ended with END; the tree summary is made here (by the thread that
+        watched the stream, not after it)."""
         try:
             self.parser.finish()
         except StreamError as exc:
             raise SendFailedError(f"{self.what} ended early ({exc}); nothing was committed") from None
+        self._summary = self.tree.result() if self.tree is not None else None
+        self._summarised, self.tree = True, None  # the tree's memory goes now
 
     @property
     def version(self) -> int:
@@ -77,6 +83,8 @@ class StreamWatch:
         return int(self.parser.commands)
 
     def tree_summary(self) -> dict[str, Any] | None:
+        if self._summarised:
+            return self._summary
         return self.tree.result() if self.tree is not None else None
 
 
