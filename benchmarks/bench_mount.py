@@ -5,7 +5,8 @@
   ``open`` to the first byte of that deep file, right after the mount (cold: the backup's file
   index is read and its chain replayed, then the file's chunks fetched), and of a second file of
   the same backup (warm: the tree is kept).  Also the time until the mount answers, and, for
-  comparison, ``btrsync ls`` of the deep directory without a cached listing (the same replay).
+  comparison, ``btrsync ls`` of the deep directory without a cached listing (the same replay),
+  and the mount process's peak RSS with that backup's tree in memory.
 * One file of a large backup (as benchmark 10: 10 MiB of 1 GiB; quick: 1 % of 256 MiB), read whole
   through the mount: the stored bytes of chunks and file indexes it fetched (the mount logs them
   at unmount) against ``btrsync restore BACKUP PATH`` of the same file.  Bar: the mount reads at
@@ -70,7 +71,15 @@ class _Mount:
             time.sleep(0.01)
         self.ready_seconds = time.monotonic() - t0
 
+    def peak_rss(self) -> int:
+        """The mount process's peak resident set (VmHWM), bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
     def stop(self) -> dict[str, int]:
+        rss = self.peak_rss()
         subprocess.run(["fusermount3", "-u", str(self.mp)], check=False, capture_output=True)
         try:
             self.proc.wait(60)
@@ -82,7 +91,8 @@ class _Mount:
         m = _FIGURES.search(self.err.read_text())
         if m is None:
             return {}
-        return dict(zip(("chunk_bytes", "chunks", "files", "index_bytes"), map(int, m.groups()), strict=True))
+        return {**dict(zip(("chunk_bytes", "chunks", "files", "index_bytes"), map(int, m.groups()), strict=True)),
+                "peak_rss": rss}
 
 
 def _first_byte(path: Path) -> float:
@@ -147,7 +157,8 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
                        ready_seconds=res.median("mount ready"),
                        first_byte_cold_seconds=res.median("first byte, deep file, cold"),
                        first_byte_warm_seconds=res.median("first byte, another file, tree kept"),
-                       ls_cold_seconds=res.median("ls of the deep directory, cold"))
+                       ls_cold_seconds=res.median("ls of the deep directory, cold"),
+                       peak_rss_with_tree=max(r.get("peak_rss", 0) for r in res.runs["first byte, deep file, cold"]))
 
     # -- bytes fetched for one file: mount against selective restore
     big = subvol_create(ws.src / "mount-big")
