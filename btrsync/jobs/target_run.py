@@ -22,6 +22,7 @@ from btrsync.audit import AuditLog
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.config.jobs import Job, JobTarget
+from btrsync.config.windows import BackupWindow
 from btrsync.errors import BtrsyncError, DamageError, LockedError
 from btrsync.jobs.coordination import repository_lock
 from btrsync.jobs.env import RunEnv
@@ -69,7 +70,8 @@ class TargetRun:
         self.rec: dict[str, Any] = ctx.doc.setdefault("targets", {}).setdefault(jt.name, {})
 
     @property
-    def window(self) -> Any:
+    def window(self) -> BackupWindow:
+        """The target's own window, else the job's."""
         return self.jt.window or self.job.window
 
     def run(self) -> TargetOutcome:

@@ -42,10 +42,6 @@ class CopyResult:
     held: list[Manifest] = field(default_factory=list)  # the destination's backups afterwards
     dry_run: bool = False
 
-    @property
-    def failed(self) -> list[CopiedBackup]:
-        return [b for b in self.backups if b.status in ("failed", "skipped")]
-
     def totals(self) -> dict[str, int]:
         copied = [b for b in self.backups if b.status in ("copied", "planned")]
         return {"backups": len(copied), "stored_bytes": sum(b.stored_bytes for b in copied),
