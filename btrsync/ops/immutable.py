@@ -121,6 +121,10 @@ def extend_kept(target: Target, kept: list[Manifest], policy_for: Callable[[str]
     done: dict[str, str] = {}
     for backup_id, until in kept_until(kept, policy_for).items():
         try:
+            # every object of a backup is extended together, manifest last: its date tells
+            held = target.retention(layout.manifest_key(backup_id))  # type: ignore[attr-defined]
+            if held is not None and held.until >= target.lock_until(until):  # type: ignore[attr-defined]
+                continue
             count = target.extend_retention(backup_id, until)  # type: ignore[attr-defined]
         except BtrsyncError as exc:
             done[backup_id] = f"lock not extended: {exc}"

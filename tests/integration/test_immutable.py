@@ -3,6 +3,9 @@ implements it) and a push host whose key may not delete, through the B2-rules pr
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -203,3 +206,41 @@ def test_a_killed_push_on_a_locked_bucket_leaves_locked_orphans_clean_reports_an
     assert world.receive("latest").code == 0
     name = world.snapshots[0].name
     assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
+
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def skewed(world: World, offset: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """btrsync in a process whose clock runs ``offset`` (libfaketime) off the real one."""
+    if not FAKETIME.exists():
+        if os.environ.get("CI"):
+            pytest.fail("libfaketime is missing (Debian package libfaketime; scripts/bootstrap installs it)")
+        pytest.skip("libfaketime is not installed (Debian package libfaketime)")
+    env = {**os.environ, "LD_PRELOAD": str(FAKETIME), "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state),
+            "--key-file", str(world.key), *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.mark.slow
+def test_a_skewed_host_clock_locks_by_the_store_clock_or_is_refused(
+        world: World, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Careless operator: a host clock off the store's.  A few minutes: the retain-until dates
+    still come from the store's clock.  Days: the push is refused (a host ahead would lock
+    compliance backups too long, for good) and nothing is written."""
+    moto, bucket = locked_world(world, request, tmp_path, "compliance")
+    tree.populate(world.subvol, 10)
+    world.snapshot()
+    push = ("push", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--to", world.url)
+    proc = skewed(world, "+3d", *push)
+    assert proc.returncode == 1, proc.stderr
+    assert "clock is 3 days ahead of" in proc.stderr and "NTP" in proc.stderr
+    assert not [k for k in locks(moto, bucket, "repo") if k.startswith(("data/", "backups/"))]
+    started = datetime.now(UTC)
+    proc = skewed(world, "-10m", *push)
+    assert proc.returncode == 0, proc.stderr
+    held = {k: until for k, (_, until) in locks(moto, bucket, "repo").items() if k.startswith(("data/", "backups/"))}
+    assert held
+    # from the store's clock: a lock from this host's would end 10 minutes early
+    assert all(until is not None and until >= started + timedelta(days=7) for until in held.values())

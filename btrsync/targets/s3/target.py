@@ -508,7 +508,7 @@ class S3Target(Target):
 
     def retention(self, key: str) -> Retention | None:
         """The lock the store holds on ``key`` (``None``: none); ``NotFound`` if there is no object."""
-        answer = self._request("head_object", self._what("read the retention of", key), Bucket=self.bucket,
+        answer = self._retried("head_object", self._what("read the retention of", key), Bucket=self.bucket,
                                Key=self._full(validate_key(key)))
         mode, until = answer.get("ObjectLockMode"), aware(answer.get("ObjectLockRetainUntilDate"))
         return Retention(str(mode).lower(), until) if mode and until is not None else None
@@ -520,8 +520,8 @@ class S3Target(Target):
             return 0
         self._require_lock_support()
         until = self.lock_until(kept_until)
-        keys = [o.key for o in self.list(f"data/{backup_id}/")]
-        keys += [o.key for o in self.list(f"backups/{backup_id}/")]
+        keys = [o.key for prefix in (f"data/{backup_id}/", f"backups/{backup_id}/")
+                for o in self.policy.call(lambda p=prefix: builtins.list(self.list(p)), f"list {prefix}")]
         extended = 0
         for key in keys:
             held = self.retention(key)
