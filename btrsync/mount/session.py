@@ -154,11 +154,26 @@ def _session_dir(root: Path) -> tuple[Path, int]:
     return path, os.open(path, DIR_FLAGS)
 
 
+def _local_root(target: object) -> Path | None:
+    """The directory of a directory target (through its wrappers), else None."""
+    while hasattr(target, "unwrap"):
+        inner = target.unwrap()
+        if inner is target:
+            break
+        target = inner
+    root = getattr(target, "root", None)
+    return Path(os.path.realpath(root)) if isinstance(root, str | Path) else None
+
+
 def serve(repo: Repository, mountpoint: Path, load_tree: LoadTree, options: MountOptions,
           on_ready: Callable[[Mounted], None] | None = None) -> Mounted:
     """Mount every backup of ``repo`` at ``mountpoint`` and serve it until it is unmounted (returns)
     or a signal arrives (``Terminated`` propagates, after the unmount)."""
     mountpoint = check_mountpoint(mountpoint, allow_non_empty=options.allow_non_empty)
+    root = _local_root(repo.target)
+    if root is not None and (mountpoint == root or root in mountpoint.parents):
+        raise UsageError(f"{mountpoint} is inside the repository it would show ({root}): a listing of the "
+                         "repository (clean, verify) would walk into the mount; choose a directory outside it")
     try:
         binding = load_binding()
     except (ImportError, OSError) as exc:

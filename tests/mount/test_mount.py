@@ -245,6 +245,11 @@ def test_careless_operators_are_refused_before_anything_is_mounted(world: World,
     wrong = mounter(world, key=other, wait=False)
     assert wrong.wait() == 12, wrong.stderr()
     assert not mounted(wrong.mountpoint)
+    inside = world.target_dir / "browse"  # an empty directory in the repository's own directory
+    refused = mounter(world, mountpoint=inside, wait=False)
+    assert refused.wait() == 2 and "inside the repository" in refused.stderr()
+    assert not mounted(inside)
+    inside.rmdir()
     over = mounter(world, "--allow-non-empty", mountpoint=busy)  # said explicitly: mounted over it
     assert sorted(os.listdir(over.mountpoint)) == ["data"]
 
