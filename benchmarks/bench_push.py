@@ -225,6 +225,14 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     res.bars.append(Bar("full push time / pipeline time (issue 14)", res.ratio(PIPELINE), 0.65, "<=", "x", "aim"))
     res.bars.append(Bar("full push throughput / raw btrfs send throughput",
                         res.metrics["share_of_raw_send_throughput"], 0.9, ">=", "x", "aim"))
+    gib = res.work_bytes / (1 << 30)
+    cpu = {t: res.median(t, "cpu_seconds") for t in (res.baseline, PIPELINE, FLOOR)}
+    res.metrics["cpu_s_per_gib"] = {t: round(c / gib, 3) if c is not None and gib else None for t, c in cpu.items()}
+    cpu_ratio = cpu[res.baseline] / cpu[PIPELINE] if cpu[res.baseline] and cpu[PIPELINE] else None
+    res.metrics["cpu_ratio_vs_pipeline"] = cpu_ratio
+    res.bars.append(Bar("full push time / pipeline time (issue 25)", res.ratio(PIPELINE), 0.85, "<=", "x", "aim"))
+    res.bars.append(Bar("full push time / I/O floor time (issue 25)", res.ratio(FLOOR), 1.0, "<=", "x", "aim"))
+    res.bars.append(Bar("full push CPU s / pipeline CPU s (issue 25)", cpu_ratio, 0.8, "<=", "x", "aim"))
     if btrbk_available():
         res.metrics["time_ratio_vs_btrbk"] = res.ratio(BTRBK)
         res.bars.append(Bar("full push time / btrbk time", res.ratio(BTRBK), 1.0, "<=", "x"))

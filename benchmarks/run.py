@@ -36,6 +36,7 @@ from benchmarks import (
     bench_throttle,
     bench_verify,
     report,
+    run_guard,
 )
 from benchmarks.common import (
     REPO,
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             value = "-" if b["value"] is None else f"{b['value']:.3f}"
             print(f"  {verdict:<6} {b['benchmark']}: {b['name']} = {value} {b['unit']} "
                   f"(need {b['op']} {b['limit']:g})")
+    for warning in run_guard.warnings(results, cfg.mode):  # never the exit status
+        print(f"\nWARNING (CPU regression guard): {warning}")
     print(f"\nresults: {cfg.out / 'latest.json'}" + (f", {cfg.out / 'throughput.png'}" if png else
                                                      " (no chart: pip install matplotlib)"))
     failed = doc["failed_checks"] + [f"{k} crashed" for k in doc["crashed"]] + problems
