@@ -47,18 +47,26 @@ def windowed(inode: Inode, window: int) -> bool:
     return inode.size > window and not any(op[2] == "c" for op in inode.ops or ())
 
 
-def _touches(op: tuple, lo: int, hi: int) -> bool:
-    """Whether a data command changes bytes in ``[lo, hi)`` (a truncate always may)."""
-    kind = op[2]
-    if kind == "w":
-        start, end = op[7], op[7] + op[6]
-    elif kind == "e":
-        start, end = op[7], op[7] + op[11]
-    elif kind == "a":
-        start, end = op[4], op[4] + op[5]
-    else:
-        return True
-    return start < hi and end > lo
+def _by_window(ops: list[tuple], window: int, size: int) -> dict[int, list[int]]:
+    """For each window of a file, the positions (in stream order) of the data commands that may
+    change its bytes: those whose range meets it, and every truncate."""
+    last = max(0, (size - 1) // window)
+    out: dict[int, list[int]] = {}
+    for i, op in enumerate(ops):
+        kind = op[2]
+        if kind == "w":
+            start, end = op[7], op[7] + op[6]
+        elif kind == "e":
+            start, end = op[7], op[7] + op[11]
+        elif kind == "a":
+            start, end = op[4], op[4] + op[5]
+        else:  # a truncate (no clones here): every window
+            start, end = 0, (last + 1) * window
+        if end <= start:
+            continue
+        for k in range(start // window, min((end - 1) // window, last) + 1):
+            out.setdefault(k, []).append(i)
+    return out
 
 
 @dataclass
@@ -77,6 +85,7 @@ class _Cached:
     blocks: int  # allocated bytes
     users: int = 0
     windows: set[int] | None = None  # a file rebuilt window by window: those done (None: whole)
+    by_window: dict[int, list[int]] | None = None  # window -> positions of the commands touching it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -162,8 +171,10 @@ class ContentCache:
                 if k in cached.windows:
                     continue
                 lo, hi = k * self.window, min((k + 1) * self.window, inode.size)
-                view = Inode("f", inode.ino, size=inode.size,
-                             ops=[op for op in inode.ops or () if _touches(op, lo, hi)])
+                if cached.by_window is None:
+                    cached.by_window = _by_window(inode.ops or [], self.window, inode.size)
+                ops = inode.ops or []
+                view = Inode("f", inode.ino, size=inode.size, ops=[ops[i] for i in cached.by_window.get(k, ())])
                 self._rebuilt(ino, backup, tree, view, lambda data_fd, name, lo=lo, hi=hi: self._copy_in(
                     data_fd, name, cached.name, lo, hi))
                 if not cached.windows:
