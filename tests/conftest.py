@@ -170,6 +170,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif any(d and d[-1].scope == "module" for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     _longest_first(items)
+    if config.getvalue("loadgroup"):  # set on xdist workers under --dist loadgroup
+        _group_node_ids(items)
+
+
+def _group_node_ids(items: list[pytest.Item]) -> None:
+    """``NODEID@GROUP``, the node id by which xdist's scheduler keeps a group on one worker. xdist
+    3.8 sets it through ``item._nodeid``, which pytest 9.2 no longer reads (a node id is now a
+    ``NodeId``): without this every group was spread over all workers (each booting its own
+    containers at once). An id that already ends in its group is left as it is."""
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if not names or not hasattr(item, "_id"):
+            continue
+        suffix = "@" + "_".join(names)
+        if not item.nodeid.endswith(suffix):
+            item._id = NodeId.parse(item.nodeid + suffix)
 
 
 def _longest_first(items: list[pytest.Item]) -> None:
