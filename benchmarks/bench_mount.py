@@ -11,7 +11,8 @@
   through the mount: the stored bytes of chunks and file indexes it fetched (the mount logs them
   at unmount) against ``btrsync restore BACKUP PATH`` of the same file.  Bar: the mount reads at
   most 10 % more than the restore.  Both copies must equal the original.  And 4 KiB from the
-  middle of a 64 MiB file of it: the chunks read (one ``--read-window``, 16 MiB, not the file).
+  middle of a 64 MiB file of it: the chunks read (one ``--read-window``, 16 MiB, not the file);
+  and that file read whole (window after window): time and chunks read.
 
 Standalone: run through ``python -m benchmarks.run --only mount``.
 """
@@ -226,6 +227,23 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         partial = m.stop()
     res.metrics.update(partial_file_bytes=filler.stat().st_size, partial_chunk_bytes=partial.get("chunk_bytes"),
                        partial_chunks=partial.get("chunks"))
+    # the whole of it, sequentially, window after window (cp)
+    if cfg.drop_caches:
+        drop_caches()
+    m = _Mount(ws, state, burl, out / "mnt-whole")
+    try:
+        t = time.monotonic()
+        whole = file_xxh3(m.mp / "mount-big" / bsnap.name / "filler-000")
+        whole_s = time.monotonic() - t
+    finally:
+        figures_whole = m.stop()
+    res.check("a large file read whole through the mount is intact", whole == file_xxh3(filler))
+    res.runs["read a 64 MiB file whole, by windows"] = [{"seconds": whole_s, "bytes": filler.stat().st_size,
+                                                          **figures_whole}]
+    res.metrics.update(whole_seconds=round(whole_s, 3), whole_chunk_bytes=figures_whole.get("chunk_bytes"),
+                       whole_mib_s=round(filler.stat().st_size / MiB / max(whole_s, 1e-9), 1))
+    log(f"  mount: {filler.stat().st_size / MiB:.0f} MiB file read whole in {whole_s:.2f} s, "
+        f"{figures_whole.get('chunk_bytes')} bytes of chunks")
     log(f"  mount: 4 KiB of a {filler.stat().st_size / MiB:.0f} MiB file: read {partial.get('chunk_bytes')} bytes "
         f"of chunks ({partial.get('chunks')})")
     res.bars.append(Bar(f"bytes read for one {one / MiB:.1f} MiB file: mount / selective restore", ratio,

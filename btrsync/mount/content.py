@@ -39,6 +39,7 @@ from btrsync.restore.selective import SelectiveRestore
 log = logging.getLogger(__name__)
 
 WINDOW = 16 * 1024 * 1024  # a file larger than this, without clones, is rebuilt by windows as it is read
+SEQUENTIAL = 4  # windows rebuilt at once when a read goes on from the window before
 
 
 def windowed(inode: Inode, window: int) -> bool:
@@ -166,21 +167,29 @@ class ContentCache:
         if cached is None or cached.windows is None or length <= 0:
             return
         end = min(offset + length, inode.size)
+        last = (inode.size - 1) // self.window
         for k in range(offset // self.window, -(-end // self.window) if end > offset else offset // self.window):
             with cached.lock:
                 if k in cached.windows:
                     continue
-                lo, hi = k * self.window, min((k + 1) * self.window, inode.size)
+                # read on from the window before: the next ones too, in one rebuild (adjacent windows
+                # share the chunks at their edges, which one rebuild fetches once)
+                upto = k + 1
+                if k - 1 in cached.windows:
+                    while upto < min(k + SEQUENTIAL, last + 1) and upto not in cached.windows:
+                        upto += 1
+                lo, hi = k * self.window, min(upto * self.window, inode.size)
                 if cached.by_window is None:
                     cached.by_window = _by_window(inode.ops or [], self.window, inode.size)
                 ops = inode.ops or []
-                view = Inode("f", inode.ino, size=inode.size, ops=[ops[i] for i in cached.by_window.get(k, ())])
+                chosen = sorted({i for w in range(k, upto) for i in cached.by_window.get(w, ())})
+                view = Inode("f", inode.ino, size=inode.size, ops=[ops[i] for i in chosen])
                 self._rebuilt(ino, backup, tree, view, lambda data_fd, name, lo=lo, hi=hi: self._copy_in(
                     data_fd, name, cached.name, lo, hi))
                 if not cached.windows:
                     with self._lock:
                         self.stats.files += 1
-                cached.windows.add(k)
+                cached.windows.update(range(k, upto))
                 blocks = os.stat(cached.name, dir_fd=self.cache_fd).st_blocks * 512
             with self._lock:
                 cached.blocks = blocks
