@@ -7,8 +7,9 @@
          every chunk through read/ (authenticated and checked), seal it for the destination,
          segments and indexes, the file index, one listing, the manifest last
 
-A backup that fails (damage in the source, the destination gone) commits nothing; the backups
-that build on it are skipped, the others are still copied.  Copied backups keep their ids,
+A backup that fails commits nothing.  Damage of a source backup skips the backups that build on
+it, and the others are still copied; any other failure (the destination full or gone) ends the
+copy there, the rest left for the next one.  Copied backups keep their ids,
 snapshot times, hosts and chain links, so ``list`` shows them as on the source; each
 repository's retention then decides alone what it keeps.
 """
@@ -106,7 +107,15 @@ def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | No
             log.error("copy of backup %s from %s to %s failed: %s", m.backup_id, src_url, dst_url, exc)
             failed.add(m.backup_id)
             result.backups.append(outcome)
-            continue
+            if outcome.damaged:  # that backup's own damage: the other chains may be intact
+                continue
+            # the destination (full, gone, refusing) or the source going away: the rest would fail
+            # the same way, each after its own attempt; they are left for the next copy
+            for rest in plan.copy[index:]:
+                skipped = CopiedBackup.of(rest, "skipped")
+                skipped.error = f"not attempted after the failure of {m.backup_id}"
+                result.backups.append(skipped)
+            break
         result.backups.append(outcome)
         result.held.append(copied)
     return result
@@ -120,9 +129,10 @@ def raise_for_failures(result: CopyResult) -> None:
         return
     parts = [f"backup {b.backup_id} was not copied: {b.error}" for b in failed]
     parts += [f"backup {bid} was left out: {why}" for bid, why in sorted(result.unusable.items())]
-    skipped = [b.backup_id for b in result.backups if b.status == "skipped"]
+    skipped = [b for b in result.backups if b.status == "skipped"]
     if skipped:
-        parts.append(f"{len(skipped)} backup(s) built on it were not copied: {', '.join(skipped)}")
+        parts.append(f"{len(skipped)} more backup(s) were not copied ({skipped[0].error}): "
+                     f"{', '.join(b.backup_id for b in skipped)}")
     message = "; ".join(parts)
     if result.unusable or any(b.damaged for b in failed):
         raise DamageError(message + "; nothing of those was committed")

@@ -17,11 +17,12 @@ from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import TableDigest, new_attempt, write_index
 from btrsync.crypto.keys import MasterKey
 from btrsync.errors import DamageError, LockedError
-from btrsync.ops.copy import CopySettings, copy_backups, raise_for_failures
+from btrsync.ops.copy import CopyError, CopySettings, copy_backups, raise_for_failures
 from btrsync.pipeline.seal import ChunkSealer
 from btrsync.pipeline.segments import write_segments
 from btrsync.read.chunks import raw_stream
 from btrsync.targets.base import ObjectInfo
+from btrsync.targets.errors import QuotaExceeded
 from btrsync.targets.memory import MemoryTarget
 from btrsync.targets.wrapper import TargetWrapper
 
@@ -166,4 +167,29 @@ def test_a_live_lease_of_another_writer_stops_the_copy() -> None:
     m = backup(source, data(8))
     with Lease(dest.target, m.backup_id), pytest.raises(LockedError):
         copy_backups(source, dest, ["latest"], SETTINGS)
+    assert dest.manifests() == []
+
+
+class Full(TargetWrapper):
+    """A destination that takes no more data (QuotaExceeded on every segment)."""
+
+    def put(self, key: str, parts: Iterable[bytes]) -> ObjectInfo:
+        if key.startswith("data/"):
+            for _ in parts:
+                pass
+            raise QuotaExceeded(f"target full writing {key}")
+        return self.inner.put(key, parts)
+
+
+def test_a_full_destination_ends_the_copy_at_its_first_failure() -> None:
+    source, plain = repository(), MemoryTarget()
+    dest = Repository.open(plain, MasterKey(os.urandom(32)), create=True)
+    first = backup(source, data(8), uuid="u-00000001")
+    second = backup(source, data(8), uuid="u-00000002")
+    result = copy_backups(source, Repository.open(Full(plain), dest.key), None, SETTINGS)
+    assert [(b.backup_id, b.status) for b in result.backups] == [(first.backup_id, "failed"),
+                                                                 (second.backup_id, "skipped")]
+    assert not result.backups[0].damaged and "full" in (result.backups[0].error or "")
+    with pytest.raises(CopyError, match="1 more backup"):
+        raise_for_failures(result)
     assert dest.manifests() == []
