@@ -89,6 +89,10 @@ def test_a_chain_copied_to_another_key_lists_and_restores_identically(world: Wor
     mine = world.cli("ls", "latest", "--from", world.url, "--recursive", "--long", "--json")
     assert theirs.code == 0 and mine.code == 0, theirs.err + mine.err
     assert theirs.json() == mine.json() and len(mine.json()) > 20
+    # and verify, down to every chunk and the stream's own checks, finds the copy whole
+    run = world.cli("verify", "--from", other.url, "--level", "stream", "--json", key=other.key)
+    assert run.code == 0, run.err
+    assert {b["result"] for b in run.json()["backups"]} == {"ok"} and len(run.json()["backups"]) == 2
     name = world.snapshots[-1].name
     run = world.cli("receive", "latest", "--from", other.url, "--into", str(world.restore), key=other.key)
     assert run.code == 0, run.err
