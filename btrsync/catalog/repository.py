@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +29,7 @@ from btrsync.crypto.keys import MasterKey
 from btrsync.errors import BtrsyncError, DamageError, TargetMissingError, UsageError, WrongKeyError
 from btrsync.snapshots.naming import parse_name
 from btrsync.targets.base import ObjectInfo, Target
-from btrsync.targets.errors import NotFound, RangeError
+from btrsync.targets.errors import NotFound, ObjectLocked, PermissionDenied, RangeError
 
 log = logging.getLogger(__name__)
 
@@ -270,11 +270,32 @@ class Repository:
                               f"or shorter than recorded on {self.target.display_url}") from None
 
     def discard_uncommitted(self, backup_id: str, before_delete: DeleteHook | None = None) -> int:
-        """Delete data of a backup that has no manifest (leftovers of an interrupted push)."""
+        """Delete data of a backup that has no manifest (leftovers of an interrupted push).  What
+        the store refuses to delete stays (see :meth:`delete_leftovers`)."""
         keys = self.data_keys(backup_id)
+        return len(keys) - len(self.delete_leftovers(keys, before_delete))
+
+    def delete_leftovers(self, keys: Iterable[str], before_delete: DeleteHook | None = None) -> list[str]:
+        """Delete what an interrupted upload left; returns the keys the store refused to delete.
+
+        A push host's key may lack delete rights, and objects may be under S3 Object Lock
+        (docs/immutable.md): such a refusal is one warning, not a failure.  What stays is harmless:
+        the next attempt overwrites those keys, or carries another attempt token than they (no
+        resume trusts them), or they are the same stream's and each chunk is checked against the
+        stream before it is kept; a clean with a delete-capable key removes them."""
+        refused: list[str] = []
+        reason = ""
         for key in keys:
-            self._delete(key, before_delete)
-        return len(keys)
+            try:
+                self._delete(key, before_delete)
+            except (PermissionDenied, ObjectLocked) as exc:
+                refused.append(key)
+                reason = reason or str(exc)
+        if refused:
+            log.warning("%d objects of an interrupted upload on %s were not deleted (%s); they are overwritten or "
+                        "left for 'btrsync clean' where the key may delete", len(refused), self.target.display_url,
+                        reason)
+        return refused
 
     def delete_backup(self, backup_id: str, before_delete: DeleteHook | None = None) -> None:
         """Manifest first (the backup stops existing), then its data: a crash leaves only orphans."""

@@ -20,7 +20,6 @@ import json
 import logging
 import secrets
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,9 +173,7 @@ def find_resume_point(repo: Repository, backup_id: str, params: dict[str, Any],
         segment += 1
     keep = {layout.segment_key(backup_id, i) for i in range(segment)}
     keep |= {layout.index_key(backup_id, i) for i in range(segment)}
-    for key in sorted(set(sizes) - keep):
-        with before_delete(key) if before_delete is not None else nullcontext():
-            repo.target.delete(key)
+    repo.delete_leftovers(sorted(set(sizes) - keep), before_delete)  # a refusal is a warning
     if point is None:
         return ResumePoint()
     point.table = table

@@ -3,6 +3,8 @@ implements it) and a push host whose key may not delete, through the B2-rules pr
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +42,18 @@ def locks(moto: MotoServer, bucket: str, prefix: str) -> dict[str, tuple[str | N
         until = head.get("ObjectLockRetainUntilDate")
         found[obj["Key"][len(prefix) + 1:]] = (head.get("ObjectLockMode"), until.astimezone(UTC) if until else None)
     return found
+
+
+def plant_stray_segment(world: World, client: Any, bucket: str, *, lock: bool = False) -> str:
+    """A segment past the durable prefix of the interrupted push (as parallel segment uploads leave
+    them), so that the resume has something to delete; returns its key."""
+    [backup_id] = {k.split("/")[1] for k in world.data_files() if k.startswith("data/")}
+    key = f"data/{backup_id}/000099"
+    extra = ({"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=1)}
+             if lock else {})
+    client.put_object(Bucket=bucket, Key=f"repo/{key}", Body=b"stray",
+                      ContentMD5=base64.b64encode(hashlib.md5(b"stray").digest()).decode(), **extra)
+    return key
 
 
 def locked_world(world: World, request: pytest.FixtureRequest, tmp_path: Path, mode: str,
@@ -132,14 +147,17 @@ def test_a_push_host_without_delete_permission_pushes_and_resumes(world: World, 
     try:
         proxy.capabilities.discard("deleteFiles")
         _killed_push(world, size_mib=30)
+        # a segment past the durable prefix (parallel segment uploads leave them): the resume deletes it
+        stray = plant_stray_segment(world, seaweed(request).client(), bucket)
         run = world.push("--json")
         assert run.code == 0, run.err
+        assert "not deleted" in run.err and "btrsync clean" in run.err
         [backup] = run.json()["backups"]
         assert backup["resumed_bytes"] > 0
         assert world.cli("status", "--json").code == 0
         run = world.cli("verify", "--from", world.url, "--level", "catalog", "--json")
         assert run.code == 0, run.err
-        assert proxy.denied, "the key was never asked to delete: the test tests nothing"
+        assert f"DeleteObject /{bucket}/repo/{stray}" in proxy.denied
         assert all(d.startswith("DeleteObject ") for d in proxy.denied)
         assert world.receive("latest").code == 0
         name = world.snapshots[0].name
@@ -192,6 +210,7 @@ def test_a_killed_push_on_a_locked_bucket_leaves_locked_orphans_clean_reports_an
     world.config.write_text(world.config.read_text().replace('segment_size = "256k"', 'segment_size = "6M"')
                             .replace('chunk_size = "64k"', 'chunk_size = "1M"'))
     _killed_push(world, size_mib=30)
+    stray = plant_stray_segment(world, moto.client(), bucket, lock=True)
     run = world.cli("clean", "--from", world.url, "--json")
     assert run.code == 0, run.err  # a locked orphan is reported, not an error
     orphans = [i for i in run.json()["items"] if i["kind"] == "orphaned data"]
@@ -203,6 +222,7 @@ def test_a_killed_push_on_a_locked_bucket_leaves_locked_orphans_clean_reports_an
     assert backup["resumed_bytes"] > 0
     assert all(mode == "COMPLIANCE" for key, (mode, _) in locks(moto, bucket, "repo").items()
                if key.startswith(("data/", "backups/")))
+    assert stray in locks(moto, bucket, "repo")  # locked: the resume could not delete it, and went on
     assert world.receive("latest").code == 0
     name = world.snapshots[0].name
     assert (world.restore / name / "big.bin").read_bytes() == (world.snapdir / name / "big.bin").read_bytes()
