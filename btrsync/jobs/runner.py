@@ -245,7 +245,8 @@ class JobRun:
     # -- local snapshots -------------------------------------------------------------------------
     def _prune_local(self) -> None:
         out = self.out
-        blocking = [t for t in out.targets if t.status not in ("ok", "skipped")]
+        copied = {jt.name for jt in self.job.targets if jt.copy_from is not None}  # need no local parent
+        blocking = [t for t in out.targets if t.status not in ("ok", "skipped") and t.name not in copied]
         if blocking:
             out.local_prune_skipped = ("skipped: " + ", ".join(f"{t.name} {t.status}" for t in blocking)
                                        + " this run (local snapshots are kept until every target has succeeded)")

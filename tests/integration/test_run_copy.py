@@ -156,3 +156,25 @@ targets.offsite = {{ copy_from = "usb" }}
     assert copied["status"] == newer["status"] == "ok" and newer["resumed_bytes"] == 0
     assert copied["resumed_bytes"] > 0 and copied["uploaded_bytes"] + copied["resumed_bytes"] == copied["stored_bytes"]
     assert [b["id"] for b in listing(world, "offsite")] == [b["id"] for b in listing(world, "usb")]
+
+
+@pytest.mark.slow
+def test_a_failing_copy_from_target_does_not_keep_local_snapshots(world: World, tmp_path: Path) -> None:
+    """The bucket unreachable for days: the run is partial each time, but the host's snapshots are
+    still pruned (the disk, which the copy reads from, has what the bucket will get)."""
+    jobs = f"""
+[jobs.data]
+subvolumes = ["{world.subvol}"]
+snapshot_dir = "{world.snapdir}"
+snapshots = {{ keep_last = 1 }}
+targets.usb = {{ max_chain = 0 }}
+targets.offsite = {{ copy_from = "usb" }}
+"""
+    configure(world, jobs, targets={"offsite": {"url": f"file://{tmp_path}/not-mounted"}})
+    for hour in range(2):
+        result = run(world, "--all", now=hour)
+        assert result.code == 3, result.err
+        job = outcome(result)["data"]
+        assert {t["name"]: t["status"] for t in job["targets"]} == {"usb": "ok", "offsite": "failed"}
+        assert job["status"] == "partial" and job["local_prune_skipped"] is None, job
+        assert sorted(p.name for p in world.snapdir.iterdir()) == [job["snapshots"][0]]
