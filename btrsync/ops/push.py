@@ -2,9 +2,12 @@
 
 Data flow of one backup::
 
-    btrfs send ─► fixed-size chunks ─► [workers: xxh3(raw) → zstd → AES-256-GCM frame → xxh3(frame)]
-               └► StreamWatch (parser: CRC32C, commands, END; change stats, tree summary)   ordered, bounded window
-                                                  ─► token bucket ─► segments: target.put (atomic)
+    btrfs send ─► fixed-size chunks ─► [workers: xxh3(raw) → probe → zstd → AES-256-GCM frame → xxh3(frame)]
+               │                                        ordered, bounded window
+               │                              ─► token bucket ─► segments: target.put (atomic), each
+               │                                 segment's index as soon as the segment is durable
+               └► WatchThread: StreamWatch on its own thread (parser: CRC32C, commands, END; change
+                  stats, tree summary, file index records); the main thread only moves buffers
     send exited 0 and stream ended with END ─► manifest committed (the only commit point)
 """
 
