@@ -64,9 +64,11 @@ def copy_cmd(app: App, backups: tuple[str, ...], copy_all: bool, source: str, de
     progress = None if as_json or dry_run else reporter("copy", interval=progress_interval(app.config))
     with app.repository(source, key=source_key) as src, \
             app.repository(dest, write=not dry_run, lock=not dry_run) as dst:
+        names = app.config.target_names(dst.target.display_url) + (dest,)
         with progress or nullcontext():  # its line is erased before anything else is printed
             result = copy_backups(src, dst, None if copy_all else list(backups), settings, dry_run=dry_run,
-                                  audit=audit, progress=progress)
+                                  audit=audit, progress=progress,
+                                  policy_for=lambda sub: app.config.retention.backup_policy(sub, names))
         if not dry_run and any(b.status == "copied" for b in result.backups):
             # the job records and metrics of the destination; not the state's "held": a copy
             # destination needs no local snapshot as a parent, so it must pin none

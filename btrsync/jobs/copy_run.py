@@ -43,7 +43,7 @@ class CopyRun(TargetRun):
             catalogs = source.catalog(), repo.catalog()
             wanted = wanted_by_policy(*catalogs, mine, lambda sub: self.policy(sub, url), self.clock.now())
             result = copy_backups(source, repo, wanted, settings, dry_run=env.dry_run, audit=self.ctx.audit,
-                                  catalogs=catalogs)
+                                  catalogs=catalogs, policy_for=lambda sub: self.policy(sub, url))
         for b in result.backups:
             if b.status == "present":
                 continue

@@ -24,7 +24,8 @@ from btrsync.audit import AuditLog
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog, Repository
 from btrsync.errors import BtrsyncError, DamageError, LockedError, PartialError
-from btrsync.ops.copy.plan import CopyPlan, check_distinct, plan_copy, wanted_by_policy
+from btrsync.ops.immutable import kept_until, locking
+from btrsync.ops.copy.plan import CopyPlan, PolicyFor, check_distinct, plan_copy, wanted_by_policy
 from btrsync.ops.copy.transfer import CopiedBackup, CopyError, CopySettings, Refused, copy_backup
 from btrsync.progress import Progress
 
@@ -63,9 +64,12 @@ def vars_of(b: CopiedBackup) -> dict[str, object]:
 
 def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | None, settings: CopySettings, *,
                  dry_run: bool = False, audit: AuditLog | None = None, progress: Progress | None = None,
-                 catalogs: tuple[Catalog, Catalog] | None = None) -> CopyResult:
+                 catalogs: tuple[Catalog, Catalog] | None = None, policy_for: PolicyFor | None = None) -> CopyResult:
     """Copy the backups ``specs`` names (None: every restorable backup) from ``source`` to ``dest``;
-    ``catalogs``: the two catalogs (source, destination) when the caller has just read them."""
+    ``catalogs``: the two catalogs (source, destination) when the caller has just read them.
+    ``policy_for(subvolume)``: the destination's retention; on a destination with Object Lock each
+    copied backup is locked until the date it keeps it (its own or its longest-lived child's,
+    plus the margin; the margin alone without a policy), as a push's would be."""
     src_url, dst_url = source.target.display_url, dest.target.display_url
     check_distinct(source.repo_id, dest.repo_id, src_url, dst_url)
     if not dry_run:
@@ -81,6 +85,8 @@ def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | No
     set_rate = getattr(dest.target, "set_rate_limit", None)  # ssh: rsync follows the limit too
     if set_rate is not None and settings.bucket is not None:
         set_rate(settings.bucket.current_rate)
+    until = (kept_until(dest_catalog.manifests + plan.copy, policy_for)
+             if policy_for is not None and locking(dest.target) else {})
     failed: set[str] = set()
     for index, m in enumerate(plan.copy, 1):
         if m.parent_id in failed:
@@ -90,6 +96,8 @@ def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | No
             failed.add(m.backup_id)
             continue
         try:
+            if locking(dest.target):
+                dest.target.hold_backup(m.backup_id, until.get(m.backup_id))  # type: ignore[attr-defined]
             outcome, copied = copy_backup(source, dest, m, settings, audit, progress, index=index,
                                           count=len(plan.copy))
         except LockedError:
