@@ -10,6 +10,7 @@ One job per module (imports point down this list):
 * :mod:`.errors` -- botocore, urllib3 and socket errors to btrsync errors;
 * :mod:`.credentials` -- access keys from files (never the environment);
 * :mod:`.settings` -- the per-target settings and their limits;
+* :mod:`.objectlock` -- S3 Object Lock: which objects, until when, on whose clock (docs/immutable.md);
 * :mod:`.parts` -- part sizes: limits, growth, re-cutting a stream into parts.
 
 Only :mod:`.client`, :mod:`.errors`, :mod:`.reads` and :mod:`.target` import botocore; this

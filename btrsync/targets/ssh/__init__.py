@@ -8,7 +8,7 @@ One job per module (imports point down this list):
   and the remote root from a URL;
 * :mod:`.connection` -- one OpenSSH ``ControlMaster`` connection per target and the processes
   run through it;
+* :mod:`.parsers` -- parsing what the remote snippets and rsync answer;
 * :mod:`.scripts` -- the remote shell snippets (pure string building) and their exit statuses;
-* :mod:`.parsers` -- parsing what those snippets and rsync answer;
 * :mod:`.errors` -- ssh, rsync and remote-shell failures to target errors.
 """
