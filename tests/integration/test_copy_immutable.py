@@ -16,6 +16,7 @@ from tests.support import tree
 pytestmark = [pytest.mark.btrfs, pytest.mark.remote]
 
 
+@pytest.mark.slow
 def test_a_copy_into_a_locked_bucket_locks_each_backup_for_its_policy_date(
         world: World, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     moto, bucket = locked_world(world, request, tmp_path, "compliance")
