@@ -1,0 +1,105 @@
+"""``btrsync mount`` against an unlucky operator: names that are not UTF-8, device nodes and
+fifos, empty files and holes at the end, a cache directory on a full filesystem, two mounts of
+one repository at once, a backup pruned while it is read."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import World
+from tests.mount.conftest import mounted
+
+pytestmark = [pytest.mark.btrfs, pytest.mark.slow]
+
+BAD = b"bad-\xff\xfe-name"
+
+
+def _odd_tree(world: World) -> Path:
+    root = os.fsencode(world.subvol)
+    with open(os.path.join(root, BAD), "wb") as f:
+        f.write(b"latin-1 bytes in the name\n")
+    os.mkdir(os.path.join(root, b"dir-\xe9"))
+    with open(os.path.join(root, b"dir-\xe9", b"inner\n\xff"), "wb") as f:
+        f.write(b"inner")
+    (world.subvol / "empty").write_bytes(b"")
+    with open(world.subvol / "hole-at-end", "wb") as f:
+        f.write(b"head" * 1000)
+        f.truncate(5 << 20)
+    os.mkfifo(world.subvol / "fifo")
+    os.mknod(world.subvol / "null-dev", 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    os.symlink(os.fsdecode(b"target-\xff"), world.subvol / "link-to-bad")
+    world.snapshot()
+    run = world.push()
+    assert run.code == 0, run.err
+    return world.snapshots[-1]
+
+
+def test_odd_names_special_files_and_holes_read_as_in_the_snapshot(world: World, mounter, tmp_path: Path) -> None:
+    snap = _odd_tree(world)
+    m = mounter(world, "--read-window", "1M")
+    got = m.mountpoint / "data" / snap.name
+    assert sorted(os.listdir(os.fsencode(got))) == sorted(os.listdir(os.fsencode(snap)))
+    assert open(os.path.join(os.fsencode(got), BAD), "rb").read() == b"latin-1 bytes in the name\n"
+    inner = os.path.join(os.fsencode(got), b"dir-\xe9", b"inner\n\xff")
+    assert open(inner, "rb").read() == b"inner"
+    assert os.readlink(os.path.join(os.fsencode(got), b"link-to-bad")) == b"target-\xff"
+    assert (got / "empty").read_bytes() == b""
+    assert (got / "hole-at-end").stat().st_size == 5 << 20
+    assert (got / "hole-at-end").read_bytes() == (snap / "hole-at-end").read_bytes()
+    assert stat.S_ISFIFO((got / "fifo").lstat().st_mode)
+    dev = (got / "null-dev").lstat()
+    assert stat.S_ISCHR(dev.st_mode) and dev.st_rdev == os.makedev(1, 3)
+    done = subprocess.run(["cp", "-a", str(got), str(tmp_path / "out")], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(["diff", "-r", "--no-dereference", str(snap), str(tmp_path / "out")], capture_output=True)
+    assert b"differ" not in done.stdout and done.stderr == b"", done.stdout + done.stderr
+    assert mounted(m.mountpoint)
+
+
+def test_a_full_cache_filesystem_fails_the_read_not_the_mount(world: World, mounter, tmp_path: Path) -> None:
+    (world.subvol / "big").write_bytes(os.urandom(3 << 20))
+    (world.subvol / "small").write_bytes(b"small")
+    world.snapshot()
+    assert world.push().code == 0
+    cache = tmp_path / "tiny"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache)], check=True)
+    try:
+        m = mounter(world, "--cache-dir", str(cache))
+        got = m.mountpoint / "data" / world.snapshots[-1].name
+        with pytest.raises(OSError) as err:
+            (got / "big").read_bytes()
+        assert err.value.errno in (errno.EIO, errno.ENOSPC)
+        assert (got / "small").read_bytes() == b"small"
+        assert mounted(m.mountpoint) and m.proc.poll() is None
+        # the cache room came back: the same file reads now (a full disk is not damage)
+        subprocess.run(["mount", "-o", "remount,size=16m", str(cache)], check=True)
+        assert (got / "big").read_bytes() == (world.snapshots[-1] / "big").read_bytes()
+    finally:
+        for mp in list(m.mountpoint.parent.glob("mnt*")):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+        subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+def test_two_mounts_of_one_repository_share_nothing_they_remove(world: World, mounter) -> None:
+    (world.subvol / "f").write_bytes(os.urandom(200_000))
+    world.snapshot()
+    assert world.push().code == 0
+    a = mounter(world)
+    b = mounter(world)
+    name = world.snapshots[-1].name
+    fa = open(a.mountpoint / "data" / name / "f", "rb")
+    assert fa.read(10) == (world.snapshots[-1] / "f").read_bytes()[:10]
+    subprocess.run(["fusermount3", "-u", str(b.mountpoint)], check=True)
+    assert b.wait() == 0
+    assert fa.read() == (world.snapshots[-1] / "f").read_bytes()[10:]
+    fa.close()
+    cache = world.state / "mount-cache"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in cache.iterdir())
