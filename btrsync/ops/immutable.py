@@ -132,4 +132,5 @@ def extend_kept(target: Target, kept: list[Manifest], policy_for: Callable[[str]
             continue
         if count:
             done[backup_id] = f"lock of {count} objects extended for {until:%Y-%m-%d %H:%MZ}"
+            log.info("extended the lock of backup %s on %s: %s", backup_id, target.display_url, done[backup_id])
     return done

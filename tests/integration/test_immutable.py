@@ -83,6 +83,9 @@ def test_a_push_writes_every_object_locked_and_prune_explains_what_it_may_not_de
     # the month's first backup is kept ~6 months by the policy, and its child is sent on it
     assert held[f"backups/{first['id']}/manifest"][1] > datetime.now(UTC) + timedelta(days=120)
     assert held["btrsync-repo.json"] == (None, None)
+    run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--dry-run", "--json")
+    assert run.code == 0, run.err  # a dry run tells the same
+    assert [d["reasons"][0].startswith("object lock: ") for d in run.json()] == [True, False]
     run = world.cli("prune", "--from", world.url, "--keep-last", "1", "--json")
     assert run.code == 0, run.err  # a refusal is explained, not a failure
     [older] = [d for d in run.json() if d["id"] == first["id"]]
