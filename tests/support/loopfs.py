@@ -16,7 +16,8 @@ two processes, without a shell).
 
 Images in RAM: the image of a filesystem made under pytest's temporary directories lives at the
 same path below :data:`IMAGE_MIRROR` (``/dev/shm/btrsync-test-images``) when /dev/shm is a tmpfs
-with room (:func:`image_dir_for`); its mount point stays where the test asked. The filesystem is
+with room (:func:`image_dir_for`; ``TESTS_LOOP_IMAGES_ON_DISK=1`` keeps images on disk); its mount
+point stays where the test asked. The filesystem is
 the same real btrfs on a real loop device; only its flushes cost nothing, and tests stop waiting
 on the disk that the machine's other work shares. The safety nets look at images by their logical
 path (:func:`logical_path`), and the mirror of a dead run is removed with its loop devices.
@@ -201,6 +202,8 @@ IMAGE_MIRROR_MIN_FREE = 6 << 30  # below this much free RAM in /dev/shm, images 
 
 
 def _shm_usable() -> bool:
+    if os.environ.get("TESTS_LOOP_IMAGES_ON_DISK"):  # to compare, or where RAM is short
+        return False
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
         st = os.statvfs("/dev/shm")

@@ -41,8 +41,10 @@ SEED = 20240601
 pytestmark = pytest.mark.btrfs
 
 
-def _attached(device: str) -> bool:
-    return any(name == device for name, _back in loopfs.attached_loops())
+def _attached(device: str) -> tuple[str, str] | None:
+    """``(device, backing file)`` while ``device`` is attached. Compare the pair, not the name: a
+    parallel test may attach the same device number as soon as it is free."""
+    return next(((name, back) for name, back in loopfs.attached_loops() if name == device), None)
 
 
 def _mounted(path: Path) -> bool:
@@ -79,11 +81,12 @@ def test_loop_btrfs_cleans_up_when_the_body_raises(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         with loop_btrfs(tmp_path, size="256M") as mnt:
             device = _device_of(mnt)
-            assert _attached(device)
+            ours = _attached(device)
+            assert ours
             create_subvolume(mnt / "vol")
             raise RuntimeError("boom")
     assert not _mounted(mnt)
-    assert not _attached(device)
+    assert _attached(device) != ours
     assert list(tmp_path.iterdir()) == []
 
 
@@ -92,6 +95,7 @@ def test_loop_btrfs_survives_a_busy_mount(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(loopfs, "UMOUNT_RETRY_DELAY", 0.01)
     with loop_btrfs(tmp_path, size="256M") as mnt:
         device = _device_of(mnt)
+        ours = _attached(device)
         busy = open(mnt / "held-open", "w")  # noqa: SIM115 - held across the teardown on purpose
     try:
         assert not _mounted(mnt)
@@ -99,19 +103,21 @@ def test_loop_btrfs_survives_a_busy_mount(tmp_path: Path, monkeypatch: pytest.Mo
         busy.close()
     # The device goes once its last user (the lazily unmounted filesystem) lets go.
     for _ in range(50):
-        if not _attached(device):
+        if _attached(device) != ours:
             break
         time.sleep(0.1)
-    assert not _attached(device)
+    assert ours and _attached(device) != ours
 
 
 def test_safety_net_releases_leaked_loops_under_a_directory(tmp_path: Path) -> None:
     fs = loopfs.open_loop_btrfs(tmp_path / "leaky", size="256M")  # never closed: a "crash"
     device = fs.device
     try:
-        assert device is not None and detach_loops_under([tmp_path]) == [device]
+        assert device is not None
+        ours = _attached(device)
+        assert ours and detach_loops_under([tmp_path]) == [device]
         assert not _mounted(fs.mountpoint)
-        assert not _attached(device)
+        assert _attached(device) != ours
     finally:
         _forget_if_released(fs)
         fs.close()
