@@ -268,8 +268,11 @@ def test_a_frozen_s3_server_fails_the_push_within_its_deadline(world: World, tmp
         try:
             client = server.client()
             started = time.monotonic()
-            while not any(o["Key"].endswith(".idx") for o in
-                          client.list_objects_v2(Bucket=bucket, Prefix="it/data/").get("Contents", [])):
+            # freeze once segment 0 is durable (its index is there) and segment 1's multipart
+            # upload has started, so that there is an upload for the clean-up to abort
+            while not (any(o["Key"].endswith(".idx") for o in
+                           client.list_objects_v2(Bucket=bucket, Prefix="it/data/").get("Contents", []))
+                       and client.list_multipart_uploads(Bucket=bucket, Prefix="it/data/").get("Uploads")):
                 assert proc.poll() is None and time.monotonic() - started < 60, "no segment was uploaded"
                 time.sleep(0.1)
             os.kill(weed_pid, signal.SIGSTOP)
