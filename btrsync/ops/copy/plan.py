@@ -54,6 +54,7 @@ def plan_copy(source: Catalog, dest: Catalog, specs: Sequence[str] | None, sourc
     restorable_there = {m.backup_id for m in dest.restorable}
     damaged_there = {d.backup_id: d for d in dest.damaged}
     seen: set[str] = set()
+    healed: set[str] = set()  # held there but broken only for ancestors this copy sends again
     for chain in chains:
         for link in chain:
             if link.backup_id in seen:
@@ -70,11 +71,25 @@ def plan_copy(source: Catalog, dest: Catalog, specs: Sequence[str] | None, sourc
             if held.snapshot_uuid != link.snapshot_uuid:
                 raise DamageError(f"backup {link.backup_id} on {dest_url} is of snapshot {held.snapshot_uuid}, on "
                                   f"{source_url} of {link.snapshot_uuid}: not the same backup; nothing was copied")
-            if link.backup_id not in restorable_there:
+            if link.backup_id not in restorable_there and not _healed_by(link, held, plan, healed):
                 raise DamageError(f"backup {link.backup_id} is on {dest_url} but not restorable there "
                                   f"({dest.broken[link.backup_id].reason}); its children cannot be copied onto it")
             plan.present.append(link)
     return plan
+
+
+def _healed_by(link: Manifest, held: Manifest, plan: CopyPlan, healed: set[str]) -> bool:
+    """Whether ``held`` (the destination's copy of ``link``, not restorable there) becomes restorable
+    once this plan has copied: it names the same parent as the source's, and that parent is copied
+    now or is itself healed (the destination lost it: an operator's delete, a prune racing a copy).
+    The chain is walked parents first, so the parent's fate is known."""
+    parent = link.parent_id
+    if parent is None or held.parent_id != parent or held.parent_uuid != link.parent_uuid:
+        return False
+    if parent in {m.backup_id for m in plan.copy} or parent in healed:
+        healed.add(link.backup_id)
+        return True
+    return False
 
 
 def wanted_by_policy(source: Catalog, dest: Catalog, subvolumes: set[str], policy_for: PolicyFor,

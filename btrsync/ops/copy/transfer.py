@@ -253,8 +253,9 @@ class _Attempt:
         return {**m.files, "parts": parts, "stored_bytes": stored}
 
     def _check_uploaded(self, manifest: Manifest) -> None:
-        """One listing right before the commit: every segment and index there, holding exactly the
-        stored bytes (a clean elsewhere, or a lost object, fails the copy instead)."""
+        """Listings right before the commit: every segment and index there, holding exactly the
+        stored bytes, and the parent's manifest (a clean or prune elsewhere, or a lost object,
+        fails the copy instead)."""
         bid = manifest.backup_id
         found = {o.key: o.size for o in self.dest.target.list(layout.data_prefix(bid))}
         names = [k for s in range(manifest.segments) for k in (layout.segment_key(bid, s), layout.index_key(bid, s))]
@@ -265,6 +266,13 @@ class _Attempt:
                     f"its segments hold {stored} bytes, not the {manifest.stored_bytes} written")
             raise CopyError(f"backup {bid} was not committed: {what} on {self.dest.target.display_url}; "
                             "copy again to send it anew")
+        parent = manifest.parent_id
+        if parent is not None and parent not in set(self.dest.backup_ids()):
+            # a prune or delete elsewhere that read the leases before this copy's took the parent:
+            # committed, this backup could never be restored there
+            raise CopyError(f"backup {bid} was not committed: its parent {parent} is no longer on "
+                            f"{self.dest.target.display_url} (removed by a prune or delete elsewhere while this "
+                            "copy ran); copy again: the parent is sent again and this backup resumes")
 
 
 def copy_backup(source: Repository, dest: Repository, manifest: Manifest, settings: CopySettings,

@@ -3,6 +3,7 @@ and what a copy_from target wants (its retention, not what its prune removed).""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -71,9 +72,21 @@ def test_a_damaged_manifest_of_that_id_on_the_destination_is_never_overwritten()
         plan_copy(Catalog(list(CHAIN)), Catalog([], [damaged]), ["data@latest"], "A", "B")
 
 
-def test_a_parent_there_but_not_restorable_there_is_refused() -> None:
+def test_links_there_broken_only_for_a_lost_ancestor_are_healed_by_copying_it_again() -> None:
+    # the destination lost the full (an operator's delete, a prune that raced a copy): its two
+    # children there are restorable again once it is copied, and are not copied themselves
+    plan = plan_copy(Catalog(list(CHAIN)), Catalog(CHAIN[1:]), ["data@latest"], "A", "B")
+    assert ids(plan.copy) == [CHAIN[0].backup_id] and ids(plan.present) == ids(CHAIN[1:])
+
+
+def test_a_link_there_but_not_restorable_for_another_reason_is_refused() -> None:
+    # the destination's link names a parent the source's does not: a copied parent would not heal it
+    other_parent = dataclasses.replace(CHAIN[1], parent_uuid="uuid-data-elsewhere")
     with pytest.raises(DamageError, match="not restorable there"):
-        plan_copy(Catalog(list(CHAIN)), Catalog([CHAIN[1]]), ["data@latest"], "A", "B")
+        plan_copy(Catalog(list(CHAIN)), Catalog([other_parent]), ["data@latest"], "A", "B")
+    # and one whose parent is not restorable there either is not healed by its child's copy
+    with pytest.raises(DamageError, match="not restorable there"):
+        plan_copy(Catalog(list(CHAIN)), Catalog([CHAIN[0], other_parent, CHAIN[2]]), ["data@latest"], "A", "B")
 
 
 def test_the_same_repository_is_a_usage_error() -> None:

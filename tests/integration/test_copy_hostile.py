@@ -1,0 +1,113 @@
+"""btrsync copy against an unlucky operator: a destination that lost a parent (pruned there, or
+by a prune elsewhere while the copy ran), names that are not UTF-8, ``SUBVOL@latest`` of
+nothing, ``--dry-run`` proved byte for byte."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from btrsync.catalog import layout
+from btrsync.catalog.repository import Repository
+from btrsync.crypto.keys import load_key_file
+from btrsync.ops.copy import CopySettings, copy_backups
+from btrsync.targets.local import LocalTarget
+from tests.integration.conftest import World
+from tests.integration.test_copy import Other, other  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.btrfs
+
+
+def _chain(world: World) -> tuple[dict, dict]:
+    (world.subvol / "f").write_bytes(os.urandom(300_000))
+    world.snapshot()
+    assert world.push().code == 0
+    (world.subvol / "g").write_bytes(os.urandom(300_000))
+    world.snapshot()
+    assert world.push().code == 0
+    full, incremental = sorted(world.listing(), key=lambda b: str(b["created"]))
+    return full, incremental
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_child_whose_parent_the_destination_lost_is_healed_by_copying_the_parent_again(
+        world: World, other: Other) -> None:
+    full, incremental = _chain(world)
+    assert other.copy("data@latest").code == 0
+    # the parent's manifest is gone there (an operator's rm, a prune that raced a copy)
+    (other.dir / layout.manifest_key(str(full["id"]))).unlink()
+    run = other.copy("data@latest", "--json")
+    assert run.code == 0, run.err
+    assert {b["backup_id"]: b["status"] for b in run.json()["backups"]} == {
+        full["id"]: "copied", incremental["id"]: "present"}
+    run = world.cli("receive", str(incremental["id"]), "--from", other.url, "--into", str(world.restore),
+                    key=other.key)
+    assert run.code == 0, run.err
+
+
+def test_a_parent_removed_on_the_destination_during_the_copy_fails_it_uncommitted(
+        world: World, other: Other) -> None:
+    full, incremental = _chain(world)
+    assert other.copy(str(full["id"])).code == 0
+    source = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+    dest = Repository.open(LocalTarget(other.dir), load_key_file(other.key))
+    gone: list[int] = []
+
+    def prune_elsewhere(segment: int) -> None:  # a prune that read the leases before this copy's
+        if not gone:
+            (other.dir / layout.manifest_key(str(full["id"]))).unlink()
+            gone.append(segment)
+
+    result = copy_backups(source, dest, [str(incremental["id"])],
+                          CopySettings(segment_size=1 << 16, may_start_segment=prune_elsewhere))
+    assert gone
+    [outcome] = [b for b in result.backups if b.backup_id == incremental["id"]]
+    assert outcome.status == "failed" and "parent" in str(outcome.error), outcome
+    assert not (other.dir / layout.manifest_key(str(incremental["id"]))).exists()
+    # the next copy sends the parent again and keeps what the failed one wrote of the child
+    run = other.copy("data@latest", "--json")
+    assert run.code == 0, run.err
+    assert [b["status"] for b in run.json()["backups"]] == ["copied", "copied"]
+    assert run.json()["backups"][1]["resumed_bytes"] > 0
+
+
+def test_names_that_are_not_utf8_list_and_restore_the_same_after_a_copy(world: World, other: Other) -> None:
+    root = os.fsencode(world.subvol)
+    os.mkdir(os.path.join(root, b"d\xe9"))
+    with open(os.path.join(root, b"d\xe9", b"n\n\xff" + b"x" * 200), "wb") as f:
+        f.write(b"odd")
+    world.snapshot()
+    assert world.push().code == 0
+    assert other.copy("--all").code == 0
+    theirs = world.cli("ls", "latest", "--from", other.url, "--recursive", "--json", key=other.key)
+    mine = world.cli("ls", "latest", "--from", world.url, "--recursive", "--json")
+    assert theirs.code == 0 and theirs.json() == mine.json()
+    run = world.cli("restore", "latest", "--from", other.url, "--to", str(world.restore), key=other.key)
+    assert run.code == 0, run.err
+    names = [p for p in os.listdir(os.fsencode(world.restore)) if p != b"lost+found"]
+    found = [os.path.join(dirpath, f) for dirpath, _, files in os.walk(os.fsencode(world.restore)) for f in files]
+    assert any(p.endswith(b"n\n\xff" + b"x" * 200) for p in found), (names, found)
+
+
+def test_subvol_at_latest_of_nothing_is_refused_naming_what_there_is(world: World, other: Other) -> None:
+    _chain(world)
+    before = other.files()
+    run = other.copy("nosuch@latest")
+    assert run.code != 0 and "nosuch" in run.err, run.err
+    assert other.files() == before
+
+
+def test_dry_run_changes_not_one_byte_of_either_repository(world: World, other: Other) -> None:
+    full, _ = _chain(world)
+    assert other.copy(str(full["id"])).code == 0
+    before = (_tree(other.dir), _tree(world.target_dir))
+    run = other.copy("--all", "--dry-run", "--json")
+    assert run.code == 0, run.err
+    assert [b["status"] for b in run.json()["backups"]] == ["present", "planned"]
+    assert (_tree(other.dir), _tree(world.target_dir)) == before
