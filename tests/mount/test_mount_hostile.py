@@ -103,3 +103,54 @@ def test_two_mounts_of_one_repository_share_nothing_they_remove(world: World, mo
     cache = world.state / "mount-cache"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in cache.iterdir())
+
+
+def test_a_backup_deleted_under_the_mount_gives_eio_and_the_mount_stays_well(world: World, mounter) -> None:
+    import shutil
+
+    from btrsync.catalog import layout
+
+    (world.subvol / "a").write_bytes(os.urandom(300_000))
+    (world.subvol / "b").write_bytes(os.urandom(300_000))
+    world.snapshot()
+    assert world.push().code == 0
+    (world.subvol / "c").write_bytes(os.urandom(1000))
+    world.snapshot()
+    assert world.push().code == 0
+    old, new = world.snapshots
+    m = mounter(world)
+    mine = m.mountpoint / "data" / old.name
+    assert sorted(os.listdir(mine)) == ["a", "b"]
+    fa = open(mine / "a", "rb")  # opened, not read yet
+    # a prune (or delete) on another host removes both backups while the mount serves them
+    for b in world.listing():
+        shutil.rmtree(world.target_dir / layout.manifest_key(str(b["id"])).rsplit("/", 1)[0])
+        shutil.rmtree(world.target_dir / layout.data_prefix(str(b["id"])))
+    with pytest.raises(OSError) as err:
+        fa.read()
+    assert err.value.errno == errno.EIO
+    fa.close()
+    with pytest.raises(OSError) as err:
+        (mine / "b").read_bytes()
+    assert err.value.errno == errno.EIO
+    with pytest.raises(OSError) as err:
+        os.listdir(m.mountpoint / "data" / new.name)  # its tree was never read: the index is gone
+    assert err.value.errno == errno.EIO
+    assert mounted(m.mountpoint) and m.proc.poll() is None
+    assert sorted(os.listdir(mine)) == ["a", "b"]  # the names it had read stay listed
+    subprocess.run(["fusermount3", "-u", str(m.mountpoint)], check=True)
+    assert m.wait() == 0 and not mounted(m.mountpoint)
+    assert not [p for p in (world.state / "mount-cache").iterdir()]
+
+
+def test_a_push_under_the_mount_neither_shows_nor_disturbs(world: World, mounter) -> None:
+    (world.subvol / "a").write_bytes(os.urandom(300_000))
+    world.snapshot()
+    assert world.push().code == 0
+    m = mounter(world)
+    (world.subvol / "a").write_bytes(os.urandom(300_000))
+    world.snapshot()
+    assert world.push().code == 0
+    assert os.listdir(m.mountpoint / "data") == [world.snapshots[0].name]
+    assert (m.mountpoint / "data" / world.snapshots[0].name / "a").read_bytes() == \
+        (world.snapshots[0] / "a").read_bytes()
