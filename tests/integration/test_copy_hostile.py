@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from btrsync.catalog import layout
+from btrsync.catalog.lease import Lease
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
 from btrsync.ops.copy import CopySettings, copy_backups
@@ -111,3 +112,28 @@ def test_dry_run_changes_not_one_byte_of_either_repository(world: World, other: 
     assert run.code == 0, run.err
     assert [b["status"] for b in run.json()["backups"]] == ["present", "planned"]
     assert (_tree(other.dir), _tree(world.target_dir)) == before
+
+
+def test_a_copy_killed_while_writing_the_manifest_leaves_nothing_listed_and_copies_again(
+        world: World, other: Other) -> None:
+    full, incremental = _chain(world)
+    assert other.copy(str(full["id"])).code == 0
+    # SIGKILL inside the manifest's write: its temporary, half written, and the upload lease of a
+    # process that is gone (this host, this boot)
+    key = other.dir / layout.manifest_key(str(incremental["id"]))
+    key.parent.mkdir(parents=True)
+    (key.parent / "manifest.tmp-0123456789ab").write_bytes(b"\x00half a manifest")
+    lease = other.dir / layout.lease_key(str(incremental["id"]))
+    with Lease(LocalTarget(other.dir), str(incremental["id"]), str(full["id"])):
+        held = lease.read_bytes()
+    lease.parent.mkdir(exist_ok=True)
+    lease.write_bytes(held.replace(f'"pid": {os.getpid()}'.encode(), b'"pid": 999999999'))
+    assert b"999999999" in lease.read_bytes()
+    assert [b["id"] for b in other.listing()] == [full["id"]]
+    run = other.copy("data@latest", "--json")
+    assert run.code == 0, run.err
+    assert [b["status"] for b in run.json()["backups"]] == ["present", "copied"]
+    assert not lease.exists()
+    run = world.cli("clean", "--from", other.url, key=other.key)
+    assert run.code == 0, run.err
+    assert not any(".tmp-" in f or f.startswith("locks/") for f in other.files()), other.files()
