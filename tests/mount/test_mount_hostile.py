@@ -154,3 +154,19 @@ def test_a_push_under_the_mount_neither_shows_nor_disturbs(world: World, mounter
     assert os.listdir(m.mountpoint / "data") == [world.snapshots[0].name]
     assert (m.mountpoint / "data" / world.snapshots[0].name / "a").read_bytes() == \
         (world.snapshots[0] / "a").read_bytes()
+
+
+def test_a_mount_point_with_a_space_and_a_newline_mounts_and_unmounts(world: World, mounter, tmp_path: Path) -> None:
+    import signal
+
+    (world.subvol / "f").write_bytes(b"x")
+    world.snapshot()
+    assert world.push().code == 0
+    odd = tmp_path / "my backups\nnew"
+    m = mounter(world, mountpoint=odd)
+    assert (odd / "data" / world.snapshots[-1].name / "f").read_bytes() == b"x"
+    m.signal(signal.SIGINT)
+    assert m.wait() == 130, m.stderr()
+    assert not mounted(odd)
+    run = world.cli("mount", "--from", world.url, str(odd / "data"))  # not a directory now: refused
+    assert run.code == 2, run.err
