@@ -97,7 +97,8 @@ def wanted_by_policy(source: Catalog, dest: Catalog, subvolumes: set[str], polic
     """For ``run`` (``copy_from``): the ids of the source's restorable backups of ``subvolumes``
     that the destination lacks and its retention policy would keep beside what it holds, so that a
     copy never brings back what the destination's own prune removed (btrbk's rule, as for push).
-    Without a policy every backup the destination lacks is wanted."""
+    Decided for each host apart, as prune does.  Without a policy every backup the destination
+    lacks is wanted."""
     there = {m.backup_id for m in dest.manifests}
     wanted: list[str] = []
     for sub in sorted(subvolumes):
@@ -109,8 +110,12 @@ def wanted_by_policy(source: Catalog, dest: Catalog, subvolumes: set[str], polic
             wanted += [m.backup_id for m in candidates]
             continue
         held = [m for m in dest.restorable if m.subvolume == sub]
-        items = [Item(m.backup_id, m.snapshot_time, m.parent_id) for m in held + candidates]
-        kept = {d.id for d in decide(items, policy, now) if d.kept}
+        kept: set[str] = set()
+        # per host, as prune decides (ops/prune.py): pooled, one host's backups would take every
+        # day (or week...) and the other's would never be copied, though the prune there keeps them
+        for host in sorted({m.host for m in candidates}):
+            items = [Item(m.backup_id, m.snapshot_time, m.parent_id) for m in held + candidates if m.host == host]
+            kept |= {d.id for d in decide(items, policy, now) if d.kept}
         wanted += [m.backup_id for m in candidates if m.backup_id in kept]
     return wanted
 

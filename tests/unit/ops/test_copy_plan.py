@@ -105,3 +105,19 @@ def test_copy_from_wants_what_its_policy_keeps_not_what_its_prune_removed() -> N
                                   T0 + timedelta(days=5))
     assert everything == ids([fulls[0], fulls[1], fulls[3]])
     assert wanted_by_policy(Catalog(fulls), Catalog(), {"home"}, lambda sub: None, T0) == []
+
+
+def test_copy_from_decides_for_each_host_apart_as_prune_does() -> None:
+    # a NAS two hosts push "data" to, copied on: the destination's prune keeps a history per host,
+    # so the copy must want each host's (pooled, one backup a day would be all one host's)
+    mine = [m(n) for n in range(3)]
+    theirs = [dataclasses.replace(m(n, uuid=f"uuid-g-{n}"), host="g", backup_id=f"g-{n}",
+                                  snapshot_time=T0 + timedelta(days=n, hours=1)) for n in range(3)]
+    daily = Policy(keep_daily=7)
+    wanted = wanted_by_policy(Catalog(mine + theirs), Catalog(), {"data"}, lambda sub: daily,
+                              T0 + timedelta(days=3))
+    assert sorted(wanted) == sorted(ids(mine + theirs))
+    # and what one host's prune removed there is not brought back because the other host is newer
+    wanted = wanted_by_policy(Catalog(mine + theirs), Catalog([mine[2], theirs[2]]), {"data"},
+                              lambda sub: Policy(keep_last=1), T0 + timedelta(days=3))
+    assert wanted == []
