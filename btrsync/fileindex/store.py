@@ -131,32 +131,77 @@ def read_compressed(repo: Any, manifest: Manifest) -> tuple[bytes, int]:
     return data, stored
 
 
+_BLOCK = 1 << 20  # decompressed bytes decoded at once: one JSON array of a block's lines
+
+
+def _blocks(reader: Any) -> Iterator[bytes]:
+    """The decompressed index in blocks of whole lines (each ends with its newline)."""
+    rest = b""
+    while True:
+        block = reader.read(_BLOCK)
+        if not block:
+            if rest:
+                yield rest
+            return
+        block = rest + block
+        cut = block.rfind(b"\n") + 1
+        rest = block[cut:]
+        if cut:
+            yield block[:cut]
+
+
 def iter_records(data: bytes, manifest: Manifest) -> Iterator[list[Any]]:
-    """The records of a compressed index, header and trailer checked against ``manifest``."""
+    """The records of a compressed index, header and trailer checked against ``manifest``.
+
+    The lines of a block are decoded by one ``json.loads`` of them joined into an array (a
+    record's line is a JSON list and holds no raw newline), not one call per record."""
     where = f"the file index of backup {manifest.backup_id}"
-    reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)))  # type: ignore[arg-type]
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))  # type: ignore[arg-type]
+    count = 0
+    header: Any = None
+    trailer: Any = None
     try:
-        header = json.loads(reader.readline())
-        if (header.get("file_index") != FORMAT or header.get("backup_id") != manifest.backup_id
-                or header.get("snapshot_uuid") != manifest.snapshot_uuid
-                or header.get("parent_uuid") != manifest.parent_uuid
-                or (manifest.format >= 2 and header.get("attempt") != manifest.table.get("attempt"))):
-            raise DamageError(f"{where} belongs to another backup or attempt")
-        count = 0
-        for line in reader:
-            if line.startswith(b"{"):
-                trailer = json.loads(line)
-                if (trailer.get("end") is not True or trailer.get("records") != count
-                        or trailer.get("stream_bytes") != manifest.stream_bytes):
-                    raise DamageError(f"{where} does not describe the stored stream (trailer {trailer})")
-                if reader.read(1):
+        for block in _blocks(reader):
+            if trailer is not None:
+                raise DamageError(f"{where} has lines after its end")
+            if header is None:
+                first, _, block = block.partition(b"\n")
+                header = json.loads(first)
+                if (not isinstance(header, dict) or header.get("file_index") != FORMAT
+                        or header.get("backup_id") != manifest.backup_id
+                        or header.get("snapshot_uuid") != manifest.snapshot_uuid
+                        or header.get("parent_uuid") != manifest.parent_uuid
+                        or (manifest.format >= 2 and header.get("attempt") != manifest.table.get("attempt"))):
+                    raise DamageError(f"{where} belongs to another backup or attempt")
+                if not block:
+                    continue
+            end = block.find(b"\n{") + 1 if not block.startswith(b"{") else 0
+            if end or block.startswith(b"{"):
+                block, last = block[:end], block[end:]
+                if last.count(b"\n") > 1:
                     raise DamageError(f"{where} has lines after its end")
-                return
-            yield records.decode(line)
-            count += 1  # noqa: SIM113 - the trailer line is not a record
+                trailer = json.loads(last)
+                if not isinstance(trailer, dict):
+                    raise ValueError("its last line is not a trailer")
+            if block:
+                recs = json.loads(b"[" + block[:-1].replace(b"\n", b",") + b"]")
+                if len(recs) != block.count(b"\n"):
+                    raise ValueError(f"a line after record {count} holds other than one record")
+                for rec in recs:
+                    if not (type(rec) is list and len(rec) == 5 and type(rec[0]) is str  # noqa: E721
+                            and type(rec[4]) is dict):  # noqa: E721
+                        raise ValueError(f"record {count} is not a file index record")
+                    count += 1
+                    yield rec
+            if trailer is not None and (trailer.get("end") is not True or trailer.get("records") != count
+                                        or trailer.get("stream_bytes") != manifest.stream_bytes):
+                raise DamageError(f"{where} does not describe the stored stream (trailer {trailer})")
     except (ValueError, zstandard.ZstdError) as exc:
         raise DamageError(f"{where} is not a valid file index: {exc}") from None
-    raise DamageError(f"{where} ends without its trailer")
+    if header is None:
+        raise DamageError(f"{where} is not a valid file index: it is empty")
+    if trailer is None:
+        raise DamageError(f"{where} ends without its trailer")
 
 
 def has_index(repo: Any, manifest: Manifest) -> bool:

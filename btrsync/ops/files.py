@@ -29,7 +29,7 @@ from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.errors import DamageError, UsageError
 from btrsync.fileindex import store
-from btrsync.fileindex.tree import Entry, FileTree, parent_clone_paths
+from btrsync.fileindex.tree import Entry, FileTree, gc_paused, parent_clone_paths
 from btrsync.read.chains import chain_for, restore_chain
 from btrsync.read.chunks import raw_stream
 from btrsync.sendstream.parser import StreamError, StreamParser
@@ -51,13 +51,14 @@ def tree_of(repo: Repository, chain: list[Manifest], *, with_ops: bool = False) 
     """The tree after the last link of ``chain`` and the stored bytes of the indexes read."""
     tree = FileTree(with_ops=with_ops)
     read = 0
-    for m in chain:
-        data, stored = store.read_compressed(repo, m)
-        read += stored
-        where = f"backup {m.backup_id}"
-        pcs = parent_clone_paths(store.iter_records(data, m), m.parent_uuid) if m.parent_uuid else set()
-        tree.apply_link(store.iter_records(data, m), where=where, uuid=m.snapshot_uuid,
-                        parent_uuid=m.parent_uuid, parent_clone_paths=sorted(pcs))
+    with gc_paused():
+        for m in chain:
+            data, stored = store.read_compressed(repo, m)
+            read += stored
+            where = f"backup {m.backup_id}"
+            pcs = parent_clone_paths(store.iter_records(data, m), m.parent_uuid) if m.parent_uuid else set()
+            tree.apply_link(store.iter_records(data, m), where=where, uuid=m.snapshot_uuid,
+                            parent_uuid=m.parent_uuid, parent_clone_paths=sorted(pcs))
     return tree, read
 
 
