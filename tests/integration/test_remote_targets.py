@@ -268,11 +268,18 @@ def test_a_frozen_s3_server_fails_the_push_within_its_deadline(world: World, tmp
         try:
             client = server.client()
             started = time.monotonic()
-            # freeze once segment 0 is durable (its index is there) and segment 1's multipart
-            # upload has started, so that there is an upload for the clean-up to abort
+            # freeze once segment 0 is durable (its index is there) and a part of segment 1's
+            # multipart upload is stored, so that there is an upload the push knows of for the
+            # clean-up to abort (an upload merely listed may be one whose creation's answer the
+            # push is still waiting for: frozen then, it never learns its id)
+            def part_stored() -> bool:
+                uploads = client.list_multipart_uploads(Bucket=bucket, Prefix="it/data/").get("Uploads", [])
+                return any(client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
+                           for u in uploads)
+
             while not (any(o["Key"].endswith(".idx") for o in
                            client.list_objects_v2(Bucket=bucket, Prefix="it/data/").get("Contents", []))
-                       and client.list_multipart_uploads(Bucket=bucket, Prefix="it/data/").get("Uploads")):
+                       and part_stored()):
                 assert proc.poll() is None and time.monotonic() - started < 60, "no segment was uploaded"
                 time.sleep(0.1)
             os.kill(weed_pid, signal.SIGSTOP)
