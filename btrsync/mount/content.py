@@ -31,6 +31,7 @@ from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fdio import pwrite_all
 from btrsync.fileindex.tree import FileTree, Inode
 from btrsync.mount.namespace import Backup
+from btrsync.mount.reach import away
 from btrsync.restore import place
 from btrsync.restore.meta import Notes
 from btrsync.restore.paths import DIR_FLAGS
@@ -291,11 +292,15 @@ class ContentCache:
                     with self._lock:
                         self.stats.chunks += sel.fetched.chunks
                         self.stats.stored_bytes += sel.fetched.stored_bytes
-                use(sel._data_fd, sel._names[id(inode)])  # the scratch file the rebuild made for the inode
+                use(*sel.rebuilt(inode))  # the scratch file the rebuild made for the inode
             finally:
                 sel.close()
                 os.close(wfd)
         except DamageError as exc:
+            gone = away(self.repo)
+            if gone is not None:  # a missing segment of a repository that is away is not damage
+                log.error("backup %s: cannot read a file's data: %s", backup.manifest.backup_id, gone)
+                raise OSError(errno.EIO, gone) from None
             message = f"backup {backup.manifest.backup_id}: a file's data is damaged: {exc}"
             with self._lock:
                 self._damaged[ino] = message

@@ -27,6 +27,7 @@ from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fileindex.store import NoFileIndex
 from btrsync.fileindex.tree import FileTree, Inode, Node
 from btrsync.mount.extents import allocated_blocks
+from btrsync.mount.reach import away
 from btrsync.read.chains import restore_chain
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,10 @@ class Namespace:
                 try:
                     tree, read = self._load(self.repo, backup.chain)
                 except (DamageError, NoFileIndex) as exc:  # for good: said once, EIO from then on
+                    gone = away(self.repo)
+                    if gone is not None:  # the disk unplugged, not damage: the next look tries again
+                        log.error("backup %s cannot be shown now: %s", backup.manifest.backup_id, gone)
+                        raise Unavailable(gone) from None
                     backup.problem = str(exc)
                     log.error("backup %s cannot be shown: %s", backup.manifest.backup_id, exc)
                     raise Unavailable(backup.problem) from None

@@ -170,3 +170,32 @@ def test_a_mount_point_with_a_space_and_a_newline_mounts_and_unmounts(world: Wor
     assert not mounted(odd)
     run = world.cli("mount", "--from", world.url, str(odd / "data"))  # not a directory now: refused
     assert run.code == 2, run.err
+
+
+def test_a_disk_unmounted_under_its_mount_point_is_not_taken_for_damage(world: World, mounter) -> None:
+    """A USB disk unplugged leaves its mount point: an empty directory where the repository was.
+    What needs the target fails with EIO then, and reads again once it is back."""
+    (world.subvol / "a.txt").write_text("first\n")
+    (world.subvol / "c.txt").write_text("not read before\n")
+    world.snapshot()
+    (world.subvol / "b.txt").write_text("second\n")
+    world.snapshot()
+    assert world.push().code == 0
+    m = mounter(world)
+    first, second = (m.mountpoint / "data" / s.name for s in world.snapshots)
+    assert (first / "a.txt").read_text() == "first\n"
+    away = world.target_dir.with_name("unplugged")
+    away.mkdir()
+    for p in list(world.target_dir.iterdir()):
+        p.rename(away / p.name)
+    try:
+        for path in (second, first / "c.txt"):  # a tree not replayed yet, a file not fetched yet
+            with pytest.raises(OSError) as info:
+                os.listdir(path) if path == second else path.read_bytes()
+            assert info.value.errno == errno.EIO, path
+    finally:
+        for p in list(away.iterdir()):
+            p.rename(world.target_dir / p.name)
+    assert sorted(os.listdir(second)) == ["a.txt", "b.txt", "c.txt"]
+    assert (first / "c.txt").read_text() == "not read before\n"
+    assert m.proc.poll() is None
