@@ -31,7 +31,7 @@ from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fdio import pwrite_all
 from btrsync.fileindex.tree import FileTree, Inode
 from btrsync.mount.namespace import Backup
-from btrsync.mount.reach import away
+from btrsync.catalog.reach import away
 from btrsync.restore import place
 from btrsync.restore.meta import Notes
 from btrsync.restore.paths import DIR_FLAGS

@@ -27,7 +27,7 @@ from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fileindex.store import NoFileIndex
 from btrsync.fileindex.tree import FileTree, Inode, Node
 from btrsync.mount.extents import allocated_blocks
-from btrsync.mount.reach import away
+from btrsync.catalog.reach import away
 from btrsync.read.chains import restore_chain
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,11 @@
-"""Whether the repository is still there, asked before a read failure is remembered as damage.
+"""Whether the repository is still there, asked before a read failure is taken for damage.
 
 A USB disk unplugged under a directory target leaves its mount point: an empty directory where
 every object is "not found", which the read path rightly calls damage (a missing segment, a
-missing file index).  Remembered, it would fail that file or backup for the rest of the mount
-although the disk comes back; so the mount first looks for the repository's marker: gone (or the
-target failing), the failure is the target's, and the next read tries again.
+missing file index).  Remembered by the mount, it would fail that file or backup for the rest of
+the mount although the disk comes back; reported by a copy, it would send the operator to look
+for damage that is not there.  So both first look for the repository's marker: gone (or the
+target failing), the failure is the target's, and the next attempt tries again.
 """
 
 from __future__ import annotations
