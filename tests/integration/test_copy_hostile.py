@@ -137,3 +137,37 @@ def test_a_copy_killed_while_writing_the_manifest_leaves_nothing_listed_and_copi
     run = world.cli("clean", "--from", other.url, key=other.key)
     assert run.code == 0, run.err
     assert not any(".tmp-" in f or f.startswith("locks/") for f in other.files()), other.files()
+
+
+def test_a_source_disk_unmounted_mid_copy_is_not_reported_as_damage(world: World, other: Other) -> None:
+    """An unplugged disk leaves its empty mount point: every segment is missing, which the read path
+    calls damage; the copy must say the source went away (exit 1), and the next copy resumes."""
+    (world.subvol / "f").write_bytes(os.urandom(600_000))
+    world.snapshot()
+    assert world.push().code == 0
+    full, = world.listing()
+    source = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+    dest = Repository.open(LocalTarget(other.dir), load_key_file(other.key))
+    away = world.target_dir.with_name("unplugged")
+    away.mkdir()
+
+    def unplug(segment: int) -> None:
+        if segment == 1 and not any(away.iterdir()):
+            for p in list(world.target_dir.iterdir()):
+                p.rename(away / p.name)
+
+    from btrsync.ops.copy import raise_for_failures
+    from btrsync.errors import DamageError
+
+    result = copy_backups(source, dest, None, CopySettings(workers=1, segment_size=1 << 16, may_start_segment=unplug))
+    [outcome] = result.backups
+    assert outcome.status == "failed" and not outcome.damaged, outcome
+    assert "cannot be reached" in str(outcome.error)
+    with pytest.raises(Exception) as err:
+        raise_for_failures(result)
+    assert not isinstance(err.value, DamageError)
+    for p in list(away.iterdir()):
+        p.rename(world.target_dir / p.name)
+    run = other.copy("--all", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["backups"][0]["resumed_bytes"] > 0 and full["id"] == run.json()["backups"][0]["backup_id"]

@@ -9,7 +9,8 @@
 
 A backup that fails commits nothing.  Damage of a source backup skips the backups that build on
 it, and the others are still copied; any other failure (the destination full or gone) ends the
-copy there, the rest left for the next one.  Copied backups keep their ids,
+copy there, the rest left for the next one.  A missing object while either repository's marker
+is gone too (a disk unmounted mid-copy, catalog/reach.py) is such a failure, not damage.  Copied backups keep their ids,
 snapshot times, hosts and chain links, so ``list`` shows them as on the source; each
 repository's retention then decides alone what it keeps.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 from btrsync.audit import AuditLog
 from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.reach import away
 from btrsync.catalog.repository import Catalog, Repository
 from btrsync.errors import BtrsyncError, DamageError, LockedError, PartialError
 from btrsync.ops.immutable import kept_until, locking
@@ -112,6 +114,10 @@ def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | No
             outcome = CopiedBackup.of(m, "failed")
             outcome.error = str(exc)
             outcome.damaged = isinstance(exc, DamageError)
+            if outcome.damaged:  # a missing object of a repository that went away is not damage
+                gone = away(source) or away(dest)
+                if gone is not None:
+                    outcome.error, outcome.damaged = f"{gone} ({exc})", False
             log.error("copy of backup %s from %s to %s failed: %s", m.backup_id, src_url, dst_url, exc)
             failed.add(m.backup_id)
             result.backups.append(outcome)
