@@ -171,3 +171,19 @@ def test_a_source_disk_unmounted_mid_copy_is_not_reported_as_damage(world: World
     run = other.copy("--all", "--json")
     assert run.code == 0, run.err
     assert run.json()["backups"][0]["resumed_bytes"] > 0 and full["id"] == run.json()["backups"][0]["backup_id"]
+
+
+def test_a_copy_from_a_repository_being_pushed_to_copies_what_is_committed(world: World, other: Other) -> None:
+    full, incremental = _chain(world)
+    # a push of the next backup in flight on the source: its lease and a durable segment, no manifest
+    pending = "data.20261120T050000Z-0badc0de"
+    seg = world.target_dir / layout.segment_key(pending, 0)
+    seg.parent.mkdir(parents=True)
+    seg.write_bytes(os.urandom(1000))
+    before = _tree(world.target_dir)
+    with Lease(LocalTarget(world.target_dir), pending, str(incremental["id"])):
+        run = other.copy("--all", "--json")
+        assert run.code == 0, run.err
+        assert {b["backup_id"] for b in run.json()["backups"]} == {full["id"], incremental["id"]}
+        assert {k: v for k, v in _tree(world.target_dir).items() if not k.startswith("locks/")} == before
+    assert not any(pending in f for f in other.files())
