@@ -18,7 +18,8 @@
   while the machine was off happens at boot), ``RandomizedDelaySec=``.  A disabled job has no timer.
 - ``btrsync-on-failure@.service``: ``OnFailure=`` of every job service: runs the job's
   ``on_failure`` hooks when the unit failed in a way btrsync could not report itself (killed,
-  timed out, terminated, locked), and does nothing when btrsync already ran them.
+  timed out, terminated, locked), and does nothing when btrsync already ran them; writable: the
+  state directory and every job's hooks' ``read_write_paths`` (where those hooks write).
 """
 
 from __future__ import annotations
@@ -271,7 +272,9 @@ def failure_unit(config: Config, *, config_path: Path, btrsync: str) -> str:
         "Type=oneshot",
         *_make_dirs(config)[:1],
         "ExecStart=" + " ".join(exec_arg(a) for a in argv) + " %i",
-        "ReadWritePaths=" + _path_arg(config.state_dir),
+        # it runs the on_failure hooks of a killed run: they write where the job's hooks may
+        "ReadWritePaths=" + " ".join(_path_arg(p) for p in dict.fromkeys(
+            [str(config.state_dir), *(str(p) for j in config.jobs.jobs.values() for p in j.hooks.read_write_paths)])),
         HARDENING.rstrip("\n"),
     ]) + "\n"
 

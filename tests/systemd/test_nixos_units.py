@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,215 @@ def test_a_tool_the_unit_does_not_declare_is_missing(booted: Booted) -> None:
     result = started(booted, "btrsync-nixospath.service")
     assert result["rc"] == "0", result["journal"]
     assert marker.read_text().startswith("file-")
+
+
+def _status(farm: Path) -> dict[str, Any]:
+    proc = host_cli(farm / "config.toml", "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 1, rows
+    return rows[0]  # type: ignore[no-any-return]
+
+
+def _metric(metrics: Path, name: str) -> float:
+    lines = [line for line in metrics.read_text().splitlines() if line.startswith(name + "{")]
+    assert len(lines) == 1, (name, metrics.read_text())
+    return float(lines[0].rsplit(" ", 1)[1])
+
+
+@pytest.mark.slow
+def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_the_verification(
+        booted: Booted) -> None:
+    """The module's timers are loaded with their OnCalendar= and a next elapse; the job's timer
+    catches up a run missed while the machine was off (Persistent=), which makes the first backup.
+    ``btrsync-verify-<name>`` then verifies it for real (data, and a restore drill through a loop
+    device with the unit's capabilities and PATH) and records the result where status and the
+    metrics read it.  On a damaged backup the verification unit fails with exit 4 and starts the
+    host's ``onFailure`` units."""
+    data = booted.data / "nixos-verify"
+    secrets = data / "secrets"
+    secrets.mkdir(parents=True, mode=0o700)
+    key = secrets / "key"
+    assert host_cli(data / "none.toml", "key", "generate", str(key)).returncode == 0
+    subvolume = create_subvolume(booted.fs / "nixver")
+    (subvolume / "file").write_bytes(os.urandom(300_000))
+    snapshots = booted.fs / "nixver.snapshots"
+    snapshots.mkdir()
+    usb = data / "usb"
+    usb.mkdir()
+    notified = data / "notified"
+    metrics = data / "metrics"
+    module = data / "host.nix"
+    module.write_text(f"""
+{{
+  services.btrsync = {{
+    enable = true;
+    keyFile = "{key}";
+    stateDir = "{data / 'state'}";
+    monitoring.metricsDir = "{metrics}";
+    onFailure = [ "btrsync-test-notify@%n.service" ];
+    targets.usb = {{ url = "file://{usb}"; initialize = true; }};
+    jobs.nixver = {{
+      subvolumes = [ "{subvolume}" ];
+      snapshotDir = "{snapshots}";
+      targets.usb = {{ }};
+      schedule = "*-*-* 01:30:00";
+    }};
+    verifications.usbdata = {{ target = "usb"; level = "data"; schedule = "Sun 03:00"; }};
+    verifications.usbdrill = {{ target = "usb"; level = "restore"; sample = "1"; schedule = "monthly";
+                                snapshotDirs = [ "{snapshots}" ]; }};
+  }};
+}}
+""")
+    farm = data / "nix"
+    host = evaluate(module, wrapped_package(farm))
+    assert host["assertions"] == []
+    install(booted, host, farm)
+    c = booted.container
+    # a host's notification unit, as a user of services.btrsync.onFailure would have one
+    c.install({"btrsync-test-notify@.service":
+               f"[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo %i >> {notified}'\n"})
+
+    # the timers: loaded, each with its calendar and a next elapse; the job's missed a run three days ago
+    c.run(["mkdir", "-p", "/var/lib/systemd/timers"])
+    c.run(["touch", "-d", "3 days ago", "/var/lib/systemd/timers/stamp-btrsync-nixver.timer"])
+    for timer, calendar in (("btrsync-nixver.timer", "*-*-* 01:30:00"),
+                            ("btrsync-verify-usbdata.timer", "Sun *-*-* 03:00:00"),
+                            ("btrsync-verify-usbdrill.timer", "*-*-01 00:00:00")):
+        c.systemctl("start", timer)
+        props = c.show(timer, "LoadState", "ActiveState", "TimersCalendar", "Persistent")
+        assert props["LoadState"] == "loaded" and props["ActiveState"] == "active", props
+        assert f"OnCalendar={calendar} ;" in props["TimersCalendar"] and props["Persistent"] == "yes", props
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (c.show("btrsync-nixver.service", "ActiveState")["ActiveState"] == "inactive"
+                and (data / "state" / "jobs" / "nixver.json").exists()):
+            break
+        time.sleep(0.2)
+    journal = c.journal("btrsync-nixver.service")
+    assert c.show("btrsync-nixver.service", "Result")["Result"] == "success", journal
+    record = json.loads((data / "state" / "jobs" / "nixver.json").read_text())
+    assert record["last_run"]["status"] == "ok", journal
+    listed = host_cli(farm / "config.toml", "list", "--from", "usb", "--json")
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1, (listed.stderr, journal)
+    # after the catch-up every timer waits for its next calendar time, listed with it
+    for timer, when in (("btrsync-nixver.timer", r"\S+ \S+ 01:30:00"), ("btrsync-verify-usbdata.timer", r"Sun \S+ 03:00:00"),
+                        ("btrsync-verify-usbdrill.timer", r"\S+ \d{4}-\d\d-01 00:00:00")):
+        calendar = c.show(timer, "TimersCalendar")["TimersCalendar"]
+        assert re.search(f"next_elapse={when} ", calendar), (timer, calendar)
+        listed_timer = json.loads(c.systemctl("list-timers", "--all", "--output=json", timer).stdout)
+        assert len(listed_timer) == 1 and listed_timer[0]["next"] > time.time() * 1e6, listed_timer
+
+    # the verification units verify the backup, and status and the metrics say so
+    for unit in ("btrsync-verify-usbdata.service", "btrsync-verify-usbdrill.service"):
+        result = started(booted, unit)
+        assert result["rc"] == "0" and result["Result"] == "success", result["journal"]
+    row = _status(farm)
+    assert row["verify_ok"] is True and row["last_verify"], row
+    assert row["drill_ok"] is True and row["last_drill"], row
+    assert _metric(metrics / "btrsync.prom", "btrsync_verify_damaged_backups") == 0
+    verified_at = _metric(metrics / "btrsync.prom", "btrsync_verify_last_success_timestamp_seconds")
+    assert verified_at > 0
+    assert not notified.exists()
+
+    # one damaged segment: the data verification fails the unit with exit 4 and notifies
+    segments = sorted(p for p in usb.glob("data/*/*") if p.is_file() and p.suffix != ".idx"
+                      and not p.name.startswith("files-"))
+    assert segments, sorted(str(p) for p in usb.rglob("*"))
+    with segments[0].open("r+b") as f:
+        f.seek(segments[0].stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    result = started(booted, "btrsync-verify-usbdata.service")
+    assert result["rc"] != "0" and result["Result"] == "exit-code" and result["ExecMainStatus"] == "4", result
+    assert "damaged" in result["journal"], result["journal"]
+    time.sleep(0.5)  # OnFailure= queues the notification as the unit fails
+    assert c.wait_inactive("btrsync-test-notify@btrsync-verify-usbdata.service.service") == "inactive"
+    assert notified.read_text().splitlines() == ["btrsync-verify-usbdata.service"]
+    row = _status(farm)
+    assert row["verify_ok"] is False and row["verify_damaged"] == 1, row
+    assert _metric(metrics / "btrsync.prom", "btrsync_verify_damaged_backups") == 1
+    # the failed verification is no success (the newest success known may be an older one: the
+    # target's state keeps only its last verification, and the job's record has its run's)
+    assert _metric(metrics / "btrsync.prom", "btrsync_verify_last_success_timestamp_seconds") <= verified_at
+    for timer in ("btrsync-nixver.timer", "btrsync-verify-usbdata.timer", "btrsync-verify-usbdrill.timer"):
+        c.systemctl("stop", timer)
+
+
+@pytest.mark.slow
+def test_a_failing_nixos_job_starts_the_modules_on_failure_unit_which_runs_the_hooks_once(booted: Booted) -> None:
+    """``btrsync-on-failure@`` as the module renders it: started by the job unit's OnFailure=, it
+    runs the job's on_failure hooks when the run could not (killed), with the hooks' PATH (sh from
+    hooks.path) and their declared writable path, and does not run them again when the run did
+    (a failing pre hook).  The host's own ``onFailure`` units are started too."""
+    data = booted.data / "nixos-fail"
+    data.mkdir()
+    hooks = data / "hooks"  # declared in hooks.readWritePaths, not btrsync's state directory
+    hooks.mkdir()
+    subvolume = create_subvolume(booted.fs / "nixfail")
+    snapshots = booted.fs / "nixfail.snapshots"
+    snapshots.mkdir()
+    flag, running, fail = data / "kill-me", hooks / "running", data / "fail-me"
+    marker, notified = hooks / "failures", data / "notified"
+    module = data / "host.nix"
+    module.write_text(f"""
+{{
+  services.btrsync = {{
+    enable = true;
+    stateDir = "{data / 'state'}";
+    monitoring.enable = false;
+    onFailure = [ "btrsync-test-notify@%n.service" ];
+    jobs.nixfail = {{
+      subvolumes = [ "{subvolume}" ];
+      snapshotDir = "{snapshots}";
+      hooks.pre = [ [ "sh" "-c" "if [ -e {flag} ]; then touch {running}; sleep 60; fi; ! [ -e {fail} ]" ] ];
+      hooks.onFailure = [ [ "sh" "-c" "echo \\"$BTRSYNC_STATUS $BTRSYNC_ERROR\\" >> {marker}" ] ];
+      hooks.readWritePaths = [ "{hooks}" ];
+    }};
+  }};
+}}
+""")
+    farm = data / "nix"
+    host = evaluate(module, wrapped_package(farm))
+    assert host["assertions"] == []
+    install(booted, host, farm)
+    c = booted.container
+    c.install({"btrsync-test-notify@.service":
+               f"[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo %i >> {notified}'\n"})
+    unit, handler = "btrsync-nixfail.service", "btrsync-on-failure@btrsync-nixfail.service.service"
+    notify = "btrsync-test-notify@btrsync-nixfail.service.service"
+
+    def settled() -> None:
+        time.sleep(0.5)  # OnFailure= queues the handlers as the unit fails
+        assert c.wait_inactive(handler) == "inactive", c.journal(handler)
+        assert c.wait_inactive(notify) == "inactive", c.journal(notify)
+
+    # btrsync killed while its pre hook runs: btrsync-on-failure@ runs the hooks
+    flag.touch()
+    c.systemctl("start", "--no-block", unit)
+    deadline = time.monotonic() + 30
+    while not running.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running.exists(), c.journal(unit)
+    c.systemctl("kill", "--kill-who=main", "--signal=KILL", unit)  # btrsync, as the OOM killer would
+    assert c.wait_inactive(unit) == "failed"
+    settled()
+    assert c.show(unit, "Result")["Result"] == "signal"
+    assert c.show(handler, "Result")["Result"] == "success", c.journal(handler)
+    runs = marker.read_text().splitlines() if marker.exists() else []
+    assert len(runs) == 1 and f"systemd unit {unit} failed" in runs[0], (runs, c.journal(handler))
+    assert notified.read_text().splitlines() == [unit]
+
+    # a pre hook fails: the run records the failure and runs the hooks; the handler runs, not them
+    flag.unlink()
+    fail.touch()
+    c.reset(unit, handler, notify)
+    result = started(booted, unit)
+    assert result["rc"] != "0" and result["Result"] == "exit-code", result["journal"]
+    settled()
+    assert c.show(handler, "Result")["Result"] == "success", c.journal(handler)
+    assert c.show(handler, "ExecMainStartTimestampMonotonic")["ExecMainStartTimestampMonotonic"] != "0"
+    runs = marker.read_text().splitlines()
+    assert len(runs) == 2 and runs[1].startswith("failed "), (runs, result["journal"])
+    assert notified.read_text().splitlines() == [unit, unit]

@@ -91,7 +91,9 @@ let
     serviceConfig = hardening // {
       Type = "oneshot";
       ExecStart = lib.concatStringsSep " " (map T.execArg [ btrsync "--config" configPath "systemd" "on-failure" ]) + " %i";
-      ReadWritePaths = T.quoted "-" cfg.stateDir;
+      # it runs the on_failure hooks of a killed run: they write where the job's hooks may
+      ReadWritePaths = lib.concatStringsSep " " (map (T.quoted "-") (lib.unique ([ cfg.stateDir ]
+        ++ lib.concatMap (j: j.hooks.readWritePaths) (lib.attrValues cfg.jobs))));
     };
   };
 
