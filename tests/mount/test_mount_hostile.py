@@ -28,6 +28,8 @@ def _odd_tree(world: World) -> Path:
     with open(os.path.join(root, b"dir-\xe9", b"inner\n\xff"), "wb") as f:
         f.write(b"inner")
     (world.subvol / "empty").write_bytes(b"")
+    os.setxattr(world.subvol / "empty", b"user.b\xe9", b"\x00\xff")  # a name that is not UTF-8
+    os.setxattr(world.subvol / "empty", "user.big", os.urandom(16000))
     with open(world.subvol / "hole-at-end", "wb") as f:
         f.write(b"head" * 1000)
         f.truncate(5 << 20)
@@ -50,6 +52,9 @@ def test_odd_names_special_files_and_holes_read_as_in_the_snapshot(world: World,
     assert open(inner, "rb").read() == b"inner"
     assert os.readlink(os.path.join(os.fsencode(got), b"link-to-bad")) == b"target-\xff"
     assert (got / "empty").read_bytes() == b""
+    assert sorted(os.listxattr(os.fsencode(got / "empty"))) == sorted(os.listxattr(os.fsencode(snap / "empty")))
+    assert os.getxattr(got / "empty", b"user.b\xe9") == b"\x00\xff"
+    assert os.getxattr(got / "empty", "user.big") == os.getxattr(snap / "empty", "user.big")
     assert (got / "hole-at-end").stat().st_size == 5 << 20
     assert (got / "hole-at-end").read_bytes() == (snap / "hole-at-end").read_bytes()
     assert stat.S_ISFIFO((got / "fifo").lstat().st_mode)
