@@ -204,6 +204,24 @@ def iter_records(data: bytes, manifest: Manifest) -> Iterator[list[Any]]:
         raise DamageError(f"{where} ends without its trailer")
 
 
+def records_mentioning(data: bytes, manifest: Manifest, needle: bytes) -> Iterator[list[Any]]:
+    """The records whose line holds ``needle``, of a compressed index (a pre-scan: only those
+    lines are decoded; the header, the trailer and every other line are checked by the
+    ``iter_records`` that must follow)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))  # type: ignore[arg-type]
+    try:
+        for block in _blocks(reader):
+            at = block.find(needle)
+            while at >= 0:
+                start = block.rfind(b"\n", 0, at) + 1
+                end = block.find(b"\n", at) + 1 or len(block)
+                if block.startswith(b"[", start):
+                    yield records.decode(block[start:end])
+                at = block.find(needle, end)
+    except (ValueError, zstandard.ZstdError) as exc:
+        raise DamageError(f"the file index of backup {manifest.backup_id} is not a valid file index: {exc}") from None
+
+
 def has_index(repo: Any, manifest: Manifest) -> bool:
     try:
         repo.target.stat(layout.files_key(manifest.backup_id, 0))

@@ -56,7 +56,8 @@ def tree_of(repo: Repository, chain: list[Manifest], *, with_ops: bool = False) 
             data, stored = store.read_compressed(repo, m)
             read += stored
             where = f"backup {m.backup_id}"
-            pcs = parent_clone_paths(store.iter_records(data, m), m.parent_uuid) if m.parent_uuid else set()
+            pcs = (parent_clone_paths(store.records_mentioning(data, m, b'"clone"'), m.parent_uuid)
+                   if m.parent_uuid else set())
             tree.apply_link(store.iter_records(data, m), where=where, uuid=m.snapshot_uuid,
                             parent_uuid=m.parent_uuid, parent_clone_paths=sorted(pcs))
     return tree, read

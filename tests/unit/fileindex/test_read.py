@@ -14,7 +14,7 @@ import zstandard
 
 from btrsync.errors import DamageError
 from btrsync.fileindex import records, store
-from btrsync.fileindex.tree import FileTree, gc_paused
+from btrsync.fileindex.tree import FileTree, gc_paused, parent_clone_paths
 from btrsync.sendstream.format import Event
 
 FULL = "11111111-1111-1111-1111-111111111111"
@@ -125,3 +125,17 @@ def test_the_collector_pause_restores_what_it_found() -> None:
     with pytest.raises(RuntimeError), gc_paused():
         raise RuntimeError
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize("block", [7, 1 << 20])
+def test_the_clone_pre_scan_finds_what_a_full_decode_finds(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    monkeypatch.setattr(store, "_BLOCK", block)
+    evs = [Event("clone", f"f{i}", {"file_offset": 0, "clone_len": 1, "clone_uuid": FULL if i % 2 else "x",
+                                   "clone_path": f"src{i}", "clone_offset": 0}, i, 10) for i in range(40)]
+    evs += [Event("mkfile", '"clone"', {"ino": 1}, 0, 10), Event("mkfile", "clone", {"ino": 2}, 0, 10)]
+    plain = HEADER + records.encode_many(evs) + _trailer(len(evs))
+    full = list(store.iter_records(_z(plain), _manifest()))
+    found = list(store.records_mentioning(_z(plain), _manifest(), b'"clone"'))
+    assert [r for r in full if r[0] == "clone"] == [r for r in found if r[0] == "clone"]
+    assert ["mkfile", 0, 10, "clone", {"ino": 2}] in found  # a name that reads "clone" is decoded, and skipped
+    assert parent_clone_paths(found, FULL) == parent_clone_paths(full, FULL) == {f"src{i}" for i in range(1, 40, 2)}
