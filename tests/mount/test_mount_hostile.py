@@ -56,7 +56,12 @@ def test_odd_names_special_files_and_holes_read_as_in_the_snapshot(world: World,
     assert os.getxattr(got / "empty", b"user.b\xe9") == b"\x00\xff"
     assert os.getxattr(got / "empty", "user.big") == os.getxattr(snap / "empty", "user.big")
     assert (got / "hole-at-end").stat().st_size == 5 << 20
+    from tests.support import tree
+
+    assert tree.data_ranges(got / "hole-at-end") == tree.data_ranges(snap / "hole-at-end")  # from the index
     assert (got / "hole-at-end").read_bytes() == (snap / "hole-at-end").read_bytes()
+    assert tree.data_ranges(got / "hole-at-end") == tree.data_ranges(snap / "hole-at-end")  # rebuilt
+    assert (got / "hole-at-end").stat().st_blocks == (snap / "hole-at-end").stat().st_blocks
     assert stat.S_ISFIFO((got / "fifo").lstat().st_mode)
     dev = (got / "null-dev").lstat()
     assert stat.S_ISCHR(dev.st_mode) and dev.st_rdev == os.makedev(1, 3)
