@@ -187,3 +187,34 @@ def test_a_copy_from_a_repository_being_pushed_to_copies_what_is_committed(world
         assert {b["backup_id"] for b in run.json()["backups"]} == {full["id"], incremental["id"]}
         assert {k: v for k, v in _tree(world.target_dir).items() if not k.startswith("locks/")} == before
     assert not any(pending in f for f in other.files())
+
+
+def test_the_help_examples_run_as_written(world: World, other: Other) -> None:
+    """``copy --help``'s examples, with usb and b2 configured as the examples assume (usb the
+    world's repository, b2 another one of the same key) and the example id made a real one."""
+    import shlex
+
+    from btrsync.cli.main import main
+
+    (world.subvol / "f").write_bytes(os.urandom(100_000))
+    world.snapshot()
+    assert world.push().code == 0
+    [backup] = world.listing()
+    b2 = other.dir.with_name("b2")
+    b2.mkdir()
+    with open(world.config, "a") as f:
+        f.write(f'\n[targets.usb]\nurl = "{world.url}"\n\n[targets.b2]\nurl = "file://{b2}"\n')
+    assert world.cli("init", "--to", "b2").code == 0
+    assert main(["copy", "--help"]) == 0
+    help_text = world.capsys.readouterr().out
+    examples = [line.strip() for line in help_text.split("Examples:")[1].split("Options:")[0].splitlines()
+                if line.strip().startswith("btrsync ")]
+    assert len(examples) == 3
+    for example in examples:
+        argv = shlex.split(example.replace("file:///mnt/usb/backups", world.url)
+                           .replace("data.20261120T030000Z-0fa0cfa8", str(backup["id"]))
+                           .replace("/root/usb.key", str(world.key)))[1:]
+        run = world.cli(*argv)
+        assert run.code == 0, (example, run.err)
+    run = world.cli("list", "--from", "b2", "--json")
+    assert [b["id"] for b in run.json()] == [backup["id"]]
