@@ -14,6 +14,7 @@ from btrsync.errors import EXIT_STATUS_HELP, UsageError
 from btrsync.fileindex.tree import FileTree
 from btrsync.mount.session import Mounted, MountOptions, serve
 from btrsync.ops.files import tree_of
+from btrsync.signals import Terminated
 from btrsync.units import format_bytes, parse_size
 
 
@@ -84,7 +85,11 @@ def mount_cmd(app: App, mountpoint: Path, source: str, cache_dir: Path | None, c
                    f"(read-only); Ctrl-C here, or 'fusermount3 -u {m.mountpoint}', unmounts", err=True)
 
     with app.repository(source) as repo:
-        done = serve(repo, mountpoint, _load_tree, options, on_ready=ready)
+        try:
+            done = serve(repo, mountpoint, _load_tree, options, on_ready=ready)
+        except Terminated as exc:  # serve unmounted it: say so, not the "resume" of a transfer
+            exc.add_note(f"unmounted {mountpoint}")
+            raise
     click.echo(f"btrsync: unmounted {done.mountpoint}; read {format_bytes(done.fetched.stored_bytes)} of chunks "
                f"for {done.fetched.files} file(s) and {format_bytes(done.index_bytes)} of file indexes", err=True)
 

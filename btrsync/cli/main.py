@@ -103,10 +103,11 @@ def _main(argv: list[str] | None) -> int:
     except Terminated as exc:
         if debug:
             log.debug("stopped by %s", exc.name, exc_info=True)
-        click.echo(f"btrsync: {exc.describe()}; cleaned up, run the command again to resume", err=True)
+        # a command whose signal is its normal end (a mount) notes what it did; a transfer resumes
+        after = (getattr(exc, "__notes__", None) or ["cleaned up, run the command again to resume"])[-1]
+        click.echo(f"btrsync: {exc.describe()}; {after}", err=True)
         if as_json:
-            emit_json_error(f"{exc.describe()}; cleaned up, run the command again to resume", exc.exit_code,
-                            "Terminated")
+            emit_json_error(f"{exc.describe()}; {after}", exc.exit_code, "Terminated")
         return exc.exit_code
     except BtrsyncError as exc:
         if debug:

@@ -137,6 +137,11 @@ class SelectiveRestore:
             reader.close()
             self.fetched = reader.fetched
 
+    def rebuilt(self, inode: Inode) -> tuple[int, str]:
+        """Where ``rebuild`` left ``inode``'s data: the scratch directory (a descriptor, open until
+        ``close``) and the file's name in it."""
+        return self._data_fd, self._names[id(inode)]
+
     def _pin(self, link: int, sources: list[Inode]) -> None:
         """Sources of this link's parent clones, as they are when the link begins."""
         for ino in sources:

@@ -177,6 +177,7 @@ def test_ctrl_c_and_sigterm_unmount_and_exit_with_their_codes(world: World, moun
             cwd_holder.wait()
         assert not mounted(m.mountpoint), m.stderr()
         assert "Traceback" not in m.stderr()
+        assert f"; unmounted {m.mountpoint}" in m.stderr() and "resume" not in m.stderr()  # a mount's words
         assert not list((world.state / "mount-cache").glob("session-*"))  # the plaintext cache is gone
 
 
