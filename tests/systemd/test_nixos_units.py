@@ -206,11 +206,12 @@ def _metric(metrics: Path, name: str) -> float:
 def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_the_verification(
         booted: Booted) -> None:
     """The module's timers are loaded with their OnCalendar= and a next elapse; the job's timer
-    catches up a run missed while the machine was off (Persistent=), which makes the first backup.
-    ``btrsync-verify-<name>`` then verifies it for real (data, and a restore drill through a loop
-    device with the unit's capabilities and PATH) and records the result where status and the
-    metrics read it.  On a damaged backup the verification unit fails with exit 4 and starts the
-    host's ``onFailure`` units."""
+    catches up a run missed while the machine was off (Persistent=), which makes the first backup
+    on a 'noauto' backup disk it mounts.  ``btrsync-verify-<name>`` mounts the disk too and
+    verifies the backup for real (data, and a restore drill through a loop device with the unit's
+    capabilities and PATH) and records the result where status and the metrics read it.  On a
+    damaged backup the verification unit fails with exit 4 and starts the host's ``onFailure``
+    units."""
     data = booted.data / "nixos-verify"
     secrets = data / "secrets"
     secrets.mkdir(parents=True, mode=0o700)
@@ -220,8 +221,10 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     (subvolume / "file").write_bytes(os.urandom(300_000))
     snapshots = booted.fs / "nixver.snapshots"
     snapshots.mkdir()
-    usb = data / "usb"
-    usb.mkdir()
+    # the backup disk: a 'noauto' mount (a bind mount of 'disk' here) at 'mnt', mounted by the units
+    mnt, usb = data / "mnt", data / "disk" / "usb"  # the repository: the container's mnt/usb, the host's disk/usb
+    mnt.mkdir()
+    usb.mkdir(parents=True)
     notified = data / "notified"
     metrics = data / "metrics"
     module = data / "host.nix"
@@ -233,7 +236,7 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     stateDir = "{data / 'state'}";
     monitoring.metricsDir = "{metrics}";
     onFailure = [ "btrsync-test-notify@%n.service" ];
-    targets.usb = {{ url = "file://{usb}"; initialize = true; }};
+    targets.usb = {{ url = "file://{mnt / 'usb'}"; initialize = true; }};
     jobs.nixver = {{
       subvolumes = [ "{subvolume}" ];
       snapshotDir = "{snapshots}";
@@ -252,8 +255,14 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     install(booted, host, farm)
     c = booted.container
     # a host's notification unit, as a user of services.btrsync.onFailure would have one
+    mount = c.run(["systemd-escape", "--path", "--suffix=mount", str(mnt)]).stdout.strip()
     c.install({"btrsync-test-notify@.service":
-               f"[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo %i >> {notified}'\n"})
+               f"[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo %i >> {notified}'\n",
+               mount: f"[Mount]\nWhat={data / 'disk'}\nWhere={mnt}\nType=none\nOptions=bind\n"})
+
+    def unmounted() -> None:
+        c.systemctl("stop", mount)
+        assert c.run(["mountpoint", "-q", str(mnt)], check=False).returncode != 0
 
     # the timers: loaded, each with its calendar and a next elapse; the job's missed a run three days ago
     c.run(["mkdir", "-p", "/var/lib/systemd/timers"])
@@ -275,7 +284,7 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     assert c.show("btrsync-nixver.service", "Result")["Result"] == "success", journal
     record = json.loads((data / "state" / "jobs" / "nixver.json").read_text())
     assert record["last_run"]["status"] == "ok", journal
-    listed = host_cli(farm / "config.toml", "list", "--from", "usb", "--json")
+    listed = host_cli(farm / "config.toml", "list", "--from", f"file://{usb}", "--json")
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1, (listed.stderr, journal)
     # after the catch-up every timer waits for its next calendar time, listed with it
     for timer, when in (("btrsync-nixver.timer", r"\S+ \S+ 01:30:00"), ("btrsync-verify-usbdata.timer", r"Sun \S+ 03:00:00"),
@@ -287,6 +296,7 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
 
     # the verification units verify the backup, and status and the metrics say so
     for unit in ("btrsync-verify-usbdata.service", "btrsync-verify-usbdrill.service"):
+        unmounted()
         result = started(booted, unit)
         assert result["rc"] == "0" and result["Result"] == "success", result["journal"]
     row = _status(farm)
@@ -306,6 +316,7 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
+    unmounted()
     result = started(booted, "btrsync-verify-usbdata.service")
     assert result["rc"] != "0" and result["Result"] == "exit-code" and result["ExecMainStatus"] == "4", result
     assert "damaged" in result["journal"], result["journal"]

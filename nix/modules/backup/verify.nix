@@ -53,11 +53,17 @@ let
         ++ lib.optionals (v.maxDuration != null) [ "--max-duration" v.maxDuration ]
         ++ lib.optionals restore ([ "--scratch-dir" v.scratchDir ] ++ lib.concatMap (d: [ "--snapshot-dir" d ]) v.snapshotDirs);
       metrics = lib.optional cfg.monitoring.enable cfg.monitoring.metricsDir;
+      # as the job units: a 'noauto' backup disk (and the snapshots a drill compares with) is
+      # mounted for the verification, which otherwise finds an empty mount point
+      mounts = lib.unique (lib.optional (dir != null) dir ++ lib.optionals restore v.snapshotDirs);
     in {
       description = "btrsync verification ${name} of ${v.target} (${v.level})";
       wants = network ++ cfg.secretsUnits;
       after = network ++ cfg.secretsUnits;
       onFailure = cfg.onFailure;
+      unitConfig = lib.optionalAttrs (mounts != [ ]) {
+        RequiresMountsFor = lib.concatStringsSep " " (map (T.quoted "") mounts);
+      };
       restartIfChanged = false;
       serviceConfig = T.hardening cfg // {
         Type = "oneshot";
