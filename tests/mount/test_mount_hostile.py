@@ -209,3 +209,62 @@ def test_a_disk_unmounted_under_its_mount_point_is_not_taken_for_damage(world: W
     assert sorted(os.listdir(second)) == ["a.txt", "b.txt", "c.txt"]
     assert (first / "c.txt").read_text() == "not read before\n"
     assert m.proc.poll() is None
+
+
+def test_the_help_examples_run_as_written(world: World, tmp_path: Path) -> None:
+    """``mount --help``'s examples, /mnt/backups a directory of the test, b2 configured as the
+    world's repository, the snapshot names of the examples made real ones."""
+    import shlex
+    import signal
+    import sys
+    import time
+
+    from btrsync.cli.main import main
+    from tests.mount.conftest import force_unmount
+
+    (world.subvol / "etc").mkdir()
+    (world.subvol / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (world.subvol / "home" / "me").mkdir(parents=True)
+    (world.subvol / "home" / "me" / "notes").write_text("notes\n")
+    world.snapshot()
+    assert world.push().code == 0
+    with open(world.config, "a") as f:
+        f.write(f'\n[targets.b2]\nurl = "{world.url}"\n')
+    assert main(["mount", "--help"]) == 0
+    help_text = world.capsys.readouterr().out
+    lines = [line.strip() for line in help_text.split("Examples:")[1].split("Options:")[0].splitlines() if line.strip()]
+    mnt, name = tmp_path / "mnt-backups", world.snapshots[-1].name
+    mnt.mkdir()
+    restored = tmp_path / "restored"
+    etc = tmp_path / "etc"
+    (etc).mkdir()
+    (etc / "hosts").write_text("127.0.0.1 localhost\n")
+
+    def real(line: str) -> list[str]:
+        line = (line.replace("/mnt/backups", str(mnt)).replace("data.20261120T030000Z", name)
+                .replace("data.20261127T030000Z", name).replace("/home/me/restored/", f"{restored}/")
+                .replace(" /etc", f" {etc}").rstrip(" &"))
+        argv = shlex.split(line)
+        if argv[0] == "btrsync":
+            argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state),
+                    "--key-file", str(world.key), *argv[1:]]
+        return argv
+
+    assert lines[0].startswith("btrsync mount --from file://")
+    background = next(line for line in lines if line.endswith("&"))
+    proc = subprocess.Popen(real(background), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not mounted(mnt):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        for line in lines[2:]:
+            done = subprocess.run(real(line), capture_output=True, text=True)
+            assert done.returncode == 0, (line, done.stdout, done.stderr)
+        assert proc.wait(60) == 0
+        assert (restored / "notes").read_text() == "notes\n"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        force_unmount(mnt)
