@@ -100,7 +100,8 @@ def test_subvol_at_latest_of_nothing_is_refused_naming_what_there_is(world: Worl
     _chain(world)
     before = other.files()
     run = other.copy("nosuch@latest")
-    assert run.code != 0 and "nosuch" in run.err, run.err
+    assert run.code == 2 and "nosuch" in run.err and "(have: data)" in run.err, run.err
+    assert f"source {world.url}" in run.err  # not "the target" alone: which of the two
     assert other.files() == before
 
 

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Catalog
-from btrsync.errors import DamageError, UsageError
+from btrsync.errors import BackupNotFoundError, DamageError, UsageError
 from btrsync.read.chains import restore_chain
 from btrsync.retention import Item, Policy, decide
 
@@ -49,7 +49,10 @@ def plan_copy(source: Catalog, dest: Catalog, specs: Sequence[str] | None, sourc
             chains.append(restore_chain(source, m.backup_id, source_url))
     else:
         for spec in specs:
-            chains.append(restore_chain(source, spec, source_url))  # damage in the chain: exit 4
+            try:
+                chains.append(restore_chain(source, spec, source_url))  # damage in the chain: exit 4
+            except BackupNotFoundError as exc:  # "the target": say which of the two
+                raise BackupNotFoundError(f"{exc} (source {source_url})") from None
     there = {m.backup_id: m for m in dest.manifests}
     restorable_there = {m.backup_id for m in dest.restorable}
     damaged_there = {d.backup_id: d for d in dest.damaged}
