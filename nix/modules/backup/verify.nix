@@ -127,9 +127,18 @@ in
       timerConfig = { OnCalendar = v.schedule; Persistent = true; RandomizedDelaySec = v.randomizedDelaySec; Unit = "btrsync-verify-${n}.service"; };
     }) cfg.verifications;
 
-    assertions = lib.mapAttrsToList (n: v: {
+    assertions = lib.concatLists (lib.mapAttrsToList (n: v: [ {
       assertion = cfg.targets ? ${v.target} || lib.hasInfix "://" v.target;
       message = "services.btrsync.verifications.${n}.target = \"${v.target}\": no target of that name in services.btrsync.targets.";
-    }) cfg.verifications;
+    } {
+      # it names btrsync-verify-<name>.service: systemd would not load a unit of another name, and the
+      # verification would silently never run
+      assertion = builtins.match "[A-Za-z0-9_][A-Za-z0-9_-]{0,63}" n != null;
+      message = "services.btrsync.verifications.\"${n}\": a verification name is 1-64 letters, digits, '-' and '_', not starting with '-' (it names the units btrsync-verify-<name>).";
+    } {
+      # btrsync verify refuses a share with --level restore (exit 2): each timer run would fail
+      assertion = v.level != "restore" || v.sample == null || builtins.match "[0-9]*[1-9][0-9]*" v.sample != null;
+      message = "services.btrsync.verifications.${n}.sample = \"${toString v.sample}\" with level \"restore\": give the number of backups to drill (e.g. \"1\"), not a share.";
+    } ]) cfg.verifications);
   };
 }
