@@ -219,3 +219,38 @@ def test_the_help_examples_run_as_written(world: World, other: Other) -> None:
         assert run.code == 0, (example, run.err)
     run = world.cli("list", "--from", "b2", "--json")
     assert [b["id"] for b in run.json()] == [backup["id"]]
+
+
+@pytest.mark.slow
+@pytest.mark.remote
+def test_a_copy_onto_a_locked_parent_extends_its_lock_to_the_policy_date(
+        world: World, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A parent already in the locked bucket (copied when no policy was configured: the margin
+    alone) is locked until the date the policy keeps it once a copy sends a child on it, as a
+    push extends the backups it is sent on; else it could expire, and be deleted, under its child."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.integration.test_immutable import RETENTION, locked_world, locks
+
+    moto, bucket = locked_world(world, request, tmp_path, "compliance")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    assert world.cli("init", "--to", f"file://{disk}").code == 0
+    for name in ("a", "b"):
+        (world.subvol / name).write_bytes(os.urandom(100_000))
+        world.snapshot()
+        run = world.cli("push", str(world.subvol), "--snapshot-dir", str(world.snapdir), "--to", f"file://{disk}")
+        assert run.code == 0, run.err
+    first, second = sorted(world.cli("list", "--from", f"file://{disk}", "--json").json(),
+                           key=lambda b: str(b["created"]))
+    assert world.cli("copy", str(first["id"]), "--from", f"file://{disk}", "--to", "vault").code == 0
+    margin = locks(moto, bucket, "repo")[f"backups/{first['id']}/manifest"][1]
+    assert margin is not None and margin < datetime.now(UTC) + timedelta(days=30)
+    world.config.write_text(world.config.read_text() + RETENTION)
+    run = world.cli("copy", str(second["id"]), "--from", f"file://{disk}", "--to", "vault", "--json")
+    assert run.code == 0, run.err
+    assert [b["status"] for b in run.json()["backups"]] == ["present", "copied"]
+    held = locks(moto, bucket, "repo")
+    # the month's first backup: kept ~6 months by the policy, and its child is sent on it
+    assert all(until is not None and until > datetime.now(UTC) + timedelta(days=120)
+               for key, (_, until) in held.items() if str(first["id"]) in key)

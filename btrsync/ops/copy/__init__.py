@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from btrsync.audit import AuditLog
+from btrsync.catalog import layout
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.reach import away
 from btrsync.catalog.repository import Catalog, Repository
@@ -89,6 +91,9 @@ def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | No
         set_rate(settings.bucket.current_rate)
     until = (kept_until(dest_catalog.manifests + plan.copy, policy_for)
              if policy_for is not None and locking(dest.target) else {})
+    for m in plan.present:  # what the copies are sent on is kept as long as they need it, as for push
+        if m.backup_id in until:
+            _extend_present(dest.target, m.backup_id, until[m.backup_id])
     failed: set[str] = set()
     for index, m in enumerate(plan.copy, 1):
         if m.parent_id in failed:
@@ -133,6 +138,18 @@ def copy_backups(source: Repository, dest: Repository, specs: Sequence[str] | No
         result.backups.append(outcome)
         result.held.append(copied)
     return result
+
+
+def _extend_present(target: object, backup_id: str, until: datetime) -> None:
+    """A backup already on a locked destination that a copied one is sent on: locked at least
+    until ``until`` (its policy date or its longest-lived child's), as a push extends the backups
+    it is sent on (ops/immutable.hold_for_step); else it could expire under its child."""
+    held = target.retention(layout.manifest_key(backup_id))  # type: ignore[attr-defined]
+    if held is not None and held.until >= target.lock_until(until):  # type: ignore[attr-defined]
+        return
+    count = target.extend_retention(backup_id, until)  # type: ignore[attr-defined]
+    log.info("extended the lock of %d objects of backup %s for %s (a copied backup is sent on it)",
+             count, backup_id, f"{until:%Y-%m-%d %H:%MZ}")
 
 
 def raise_for_failures(result: CopyResult) -> None:
