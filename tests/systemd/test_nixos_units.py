@@ -15,6 +15,8 @@ import json
 import os
 import re
 import time
+import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from tests.support.loopfs import create_subvolume
 from tests.systemd.conftest import Booted
 from tests.systemd.harness import NIXOS_BASE_PATH, nix_like_path
 from tests.systemd.test_generated_units import BTRSYNC, host_cli, started
+from tests.targets.factories_s3 import TEST_BUCKET, seaweed
 
 pytestmark = [pytest.mark.systemd, pytest.mark.btrfs]
 CONFIG_PATH = Path("/etc/btrsync/config.toml")
@@ -188,28 +191,30 @@ def test_a_tool_the_unit_does_not_declare_is_missing(booted: Booted) -> None:
     assert marker.read_text().startswith("file-")
 
 
-def _status(farm: Path) -> dict[str, Any]:
+def _status(farm: Path, target: str) -> dict[str, Any]:
     proc = host_cli(farm / "config.toml", "status", "--json")
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(proc.stdout)
-    assert len(rows) == 1, rows
+    rows = [r for r in json.loads(proc.stdout) if r["target"] == target]
+    assert len(rows) == 1, proc.stdout
     return rows[0]  # type: ignore[no-any-return]
 
 
-def _metric(metrics: Path, name: str) -> float:
-    lines = [line for line in metrics.read_text().splitlines() if line.startswith(name + "{")]
+def _metric(metrics: Path, name: str, target: str) -> float:
+    lines = [line for line in metrics.read_text().splitlines()
+             if line.startswith(name + "{") and f'target="{target}"' in line]
     assert len(lines) == 1, (name, metrics.read_text())
     return float(lines[0].rsplit(" ", 1)[1])
 
 
 @pytest.mark.slow
 def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_the_verification(
-        booted: Booted) -> None:
+        booted: Booted, request: pytest.FixtureRequest) -> None:
     """The module's timers are loaded with their OnCalendar= and a next elapse; the job's timer
     catches up a run missed while the machine was off (Persistent=), which makes the first backup
     on a 'noauto' backup disk it mounts.  ``btrsync-verify-<name>`` mounts the disk too and
     verifies the backup for real (data, and a restore drill through a loop device with the unit's
-    capabilities and PATH) and records the result where status and the metrics read it.  On a
+    capabilities and PATH; and of an S3 target through the credentials LoadCredential= hands it)
+    and records the result where status and the metrics read it.  On a
     damaged backup the verification unit fails with exit 4 and starts the host's ``onFailure``
     units."""
     data = booted.data / "nixos-verify"
@@ -227,6 +232,8 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     usb.mkdir(parents=True)
     notified = data / "notified"
     metrics = data / "metrics"
+    server = seaweed(request)
+    creds = server.account.write_credentials_file(secrets / "s3.credentials")
     module = data / "host.nix"
     module.write_text(f"""
 {{
@@ -237,13 +244,22 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     monitoring.metricsDir = "{metrics}";
     onFailure = [ "btrsync-test-notify@%n.service" ];
     targets.usb = {{ url = "file://{mnt / 'usb'}"; initialize = true; }};
+    targets.s3 = {{
+      url = "s3://{TEST_BUCKET}/nixos-verify-{uuid.uuid4().hex[:12]}";
+      endpoint = "{server.account.endpoint}";
+      region = "{server.account.region}";
+      credentialsFile = "{creds}";
+      initialize = true;
+    }};
     jobs.nixver = {{
       subvolumes = [ "{subvolume}" ];
       snapshotDir = "{snapshots}";
       targets.usb = {{ }};
+      targets.s3 = {{ }};
       schedule = "*-*-* 01:30:00";
     }};
     verifications.usbdata = {{ target = "usb"; level = "data"; schedule = "Sun 03:00"; }};
+    verifications.s3data = {{ target = "s3"; level = "data"; }};
     verifications.usbdrill = {{ target = "usb"; level = "restore"; sample = "1"; schedule = "monthly";
                                 snapshotDirs = [ "{snapshots}" ]; }};
   }};
@@ -256,6 +272,10 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     c = booted.container
     # a host's notification unit, as a user of services.btrsync.onFailure would have one
     mount = c.run(["systemd-escape", "--path", "--suffix=mount", str(mnt)]).stdout.strip()
+    # the secrets are PID 1's to read, not the services': only LoadCredential= hands them over
+    for unit in ("btrsync-nixver.service", "btrsync-verify-s3data.service"):
+        (c.units / f"{unit}.d").mkdir()
+        (c.units / f"{unit}.d" / "secrets.conf").write_text(f"[Service]\nInaccessiblePaths={secrets}\n")
     c.install({"btrsync-test-notify@.service":
                f"[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo %i >> {notified}'\n",
                mount: f"[Mount]\nWhat={data / 'disk'}\nWhere={mnt}\nType=none\nOptions=bind\n"})
@@ -286,6 +306,7 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     assert record["last_run"]["status"] == "ok", journal
     listed = host_cli(farm / "config.toml", "list", "--from", f"file://{usb}", "--json")
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1, (listed.stderr, journal)
+    assert {t: r["last_run"]["status"] for t, r in record["targets"].items()} == {"usb": "ok", "s3": "ok"}, journal
     # after the catch-up every timer waits for its next calendar time, listed with it
     for timer, when in (("btrsync-nixver.timer", r"\S+ \S+ 01:30:00"), ("btrsync-verify-usbdata.timer", r"Sun \S+ 03:00:00"),
                         ("btrsync-verify-usbdrill.timer", r"\S+ \d{4}-\d\d-01 00:00:00")):
@@ -295,15 +316,19 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
         assert len(listed_timer) == 1 and listed_timer[0]["next"] > time.time() * 1e6, listed_timer
 
     # the verification units verify the backup, and status and the metrics say so
-    for unit in ("btrsync-verify-usbdata.service", "btrsync-verify-usbdrill.service"):
+    for unit in ("btrsync-verify-usbdata.service", "btrsync-verify-usbdrill.service", "btrsync-verify-s3data.service"):
         unmounted()
         result = started(booted, unit)
         assert result["rc"] == "0" and result["Result"] == "success", result["journal"]
-    row = _status(farm)
+    row = _status(farm, "usb")
     assert row["verify_ok"] is True and row["last_verify"], row
     assert row["drill_ok"] is True and row["last_drill"], row
-    assert _metric(metrics / "btrsync.prom", "btrsync_verify_damaged_backups") == 0
-    verified_at = _metric(metrics / "btrsync.prom", "btrsync_verify_last_success_timestamp_seconds")
+    row = _status(farm, "s3")
+    assert row["verify_ok"] is True, row  # the unit's verification, after the run's own
+    assert datetime.fromisoformat(row["last_verify"]) > datetime.fromisoformat(record["last_run"]["finished"]), row
+    for target in ("usb", "s3"):
+        assert _metric(metrics / "btrsync.prom", "btrsync_verify_damaged_backups", target) == 0
+    verified_at = _metric(metrics / "btrsync.prom", "btrsync_verify_last_success_timestamp_seconds", "usb")
     assert verified_at > 0
     assert not notified.exists()
 
@@ -323,12 +348,12 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     time.sleep(0.5)  # OnFailure= queues the notification as the unit fails
     assert c.wait_inactive("btrsync-test-notify@btrsync-verify-usbdata.service.service") == "inactive"
     assert notified.read_text().splitlines() == ["btrsync-verify-usbdata.service"]
-    row = _status(farm)
+    row = _status(farm, "usb")
     assert row["verify_ok"] is False and row["verify_damaged"] == 1, row
-    assert _metric(metrics / "btrsync.prom", "btrsync_verify_damaged_backups") == 1
+    assert _metric(metrics / "btrsync.prom", "btrsync_verify_damaged_backups", "usb") == 1
     # the failed verification is no success (the newest success known may be an older one: the
     # target's state keeps only its last verification, and the job's record has its run's)
-    assert _metric(metrics / "btrsync.prom", "btrsync_verify_last_success_timestamp_seconds") <= verified_at
+    assert _metric(metrics / "btrsync.prom", "btrsync_verify_last_success_timestamp_seconds", "usb") <= verified_at
     for timer in ("btrsync-nixver.timer", "btrsync-verify-usbdata.timer", "btrsync-verify-usbdrill.timer"):
         c.systemctl("stop", timer)
 
