@@ -170,7 +170,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif any(d and d[-1].scope == "module" for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     _longest_first(items)
-    if config.getvalue("loadgroup"):  # set on xdist workers under --dist loadgroup
+    if getattr(config.option, "loadgroup", False):  # set on xdist workers under --dist loadgroup
         _group_node_ids(items)
 
 
