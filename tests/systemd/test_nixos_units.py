@@ -258,6 +258,12 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
       targets.s3 = {{ }};
       schedule = "*-*-* 01:30:00";
     }};
+    # a timer of its own calendar over the schedule (as services.restic.backups.<name>.timerConfig)
+    jobs.nixcal = {{
+      subvolumes = [ "{create_subvolume(booted.fs / 'nixcal')}" ];
+      snapshotDir = "{booted.fs / 'nixcal.snapshots'}";
+      timerConfig.OnCalendar = [ "" "Mon..Fri 01:30" "Sat 04:00" ];
+    }};
     verifications.usbdata = {{ target = "usb"; level = "data"; schedule = "Sun 03:00"; }};
     verifications.s3data = {{ target = "s3"; level = "data"; }};
     verifications.usbdrill = {{ target = "usb"; level = "restore"; sample = "1"; schedule = "monthly";
@@ -296,8 +302,8 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
         assert f"OnCalendar={calendar} ;" in props["TimersCalendar"] and props["Persistent"] == "yes", props
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if (c.show("btrsync-nixver.service", "ActiveState")["ActiveState"] == "inactive"
-                and (data / "state" / "jobs" / "nixver.json").exists()):
+        props = c.show("btrsync-nixver.service", "ActiveState", "InvocationID")
+        if props["InvocationID"] and props["ActiveState"] in ("inactive", "failed"):
             break
         time.sleep(0.2)
     journal = c.journal("btrsync-nixver.service")
@@ -354,7 +360,13 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     # the failed verification is no success (the newest success known may be an older one: the
     # target's state keeps only its last verification, and the job's record has its run's)
     assert _metric(metrics / "btrsync.prom", "btrsync_verify_last_success_timestamp_seconds", "usb") <= verified_at
-    for timer in ("btrsync-nixver.timer", "btrsync-verify-usbdata.timer", "btrsync-verify-usbdrill.timer"):
+    # timerConfig.OnCalendar replaces the schedule: the reset and both calendars, nothing else
+    c.systemctl("start", "btrsync-nixcal.timer")
+    calendar = c.systemctl("show", "btrsync-nixcal.timer", "--property=TimersCalendar").stdout  # one line each
+    assert sorted(re.findall(r"OnCalendar=([^;]+) ;", calendar)) == ["Mon..Fri *-*-* 01:30:00", "Sat *-*-* 04:00:00"], \
+        calendar
+    for timer in ("btrsync-nixver.timer", "btrsync-nixcal.timer", "btrsync-verify-usbdata.timer",
+                  "btrsync-verify-usbdrill.timer"):
         c.systemctl("stop", timer)
 
 
