@@ -174,6 +174,11 @@ def serve(repo: Repository, mountpoint: Path, load_tree: LoadTree, options: Moun
     if root is not None and (mountpoint == root or root in mountpoint.parents):
         raise UsageError(f"{mountpoint} is inside the repository it would show ({root}): a listing of the "
                          "repository (clean, verify) would walk into the mount; choose a directory outside it")
+    cache_root = Path(os.path.realpath(options.cache_root))
+    if root is not None and (cache_root == root or root in cache_root.parents):
+        raise UsageError(f"--cache-dir {options.cache_root} is inside the repository ({root}): the cache holds "
+                         "plaintext of the backups, which must not go onto the repository's disk (and a killed "
+                         "mount would leave it there); choose a directory outside it")
     try:
         binding = load_binding()
     except (ImportError, OSError) as exc:

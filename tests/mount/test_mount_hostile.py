@@ -268,3 +268,29 @@ def test_the_help_examples_run_as_written(world: World, tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
         force_unmount(mnt)
+
+
+def test_a_cache_inside_the_repository_directory_is_refused(world: World, tmp_path: Path) -> None:
+    """The cache holds plaintext: never on the repository's disk (carried off-site, encrypted
+    backups only), where a killed mount would leave it and clean would walk it."""
+    (world.subvol / "f").write_bytes(b"secret")
+    world.snapshot()
+    assert world.push().code == 0
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    before = sorted(str(p) for p in world.target_dir.rglob("*"))
+    import sys
+
+    from tests.mount.conftest import force_unmount
+
+    try:
+        for cache in (world.target_dir / "cache", world.target_dir):
+            # a process of its own: mounted by mistake, it is ended by the timeout, not the test hung
+            run = subprocess.run([sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir",
+                                  str(world.state), "--key-file", str(world.key), "mount", "--from", world.url,
+                                  str(mnt), "--cache-dir", str(cache)], capture_output=True, text=True, timeout=60)
+            assert run.returncode == 2 and "plaintext" in run.stderr, run.stderr
+        assert not mounted(mnt)
+    finally:
+        force_unmount(mnt)
+    assert sorted(str(p) for p in world.target_dir.rglob("*")) == before
