@@ -31,7 +31,7 @@ from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fdio import pwrite_all
 from btrsync.fileindex.tree import FileTree, Inode
 from btrsync.mount.namespace import Backup
-from btrsync.catalog.reach import away
+from btrsync.catalog.reach import away, removed
 from btrsync.restore import place
 from btrsync.restore.meta import Notes
 from btrsync.restore.paths import DIR_FLAGS
@@ -301,11 +301,14 @@ class ContentCache:
             if gone is not None:  # a missing segment of a repository that is away is not damage
                 log.error("backup %s: cannot read a file's data: %s", backup.manifest.backup_id, gone)
                 raise OSError(errno.EIO, gone) from None
-            message = f"backup {backup.manifest.backup_id}: a file's data is damaged: {exc}"
+            gone = removed(self.repo, backup.manifest.backup_id)
+            message = gone or f"backup {backup.manifest.backup_id}: a file's data is damaged: {exc}"
             with self._lock:
                 self._damaged[ino] = message
                 self.stats.damaged += 1
-            log.error("%s (reads of it fail with EIO; 'btrsync verify' tells what else is affected)", message)
+            log.error("%s (reads of it fail with EIO; %s)", message,
+                      "unmount and mount again to see the repository as it is now" if gone else
+                      "'btrsync verify' tells what else is affected")
             raise OSError(errno.EIO, message) from None
         except BtrsyncError as exc:
             log.error("backup %s: cannot read a file's data: %s", backup.manifest.backup_id, exc)

@@ -27,7 +27,7 @@ from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fileindex.store import NoFileIndex
 from btrsync.fileindex.tree import FileTree, Inode, Node
 from btrsync.mount.extents import allocated_blocks
-from btrsync.catalog.reach import away
+from btrsync.catalog.reach import away, removed
 from btrsync.read.chains import restore_chain
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,9 @@ class Namespace:
                     if gone is not None:  # the disk unplugged, not damage: the next look tries again
                         log.error("backup %s cannot be shown now: %s", backup.manifest.backup_id, gone)
                         raise Unavailable(gone) from None
-                    backup.problem = str(exc)
-                    log.error("backup %s cannot be shown: %s", backup.manifest.backup_id, exc)
+                    gone = removed(self.repo, backup.manifest.backup_id)
+                    backup.problem = gone or str(exc)
+                    log.error("backup %s cannot be shown: %s", backup.manifest.backup_id, backup.problem)
                     raise Unavailable(backup.problem) from None
                 except BtrsyncError as exc:  # the target (unplugged, offline): the next look tries again
                     log.error("backup %s cannot be shown now: %s", backup.manifest.backup_id, exc)
