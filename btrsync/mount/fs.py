@@ -31,12 +31,17 @@ log = logging.getLogger(__name__)
 
 def load_binding() -> Any:
     """mfusepy, on libfuse3 where it is installed (mfusepy itself would take libfuse2 first)."""
+    chosen = None
     if "FUSE_LIBRARY_PATH" not in os.environ and "FUSE_LIBRARY_NAME" not in os.environ:
-        path = ctypes.util.find_library("fuse3")
-        if path is not None:
-            os.environ["FUSE_LIBRARY_PATH"] = path  # read once, when mfusepy is imported
-    import mfusepy
-
+        chosen = ctypes.util.find_library("fuse3")
+        if chosen is not None:
+            os.environ["FUSE_LIBRARY_PATH"] = chosen  # read once, when mfusepy is imported
+    try:
+        import mfusepy
+    finally:
+        # not inherited by the processes this one starts (hooks, a fusepy filesystem on libfuse2)
+        if chosen is not None:
+            os.environ.pop("FUSE_LIBRARY_PATH", None)
     return mfusepy
 
 

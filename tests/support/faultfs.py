@@ -106,7 +106,9 @@ class FaultFS:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self._write_rules()
         repo_root = Path(__file__).resolve().parents[2]
-        env = {**os.environ, "PYTHONPATH": str(repo_root)}
+        # fusepy over libfuse2: never the libfuse3 another FUSE user of this process chose
+        env = {k: v for k, v in os.environ.items() if k not in ("FUSE_LIBRARY_PATH", "FUSE_LIBRARY_NAME")}
+        env["PYTHONPATH"] = str(repo_root)
         argv = [sys.executable, "-m", "tests.support.faultfs", str(self.backing),
                 str(self.mountpoint), str(self.rules_file), str(self.hits_file)]
         with open(self.log_file, "ab") as log:
