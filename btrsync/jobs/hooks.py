@@ -11,8 +11,11 @@ stops btrsync meanwhile kills the group the same way before it propagates.
 btrsync itself killed with SIGKILL (or the OOM killer) can do nothing, so each hook has a
 watchdog: a small process of its own session, started (and armed) before the hook, whose
 parent-death signal (``PR_SET_PDEATHSIG``) fires when the btrsync thread that started it dies;
-it is told the hook's process group on a pipe the moment the hook has started, and then ends the
-group as a timeout would (SIGTERM, SIGKILL after the grace period).  The watchdog is killed once
+it is told the hook's process group on a pipe the moment the hook's process exists, and then ends
+the group as a timeout would (SIGTERM, SIGKILL after the grace period).  The hook's process is a
+``/bin/sh`` gate that execs the hook only after the watchdog has been told, so no SIGKILL can fall
+between a running hook and an unarmed watchdog; the program is looked up on the hook's PATH first,
+so a missing one is still "cannot be started", not a shell's exit 127.  The watchdog is killed once
 the hook has ended; hooks are run by one thread, the one that lives as long as the run.
 
 The environment is btrsync's own plus ``BTRSYNC_*`` variables describing the job, with the job's
@@ -21,8 +24,10 @@ The environment is btrsync's own plus ``BTRSYNC_*`` variables describing the job
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,16 +76,31 @@ def run_hook(argv: Sequence[str], *, kind: str, env: Mapping[str, str], timeout:
     result = HookResult(list(argv), kind)
     t0 = monotonic()
     watchdog = _watchdog()
+    gate_r, gate_w = os.pipe()
     try:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=dict(env), start_new_session=True, close_fds=True)
+        if not argv or shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        proc = subprocess.Popen([GATE_SHELL, "-c", _GATE, "btrsync-hook", *argv], stdin=gate_r,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(env),
+                                start_new_session=True, close_fds=True)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument or the environment
+        os.close(gate_w)
         _end_watchdog(watchdog)
         result.error = f"cannot be started: {getattr(exc, 'strerror', None) or exc}"
         logger.warning("hook failed kind=%s argv=%s: %s", kind, list(argv), result.error)
         return result
+    finally:
+        os.close(gate_r)
     pgid = proc.pid
+    # the watchdog knows the group before the hook runs: a SIGKILL of btrsync between the start
+    # and this line used to leave the watchdog an EOF, and the hook running unwatched for good
     _watch(watchdog, pgid)
+    try:
+        os.write(gate_w, b"go\n")
+    except OSError:  # the gate's shell is gone already: proc.wait() below sees how it ended
+        pass
+    finally:
+        os.close(gate_w)
     reader = threading.Thread(target=_read_lines, args=(proc, result, max_output_lines, logger),
                               name=f"hook-{kind}", daemon=True)
     reader.start()
@@ -121,6 +141,14 @@ def _read_lines(proc: subprocess.Popen[bytes], result: HookResult, limit: int, l
     if result.lines > limit:
         logger.info("hook %s %s: %d more line(s) not logged", result.kind, name, result.lines - limit)
     result.tail = list(tail)
+
+
+# The hook starts behind a gate: a shell that waits for one line on its stdin (a pipe from btrsync),
+# then execs the hook (same pid, so the same process group) with /dev/null as its stdin, or exits
+# 125 without running it if btrsync died first (EOF).  btrsync opens the gate only after the
+# watchdog has the group.
+GATE_SHELL = "/bin/sh"
+_GATE = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
 
 
 # The watchdog's program: no import of btrsync, so it starts in a few milliseconds.  Armed first,

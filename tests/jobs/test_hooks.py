@@ -117,3 +117,41 @@ def test_binary_output_of_a_failed_hook_reaches_the_next_hook_printable(tmp_path
     assert after.ok and "PGDMP" in out.read_text()
     broken = run_hook(["echo", "a\x00b"], kind="post", env=dict(os.environ), timeout=10)
     assert not broken.ok and "cannot be started" in broken.describe()
+
+
+_KILLED_IN_THE_WINDOW = """
+import os, sys, time
+from btrsync.jobs import hooks
+watch = hooks._watch
+def late_watch(watchdog, pgid):
+    print("started", flush=True)  # the hook's process exists; the watchdog does not know its group yet
+    time.sleep(30)  # killed here
+    watch(watchdog, pgid)
+hooks._watch = late_watch
+hooks.run_hook(["sh", "-c", sys.argv[1]], kind="pre", env=dict(os.environ), timeout=3600)
+"""
+
+
+def test_a_run_killed_between_starting_a_hook_and_arming_its_watchdog_leaves_nothing(tmp_path: Path) -> None:
+    """SIGKILL after the hook's process was made but before the watchdog was told its group: the
+    watchdog read EOF, took it for "no hook started" and exited, and the hook ran on unwatched
+    for good.  The hook now waits behind a gate that opens only once the watchdog has the group,
+    so here it never runs and nothing is left."""
+    import subprocess
+    import sys
+
+    ran = tmp_path / "ran"
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_IN_THE_WINDOW, f"echo $$ > {ran}; exec sleep 300"],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "started\n"
+    time.sleep(0.5)  # an ungated hook has long written its pid by now
+    child.kill()
+    child.wait()
+    time.sleep(0.5)  # and the watchdog has seen the EOF
+    if ran.exists():
+        pid = int(ran.read_text())
+        alive = not _until_gone(pid, within=10)
+        if alive:
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"the hook ran after its run was killed (still running: {alive})")
