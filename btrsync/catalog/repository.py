@@ -269,6 +269,22 @@ class Repository:
             raise DamageError(f"chunk {index} of backup {backup_id}: segment {key} is missing "
                               f"or shorter than recorded on {self.target.display_url}") from None
 
+    def upload_gap(self, manifest: Manifest) -> str | None:
+        """Right before a commit, one listing: what is wrong with the uploaded objects of
+        ``manifest`` (a segment or index missing, or segments not holding exactly its stored
+        bytes), or None.  A clean or prune elsewhere that took an upload for orphans, or a lost
+        object, must fail the push or copy instead of committing a backup that cannot be restored."""
+        bid = manifest.backup_id
+        found = {o.key: o.size for o in self.target.list(layout.data_prefix(bid))}
+        names = [k for s in range(manifest.segments) for k in (layout.segment_key(bid, s), layout.index_key(bid, s))]
+        missing = [k for k in names if k not in found]
+        stored = sum(found.get(layout.segment_key(bid, s), 0) for s in range(manifest.segments))
+        if missing:
+            return f"{len(missing)} of its objects are missing ({', '.join(missing[:3])})"
+        if stored != manifest.stored_bytes:
+            return f"its segments hold {stored} bytes, not the {manifest.stored_bytes} written"
+        return None
+
     def discard_uncommitted(self, backup_id: str, before_delete: DeleteHook | None = None) -> int:
         """Delete data of a backup that has no manifest (leftovers of an interrupted push).  What
         the store refuses to delete stays (see :meth:`delete_leftovers`)."""

@@ -472,15 +472,9 @@ class _Attempt:
         the target, and the segments hold exactly its stored bytes.  A clean on another host that
         took this upload for orphans (or a lost object) must fail the push, not commit a backup
         that cannot be restored; the next push resends what is missing."""
-        bid = manifest.backup_id
-        found = {o.key: o.size for o in self.repo.target.list(layout.data_prefix(bid))}
-        names = [k for s in range(manifest.segments) for k in (layout.segment_key(bid, s), layout.index_key(bid, s))]
-        missing = [k for k in names if k not in found]
-        stored = sum(found.get(layout.segment_key(bid, s), 0) for s in range(manifest.segments))
-        if missing or stored != manifest.stored_bytes:
-            what = (f"{len(missing)} of its objects are missing ({', '.join(missing[:3])})" if missing else
-                    f"its segments hold {stored} bytes, not the {manifest.stored_bytes} uploaded")
-            raise PushError(f"backup {bid} was not committed: {what} on {self.repo.target.display_url} "
+        what = self.repo.upload_gap(manifest)
+        if what:
+            raise PushError(f"backup {manifest.backup_id} was not committed: {what} on {self.repo.target.display_url} "
                             "(removed by a clean or prune elsewhere, or lost); push again to send it anew")
 
     def _run(self, *, resume: bool) -> Manifest:

@@ -258,13 +258,8 @@ class _Attempt:
         stored bytes, and the parent's manifest (a clean or prune elsewhere, or a lost object,
         fails the copy instead)."""
         bid = manifest.backup_id
-        found = {o.key: o.size for o in self.dest.target.list(layout.data_prefix(bid))}
-        names = [k for s in range(manifest.segments) for k in (layout.segment_key(bid, s), layout.index_key(bid, s))]
-        missing = [k for k in names if k not in found]
-        stored = sum(found.get(layout.segment_key(bid, s), 0) for s in range(manifest.segments))
-        if missing or stored != manifest.stored_bytes:
-            what = (f"{len(missing)} of its objects are missing ({', '.join(missing[:3])})" if missing else
-                    f"its segments hold {stored} bytes, not the {manifest.stored_bytes} written")
+        what = self.dest.upload_gap(manifest)
+        if what:
             raise CopyError(f"backup {bid} was not committed: {what} on {self.dest.target.display_url}; "
                             "copy again to send it anew")
         parent = manifest.parent_id
