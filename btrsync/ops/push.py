@@ -31,7 +31,6 @@ from btrsync.audit import AuditLog
 from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendOptions, SendProcess, best_send_options
 from btrsync.btrfs.subvolume import is_subvolume
-from btrsync.catalog import layout
 from btrsync.catalog.layout import backup_id_for
 from btrsync.catalog.lease import Lease, lease_key
 from btrsync.catalog.manifest import ChunkRecord, Manifest
