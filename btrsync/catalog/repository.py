@@ -269,6 +269,14 @@ class Repository:
             raise DamageError(f"chunk {index} of backup {backup_id}: segment {key} is missing "
                               f"or shorter than recorded on {self.target.display_url}") from None
 
+    def has_manifest(self, backup_id: str) -> bool:
+        """Whether ``backup_id`` is committed here now (one stat, not a listing of every manifest)."""
+        try:
+            self.target.stat(layout.manifest_key(backup_id))
+        except NotFound:
+            return False
+        return True
+
     def upload_gap(self, manifest: Manifest) -> str | None:
         """Right before a commit, one listing: what is wrong with the uploaded objects of
         ``manifest`` (a segment or index missing, or segments not holding exactly its stored

@@ -57,6 +57,7 @@ from btrsync.progress import Estimate, Progress, as_progress
 from btrsync.retention import Item, Policy, decide
 from btrsync.snapshots.store import Snapshot, list_snapshots, subvolume_name
 from btrsync.targets.base import Target
+from btrsync.targets.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +476,16 @@ class _Attempt:
         if what:
             raise PushError(f"backup {manifest.backup_id} was not committed: {what} on {self.repo.target.display_url} "
                             "(removed by a clean or prune elsewhere, or lost); push again to send it anew")
+        parent = manifest.parent_id
+        if parent is not None and not self.repo.has_manifest(parent):
+            raise self._parent_gone(parent)
+
+    def _parent_gone(self, parent: str) -> PushError:
+        """A prune or delete elsewhere that read the leases before this push took its own removed
+        the parent while this backup was sent: committed, it could never be restored."""
+        return PushError(f"backup {self.backup_id} was not committed: its parent {parent} is no longer on "
+                         f"{self.repo.target.display_url} (removed by a prune or delete elsewhere while this push "
+                         "ran); push again: it is planned anew on what is there")
 
     def _run(self, *, resume: bool) -> Manifest:
         started = datetime.now(UTC)
@@ -584,7 +595,10 @@ class _Attempt:
         pid = self.step.parent_backup_id
         if pid is None:
             return
-        recorded = self.repo.load_manifest(pid).send.get("ctransid")
+        try:
+            recorded = self.repo.load_manifest(pid).send.get("ctransid")
+        except NotFound:
+            raise self._parent_gone(pid) from None
         if recorded is not None and framing.parent_ctransid != recorded:
             raise SendFailedError(
                 f"the parent snapshot {self.parent.name if self.parent else pid} changed after its backup {pid} was "

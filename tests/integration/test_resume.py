@@ -137,3 +137,41 @@ def test_a_sigkill_loses_no_durable_segment(world: World) -> None:
     assert backup["resumed_bytes"] == durable  # both durable segments, nothing else
     assert backup["uploaded_bytes"] == backup["stored_bytes"] - durable
     _restored_equals_original(world)
+
+
+@pytest.mark.slow
+def test_a_parent_removed_during_an_incremental_push_fails_it_uncommitted(world: World) -> None:
+    """A prune or delete elsewhere that read the leases before this push took its own removes the
+    parent while the child is sent: committed, the child could never be restored.  The push checks
+    the parent right before its commit, commits nothing, says why, and the next push heals it."""
+    from btrsync.catalog import layout
+    from btrsync.ops.push import PushSettings, push
+
+    with open(world.subvol / "a.bin", "wb") as f:
+        f.write(os.urandom(256 << 10))
+    world.snapshot()
+    first = world.push("--json")
+    assert first.code == 0, first.err
+    [full] = first.json()["backups"]
+    with open(world.subvol / "b.bin", "wb") as f:
+        f.write(os.urandom(1 << 20))
+    world.snapshot()
+    gone: list[int] = []
+
+    def prune_elsewhere(segment: int) -> None:
+        if segment == 1 and not gone:
+            (world.target_dir / layout.manifest_key(full["backup_id"])).unlink()
+            gone.append(segment)
+
+    repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+    result = push(world.subvol, world.snapdir, repo, PushSettings(chunk_size=64 << 10, segment_size=256 << 10,
+                                                                  chain="linear", may_start_segment=prune_elsewhere))
+    [failed] = result.results
+    assert gone and failed.kind == "incremental" and failed.status == "failed", failed
+    assert "was not committed: its parent" in str(failed.error), failed
+    manifests = [f for f in world.data_files() if f.startswith("backups/")]
+    assert manifests == [], manifests
+    again = world.push("--json")
+    assert again.code == 0, again.err
+    # the removed full is sent again (its snapshot is still here) and the child on it
+    assert [b["kind"] for b in again.json()["backups"]] == ["full", "incremental"]

@@ -43,7 +43,6 @@ from btrsync.pipeline.segments import write_segments
 from btrsync.pipeline.throttle import TokenBucket
 from btrsync.progress import Estimate, Progress
 from btrsync.read.chunks import ReadStats, chunks
-from btrsync.targets.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -263,21 +262,12 @@ class _Attempt:
             raise CopyError(f"backup {bid} was not committed: {what} on {self.dest.target.display_url}; "
                             "copy again to send it anew")
         parent = manifest.parent_id
-        if parent is not None and not self._there(layout.manifest_key(parent)):
+        if parent is not None and not self.dest.has_manifest(parent):
             # a prune or delete elsewhere that read the leases before this copy's took the parent:
             # committed, this backup could never be restored there
             raise CopyError(f"backup {bid} was not committed: its parent {parent} is no longer on "
                             f"{self.dest.target.display_url} (removed by a prune or delete elsewhere while this "
                             "copy ran); copy again: the parent is sent again and this backup resumes")
-
-
-    def _there(self, key: str) -> bool:
-        """Whether ``key`` is on the destination (one stat, not a listing of every manifest)."""
-        try:
-            self.dest.target.stat(key)
-        except NotFound:
-            return False
-        return True
 
 
 def copy_backup(source: Repository, dest: Repository, manifest: Manifest, settings: CopySettings,
