@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from btrsync.catalog import layout
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
+from btrsync.catalog.reach import away
 from btrsync.catalog.segment_index import table_records
-from btrsync.errors import ChunkDamageError, DamageError
+from btrsync.errors import ChunkDamageError, DamageError, TargetMissingError
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener
 
@@ -100,6 +101,7 @@ def fetch(repo: Repository, wanted: Iterable[Wanted], *, workers: int, window: i
         try:
             frame = repo.read_frame(backup_id, index, rec)  # names the segment when missing or short
         except DamageError as exc:
+            _unless_away(repo)
             damage = ChunkDamageError(str(exc), "missing")
         else:
             try:
@@ -123,7 +125,17 @@ def fetch(repo: Repository, wanted: Iterable[Wanted], *, workers: int, window: i
                     stats.damaged += 1
             yield chunk
     if deferred:
+        _unless_away(repo)
         raise deferred[0]
+
+
+def _unless_away(repo: Repository) -> None:
+    """A missing object is damage only while the repository is there: a USB disk unplugged under
+    its mount point (every object "missing") or a server gone is the target's failure (exit 10),
+    for the next run to try again, not damage sending the operator to look for it."""
+    why = away(repo)
+    if why is not None:
+        raise TargetMissingError(why)
 
 
 def chunks(repo: Repository, manifest: Manifest, *, workers: int, window: int | None = None,

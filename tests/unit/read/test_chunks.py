@@ -324,3 +324,25 @@ def test_the_range_reader_fetches_only_what_covers_the_ranges(tmp_path: Path) ->
     assert (reader.fetched.chunks, reader.fetched.raw_bytes) == (6, 6 * 3000)
     with pytest.raises(DamageError, match="beyond the stream"):
         RangeReader(repo, chain, [(0, 26999, 2)], workers=1)
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_a_repository_gone_under_the_read_is_the_targets_failure_not_damage(tmp_path: Path, keep_going: bool) -> None:
+    """A USB disk unplugged mid-restore leaves its empty mount point: every object is "missing".
+    That is the target's failure (exit 10, try again), not damage (exit 4, go look for it); with
+    the repository there, a missing segment is still damage."""
+    from btrsync.errors import TargetMissingError
+
+    repo = _repo(tmp_path)
+    m = _write(repo, "b1", _raws(9))
+    root = Path(repo.target.root)  # type: ignore[attr-defined]
+    _seg_path(repo, "b1", 1).unlink()
+    with pytest.raises(ChunkDamageError):
+        for c in chunks(repo, m, workers=2, keep_going=keep_going):
+            if c.damage is not None:
+                raise c.damage
+    aside = tmp_path / "unplugged"
+    root.rename(aside)
+    root.mkdir()  # the mount point left behind
+    with pytest.raises(TargetMissingError, match="cannot be reached"):
+        list(chunks(repo, m, workers=2, keep_going=keep_going))
