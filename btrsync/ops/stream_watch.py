@@ -15,6 +15,7 @@ statistics of every backup (``stats.py``) and, for a full, the summary of the tr
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from typing import Any
@@ -23,6 +24,8 @@ from btrsync.errors import SendFailedError
 from btrsync.fileindex.summary import StreamSummary
 from btrsync.sendstream.parser import StreamError, StreamParser
 from btrsync.sendstream.stats import ChangeStats
+
+log = logging.getLogger(__name__)
 
 
 class StreamWatch:
@@ -89,6 +92,8 @@ class StreamWatch:
 
 
 _END = object()
+_POLL = 0.2  # seconds: how soon an idle watch thread sees ``close``
+_CLOSE_WAIT = 10.0
 
 
 class WatchThread:
@@ -111,7 +116,17 @@ class WatchThread:
 
     def _run(self) -> None:
         try:
-            while (chunk := self._queue.get()) is not _END:
+            while True:
+                try:
+                    # never an unbounded wait: ``close`` must not depend on a wake-up through the
+                    # queue (a signal raised in the feeding thread inside ``Queue.put`` can lose it)
+                    chunk = self._queue.get(timeout=_POLL)
+                except queue.Empty:
+                    if self._stop.is_set():
+                        return
+                    continue
+                if chunk is _END:
+                    break
                 if self._stop.is_set():
                     return
                 self.watch.feed(chunk)
@@ -153,11 +168,12 @@ class WatchThread:
         return self.watch
 
     def close(self) -> None:
+        """Stop the thread (the cleanup path, e.g. after SIGTERM): it sees the stop within
+        ``_POLL`` seconds whatever state the queue was left in, and the queue is not touched
+        here (the feeding thread may have been interrupted inside it).  A watch still busy after
+        ``_CLOSE_WAIT`` is left behind (a daemon thread holding no resource), never waited for."""
         if self._thread.is_alive():
             self._stop.set()
-            self._drain()
-            try:
-                self._queue.put_nowait(_END)
-            except queue.Full:
-                pass
-            self._thread.join()
+            self._thread.join(timeout=_CLOSE_WAIT)
+            if self._thread.is_alive():
+                log.warning("the stream watch did not stop within %.0f s; leaving it", _CLOSE_WAIT)

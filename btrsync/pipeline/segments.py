@@ -25,6 +25,7 @@ from btrsync.targets.base import ObjectInfo, Target
 
 QUEUE_FRAMES = 4  # frames waiting per segment put: bounds memory to QUEUE_FRAMES x chunk size each
 _END = object()
+_POLL = 0.2  # seconds: how soon a put waiting for its next frame sees an abort
 
 
 class _ProducerFailed(Exception):
@@ -63,7 +64,17 @@ class _SegmentPut:
         return info
 
     def _frames(self) -> Iterator[bytes]:
-        while (item := self.queue.get()) is not _END:
+        while True:
+            try:
+                # never an unbounded wait: an abort must not depend on a wake-up through the queue
+                # (a signal raised in the producer inside ``Queue.put`` can lose one)
+                item = self.queue.get(timeout=_POLL)
+            except queue.Empty:
+                if self.cancel.is_set():
+                    raise _ProducerFailed("the segment's producer failed") from None
+                continue
+            if item is _END:
+                return
             if isinstance(item, _ProducerFailed):
                 raise item
             yield item  # type: ignore[misc]

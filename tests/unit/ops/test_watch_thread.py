@@ -4,6 +4,7 @@ to the thread that reads ``btrfs send``."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -57,4 +58,18 @@ def test_close_stops_the_thread_with_chunks_still_queued() -> None:
     watch = WatchThread(StreamWatch("test", full=True), depth=4)
     watch.feed(streams.minimal(2)[:20])
     watch.close()
+    assert not watch._thread.is_alive()
+
+
+def test_close_returns_when_a_wake_up_through_the_queue_is_lost() -> None:
+    """SIGTERM during a push raises in the thread feeding the watch, possibly inside
+    ``Queue.put``; a push once hung for good in ``close`` after that, its watch thread waiting on
+    an empty queue for a wake-up that never came.  ``close`` no longer depends on one."""
+    watch = WatchThread(StreamWatch("test", full=True), depth=4)
+    time.sleep(0.05)  # the thread waits on the empty queue
+    watch._queue.not_empty.notify = lambda n=1: None  # type: ignore[method-assign]  # no wake-up comes
+    closer = threading.Thread(target=watch.close, daemon=True)
+    closer.start()
+    closer.join(timeout=5)
+    assert not closer.is_alive(), "close hung"
     assert not watch._thread.is_alive()

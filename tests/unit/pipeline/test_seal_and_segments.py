@@ -12,7 +12,7 @@ from btrsync.crypto.keys import MasterKey
 from btrsync.errors import DamageError
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkOpener, ChunkSealer
-from btrsync.pipeline.segments import write_segments
+from btrsync.pipeline.segments import _SegmentPut, write_segments
 from btrsync.targets.memory import MemoryTarget
 
 KEY = MasterKey(os.urandom(32))
@@ -152,6 +152,36 @@ def test_a_failing_producer_leaves_no_partial_segment() -> None:
     # the unfinished third segment is gone; the two complete ones may have landed
     assert sorted(target.objects) == [segment_key("bid", 0), segment_key("bid", 1)]
     assert all(len(v) == 3 * 1040 for v in target.objects.values())
+
+
+def test_an_abort_ends_a_put_waiting_for_its_next_frame_without_a_wake_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal raised in the producer inside ``Queue.put`` can lose the queue's wake-up; the
+    abort's cancel flag alone must end the put that waits for its next frame (it once waited for
+    good, and the command with it)."""
+    import threading
+
+    monkeypatch.setattr(_SegmentPut, "abort", lambda self: self.cancel.set())  # no word through the queue
+    target = MemoryTarget()
+    sealer = ChunkSealer(BINDING, "bid", 0)
+
+    def sealed():
+        yield sealer((0, os.urandom(1000)))
+        raise OSError("btrfs send died")
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            write_segments(target, "bid", sealed(), segment_size=10 * 1040)
+        except OSError as exc:
+            failed.append(exc)
+
+    writer = threading.Thread(target=run, daemon=True)
+    writer.start()
+    writer.join(timeout=10)
+    assert not writer.is_alive(), "the put waited for a wake-up that never came"
+    assert [str(e) for e in failed] == ["btrfs send died"]
+    assert target.objects == {}  # the unfinished segment was discarded
 
 
 def test_an_abort_wakes_a_put_that_waits_for_bandwidth() -> None:
