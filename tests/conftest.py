@@ -54,6 +54,19 @@ def _keep_bytecode() -> None:
 _keep_bytecode()
 
 
+def _default_sigint() -> None:
+    """A shell starts a background job (``pytest ... &``, a CI runner's step) with SIGINT ignored,
+    and every process inherits that: the tests that interrupt a btrsync with SIGINT (Ctrl-C)
+    would see it ignored.  The suite runs with SIGINT's default, as a terminal gives it."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_default_sigint()
+
+
 # --------------------------------------------------------------------------------------------------
 # Safety net: loop devices of crashed runs never outlive the next run
 
