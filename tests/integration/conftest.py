@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,6 +75,16 @@ class World:
         captured = self.capsys.readouterr()
         return Run(code, captured.out, captured.err)
 
+    def set_push(self, **values: str) -> None:
+        """Override [push] settings of the world's configuration (e.g. ``segment_size="4M"``: a
+        remote store answers each object in milliseconds, so tests of what happens to objects keep
+        backups at a few of them)."""
+        text = self.config.read_text()
+        for key, value in values.items():
+            text, found = re.subn(rf"(?m)^{key} = .*$", f"{key} = {json.dumps(value)}", text)
+            assert found == 1, f"no {key} in [push]"
+        self.config.write_text(text)
+
     def init(self) -> Run:
         """``btrsync init`` of the world's target (the only way a repository comes to exist)."""
         run = self.cli("init", "--to", self.url)
@@ -102,11 +113,20 @@ class World:
 
     def data_files(self) -> list[str]:
         """Object keys on the target (files, for the directory target, temporaries included)."""
+        with self.lister() as keys:
+            return keys()
+
+    @contextmanager
+    def lister(self) -> Iterator[Callable[[], list[str]]]:
+        """``data_files`` for polling: a remote target is opened once (an S3 client costs more
+        CPU to make than a listing)."""
         if self.target_name is None:
-            return sorted(str(p.relative_to(self.target_dir)) for p in self.target_dir.rglob("*") if p.is_file())
+            yield lambda: sorted(str(p.relative_to(self.target_dir)) for p in self.target_dir.rglob("*")
+                                 if p.is_file())
+            return
         url, settings = load_config(self.config, explicit=True).target(self.target_name)
         with open_target(url, settings) as target:
-            return [o.key for o in target.list()]
+            yield lambda: [o.key for o in target.list()]
 
 
 def toml_table(name: str, values: dict[str, Any]) -> str:
@@ -120,10 +140,8 @@ def toml_table(name: str, values: dict[str, Any]) -> str:
 def add_target(world: World, name: str, url: str, settings: dict[str, Any], **push: str) -> None:
     """Point the world at a configured remote target: commands then use ``--to/--from NAME``.
     ``push`` overrides [push] settings (e.g. ``segment_size="12M"``)."""
-    text = world.config.read_text()
-    for key, value in push.items():
-        text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {json.dumps(value)}", text)
-    world.config.write_text(text + "\n" + toml_table(name, {"url": url, **settings}))
+    world.set_push(**push)
+    world.config.write_text(world.config.read_text() + "\n" + toml_table(name, {"url": url, **settings}))
     world.target_name = name
     world.init()
 

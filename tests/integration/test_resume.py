@@ -33,8 +33,9 @@ def _killed_push(world: World, size_mib: int = 24) -> None:
             "--to", world.url, "--bwlimit", "4M"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and sum(f.endswith(".idx") for f in world.data_files()) < 2:
-        time.sleep(0.05)
+    with world.lister() as keys:
+        while time.monotonic() < deadline and sum(f.endswith(".idx") for f in keys()) < 2:
+            time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert sum(f.endswith(".idx") for f in world.data_files()) >= 2, "the push was killed too late"
