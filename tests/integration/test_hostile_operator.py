@@ -329,7 +329,10 @@ def test_a_receive_whose_data_never_reaches_the_disk_fails(world: World, tmp_pat
         with scratch_btrfs(small, "300M", "rx") as into:
             run = world.cli("receive", "latest", "--from", world.url, "--into", str(into))
             assert run.code == 1, run.err
-            assert f"btrfs receive finished, but {into} could not write it to disk" in run.err, run.err
+            # the kernel fails the writeback either after btrfs receive ended (the sync) or, when it
+            # flushes early (a busy machine), while it runs: the filesystem goes read-only under it
+            assert (f"btrfs receive finished, but {into} could not write it to disk" in run.err
+                    or ("btrfs receive stopped early" in run.err and "Read-only file system" in run.err)), run.err
             # deleted, or (the filesystem now read-only) the operator is told to delete it
             left = [p.name for p in into.iterdir()]
             assert left == [] or ("delete" in run.err and "must not serve as a parent" in run.err), (left, run.err)
