@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -146,7 +148,29 @@ def _main(argv: list[str] | None) -> int:
 def entry() -> None:
     release_large_buffers()  # the btrsync process: S3 parts are unmapped when freed (btrsync/memory.py)
     _no_core_dumps()
-    sys.exit(main(process=True))
+    code = main(process=True)
+    if code not in SIGNAL_EXITS:  # after a signal, the interpreter's exit and its watchdog (signals.py)
+        exit_without_teardown(code)
+    sys.exit(code)
+
+
+def exit_without_teardown(code: int) -> None:
+    """End the process as the interpreter would, without its teardown of every module and object:
+    that teardown costs a short command ~40 ms and one that loaded boto3 ~100 ms (a push to S3,
+    ``status --check`` from a monitor, every completion).  The exit handlers still run (logging's
+    flush, the ssh connections' and spools' finalizers) and stdout and stderr are flushed; a flush
+    that fails makes the status 120, as the interpreter does.  Returns (and the interpreter exits
+    as usual, joining them) while a thread that is not a daemon is alive."""
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 120
+    os._exit(code)
 
 
 def _no_core_dumps() -> None:
