@@ -27,7 +27,8 @@ from benchmarks.common import Bar, BenchResult, Config, Contender, Workspace, al
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import MasterKey, generate_key_file, load_key_file
 from btrsync.ops.copy import CopySettings, copy_backups
-from btrsync.ops.push import PushSettings, push
+from btrsync.ops.push.run import push
+from btrsync.ops.push.settings import PushSettings
 from btrsync.ops.receive import receive
 from btrsync.targets.local import LocalTarget
 from btrsync.verify.treecompare import diff_trees

@@ -37,7 +37,8 @@ from benchmarks.common import (
     write_random_file,
 )
 from btrsync.crypto.keys import load_key_file
-from btrsync.ops.push import PushSettings, push
+from btrsync.ops.push.run import push
+from btrsync.ops.push.settings import PushSettings
 from btrsync.snapshots.store import create_snapshot
 
 WARM_LIMIT_S = 2.0

@@ -44,7 +44,8 @@ from benchmarks.common import (
     tree_bytes,
 )
 from btrsync.crypto.keys import load_key_file
-from btrsync.ops.push import PushSettings, push
+from btrsync.ops.push.run import push
+from btrsync.ops.push.settings import PushSettings
 from btrsync.snapshots.store import create_snapshot
 
 PIPELINE = "send -p | zstd -3 -T0 | openssl"

@@ -46,7 +46,8 @@ from benchmarks.common import (
 )
 from btrsync.crypto.keys import load_key_file
 from btrsync.mountinfo import mount_points
-from btrsync.ops.push import PushSettings, push
+from btrsync.ops.push.run import push
+from btrsync.ops.push.settings import PushSettings
 from btrsync.snapshots.store import create_snapshot
 
 RATIO_LIMIT = 1.10

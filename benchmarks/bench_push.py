@@ -44,7 +44,8 @@ from benchmarks.common import (
 )
 from btrsync.btrfs.send import best_send_options
 from btrsync.crypto.keys import load_key_file
-from btrsync.ops.push import PushSettings, push
+from btrsync.ops.push.run import push
+from btrsync.ops.push.settings import PushSettings
 from btrsync.snapshots.store import create_snapshot
 
 PIPELINE = "send | zstd -3 -T0 | openssl (btrbk raw)"

@@ -33,7 +33,8 @@ from benchmarks.common import (
 )
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
-from btrsync.ops.push import PushSettings, push
+from btrsync.ops.push.run import push
+from btrsync.ops.push.settings import PushSettings
 from btrsync.ops.receive import receive
 from btrsync.verify.treecompare import diff_trees
 from btrsync.targets.local import LocalTarget

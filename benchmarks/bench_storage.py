@@ -68,7 +68,8 @@ from benchmarks.common import (
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
 from btrsync.ops.prune import prune_backups
-from btrsync.ops.push import PushSettings, push_step
+from btrsync.ops.push.run import push_step
+from btrsync.ops.push.settings import PushSettings
 from btrsync.ops.receive import receive
 from btrsync.planner.plan import Step
 from btrsync.retention import Item, Policy, decide

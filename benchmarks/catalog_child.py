@@ -150,7 +150,7 @@ def _fake_snapshots(headers: list[Header], subvolume: str) -> list[Any]:
 def _child_plan(repo: Any, args: dict[str, Any], snaps: list[Any]) -> dict[str, Any]:
     from unittest import mock
 
-    from btrsync.ops import push as push_mod
+    from btrsync.ops.push import plan as push_mod
 
     with mock.patch.object(push_mod, "list_snapshots", lambda _dir, _name=None: snaps):
         catalog = repo.catalog()
@@ -186,7 +186,7 @@ def child_main(args: dict[str, Any]) -> dict[str, Any]:
     # import what the command needs before the clock starts (a CLI has imported it too)
     import btrsync.catalog.segment_index  # noqa: F401
     import btrsync.ops.prune  # noqa: F401
-    import btrsync.ops.push  # noqa: F401
+    import btrsync.ops.push.run  # noqa: F401
     import btrsync.state  # noqa: F401
     from btrsync.catalog.cache import CatalogCache
     from btrsync.catalog.repository import Repository

@@ -130,7 +130,7 @@ def next_header(headers: list[Header], subvolume: str = SUBVOLUMES[0], seed: int
 
 
 def index_params(h: Header, key_id: str, attempt: str) -> dict[str, Any]:
-    """The parameters a push records in each segment index (see ``ops.push._Attempt.params``)."""
+    """The parameters a push records in each segment index (see ``ops.push.attempt.Attempt.params``)."""
     return {"snapshot_uuid": h.uuid, "parent_uuid": h.parent_uuid, "chunk_size": CHUNK_SIZE, "zstd_level": 3,
             "send": {"proto": 2, "compressed_data": True}, "key_id": key_id, "attempt": attempt}
 

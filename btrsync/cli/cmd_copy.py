@@ -16,7 +16,7 @@ from btrsync.crypto.keys import load_key_file
 from btrsync.errors import EXIT_STATUS_HELP, UsageError
 from btrsync.jobs.aftercommand import after_command
 from btrsync.ops.copy import CopyResult, CopySettings, copy_backups, raise_for_failures
-from btrsync.ops.push_settings import settings_from
+from btrsync.ops.push.settings import settings_from
 from btrsync.progress import reporter
 from btrsync.units import format_bytes
 

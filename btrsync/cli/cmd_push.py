@@ -19,8 +19,8 @@ from btrsync.cli.problems import report_catalog_problems
 from btrsync.config.model import progress_interval
 from btrsync.errors import EXIT_STATUS_HELP, DamageError
 from btrsync.jobs.aftercommand import after_command
-from btrsync.ops.push import PushResult, push, raise_for_failures
-from btrsync.ops.push_settings import settings_from
+from btrsync.ops.push.run import PushResult, push, raise_for_failures
+from btrsync.ops.push.settings import settings_from
 from btrsync.ops.verify import Options, VerifyReport, verify
 from btrsync.progress import reporter
 from btrsync.retention.lifetime import FOREVER

@@ -19,7 +19,7 @@ from btrsync.catalog.repository import Repository
 from btrsync.jobs.target_run import TargetRun, Transfer
 from btrsync.jobs.windowstop import WindowStop
 from btrsync.ops.copy import CopySettings, copy_backups, wanted_by_policy
-from btrsync.ops.push_settings import bucket_for, settings_from
+from btrsync.ops.push.settings import bucket_for, settings_from
 from btrsync.snapshots.store import subvolume_name
 
 log = logging.getLogger(__name__)

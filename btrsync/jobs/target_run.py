@@ -30,8 +30,8 @@ from btrsync.jobs.outcome import TargetOutcome, prune_blocker, verification_fail
 from btrsync.jobs.records import catalog_summary, iso, parse_iso
 from btrsync.jobs.windowstop import WindowStop
 from btrsync.ops.prune import prune_backups
-from btrsync.ops.push import PushResult, push
-from btrsync.ops.push_settings import bucket_for, settings_from
+from btrsync.ops.push.run import PushResult, push
+from btrsync.ops.push.settings import bucket_for, settings_from
 from btrsync.retention import Policy
 from btrsync.snapshots.store import Snapshot, subvolume_name
 from btrsync.units import parse_size

@@ -22,7 +22,8 @@ from btrsync.btrfs.subvolume import is_subvolume
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import generate_key_file
 from btrsync.errors import BtrsyncError
-from btrsync.ops.push import PushSettings, push, raise_for_failures
+from btrsync.ops.push.run import push, raise_for_failures
+from btrsync.ops.push.settings import PushSettings
 from btrsync.ops.receive import receive
 from btrsync.verify.treecompare import diff_trees
 from btrsync.snapshots.store import create_snapshot

@@ -28,7 +28,7 @@ from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
 from btrsync.errors import ReceiveFailedError
 from btrsync.ops import files
-from btrsync.ops import push as push_mod
+from btrsync.ops.push import attempt as attempt_mod
 from btrsync.verify.treecompare import diff_trees
 from btrsync.restore import place
 from btrsync.targets.local import LocalTarget
@@ -467,7 +467,7 @@ def test_an_incremental_sent_on_a_changed_parent_is_refused_not_restored_wrong(
     (world.subvol / "b").write_bytes(b"b")
     world.snapshot()
     monkeypatch.setattr(SubvolumeInfo, "is_trusted_parent", property(lambda self: self.readonly))  # the old rule
-    monkeypatch.setattr(push_mod._Attempt, "_check_parent_unchanged", lambda self, framing: None)  # and no check
+    monkeypatch.setattr(attempt_mod.Attempt, "_check_parent_unchanged", lambda self, framing: None)  # and no check
     assert world.push().code == 0
     monkeypatch.undo()
     assert world.listing()[-1]["kind"] == "incremental"

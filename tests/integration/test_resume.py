@@ -93,7 +93,8 @@ import os, signal, sys, time
 from pathlib import Path
 from btrsync.catalog.repository import Repository
 from btrsync.crypto.keys import load_key_file
-from btrsync.ops.push import PushSettings, push
+from btrsync.ops.push.run import push
+from btrsync.ops.push.settings import PushSettings
 from btrsync.targets.local import LocalTarget
 
 subvol, snapdir, target, key = (Path(a) for a in sys.argv[1:5])
@@ -146,7 +147,8 @@ def test_a_parent_removed_during_an_incremental_push_fails_it_uncommitted(world:
     parent while the child is sent: committed, the child could never be restored.  The push checks
     the parent right before its commit, commits nothing, says why, and the next push heals it."""
     from btrsync.catalog import layout
-    from btrsync.ops.push import PushSettings, push
+    from btrsync.ops.push.run import push
+    from btrsync.ops.push.settings import PushSettings
 
     with open(world.subvol / "a.bin", "wb") as f:
         f.write(os.urandom(256 << 10))

@@ -36,7 +36,7 @@ from btrsync.catalog.segment_index import (
 )
 from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fileindex.store import PART_SIZE, read_compressed
-from btrsync.ops.push import remove_temporaries
+from btrsync.ops.push.attempt import remove_temporaries
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk
 from btrsync.pipeline.segments import write_segments

@@ -1,11 +1,11 @@
-"""The push's progress estimate is made beside the send (ops/push.py ``_EstimatedAside``): the
+"""The push's progress estimate is made beside the send (ops/push/aside.py ``EstimatedAside``): the
 push goes on while ``btrfs send --no-data`` runs, and the reporter gets the estimate when known."""
 
 from __future__ import annotations
 
 import threading
 
-from btrsync.ops.push import _EstimatedAside
+from btrsync.ops.push.aside import EstimatedAside
 from btrsync.progress import Estimate
 
 
@@ -34,7 +34,7 @@ def test_the_push_does_not_wait_for_the_estimate() -> None:
         release.wait(30)
         return Estimate(1000, "btrfs send --no-data")
 
-    progress = _EstimatedAside(rec, slow_estimate, "b1", 2, 3)  # returns while the estimate runs
+    progress = EstimatedAside(rec, slow_estimate, "b1", 2, 3)  # returns while the estimate runs
     progress.phase("sending")
     progress.update(10, 5)
     progress.update(20, 9)
@@ -51,6 +51,6 @@ def test_a_failing_estimate_starts_the_progress_without_a_total() -> None:
     def broken() -> Estimate:
         raise OSError("no btrfs here")
 
-    progress = _EstimatedAside(rec, broken, "b1", 1, 1)
+    progress = EstimatedAside(rec, broken, "b1", 1, 1)
     progress.finish(ok=False)
     assert rec.calls == [("start", "b1", None, 1, 1), ("finish", False)]

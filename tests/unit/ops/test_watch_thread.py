@@ -1,4 +1,4 @@
-"""The stream watch on its own thread (ops/stream_watch.py): the same verdicts as inline, delivered
+"""The stream watch on its own thread (ops/push/watch.py): the same verdicts as inline, delivered
 to the thread that reads ``btrfs send``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from btrsync.errors import SendFailedError
-from btrsync.ops.stream_watch import StreamWatch, WatchThread
+from btrsync.ops.push.watch import StreamWatch, WatchThread
 from tests.unit.sendstream import streams
 
 

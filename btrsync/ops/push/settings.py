@@ -1,15 +1,46 @@
-"""Turn configuration defaults and command-line overrides into ``PushSettings``."""
+"""``PushSettings``: the pipeline's settings, from configuration defaults and command-line overrides."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from btrsync.btrfs.send import SendOptions
 from btrsync.config.model import PushDefaults, chain_settings
 from btrsync.errors import UsageError
-from btrsync.ops.push import PushSettings
 from btrsync.pipeline.schedule import RateSchedule
 from btrsync.pipeline.throttle import TokenBucket
+from btrsync.planner.plan import DEFAULT_MAX_CHAIN
+from btrsync.planner.tree import DEFAULT_FULL_THRESHOLD
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PushSettings:
+    """Pipeline settings.  Memory bound: ``(window + 1) × chunk_size × ~2`` plus the target's own
+    in-flight parts (for S3: ``(max_inflight_parts + 2) × part_size``, one budget of parts
+    uploading shared by the two segment puts plus the part each is filling)."""
+
+    chunk_size: int = 4 * MiB
+    segment_size: int = 128 * MiB
+    zstd_level: int = 3
+    workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    max_chain: int = DEFAULT_MAX_CHAIN
+    send_options: SendOptions | None = None  # None: the best the kernel and btrfs-progs support
+    bucket: TokenBucket | None = None
+    chain: str = "tree"  # tree: parents chosen by the retention policy (planner/tree.py); linear
+    full_threshold: float = DEFAULT_FULL_THRESHOLD  # tree: a full when the best delta is more than this share
+    #: asked before each segment is started, refuses it by raising (``write_segments``): the
+    #: run's ``window_end = "stop"`` ends a push at a segment boundary
+    may_start_segment: Callable[[int], None] | None = None
+
+    @property
+    def window(self) -> int:
+        return 2 * self.workers
 
 
 def settings_from(defaults: PushDefaults, *, bwlimit: str | None = None, max_chain: int | None = None,

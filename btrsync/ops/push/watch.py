@@ -1,6 +1,6 @@
 """The send stream as a push sees it: every chunk through the parser on its way to be sealed.
 
-Beside ``push.py``, its only user: it joins the parser (``sendstream/``) and the tree summary
+Part of the push (``ops/push/``), its only user: it joins the parser (``sendstream/``) and the tree summary
 (``fileindex/summary.py``), which ``sendstream/`` itself does not import.
 
 ``WatchThread`` runs a ``StreamWatch`` on a thread of its own, so that the thread reading
