@@ -17,9 +17,11 @@ cache directory the killed one left.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -33,7 +35,7 @@ from btrsync.mount.content import WINDOW, ContentCache, FetchStats
 from btrsync.mount.fs import fuse_class, load_binding, operations
 from btrsync.mount.namespace import KEEP_TREES, LoadTree, Namespace
 from btrsync.mountinfo import mount_points
-from btrsync.procs import pid_alive
+from btrsync.procs import boot_id, pid_alive
 from btrsync.restore import place
 from btrsync.restore.paths import DIR_FLAGS
 
@@ -137,21 +139,45 @@ def _session_dir(root: Path) -> tuple[Path, int]:
     """A fresh private cache directory below ``root``; those of dead sessions are removed first."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     root_fd = os.open(root, DIR_FLAGS)
+    me = _session_owner()
     try:
         for name in os.listdir(root_fd):
-            if not name.startswith(SESSION_PREFIX):
-                continue
-            try:
-                pid = int(name[len(SESSION_PREFIX):].split("-", 1)[0])
-            except ValueError:
-                continue
-            if pid != os.getpid() and not pid_alive(pid):
+            if _session_dead(name, me):
                 log.info("removing the cache a killed mount left: %s", root / name)
                 place.remove_tree(root_fd, name)
     finally:
         os.close(root_fd)
-    path = Path(tempfile.mkdtemp(prefix=f"{SESSION_PREFIX}{os.getpid()}-", dir=root))  # 0700
+    pid, host, boot = me
+    path = Path(tempfile.mkdtemp(prefix=f"{SESSION_PREFIX}{pid}-{host}-{boot}-", dir=root))  # 0700
     return path, os.open(path, DIR_FLAGS)
+
+
+def _session_owner() -> tuple[int, str, str]:
+    """This process as a session directory names it: pid, host (a hash of the host name, which
+    may hold dashes) and boot (a pid means nothing on another host or after a reboot)."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return os.getpid(), host, (boot_id().replace("-", "") or "noboot")[:8]
+
+
+def _session_dead(name: str, me: tuple[int, str, str]) -> bool:
+    """Whether the session directory ``name`` belongs to a mount that has ended: one of this host
+    whose boot has ended, or whose process is gone.  Another host's sessions (a cache directory
+    on a shared disk) are never judged here.  Names from before the host and boot were recorded
+    (``session-PID-XXXXXXXX``) are judged by the pid alone."""
+    if not name.startswith(SESSION_PREFIX):
+        return False
+    parts = name[len(SESSION_PREFIX):].split("-")
+    try:
+        pid = int(parts[0])
+    except ValueError:
+        return False
+    if len(parts) >= 4:
+        host, boot = parts[1], parts[2]
+        if host != me[1]:
+            return False
+        if boot != me[2]:
+            return True
+    return pid != me[0] and not pid_alive(pid)
 
 
 def _local_root(target: object) -> Path | None:
