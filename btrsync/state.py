@@ -229,9 +229,14 @@ class State:
     def record_verification(self, url: str, summary: dict[str, Any]) -> None:
         """Remember the last verification (and restore drill) of ``url`` for status and metrics."""
         st = self.target(url) or TargetState(url)
-        st.verification = summary
+        # a failed verification replaces the summary but not when the last one passed: metrics
+        # and status must not fall back to an older success (or to none)
+        st.verification = {**summary, "last_success": summary.get("started") if summary.get("ok")
+                           else _last_success(st.verification, "started")}
         if summary.get("drill"):
-            st.drill = {**summary["drill"], "time": summary.get("started")}
+            drill = {**summary["drill"], "time": summary.get("started")}
+            st.drill = {**drill, "last_success": drill["time"] if drill.get("ok")
+                        else _last_success(st.drill, "time")}
         self._write(st)
 
     def damaged_backups(self, url: str) -> dict[str, str]:
@@ -342,3 +347,10 @@ def write_json_atomic(path: Path, doc: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _last_success(previous: dict[str, Any] | None, when: str) -> Any:
+    """The time of the last success a verification or drill summary knew (its own, if it passed)."""
+    if not previous:
+        return None
+    return previous.get("last_success") or (previous.get(when) if previous.get("ok") else None)

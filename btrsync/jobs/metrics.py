@@ -211,12 +211,16 @@ def _verification(rec: dict[str, Any], state: State) -> tuple[dict[str, Any], di
                           ok=v.get("ok"))
             if v.get("ok"):
                 verify["last_success"] = v.get("started")
+            elif str(v.get("last_success") or "") > str(verify.get("last_success") or ""):
+                verify["last_success"] = v.get("last_success")  # an earlier manual verify passed
     if known is not None and getattr(known, "drill", None):
         d = known.drill
         if str(d.get("time") or "") > str(drill.get("time") or ""):
             drill.update(time=d.get("time"), ok=d.get("ok"), seconds=d.get("seconds"))
             if d.get("ok"):
                 drill["last_success"] = d.get("time")
+            elif str(d.get("last_success") or "") > str(drill.get("last_success") or ""):
+                drill["last_success"] = d.get("last_success")
     return (verify if verify.get("time") else {}), (drill if drill.get("time") else {})
 
 

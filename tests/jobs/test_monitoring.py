@@ -121,6 +121,29 @@ def test_a_manual_verify_newer_than_the_job_s_shows_in_the_metrics(tmp_path: Pat
     assert 'btrsync_verify_damaged_backups{btrsync_job="home",target="usb"} 3.0' in text
 
 
+def test_a_failed_manual_verify_keeps_the_last_success_of_the_one_before(tmp_path: Path) -> None:
+    """A verification unit passes, the next fails: the last-success series shows the one that
+    passed, not the job run's older success (the target's state once kept only the last one)."""
+    from datetime import datetime
+
+    config = _config(tmp_path)
+    JobRecords(tmp_path / "state").save("home", json.loads(json.dumps(RECORD)))
+    state = State(tmp_path / "state")
+    state.record_verification("file:///mnt/usb", {"started": "2026-11-21T00:00:00Z", "ok": True, "damaged": 0,
+                                                  "drill": {"ok": True, "seconds": 3.0}})
+    state.record_verification("file:///mnt/usb", {"started": "2026-11-22T00:00:00Z", "ok": False, "damaged": 1,
+                                                  "drill": {"ok": False, "seconds": 4.0}})
+    text = write_metrics(config, tmp_path / "state", FakeClock()).read_text()
+    passed = datetime.fromisoformat("2026-11-21T00:00:00+00:00").timestamp()
+    failed = datetime.fromisoformat("2026-11-22T00:00:00+00:00").timestamp()
+    usb = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+           if '{btrsync_job="home",target="usb"}' in line and not line.startswith("#")}
+    assert usb["btrsync_verify_last_run_timestamp_seconds"] == failed
+    assert usb["btrsync_verify_last_success_timestamp_seconds"] == passed  # not the job's 2026-11-20
+    assert usb["btrsync_drill_last_success_timestamp_seconds"] == passed  # not the job's 2026-11-01
+    assert usb["btrsync_drill_success"] == 0
+
+
 def test_metrics_off_or_without_node_exporter_write_nothing(tmp_path: Path) -> None:
     assert write_metrics(config_from('metrics_dir = ""'), tmp_path, FakeClock()) is None
     assert write_metrics(config_from(""), tmp_path, FakeClock()) is None or \
