@@ -20,14 +20,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from btrsync.catalog.manifest import Manifest
+from btrsync.catalog.reach import away, removed
 from btrsync.catalog.repository import Catalog, Repository
 from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fileindex.store import NoFileIndex
 from btrsync.fileindex.tree import FileTree, Inode, Node
 from btrsync.mount.extents import allocated_blocks
-from btrsync.catalog.reach import away, removed
 from btrsync.read.chains import restore_chain
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ class Namespace:
                 self.skipped.append(f"{m.backup_id}: its chain is broken ({broken[m.backup_id]})")
                 continue
             by_subvol.setdefault(dir_name(m.subvolume), []).append(m)
-        newest = max((m.snapshot_time for m in catalog.manifests), default=None)
+        # the root is as new as the newest backup; an empty repository's root as the mount
+        newest = max((m.snapshot_time for m in catalog.manifests), default=None) or datetime.now(UTC)
         self.root = Place(self._dir_inode(1, newest), 1, synthetic={})
         for n, (sub, manifests) in enumerate(sorted(by_subvol.items()), start=2):
             manifests.sort(key=lambda m: (m.snapshot_time, m.backup_id))
