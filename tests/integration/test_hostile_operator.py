@@ -349,7 +349,8 @@ def test_a_drill_whose_scratch_disk_cannot_take_the_data_is_no_pass(world: World
     _tmpfs(small, "size=12m")
     try:
         code, doc, err = _drill(world, small)
-        assert code == 1 and "could not write what was received" in err, err
+        # the writeback fails after btrfs receive ended, or (a busy machine flushing early) under it
+        assert code == 1 and ("could not write what was received" in err or "ran out of space" in err), err
         assert [b["result"] for b in doc["backups"]] == ["incomplete"] and doc["summary"]["damaged"] == 0, doc
         assert os.listdir(small) == []
     finally:
