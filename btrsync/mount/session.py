@@ -147,23 +147,35 @@ def _session_dir(root: Path) -> tuple[Path, int]:
                 place.remove_tree(root_fd, name)
     finally:
         os.close(root_fd)
-    pid, host, boot = me
-    path = Path(tempfile.mkdtemp(prefix=f"{SESSION_PREFIX}{pid}-{host}-{boot}-", dir=root))  # 0700
+    pid, here, boot = me
+    path = Path(tempfile.mkdtemp(prefix=f"{SESSION_PREFIX}{pid}-{here}-{boot}-", dir=root))  # 0700
     return path, os.open(path, DIR_FLAGS)
 
 
 def _session_owner() -> tuple[int, str, str]:
-    """This process as a session directory names it: pid, host (a hash of the host name, which
-    may hold dashes) and boot (a pid means nothing on another host or after a reboot)."""
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    return os.getpid(), host, (boot_id().replace("-", "") or "noboot")[:8]
+    """This process as a session directory names it: pid, place and boot.  A pid means something
+    only in its own pid namespace on its own machine, during one boot: the place is a hash of the
+    machine (``/etc/machine-id``, else the host name: a rename keeps it) and the pid namespace (a
+    container sharing the cache directory and the host name is another place); the boot is
+    ``noboot`` where it cannot be read (e.g. ``ProcSubset=pid``)."""
+    try:
+        machine = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine = ""
+    try:
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        pidns = 0
+    here = hashlib.sha256(f"{machine or socket.gethostname()}:{pidns}".encode()).hexdigest()[:8]
+    return os.getpid(), here, (boot_id().replace("-", "") or "noboot")[:8]
 
 
 def _session_dead(name: str, me: tuple[int, str, str]) -> bool:
-    """Whether the session directory ``name`` belongs to a mount that has ended: one of this host
-    whose boot has ended, or whose process is gone.  Another host's sessions (a cache directory
-    on a shared disk) are never judged here.  Names from before the host and boot were recorded
-    (``session-PID-XXXXXXXX``) are judged by the pid alone."""
+    """Whether the session directory ``name`` belongs to a mount that has ended: one of this
+    machine and pid namespace whose boot has ended, or whose process is gone.  Another place's
+    sessions (a cache directory on a shared disk, another container) are never judged here; where
+    either boot is unknown, the pid alone decides.  Names from before the place and boot were
+    recorded (``session-PID-XXXXXXXX``) are judged by the pid alone."""
     if not name.startswith(SESSION_PREFIX):
         return False
     parts = name[len(SESSION_PREFIX):].split("-")
@@ -172,10 +184,10 @@ def _session_dead(name: str, me: tuple[int, str, str]) -> bool:
     except ValueError:
         return False
     if len(parts) >= 4:
-        host, boot = parts[1], parts[2]
-        if host != me[1]:
+        where, boot = parts[1], parts[2]
+        if where != me[1]:
             return False
-        if boot != me[2]:
+        if boot != me[2] and "noboot" not in (boot, me[2]):
             return True
     return pid != me[0] and not pid_alive(pid)
 
