@@ -148,7 +148,12 @@ def _main(argv: list[str] | None) -> int:
 def entry() -> None:
     release_large_buffers()  # the btrsync process: S3 parts are unmapped when freed (btrsync/memory.py)
     _no_core_dumps()
-    code = main(process=True)
+    try:
+        code = main(process=True)
+    except SystemExit as exc:  # click's shell completion ends with sys.exit
+        if not isinstance(exc.code, int | None):
+            raise
+        code = exc.code or 0
     if code not in SIGNAL_EXITS:  # after a signal, the interpreter's exit and its watchdog (signals.py)
         exit_without_teardown(code)
     sys.exit(code)
@@ -158,19 +163,31 @@ def exit_without_teardown(code: int) -> None:
     """End the process as the interpreter would, without its teardown of every module and object:
     that teardown costs a short command ~40 ms and one that loaded boto3 ~100 ms (a push to S3,
     ``status --check`` from a monitor, every completion).  The exit handlers still run (logging's
-    flush, the ssh connections' and spools' finalizers) and stdout and stderr are flushed; a flush
-    that fails makes the status 120, as the interpreter does.  Returns (and the interpreter exits
-    as usual, joining them) while a thread that is not a daemon is alive."""
+    flush, the ssh connections' and spools' finalizers) and stdout and stderr are flushed (none
+    when started closed: ``>&-``); output that cannot be written is said on stderr and makes a
+    success exit 120, as the interpreter does.  Returns (and the interpreter exits as usual,
+    joining them) while a thread that is not a daemon is alive."""
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
         return
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None or stream.closed:
+            continue
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
             code = code or 120
+            if stream is sys.stdout:
+                _say_on_stderr(f"btrsync: error: the output could not be written: {exc}")
     os._exit(code)
+
+
+def _say_on_stderr(line: str) -> None:
+    try:
+        os.write(2, (line + "\n").encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def _no_core_dumps() -> None:
