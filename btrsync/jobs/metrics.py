@@ -198,30 +198,37 @@ def _target_series(f: _Families, job: str, target: str, rec: dict[str, Any], sta
 
 def _verification(rec: dict[str, Any], state: State) -> tuple[dict[str, Any], dict[str, Any]]:
     """The newest verification and drill of the target: by a run of this job, or by a manual
-    ``btrsync verify`` (the target's state); each with the time of the last success known."""
+    ``btrsync verify`` (the target's state); each with the latest success either knows."""
     verify = dict(rec.get("verify") or {})
-    verify["last_success"] = rec.get("verify_last_success")
     drill = dict(rec.get("drill") or {})
-    drill["last_success"] = rec.get("drill_last_success")
     known = state.target(rec["url"], strict=False) if rec.get("url") else None
-    if known is not None and known.verification:
-        v = known.verification
-        if str(v.get("started") or "") > str(verify.get("time") or ""):
-            verify.update(time=v.get("started"), damaged=int(v.get("damaged", 0)) + int(v.get("affected", 0)),
-                          ok=v.get("ok"))
-            if v.get("ok"):
-                verify["last_success"] = v.get("started")
-            elif str(v.get("last_success") or "") > str(verify.get("last_success") or ""):
-                verify["last_success"] = v.get("last_success")  # an earlier manual verify passed
-    if known is not None and getattr(known, "drill", None):
-        d = known.drill
-        if str(d.get("time") or "") > str(drill.get("time") or ""):
-            drill.update(time=d.get("time"), ok=d.get("ok"), seconds=d.get("seconds"))
-            if d.get("ok"):
-                drill["last_success"] = d.get("time")
-            elif str(d.get("last_success") or "") > str(drill.get("last_success") or ""):
-                drill["last_success"] = d.get("last_success")
+    v = known.verification if known is not None and known.verification else {}
+    d = known.drill if known is not None and getattr(known, "drill", None) else {}
+    if _later(v.get("started"), verify.get("time")):
+        verify.update(time=v.get("started"), damaged=int(v.get("damaged", 0)) + int(v.get("affected", 0)),
+                      ok=v.get("ok"))
+    if _later(d.get("time"), drill.get("time")):
+        drill.update(time=d.get("time"), ok=d.get("ok"), seconds=d.get("seconds"))
+    # whichever ran last, a success the other knows of stays the last success
+    verify["last_success"] = _latest(rec.get("verify_last_success"), _success(v, "started"))
+    drill["last_success"] = _latest(rec.get("drill_last_success"), _success(d, "time"))
     return (verify if verify.get("time") else {}), (drill if drill.get("time") else {})
+
+
+def _success(summary: dict[str, Any], when: str) -> Any:
+    """The last success a verification or drill summary of the target's state knows."""
+    return summary.get(when) if summary.get("ok") else summary.get("last_success")
+
+
+def _later(a: Any, b: Any) -> bool:
+    """Whether the ISO time ``a`` is after ``b`` (a missing ``b``: any ``a`` is)."""
+    ta, tb = parse_iso(a), parse_iso(b)
+    return ta is not None and (tb is None or ta > tb)
+
+
+def _latest(*times: Any) -> Any:
+    found = [t for t in times if parse_iso(t) is not None]
+    return max(found, key=parse_iso) if found else None
 
 
 def render(config: Config, state_dir: Path, now: float) -> CollectorRegistry:

@@ -144,6 +144,25 @@ def test_a_failed_manual_verify_keeps_the_last_success_of_the_one_before(tmp_pat
     assert usb["btrsync_drill_success"] == 0
 
 
+def test_a_job_run_that_fails_after_a_manual_success_keeps_that_success(tmp_path: Path) -> None:
+    """The other order (found by a hostile review): a manual ``verify --drill`` passes, then the
+    job's own verify and drill fail; they record in the state at the run's own time, so the state's
+    summary is not newer than the job's, and its last success must still count."""
+    from btrsync.jobs.metrics import _verification
+
+    url, manual_ok, job_fail = "file:///mnt/usb", "2026-11-21T00:00:00Z", "2026-11-22T03:00:00Z"
+    state = State(tmp_path / "state")
+    state.record_verification(url, {"started": manual_ok, "ok": True, "damaged": 0, "drill": {"ok": True}})
+    state.record_verification(url, {"started": job_fail, "ok": False, "damaged": 1})
+    state.record_verification(url, {"started": job_fail, "ok": False, "drill": {"ok": False, "seconds": 4.0}})
+    rec = {"url": url, "verify": {"time": job_fail, "ok": False, "damaged": 1},
+           "verify_last_success": "2026-11-20T03:01:00Z",
+           "drill": {"time": job_fail, "ok": False, "seconds": 4.0}, "drill_last_success": "2026-11-01T03:01:00Z"}
+    verify, drill = _verification(rec, state)
+    assert (verify["time"], verify["last_success"]) == (job_fail, manual_ok)
+    assert (drill["time"], drill["last_success"]) == (job_fail, manual_ok)
+
+
 def test_metrics_off_or_without_node_exporter_write_nothing(tmp_path: Path) -> None:
     assert write_metrics(config_from('metrics_dir = ""'), tmp_path, FakeClock()) is None
     assert write_metrics(config_from(""), tmp_path, FakeClock()) is None or \
