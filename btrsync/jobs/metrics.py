@@ -26,7 +26,7 @@ from btrsync import __version__
 from btrsync.config.model import Config
 from btrsync.fdio import write_all
 from btrsync.jobs.clock import Clock
-from btrsync.jobs.records import JobRecords, parse_iso
+from btrsync.jobs.records import JobRecords, is_later, latest_time, parse_iso
 from btrsync.locking import target_lock
 from btrsync.state import State
 
@@ -204,31 +204,20 @@ def _verification(rec: dict[str, Any], state: State) -> tuple[dict[str, Any], di
     known = state.target(rec["url"], strict=False) if rec.get("url") else None
     v = known.verification if known is not None and known.verification else {}
     d = known.drill if known is not None and getattr(known, "drill", None) else {}
-    if _later(v.get("started"), verify.get("time")):
+    if is_later(v.get("started"), verify.get("time")):
         verify.update(time=v.get("started"), damaged=int(v.get("damaged", 0)) + int(v.get("affected", 0)),
                       ok=v.get("ok"))
-    if _later(d.get("time"), drill.get("time")):
+    if is_later(d.get("time"), drill.get("time")):
         drill.update(time=d.get("time"), ok=d.get("ok"), seconds=d.get("seconds"))
     # whichever ran last, a success the other knows of stays the last success
-    verify["last_success"] = _latest(rec.get("verify_last_success"), _success(v, "started"))
-    drill["last_success"] = _latest(rec.get("drill_last_success"), _success(d, "time"))
+    verify["last_success"] = latest_time(rec.get("verify_last_success"), _success(v, "started"))
+    drill["last_success"] = latest_time(rec.get("drill_last_success"), _success(d, "time"))
     return (verify if verify.get("time") else {}), (drill if drill.get("time") else {})
 
 
 def _success(summary: dict[str, Any], when: str) -> Any:
     """The last success a verification or drill summary of the target's state knows."""
     return summary.get(when) if summary.get("ok") else summary.get("last_success")
-
-
-def _later(a: Any, b: Any) -> bool:
-    """Whether the ISO time ``a`` is after ``b`` (a missing ``b``: any ``a`` is)."""
-    ta, tb = parse_iso(a), parse_iso(b)
-    return ta is not None and (tb is None or ta > tb)
-
-
-def _latest(*times: Any) -> Any:
-    found = [t for t in times if parse_iso(t) is not None]
-    return max(found, key=parse_iso) if found else None
 
 
 def render(config: Config, state_dir: Path, now: float) -> CollectorRegistry:

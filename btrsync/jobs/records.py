@@ -54,6 +54,19 @@ def parse_iso(text: Any) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+def is_later(a: Any, b: Any) -> bool:
+    """Whether the ISO time ``a`` is after ``b`` (any ``a`` is after a missing ``b``); compared as
+    times, not strings (``isoformat`` leaves out zero microseconds)."""
+    ta, tb = parse_iso(a), parse_iso(b)
+    return ta is not None and (tb is None or ta > tb)
+
+
+def latest_time(*times: Any) -> Any:
+    """The latest of the ISO ``times`` that parse (None when none does)."""
+    found = [t for t in times if parse_iso(t) is not None]
+    return max(found, key=parse_iso) if found else None
+
+
 class JobRecords:
     """The run records of a state directory (``state_dir/jobs``)."""
 

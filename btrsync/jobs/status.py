@@ -40,7 +40,14 @@ from btrsync.config.model import Config
 from btrsync.errors import BtrsyncError, LockedError
 from btrsync.jobs.clock import Clock
 from btrsync.jobs.coordination import job_lock
-from btrsync.jobs.records import JobRecords, catalog_summary, iso, oldest_newest_backup_time, parse_iso
+from btrsync.jobs.records import (
+    JobRecords,
+    catalog_summary,
+    is_later,
+    iso,
+    oldest_newest_backup_time,
+    parse_iso,
+)
 from btrsync.snapshots.store import subvolume_name
 from btrsync.state import State
 from btrsync.units import parse_size
@@ -138,13 +145,13 @@ def _verifications(rec: dict[str, Any], known: Any) -> tuple[dict[str, Any], dic
     if known is None:
         return verify, drill
     v = known.verification or {}
-    if v and str(v.get("started") or "") > str(verify.get("time") or ""):
+    if v and is_later(v.get("started"), verify.get("time")):
         damaged = int(v.get("damaged") or 0) + int(v.get("affected") or 0)
         verify = {"time": v.get("started"), "damaged": damaged,
                   # a restore-level run's ok includes its drill, which is reported on its own
                   "ok": (damaged == 0 and not v.get("incomplete")) if v.get("drill") else v.get("ok")}
     d = known.drill or {}
-    if d and str(d.get("time") or "") > str(drill.get("time") or ""):
+    if d and is_later(d.get("time"), drill.get("time")):
         found = [o for o in d.get("drills", []) if not o.get("ok") and not o.get("unavailable")]
         drill = {"time": d.get("time"), "ok": d.get("ok"), "damaged": len(found)}
     return verify, drill

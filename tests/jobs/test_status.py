@@ -238,3 +238,14 @@ def test_a_damaged_target_memory_makes_its_row_unknown(tmp_path: Path) -> None:
     rows = status_rows(config, tmp_path, T0)
     assert [r.verdict for r in rows] == ["unknown", "ok"]
     assert "state forget file:///mnt/usb" in (rows[0].note or "")
+
+
+def test_record_times_compare_as_times_not_strings() -> None:
+    """``isoformat`` leaves out zero microseconds: as strings, 03:00:23Z sorts after 03:00:23.5Z."""
+    from btrsync.jobs.records import is_later, latest_time
+
+    whole, later = "2026-11-20T03:00:23Z", "2026-11-20T03:00:23.500000Z"
+    assert whole > later  # the trap
+    assert is_later(later, whole) and not is_later(whole, later)
+    assert is_later(whole, None) and not is_later(None, whole) and not is_later("not a time", None)
+    assert latest_time(whole, None, later, "garbage") == later and latest_time(None) is None
