@@ -359,11 +359,7 @@ REPO_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 def read_marker(target: Target) -> RepoInfo | None:
     """The repository marker's fields (unauthenticated yet), ``None`` if there is no marker."""
     target.probe()
-    try:
-        size = target.stat(layout.REPO_MARKER).size
-        if size > MARKER_MAX_BYTES:
-            raise DamageError(f"{layout.REPO_MARKER} on {target.display_url} is {size} bytes: not a "
-                              "btrsync marker")
+    try:  # one GET, bounded while it reads (no HEAD first: every command pays each round trip)
         data = read_whole(target, layout.REPO_MARKER, MARKER_MAX_BYTES, "repository marker")
     except NotFound:
         return None
