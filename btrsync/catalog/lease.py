@@ -160,23 +160,35 @@ def parse_lease(key: str, data: bytes, now: datetime) -> LeaseInfo:
         return LeaseInfo(backup_id, "", 0, "", now, key=key, error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
+def lease_body(target: Target, key: str, now: datetime | None = None) -> LeaseInfo | None:
+    """The lease at ``key`` as its body tells it (``None`` if there is none): holder and token,
+    not its age (no stat, no clock: one request)."""
+    now = now or datetime.now(UTC)
+    try:
+        data = read_whole(target, key, MAX_LEASE_BYTES, "upload lease")
+    except NotFound:
+        return None
+    except DamageError as exc:  # more than a lease ever holds: invalid, never a crash
+        backup_id = key.removeprefix("locks/").removesuffix(".lease")
+        return LeaseInfo(backup_id, "", 0, "", now, key=key, error=str(exc))
+    return parse_lease(key, data, now)
+
+
 def read_lease(target: Target, key: str, now: datetime | None = None,
                clock: TargetClock | None = None) -> LeaseInfo | None:
     """The lease at ``key`` (``None`` if there is none), with its age on the target's clock
     (``clock``, read from the target when not given)."""
     now = now or datetime.now(UTC)
-    backup_id = key.removeprefix("locks/").removesuffix(".lease")
+    lease = lease_body(target, key, now)
+    if lease is None or not lease.valid:
+        return lease
     try:
-        data = read_whole(target, key, MAX_LEASE_BYTES, "upload lease")
         # stamped after the read: on NFS the open revalidated the cached attributes, and a lease
         # replaced meanwhile shows the newer stamp (an older body with a newer stamp errs to live)
         modified = target.stat(key).modified
     except NotFound:
         return None
-    except DamageError as exc:  # more than a lease ever holds: invalid, never a crash
-        return LeaseInfo(backup_id, "", 0, "", now, key=key, error=str(exc))
-    lease = parse_lease(key, data, now)
-    if modified is None or not lease.valid:
+    if modified is None:
         return lease
     clock = clock or TargetClock(target)
     target_now = clock.now()
@@ -277,7 +289,7 @@ class Lease:
         if self._thread is not None and self._thread.is_alive():  # (started: see __enter__)
             self._thread.join()
         try:
-            current = read_lease(self.target, self.key)
+            current = lease_body(self.target, self.key)  # whose it is; its age does not matter here
             if current is not None and current.valid and current.token != self.token:
                 log.warning("upload lease %s was taken over (%s); leaving it", self.key, current.describe())
                 return

@@ -121,3 +121,19 @@ def test_objects_read_whole_are_capped_whatever_stat_says() -> None:
     lease = read_lease(target, "locks/b.lease", now)
     assert lease is not None and not lease.valid and "more than 4096 bytes" in (lease.error or "")
     assert FILES_PART_LIMIT > PART_SIZE + 1024  # the cap follows the part size
+
+
+def test_the_release_removes_its_own_lease_and_leaves_one_taken_over(caplog) -> None:  # noqa: ANN001
+    """The release reads whose lease it is (one request: its age does not matter there): its own
+    goes; one another holder wrote meanwhile (it took a lease gone stale over) stays."""
+    from btrsync.catalog.lease import Lease, lease_key
+
+    target = MemoryTarget()
+    with Lease(target, "b1", None):
+        assert lease_key("b1") in target.objects
+    assert lease_key("b1") not in target.objects
+
+    theirs = _lease("b2", datetime.now(UTC))  # another holder's token
+    with Lease(target, "b2", None):
+        target.objects[lease_key("b2")] = theirs
+    assert target.objects.get(lease_key("b2")) == theirs and "was taken over" in caplog.text
