@@ -70,10 +70,10 @@ def test_missing_object_raises_not_found(target: Target, verb: str) -> None:
 
 def test_list_is_sorted_and_complete(target: Target) -> None:
     """list returns every key once, sorted, with sizes."""
-    keys = [f"k/{i:04d}" for i in range(1200)][::-1]
-    for k in keys[:1200:7]:
+    keys = [f"k/{i:04d}" for i in range(1200)][::-1][::17]  # 71, put in reverse order (over ssh each is an rsync)
+    for k in keys:
         target.put(k, [k.encode()])
-    expected = sorted(keys[:1200:7])
+    expected = sorted(keys)
     listed = list(target.list())
     assert [o.key for o in listed] == expected
     assert all(o.size == len(o.key) for o in listed)
