@@ -135,7 +135,9 @@ class ReceiveProcess:
 
     def _abort(self) -> None:
         """Stop btrfs receive and wait for it; delete what it created unless it had finished the
-        whole stream on its own (then the subvolume is complete and a rerun skips it)."""
+        whole stream on its own and that is on disk (then the subvolume is complete and a rerun
+        skips it).  A signal can land right after btrfs receive exited 0, before the check that
+        its data reached the disk: a subvolume kept then without it would look received."""
         assert self._proc is not None
         finished = self._delivered and self._proc.poll() == 0
         if self._proc.poll() is None:
@@ -145,7 +147,13 @@ class ReceiveProcess:
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()
         if finished and self._complete():
-            return
+            try:
+                if self._into_fd is not None:
+                    syncfs(self._into_fd)
+                return
+            except OSError as exc:
+                log.warning("%s: btrfs receive finished, but %s could not write it to disk (%s)",
+                            self.what, self.into, exc.strerror)
         self._remove_partial()
 
     def _complete(self) -> bool:

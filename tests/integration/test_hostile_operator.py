@@ -655,6 +655,47 @@ def test_a_signal_while_a_receive_is_made_durable_does_not_skip_the_check(world:
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
+def test_a_signal_as_btrfs_receive_exits_keeps_the_subvolume_only_once_it_is_on_disk(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race made certain: SIGTERM handled while btrsync waits for a btrfs receive that
+    has just finished the whole stream.  The cleanup kept the subvolume as complete (it looks
+    received) without writing it out; on a disk that cannot hold it, it is removed (or named to
+    be deleted), never kept as received."""
+    from btrsync.signals import Terminated
+
+    _incompressible_backup(world, 32)
+    real_wait = subprocess.Popen.wait
+
+    def wait(self: subprocess.Popen, timeout: float | None = None) -> int:  # type: ignore[type-arg]
+        rc = real_wait(self, timeout)
+        if isinstance(self.args, list) and "receive" in self.args[:2] and rc == 0 and not hasattr(self, "_hit"):
+            self._hit = True  # type: ignore[attr-defined]
+            raise Terminated(signal.SIGTERM)  # as the handler raises it, right after btrfs receive exited 0
+        return rc
+
+    small = tmp_path / "small"
+    _tmpfs(small, "size=12m")
+    try:
+        with scratch_btrfs(small, "300M", "rx") as into:
+            monkeypatch.setattr(subprocess.Popen, "wait", wait)
+            run = world.receive("latest", into=into)
+            monkeypatch.undo()
+            assert run.code == 143, run.err
+            left = [p.name for p in into.iterdir()]
+            assert left == [] or ("delete" in run.err and "must not serve as a parent" in run.err), (left, run.err)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    # on a disk that holds it, the finished subvolume is written out and kept, complete
+    monkeypatch.setattr(subprocess.Popen, "wait", wait)
+    run = world.receive("latest")
+    monkeypatch.undo()
+    assert run.code == 143, run.err
+    snap = world.snapshots[-1]
+    info = subvolume_info(world.restore / snap.name)
+    assert info.readonly and info.received_uuid is not None
+    assert tree.compare(tree.describe(snap), tree.describe(world.restore / snap.name)) == []
+
+
 @pytest.mark.slow
 def test_a_drill_that_loses_the_target_midway_is_no_finding(world: World, tmp_path: Path) -> None:
     """The target's disk began failing reads while the drill ran (its data pass had read every
