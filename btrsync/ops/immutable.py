@@ -63,14 +63,20 @@ def hold_for_step(target: Target, backup_id: str, step: Step, held: Iterable[Man
     want = target.lock_until(step.kept_until)  # type: ignore[attr-defined]
     for parent in ancestors(step.parent_backup_id, held):
         try:
-            held_lock = target.retention(layout.manifest_key(parent))  # type: ignore[attr-defined]
+            if locked_long_enough(target, parent, step.kept_until):
+                continue
         except NotFound:
-            continue
-        if held_lock is not None and held_lock.until >= want:
             continue
         count = target.extend_retention(parent, step.kept_until)  # type: ignore[attr-defined]
         log.info("extended the lock of %d objects of backup %s to %s (a child kept until %s is sent on it)",
                  count, parent, f"{want:%Y-%m-%d %H:%MZ}", f"{step.kept_until:%Y-%m-%d %H:%MZ}")
+
+
+def locked_long_enough(target: Target, backup_id: str, until: datetime) -> bool:
+    """Whether every object of ``backup_id`` is locked until ``until`` plus the margin already:
+    its manifest, which is extended last, tells for all (``NotFound`` when it is gone)."""
+    held = target.retention(layout.manifest_key(backup_id))  # type: ignore[attr-defined]
+    return held is not None and held.until >= target.lock_until(until)  # type: ignore[attr-defined, no-any-return]
 
 
 def store_now(target: Target, fallback: datetime) -> datetime:
@@ -121,9 +127,7 @@ def extend_kept(target: Target, kept: list[Manifest], policy_for: Callable[[str]
     done: dict[str, str] = {}
     for backup_id, until in kept_until(kept, policy_for).items():
         try:
-            # every object of a backup is extended together, manifest last: its date tells
-            held = target.retention(layout.manifest_key(backup_id))  # type: ignore[attr-defined]
-            if held is not None and held.until >= target.lock_until(until):  # type: ignore[attr-defined]
+            if locked_long_enough(target, backup_id, until):
                 continue
             count = target.extend_retention(backup_id, until)  # type: ignore[attr-defined]
         except BtrsyncError as exc:

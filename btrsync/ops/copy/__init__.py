@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from btrsync.audit import AuditLog
-from btrsync.catalog import layout
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.reach import away
 from btrsync.catalog.repository import Catalog, Repository
 from btrsync.errors import BtrsyncError, DamageError, LockedError, PartialError
-from btrsync.ops.immutable import kept_until, locking
+from btrsync.ops.immutable import kept_until, locked_long_enough, locking
 from btrsync.ops.copy.plan import CopyPlan, PolicyFor, check_distinct, plan_copy, wanted_by_policy
 from btrsync.ops.copy.transfer import CopiedBackup, CopyError, CopySettings, Refused, copy_backup
 from btrsync.progress import Progress
@@ -144,8 +143,7 @@ def _extend_present(target: object, backup_id: str, until: datetime) -> None:
     """A backup already on a locked destination that a copied one is sent on: locked at least
     until ``until`` (its policy date or its longest-lived child's), as a push extends the backups
     it is sent on (ops/immutable.hold_for_step); else it could expire under its child."""
-    held = target.retention(layout.manifest_key(backup_id))  # type: ignore[attr-defined]
-    if held is not None and held.until >= target.lock_until(until):  # type: ignore[attr-defined]
+    if locked_long_enough(target, backup_id, until):  # type: ignore[arg-type]
         return
     count = target.extend_retention(backup_id, until)  # type: ignore[attr-defined]
     log.info("extended the lock of %d objects of backup %s for %s (a copied backup is sent on it)",
