@@ -231,12 +231,11 @@ class State:
         st = self.target(url) or TargetState(url)
         # a failed verification replaces the summary but not when the last one passed: metrics
         # and status must not fall back to an older success (or to none)
-        st.verification = {**summary, "last_success": summary.get("started") if summary.get("ok")
-                           else _last_success(st.verification, "started")}
+        st.verification = {**summary, "last_success": last_success(summary, "started")
+                           or last_success(st.verification, "started")}
         if summary.get("drill"):
             drill = {**summary["drill"], "time": summary.get("started")}
-            st.drill = {**drill, "last_success": drill["time"] if drill.get("ok")
-                        else _last_success(st.drill, "time")}
+            st.drill = {**drill, "last_success": last_success(drill, "time") or last_success(st.drill, "time")}
         self._write(st)
 
     def damaged_backups(self, url: str) -> dict[str, str]:
@@ -349,8 +348,9 @@ def write_json_atomic(path: Path, doc: Any) -> None:
         raise
 
 
-def _last_success(previous: dict[str, Any] | None, when: str) -> Any:
-    """The time of the last success a verification or drill summary knew (its own, if it passed)."""
-    if not previous:
+def last_success(summary: dict[str, Any] | None, when: str) -> Any:
+    """The time of the last success a verification or drill summary knows: its own (``when``) if
+    it passed, else the one it carries (summaries written before they carried one: none)."""
+    if not summary:
         return None
-    return previous.get("last_success") or (previous.get(when) if previous.get("ok") else None)
+    return summary.get(when) if summary.get("ok") else summary.get("last_success")

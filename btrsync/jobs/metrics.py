@@ -28,7 +28,7 @@ from btrsync.fdio import write_all
 from btrsync.jobs.clock import Clock
 from btrsync.jobs.records import JobRecords, is_later, latest_time, parse_iso
 from btrsync.locking import target_lock
-from btrsync.state import State
+from btrsync.state import State, last_success
 
 log = logging.getLogger(__name__)
 
@@ -210,14 +210,9 @@ def _verification(rec: dict[str, Any], state: State) -> tuple[dict[str, Any], di
     if is_later(d.get("time"), drill.get("time")):
         drill.update(time=d.get("time"), ok=d.get("ok"), seconds=d.get("seconds"))
     # whichever ran last, a success the other knows of stays the last success
-    verify["last_success"] = latest_time(rec.get("verify_last_success"), _success(v, "started"))
-    drill["last_success"] = latest_time(rec.get("drill_last_success"), _success(d, "time"))
+    verify["last_success"] = latest_time(rec.get("verify_last_success"), last_success(v, "started"))
+    drill["last_success"] = latest_time(rec.get("drill_last_success"), last_success(d, "time"))
     return (verify if verify.get("time") else {}), (drill if drill.get("time") else {})
-
-
-def _success(summary: dict[str, Any], when: str) -> Any:
-    """The last success a verification or drill summary of the target's state knows."""
-    return summary.get(when) if summary.get("ok") else summary.get("last_success")
 
 
 def render(config: Config, state_dir: Path, now: float) -> CollectorRegistry:
