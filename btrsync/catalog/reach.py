@@ -13,7 +13,6 @@ from __future__ import annotations
 from btrsync.catalog import layout
 from btrsync.catalog.repository import Repository
 from btrsync.errors import BtrsyncError
-from btrsync.targets.errors import NotFound
 
 
 def away(repo: Repository) -> str | None:
@@ -30,10 +29,9 @@ def removed(repo: Repository, backup_id: str) -> str | None:
     """Why ``backup_id``'s objects are missing when its manifest is gone too (a prune or delete
     since it was listed: not damage), else None."""
     try:
-        repo.target.stat(layout.manifest_key(backup_id))
-    except NotFound:
-        return (f"backup {backup_id} was removed from {repo.target.display_url} (by a prune or delete) after "
-                "it was listed")
+        if repo.has_manifest(backup_id):
+            return None
     except BtrsyncError:
         return None
-    return None
+    return (f"backup {backup_id} was removed from {repo.target.display_url} (by a prune or delete) after "
+            "it was listed")
