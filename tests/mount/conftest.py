@@ -93,3 +93,18 @@ def mounter(tmp_path: Path) -> Iterator:
                 mp.proc.wait(30)
         force_unmount(mp.mountpoint)
         assert not mounted(mp.mountpoint)
+
+
+def two_backups_mounted(of: World, mounter) -> tuple[MountProc, Path, Path]:  # noqa: ANN001
+    """Two backups of ``of`` (a.txt and c.txt, then b.txt too) mounted, the first's a.txt read
+    (so cached): the mount and the two backups' directories in it."""
+    (of.subvol / "a.txt").write_text("first\n")
+    (of.subvol / "c.txt").write_text("not read before\n")
+    of.snapshot()
+    (of.subvol / "b.txt").write_text("second\n")
+    of.snapshot()
+    assert of.push().code == 0
+    m = mounter(of)
+    first, second = (m.mountpoint / "data" / s.name for s in of.snapshots)
+    assert (first / "a.txt").read_text() == "first\n"
+    return m, first, second

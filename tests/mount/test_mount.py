@@ -25,7 +25,7 @@ from unittest import mock
 import pytest
 
 from tests.integration.conftest import World
-from tests.mount.conftest import mounted
+from tests.mount.conftest import mounted, two_backups_mounted
 from tests.support import tree
 
 pytestmark = [pytest.mark.btrfs, pytest.mark.slow]
@@ -380,15 +380,7 @@ def test_other_users_get_in_only_with_allow_other_and_then_as_the_backup_allows(
 def test_a_target_that_goes_away_gives_eio_until_it_is_back(world: World, mounter) -> None:
     """The disk of a directory target unplugged while mounted: what needs the target fails with
     EIO (a backup not looked into yet, a file not read yet), what was read goes on; back, all reads."""
-    (world.subvol / "a.txt").write_text("first\n")
-    (world.subvol / "c.txt").write_text("not read before\n")
-    world.snapshot()
-    (world.subvol / "b.txt").write_text("second\n")
-    world.snapshot()
-    assert world.push().code == 0
-    m = mounter(world)
-    first, second = (_backup_dir(m.mountpoint, s) for s in world.snapshots)
-    assert (first / "a.txt").read_text() == "first\n"
+    m, first, second = two_backups_mounted(world, mounter)
     away = world.target_dir.with_name("unplugged")
     world.target_dir.rename(away)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import World
-from tests.mount.conftest import mounted
+from tests.mount.conftest import mounted, two_backups_mounted
 
 pytestmark = [pytest.mark.btrfs, pytest.mark.slow]
 
@@ -187,15 +187,7 @@ def test_a_mount_point_with_a_space_and_a_newline_mounts_and_unmounts(world: Wor
 def test_a_disk_unmounted_under_its_mount_point_is_not_taken_for_damage(world: World, mounter) -> None:
     """A USB disk unplugged leaves its mount point: an empty directory where the repository was.
     What needs the target fails with EIO then, and reads again once it is back."""
-    (world.subvol / "a.txt").write_text("first\n")
-    (world.subvol / "c.txt").write_text("not read before\n")
-    world.snapshot()
-    (world.subvol / "b.txt").write_text("second\n")
-    world.snapshot()
-    assert world.push().code == 0
-    m = mounter(world)
-    first, second = (m.mountpoint / "data" / s.name for s in world.snapshots)
-    assert (first / "a.txt").read_text() == "first\n"
+    m, first, second = two_backups_mounted(world, mounter)
     away = world.target_dir.with_name("unplugged")
     away.mkdir()
     for p in list(world.target_dir.iterdir()):
