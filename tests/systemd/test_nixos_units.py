@@ -79,16 +79,24 @@ def install(booted: Booted, host: dict[str, Any], farm: Path) -> dict[str, str]:
     return files
 
 
-def test_the_nixos_job_unit_runs_end_to_end_with_only_what_it_declares(booted: Booted) -> None:
-    data = booted.data / "nixos"
+def _job_source(booted: Booted, name: str, subvolume_name: str, size: int) -> tuple[Path, Path, Path, Path]:
+    """A job's places: ``data`` (the test's directory in the container's data) with a 0700
+    ``secrets`` holding a new key, and a subvolume of ``size`` random bytes with its snapshot
+    directory.  Returns data, the key, the subvolume and the snapshot directory."""
+    data = booted.data / name
     secrets = data / "secrets"
     secrets.mkdir(parents=True, mode=0o700)
     key = secrets / "key"
     assert host_cli(data / "none.toml", "key", "generate", str(key)).returncode == 0
-    subvolume = create_subvolume(booted.fs / "nixos")
-    (subvolume / "file").write_bytes(os.urandom(200_000))
-    snapshots = booted.fs / "nixos.snapshots"
+    subvolume = create_subvolume(booted.fs / subvolume_name)
+    (subvolume / "file").write_bytes(os.urandom(size))
+    snapshots = booted.fs / f"{subvolume_name}.snapshots"
     snapshots.mkdir()
+    return data, key, subvolume, snapshots
+
+
+def test_the_nixos_job_unit_runs_end_to_end_with_only_what_it_declares(booted: Booted) -> None:
+    data, key, subvolume, snapshots = _job_source(booted, "nixos", "nixos", 200_000)
     usb = data / "usb"
     usb.mkdir()
     (data / "hooks").mkdir()
@@ -123,7 +131,7 @@ def test_the_nixos_job_unit_runs_end_to_end_with_only_what_it_declares(booted: B
     # the secrets are PID 1's to read, not the service's: only LoadCredential= hands the key over
     c = booted.container
     (c.units / "btrsync-nixos.service.d").mkdir()
-    c.install({"btrsync-nixos.service.d/secrets.conf": f"[Service]\nInaccessiblePaths={secrets}\n"})
+    c.install({"btrsync-nixos.service.d/secrets.conf": f"[Service]\nInaccessiblePaths={key.parent}\n"})
 
     # the first run creates the repository (initialize), pushes, verifies and drills
     result = started(booted, "btrsync-nixos.service")
@@ -217,15 +225,8 @@ def test_the_nixos_timers_and_verification_units_run_and_a_damaged_backup_fails_
     and records the result where status and the metrics read it.  On a
     damaged backup the verification unit fails with exit 4 and starts the host's ``onFailure``
     units."""
-    data = booted.data / "nixos-verify"
-    secrets = data / "secrets"
-    secrets.mkdir(parents=True, mode=0o700)
-    key = secrets / "key"
-    assert host_cli(data / "none.toml", "key", "generate", str(key)).returncode == 0
-    subvolume = create_subvolume(booted.fs / "nixver")
-    (subvolume / "file").write_bytes(os.urandom(300_000))
-    snapshots = booted.fs / "nixver.snapshots"
-    snapshots.mkdir()
+    data, key, subvolume, snapshots = _job_source(booted, "nixos-verify", "nixver", 300_000)
+    secrets = key.parent
     # the backup disk: a 'noauto' mount (a bind mount of 'disk' here) at 'mnt', mounted by the units
     mnt, usb = data / "mnt", data / "disk" / "usb"  # the repository: the container's mnt/usb, the host's disk/usb
     mnt.mkdir()
