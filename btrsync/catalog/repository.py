@@ -30,6 +30,7 @@ from btrsync.errors import BtrsyncError, DamageError, TargetMissingError, UsageE
 from btrsync.snapshots.naming import parse_name
 from btrsync.targets.base import ObjectInfo, Target
 from btrsync.targets.errors import NotFound, ObjectLocked, PermissionDenied, RangeError
+from btrsync.targets.together import together
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,10 @@ class Repository:
     def data_keys(self, backup_id: str) -> list[str]:
         return [o.key for o in self.target.list(layout.data_prefix(backup_id))]
 
+    def data_sizes(self, backup_id: str) -> dict[str, int]:
+        """The size of each data object (segment, index, file index) of ``backup_id`` (one listing)."""
+        return {o.key: o.size for o in self.target.list(layout.data_prefix(backup_id))}
+
     def read_frame(self, backup_id: str, index: int, rec: ChunkRecord) -> bytes:
         """The stored frame of chunk ``index``; a missing or short segment is damage."""
         key = layout.segment_key(backup_id, rec.segment)
@@ -283,7 +288,7 @@ class Repository:
         bytes), or None.  A clean or prune elsewhere that took an upload for orphans, or a lost
         object, must fail the push or copy instead of committing a backup that cannot be restored."""
         bid = manifest.backup_id
-        found = {o.key: o.size for o in self.target.list(layout.data_prefix(bid))}
+        found = self.data_sizes(bid)
         names = [k for s in range(manifest.segments) for k in (layout.segment_key(bid, s), layout.index_key(bid, s))]
         missing = [k for k in names if k not in found]
         stored = sum(found.get(layout.segment_key(bid, s), 0) for s in range(manifest.segments))
@@ -358,10 +363,16 @@ REPO_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 def read_marker(target: Target) -> RepoInfo | None:
     """The repository marker's fields (unauthenticated yet), ``None`` if there is no marker."""
-    target.probe()
-    try:  # one GET, bounded while it reads (no HEAD first: every command pays each round trip)
-        data = read_whole(target, layout.REPO_MARKER, MARKER_MAX_BYTES, "repository marker")
-    except NotFound:
+    def marker() -> bytes | None:
+        try:  # one GET, bounded while it reads (no HEAD first: every command pays each round trip)
+            return read_whole(target, layout.REPO_MARKER, MARKER_MAX_BYTES, "repository marker")
+        except NotFound:
+            return None
+
+    # the check of the location and the marker's GET at once; the check's error (a missing bucket
+    # or root, a denied key) comes first, as when it ran alone
+    _, data = together(target, target.probe, marker)
+    if data is None:
         return None
     try:
         doc = json.loads(data)

@@ -150,13 +150,14 @@ def table_records(repo: Repository, manifest: Manifest) -> Iterator[ChunkRecord]
 
 
 def find_resume_point(repo: Repository, backup_id: str, params: dict[str, Any],
-                      before_delete: DeleteHook | None = None) -> ResumePoint:
+                      before_delete: DeleteHook | None = None, listed: dict[str, int] | None = None) -> ResumePoint:
     """Keep the durable prefix of an interrupted push of ``backup_id``; delete the rest.
 
     ``params`` are the new attempt's (without the attempt token); kept segments must match them
-    and share one attempt token, which the returned point carries on.
+    and share one attempt token, which the returned point carries on.  ``listed``: the backup's
+    data objects as ``Repository.data_sizes`` listed them under the push's lease (else listed here).
     """
-    sizes = {o.key: o.size for o in repo.target.list(layout.data_prefix(backup_id))}
+    sizes = repo.data_sizes(backup_id) if listed is None else listed
     point: ResumePoint | None = None
     table = TableDigest()
     segment = 0

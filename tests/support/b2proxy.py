@@ -183,6 +183,10 @@ class B2RulesProxy:
             self.max_in_flight: Counter[str] = Counter()
             self.answered: Counter[str] = Counter()
             self.delays = {}
+            self.latency = 0.0  # seconds to hold every request: a store far away
+            self.open: list[Seen] = []  # requests in flight now
+            # each request with those in flight when it came: which calls a client made at once
+            self.alongside: list[tuple[Seen, tuple[Seen, ...]]] = []
             self.capabilities: set[str] = set(CAPABILITIES)
             self.denied: list[str] = []  # "op key" of each request refused for a missing capability
             if not hasattr(self, "part_sizes"):
@@ -240,11 +244,15 @@ class B2RulesProxy:
     def _enter(self, seen: Seen) -> None:
         with self._lock:
             self.seen.append(seen)
+            self.alongside.append((seen, tuple(self.open)))
+            self.open.append(seen)
             self.in_flight[seen.op] += 1
             self.max_in_flight[seen.op] = max(self.max_in_flight[seen.op], self.in_flight[seen.op])
 
-    def _leave(self, op: str) -> None:
+    def _leave(self, seen: Seen) -> None:
+        op = seen.op
         with self._lock:
+            self.open.remove(seen)
             self.in_flight[op] -= 1
             self.answered[op] += 1
 
@@ -283,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
         op = s3_operation(self.command, split.path, query)
         seen = Seen(self.command, op, self.path, {k.lower(): v for k, v in self.headers.items()})
         self.proxy._enter(seen)
-        self._op: str | None = op
+        self._seen: Seen | None = seen
         try:
             self._serve(op, query, seen)
         finally:
@@ -292,9 +300,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _leave(self) -> None:
         """Count the request as answered: called before the answer goes out, so the client can
         never see an answer to a request the proxy still counts as in flight."""
-        if self._op is not None:
-            self.proxy._leave(self._op)
-            self._op = None
+        if self._seen is not None:
+            self.proxy._leave(self._seen)
+            self._seen = None
 
     def _serve(self, op: str, query: dict[str, list[str]], seen: Seen) -> None:
         fault = self.proxy._take_fault(op)
@@ -317,10 +325,10 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Retry-After"] = "1"
             self._answer(status, headers, error_xml(code, message))
         elif op == "GetObject" and fault is None:
-            time.sleep(self.proxy.delays.get(op, 0.0))
+            time.sleep(self.proxy.latency + self.proxy.delays.get(op, 0.0))
             self._relay(body)
         else:
-            time.sleep(self.proxy.delays.get(op, 0.0))
+            time.sleep(self.proxy.latency + self.proxy.delays.get(op, 0.0))
             status, headers, answer = self._forward(body)
             if op == "UploadPart" and status == 200:
                 self.proxy._record_part(query, len(body))

@@ -39,8 +39,9 @@ from btrsync.pipeline.throttle import Metered
 from btrsync.planner.plan import Step
 from btrsync.progress import Progress
 from btrsync.snapshots.store import Snapshot
-from btrsync.targets.base import Target
+from btrsync.targets.base import Leftover, Target
 from btrsync.targets.errors import NotFound
+from btrsync.targets.together import together
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,12 @@ class Attempt:
     """One backup's transfer: resume point, send, seal, segments, manifest."""
 
     def __init__(self, repo: Repository, step: Step, subvolume: str, source: Path,
-                 settings: PushSettings, progress: Progress | None, audit: AuditLog | None) -> None:
+                 settings: PushSettings, progress: Progress | None, audit: AuditLog | None,
+                 parent_manifest: Manifest | None = None) -> None:
         self.repo, self.step, self.subvolume, self.source = repo, step, subvolume, source
+        # the parent's manifest as the catalog the plan read had it (manifests never change once
+        # committed; whether it is still there is asked right before the commit)
+        self.parent_manifest = parent_manifest
         self.settings, self.progress = settings, progress
         self.deletions = (audit.object_deletions(repo.target.display_url, "push: discard an interrupted "
                                                  "attempt's data that cannot be resumed")
@@ -94,31 +99,41 @@ class Attempt:
         """Send and commit, all under the upload lease: the lease goes only after the commit, so
         a clean or prune elsewhere never sees this backup's data without either."""
         with Lease(self.repo.target, self.backup_id, self.step.parent_backup_id):
-            if self.backup_id in set(self.repo.backup_ids()):
+            # whether it is committed already, and what earlier attempts left: two reads at once
+            committed, listed = together(self.repo.target, lambda: self.repo.has_manifest(self.backup_id),
+                                         lambda: self.repo.data_sizes(self.backup_id))
+            if committed:
                 raise PushError(f"backup {self.backup_id} was committed meanwhile (by another push); "
                                 "nothing was changed")
             try:
-                manifest = self._run(resume=True)
+                manifest = self._run(resume=True, listed=listed)
             except StreamChangedError as exc:
                 log.warning("restarting backup=%s from scratch: %s", self.backup_id, exc)
                 manifest = self._run(resume=False)
-            self._check_uploaded(manifest)
+            leftovers = self._check_uploaded(manifest)
             self.repo.commit(manifest)
-            remove_temporaries(self.repo.target, self.backup_id, self.audit)
+            remove_temporaries(self.repo.target, self.backup_id, self.audit, leftovers)
             return manifest
 
-    def _check_uploaded(self, manifest: Manifest) -> None:
+    def _check_uploaded(self, manifest: Manifest) -> list[Leftover] | str:
         """Right before the commit, one listing: every segment and index the manifest names is on
         the target, and the segments hold exactly its stored bytes.  A clean on another host that
         took this upload for orphans (or a lost object) must fail the push, not commit a backup
-        that cannot be restored; the next push resends what is missing."""
-        what = self.repo.upload_gap(manifest)
+        that cannot be restored; the next push resends what is missing.  At once with it, the check
+        that the parent is still there and the listing of what killed attempts at this backup left
+        (``find_temporaries``: removed after the commit; the lease keeps any new ones from appearing)."""
+        parent = manifest.parent_id
+        what, parent_there, leftovers = together(
+            self.repo.target, lambda: self.repo.upload_gap(manifest),
+            lambda: parent is None or self.repo.has_manifest(parent),
+            lambda: find_temporaries(self.repo.target, self.backup_id))
         if what:
             raise PushError(f"backup {manifest.backup_id} was not committed: {what} on {self.repo.target.display_url} "
                             "(removed by a clean or prune elsewhere, or lost); push again to send it anew")
-        parent = manifest.parent_id
-        if parent is not None and not self.repo.has_manifest(parent):
+        if not parent_there:
+            assert parent is not None
             raise self._parent_gone(parent)
+        return leftovers
 
     def _parent_gone(self, parent: str) -> PushError:
         """A prune or delete elsewhere that read the leases before this push took its own removed
@@ -127,10 +142,10 @@ class Attempt:
                          f"{self.repo.target.display_url} (removed by a prune or delete elsewhere while this push "
                          "ran); push again: it is planned anew on what is there")
 
-    def _run(self, *, resume: bool) -> Manifest:
+    def _run(self, *, resume: bool, listed: dict[str, int] | None = None) -> Manifest:
         started = datetime.now(UTC)
         if resume:
-            point = find_resume_point(self.repo, self.backup_id, self.params(), self.deletions)
+            point = find_resume_point(self.repo, self.backup_id, self.params(), self.deletions, listed)
         else:
             self.repo.discard_uncommitted(self.backup_id, self.deletions)
             point = ResumePoint()
@@ -236,7 +251,9 @@ class Attempt:
         if pid is None:
             return
         try:
-            recorded = self.repo.load_manifest(pid).send.get("ctransid")
+            known = self.parent_manifest
+            recorded = (known if known is not None and known.backup_id == pid
+                        else self.repo.load_manifest(pid)).send.get("ctransid")
         except NotFound:
             raise self._parent_gone(pid) from None
         if recorded is not None and framing.parent_ctransid != recorded:
@@ -267,27 +284,43 @@ class Attempt:
         )
 
 
-def remove_temporaries(target: Target, backup_id: str, audit: AuditLog | None = None) -> None:
-    """Remove what killed earlier attempts at ``backup_id`` left on the target: temporary files,
-    partial rsync uploads, unfinished multipart uploads of its segments, indexes, manifest and
-    lease.  Called under the backup's lease after its commit, so no live push writes them (a
-    second push of the same backup refuses to start while the lease is live).  Failing to list
-    or remove them is only a warning: the backup is committed, and ``btrsync clean`` removes
-    them too."""
+def find_temporaries(target: Target, backup_id: str) -> list[Leftover] | str:
+    """What killed earlier attempts at ``backup_id`` left on the target: temporary files, partial
+    rsync uploads, unfinished multipart uploads of its segments, indexes, manifest and lease; or
+    why they could not be listed (never an error of its own: see ``remove_temporaries``)."""
     own = (f"data/{backup_id}/", f"backups/{backup_id}/", lease_key(backup_id))
-    where = target.display_url
     try:
-        for leftover in target.leftovers():
-            if not leftover.key.startswith(own):
-                continue
+        return [leftover for leftover in target.leftovers() if leftover.key.startswith(own)]
+    except (BtrsyncError, OSError) as exc:
+        return describe(exc)
+
+
+def remove_temporaries(target: Target, backup_id: str, audit: AuditLog | None = None,
+                       found: list[Leftover] | str | None = None) -> None:
+    """Remove what killed earlier attempts at ``backup_id`` left on the target (``found``, when
+    ``find_temporaries`` listed it already).  Called under the backup's lease after its commit, so
+    no live push writes them (a second push of the same backup refuses to start while the lease
+    is live).  Failing to list or remove them is only a warning: the backup is committed, and
+    ``btrsync clean`` removes them too."""
+    where = target.display_url
+    found = find_temporaries(target, backup_id) if found is None else found
+    if isinstance(found, str):
+        _not_removed(backup_id, where, found)
+        return
+    try:
+        for leftover in found:
             with (audit.deletion("push-temporary", target=where, kind=leftover.kind, key=leftover.key,
                                  bytes=leftover.size) if audit is not None else nullcontext()):
                 target.remove_leftover(leftover)
             log.info("removed %s of an interrupted push key=%s bytes=%d", leftover.kind, leftover.key,
                      leftover.size)
     except (BtrsyncError, OSError) as exc:
-        log.warning("could not remove the temporaries of interrupted pushes of backup %s on %s: %s "
-                    "('btrsync clean' removes them)", backup_id, where, describe(exc))
+        _not_removed(backup_id, where, describe(exc))
+
+
+def _not_removed(backup_id: str, where: str, reason: str) -> None:
+    log.warning("could not remove the temporaries of interrupted pushes of backup %s on %s: %s "
+                "('btrsync clean' removes them)", backup_id, where, reason)
 
 
 def describe(exc: BaseException) -> str:

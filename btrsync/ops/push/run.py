@@ -145,7 +145,8 @@ def push_step(
     target's manifests, is the fallback) and reported as the backup's total.
     """
     reporter = as_progress(progress)
-    attempt = Attempt(repo, step, subvolume, source, settings, reporter, audit)
+    parent = next((m for m in history or [] if m.backup_id == step.parent_backup_id), None)
+    attempt = Attempt(repo, step, subvolume, source, settings, reporter, audit, parent)
     outcome = BackupResult(attempt.backup_id, attempt.snap.name, step.kind, step.parent_backup_id, step.depth)
     t0 = time.monotonic()
     log.info("push started backup=%s kind=%s parent=%s target=%s", attempt.backup_id, step.kind,

@@ -1,0 +1,90 @@
+"""Round trips of a push to a distant store: the reads that do not depend on each other are made at
+once.
+
+On B2 or S3 from another continent every request a push waits for costs 50-150 ms; a small daily
+incremental is mostly such waits.  The B2-rules proxy holds every request (``latency``) and
+records which requests were in flight together, so these tests see what the client did at once,
+not how long it took.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.integration.conftest import World, add_target
+from tests.support import tree
+from tests.support.b2proxy import Seen
+from tests.targets.factories_s3 import TEST_BUCKET, fresh_b2_proxy, seaweed_settings
+
+pytestmark = pytest.mark.btrfs
+
+LATENCY = 0.15  # seconds the proxy holds each request: longer than starting a thread takes
+
+
+def _at_once(alongside: list[tuple[Seen, tuple[Seen, ...]]], *wanted: tuple[str, str]) -> bool:
+    """Whether requests matching each (op, path fragment) of ``wanted`` were in flight together."""
+    def matches(seen: Seen, want: tuple[str, str]) -> bool:
+        return seen.op == want[0] and want[1] in seen.path
+
+    for seen, others in alongside:
+        group = (seen, *others)
+        if all(any(matches(s, want) for s in group) for want in wanted):
+            return True
+    return False
+
+
+@pytest.fixture
+def distant(world: World, request: pytest.FixtureRequest, tmp_path) -> World:
+    world.proxy = proxy = fresh_b2_proxy(request)  # type: ignore[attr-defined]
+    add_target(world, "b2", f"s3://{TEST_BUCKET}/it-{uuid.uuid4().hex[:12]}",
+               seaweed_settings(request, tmp_path, via_proxy=True), chunk_size="1M", segment_size="4M")
+    tree.populate(world.subvol, 1)
+    world.snapshot()
+    assert world.push().code == 0
+    (world.subvol / "today.txt").write_text("one more day\n")
+    world.snapshot()
+    proxy.reset()
+    proxy.latency = LATENCY
+    return world
+
+
+def test_an_incremental_push_makes_its_independent_reads_at_once(distant: World) -> None:
+    run = distant.push()
+    assert run.code == 0, run.err
+    proxy = distant.proxy  # type: ignore[attr-defined]
+    met = proxy.alongside
+    # opening the repository: the bucket check beside the marker's GET
+    assert _at_once(met, ("HeadBucket", ""), ("GetObject", "btrsync-repo.json")), [s.op for s, _ in met]
+    # under the lease: is it committed already, beside the listing of what earlier attempts left
+    assert _at_once(met, ("HeadObject", "/manifest"), ("ListObjectsV2", "")), [s.op for s, _ in met]
+    # right before the commit: the upload check, the parent's presence and the unfinished uploads
+    assert _at_once(met, ("ListObjectsV2", ""), ("HeadObject", "/manifest"), ("ListMultipartUploads", "")), \
+        [s.op for s, _ in met]
+    first, second = distant.listing()
+    assert second["kind"] == "incremental" and second["parent"] == first["id"], second
+    assert not proxy.rejected
+
+
+def test_a_backup_committed_meanwhile_is_left_whole(world: World) -> None:
+    """The check whether the backup is committed already runs beside the listing of its data: when
+    another push committed it after this one planned, nothing of it is deleted (its segments are
+    no leftovers) and it restores."""
+    from btrsync.catalog.repository import Repository
+    from btrsync.crypto.keys import load_key_file
+    from btrsync.ops.push.run import push, push_step
+    from btrsync.ops.push.settings import PushSettings
+    from btrsync.targets.local import LocalTarget
+
+    tree.populate(world.subvol, 2)
+    world.snapshot()
+    repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+    settings = PushSettings(chunk_size=64 << 10, segment_size=256 << 10)
+    [step] = push(world.subvol, world.snapdir, repo, settings, dry_run=True).plan.steps
+    assert world.push().code == 0  # the other push
+    before = world.data_files()
+    outcome, manifest = push_step(repo, step, "data", world.subvol, settings)
+    assert manifest is None and "committed meanwhile" in str(outcome.error), outcome
+    assert world.data_files() == before
+    assert world.receive("latest").code == 0
