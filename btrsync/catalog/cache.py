@@ -87,6 +87,11 @@ class CatalogCache:
         if version is not None and len(sealed) == obj.size:
             self._new[obj.key] = (obj.size, version, sealed)
 
+    def remember(self, obj: ObjectInfo, sealed: bytes) -> None:
+        """Store now what this host wrote as ``obj`` (a commit), where the target told its version."""
+        self.put(obj, sealed)
+        self._store(sorted(self._deleted))
+
     def forget(self, key: str) -> None:
         self._new.pop(key, None)
         if self._rows is not None:
@@ -96,8 +101,10 @@ class CatalogCache:
     def save(self, listed: Iterable[str]) -> None:
         """Store new entries; drop entries whose keys the target no longer lists."""
         listed = set(listed)
+        self._store(sorted({k for k in self._load() if k not in listed} | self._deleted))
+
+    def _store(self, gone: list[str]) -> None:
         rows = self._load()
-        gone = sorted({k for k in rows if k not in listed} | self._deleted)
         if not self._new and not gone:
             return
         try:

@@ -255,7 +255,10 @@ class Repository:
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest: the commit point of a backup (all segments must be durable)."""
         key = layout.manifest_key(manifest.backup_id)
-        self.target.put_bytes(key, self.binding.seal_manifest(key, manifest.to_json()))
+        sealed = self.binding.seal_manifest(key, manifest.to_json())
+        stored = self.target.put_bytes(key, sealed)
+        if self.cache is not None:  # the next listing shows it as written: no need to read it back
+            self.cache.remember(stored, sealed)
 
     # -- data --------------------------------------------------------------------------------
     def data_keys(self, backup_id: str) -> list[str]:

@@ -263,6 +263,7 @@ class LocalTarget(Target):
                 for part in parts:
                     size += write_all(fd, part)
                 os.fsync(fd)
+                st = os.fstat(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
@@ -270,7 +271,7 @@ class LocalTarget(Target):
         except BaseException:
             _unlink_quietly(dirfd, tmp)
             raise
-        return ObjectInfo(key, size)
+        return ObjectInfo(key, size, _version(st))
 
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         fd = self._open_object(key)
@@ -339,8 +340,7 @@ class LocalTarget(Target):
                     log.warning("file %r in %s is not an object btrsync writes: skipped", rel[:200], self.display_url)
                     return
                 # a put renames a new file into place: a replaced object has a new inode and mtime
-                found.append(ObjectInfo(rel, st.st_size, f"{st.st_ino}:{st.st_mtime_ns}",
-                                        from_timestamp(st.st_mtime)))
+                found.append(ObjectInfo(rel, st.st_size, _version(st), from_timestamp(st.st_mtime)))
 
         self._walk_from(base, descend, on_file)
         found.sort(key=lambda o: o.key)
@@ -466,6 +466,12 @@ def _remove_empty_dirs(fds: builtins.list[int], names: builtins.list[str]) -> No
             os.rmdir(names[depth], dir_fd=fds[depth])
         except OSError:
             return
+
+
+def _version(st: os.stat_result) -> str:
+    """An object's version as listings and puts report it: a put renames a new file into place,
+    so a replaced object has a new inode and mtime."""
+    return f"{st.st_ino}:{st.st_mtime_ns}"
 
 
 def _unlink_quietly(dirfd: int, name: str) -> None:

@@ -37,7 +37,7 @@ class MemoryTarget(Target):
         with self._lock:
             self.objects[key] = data
             self.modified[key] = now = self._now()
-        return ObjectInfo(key, len(data), modified=now)
+        return ObjectInfo(key, len(data), xxhash.xxh3_64_hexdigest(data), now)  # the version a listing shows
 
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         data = self._data(key)

@@ -1,5 +1,5 @@
 """Round trips of a push to a distant store: the reads that do not depend on each other are made at
-once.
+once, and a push never reads back the manifest it committed itself.
 
 On B2 or S3 from another continent every request a push waits for costs 50-150 ms; a small daily
 incremental is mostly such waits.  The B2-rules proxy holds every request (``latency``) and
@@ -65,6 +65,21 @@ def test_an_incremental_push_makes_its_independent_reads_at_once(distant: World)
     first, second = distant.listing()
     assert second["kind"] == "incremental" and second["parent"] == first["id"], second
     assert not proxy.rejected
+
+
+def test_a_push_never_reads_back_the_manifest_it_committed(distant: World) -> None:
+    """The commit stores the sealed manifest in the catalog cache under the version the store gave
+    it; the next push's listing shows that version, so planning reads no manifest at all."""
+    proxy = distant.proxy  # type: ignore[attr-defined]
+    proxy.latency = 0.0
+    assert distant.push().code == 0
+    (distant.subvol / "today.txt").write_text("and another\n")
+    distant.snapshot()
+    proxy.reset()
+    assert distant.push().code == 0
+    manifests = [s.path for s in proxy.ops("GetObject") if s.path.split("?")[0].endswith("/manifest")]
+    assert manifests == [], manifests
+    assert len(distant.listing()) == 3
 
 
 def test_a_backup_committed_meanwhile_is_left_whole(world: World) -> None:

@@ -79,6 +79,19 @@ def test_list_is_sorted_and_complete(target: Target) -> None:
     assert all(o.size == len(o.key) for o in listed)
 
 
+def test_a_put_tells_the_version_a_listing_shows(target: Target) -> None:
+    """Where a put returns the object's version (the catalog cache stores a committed manifest
+    under it), the next listing shows exactly that version; a rewrite changes it."""
+    first = target.put_bytes("backups/x/manifest", b"one")
+    [listed] = target.list("backups/")
+    if first.version is None:
+        pytest.skip(f"{type(target).__name__}: its puts tell no version")
+    assert listed.version == first.version
+    second = target.put_bytes("backups/x/manifest", b"two")
+    [again] = target.list("backups/")
+    assert again.version == second.version != first.version
+
+
 def test_list_filters_by_prefix(target: Target) -> None:
     """Only keys that start with the prefix are listed, across directory levels."""
     for k in ["backups/a-1/manifest", "backups/a-12/manifest", "backups/b/manifest", "data/a-1/000000", "top"]:

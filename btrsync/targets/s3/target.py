@@ -171,7 +171,7 @@ class S3Target(Target):
         return ObjectInfo(key, self._put_multipart(key, full, drain(head, chunks)))
 
     def _put_single(self, key: str, full: str, data: bytes) -> ObjectInfo:
-        self._retried(
+        answer = self._retried(
             "put_object",
             self._what("put", key),
             Bucket=self.bucket,
@@ -180,7 +180,7 @@ class S3Target(Target):
             ContentMD5=md5_b64(data),
             **self._lock_args(key),
         )
-        return ObjectInfo(key, len(data))
+        return ObjectInfo(key, len(data), answer.get("ETag"))  # the version a listing shows
 
     def _put_multipart(self, key: str, full: str, chunks: Iterator[bytes]) -> int:
         """Upload ``chunks`` as parts; Complete commits, any exception aborts.  Returns the size."""
