@@ -43,7 +43,7 @@ from tests.support.loopfs import detach_loops_under
 ROOT = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
-FREE_LOOPS = 6
+FREE_LOOPS = 16  # the other workers attach loop devices while the container runs: a drill must still find a free one with a node
 LOOP_CTL_ADD = 0x4C80
 # what a NixOS unit has on PATH when it declares nothing (systemd.services.<name>.path's default:
 # coreutils findutils gnugrep gnused systemd), with Debian's /usr/bin as the store
