@@ -290,12 +290,12 @@ class Lease:
             self._thread.join()
         try:
             current = lease_body(self.target, self.key)  # whose it is; its age does not matter here
-            if current is not None and current.valid and current.token != self.token:
+            if current is None:
+                return
+            if current.valid and current.token != self.token:
                 log.warning("upload lease %s was taken over (%s); leaving it", self.key, current.describe())
                 return
-            self.target.delete(self.key)
-        except NotFound:
-            pass
+            self.target.discard(self.key)  # just read: no need to ask the store whether it is there
         except (TargetError, OSError) as exc:
             # never an error of its own: the work it guarded is done (a committed backup must not be
             # reported failed) or already failing (its error is the one to report); the lease goes

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from btrsync.targets.errors import InvalidKey, RangeError
+from btrsync.targets.errors import InvalidKey, NotFound, RangeError
 
 TEMP_MARKER = ".tmp-"
 _KEY_RE = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
@@ -116,6 +116,15 @@ class Target(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove an object (all its versions where the store keeps versions); raises ``NotFound``."""
+
+    def discard(self, key: str) -> None:
+        """Remove an object like ``delete`` if it is there, and say nothing if it is not: for a key
+        the caller has just read (the push's own lease), it spares a store whose delete must first
+        ask whether the object exists (S3) that question, one round trip."""
+        try:
+            self.delete(key)
+        except NotFound:
+            pass
 
     def probe(self) -> None:
         """Raise ``TargetMissingError`` if the target location does not exist or is unreachable."""

@@ -313,6 +313,9 @@ class RetryingTarget(TargetWrapper):
 
         self._call(attempt, f"delete {key}")
 
+    def discard(self, key: str) -> None:
+        self._call(lambda: self.inner.discard(key), f"delete {key}")
+
     def probe(self) -> None:
         self._call(self.inner.probe, "probe")
 

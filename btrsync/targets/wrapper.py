@@ -51,6 +51,9 @@ class TargetWrapper(Target):
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
+    def discard(self, key: str) -> None:
+        self.inner.discard(key)
+
     def probe(self) -> None:
         self.inner.probe()
 

@@ -179,6 +179,16 @@ def test_delete_then_stat_raises_not_found(target: Target) -> None:
     assert [o.key for o in target.list()] == ["d/2"]
 
 
+def test_discard_removes_what_is_there_and_ignores_what_is_not(target: Target) -> None:
+    target.put("d/1", [b"1"])
+    target.put("d/2", [b"2"])
+    target.discard("d/1")
+    target.discard("d/never")
+    with pytest.raises(NotFound):
+        target.stat("d/1")
+    assert [o.key for o in target.list()] == ["d/2"]
+
+
 def test_the_target_clock_stamps_what_it_writes(target: Target) -> None:
     """stat and list say when the target wrote an object, on the clock clock() reads.  Upload
     leases are judged by it (catalog/lease.py), so a writer's wrong clock misleads no clean."""

@@ -601,6 +601,27 @@ def test_delete_removes_every_version_in_a_versioned_bucket(
     assert left == ["p/k2"]
 
 
+def test_discard_leaves_no_version_of_a_present_or_missing_key(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """discard (a lease's release) asks nothing first: a present key goes with every version, and a
+    missing one leaves no delete marker behind in a versioned bucket."""
+    server = seaweed(request)
+    bucket = server.create_bucket(f"btrsync-versions-{uuid.uuid4().hex[:8]}", versioned=True)
+    with seaweed_target(request, tmp_path, bucket=bucket, prefix="p") as target:
+        for body in (b"one", b"two", b"three"):
+            target.put("k", [body])
+        target.put("k2", [b"sibling"])
+        target.discard("k")
+        target.discard("never-written")
+        with pytest.raises(NotFound):
+            target.stat("k")
+        assert target.read("k2") == b"sibling"
+    listing = server.client().list_object_versions(Bucket=bucket, Prefix="p/")
+    left = [v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
+    assert left == ["p/k2"]
+
+
 def test_unfinished_uploads_are_listed_and_aborted(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """list_uploads and leftovers show uploads under the prefix only; aborting removes them."""
     client = seaweed(request).client()

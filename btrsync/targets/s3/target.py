@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -73,6 +74,7 @@ from btrsync.targets.s3.parts import check_part_number, drain, marked_parts, par
 from btrsync.targets.s3.reads import aware, byte_count, stream_body
 from btrsync.targets.s3.settings import S3Settings
 from btrsync.targets.s3.uploads import BoundedUploads, Upload, md5_b64
+from btrsync.targets.together import together
 
 log = logging.getLogger(__name__)
 
@@ -370,12 +372,19 @@ class S3Target(Target):
     # -- deleting --------------------------------------------------------------------------
     def delete(self, key: str) -> None:
         """Delete ``key`` and, in a versioned bucket, every version and delete marker of it."""
-        full = self._full(validate_key(key))
+        validate_key(key)
         self.stat(key)  # S3 answers a delete of a missing key with success; we raise NotFound
+        self.discard(key)
+
+    def discard(self, key: str) -> None:
+        """``delete`` without asking first whether ``key`` is there (a missing key leaves nothing
+        behind either: a delete marker it made in a versioned bucket is a version, removed below)."""
+        full = self._full(validate_key(key))
         what = self._what("delete", key)
         self._refuse_if_locked(key)  # before the delete marker: a locked object is not even hidden
         self._request("delete_object", what, Bucket=self.bucket, Key=full)
-        for version_id in self._versions_of(full, what):
+
+        def remove(version_id: str) -> None:
             try:
                 self._request("delete_object", what, Bucket=self.bucket, Key=full, VersionId=version_id)
             except PermissionDenied as exc:
@@ -384,6 +393,9 @@ class S3Target(Target):
                                            "stay: this key may not delete versions (B2: no deleteFiles)") from None
                 raise ObjectLocked(f"{what}: an older version is still locked ({exc}); the key is hidden, "
                                    "and its stored versions go once their retention has expired") from None
+
+        # every version at once (a lease refreshed ten times has eleven, and the marker)
+        together(self, *(functools.partial(remove, v) for v in self._versions_of(full, what)))
 
     def _versions_of(self, full: str, what: str) -> builtins.list[str]:
         """Version ids of exactly ``full``, delete markers included ([] if unsupported)."""
