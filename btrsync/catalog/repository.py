@@ -123,6 +123,7 @@ class Repository:
         self.info = info
         self.binding = frames.Binding(key, info.repo_id if info.format >= 2 else None)
         self.cache: CatalogCache | None = None  # set by the command line: see catalog/cache.py
+        self._listed: list[ObjectInfo] | BaseException | None = None  # ``open(listing=True)``: see there
 
     @property
     def repo_id(self) -> str:
@@ -130,15 +131,22 @@ class Repository:
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, target: Target, key: MasterKey, *, create: bool = False) -> Repository:
+    def open(cls, target: Target, key: MasterKey, *, create: bool = False, listing: bool = False) -> Repository:
         """Open the repository at ``target``.
 
         Raises ``TargetMissingError`` (exit 10) when there is none and ``WrongKeyError`` (exit 12)
         when the key is not the repository's, before anything is written.  ``create`` initialises
         a missing one: for tests and the demo only; the command line creates repositories with
-        ``btrsync init`` alone.
+        ``btrsync init`` alone.  ``listing``: list the manifests at once with the marker's read,
+        for a caller whose next step is ``catalog()`` (a push plans on it): one round trip less.
+        That listing serves the first ``catalog()`` only (its error, if any, is raised there);
+        every later one lists anew.  Not for ``prune``: it must decide on a listing taken after
+        its lock.
         """
-        info = read_marker(target)
+        if listing:
+            info, listed = together(target, lambda: read_marker(target), lambda: _listing_or_error(target))
+        else:
+            info, listed = read_marker(target), None
         if info is None:
             if not create:
                 raise TargetMissingError(
@@ -147,7 +155,9 @@ class Repository:
                 )
             return cls.init(target, key)
         check_marker(info, key, target)
-        return cls(target, key, info)
+        repo = cls(target, key, info)
+        repo._listed = listed
+        return repo
 
     @classmethod
     def init(cls, target: Target, key: MasterKey) -> Repository:
@@ -202,7 +212,7 @@ class Repository:
         bytes are still authenticated); the listing itself is always fresh.
         """
         catalog = Catalog()
-        listed = [o for o in self.target.list("backups/") if layout.backup_id_of_manifest_key(o.key)]
+        listed = [o for o in self._manifest_listing() if layout.backup_id_of_manifest_key(o.key)]
         for obj in listed:
             backup_id = layout.backup_id_of_manifest_key(obj.key)
             assert backup_id is not None
@@ -217,6 +227,13 @@ class Repository:
             self.cache.save(o.key for o in listed)
         catalog.manifests.sort(key=lambda m: (m.snapshot_time, m.snapshot, m.backup_id))
         return catalog
+
+    def _manifest_listing(self) -> list[ObjectInfo]:
+        """What ``open(listing=True)`` listed, once; else a listing now."""
+        listed, self._listed = self._listed, None
+        if isinstance(listed, BaseException):
+            raise listed
+        return listed if listed is not None else list(self.target.list("backups/"))
 
     def _cached_manifest(self, backup_id: str, obj: ObjectInfo) -> Manifest:
         cached = self.cache.get(obj) if self.cache is not None else None
@@ -362,6 +379,15 @@ def marker_mac(key: MasterKey, info: RepoInfo) -> str:
 
 
 REPO_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _listing_or_error(target: Target) -> list[ObjectInfo] | BaseException:
+    """The manifests' listing, or why it failed (raised by the ``catalog()`` that uses it: a
+    location without a repository is reported as such first)."""
+    try:
+        return list(target.list("backups/"))
+    except (BtrsyncError, OSError) as exc:
+        return exc
 
 
 def read_marker(target: Target) -> RepoInfo | None:

@@ -80,17 +80,17 @@ class App:
 
     @contextmanager
     def repository(self, url_or_name: str, *, write: bool = False, lock: bool = False,
-                   key: MasterKey | None = None) -> Iterator[Repository]:
+                   key: MasterKey | None = None, listing: bool = False) -> Iterator[Repository]:
         """Open the repository at a target, checked against what this host knows of it.
 
         Exit 10 when there is none (``btrsync init`` creates one) or when the URL now holds a
         different repository than this host saw there; 12 for a wrong key.  ``write`` refuses
         read-only (format 1) repositories; ``lock`` takes the local lock of the repository (by
         its id, however the URL is spelled), exit 11 when another process holds it.  ``key``:
-        another key than the command's (``copy --from-key-file``).
+        another key than the command's (``copy --from-key-file``); ``listing``: see ``Repository.open``.
         """
         with self.target(url_or_name) as target:
-            repo = Repository.open(target, key or self.key())
+            repo = Repository.open(target, key or self.key(), listing=listing)
             self.state().bind(target.display_url, repo.repo_id, repo.info.format)
             repo.cache = CatalogCache.for_repository(self.state().root, repo.repo_id)
             if write:

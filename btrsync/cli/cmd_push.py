@@ -73,7 +73,8 @@ def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool,
                              chain=chain)
     policy = app.config.retention.backup_policy(subvolume_name(subvol), app.config.target_names(url) + (to,))
     progress = None if as_json or dry_run else reporter("push", interval=progress_interval(app.config))
-    with app.repository(to, write=not dry_run, lock=not dry_run) as repo:
+    # the catalog's listing beside the marker's read: the plan needs it next
+    with app.repository(to, write=not dry_run, lock=not dry_run, listing=True) as repo:
         with progress or nullcontext():  # its line is erased before anything else is printed
             result = push(subvol, snapshot_dir, repo, settings, dry_run=dry_run, progress=progress,
                           backfill=backfill, policy=policy, audit=AuditLog(app.state().root),

@@ -55,13 +55,18 @@ def test_an_incremental_push_makes_its_independent_reads_at_once(distant: World)
     assert run.code == 0, run.err
     proxy = distant.proxy  # type: ignore[attr-defined]
     met = proxy.alongside
-    # opening the repository: the bucket check beside the marker's GET
-    assert _at_once(met, ("HeadBucket", ""), ("GetObject", "btrsync-repo.json")), [s.op for s, _ in met]
+    # opening the repository: the bucket check beside the marker's GET and the catalog's listing
+    assert _at_once(met, ("HeadBucket", ""), ("GetObject", "btrsync-repo.json"), ("ListObjectsV2", "")), \
+        [s.op for s, _ in met]
     # under the lease: is it committed already, beside the listing of what earlier attempts left
     assert _at_once(met, ("HeadObject", "/manifest"), ("ListObjectsV2", "")), [s.op for s, _ in met]
     # right before the commit: the upload check, the parent's presence and the unfinished uploads
     assert _at_once(met, ("ListObjectsV2", ""), ("HeadObject", "/manifest"), ("ListMultipartUploads", "")), \
         [s.op for s, _ in met]
+    # taken: read, written; released: read (whose it is), deleted without asking again whether it
+    # is there, its versions listed (a versioned bucket keeps one for every refresh)
+    leases = [s.op for s, _ in met if ".lease" in s.path]
+    assert leases == ["GetObject", "PutObject", "GetObject", "DeleteObject", "ListObjectVersions"], leases
     first, second = distant.listing()
     assert second["kind"] == "incremental" and second["parent"] == first["id"], second
     assert not proxy.rejected
