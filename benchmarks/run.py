@@ -22,6 +22,7 @@ from typing import Any
 from benchmarks import (
     bench_catalog,
     bench_copy,
+    bench_distant,
     bench_files,
     bench_incremental,
     bench_memory,
@@ -67,6 +68,7 @@ BENCHMARKS = {
     "s3rss": (12, bench_s3rss, "Peak RSS of an S3 push against the stream size (full mode only)"),
     "copy": (15, bench_copy, "btrsync copy of the full backup into a repository of another key"),
     "mount": (14, bench_mount, "btrsync mount: first byte deep in a large tree, bytes read for one file"),
+    "distant": (16, bench_distant, "A small daily incremental over S3 with 50 ms a request: btrsync against one upload"),
     "storage": (13, bench_storage, "Storage over 120+ dated days under one GFS policy: tree, linear, btrfs2s3, restic"),
 }
 NEEDS_DISK = {"quick": 3 * GiB, "full": 24 * GiB}
