@@ -36,7 +36,7 @@ def list_cmd(app: App, source: str, check: bool, refresh: bool, as_json: bool) -
       btrsync list --from file:///mnt/usb/backups
       btrsync list --from b2 --json --check
     """
-    with app.repository(source) as repo:
+    with app.repository(source, listing=True) as repo:  # it lists the catalog first
         if refresh and repo.cache is not None:
             repo.cache.clear()
         catalog = repo.catalog()

@@ -39,7 +39,7 @@ def receive_cmd(app: App, backup: str, source: str, into: Path, as_json: bool) -
       btrsync receive data@latest --from b2 --into /mnt/restore --json
       btrsync receive data.20261120T030000Z-0fa0cfa8 --from usb --into /mnt/restore
     """
-    with app.repository(source) as repo:
+    with app.repository(source, listing=True) as repo:  # the chain is found on the catalog first
         known = app.state().target(repo.target.display_url)
         if known is not None and known.vanished:
             report_catalog_problems(None, repo.target.display_url, sorted(known.vanished))

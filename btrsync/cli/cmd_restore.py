@@ -59,7 +59,7 @@ def restore_cmd(app: App, backup: str, paths: tuple[str, ...], source: str, to: 
     if overwrite and skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
     existing = "overwrite" if overwrite else "skip" if skip_existing else "refuse"
-    with app.repository(source) as repo:
+    with app.repository(source, listing=True) as repo:  # the chain is found on the catalog first
         result = restore(repo, backup, to, existing=existing, workers=workers, paths=list(paths) or None)
     if as_json:
         emit_json(result.as_dict())

@@ -84,7 +84,7 @@ def verify_cmd(app: App, backups: tuple[str, ...], source: str, all_: bool, leve
                       max_duration=_positive("--max-duration", _duration("--max-duration", max_duration)),
                       scratch_dir=scratch_dir,
                       snapshot_dirs=snapshot_dirs, workers=app.config.push.workers)
-    with app.repository(source) as repo:
+    with app.repository(source, listing=True) as repo:  # it reads the catalog first
         ledger = Ledger.for_repository(app.state().root, repo.repo_id)
         report = verify(repo, list(backups) or None, options, ledger=ledger)
         app.state().record_verification(repo.target.display_url, report.summary())

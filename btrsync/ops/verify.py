@@ -42,6 +42,7 @@ from btrsync.ops.drill import DrillUnavailable, drill
 from btrsync.read.chains import resolve
 from btrsync.read.chunks import chunks as read_chunks
 from btrsync.sendstream import checker
+from btrsync.targets.together import together
 from btrsync.verify.ledger import Ledger
 from btrsync.verify.selection import Sample, Segment, Subset
 
@@ -179,10 +180,11 @@ def verify(repo: Repository, specs: Sequence[str] | None = None, options: Option
     t0 = clock()
     deadline = None if options.max_duration is None else t0 + options.max_duration.total_seconds()
     report = VerifyReport(repo.target.display_url, options.level)
-    catalog = repo.catalog()
+    # the catalog and the listing of every data object at once (two reads; on a distant store
+    # each is a round trip or more)
+    catalog, sizes = together(repo.target, repo.catalog, lambda: {o.key: o.size for o in repo.target.list("data/")})
     ids = select_backups(catalog, specs)
     by_id = {m.backup_id: m for m in catalog.manifests}
-    sizes = {o.key: o.size for o in repo.target.list("data/")}
     _catalog_extras(repo, catalog, sizes, report)
     reports = {bid: BackupReport(bid, by_id[bid].subvolume if bid in by_id else None) for bid in ids}
     for d in catalog.damaged:
