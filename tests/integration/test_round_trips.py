@@ -67,9 +67,13 @@ def test_an_incremental_push_makes_its_independent_reads_at_once(distant: World)
     # is there, its versions listed (a versioned bucket keeps one for every refresh)
     leases = [s.op for s, _ in met if ".lease" in s.path]
     assert leases == ["GetObject", "PutObject", "GetObject", "DeleteObject", "ListObjectVersions"], leases
-    first, second = distant.listing()
-    assert second["kind"] == "incremental" and second["parent"] == first["id"], second
     assert not proxy.rejected
+    proxy.reset()
+    proxy.latency = LATENCY
+    first, second = distant.listing()  # list, like receive, restore and verify, lists beside the marker too
+    assert second["kind"] == "incremental" and second["parent"] == first["id"], second
+    assert _at_once(proxy.alongside, ("GetObject", "btrsync-repo.json"), ("ListObjectsV2", "")), \
+        [s.op for s, _ in proxy.alongside]
 
 
 def test_a_push_never_reads_back_the_manifest_it_committed(distant: World) -> None:
