@@ -16,33 +16,46 @@ from btrsync.targets.base import Target
 
 
 def together(target: Target, *calls: Callable[[], Any]) -> list[Any]:
-    """The results of ``calls``, in order, made at once on ``target`` (one after another when the
-    target takes one call at a time).  When calls fail, the error of the first failed one in order
-    is raised once all have ended, as if they had run one after another; so pass only calls that
-    may run even when an earlier one fails (reads).  The first call runs on this thread: a signal
-    (``btrsync.signals``) ends the wait at once, and the other calls end on their own."""
-    if len(calls) < 2 or target.capabilities.connections < 2:
+    """The results of ``calls``, in order, made at once on ``target``: at most as many at a time as
+    the target takes (``capabilities.connections``; one after another when that is one).  When
+    calls fail, the error of the first failed one in order is raised once all have ended, as if
+    they had run one after another; so pass only calls that may run even when an earlier one fails
+    (reads, or deleting versions of one key).  The first call runs on this thread: a signal
+    (``btrsync.signals``) ends the wait at once, the calls not started yet are dropped, and those
+    running end on their own (daemon threads)."""
+    limit = min(target.capabilities.connections, len(calls))
+    if limit < 2:
         return [call() for call in calls]
     outcomes: list[tuple[bool, Any]] = [(False, None)] * len(calls)
+    waiting = list(range(len(calls) - 1, 0, -1))  # popped from the end: call 1 first
+    lock = threading.Lock()
 
-    def run(i: int) -> None:
+    def run(i: int, caught: type[BaseException]) -> None:
         try:
             outcomes[i] = (True, calls[i]())
-        except BaseException as exc:  # noqa: BLE001 - raised on the calling thread below
+        except caught as exc:  # raised on the calling thread below
             outcomes[i] = (False, exc)
 
-    threads = [threading.Thread(target=run, args=(i,), name="btrsync-together", daemon=True)
-               for i in range(1, len(calls))]
+    def worker(caught: type[BaseException] = BaseException) -> None:
+        while True:
+            with lock:
+                if not waiting:
+                    return
+                i = waiting.pop()
+            run(i, caught)
+
+    threads = [threading.Thread(target=worker, name="btrsync-together", daemon=True) for _ in range(limit - 1)]
     for thread in threads:
         thread.start()
     try:
-        first = calls[0]()
-    except Exception as exc:  # noqa: BLE001 - raised once the others have ended
-        outcomes[0] = (False, exc)
-    else:
-        outcomes[0] = (True, first)
-    for thread in threads:
-        thread.join()
+        run(0, Exception)  # a signal on this thread is raised at once, never kept for later
+        worker(Exception)  # then this thread takes its share of the rest
+        for thread in threads:
+            thread.join()
+    except BaseException:  # a signal: start nothing more, wait for nothing
+        with lock:
+            waiting.clear()
+        raise
     results = []
     for ok, value in outcomes:
         if not ok:

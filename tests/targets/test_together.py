@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
@@ -55,3 +56,49 @@ def test_a_target_of_one_connection_gets_the_calls_one_after_another() -> None:
     assert threads == {threading.get_ident()}
     with pytest.raises(NotFound):  # sequential: an error ends the run as it would
         together(target, lambda: target.stat("missing"), lambda: pytest.fail("ran after an error"))
+
+
+class TwoAtATime(MemoryTarget):
+    capabilities = Capabilities(max_part_size=64 * 1024 * 1024, connections=2)
+
+
+def test_no_more_calls_at_once_than_the_target_takes() -> None:
+    """Deleting the versions of a lease refreshed a hundred times must not open a hundred connections."""
+    target = TwoAtATime()
+    lock = threading.Lock()
+    running, most = [0], [0]
+
+    def call(i: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threading.Event().wait(0.01)
+        with lock:
+            running[0] -= 1
+        return i
+
+    assert together(target, *(functools.partial(call, i) for i in range(20))) == list(range(20))
+    assert most[0] == 2
+
+
+def test_a_signal_on_the_calling_thread_ends_the_wait_at_once() -> None:
+    """Terminated (what btrsync.signals raises for SIGTERM) in the first call is raised while the
+    others still run, and calls not started yet never start."""
+    from btrsync.signals import Terminated
+
+    target = TwoAtATime()
+    release, started = threading.Event(), []
+
+    def slow(i: int) -> None:
+        started.append(i)
+        release.wait(30)
+
+    def terminated() -> None:
+        while not started:  # the other thread has taken call 1
+            threading.Event().wait(0.001)
+        raise Terminated(15)
+
+    with pytest.raises(Terminated):
+        together(target, terminated, functools.partial(slow, 1), functools.partial(slow, 2))
+    assert not release.is_set() and started == [1]  # call 1 still running, call 2 never started
+    release.set()
