@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import bench_push
-from benchmarks.bench_s3 import seaweed_missing
+from benchmarks.bench_s3 import BUCKET, seaweed_at, seaweed_missing
 from benchmarks.common import (
     BenchResult,
     Config,
@@ -43,7 +42,6 @@ from benchmarks.common import (
 )
 
 LATENCY = 0.05  # seconds the proxy holds each request
-BUCKET = "bench"
 PIPE = "send -p | zstd | openssl | boto3 upload"
 FILES = {"quick": 1000, "full": 5000}
 
@@ -55,19 +53,9 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         res.notes.append(missing)
         return res
     from tests.support.b2proxy import B2RulesProxy
-    from tests.support.s3server import SeaweedServer
 
-    server = SeaweedServer(ws.dst / "seaweedfs-distant")
-    server.dir.mkdir()
-    server.start()
-    proxy = B2RulesProxy(server.ports["s3"]).start()
-    try:
-        server.create_bucket(BUCKET)
+    with seaweed_at(ws.dst / "seaweedfs-distant") as server, B2RulesProxy(server.ports["s3"]) as proxy:
         _run(res, ws, cfg, log, server, proxy)
-    finally:
-        proxy.stop()
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
     return res
 
 

@@ -39,9 +39,10 @@ every contender's ``cpu_seconds`` alike.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,20 +104,29 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     if (missing := seaweed_missing()) is not None:
         res.notes.append(missing)
         return res
-    from tests.support.s3server import SeaweedServer
     shared = bench_push.setup(ws, cfg, log)
     subvol, snapdir, snap = shared["subvol"], shared["snapdir"], shared["snapshot"]
     raw = bench_restore.raw_stream_file(shared)
-    server = SeaweedServer(ws.dst / "seaweedfs")
+    with seaweed_at(ws.dst / "seaweedfs") as server:
+        _run(res, ws, cfg, log, server, subvol, snapdir, snap, raw)
+    return res
+
+
+@contextlib.contextmanager
+def seaweed_at(where: Path, bucket: str = BUCKET) -> Iterator[Any]:
+    """A SeaweedFS server keeping its data in ``where`` (made here), with ``bucket``;
+    stopped and its data removed afterwards (the target filesystem is shared by the benchmarks)."""
+    from tests.support.s3server import SeaweedServer
+
+    server = SeaweedServer(where)
     server.dir.mkdir()
     server.start()
     try:
-        server.create_bucket(BUCKET)
-        _run(res, ws, cfg, log, server, subvol, snapdir, snap, raw)
+        server.create_bucket(bucket)
+        yield server
     finally:
         server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)  # the target fs is shared with benchmark 12
-    return res
+        shutil.rmtree(server.dir, ignore_errors=True)
 
 
 class _Route:

@@ -15,12 +15,11 @@ Quick mode (CI) skips it: the point is a stream well over 1 GiB, which takes min
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from typing import Any
 
 from benchmarks.bench_memory import run_sampled
-from benchmarks.bench_s3 import seaweed_missing
+from benchmarks.bench_s3 import seaweed_at, seaweed_missing
 from benchmarks.common import (
     Bar,
     BenchResult,
@@ -55,16 +54,8 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
     if (missing := seaweed_missing()) is not None:
         res.notes.append(missing)
         return res
-    from tests.support.s3server import SeaweedServer
-    server = SeaweedServer(ws.dst / "seaweedfs-rss")
-    server.dir.mkdir()
-    server.start()
-    try:
-        server.create_bucket(BUCKET)
+    with seaweed_at(ws.dst / "seaweedfs-rss", BUCKET) as server:
         _run(res, ws, log, server)
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
     return res
 
 
