@@ -128,11 +128,15 @@ def write_segments(
     on_segment: Callable[[int, list[ChunkRecord]], None] | None = None,
     max_inflight: int = 2,
     may_start: Callable[[int], None] | None = None,
+    all_handed: Callable[[], None] | None = None,
 ) -> int:
     """Store chunks in order as ``data/<id>/<NNNNNN>`` objects of about ``segment_size`` bytes.
 
     A chunk never spans segments.  ``on_segment(n, records)`` runs, in order, as soon as segment
     ``n`` is durable, on the thread of its put (never two at once); records are not kept beyond that, so memory does not grow with the stream.
+    ``all_handed()`` runs on this thread once every chunk is handed to a put, while the last puts
+    (and their ``on_segment``) are still under way: what the caller has left to write (a push's
+    file index) goes beside them instead of after them.
     ``may_start(n)`` is asked before segment ``n`` is started and refuses it by raising (the run's
     ``window_end = "stop"``): nothing of that segment is stored, and the error ends the writing
     like any other.  Returns the number of the next segment.  On any error no partial segment
@@ -166,6 +170,8 @@ def write_segments(
                     on_stored(len(frame))
             if current is not None:
                 current.end()
+            if all_handed is not None:
+                all_handed()
             while inflight:
                 _finish(inflight.popleft())
         except BaseException:

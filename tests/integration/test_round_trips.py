@@ -60,6 +60,8 @@ def test_an_incremental_push_makes_its_independent_reads_at_once(distant: World)
         [s.op for s, _ in met]
     # under the lease: is it committed already, beside the listing of what earlier attempts left
     assert _at_once(met, ("HeadObject", "/manifest"), ("ListObjectsV2", "")), [s.op for s, _ in met]
+    # the stream has ended: the file index goes up beside the last segment and its index
+    assert _at_once(met, ("PutObject", "/files-"), ("PutObject", "/000000")), [s.op for s, _ in met]
     # right before the commit: the upload check, the parent's presence and the unfinished uploads
     assert _at_once(met, ("ListObjectsV2", ""), ("HeadObject", "/manifest"), ("ListMultipartUploads", "")), \
         [s.op for s, _ in met]

@@ -160,16 +160,26 @@ class Attempt:
         framing = StreamWatch(f"btrfs send of {self.snap.path}", full=self.parent is None, sink=files)
         watch = WatchThread(framing, depth=self.settings.window)  # parses beside the read, not in it
         try:
-            self._send(watch, point)
-            files.finish(stream_bytes=self.table.stream_bytes, commands=framing.commands)
-            self._check_parent_unchanged(framing)
             # the file index is durable before the manifest that commits the backup names it
-            return self._manifest(framing, started, files.upload(self.repo))
+            index = self._send(watch, point, framing, files)
+            self._check_parent_unchanged(framing)
+            return self._manifest(framing, started, index)
         finally:
             watch.close()
             files.close()
 
-    def _send(self, watch: WatchThread, point: ResumePoint) -> None:
+    def _send(self, watch: WatchThread, point: ResumePoint, framing: StreamWatch,
+              files: IndexWriter) -> dict[str, object]:
+        """Send, seal and store the stream; returns what the manifest records of the file index."""
+        index: dict[str, object] = {}
+
+        def index_beside_last_segments() -> None:
+            """The stream has ended: the file index goes up while the last segments and their
+            indexes become durable, not after them (a round trip less to a distant store)."""
+            watch.finish()
+            files.finish(stream_bytes=self.raw, commands=framing.commands)
+            index.update(files.upload(self.repo))
+
         sealer = ChunkSealer(self.repo.binding, self.backup_id, self.settings.zstd_level)
         # progress counts frames as the token bucket lets them through to the target
         meter = Metered(self.settings.bucket, self._passed) if self.progress else self.settings.bucket
@@ -180,8 +190,11 @@ class Attempt:
                 self.repo.target, self.backup_id, self._handed(sealed) if self.progress else sealed,
                 segment_size=self.settings.segment_size, bucket=meter,  # type: ignore[arg-type]
                 on_stored=self._stored, first_segment=point.segments, on_segment=self._segment_done,
-                may_start=self.settings.may_start_segment)
-        watch.finish()
+                may_start=self.settings.may_start_segment, all_handed=index_beside_last_segments)
+        if self.raw != self.table.stream_bytes:  # the file index's trailer must match the manifest
+            raise PushError(f"backup {self.backup_id} was not committed: {self.raw} bytes of stream were read but the "
+                            f"segment indexes record {self.table.stream_bytes}; push again")
+        return index
 
     def _fresh_chunks(self, send: SendProcess, watch: WatchThread,
                       point: ResumePoint) -> Iterator[tuple[int, bytes]]:
