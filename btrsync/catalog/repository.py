@@ -124,6 +124,9 @@ class Repository:
         self.binding = frames.Binding(key, info.repo_id if info.format >= 2 else None)
         self.cache: CatalogCache | None = None  # set by the command line: see catalog/cache.py
         self._listed: list[ObjectInfo] | BaseException | None = None  # ``open(listing=True)``: see there
+        # small objects read ahead at once, by key: their bytes or why they could not be read, each
+        # taken once (segment_index.read_ahead_first_indexes)
+        self.read_ahead: dict[str, bytes | BaseException] = {}
 
     @property
     def repo_id(self) -> str:

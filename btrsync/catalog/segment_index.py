@@ -15,6 +15,7 @@ everything after them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,8 +28,9 @@ from btrsync.catalog import layout
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.reads import INDEX_LIMIT, read_whole
 from btrsync.catalog.repository import DeleteHook, Repository
-from btrsync.errors import DamageError
+from btrsync.errors import BtrsyncError, DamageError
 from btrsync.targets.errors import NotFound
+from btrsync.targets.together import together
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,29 @@ def write_index(repo: Repository, backup_id: str, segment: int, params: dict[str
     return payload
 
 
+def read_ahead_first_indexes(repo: Repository, manifests: list[Manifest]) -> None:
+    """Read the first segment index of each of ``manifests`` now, at once: a receive of a chain
+    reads one link after another, and each link's first index was a round trip of its own before
+    its first chunk could be asked for (30 daily links at 100 ms: 3 s).  Each is authenticated
+    and checked when ``table_records`` takes it, and an error reading it is raised there, at its
+    link's turn, as if it had been read then."""
+    def read(key: str) -> bytes | BaseException:
+        try:
+            return read_whole(repo.target, key, INDEX_LIMIT, "segment index")
+        except (BtrsyncError, OSError) as exc:
+            return exc
+
+    keys = [layout.index_key(m.backup_id, 0) for m in manifests if m.format >= 2 and m.segments]
+    repo.read_ahead.update(zip(keys, together(repo.target, *(functools.partial(read, k) for k in keys)), strict=True))
+
+
 def _load_index(repo: Repository, backup_id: str, segment: int) -> tuple[bytes, dict[str, Any]]:
     key = layout.index_key(backup_id, segment)
-    payload = repo.binding.open_index(key, read_whole(repo.target, key, INDEX_LIMIT, "segment index"))
+    ahead = repo.read_ahead.pop(key, None)
+    if isinstance(ahead, BaseException):
+        raise ahead
+    sealed = ahead if ahead is not None else read_whole(repo.target, key, INDEX_LIMIT, "segment index")
+    payload = repo.binding.open_index(key, sealed)
     doc = json.loads(payload)
     if doc.get("backup_id") != backup_id or doc.get("segment") != segment:
         raise DamageError(f"{key} describes another segment")

@@ -36,6 +36,7 @@ from btrsync.btrfs.receive import ReceiveProcess
 from btrsync.btrfs.subvolume import child_subvolumes, is_on_btrfs
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
+from btrsync.catalog.segment_index import read_ahead_first_indexes
 from btrsync.errors import DamageError, ReceiveFailedError, UsageError
 from btrsync.fileindex import store
 from btrsync.progress import Estimate, Progress, as_progress
@@ -84,6 +85,7 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
     chain = restore_chain(catalog, spec, repo.target.display_url)
     last = chain[-1]
     present = {s.received_uuid: s for s in child_subvolumes(into) if s.received_uuid}
+    read_ahead_first_indexes(repo, [m for m in chain if m.snapshot_uuid not in present])
     result = ReceiveResult(last.backup_id, str(into))
     reporter = as_progress(progress)
     root: RootTimes | None = None  # the top directory's times in the link just received

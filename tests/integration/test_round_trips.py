@@ -114,3 +114,34 @@ def test_a_backup_committed_meanwhile_is_left_whole(world: World) -> None:
     assert manifest is None and "committed meanwhile" in str(outcome.error), outcome
     assert world.data_files() == before
     assert world.receive("latest").code == 0
+
+
+def test_a_receive_reads_every_link_s_first_index_at_once(distant: World) -> None:
+    """A chain restores one link after another, but the first segment index of every link is read
+    at the start, at once: one round trip instead of one per link before its first chunk."""
+    proxy = distant.proxy  # type: ignore[attr-defined]
+    proxy.latency = 0.0
+    assert distant.push().code == 0
+    proxy.reset()
+    proxy.latency = LATENCY
+    run = distant.receive("latest")
+    assert run.code == 0, run.err
+    ids = [b["id"] for b in distant.listing()]
+    indexes = [("GetObject", f"/data/{bid}/000000.idx") for bid in ids]
+    assert _at_once(proxy.alongside, *indexes), [s.path for s, _ in proxy.alongside]
+
+
+def test_a_missing_index_of_a_later_link_fails_at_its_turn(world: World) -> None:
+    """Read ahead or not, a link whose first index is gone is damage when that link's turn comes:
+    the links before it are received, and the error names the index."""
+    tree.populate(world.subvol, 3)
+    for _ in range(3):
+        world.snapshot()
+        assert world.push().code == 0
+        (world.subvol / f"more-{len(world.snapshots)}.txt").write_text("x" * 5000)
+    ids = [b["id"] for b in world.listing()]
+    (world.target_dir / "data" / ids[2] / "000000.idx").unlink()
+    run = world.receive("latest")
+    assert run.code != 0 and f"data/{ids[2]}/000000.idx" in run.err, run.err
+    received = sorted(p.name for p in world.restore.iterdir())
+    assert received == sorted(s.name for s in world.snapshots[:2]), received
