@@ -35,6 +35,7 @@ from typing import Any
 
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
+from btrsync.catalog.segment_index import read_ahead_first_indexes
 from btrsync.errors import DamageError, LockedError, UsageError
 from btrsync.fdio import syncfs, write_all
 from btrsync.ops.files import normalise, tree_of
@@ -304,6 +305,8 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
     selection = None
     if paths is not None:
         selection = _materialise(repo, chain, paths)
+    else:  # every link is replayed, one after another: their first indexes at once, now
+        read_ahead_first_indexes(repo, chain)
     if "/" in name or name in ("", ".", ".."):
         raise DamageError(f"backup {last.backup_id}: snapshot name {name!r} is not a single path component")
     try:

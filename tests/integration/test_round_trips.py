@@ -117,7 +117,7 @@ def test_a_backup_committed_meanwhile_is_left_whole(world: World) -> None:
 
 
 def test_a_receive_reads_every_link_s_first_index_at_once(distant: World) -> None:
-    """A chain restores one link after another, but the first segment index of every link is read
+    """A chain is received or restored one link after another, but the first segment index of every link is read
     at the start, at once: one round trip instead of one per link before its first chunk."""
     proxy = distant.proxy  # type: ignore[attr-defined]
     proxy.latency = 0.0
@@ -128,6 +128,13 @@ def test_a_receive_reads_every_link_s_first_index_at_once(distant: World) -> Non
     assert run.code == 0, run.err
     ids = [b["id"] for b in distant.listing()]
     indexes = [("GetObject", f"/data/{bid}/000000.idx") for bid in ids]
+    assert _at_once(proxy.alongside, *indexes), [s.path for s, _ in proxy.alongside]
+    # a restore of the whole tree (onto any filesystem) replays every link the same way
+    proxy.reset()
+    proxy.latency = LATENCY
+    (distant.restore / "files").mkdir()
+    run = distant.cli("restore", "latest", "--from", distant.url, "--to", str(distant.restore / "files"))
+    assert run.code == 0, run.err
     assert _at_once(proxy.alongside, *indexes), [s.path for s, _ in proxy.alongside]
 
 
