@@ -1,4 +1,4 @@
-"""Benchmark 16: a small daily incremental to a distant store.
+"""Benchmark 16: a small daily incremental to a distant store, and the restore of the chain.
 
 A day's incremental of a small tree is a few hundred KiB: to B2 or S3 on another continent its time
 is round trips, not bytes.  SeaweedFS on loopback behind the B2-rules proxy
@@ -10,6 +10,11 @@ trip from Europe to B2's us-west region), alternated, each run sending the day's
 * ``btrfs send -p PREV NEW | zstd -3 -T0 | openssl enc | boto3 upload_fileobj`` through the same
   proxy (``benchmarks/s3pipe.py --b2``): one object a day and nothing else (no catalog, no lease,
   no check before a commit, nothing that can tell later whether the chain is whole).
+
+Then the worst day, through the same proxy: the whole chain (the full and every day since) restored
+into an empty directory of a btrfs, ``btrsync receive latest`` against the pipeline's objects
+downloaded and applied one after another (``s3pipe down | openssl -d | zstd -d | btrfs receive``),
+each ending with ``sync -f DIR``.
 
 Recorded per run: wall time, the requests the proxy saw, and the round trips the run waited for in
 turn (requests that arrived while no other request was in flight).  Page cache kept: the day's
@@ -27,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import bench_push
-from benchmarks.bench_s3 import BUCKET, seaweed_at, seaweed_missing
+from benchmarks.bench_s3 import BUCKET, PhasedResult, seaweed_at, seaweed_missing
 from benchmarks.common import (
     BenchResult,
     Config,
@@ -42,13 +47,14 @@ from benchmarks.common import (
 )
 
 LATENCY = 0.05  # seconds the proxy holds each request
-PIPE = "send -p | zstd | openssl | boto3 upload"
+PIPE = "push: send -p | zstd | openssl | boto3 upload"
+RESTORE_PIPE = "restore: boto3 download | openssl -d | zstd -d | receive, each day"
 FILES = {"quick": 1000, "full": 5000}
 
 
 def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchResult:
-    res = BenchResult("distant", f"A small daily incremental over S3 at {LATENCY * 1000:.0f} ms a request",
-                      work_label="incremental stream bytes")
+    res = PhasedResult("distant", f"A small daily incremental over S3 at {LATENCY * 1000:.0f} ms a request, "
+                       "and the chain's restore", work_label="incremental stream bytes")
     if (missing := seaweed_missing()) is not None:
         res.notes.append(missing)
         return res
@@ -139,12 +145,43 @@ def _run(res: BenchResult, ws: Workspace, cfg: Config, log: Callable[[str], None
         pipe_prev[:] = [new]
         return out
 
-    contenders = [Contender("btrsync", bs_run, before=bs_before),
+    contenders = [Contender("push: btrsync", bs_run, before=bs_before),
                   Contender(PIPE, pipe_run, before=pipe_before)]
     alternate(res, contenders, cfg.reps, drop=False, log=log)
-    res.work_bytes = int(res.median("btrsync", "stream_bytes") or 0)
+    res.work_bytes = int(res.median("push: btrsync", "stream_bytes") or 0)
+
+    # -- the worst day: the whole chain back, into an empty place
+    into = ws.rst / "distant"
+    into.mkdir()
+    days = sorted(p.name for p in pipedir.iterdir())
+    download = (f"{sys.executable} -m benchmarks.s3pipe --b2 down {proxy.endpoint} {creds} {BUCKET}")
+    decode = f"openssl enc -d -aes-256-ctr -pass file:{ws.pass_file} -pbkdf2 | zstd -d -q -c"
+
+    def empty_into(rep: int) -> None:
+        for sub in sorted(into.iterdir()):
+            run(["btrfs", "subvolume", "delete", str(sub)])
+
+    def bs_restore(rep: int) -> dict[str, Any]:
+        def receive() -> dict[str, Any]:
+            run([*cli, "receive", "latest", "--from", "distant", "--into", str(into)])
+            run(["sync", "-f", str(into)])
+            return {}
+        return counted(receive)
+
+    def pipe_restore(rep: int) -> dict[str, Any]:
+        def receive_each_day() -> dict[str, Any]:
+            for day in days:
+                sh(f"{download} pipe/{day} | {decode} | btrfs receive -q {into}")
+            run(["sync", "-f", str(into)])
+            return {}
+        return counted(receive_each_day)
+
+    log(f"  distant: restoring the chain of {len(days)} backups")
+    alternate(res, [Contender("restore: btrsync", bs_restore, before=empty_into),
+                    Contender(RESTORE_PIPE, pipe_restore, before=empty_into)], cfg.reps, drop=False, log=log)
     res.metrics["latency_s"] = LATENCY
-    for tool in ("btrsync", PIPE):
+    res.metrics["chain_links"] = len(days)
+    for tool in ("push: btrsync", PIPE, "restore: btrsync", RESTORE_PIPE):
         res.metrics[f"{tool}: requests"] = res.median(tool, "requests")
         res.metrics[f"{tool}: round trips"] = res.median(tool, "round_trips")
     refused = [r for tool in res.runs.values() for rec in tool for r in rec.get("refused", [])]
