@@ -141,10 +141,9 @@ class Repository:
         when the key is not the repository's, before anything is written.  ``create`` initialises
         a missing one: for tests and the demo only; the command line creates repositories with
         ``btrsync init`` alone.  ``listing``: list the manifests at once with the marker's read,
-        for a caller whose next step is ``catalog()`` (a push plans on it): one round trip less.
-        That listing serves the first ``catalog()`` only (its error, if any, is raised there);
-        every later one lists anew.  Not for ``prune``: it must decide on a listing taken after
-        its lock.
+        for a caller whose next step is ``catalog(ahead=True)`` (a push plans on it): one round
+        trip less.  That listing serves one such call only (its error, if any, is raised there);
+        any other ``catalog()`` lists anew.
         """
         if listing:
             info, listed = together(target, lambda: read_marker(target), lambda: _listing_or_error(target))
@@ -208,14 +207,18 @@ class Repository:
             raise DamageError(f"{key} has format {manifest.format} in a format {self.info.format} repository")
         return manifest
 
-    def catalog(self) -> Catalog:
+    def catalog(self, *, ahead: bool = False) -> Catalog:
         """Every committed backup; one that fails to load is reported, not fatal to the others.
 
         With a cache, a manifest the target lists unchanged is not downloaded again (its sealed
-        bytes are still authenticated); the listing itself is always fresh.
+        bytes are still authenticated); the listing itself is always fresh: taken now, or, with
+        ``ahead``, the one ``open(listing=True)`` took beside the marker, for callers that only
+        plan or read on it (push, list, receive, restore, verify).  ``prune`` and ``clean``
+        never pass it: a backup committed elsewhere after that listing would look absent, its
+        parent prunable, its data orphaned.
         """
         catalog = Catalog()
-        listed = [o for o in self._manifest_listing() if layout.backup_id_of_manifest_key(o.key)]
+        listed = [o for o in self._manifest_listing(ahead) if layout.backup_id_of_manifest_key(o.key)]
         for obj in listed:
             backup_id = layout.backup_id_of_manifest_key(obj.key)
             assert backup_id is not None
@@ -231,12 +234,18 @@ class Repository:
         catalog.manifests.sort(key=lambda m: (m.snapshot_time, m.snapshot, m.backup_id))
         return catalog
 
-    def _manifest_listing(self) -> list[ObjectInfo]:
-        """What ``open(listing=True)`` listed, once; else a listing now."""
+    def drop_listing_ahead(self) -> None:
+        """Forget the listing ``open(listing=True)`` took (a caller that waited since, for a lock)."""
+        self._listed = None
+
+    def _manifest_listing(self, ahead: bool) -> list[ObjectInfo]:
+        """What ``open(listing=True)`` listed, once and only for ``ahead``; else a listing now."""
         listed, self._listed = self._listed, None
+        if not ahead or listed is None:
+            return list(self.target.list("backups/"))
         if isinstance(listed, BaseException):
             raise listed
-        return listed if listed is not None else list(self.target.list("backups/"))
+        return listed
 
     def _cached_manifest(self, backup_id: str, obj: ObjectInfo) -> Manifest:
         cached = self.cache.get(obj) if self.cache is not None else None

@@ -122,7 +122,7 @@ def run_env(app: App, *, dry_run: bool = False, wait: float | None = None, now: 
     from btrsync.jobs.runner import RunEnv  # prometheus_client: only for the commands that run jobs
 
     return RunEnv(app.config, app.state().root,
-                  open_repository=lambda name, write: app.repository(name, write=write),
+                  open_repository=lambda name, write: app.repository(name, write=write, listing=True),
                   clock=clock_for(now), dry_run=dry_run, wait=wait)
 
 

@@ -39,7 +39,7 @@ def list_cmd(app: App, source: str, check: bool, refresh: bool, as_json: bool) -
     with app.repository(source, listing=True) as repo:  # it lists the catalog first
         if refresh and repo.cache is not None:
             repo.cache.clear()
-        catalog = repo.catalog()
+        catalog = repo.catalog(ahead=True)
         vanished = app.state().record_target(repo.target.display_url, catalog.manifests, repo_id=repo.repo_id,
                                              complete=not catalog.damaged)
     url = repo.target.display_url

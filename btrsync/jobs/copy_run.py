@@ -40,7 +40,7 @@ class CopyRun(TargetRun):
         url = repo.target.display_url
         mine = {subvolume_name(s) for s in self.job.subvolumes}
         with env.open_repository(jt.copy_from, False) as source:
-            catalogs = source.catalog(), repo.catalog()
+            catalogs = source.catalog(ahead=True), repo.catalog()  # the source is only read
             wanted = wanted_by_policy(*catalogs, mine, lambda sub: self.policy(sub, url), self.clock.now())
             result = copy_backups(source, repo, wanted, settings, dry_run=env.dry_run, audit=self.ctx.audit,
                                   catalogs=catalogs, policy_for=lambda sub: self.policy(sub, url))

@@ -37,6 +37,9 @@ from btrsync.snapshots.store import Snapshot, subvolume_name
 from btrsync.units import parse_size
 
 log = logging.getLogger(__name__)
+# seconds: a repository lock that took longer to get makes the catalog listing taken beside the
+# marker (Repository.open(listing=True)) too old to plan on; the push lists anew
+LISTING_AHEAD_WAIT = 1.0
 
 
 @dataclass
@@ -115,7 +118,10 @@ class TargetRun:
         if self.env.dry_run:
             yield
             return
+        asked = self.clock.monotonic()
         with repository_lock(self.env.state_root, repo.repo_id, wait=self.lock_wait, clock=self.clock):
+            if self.clock.monotonic() - asked > LISTING_AHEAD_WAIT:
+                repo.drop_listing_ahead()  # another run held the repository meanwhile: plan on a new listing
             yield
 
     def policy(self, subvolume: str, url: str) -> Policy | None:

@@ -81,7 +81,7 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
         raise UsageError(f"{into} is not a directory; create it on a btrfs filesystem")
     if not is_on_btrfs(into):
         raise UsageError(f"{into} is not on a btrfs filesystem; btrfs receive needs one")
-    catalog = repo.catalog()
+    catalog = repo.catalog(ahead=True)
     chain = restore_chain(catalog, spec, repo.target.display_url)
     last = chain[-1]
     present = {s.received_uuid: s for s in child_subvolumes(into) if s.received_uuid}

@@ -182,7 +182,7 @@ def verify(repo: Repository, specs: Sequence[str] | None = None, options: Option
     report = VerifyReport(repo.target.display_url, options.level)
     # the catalog and the listing of every data object at once (two reads; on a distant store
     # each is a round trip or more)
-    catalog, sizes = together(repo.target, repo.catalog, lambda: {o.key: o.size for o in repo.target.list("data/")})
+    catalog, sizes = together(repo.target, lambda: repo.catalog(ahead=True), lambda: {o.key: o.size for o in repo.target.list("data/")})
     ids = select_backups(catalog, specs)
     by_id = {m.backup_id: m for m in catalog.manifests}
     _catalog_extras(repo, catalog, sizes, report)

@@ -55,4 +55,4 @@ def restore_chain(catalog: Catalog, spec: str, url: str) -> list[Manifest]:
 
 def chain_for(repo: Repository, spec: str) -> list[Manifest]:
     """``restore_chain`` of ``spec`` in ``repo``'s catalog."""
-    return restore_chain(repo.catalog(), spec, repo.target.display_url)
+    return restore_chain(repo.catalog(ahead=True), spec, repo.target.display_url)

@@ -152,3 +152,27 @@ def test_a_missing_index_of_a_later_link_fails_at_its_turn(world: World) -> None
     assert run.code != 0 and f"data/{ids[2]}/000000.idx" in run.err, run.err
     received = sorted(p.name for p in world.restore.iterdir())
     assert received == sorted(s.name for s in world.snapshots[:2]), received
+
+
+def test_only_a_planner_uses_the_listing_taken_beside_the_marker(world: World) -> None:
+    """prune and clean call catalog() without ``ahead``: a backup committed after the repository
+    was opened must never look absent to them (its parent prunable, its data orphaned)."""
+    from btrsync.catalog.repository import Repository
+    from btrsync.crypto.keys import load_key_file
+    from btrsync.targets.local import LocalTarget
+
+    def another_backup(n: int) -> None:
+        (world.subvol / f"day-{n}.txt").write_text(f"day {n}\n")
+        world.snapshot()
+        assert world.push().code == 0
+
+    tree.populate(world.subvol, 4)
+    another_backup(0)
+    key = load_key_file(world.key)
+    repo = Repository.open(LocalTarget(world.target_dir), key, listing=True)
+    another_backup(1)
+    assert len(repo.catalog().manifests) == 2  # prune, clean: listed now
+    repo = Repository.open(LocalTarget(world.target_dir), key, listing=True)
+    another_backup(2)
+    assert len(repo.catalog(ahead=True).manifests) == 2  # a push's plan: the listing beside the marker
+    assert len(repo.catalog(ahead=True).manifests) == 3  # once only

@@ -643,3 +643,36 @@ def test_a_hook_does_not_outlive_a_run_killed_with_sigkill(world: World, tmp_pat
     assert not _alive(shell) and not _alive(sleeper), "the hook outlived the killed run"
     assert trapped.read_text() == "term\n"  # SIGTERM first, as at a timeout
     assert snapshots(world, "data") == []  # the run never got past its pre hook
+
+
+@pytest.mark.slow
+def test_a_run_that_waited_for_the_repository_plans_on_a_new_listing(world: World) -> None:
+    """A run lists the catalog beside the marker's read; when it then waits for the repository's
+    lock, what was committed meanwhile must count: its push plans on a new listing (on the old
+    one it would send its snapshot again and fail on 'committed meanwhile')."""
+    from btrsync.catalog.repository import Repository
+    from btrsync.crypto.keys import load_key_file
+    from btrsync.ops.push.run import push
+    from btrsync.ops.push.settings import PushSettings
+    from btrsync.targets.local import LocalTarget
+
+    _single_job(world)
+    assert run(world, "data", now=0).code == 0
+    repo_id = json.loads((world.target_dir / "btrsync-repo.json").read_text())["repo_id"]
+    argv = [sys.executable, "-m", "btrsync", "--config", str(world.config), "--state-dir", str(world.state),
+            "--key-file", str(world.key), "run", "data", "--wait", "60s", "--now", at(1)]
+    before = set(world.snapdir.iterdir())
+    with target_lock(world.state, f"repository {repo_id}"):  # another push of this host holds it
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while set(world.snapdir.iterdir()) == before:  # the run takes its snapshot first
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(1.5)  # then opens the repository (listing beside the marker) and waits for the lock
+        repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+        [sent] = push(world.subvol, world.snapdir, repo, PushSettings(chunk_size=64 << 10)).results
+        assert sent.status == "ok", sent.error  # the other push sends the run's new snapshot meanwhile
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert len(world.listing()) == 2

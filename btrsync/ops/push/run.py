@@ -99,7 +99,7 @@ def push(
         raise UsageError("a snapshot not taken yet can only be planned (dry run)")
     if not dry_run:
         repo.require_writable()
-    catalog = repo.catalog()
+    catalog = repo.catalog(ahead=True)  # planning only: what is committed is checked again under the lease
     plan = plan_for(subvol, snapshot_dir, catalog, settings.max_chain, backfill=backfill, policy=policy,
                     planned=planned, now=now, chain=settings.chain, full_threshold=settings.full_threshold,
                     estimate=delta_estimator(), no_parent=unusable)
