@@ -143,6 +143,16 @@ class SendProcess:
             if filled < size:
                 return
 
+    def ended(self) -> None:
+        """Once the stream was read to its end: wait for ``btrfs send`` to exit and raise its own
+        error (exit status, ``ERROR:`` lines) if it failed, before anyone judges the stream: a
+        send that failed half-way leaves a stream without END, and what btrfs said is the
+        diagnosis.  ``__exit__`` checks again, to the same result."""
+        assert self._proc is not None and self._drain is not None
+        rc = self._proc.wait()
+        self._drain.join(timeout=10)  # its stderr, to the end
+        self.check(rc)
+
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         assert self._proc is not None and self._drain is not None
         if exc_type is not None and self._proc.poll() is None:

@@ -165,3 +165,21 @@ def test_snapshot_dir_on_another_filesystem_says_what_to_do(world: World, tmp_pa
     run = world.cli("snapshot", "create", str(world.subvol), "--snapshot-dir", str(other))
     assert run.code == 1
     assert "same btrfs filesystem" in run.err and str(world.subvol) in run.err
+
+
+def test_a_failed_btrfs_send_says_what_btrfs_said(world: World) -> None:
+    """btrfs send that refuses or fails leaves a stream without END; the push reports btrfs's own
+    ERROR line (the diagnosis), not a stream that "ended early"."""
+    tree.populate(world.subvol, 6)
+    snap = world.snapshot()
+    original = SendProcess.argv
+
+    def missing_parent(self):  # the parent vanished between the plan and the send
+        return [*original(self)[:-1], "-p", str(world.src / "no-such-parent"), str(self.snapshot)]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SendProcess, "argv", missing_parent)
+        run = world.push()
+    assert run.code == 1, run.err
+    assert "btrfs send of" in run.err and "ERROR" in run.err and "ended early" not in run.err, run.err
+    assert world.listing() == [] and snap.exists()

@@ -172,20 +172,22 @@ class Attempt:
               files: IndexWriter) -> dict[str, object]:
         """Send, seal and store the stream; returns what the manifest records of the file index."""
         index: dict[str, object] = {}
-
-        def index_beside_last_segments() -> None:
-            """The stream has ended: the file index goes up while the last segments and their
-            indexes become durable, not after them (a round trip less to a distant store)."""
-            watch.finish()
-            files.finish(stream_bytes=self.raw, commands=framing.commands)
-            index.update(files.upload(self.repo))
-
         sealer = ChunkSealer(self.repo.binding, self.backup_id, self.settings.zstd_level)
         # progress counts frames as the token bucket lets them through to the target
         meter = Metered(self.settings.bucket, self._passed) if self.progress else self.settings.bucket
         with (SendProcess(self.snap.path, self.parent.path if self.parent else None, self.options) as send,
               closing(ordered_map(sealer, self._fresh_chunks(send, watch, point),
                                   workers=self.settings.workers, window=self.settings.window)) as sealed):
+
+            def index_beside_last_segments() -> None:
+                """The stream has ended: the file index goes up while the last segments and their
+                indexes become durable, not after them (a round trip less to a distant store).
+                btrfs send's own verdict first: a send that failed says why, not "ended early"."""
+                send.ended()
+                watch.finish()
+                files.finish(stream_bytes=self.raw, commands=framing.commands)
+                index.update(files.upload(self.repo))
+
             write_segments(
                 self.repo.target, self.backup_id, self._handed(sealed) if self.progress else sealed,
                 segment_size=self.settings.segment_size, bucket=meter,  # type: ignore[arg-type]
