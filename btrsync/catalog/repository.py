@@ -124,9 +124,8 @@ class Repository:
         self.binding = frames.Binding(key, info.repo_id if info.format >= 2 else None)
         self.cache: CatalogCache | None = None  # set by the command line: see catalog/cache.py
         self._listed: list[ObjectInfo] | BaseException | None = None  # ``open(listing=True)``: see there
-        # small objects read ahead at once, by key: their bytes or why they could not be read, each
-        # taken once (segment_index.read_ahead_first_indexes)
-        self.read_ahead: dict[str, bytes | BaseException] = {}
+        # small objects read ahead at once, by key, each taken once (segment_index.read_ahead_first_indexes)
+        self.read_ahead: dict[str, bytes] = {}
 
     @property
     def repo_id(self) -> str:
@@ -287,7 +286,11 @@ class Repository:
         sealed = self.binding.seal_manifest(key, manifest.to_json())
         stored = self.target.put_bytes(key, sealed)
         if self.cache is not None:  # the next listing shows it as written: no need to read it back
-            self.cache.remember(stored, sealed)
+            try:
+                self.cache.remember(stored, sealed)
+            except OSError as exc:  # committed: a cache that cannot be written only costs a read later
+                log.warning("could not add backup %s to the catalog cache %s: %s", manifest.backup_id,
+                            self.cache.path, exc)
 
     # -- data --------------------------------------------------------------------------------
     def data_keys(self, backup_id: str) -> list[str]:

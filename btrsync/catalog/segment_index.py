@@ -103,23 +103,23 @@ def read_ahead_first_indexes(repo: Repository, manifests: list[Manifest]) -> Non
     """Read the first segment index of each of ``manifests`` now, at once: a receive of a chain
     reads one link after another, and each link's first index was a round trip of its own before
     its first chunk could be asked for (30 daily links at 100 ms: 3 s).  Each is authenticated
-    and checked when ``table_records`` takes it, and an error reading it is raised there, at its
-    link's turn, as if it had been read then."""
-    def read(key: str) -> bytes | BaseException:
+    and checked when ``table_records`` takes it.  One that could not be read is simply read again
+    at its link's turn: an outage or throttling now must not fail, hours later, a link the store
+    would serve by then (and a missing one is reported there, after the links before it)."""
+    def read(key: str) -> bytes | None:
         try:
             return read_whole(repo.target, key, INDEX_LIMIT, "segment index")
-        except (BtrsyncError, OSError) as exc:
-            return exc
+        except (BtrsyncError, OSError):
+            return None
 
     keys = [layout.index_key(m.backup_id, 0) for m in manifests if m.format >= 2 and m.segments]
-    repo.read_ahead.update(zip(keys, together(repo.target, *(functools.partial(read, k) for k in keys)), strict=True))
+    got = together(repo.target, *(functools.partial(read, k) for k in keys))
+    repo.read_ahead.update((k, data) for k, data in zip(keys, got, strict=True) if data is not None)
 
 
 def _load_index(repo: Repository, backup_id: str, segment: int) -> tuple[bytes, dict[str, Any]]:
     key = layout.index_key(backup_id, segment)
     ahead = repo.read_ahead.pop(key, None)
-    if isinstance(ahead, BaseException):
-        raise ahead
     sealed = ahead if ahead is not None else read_whole(repo.target, key, INDEX_LIMIT, "segment index")
     payload = repo.binding.open_index(key, sealed)
     doc = json.loads(payload)

@@ -305,8 +305,6 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
     selection = None
     if paths is not None:
         selection = _materialise(repo, chain, paths)
-    else:  # every link is replayed, one after another: their first indexes at once, now
-        read_ahead_first_indexes(repo, chain)
     if "/" in name or name in ("", ".", ".."):
         raise DamageError(f"backup {last.backup_id}: snapshot name {name!r} is not a single path component")
     try:
@@ -340,6 +338,7 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                             caps = _restore_selected(repo, chain, selection, tree, work_fd, notes, workers, result)
                         else:
                             applier = Applier(tree, work_fd, notes)
+                            read_ahead_first_indexes(repo, chain)  # replayed one after another
                             for link in chain:
                                 result.links.append(_restore_link(repo, applier, link, workers))
                             applier.finish()

@@ -113,3 +113,22 @@ def test_reread_refuses_a_catalog_that_changed_under_the_decision(tmp_path: Path
     target.delete(layout.manifest_key(manifests[2].backup_id))
     with pytest.raises(DamageError, match="vanished"):
         repo.reread([manifests[2]])
+
+
+def test_a_commit_stores_its_manifest_and_a_cache_it_cannot_write_fails_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target, repo = _repo(tmp_path, n=1)
+    repo.commit(_manifest(1))
+    again = Repository.open(target, KEY)  # the next push, another process
+    again.cache = CatalogCache.for_repository(tmp_path, repo.repo_id)
+    target.gets.clear()
+    assert len(again.catalog().manifests) == 2 and _manifest_gets(target) == [_manifest_gets_key(0)]
+    (tmp_path / "not-a-dir").write_text("")
+    repo.cache = CatalogCache(tmp_path / "not-a-dir" / "catalog.sqlite")  # e.g. the state disk went bad
+    repo.commit(_manifest(2))  # committed: the cache's trouble is a warning, not a failed backup
+    assert layout.manifest_key(_manifest(2).backup_id) in target.objects
+    assert "could not add backup" in caplog.text
+
+
+def _manifest_gets_key(n: int) -> str:
+    return layout.manifest_key(_manifest(n).backup_id)
