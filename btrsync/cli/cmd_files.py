@@ -70,7 +70,7 @@ def ls_cmd(app: App, backup: str, path: str, source: str, long_: bool, recursive
       btrsync ls latest etc --from b2 --recursive --json
     """
     where = files.normalise(path)
-    with app.repository(source) as repo:
+    with app.repository(source, listing=True) as repo:
         chain = files.chain_for(repo, backup)
         entries = files.listing(repo, chain, _state_root(app))
     chosen = files.select(entries, where, recursive=recursive)
@@ -117,7 +117,7 @@ def find_cmd(app: App, backups: tuple[str, ...], source: str, name: str | None, 
       btrsync find data.20261101T030000Z data@latest --from usb --name '*.conf'
       btrsync find data.20261120T030000Z data.20261127T030000Z --from b2 --newer 2026-11-24 --json
     """
-    with app.repository(source) as repo:
+    with app.repository(source, listing=True) as repo:
         found = files.find(repo, list(backups), _state_root(app), name=name,
                            newer=_parse_time(newer) if newer is not None else None)
     if as_json:

@@ -84,7 +84,7 @@ def mount_cmd(app: App, mountpoint: Path, source: str, cache_dir: Path | None, c
         click.echo(f"btrsync: mounted {m.backups} backup(s) of {repo.target.display_url} at {m.mountpoint} "
                    f"(read-only); Ctrl-C here, or 'fusermount3 -u {m.mountpoint}', unmounts", err=True)
 
-    with app.repository(source) as repo:
+    with app.repository(source, listing=True) as repo:  # it reads the catalog first
         try:
             done = serve(repo, mountpoint, _load_tree, options, on_ready=ready)
         except Terminated as exc:  # serve unmounted it: say so, not the "resume" of a transfer

@@ -127,7 +127,7 @@ def _rows(app: App, jobs: tuple[str, ...], stale_after: str | None, do_refresh: 
         raise UsageError(f"--stale-after {stale_after!r}: {exc}") from None
     clock = clock_for(now_text)
     if do_refresh:
-        for problem in refresh(app.config, app.state().root, selected, clock, lambda name: app.repository(name)):
+        for problem in refresh(app.config, app.state().root, selected, clock, lambda name: app.repository(name, listing=True)):
             click.echo(f"btrsync: warning: refresh {problem}", err=True)
     now = clock.now()
     return status_rows(app.config, app.state().root, now, stale_after=threshold, jobs=selected), now

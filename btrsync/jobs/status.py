@@ -304,7 +304,7 @@ def refresh(config: Config, state_dir: Path, jobs: list[Job], clock: Clock,
                 for jt in job.targets:
                     try:
                         with open_repository(jt.name) as repo:
-                            catalog = repo.catalog()
+                            catalog = repo.catalog(ahead=True)  # only read
                             _url, settings = config.target(jt.name)
                             rec = doc.setdefault("targets", {}).setdefault(jt.name, {})
                             rec["url"] = repo.target.display_url

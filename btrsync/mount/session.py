@@ -222,7 +222,7 @@ def serve(repo: Repository, mountpoint: Path, load_tree: LoadTree, options: Moun
     except (ImportError, OSError) as exc:
         raise MountError(f"cannot load the FUSE binding: {exc}; install libfuse3 (Debian: fuse3) and the "
                          "'mount' extra of btrsync (pip install 'btrsync[mount]')") from None
-    ns = Namespace(repo, repo.catalog(), load_tree, keep_trees=options.keep_trees)
+    ns = Namespace(repo, repo.catalog(ahead=True), load_tree, keep_trees=options.keep_trees)
     for line in ns.skipped:
         log.warning("not shown: %s", line)
     cache_dir, cache_fd = _session_dir(options.cache_root)

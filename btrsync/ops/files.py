@@ -197,7 +197,7 @@ def find(repo: Repository, specs: list[str], state_root: Path | None, *, name: s
     with an mtime after ``newer``, in any of the backups, with their state in each (oldest first)."""
     if (name is None) == (newer is None):
         raise UsageError("give exactly one of --name GLOB and --newer TIME")
-    catalog = repo.catalog()
+    catalog = repo.catalog(ahead=True)
     chains = [restore_chain(catalog, s, repo.target.display_url) for s in specs]
     chains.sort(key=lambda c: (c[-1].snapshot_time, c[-1].backup_id))
     seen: dict[str, Found] = {}
