@@ -294,11 +294,19 @@ class Repository:
 
     # -- data --------------------------------------------------------------------------------
     def data_keys(self, backup_id: str) -> list[str]:
-        return [o.key for o in self.target.list(layout.data_prefix(backup_id))]
+        return list(self.data_sizes(backup_id))
 
     def data_sizes(self, backup_id: str) -> dict[str, int]:
         """The size of each data object (segment, index, file index) of ``backup_id`` (one listing)."""
         return {o.key: o.size for o in self.target.list(layout.data_prefix(backup_id))}
+
+    def committed_and_left(self, backup_id: str) -> tuple[bool, dict[str, int]]:
+        """Under ``backup_id``'s upload lease, before sending it (a push or a copy): whether it is
+        committed already (one stat, not a listing of every manifest) and what earlier attempts
+        left of its data (``data_sizes``, for ``find_resume_point``), the two reads at once."""
+        committed, left = together(self.target, lambda: self.has_manifest(backup_id),
+                                   lambda: self.data_sizes(backup_id))
+        return committed, left
 
     def read_frame(self, backup_id: str, index: int, rec: ChunkRecord) -> bytes:
         """The stored frame of chunk ``index``; a missing or short segment is damage."""

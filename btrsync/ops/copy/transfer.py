@@ -141,10 +141,11 @@ class _Attempt:
                                                  "copy's data that cannot be resumed")
                      if self.audit is not None else None)
         with Lease(self.dest.target, self.backup_id, self.manifest.parent_id):
-            if self.backup_id in set(self.dest.backup_ids()):
+            committed, listed = self.dest.committed_and_left(self.backup_id)
+            if committed:
                 raise CopyError(f"backup {self.backup_id} was committed on {self.dest.target.display_url} "
                                 "meanwhile (by another copy or push); nothing was changed")
-            self.point = find_resume_point(self.dest, self.backup_id, self.params(), deletions)
+            self.point = find_resume_point(self.dest, self.backup_id, self.params(), deletions, listed)
             if not self.point.segments:
                 self.point = self._fresh()
             try:

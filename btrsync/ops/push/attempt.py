@@ -99,9 +99,7 @@ class Attempt:
         """Send and commit, all under the upload lease: the lease goes only after the commit, so
         a clean or prune elsewhere never sees this backup's data without either."""
         with Lease(self.repo.target, self.backup_id, self.step.parent_backup_id):
-            # whether it is committed already, and what earlier attempts left: two reads at once
-            committed, listed = together(self.repo.target, lambda: self.repo.has_manifest(self.backup_id),
-                                         lambda: self.repo.data_sizes(self.backup_id))
+            committed, listed = self.repo.committed_and_left(self.backup_id)
             if committed:
                 raise PushError(f"backup {self.backup_id} was committed meanwhile (by another push); "
                                 "nothing was changed")
