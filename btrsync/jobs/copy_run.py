@@ -40,7 +40,8 @@ class CopyRun(TargetRun):
         url = repo.target.display_url
         mine = {subvolume_name(s) for s in self.job.subvolumes}
         with env.open_repository(jt.copy_from, False) as source:
-            catalogs = source.catalog(ahead=True), repo.catalog()  # the source is only read
+            # both only planned on: what is committed is checked again under each backup's lease
+            catalogs = source.catalog(ahead=True), repo.catalog(ahead=True)
             wanted = wanted_by_policy(*catalogs, mine, lambda sub: self.policy(sub, url), self.clock.now())
             result = copy_backups(source, repo, wanted, settings, dry_run=env.dry_run, audit=self.ctx.audit,
                                   catalogs=catalogs, policy_for=lambda sub: self.policy(sub, url))
