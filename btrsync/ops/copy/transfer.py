@@ -36,13 +36,14 @@ from btrsync.catalog.segment_index import (
 )
 from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fileindex.store import PART_SIZE, read_compressed
-from btrsync.ops.push.attempt import remove_temporaries
+from btrsync.ops.push.attempt import checks_before_commit, remove_temporaries
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk
 from btrsync.pipeline.segments import write_segments
 from btrsync.pipeline.throttle import TokenBucket
 from btrsync.progress import Estimate, Progress
 from btrsync.read.chunks import ReadStats, chunks
+from btrsync.targets.base import Leftover
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,9 @@ class _Attempt:
                 self.dest.discard_uncommitted(self.backup_id, deletions)
                 self.point = self._fresh()
             copied = self._copy()
-            self._check_uploaded(copied)
+            leftovers = self._check_uploaded(copied)
             self.dest.commit(copied)
-            remove_temporaries(self.dest.target, self.backup_id, self.audit)
+            remove_temporaries(self.dest.target, self.backup_id, self.audit, leftovers)
             return copied
 
     def _check_kept(self) -> None:
@@ -253,22 +254,24 @@ class _Attempt:
             stored += len(frame)
         return {**m.files, "parts": parts, "stored_bytes": stored}
 
-    def _check_uploaded(self, manifest: Manifest) -> None:
-        """Listings right before the commit: every segment and index there, holding exactly the
-        stored bytes, and the parent's manifest (a clean or prune elsewhere, or a lost object,
-        fails the copy instead)."""
+    def _check_uploaded(self, manifest: Manifest) -> list[Leftover] | str:
+        """Listings right before the commit (``checks_before_commit``, as a push makes them): every
+        segment and index there, holding exactly the stored bytes, and the parent's manifest (a
+        clean or prune elsewhere, or a lost object, fails the copy instead); returns the leftovers
+        of killed attempts, removed after the commit."""
         bid = manifest.backup_id
-        what = self.dest.upload_gap(manifest)
+        what, parent_there, leftovers = checks_before_commit(self.dest, manifest)
         if what:
             raise CopyError(f"backup {bid} was not committed: {what} on {self.dest.target.display_url}; "
                             "copy again to send it anew")
         parent = manifest.parent_id
-        if parent is not None and not self.dest.has_manifest(parent):
+        if not parent_there:
             # a prune or delete elsewhere that read the leases before this copy's took the parent:
             # committed, this backup could never be restored there
             raise CopyError(f"backup {bid} was not committed: its parent {parent} is no longer on "
                             f"{self.dest.target.display_url} (removed by a prune or delete elsewhere while this "
                             "copy ran); copy again: the parent is sent again and this backup resumes")
+        return leftovers
 
 
 def copy_backup(source: Repository, dest: Repository, manifest: Manifest, settings: CopySettings,

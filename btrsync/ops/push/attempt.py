@@ -117,14 +117,11 @@ class Attempt:
         """Right before the commit, one listing: every segment and index the manifest names is on
         the target, and the segments hold exactly its stored bytes.  A clean on another host that
         took this upload for orphans (or a lost object) must fail the push, not commit a backup
-        that cannot be restored; the next push resends what is missing.  At once with it, the check
-        that the parent is still there and the listing of what killed attempts at this backup left
-        (``find_temporaries``: removed after the commit; the lease keeps any new ones from appearing)."""
+        that cannot be restored; the next push resends what is missing.  At once with it
+        (``checks_before_commit``), whether the parent is still there and what killed attempts at
+        this backup left (returned, removed after the commit)."""
         parent = manifest.parent_id
-        what, parent_there, leftovers = together(
-            self.repo.target, lambda: self.repo.upload_gap(manifest),
-            lambda: parent is None or self.repo.has_manifest(parent),
-            lambda: find_temporaries(self.repo.target, self.backup_id))
+        what, parent_there, leftovers = checks_before_commit(self.repo, manifest)
         if what:
             raise PushError(f"backup {manifest.backup_id} was not committed: {what} on {self.repo.target.display_url} "
                             "(removed by a clean or prune elsewhere, or lost); push again to send it anew")
@@ -295,6 +292,18 @@ class Attempt:
             segments=self.table.segments, started=started, finished=datetime.now(UTC).replace(microsecond=0),
             tool={"btrsync": __version__, "btrfs_progs": progs_version(), "kernel": platform.release()},
         )
+
+
+def checks_before_commit(repo: Repository, manifest: Manifest) -> tuple[str | None, bool, list[Leftover] | str]:
+    """Right before committing ``manifest`` (a push or a copy), three reads at once: what is wrong
+    with its uploaded objects (``upload_gap``), whether its parent is still there, and what killed
+    attempts at it left (``find_temporaries``, for ``remove_temporaries`` after the commit; the
+    backup's lease keeps new ones from appearing).  The caller raises its own errors."""
+    parent = manifest.parent_id
+    gap, parent_there, leftovers = together(
+        repo.target, lambda: repo.upload_gap(manifest), lambda: parent is None or repo.has_manifest(parent),
+        lambda: find_temporaries(repo.target, manifest.backup_id))
+    return gap, parent_there, leftovers
 
 
 def find_temporaries(target: Target, backup_id: str) -> list[Leftover] | str:
