@@ -284,18 +284,24 @@ class Lease:
                "refreshed": self.clock().isoformat()}
         self.target.put_bytes(self.key, json.dumps(doc).encode())
 
+    def _still_ours(self, head: bytes) -> bool:
+        """Whether the lease read at release is this holder's, or invalid (then it goes too)."""
+        if len(head) > MAX_LEASE_BYTES:
+            return True
+        current = parse_lease(self.key, head, self.clock())
+        if current.valid and current.token != self.token:
+            log.warning("upload lease %s was taken over (%s); leaving it", self.key, current.describe())
+            return False
+        return True
+
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None and self._thread.is_alive():  # (started: see __enter__)
             self._thread.join()
         try:
-            current = lease_body(self.target, self.key)  # whose it is; its age does not matter here
-            if current is None:
-                return
-            if current.valid and current.token != self.token:
-                log.warning("upload lease %s was taken over (%s); leaving it", self.key, current.describe())
-                return
-            self.target.discard(self.key)  # just read: no need to ask the store whether it is there
+            # gone only while it is still ours (or unreadable): where the store keeps versions,
+            # exactly the ones read, so a lease another host took over meanwhile stays
+            self.target.discard_if(self.key, self._still_ours, MAX_LEASE_BYTES)
         except (TargetError, OSError) as exc:
             # never an error of its own: the work it guarded is done (a committed backup must not be
             # reported failed) or already failing (its error is the one to report); the lease goes

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -125,6 +125,32 @@ class Target(ABC):
             self.delete(key)
         except NotFound:
             pass
+
+    def discard_if(self, key: str, wanted: Callable[[bytes], bool], limit: int) -> bool:
+        """Discard the object at ``key`` if ``wanted(head)`` says so, ``head`` being its first
+        ``limit + 1`` bytes (more than ``limit`` tells the caller it is larger); whether it went.
+
+        For an object the caller wrote and must remove only while it is still its own (an upload
+        lease another host may have taken over).  Here it is read, then discarded: between the two
+        another writer's replacement could go too.  A store that keeps versions does better
+        (S3: only the version read and older ones are deleted, never one written after the read)."""
+        head = bytearray()
+        stream = self.get(key)
+        try:
+            for block in stream:
+                head += block
+                if len(head) > limit:
+                    break
+        except NotFound:
+            return False
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        if not wanted(bytes(head[:limit + 1])):
+            return False
+        self.discard(key)
+        return True
 
     def probe(self) -> None:
         """Raise ``TargetMissingError`` if the target location does not exist or is unreachable."""

@@ -316,6 +316,10 @@ class RetryingTarget(TargetWrapper):
     def discard(self, key: str) -> None:
         self._call(lambda: self.inner.discard(key), f"delete {key}")
 
+    def discard_if(self, key: str, wanted: Callable[[bytes], bool], limit: int) -> bool:
+        """Retried whole: an attempt after one that deleted finds nothing (False), as it should."""
+        return self._call(lambda: self.inner.discard_if(key, wanted, limit), f"delete {key}")
+
     def probe(self) -> None:
         self._call(self.inner.probe, "probe")
 

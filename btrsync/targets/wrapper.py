@@ -9,7 +9,7 @@ derive from it and override only the verbs they change; ``unwrap()`` gives the w
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,9 @@ class TargetWrapper(Target):
 
     def discard(self, key: str) -> None:
         self.inner.discard(key)
+
+    def discard_if(self, key: str, wanted: Callable[[bytes], bool], limit: int) -> bool:
+        return self.inner.discard_if(key, wanted, limit)
 
     def probe(self) -> None:
         self.inner.probe()

@@ -189,6 +189,28 @@ def test_discard_removes_what_is_there_and_ignores_what_is_not(target: Target) -
     assert [o.key for o in target.list()] == ["d/2"]
 
 
+def test_discard_if_removes_only_what_the_caller_wants_gone(target: Target) -> None:
+    """discard_if hands the caller the object's head (up to limit + 1 bytes) and removes the object
+    only when the caller says so: the release of an upload lease that may have been taken over."""
+    target.put("locks/a.lease", [b"mine"])
+    target.put("locks/b.lease", [b"theirs"])
+    target.put("locks/big.lease", [b"x" * 100])
+    heads: list[bytes] = []
+
+    def mine(head: bytes) -> bool:
+        heads.append(head)
+        return head == b"mine"
+
+    assert target.discard_if("locks/a.lease", mine, 16) is True
+    assert target.discard_if("locks/b.lease", mine, 16) is False
+    assert target.discard_if("locks/never.lease", mine, 16) is False
+    assert target.discard_if("locks/big.lease", lambda head: heads.append(head) or False, 16) is False
+    assert heads == [b"mine", b"theirs", b"x" * 17]
+    with pytest.raises(NotFound):
+        target.stat("locks/a.lease")
+    assert [o.key for o in target.list("locks/")] == ["locks/b.lease", "locks/big.lease"]
+
+
 def test_the_target_clock_stamps_what_it_writes(target: Target) -> None:
     """stat and list say when the target wrote an object, on the clock clock() reads.  Upload
     leases are judged by it (catalog/lease.py), so a writer's wrong clock misleads no clean."""

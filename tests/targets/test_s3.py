@@ -123,6 +123,24 @@ def test_marked_parts_say_whether_more_follows_reading_one_piece_ahead() -> None
         assert b"".join(p for p, _ in got) == data[:length]
 
 
+def test_only_the_version_read_and_older_ones_are_chosen_for_deletion() -> None:
+    """A lease's release deletes the version it read and the older ones: a version stored after the
+    read (newer, listed first) stays, and so does a delete marker not older than the read one."""
+    from datetime import UTC, timedelta
+
+    from btrsync.targets.s3.versions import Version, names_a_write, read_and_older
+
+    t = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    listed = [Version("v4-theirs", False, t + timedelta(seconds=9)), Version("v3", False, t),
+              Version("v1", False, t - timedelta(minutes=10)),
+              Version("m2", True, t - timedelta(minutes=5)), Version("m-same-second", True, t),
+              Version("m-newer", True, t + timedelta(seconds=5))]
+    assert read_and_older(listed, "v3") == ["v3", "v1", "m2"]
+    assert read_and_older(listed, "v4-theirs") == ["v4-theirs", "v3", "v1", "m2", "m-same-second", "m-newer"]
+    assert read_and_older(listed, "never-listed") is None
+    assert [names_a_write(v) for v in ("v3", "null", "", None)] == [True, False, False, False]
+
+
 def test_settings_parse_sizes_and_refuse_parts_s3_would_refuse() -> None:
     """part_size takes '16M'; below 5 MiB or above 5 GB is a configuration error."""
     assert S3Settings.from_mapping({"part-size": "16M"}).part_size == 16 << 20
@@ -603,6 +621,52 @@ def test_removal_leaves_no_version_in_a_versioned_bucket(
     listing = server.client().list_object_versions(Bucket=bucket, Prefix="p/")
     left = [v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
     assert left == ["p/k2"]
+
+
+def test_a_lease_released_in_a_versioned_bucket_leaves_a_takeover_standing(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """A lease's release in a versioned bucket (B2) deletes exactly the versions it read as its own
+    and the older ones, no delete marker: another host's lease stored after that read stays, whole
+    and current (a plain delete would hide it, and a delete of every version would remove it)."""
+    from btrsync.catalog.lease import Lease, lease_body
+
+    server = seaweed(request)
+    bucket = server.create_bucket(f"btrsync-lease-{uuid.uuid4().hex[:8]}", versioned=True)
+    client = server.client()
+    with seaweed_target(request, tmp_path, via_proxy=True, bucket=bucket, prefix="p") as target:
+        lease = Lease(target, "b-1")
+        with lease:
+            lease.refresh()  # a second version of it
+            proxy.reset()
+            proxy.latency = 0.1  # (longer than starting a thread takes)
+        # released in two round trips: its head read beside the listing of its versions, then both
+        # versions deleted at once
+        met = [(seen.op, sorted(other.op for other in others)) for seen, others in proxy.alongside]
+        assert sorted(op for op, _ in met) == ["DeleteObject", "DeleteObject", "GetObject", "ListObjectVersions"], met
+        assert ("ListObjectVersions", ["GetObject"]) in met or ("GetObject", ["ListObjectVersions"]) in met, met
+        assert ("DeleteObject", ["DeleteObject"]) in met, met
+        assert all("versionId=" in seen.path for seen in proxy.ops("DeleteObject"))
+        proxy.latency = 0.0
+        listing = client.list_object_versions(Bucket=bucket, Prefix="p/locks/")
+        assert listing.get("Versions", []) == [] and listing.get("DeleteMarkers", []) == [], listing
+
+        theirs = b'{"backup_id": "b-1", "host": "elsewhere", "pid": 1, "token": "theirs", ' \
+                 b'"refreshed": "2030-01-01T00:00:00+00:00"}'
+        lease = Lease(target, "b-1")
+        mine = lease._still_ours
+
+        def taken_over_after_the_read(head: bytes) -> bool:
+            target.put_bytes("locks/b-1.lease", theirs)  # between the release's read and its delete
+            return mine(head)
+
+        lease._still_ours = taken_over_after_the_read  # type: ignore[method-assign]
+        with lease:
+            pass
+        current = lease_body(target, "locks/b-1.lease")
+        assert current is not None and current.token == "theirs", current
+        listing = client.list_object_versions(Bucket=bucket, Prefix="p/locks/")
+        assert len(listing.get("Versions", [])) == 1 and listing.get("DeleteMarkers", []) == [], listing
 
 
 def test_unfinished_uploads_are_listed_and_aborted(request: pytest.FixtureRequest, tmp_path: Path) -> None:

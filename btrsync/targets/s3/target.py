@@ -42,7 +42,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -74,6 +74,7 @@ from btrsync.targets.s3.parts import check_part_number, drain, marked_parts, par
 from btrsync.targets.s3.reads import aware, byte_count, stream_body
 from btrsync.targets.s3.settings import S3Settings
 from btrsync.targets.s3.uploads import BoundedUploads, Upload, md5_b64
+from btrsync.targets.s3.versions import Version, names_a_write, read_and_older
 from btrsync.targets.together import together
 
 log = logging.getLogger(__name__)
@@ -399,25 +400,80 @@ class S3Target(Target):
 
     def _versions_of(self, full: str, what: str) -> builtins.list[str]:
         """Version ids of exactly ``full``, delete markers included ([] if unsupported)."""
-        found: builtins.list[str] = []
-        markers: dict[str, str] = {}
+        return [v.id for v in self._version_entries(full, what)]
+
+    def _version_entries(self, full: str, what: str) -> builtins.list[Version]:
+        """The versions of exactly ``full`` as the store lists them: stored versions newest first,
+        then the delete markers ([] if the store lists no versions)."""
+        stored: builtins.list[Version] = []
+        markers: builtins.list[Version] = []
+        following: dict[str, str] = {}
         while True:
             try:
-                page = self._request("list_object_versions", what, Bucket=self.bucket, Prefix=full, **markers)
+                page = self._request("list_object_versions", what, Bucket=self.bucket, Prefix=full, **following)
             except TargetError as exc:
                 if "NotImplemented" not in str(exc):
                     raise
-                return found
+                return stored + markers
+            for entries, into, marker in ((page.get("Versions", []), stored, False),
+                                          (page.get("DeleteMarkers", []), markers, True)):
+                into.extend(Version(e["VersionId"], marker, aware(e.get("LastModified")))
+                            for e in entries if e["Key"] == full and e.get("VersionId") not in (None, ""))
             entries = page.get("Versions", []) + page.get("DeleteMarkers", [])
-            found.extend(
-                e["VersionId"] for e in entries if e["Key"] == full and e.get("VersionId") not in (None, "")
-            )
             if not page.get("IsTruncated") or any(e["Key"] != full for e in entries):
-                return found  # keys come sorted: once another key shows up, ours are all seen
-            markers = {
+                return stored + markers  # keys come sorted: once another key shows up, ours are all seen
+            following = {
                 "KeyMarker": page["NextKeyMarker"],
                 "VersionIdMarker": page.get("NextVersionIdMarker", ""),
             }
+
+    def discard_if(self, key: str, wanted: Callable[[bytes], bool], limit: int) -> bool:
+        """``Target.discard_if`` without its race where the bucket keeps versions (B2 always does):
+        the object's head and the key's versions are read at once; if ``wanted``, exactly the
+        version read and the older ones are deleted, at once, and no delete marker is made.  A
+        version another host stored after the read stays, current.  Two round trips where a read,
+        a delete, a listing of versions and their deletes took four.  Without versions (no
+        version id, or ``null``) the object is deleted as read: S3 has no delete conditional on
+        what was read."""
+        full = self._full(validate_key(key))
+        what = self._what("delete", key)
+
+        def head() -> tuple[bytes, str | None] | None:
+            try:
+                answer = self._request("get_object", self._what("get", key), Bucket=self.bucket, Key=full,
+                                       Range=f"bytes=0-{limit}")
+            except NotFound:
+                return None
+            except RangeError:  # an empty object has no byte 0
+                return b"", None
+            count = min(int(answer.get("ContentLength") or 0), limit + 1)  # a store that ignored the Range
+            return b"".join(stream_body(answer["Body"], count, self._what("get", key))), answer.get("VersionId")
+
+        read, versions = together(self, head, functools.partial(self._version_entries, full, what))
+        if read is None or not wanted(read[0]):
+            return False
+        self._refuse_if_locked(key)
+        doomed = read_and_older(versions, read[1]) if names_a_write(read[1]) else None
+        if doomed is None:
+            if names_a_write(read[1]) or any(names_a_write(v.id) for v in versions):
+                self.discard(key)  # versions the listing cannot place against the one read: all go
+            else:
+                self._request("delete_object", what, Bucket=self.bucket, Key=full)
+            return True
+
+        def remove(version_id: str) -> None:
+            try:
+                self._request("delete_object", what, Bucket=self.bucket, Key=full, VersionId=version_id)
+            except NotFound:
+                pass
+
+        try:
+            together(self, *(functools.partial(remove, v) for v in doomed))
+        except PermissionDenied:
+            # a key that may hide but not delete versions (B2 without deleteFiles): hidden, as
+            # ``discard`` leaves it, and the same error
+            self.discard(key)
+        return True
 
     # -- unfinished uploads (btrsync clean) ------------------------------------------------
     def list_uploads(self) -> builtins.list[Upload]:
