@@ -6,7 +6,7 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,12 +21,13 @@ from btrsync.errors import EXIT_STATUS_HELP, DamageError
 from btrsync.jobs.aftercommand import after_command
 from btrsync.ops.push.run import PushResult, push, raise_for_failures
 from btrsync.ops.push.settings import settings_from
-from btrsync.ops.verify import Options, VerifyReport, verify
 from btrsync.progress import reporter
 from btrsync.retention.lifetime import FOREVER
 from btrsync.snapshots.store import subvolume_name
 from btrsync.units import format_bytes
-from btrsync.verify.ledger import Ledger
+
+if TYPE_CHECKING:
+    from btrsync.ops.verify import VerifyReport
 
 
 @click.command("push", epilog=EXIT_STATUS_HELP)
@@ -107,6 +108,10 @@ def push_cmd(app: App, subvol: Path, snapshot_dir: Path, to: str, dry_run: bool,
 
 def _verify_pushed(app: App, repo: Repository, ids: list[str], level: str) -> VerifyReport:
     """Re-read what was just written, past any cache: a broken upload path is caught the same night."""
+    # imported here: a push without --verify never loads the verifier (start-up of every push)
+    from btrsync.ops.verify import Options, verify
+    from btrsync.verify.ledger import Ledger
+
     report = verify(repo, ids, Options(level=level, workers=app.config.push.workers),
                     ledger=Ledger.for_repository(app.state().root, repo.repo_id))
     app.state().record_verification(repo.target.display_url, report.summary())

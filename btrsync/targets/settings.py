@@ -3,7 +3,7 @@
 ``btrsync config check`` (every command that reads the configuration) refuses any other key, with
 a did-you-mean hint: a misspelt ``qouta`` or ``credentails_file`` was silently ignored before, and
 an S3 target then looked for credentials elsewhere.  This module imports nothing, so that reading
-the configuration never imports boto3; the target modules keep to these lists:
+the configuration never imports botocore; the target modules keep to these lists:
 ``S3Settings`` has exactly the fields of :data:`S3` (a test compares them), and the ssh setting
 readers (``btrsync.targets.ssh.settings.setting_*``) refuse a name that is not in :data:`SSH`.
 Names may be written with ``-`` or ``_``.

@@ -191,9 +191,27 @@ def test_starting_the_command_line_loads_no_heavy_library_it_does_not_need() -> 
 
     code = ("import sys; from btrsync.cli.main import main; "
             "main(['key', '--help']); "
-            "print(sorted(m for m in ('pydantic', 'prometheus_client', 'boto3', 'zstandard') if m in sys.modules))")
+            "print(sorted(m for m in ('pydantic', 'prometheus_client', 'boto3', 'botocore', 'zstandard') "
+            "if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout
+
+
+def test_a_push_without_a_metrics_directory_loads_neither_prometheus_nor_verify(tmp_path) -> None:
+    """The end of every push, prune, verify and clean rewrites the metrics file only where there is a
+    metrics directory: without one (metrics off, or no node_exporter) prometheus_client stays unloaded, and a push
+    without --verify does not load the verifier (start-up time of every such command)."""
+    import subprocess
+    import sys
+
+    metrics_off = 'metrics_dir = ""'
+    code = ("import sys, tomllib; from pathlib import Path; import btrsync.cli.cmd_push; "
+            "from btrsync.config.model import parse_config; from btrsync.jobs.aftercommand import after_command; "
+            f"after_command(parse_config(tomllib.loads({metrics_off!r})), Path({str(tmp_path)!r})); "
+            "print(sorted(m for m in ('prometheus_client', 'btrsync.ops.verify', 'btrsync.ops.drill') "
+            "if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout + run.stderr
 
 
 def test_debug_logging_never_opens_up_the_s3_libraries() -> None:

@@ -275,6 +275,22 @@ def test_no_secret_in_repr_or_error_text(request: pytest.FixtureRequest, tmp_pat
     target.close()
 
 
+def test_an_s3_target_is_made_without_boto3(tmp_path: Path) -> None:
+    """The clients come from botocore directly: boto3 and s3transfer (managed transfers btrsync
+    does not use) cost every S3 command ~50 ms of start-up to import."""
+    import subprocess
+    import sys
+
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = a-secret-of-forty-characters-0123456789\n")
+    creds.chmod(0o600)
+    code = ("import sys; from btrsync.targets.registry import open_target; "
+            f"t = open_target('s3://bucket/p', {{'endpoint': 'http://127.0.0.1:9', 'credentials_file': {str(creds)!r}}}); "
+            "print(t.inner._client.meta.region_name, sorted(m for m in ('boto3', 's3transfer') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["us-east-1", "[]"], run.stdout + run.stderr
+
+
 def test_url_with_credentials_is_refused(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """Secrets belong in credentials_file, never in the URL (which shows up in messages)."""
     with pytest.raises(ConfigError) as info:
