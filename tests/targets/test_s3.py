@@ -10,10 +10,11 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -128,7 +129,7 @@ def test_only_the_version_read_and_older_ones_are_chosen_for_deletion() -> None:
     read (newer, listed first) stays, and so does a delete marker not older than the read one."""
     from datetime import UTC, timedelta
 
-    from btrsync.targets.s3.versions import Version, names_a_write, read_and_older
+    from btrsync.targets.s3.versions import Removal, Version, names_a_write, read_and_older, removal_of
 
     t = datetime(2026, 12, 7, 12, tzinfo=UTC)
     listed = [Version("v4-theirs", False, t + timedelta(seconds=9)), Version("v3", False, t),
@@ -139,6 +140,12 @@ def test_only_the_version_read_and_older_ones_are_chosen_for_deletion() -> None:
     assert read_and_older(listed, "v4-theirs") == ["v4-theirs", "v3", "v1", "m2", "m-same-second", "m-newer"]
     assert read_and_older(listed, "never-listed") is None
     assert [names_a_write(v) for v in ("v3", "null", "", None)] == [True, False, False, False]
+    # the release's plan: older versions first, the one read last; newest only if nothing newer
+    assert removal_of(listed, "v3") == Removal(read="v3", older=["v1", "m2"], newest=False)
+    assert removal_of(listed[1:], "v3").newest
+    assert removal_of(None, "v3") == Removal(read="v3")  # no listing: only the version read
+    assert removal_of(listed, None).thorough  # no version id, yet versions listed
+    assert removal_of([Version("null", False, t)], "null").plain and removal_of(None, None).plain
 
 
 def test_settings_parse_sizes_and_refuse_parts_s3_would_refuse() -> None:
@@ -656,12 +663,12 @@ def test_a_lease_released_in_a_versioned_bucket_leaves_a_takeover_standing(
             lease.refresh()  # a second version of it
             proxy.reset()
             proxy.latency = 0.1  # (longer than starting a thread takes)
-        # released in two round trips: its head read beside the listing of its versions, then both
-        # versions deleted at once
+        # released: its head read beside the listing of its versions, then the older version, then
+        # the one read (a lease never refreshed, one version: two round trips)
         met = [(seen.op, sorted(other.op for other in others)) for seen, others in proxy.alongside]
         assert sorted(op for op, _ in met) == ["DeleteObject", "DeleteObject", "GetObject", "ListObjectVersions"], met
         assert ("ListObjectVersions", ["GetObject"]) in met or ("GetObject", ["ListObjectVersions"]) in met, met
-        assert ("DeleteObject", ["DeleteObject"]) in met, met
+        assert ("DeleteObject", []) in met and ("DeleteObject", ["DeleteObject"]) not in met, met
         assert all("versionId=" in seen.path for seen in proxy.ops("DeleteObject"))
         proxy.latency = 0.0
         listing = client.list_object_versions(Bucket=bucket, Prefix="p/locks/")
@@ -683,6 +690,132 @@ def test_a_lease_released_in_a_versioned_bucket_leaves_a_takeover_standing(
         assert current is not None and current.token == "theirs", current
         listing = client.list_object_versions(Bucket=bucket, Prefix="p/locks/")
         assert len(listing.get("Versions", [])) == 1 and listing.get("DeleteMarkers", []) == [], listing
+
+
+def _lease_doc(token: str) -> bytes:
+    return (f'{{"backup_id": "b-1", "host": "h-{token}", "pid": 1, "token": "{token}", '
+            '"refreshed": "2030-01-01T00:00:00+00:00"}').encode()
+
+
+def _ours(head: bytes) -> bool:
+    return b'"mine"' in head
+
+
+def _versioned(request: pytest.FixtureRequest, tmp_path: Path, **kwargs: Any) -> tuple[str, Any, S3Target]:
+    server = seaweed(request)
+    bucket = server.create_bucket(f"btrsync-lease-{uuid.uuid4().hex[:8]}", versioned=True)
+    return bucket, server.client(), seaweed_target(request, tmp_path, bucket=bucket, prefix="p", **kwargs)
+
+
+def _after_the_read(target: S3Target, op: str, action: Callable[[], None]) -> None:
+    """Run ``action`` right before the target's next ``op`` request, once its GET has answered."""
+    got, original = threading.Event(), target._request
+
+    def request_(name: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        if name == op and got.wait(5):
+            target._request = original  # type: ignore[method-assign]
+            action()
+        answer = original(name, what, **kwargs)
+        if name == "get_object":
+            got.set()
+        return answer
+
+    target._request = request_  # type: ignore[method-assign]
+
+
+def test_a_takeover_stored_between_the_release_s_read_and_its_listing_stays(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The listing then shows the other host's version, newer than the one read: it is kept (a
+    release that deleted every listed version would remove it)."""
+    bucket, client, target = _versioned(request, tmp_path)
+    with target:
+        target.put_bytes("locks/b-1.lease", _lease_doc("mine"))
+        target.put_bytes("locks/b-1.lease", _lease_doc("mine"))  # a refresh
+        _after_the_read(target, "list_object_versions", lambda: client.put_object(
+            Bucket=bucket, Key="p/locks/b-1.lease", Body=_lease_doc("theirs")))
+        assert target.discard_if("locks/b-1.lease", _ours, 4096) is True
+        assert target.read("locks/b-1.lease") == _lease_doc("theirs")
+    listing = client.list_object_versions(Bucket=bucket, Prefix="p/locks/")
+    assert len(listing.get("Versions", [])) == 1 and not listing.get("DeleteMarkers"), listing
+
+
+def test_a_key_that_may_not_delete_versions_never_hides_a_takeover(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """B2 without deleteFiles (a least-privilege push host): the lease is hidden as discard hides
+    it, with the same error, but only while the version read is the newest; a takeover stored
+    after the read stays visible (hidden, its host's upload would look orphaned to a clean)."""
+    bucket, client, target = _versioned(request, tmp_path, via_proxy=True)
+    with target:
+        target.put_bytes("locks/b-1.lease", _lease_doc("mine"))
+        proxy.capabilities.discard("deleteFiles")
+        with pytest.raises(PermissionDenied, match="the key is hidden"):
+            target.discard_if("locks/b-1.lease", _ours, 4096)
+        with pytest.raises(NotFound):
+            target.stat("locks/b-1.lease")
+        target.put_bytes("locks/b-1.lease", _lease_doc("mine"))
+        _after_the_read(target, "list_object_versions", lambda: client.put_object(
+            Bucket=bucket, Key="p/locks/b-1.lease", Body=_lease_doc("theirs")))
+        with pytest.raises(PermissionDenied, match="may not delete versions") as caught:
+            target.discard_if("locks/b-1.lease", _ours, 4096)
+        assert "hidden" not in str(caught.value)
+        assert target.read("locks/b-1.lease") == _lease_doc("theirs")
+
+
+def test_a_release_half_done_never_makes_an_older_version_current(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The older versions go first and the one read last: when a delete fails half-way, the lease
+    read stays current (it goes stale on its own), never an older refresh of it."""
+    bucket, client, target = _versioned(request, tmp_path)
+    with target:
+        for refreshed in ("2030-01-01", "2030-01-02", "2030-01-03"):
+            target.put_bytes("locks/b-1.lease", _lease_doc("mine").replace(b"2030-01-01", refreshed.encode()))
+        original, calls = target._request, []
+
+        def failing(name: str, what: str, **kwargs: Any) -> dict[str, Any]:
+            if name == "delete_object" and kwargs.get("VersionId"):
+                calls.append(kwargs["VersionId"])
+                if len(calls) == 2:
+                    raise TransientTargetError("the store stopped answering")
+            return original(name, what, **kwargs)
+
+        target._request = failing  # type: ignore[method-assign]
+        with pytest.raises(TransientTargetError):
+            target.discard_if("locks/b-1.lease", _ours, 4096)
+        target._request = original  # type: ignore[method-assign]
+        assert b"2030-01-03" in target.read("locks/b-1.lease")
+        assert len(calls) == 2  # the two older ones were tried; the one read was not
+
+
+def test_a_release_without_a_listing_deletes_the_version_read(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A key refused the listing of versions (or a store without one) still releases: the version
+    read goes, by its id; and an answer that does not say its length is read, not taken as empty
+    (an empty head is an invalid lease, which would be deleted whoever wrote it)."""
+    bucket, client, target = _versioned(request, tmp_path)
+    with target:
+        target.put_bytes("locks/b-1.lease", _lease_doc("theirs"))
+        target.put_bytes("locks/b-1.lease", _lease_doc("mine"))
+        original = target._request
+
+        def degraded(name: str, what: str, **kwargs: Any) -> dict[str, Any]:
+            if name == "list_object_versions":
+                raise PermissionDenied("no s3:ListBucketVersions")
+            answer = original(name, what, **kwargs)
+            if name == "get_object":
+                answer.pop("ContentLength", None)
+            return answer
+
+        target._request = degraded  # type: ignore[method-assign]
+        heads: list[bytes] = []
+        assert target.discard_if("locks/b-1.lease", lambda head: heads.append(head) or _ours(head), 4096)
+        assert heads == [_lease_doc("mine")]
+        assert target.discard_if("locks/b-1.lease", _ours, 4096) is False  # the older one, theirs
+        target._request = original  # type: ignore[method-assign]
+        assert target.read("locks/b-1.lease") == _lease_doc("theirs")
 
 
 def test_unfinished_uploads_are_listed_and_aborted(request: pytest.FixtureRequest, tmp_path: Path) -> None:

@@ -34,8 +34,10 @@ def byte_count(key: str, answer: Mapping[str, Any], offset: int, length: int | N
     return check_range(key, total, offset, length) - offset
 
 
-def stream_body(body: Any, count: int, what: str) -> Iterator[bytes]:
-    """Yield ``count`` bytes of a response body in blocks; a broken connection is transient."""
+def stream_body(body: Any, count: int, what: str, *, short_ok: bool = False) -> Iterator[bytes]:
+    """Yield ``count`` bytes of a response body in blocks; a broken connection is transient.
+    ``short_ok``: ``count`` is only a cap (the answer did not say its length), and the body may end
+    before it."""
     got = 0
     try:
         while got < count:
@@ -46,6 +48,8 @@ def stream_body(body: Any, count: int, what: str) -> Iterator[bytes]:
                     f"{what}: connection broke after {got} of {count} bytes ({type(exc).__name__})"
                 ) from None
             if not block:
+                if short_ok:
+                    return
                 raise transient(f"{what}: connection closed after {got} of {count} bytes")
             got += len(block)
             yield block

@@ -74,7 +74,7 @@ from btrsync.targets.s3.parts import check_part_number, drain, marked_parts, par
 from btrsync.targets.s3.reads import aware, byte_count, stream_body
 from btrsync.targets.s3.settings import S3Settings
 from btrsync.targets.s3.uploads import BoundedUploads, Upload, md5_b64
-from btrsync.targets.s3.versions import Version, names_a_write, read_and_older
+from btrsync.targets.s3.versions import Version, removal_of
 from btrsync.targets.together import together
 
 log = logging.getLogger(__name__)
@@ -428,52 +428,68 @@ class S3Target(Target):
             }
 
     def discard_if(self, key: str, wanted: Callable[[bytes], bool], limit: int) -> bool:
-        """``Target.discard_if`` without its race where the bucket keeps versions (B2 always does):
-        the object's head and the key's versions are read at once; if ``wanted``, exactly the
-        version read and the older ones are deleted, at once, and no delete marker is made.  A
-        version another host stored after the read stays, current.  Two round trips where a read,
-        a delete, a listing of versions and their deletes took four.  Without versions (no
-        version id, or ``null``) the object is deleted as read: S3 has no delete conditional on
-        what was read."""
+        """``Target.discard_if`` without its race where the bucket keeps versions (B2 always does).
+
+        The object's head and the key's versions are read at once; if ``wanted``, the versions
+        older than the one read are deleted, at once, then the one read (so a failure half-way
+        never makes an older version current), and no delete marker is made: a version another
+        host stored after the read stays, current.  One version (a push shorter than a lease
+        refresh): two round trips, where read, delete, list and delete took four.  Without a
+        listing (refused, unsupported) only the version read goes.  Without versions (no version
+        id, or ``null``) the object is deleted as read: S3 has no delete conditional on what was
+        read there.  A key that may not delete versions (B2 without deleteFiles) hides the object,
+        as ``discard`` does, only when the listing shows the version read is still the newest."""
         full = self._full(validate_key(key))
         what = self._what("delete", key)
 
-        def head() -> tuple[bytes, str | None] | None:
+        def listing() -> builtins.list[Version] | None:
             try:
-                answer = self._request("get_object", self._what("get", key), Bucket=self.bucket, Key=full,
-                                       Range=f"bytes=0-{limit}")
-            except NotFound:
+                return self._version_entries(full, what)
+            except TargetError as exc:  # never worse than no listing: the version read still goes
+                log.debug("%s: no listing of its versions (%s); only the version read is deleted", what, exc)
                 return None
-            except RangeError:  # an empty object has no byte 0
-                return b"", None
-            count = min(int(answer.get("ContentLength") or 0), limit + 1)  # a store that ignored the Range
-            return b"".join(stream_body(answer["Body"], count, self._what("get", key))), answer.get("VersionId")
 
-        read, versions = together(self, head, functools.partial(self._version_entries, full, what))
+        read, versions = together(self, functools.partial(self._head, key, full, limit), listing)
         if read is None or not wanted(read[0]):
             return False
         self._refuse_if_locked(key)
-        doomed = read_and_older(versions, read[1]) if names_a_write(read[1]) else None
-        if doomed is None:
-            if names_a_write(read[1]) or any(names_a_write(v.id) for v in versions):
-                self.discard(key)  # versions the listing cannot place against the one read: all go
-            else:
-                self._request("delete_object", what, Bucket=self.bucket, Key=full)
-            return True
-
-        def remove(version_id: str) -> None:
-            try:
+        removal = removal_of(versions, read[1])
+        if removal.thorough:
+            self.discard(key)  # versions the listing cannot place against the one read: all go
+        elif removal.plain:
+            self._request("delete_object", what, Bucket=self.bucket, Key=full)
+        else:
+            def remove(version_id: str) -> None:
                 self._request("delete_object", what, Bucket=self.bucket, Key=full, VersionId=version_id)
-            except NotFound:
-                pass
 
-        try:
-            together(self, *(functools.partial(remove, v) for v in doomed))
-        except PermissionDenied:
-            # a key that may hide but not delete versions (B2 without deleteFiles): hidden, as
-            # ``discard`` leaves it, and the same error
-            self.discard(key)
+            try:
+                together(self, *(functools.partial(remove, v) for v in removal.older))
+                remove(removal.read)
+            except PermissionDenied as exc:
+                if removal.newest:  # hidden as discard leaves it; never over a newer version
+                    self._request("delete_object", what, Bucket=self.bucket, Key=full)
+                raise PermissionDenied(f"{exc}; {'the key is hidden (a delete marker) but ' if removal.newest else ''}"
+                                       "its stored versions stay: this key may not delete versions "
+                                       "(B2: no deleteFiles)") from None
         return True
+
+    def _head(self, key: str, full: str, limit: int) -> tuple[bytes, str | None] | None:
+        """The first ``limit + 1`` bytes of ``key`` and the id of the version they came from;
+        ``None`` if there is no such object."""
+        try:
+            answer = self._request("get_object", self._what("get", key), Bucket=self.bucket, Key=full,
+                                   Range=f"bytes=0-{limit}")
+        except NotFound:
+            return None
+        except RangeError:  # an empty object has no byte 0
+            return b"", None
+        length = answer.get("ContentLength")
+        # a store that ignored the Range sends more, one that did not say how much may send less
+        count = limit + 1 if length is None else min(int(length), limit + 1)
+        data = bytearray()
+        for block in stream_body(answer["Body"], count, self._what("get", key), short_ok=length is None):
+            data += block
+        return bytes(data), answer.get("VersionId")
 
     # -- unfinished uploads (btrsync clean) ------------------------------------------------
     def list_uploads(self) -> builtins.list[Upload]:

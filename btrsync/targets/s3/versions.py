@@ -4,7 +4,7 @@ another writer stored after the read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 #: the id S3 gives a version stored while versioning is off or suspended: every write replaces
@@ -41,3 +41,29 @@ def read_and_older(versions: list[Version], read: str) -> list[str] | None:
     older_markers = [v.id for v in versions
                      if v.marker and cut is not None and v.modified is not None and v.modified < cut]
     return ids[at:] + older_markers
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """How to remove an object as far as it was read (``S3Target.discard_if``)."""
+
+    read: str = ""  # the version read: deleted last
+    older: list[str] = field(default_factory=list)  # deleted first, at once
+    newest: bool = False  # the listing shows no stored version newer than the one read
+    plain: bool = False  # no versions: one DeleteObject of the key
+    thorough: bool = False  # versions the listing cannot place against the one read: every one goes
+
+
+def removal_of(versions: list[Version] | None, read: str | None) -> Removal:
+    """What removes the version ``read`` (a version id from the GET, or none) and the older ones,
+    given the key's ``versions`` as listed (``None``: no listing)."""
+    if not names_a_write(read):
+        if versions is not None and any(names_a_write(v.id) for v in versions):
+            return Removal(thorough=True)  # (a bucket whose versioning was suspended after use)
+        return Removal(plain=True)
+    assert read is not None
+    doomed = read_and_older(versions or [], read)
+    if doomed is None:  # not listed (no listing, or one taken before the write): that one only
+        return Removal(read=read)
+    stored = [v.id for v in versions or [] if not v.marker]
+    return Removal(read=read, older=doomed[1:], newest=stored[0] == read)
