@@ -60,7 +60,8 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
         return res
     from tests.support.b2proxy import B2RulesProxy
 
-    with seaweed_at(ws.dst / "seaweedfs-distant") as server, B2RulesProxy(server.ports["s3"]) as proxy:
+    # a versioned bucket, as B2's always are: a lease's release deletes versions there
+    with seaweed_at(ws.dst / "seaweedfs-distant", versioned=True) as server, B2RulesProxy(server.ports["s3"]) as proxy:
         _run(res, ws, cfg, log, server, proxy)
     return res
 

@@ -113,16 +113,17 @@ def run_bench(ws: Workspace, cfg: Config, log: Callable[[str], None]) -> BenchRe
 
 
 @contextlib.contextmanager
-def seaweed_at(where: Path, bucket: str = BUCKET) -> Iterator[Any]:
-    """A SeaweedFS server keeping its data in ``where`` (made here), with ``bucket``;
-    stopped and its data removed afterwards (the target filesystem is shared by the benchmarks)."""
+def seaweed_at(where: Path, bucket: str = BUCKET, *, versioned: bool = False) -> Iterator[Any]:
+    """A SeaweedFS server keeping its data in ``where`` (made here), with ``bucket`` (``versioned``:
+    as B2's always are); stopped and its data removed afterwards (the target filesystem is shared by
+    the benchmarks)."""
     from tests.support.s3server import SeaweedServer
 
     server = SeaweedServer(where)
     server.dir.mkdir()
     server.start()
     try:
-        server.create_bucket(bucket)
+        server.create_bucket(bucket, versioned=versioned)
         yield server
     finally:
         server.stop()
