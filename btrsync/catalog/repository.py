@@ -309,8 +309,14 @@ class Repository:
         return committed, left
 
     def read_frame(self, backup_id: str, index: int, rec: ChunkRecord) -> bytes:
-        """The stored frame of chunk ``index``; a missing or short segment is damage."""
+        """The stored frame of chunk ``index``; a missing or short segment is damage.  From a
+        segment read ahead whole when there is one (dropped with its last frame)."""
         key = layout.segment_key(backup_id, rec.segment)
+        ahead = self.read_ahead.get(key)
+        if ahead is not None and rec.offset + rec.stored_size <= len(ahead):
+            if rec.offset + rec.stored_size == len(ahead):
+                self.read_ahead.pop(key, None)
+            return ahead[rec.offset:rec.offset + rec.stored_size]
         try:
             return self.target.read(key, offset=rec.offset, length=rec.stored_size)
         except (NotFound, RangeError):

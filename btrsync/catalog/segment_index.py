@@ -99,22 +99,36 @@ def write_index(repo: Repository, backup_id: str, segment: int, params: dict[str
     return payload
 
 
+#: a link that stores at most this (a day's small incremental) is read whole with the indexes
+SMALL_LINK = 4 << 20
+#: at most this much of such links is held read ahead at once
+SMALL_LINKS_BUDGET = 32 << 20
+
+
 def read_ahead_first_indexes(repo: Repository, manifests: list[Manifest]) -> None:
-    """Read the first segment index of each of ``manifests`` now, at once: a receive of a chain
-    reads one link after another, and each link's first index was a round trip of its own before
-    its first chunk could be asked for (30 daily links at 100 ms: 3 s).  Each is authenticated
-    and checked when ``table_records`` takes it.  One that could not be read is simply read again
-    at its link's turn: an outage or throttling now must not fail, hours later, a link the store
-    would serve by then (and a missing one is reported there, after the links before it)."""
-    def read(key: str) -> bytes | None:
+    """Read the first segment index of each of ``manifests`` now, at once, and the whole data of
+    each small link (one segment of at most ``SMALL_LINK`` bytes, up to ``SMALL_LINKS_BUDGET`` in
+    all): a receive of a chain reads one link after another, and each link's first index, then its
+    first chunk, was a round trip of its own (30 daily links at 100 ms: 6 s).  Each index is
+    authenticated and checked when ``table_records`` takes it, each chunk when it is opened
+    (``Repository.read_frame`` serves it from here).  One that could not be read is simply read
+    again at its link's turn: an outage or throttling now must not fail, hours later, a link the
+    store would serve by then (and a missing one is reported there, after the links before it)."""
+    def read(key: str, limit: int, what: str) -> bytes | None:
         try:
-            return read_whole(repo.target, key, INDEX_LIMIT, "segment index")
+            return read_whole(repo.target, key, limit, what)
         except (BtrsyncError, OSError):
             return None
 
-    keys = [layout.index_key(m.backup_id, 0) for m in manifests if m.format >= 2 and m.segments]
-    got = together(repo.target, *(functools.partial(read, k) for k in keys))
-    repo.read_ahead.update((k, data) for k, data in zip(keys, got, strict=True) if data is not None)
+    reads = [(layout.index_key(m.backup_id, 0), INDEX_LIMIT, "segment index")
+             for m in manifests if m.format >= 2 and m.segments]
+    budget = SMALL_LINKS_BUDGET
+    for m in manifests:
+        if m.format >= 2 and m.segments == 1 and m.stored_bytes <= min(SMALL_LINK, budget):
+            budget -= m.stored_bytes
+            reads.append((layout.segment_key(m.backup_id, 0), m.stored_bytes, "segment"))
+    got = together(repo.target, *(functools.partial(read, *r) for r in reads))
+    repo.read_ahead.update((r[0], data) for r, data in zip(reads, got, strict=True) if data is not None)
 
 
 def _load_index(repo: Repository, backup_id: str, segment: int) -> tuple[bytes, dict[str, Any]]:

@@ -56,6 +56,24 @@ def test_flipped_byte_in_a_chunk_fails_the_restore_and_removes_the_partial(world
     assert list(world.restore.iterdir()) == []
 
 
+def test_a_flipped_byte_in_a_small_link_read_ahead_fails_at_its_turn(world: World) -> None:
+    """A day's small incremental is read whole with the chain's first indexes (before the first
+    link); its chunks are still authenticated at its turn: the full is received, the day is not."""
+    full = _one_backup(world)
+    (world.subvol / "today.txt").write_text("one more day\n")
+    world.snapshot()
+    assert world.push().code == 0
+    day = world.listing()[-1]
+    [segment] = _segments(world, day["id"])
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    segment.write_bytes(bytes(data))
+    run = world.receive("latest")
+    assert run.code == 4, run.err
+    assert f"of backup {day['id']}" in run.err and "chunk " in run.err
+    assert [p.name for p in world.restore.iterdir()] == [full["snapshot"]]
+
+
 def test_missing_segment_fails_the_restore_naming_backup_and_chunk(world: World) -> None:
     backup = _one_backup(world)
     _segments(world, backup["id"])[-1].unlink()

@@ -132,6 +132,13 @@ def test_a_receive_reads_every_link_s_first_index_at_once(distant: World) -> Non
     ids = [b["id"] for b in distant.listing()]
     indexes = [("GetObject", f"/data/{bid}/000000.idx") for bid in ids]
     assert _at_once(proxy.alongside, *indexes), [s.path for s, _ in proxy.alongside]
+    # the small links (one segment, a few KiB: the two days) are read whole with them; the full
+    # (two segments) chunk by chunk at its turn
+    days = [("GetObject", f"/data/{bid}/000000") for bid in ids[1:]]
+    assert _at_once(proxy.alongside, *indexes, *days), [s.path for s, _ in proxy.alongside]
+    day_reads = [s.path for s in proxy.ops("GetObject") if any(f"/data/{bid}/000000" in s.path and
+                                                               ".idx" not in s.path for bid in ids[1:])]
+    assert len(day_reads) == len(ids) - 1, day_reads  # each read once: the receive read none again
     # a restore of the whole tree (onto any filesystem) replays every link the same way
     proxy.reset()
     proxy.latency = LATENCY
