@@ -9,7 +9,6 @@ btrsync's data goes through these loops, so no byte is ever dropped silently.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 
@@ -36,14 +35,16 @@ def pwrite_all(fd: int, data: Bytes, offset: int) -> int:
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+def libc() -> ctypes.CDLL:
+    """The C library, by its glibc soname: ``ctypes.util.find_library`` would run ``ldconfig -p``
+    in a child process, a fork of this whole process at every command's start."""
+    return ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def syncfs(fd: int) -> None:
     """Flush the filesystem holding ``fd`` (what ``sync -f`` does).  Through a descriptor opened
     before the writes, it reports every writeback error since (errseq), which ``fsync`` of another
     file or a plain ``sync`` would not."""
-    if _libc().syncfs(fd) != 0:
+    if libc().syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

@@ -12,8 +12,9 @@ of push throughput, see benchmarks/README.md).  Elsewhere than glibc this does n
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
+
+from btrsync.fdio import libc
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,7 @@ LARGE_BUFFER = 8 << 20
 def release_large_buffers(threshold: int = LARGE_BUFFER) -> bool:
     """Set the fixed mmap threshold; True when glibc accepted it."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = libc().mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

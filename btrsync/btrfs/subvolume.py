@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
-import functools
 import os
 import struct
 import uuid as uuidlib
@@ -16,6 +14,7 @@ from pathlib import Path
 
 from btrsync.btrfs.runner import run_btrfs
 from btrsync.errors import BtrfsError
+from btrsync.fdio import libc
 
 BTRFS_SUPER_MAGIC = 0x9123683E
 BTRFS_FIRST_FREE_OBJECTID = 256
@@ -106,18 +105,13 @@ def is_subvolume(path: str | os.PathLike[str]) -> bool:
 def is_on_btrfs(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` lives on a btrfs filesystem (statfs f_type)."""
     buf = _Statfs()
-    if _libc().statfs(os.fsencode(os.fspath(path)), ctypes.byref(buf)) != 0:
+    if libc().statfs(os.fsencode(os.fspath(path)), ctypes.byref(buf)) != 0:
         return False
     return (buf.f_type & 0xFFFFFFFF) == BTRFS_SUPER_MAGIC
 
 
 class _Statfs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 120)]
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def child_subvolumes(directory: Path) -> list[SubvolumeInfo]:

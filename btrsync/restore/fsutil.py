@@ -11,7 +11,6 @@ failed once with "not supported" on a filesystem is not tried again (:class:`Cap
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import functools
@@ -20,7 +19,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from btrsync.fdio import pwrite_all
+from btrsync.fdio import libc, pwrite_all
 
 FICLONE = 0x40049409
 FICLONERANGE = 0x4020940D
@@ -37,7 +36,7 @@ _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.ENOSYS, errno
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    lib = libc()
     lib.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     lib.fallocate.restype = ctypes.c_int
     return lib

@@ -20,7 +20,9 @@ for line in open('/proc/self/maps'):
     span, rest = line.split(' ', 1)
     lo, hi = (int(x, 16) for x in span.split('-'))
     if lo <= addr < hi:
-        print('heap' if '[heap]' in rest else 'own' if hi - lo < (17 << 20) else 'shared')
+        # own: a mapping of about its size (the kernel may merge it with a small neighbour);
+        # shared: a glibc arena's heap, 64 MiB
+        print('heap' if '[heap]' in rest else 'own' if hi - lo < (32 << 20) else 'shared')
 """
 
 
