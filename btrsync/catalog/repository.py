@@ -124,7 +124,8 @@ class Repository:
         self.binding = frames.Binding(key, info.repo_id if info.format >= 2 else None)
         self.cache: CatalogCache | None = None  # set by the command line: see catalog/cache.py
         self._listed: list[ObjectInfo] | BaseException | None = None  # ``open(listing=True)``: see there
-        # small objects read ahead at once, by key, each taken once (segment_index.read_ahead_first_indexes)
+        # objects of a chain read ahead at once, by key, until their link is done
+        # (segment_index.chain_read_ahead)
         self.read_ahead: dict[str, bytes] = {}
 
     @property
@@ -310,12 +311,10 @@ class Repository:
 
     def read_frame(self, backup_id: str, index: int, rec: ChunkRecord) -> bytes:
         """The stored frame of chunk ``index``; a missing or short segment is damage.  From a
-        segment read ahead whole when there is one (dropped with its last frame)."""
+        segment read ahead whole when there is one (``segment_index.chain_read_ahead``)."""
         key = layout.segment_key(backup_id, rec.segment)
         ahead = self.read_ahead.get(key)
         if ahead is not None and rec.offset + rec.stored_size <= len(ahead):
-            if rec.offset + rec.stored_size == len(ahead):
-                self.read_ahead.pop(key, None)
             return ahead[rec.offset:rec.offset + rec.stored_size]
         try:
             return self.target.read(key, offset=rec.offset, length=rec.stored_size)

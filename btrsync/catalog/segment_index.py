@@ -20,7 +20,8 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,35 +106,56 @@ SMALL_LINK = 4 << 20
 SMALL_LINKS_BUDGET = 32 << 20
 
 
-def read_ahead_first_indexes(repo: Repository, manifests: list[Manifest]) -> None:
+@contextmanager
+def chain_read_ahead(repo: Repository, manifests: list[Manifest]) -> Iterator[Callable[[Manifest], None]]:
     """Read the first segment index of each of ``manifests`` now, at once, and the whole data of
     each small link (one segment of at most ``SMALL_LINK`` bytes, up to ``SMALL_LINKS_BUDGET`` in
     all): a receive of a chain reads one link after another, and each link's first index, then its
     first chunk, was a round trip of its own (30 daily links at 100 ms: 6 s).  Each index is
     authenticated and checked when ``table_records`` takes it, each chunk when it is opened
-    (``Repository.read_frame`` serves it from here).  One that could not be read is simply read
-    again at its link's turn: an outage or throttling now must not fail, hours later, a link the
-    store would serve by then (and a missing one is reported there, after the links before it)."""
+    (``Repository.read_frame`` serves it from here), as often as the link is read (a restore reads
+    an incremental twice).  One that could not be read is simply read again at its link's turn:
+    an outage or throttling now must not fail, hours later, a link the store would serve by then
+    (and a missing one is reported there, after the links before it).
+
+    Yields ``done(manifest)``, which drops what was read ahead for that link once it has been
+    replayed; whatever is left goes when the block ends (a failed link: nothing lingers for a
+    later reader of the same repository)."""
     def read(key: str, limit: int, what: str) -> bytes | None:
         try:
             return read_whole(repo.target, key, limit, what)
         except (BtrsyncError, OSError):
             return None
 
-    reads = [(layout.index_key(m.backup_id, 0), INDEX_LIMIT, "segment index")
+    reads = [(m.backup_id, layout.index_key(m.backup_id, 0), INDEX_LIMIT, "segment index")
              for m in manifests if m.format >= 2 and m.segments]
     budget = SMALL_LINKS_BUDGET
     for m in manifests:
         if m.format >= 2 and m.segments == 1 and m.stored_bytes <= min(SMALL_LINK, budget):
             budget -= m.stored_bytes
-            reads.append((layout.segment_key(m.backup_id, 0), m.stored_bytes, "segment"))
-    got = together(repo.target, *(functools.partial(read, *r) for r in reads))
-    repo.read_ahead.update((r[0], data) for r, data in zip(reads, got, strict=True) if data is not None)
+            reads.append((m.backup_id, layout.segment_key(m.backup_id, 0), m.stored_bytes, "segment"))
+    got = together(repo.target, *(functools.partial(read, *r[1:]) for r in reads))
+    held: dict[str, list[str]] = {}
+    for (backup_id, key, *_), data in zip(reads, got, strict=True):
+        if data is not None:
+            repo.read_ahead[key] = data
+            held.setdefault(backup_id, []).append(key)
+
+    def done(manifest: Manifest) -> None:
+        for key in held.pop(manifest.backup_id, []):
+            repo.read_ahead.pop(key, None)
+
+    try:
+        yield done
+    finally:
+        for keys in held.values():
+            for key in keys:
+                repo.read_ahead.pop(key, None)
 
 
 def _load_index(repo: Repository, backup_id: str, segment: int) -> tuple[bytes, dict[str, Any]]:
     key = layout.index_key(backup_id, segment)
-    ahead = repo.read_ahead.pop(key, None)
+    ahead = repo.read_ahead.get(key)  # (dropped by chain_read_ahead when its link is done)
     sealed = ahead if ahead is not None else read_whole(repo.target, key, INDEX_LIMIT, "segment index")
     payload = repo.binding.open_index(key, sealed)
     doc = json.loads(payload)

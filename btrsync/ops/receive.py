@@ -33,10 +33,10 @@ from functools import partial
 from pathlib import Path
 
 from btrsync.btrfs.receive import ReceiveProcess
-from btrsync.btrfs.subvolume import child_subvolumes, is_on_btrfs
+from btrsync.btrfs.subvolume import SubvolumeInfo, child_subvolumes, is_on_btrfs
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
-from btrsync.catalog.segment_index import read_ahead_first_indexes
+from btrsync.catalog.segment_index import chain_read_ahead
 from btrsync.errors import DamageError, ReceiveFailedError, UsageError
 from btrsync.fileindex import store
 from btrsync.progress import Estimate, Progress, as_progress
@@ -83,11 +83,14 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
         raise UsageError(f"{into} is not on a btrfs filesystem; btrfs receive needs one")
     catalog = repo.catalog(ahead=True)
     chain = restore_chain(catalog, spec, repo.target.display_url)
-    last = chain[-1]
     present = {s.received_uuid: s for s in child_subvolumes(into) if s.received_uuid}
-    read_ahead_first_indexes(repo, [m for m in chain if m.snapshot_uuid not in present])
-    result = ReceiveResult(last.backup_id, str(into))
-    reporter = as_progress(progress)
+    with chain_read_ahead(repo, [m for m in chain if m.snapshot_uuid not in present]) as done:
+        return _receive_chain(repo, chain, present, into, workers, as_progress(progress), done)
+
+
+def _receive_chain(repo: Repository, chain: list[Manifest], present: dict[str, SubvolumeInfo], into: Path,
+                   workers: int, reporter: Progress | None, done: Callable[[Manifest], None]) -> ReceiveResult:
+    result = ReceiveResult(chain[-1].backup_id, str(into))
     root: RootTimes | None = None  # the top directory's times in the link just received
     for index, link in enumerate(chain, 1):
         have = present.get(link.snapshot_uuid)
@@ -104,6 +107,7 @@ def receive(repo: Repository, spec: str, into: Path, *, workers: int = 2,
         before = partial(_root_before, repo, chain[:index - 1], root, None if parent is None else parent.path)
         received, root = _receive_link_timed(repo, link, into, workers=workers, progress=reporter,
                                              index=index, count=len(chain), root_before=before)
+        done(link)
         result.links.append(received)
     return result
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.repository import Repository
-from btrsync.catalog.segment_index import read_ahead_first_indexes
+from btrsync.catalog.segment_index import chain_read_ahead
 from btrsync.errors import DamageError, LockedError, UsageError
 from btrsync.fdio import syncfs, write_all
 from btrsync.ops.files import normalise, tree_of
@@ -338,9 +338,10 @@ def restore(repo: Repository, spec: str, to: Path, *, existing: str = "refuse", 
                             caps = _restore_selected(repo, chain, selection, tree, work_fd, notes, workers, result)
                         else:
                             applier = Applier(tree, work_fd, notes)
-                            read_ahead_first_indexes(repo, chain)  # replayed one after another
-                            for link in chain:
-                                result.links.append(_restore_link(repo, applier, link, workers))
+                            with chain_read_ahead(repo, chain) as done:  # replayed one after another
+                                for link in chain:
+                                    result.links.append(_restore_link(repo, applier, link, workers))
+                                    done(link)
                             applier.finish()
                             caps = applier.caps
                 finally:

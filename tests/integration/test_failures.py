@@ -4,6 +4,7 @@ half-written."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,75 @@ def test_a_flipped_byte_in_a_small_link_read_ahead_fails_at_its_turn(world: Worl
     assert run.code == 4, run.err
     assert f"of backup {day['id']}" in run.err and "chunk " in run.err
     assert [p.name for p in world.restore.iterdir()] == [full["snapshot"]]
+
+
+def _daily_chain(world: World, days: int) -> list[str]:
+    _one_backup(world)
+    for day in range(days):
+        (world.subvol / f"day-{day}.txt").write_text(f"day {day}\n" * 50)
+        world.snapshot()
+        assert world.push().code == 0
+    return [b["id"] for b in world.listing()]
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, str]]:
+    from btrsync.targets.local import LocalTarget
+
+    calls: Counter[tuple[str, str]] = Counter()
+    get = LocalTarget.get
+
+    def counted(self, key, *, offset=0, length=None):  # noqa: ANN001, ANN202
+        calls[(key, "whole" if length is None else "range")] += 1
+        return get(self, key, offset=offset, length=length)
+
+    monkeypatch.setattr(LocalTarget, "get", counted)
+    return calls
+
+
+def test_a_failed_receive_leaves_nothing_read_ahead_for_a_later_reader(world: World) -> None:
+    """What a chain's receive read ahead goes with it, also when a link fails: a later reader of
+    the same repository (a drill after a failed one, a verify) reads the store, not a stale copy."""
+    from btrsync.catalog.repository import Repository
+    from btrsync.crypto.keys import load_key_file
+    from btrsync.errors import DamageError
+    from btrsync.ops.receive import receive
+    from btrsync.ops.verify import Options, verify
+    from btrsync.targets.local import LocalTarget
+
+    def flip(link: str) -> None:
+        [segment] = _segments(world, link)
+        data = bytearray(segment.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        segment.write_bytes(bytes(data))
+
+    ids = _daily_chain(world, 3)
+    flip(ids[1])
+    repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+    with pytest.raises(DamageError):
+        receive(repo, "latest", world.restore)  # link 1 fails; links 2 and 3 were read ahead
+    assert repo.read_ahead == {}
+    flip(ids[3])  # damaged after the receive had read it ahead
+    assert not verify(repo, [ids[3]], Options(level="data", workers=2)).ok
+
+
+def test_a_restore_reads_each_small_link_once(world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A whole-tree restore reads an incremental twice (its parent's clone sources, then the
+    link): a small link read ahead serves both, its index and its segment read once in all."""
+    from btrsync.catalog.repository import Repository
+    from btrsync.crypto.keys import load_key_file
+    from btrsync.ops.restore import restore
+    from btrsync.targets.local import LocalTarget
+
+    ids = _daily_chain(world, 2)
+    repo = Repository.open(LocalTarget(world.target_dir), load_key_file(world.key))
+    calls = _reads(monkeypatch)
+    (tmp_path / "out").mkdir()
+    restore(repo, "latest", tmp_path / "out")
+    for link in ids[1:]:
+        assert calls[(layout.segment_key(link, 0), "whole")] == 1, calls
+        assert calls[(layout.segment_key(link, 0), "range")] == 0, calls
+        assert calls[(layout.index_key(link, 0), "whole")] == 1, calls
+    assert repo.read_ahead == {}
 
 
 def test_missing_segment_fails_the_restore_naming_backup_and_chunk(world: World) -> None:
