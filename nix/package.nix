@@ -29,6 +29,7 @@ python3Packages.buildPythonApplication {
   # pyproject.toml [project] dependencies (tests/nix keeps the two lists equal)
   dependencies = with python3Packages; [
     boto3
+    botocore
     zstandard
     cryptography
     xxhash

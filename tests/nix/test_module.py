@@ -428,7 +428,7 @@ def test_the_vm_test_evaluates_as_far_as_the_stubs_allow(lib: str, tmp_path: Pat
 PACKAGE_EVAL = """
 { lib }:
 let
-  py = lib.genAttrs [ "boto3" "zstandard" "cryptography" "xxhash" "click" "psutil" "pydantic" "prometheus-client" "jeepney"
+  py = lib.genAttrs [ "boto3" "botocore" "zstandard" "cryptography" "xxhash" "click" "psutil" "pydantic" "prometheus-client" "jeepney"
                       "setuptools" "wheel" "pytestCheckHook" "hypothesis" "pytest-timeout" ] (n: n)
        // { buildPythonApplication = a: a; };
   bin = name: { name = name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };

@@ -62,11 +62,11 @@ def make_clients(settings: S3Settings) -> tuple[Any, Any]:
         if settings.profile and not settings.credentials_file:
             # the profile's settings (region) from ~/.aws/config, when the credentials came from it
             session.set_config_variable("profile", settings.profile)
-        if creds.key_id or creds.secret or creds.session_token:
-            session.set_credentials(creds.key_id, creds.secret, creds.session_token)
+        session.set_credentials(creds.key_id, creds.secret, creds.session_token)  # (both always there)
         session_region = session.get_config_variable("region")
-    except ProfileNotFound:
-        raise ConfigError(f"AWS profile {settings.profile!r} not found in the AWS config files") from None
+    except ProfileNotFound as exc:  # the setting's, or AWS_PROFILE's
+        missing = exc.kwargs.get("profile", settings.profile)
+        raise ConfigError(f"AWS profile {missing!r} not found in the AWS config files") from None
     env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = (
         settings.region
