@@ -284,6 +284,16 @@ class Lease:
                "refreshed": self.clock().isoformat()}
         self.target.put_bytes(self.key, json.dumps(doc).encode())
 
+    def taken_over(self) -> LeaseInfo | None:
+        """Another holder's valid lease where this one's should be (one read), or None: asked right
+        before a commit, beside its other checks.  A lease that went stale (our refreshes failed
+        for ``STALE``) may have been taken by another push of the same backup meanwhile; then two
+        pushes wrote the same keys, and neither of this one's may be committed over the other's."""
+        current = lease_body(self.target, self.key, self.clock())
+        if current is not None and current.valid and current.token != self.token:
+            return current
+        return None
+
     def _still_ours(self, head: bytes) -> bool:
         """Whether the lease read at release is this holder's, or invalid (then it goes too)."""
         if len(head) > MAX_LEASE_BYTES:

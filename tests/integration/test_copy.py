@@ -205,6 +205,34 @@ def test_a_second_copy_of_the_same_backup_waits_for_the_lease(world: World, othe
 
 
 @pytest.mark.slow
+def test_a_copy_whose_lease_was_taken_over_commits_nothing(world: World, other: Other,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a push: another holder's lease found right before the commit (taken while this copy's
+    refreshes failed) means both wrote the backup's keys; nothing is committed, their lease stays."""
+    import json
+    from datetime import UTC, datetime
+
+    from btrsync.catalog.repository import Repository
+
+    (world.subvol / "f").write_bytes(os.urandom(100_000))
+    world.snapshot()
+    assert world.push().code == 0
+    now = datetime.now(UTC).isoformat()
+    original = Repository.committed_and_left
+
+    def taken_over_meanwhile(self, backup_id):  # noqa: ANN001, ANN202
+        doc = {"backup_id": backup_id, "host": "elsewhere", "pid": 1, "boot_id": "b", "token": "theirs",
+               "started": now, "refreshed": now}
+        self.target.put_bytes(layout.lease_key(backup_id), json.dumps(doc).encode())
+        return original(self, backup_id)
+
+    monkeypatch.setattr(Repository, "committed_and_left", taken_over_meanwhile)
+    run = other.copy("--all")
+    assert run.code != 0 and "was taken over by another push or copy" in run.err, run.err
+    assert other.listing() == []
+    assert [f for f in other.files() if f.startswith("locks/")] != []
+
+
 def test_sigkill_mid_copy_then_the_next_copy_resumes(world: World, other: Other) -> None:
     with open(world.subvol / "big.bin", "wb") as f:
         f.write(os.urandom(12 << 20))

@@ -224,6 +224,32 @@ def test_commit_happens_inside_the_lease(world: World, monkeypatch: pytest.Monke
     assert events.index("put backups") < events.index("delete locks"), events
 
 
+def test_a_push_whose_lease_was_taken_over_commits_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push whose refreshes failed for 30 minutes may find its lease taken by another push of the
+    same backup (another host, a copy job): both wrote its keys, so it must not commit.  The lease is
+    read right before the commit, beside the other checks; the other holder's lease is left."""
+    from btrsync.catalog.layout import lease_key
+
+    theirs = {"host": "elsewhere", "pid": 1, "boot_id": "another-boot", "token": "theirs", "parent_id": None,
+              "started": datetime.now(UTC).isoformat(), "refreshed": datetime.now(UTC).isoformat()}
+    original = Repository.committed_and_left
+
+    def taken_over_meanwhile(self, backup_id):  # noqa: ANN001, ANN202
+        # (right after this push wrote its lease, before it sends: the other push took it since)
+        self.target.put_bytes(lease_key(backup_id), json.dumps({**theirs, "backup_id": backup_id}).encode())
+        return original(self, backup_id)
+
+    monkeypatch.setattr(Repository, "committed_and_left", taken_over_meanwhile)
+    tree.populate(world.subvol, 1)
+    world.snapshot()
+    run = world.push()
+    assert run.code == 1, run.err
+    assert "was taken over by another push or copy" in run.err and "host elsewhere" in run.err, run.err
+    assert world.listing() == []
+    [lease] = (world.target_dir / "locks").iterdir()
+    assert json.loads(lease.read_text())["token"] == "theirs"
+
+
 class _LeaseTime:
     """A fake clock for a ``Lease``: ``now`` is its time; ``wait`` is the refresh thread's timer,
     which reports each wait it starts and ends it (advancing the time by it) only on ``tick``."""

@@ -62,14 +62,15 @@ def test_an_incremental_push_makes_its_independent_reads_at_once(distant: World)
     assert _at_once(met, ("HeadObject", "/manifest"), ("ListObjectsV2", "")), [s.op for s, _ in met]
     # the stream has ended: the file index goes up beside the last segment and its index
     assert _at_once(met, ("PutObject", "/files-"), ("PutObject", "/000000")), [s.op for s, _ in met]
-    # right before the commit: the upload check, the parent's presence and the unfinished uploads
-    assert _at_once(met, ("ListObjectsV2", ""), ("HeadObject", "/manifest"), ("ListMultipartUploads", "")), \
-        [s.op for s, _ in met]
-    # taken: read, written; released: read (whose it is) beside the listing of its versions, then
-    # deleted without asking again whether it is there (two round trips)
+    # right before the commit: the upload check, the parent's presence, the unfinished uploads and
+    # whether the lease is still this push's
+    assert _at_once(met, ("ListObjectsV2", ""), ("HeadObject", "/manifest"), ("ListMultipartUploads", ""),
+                    ("GetObject", ".lease")), [s.op for s, _ in met]
+    # taken: read, written; read before the commit (beside the checks above); released: read
+    # (whose it is) beside the listing of its versions, then deleted (two round trips)
     leases = [s.op for s, _ in met if ".lease" in s.path]
-    assert leases[:2] == ["GetObject", "PutObject"] and leases[-1] == "DeleteObject", leases
-    assert sorted(leases[2:4]) == ["GetObject", "ListObjectVersions"] and len(leases) == 5, leases
+    assert leases[:3] == ["GetObject", "PutObject", "GetObject"] and leases[-1] == "DeleteObject", leases
+    assert sorted(leases[3:5]) == ["GetObject", "ListObjectVersions"] and len(leases) == 6, leases
     assert _at_once([(s, o) for s, o in met if ".lease" in s.path], ("GetObject", ".lease"),
                     ("ListObjectVersions", ".lease")), leases
     assert not proxy.rejected

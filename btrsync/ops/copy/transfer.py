@@ -32,11 +32,16 @@ from btrsync.catalog.lease import Lease
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import (
-    ResumePoint, TableDigest, find_resume_point, resumed_records, table_records, write_index,
+    ResumePoint,
+    TableDigest,
+    find_resume_point,
+    resumed_records,
+    table_records,
+    write_index,
 )
 from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fileindex.store import PART_SIZE, read_compressed
-from btrsync.ops.push.attempt import checks_before_commit, remove_temporaries
+from btrsync.ops.push.attempt import checks_before_commit, remove_temporaries, taken_over_error
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk
 from btrsync.pipeline.segments import write_segments
@@ -141,7 +146,7 @@ class _Attempt:
         deletions = (self.audit.object_deletions(self.dest.target.display_url, "copy: discard an interrupted "
                                                  "copy's data that cannot be resumed")
                      if self.audit is not None else None)
-        with Lease(self.dest.target, self.backup_id, self.manifest.parent_id):
+        with Lease(self.dest.target, self.backup_id, self.manifest.parent_id) as lease:
             committed, listed = self.dest.committed_and_left(self.backup_id)
             if committed:
                 raise CopyError(f"backup {self.backup_id} was committed on {self.dest.target.display_url} "
@@ -156,7 +161,7 @@ class _Attempt:
                 self.dest.discard_uncommitted(self.backup_id, deletions)
                 self.point = self._fresh()
             copied = self._copy()
-            leftovers = self._check_uploaded(copied)
+            leftovers = self._check_uploaded(copied, lease)
             self.dest.commit(copied)
             remove_temporaries(self.dest.target, self.backup_id, self.audit, leftovers)
             return copied
@@ -254,13 +259,16 @@ class _Attempt:
             stored += len(frame)
         return {**m.files, "parts": parts, "stored_bytes": stored}
 
-    def _check_uploaded(self, manifest: Manifest) -> list[Leftover] | str:
+    def _check_uploaded(self, manifest: Manifest, lease: Lease) -> list[Leftover] | str:
         """Listings right before the commit (``checks_before_commit``, as a push makes them): every
-        segment and index there, holding exactly the stored bytes, and the parent's manifest (a
-        clean or prune elsewhere, or a lost object, fails the copy instead); returns the leftovers
-        of killed attempts, removed after the commit."""
+        segment and index there, holding exactly the stored bytes, the parent's manifest (a
+        clean or prune elsewhere, or a lost object, fails the copy instead) and the lease still
+        this copy's; returns the leftovers of killed attempts, removed after the commit."""
         bid = manifest.backup_id
-        what, parent_there, leftovers = checks_before_commit(self.dest, manifest)
+        found = checks_before_commit(self.dest, manifest, lease)
+        what, parent_there, leftovers = found.gap, found.parent_there, found.leftovers
+        if found.holder is not None:
+            raise CopyError(taken_over_error(bid, found.holder, self.dest.target.display_url))
         if what:
             raise CopyError(f"backup {bid} was not committed: {what} on {self.dest.target.display_url}; "
                             "copy again to send it anew")

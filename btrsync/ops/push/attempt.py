@@ -18,7 +18,7 @@ from btrsync.audit import AuditLog
 from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendProcess, best_send_options
 from btrsync.catalog.layout import backup_id_for
-from btrsync.catalog.lease import Lease, lease_key
+from btrsync.catalog.lease import Lease, LeaseInfo, lease_key
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import (
@@ -98,7 +98,7 @@ class Attempt:
     def run(self) -> Manifest:
         """Send and commit, all under the upload lease: the lease goes only after the commit, so
         a clean or prune elsewhere never sees this backup's data without either."""
-        with Lease(self.repo.target, self.backup_id, self.step.parent_backup_id):
+        with Lease(self.repo.target, self.backup_id, self.step.parent_backup_id) as lease:
             committed, listed = self.repo.committed_and_left(self.backup_id)
             if committed:
                 raise PushError(f"backup {self.backup_id} was committed meanwhile (by another push); "
@@ -108,27 +108,31 @@ class Attempt:
             except StreamChangedError as exc:
                 log.warning("restarting backup=%s from scratch: %s", self.backup_id, exc)
                 manifest = self._run(resume=False)
-            leftovers = self._check_uploaded(manifest)
+            leftovers = self._check_uploaded(manifest, lease)
             self.repo.commit(manifest)
             remove_temporaries(self.repo.target, self.backup_id, self.audit, leftovers)
             return manifest
 
-    def _check_uploaded(self, manifest: Manifest) -> list[Leftover] | str:
+    def _check_uploaded(self, manifest: Manifest, lease: Lease) -> list[Leftover] | str:
         """Right before the commit, one listing: every segment and index the manifest names is on
         the target, and the segments hold exactly its stored bytes.  A clean on another host that
         took this upload for orphans (or a lost object) must fail the push, not commit a backup
         that cannot be restored; the next push resends what is missing.  At once with it
-        (``checks_before_commit``), whether the parent is still there and what killed attempts at
-        this backup left (returned, removed after the commit)."""
+        (``checks_before_commit``), whether the parent is still there, whether the lease is still
+        this push's, and what killed attempts at this backup left (returned, removed after the
+        commit)."""
         parent = manifest.parent_id
-        what, parent_there, leftovers = checks_before_commit(self.repo, manifest)
-        if what:
-            raise PushError(f"backup {manifest.backup_id} was not committed: {what} on {self.repo.target.display_url} "
-                            "(removed by a clean or prune elsewhere, or lost); push again to send it anew")
-        if not parent_there:
+        found = checks_before_commit(self.repo, manifest, lease)
+        if found.holder is not None:
+            raise PushError(taken_over_error(manifest.backup_id, found.holder, self.repo.target.display_url))
+        if found.gap:
+            raise PushError(f"backup {manifest.backup_id} was not committed: {found.gap} on "
+                            f"{self.repo.target.display_url} (removed by a clean or prune elsewhere, or lost); "
+                            "push again to send it anew")
+        if not found.parent_there:
             assert parent is not None
             raise self._parent_gone(parent)
-        return leftovers
+        return found.leftovers
 
     def _parent_gone(self, parent: str) -> PushError:
         """A prune or delete elsewhere that read the leases before this push took its own removed
@@ -294,16 +298,32 @@ class Attempt:
         )
 
 
-def checks_before_commit(repo: Repository, manifest: Manifest) -> tuple[str | None, bool, list[Leftover] | str]:
-    """Right before committing ``manifest`` (a push or a copy), three reads at once: what is wrong
-    with its uploaded objects (``upload_gap``), whether its parent is still there, and what killed
-    attempts at it left (``find_temporaries``, for ``remove_temporaries`` after the commit; the
-    backup's lease keeps new ones from appearing).  The caller raises its own errors."""
+@dataclass(frozen=True, slots=True)
+class BeforeCommit:
+    """What the reads right before a commit found (``checks_before_commit``)."""
+
+    gap: str | None  # what is wrong with the uploaded objects, or None
+    parent_there: bool
+    leftovers: list[Leftover] | str  # of killed attempts, for ``remove_temporaries`` after the commit
+    holder: LeaseInfo | None  # another push's lease where this one's should be, or None
+
+
+def checks_before_commit(repo: Repository, manifest: Manifest, lease: Lease) -> BeforeCommit:
+    """Right before committing ``manifest`` (a push or a copy), four reads at once: what is wrong
+    with its uploaded objects (``upload_gap``), whether its parent is still there, what killed
+    attempts at it left (``find_temporaries``; the backup's lease keeps new ones from appearing),
+    and whether its lease is still this one's.  The caller raises its own errors."""
     parent = manifest.parent_id
-    gap, parent_there, leftovers = together(
+    gap, parent_there, leftovers, holder = together(
         repo.target, lambda: repo.upload_gap(manifest), lambda: parent is None or repo.has_manifest(parent),
-        lambda: find_temporaries(repo.target, manifest.backup_id))
-    return gap, parent_there, leftovers
+        lambda: find_temporaries(repo.target, manifest.backup_id), lease.taken_over)
+    return BeforeCommit(gap, parent_there, leftovers, holder)
+
+
+def taken_over_error(backup_id: str, holder: LeaseInfo, where: str) -> str:
+    return (f"backup {backup_id} was not committed: its upload lease on {where} was taken over by another push or copy "
+            f"of it ({holder.describe()}) while this one's refreshes failed; both wrote its data, so this one "
+            "commits nothing: the other one commits it, or, if that one failed too, run this again")
 
 
 def find_temporaries(target: Target, backup_id: str) -> list[Leftover] | str:
