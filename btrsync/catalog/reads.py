@@ -11,7 +11,7 @@ their modules' own: ``repository.MARKER_MAX_BYTES``, ``lease.MAX_LEASE_BYTES``.)
 from __future__ import annotations
 
 from btrsync.errors import DamageError
-from btrsync.targets.base import Target
+from btrsync.targets.base import Target, read_head
 
 # one chunk record is about 93 bytes; a chunk of zeros stores in about 200, so a 128 MiB segment
 # of them holds some 670,000 records (60 MB of index), and segment_size may be set far larger;
@@ -23,16 +23,8 @@ FILES_PART_LIMIT = (4 << 20) + (64 << 10)  # fileindex.store.PART_SIZE and its f
 
 def read_whole(target: Target, key: str, limit: int, what: str) -> bytes:
     """All of ``key``; ``DamageError`` once it holds more than ``limit`` bytes (nothing more is read)."""
-    data = bytearray()
-    stream = target.get(key)
-    try:
-        for block in stream:
-            data += block
-            if len(data) > limit:
-                raise DamageError(f"{key} on {target.display_url} holds more than {limit} bytes, more than any "
-                                  f"btrsync {what} does: damaged, or not written by btrsync")
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
-    return bytes(data)
+    data = read_head(target, key, limit)
+    if len(data) > limit:
+        raise DamageError(f"{key} on {target.display_url} holds more than {limit} bytes, more than any "
+                          f"btrsync {what} does: damaged, or not written by btrsync")
+    return data

@@ -134,20 +134,11 @@ class Target(ABC):
         lease another host may have taken over).  Here it is read, then discarded: between the two
         another writer's replacement could go too.  A store that keeps versions does better
         (S3: only the version read and older ones are deleted, never one written after the read)."""
-        head = bytearray()
-        stream = self.get(key)
         try:
-            for block in stream:
-                head += block
-                if len(head) > limit:
-                    break
+            head = read_head(self, key, limit)
         except NotFound:
             return False
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-        if not wanted(bytes(head[:limit + 1])):
+        if not wanted(head):
             return False
         self.discard(key)
         return True
@@ -192,6 +183,24 @@ class Target(ABC):
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self.put(key, [data])
+
+
+def read_head(target: Target, key: str, limit: int) -> bytes:
+    """The first ``limit + 1`` bytes of ``key`` at most (all of it when it is no larger than
+    ``limit``): a caller that wants at most ``limit`` sees when there is more, and nothing more
+    is read (what a target serves is input, never trusted).  Raises ``NotFound``."""
+    head = bytearray()
+    stream = target.get(key)
+    try:
+        for block in stream:
+            head += block
+            if len(head) > limit:
+                break
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    return bytes(head[:limit + 1])
 
 
 def from_timestamp(seconds: float) -> datetime:

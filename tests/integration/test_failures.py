@@ -25,6 +25,12 @@ def _one_backup(world: World, seed: int = 3) -> dict:
     return world.listing()[-1]
 
 
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
 def _segments(world: World, backup_id: str) -> list[Path]:
     return sorted(p for p in (world.target_dir / layout.data_prefix(backup_id)).iterdir()
                   if p.suffix != ".idx" and not p.name.startswith("files-"))
@@ -47,10 +53,7 @@ def test_wrong_key_exits_12_and_writes_nothing(world: World, tmp_path: Path) -> 
 
 def test_flipped_byte_in_a_chunk_fails_the_restore_and_removes_the_partial(world: World) -> None:
     backup = _one_backup(world)
-    segment = _segments(world, backup["id"])[1]
-    data = bytearray(segment.read_bytes())
-    data[len(data) // 2] ^= 0x40
-    segment.write_bytes(bytes(data))
+    _flip_a_byte(_segments(world, backup["id"])[1])
     run = world.receive("latest")
     assert run.code == 4, run.err
     assert f"of backup {backup['id']}" in run.err and "chunk " in run.err
@@ -66,9 +69,7 @@ def test_a_flipped_byte_in_a_small_link_read_ahead_fails_at_its_turn(world: Worl
     assert world.push().code == 0
     day = world.listing()[-1]
     [segment] = _segments(world, day["id"])
-    data = bytearray(segment.read_bytes())
-    data[len(data) // 2] ^= 0x40
-    segment.write_bytes(bytes(data))
+    _flip_a_byte(segment)
     run = world.receive("latest")
     assert run.code == 4, run.err
     assert f"of backup {day['id']}" in run.err and "chunk " in run.err
@@ -110,9 +111,7 @@ def test_a_failed_receive_leaves_nothing_read_ahead_for_a_later_reader(world: Wo
 
     def flip(link: str) -> None:
         [segment] = _segments(world, link)
-        data = bytearray(segment.read_bytes())
-        data[len(data) // 2] ^= 0x40
-        segment.write_bytes(bytes(data))
+        _flip_a_byte(segment)
 
     ids = _daily_chain(world, 3)
     flip(ids[1])
