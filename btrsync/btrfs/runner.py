@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import subprocess
@@ -51,5 +52,7 @@ def run_btrfs(args: Sequence[str], *, what: str) -> str:
     return proc.stdout
 
 
+@functools.cache
 def progs_version() -> str:
+    """btrfs-progs' version, asked once per process (the send options and every manifest name it)."""
     return run_btrfs(["--version"], what="btrfs --version").strip().split()[-1]
