@@ -245,6 +245,7 @@ class Lease:
         self.started = clock()
         self.refresh_every = refresh_every
         self.refresh_error: str | None = None
+        self.lost: str | None = None  # set by the refresh thread: why this lease is no longer ours
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -269,8 +270,19 @@ class Lease:
         self._write()
 
     def _refresh_loop(self) -> None:
+        """Rewrite the lease every ``refresh_every`` while it is still this holder's: one that went
+        stale (refreshes failed for ``STALE``, a suspended machine) may have been taken over, or
+        removed by a clean, meanwhile; rewriting it then would put this holder back over the other
+        one.  So each refresh reads it first, and a lease lost stays lost (``lost``): no more
+        refreshes, and no commit (``whose``)."""
         while not self.wait(self._stop, self.refresh_every.total_seconds()):
             try:
+                lost = self._lost_now()
+                if lost is not None:
+                    self.lost = lost
+                    log.error("the upload lease %s is no longer this push's: %s; it will commit nothing",
+                              self.key, lost)
+                    return
                 self._write()
                 self.refresh_error = None
             except (TargetError, OSError) as exc:  # the next refresh may succeed; STALE is 6 refreshes
@@ -284,14 +296,22 @@ class Lease:
                "refreshed": self.clock().isoformat()}
         self.target.put_bytes(self.key, json.dumps(doc).encode())
 
-    def taken_over(self) -> LeaseInfo | None:
-        """Another holder's valid lease where this one's should be (one read), or None: asked right
-        before a commit, beside its other checks.  A lease that went stale (our refreshes failed
-        for ``STALE``) may have been taken by another push of the same backup meanwhile; then two
-        pushes wrote the same keys, and neither of this one's may be committed over the other's."""
+    def whose(self) -> str | None:
+        """None while the lease on the target is this holder's (one read); else why it is not:
+        asked right before a commit, beside its other checks.  A lease that went stale (our
+        refreshes failed for ``STALE``, a suspended machine) may have been taken over by another
+        push or copy of the same backup, or removed by a clean; then both may have written the
+        same keys, and nothing of this one's may be committed over the other's."""
+        return self.lost or self._lost_now()
+
+    def _lost_now(self) -> str | None:
         current = lease_body(self.target, self.key, self.clock())
-        if current is not None and current.valid and current.token != self.token:
-            return current
+        if current is None:
+            return "its upload lease is gone (removed by a clean that judged it stale, or released by another holder)"
+        if not current.valid:
+            return f"its upload lease was replaced by one that does not parse ({current.error})"
+        if current.token != self.token:
+            return f"its upload lease was taken over by another push or copy of it ({current.describe()})"
         return None
 
     def _still_ours(self, head: bytes) -> bool:

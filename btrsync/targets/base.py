@@ -200,7 +200,8 @@ def read_head(target: Target, key: str, limit: int) -> bytes:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
-    return bytes(head[:limit + 1])
+    del head[limit + 1:]
+    return bytes(head)
 
 
 def from_timestamp(seconds: float) -> datetime:

@@ -228,7 +228,7 @@ def test_a_copy_whose_lease_was_taken_over_commits_nothing(world: World, other: 
 
     monkeypatch.setattr(Repository, "committed_and_left", taken_over_meanwhile)
     run = other.copy("--all")
-    assert run.code != 0 and "was taken over by another push or copy" in run.err, run.err
+    assert run.code != 0 and "was taken over by another push or copy of it" in run.err, run.err
     assert other.listing() == []
     assert [f for f in other.files() if f.startswith("locks/")] != []
 

@@ -244,7 +244,7 @@ def test_a_push_whose_lease_was_taken_over_commits_nothing(world: World, monkeyp
     world.snapshot()
     run = world.push()
     assert run.code == 1, run.err
-    assert "was taken over by another push or copy" in run.err and "host elsewhere" in run.err, run.err
+    assert "was taken over by another push or copy of it" in run.err and "host elsewhere" in run.err, run.err
     assert world.listing() == []
     [lease] = (world.target_dir / "locks").iterdir()
     assert json.loads(lease.read_text())["token"] == "theirs"
@@ -294,6 +294,57 @@ def test_lease_is_refreshed_by_a_timer(tmp_path: Path) -> None:
             fake.tick()
     assert stamps == [(start.isoformat(), (start + i * every).isoformat()) for i in range(3)]
     assert not list(target.list("locks/"))
+
+
+@pytest.mark.parametrize("meanwhile", ["taken over", "removed"])
+def test_a_refresh_never_writes_over_a_lease_that_is_no_longer_its_own(tmp_path: Path, meanwhile: str) -> None:
+    """A holder whose lease went stale (a suspended laptop) may find it taken over by another push
+    of the backup, or removed by a clean: its next refresh reads it first, and then neither puts
+    itself back over the other holder nor writes it anew; the lease stays lost, so no commit."""
+    target = LocalTarget(tmp_path)
+    fake = _LeaseTime(datetime(2030, 1, 1, tzinfo=UTC))
+    theirs = {"backup_id": "b-1", "host": "elsewhere", "pid": 1, "boot_id": "b", "token": "theirs",
+              "started": "2030-01-01T00:31:00+00:00", "refreshed": "2030-01-01T00:31:00+00:00"}
+    with Lease(target, "b-1", clock=fake.now, wait=fake.wait) as lease:
+        assert fake.waits.get(timeout=30) and lease.whose() is None
+        if meanwhile == "taken over":
+            target.put_bytes("locks/b-1.lease", json.dumps(theirs).encode())
+        else:
+            target.delete("locks/b-1.lease")
+        fake.tick()
+        deadline = datetime.now() + timedelta(seconds=30)
+        while lease.lost is None and datetime.now() < deadline:
+            threading.Event().wait(0.01)
+        assert lease.lost is not None and lease.whose() == lease.lost
+        assert ("another push or copy" if meanwhile == "taken over" else "is gone") in lease.lost
+        after = [json.loads(target.read(o.key)) for o in target.list("locks/")]
+        assert after == ([theirs] if meanwhile == "taken over" else [])
+    assert [json.loads(target.read(o.key)) for o in target.list("locks/")] == after
+
+
+@pytest.mark.parametrize("meanwhile", ["removed", "unreadable"])
+def test_a_push_whose_lease_is_gone_or_replaced_commits_nothing(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                               meanwhile: str) -> None:
+    """Removed (a clean judged it stale, or another holder took it, committed and released it) or
+    replaced by one that does not parse: not this push's any more, so nothing is committed."""
+    from btrsync.catalog.layout import lease_key
+
+    original = Repository.committed_and_left
+
+    def meanwhile_(self, backup_id):  # noqa: ANN001, ANN202
+        if meanwhile == "removed":
+            self.target.delete(lease_key(backup_id))
+        else:
+            self.target.put_bytes(lease_key(backup_id), b"{not json")
+        return original(self, backup_id)
+
+    monkeypatch.setattr(Repository, "committed_and_left", meanwhile_)
+    tree.populate(world.subvol, 1)
+    world.snapshot()
+    run = world.push()
+    assert run.code == 1, run.err
+    assert ("lease is gone" if meanwhile == "removed" else "does not parse") in run.err, run.err
+    assert world.listing() == []
 
 
 def test_a_backup_another_live_holder_uploads_is_refused(world: World) -> None:

@@ -41,7 +41,7 @@ from btrsync.catalog.segment_index import (
 )
 from btrsync.errors import BtrsyncError, DamageError
 from btrsync.fileindex.store import PART_SIZE, read_compressed
-from btrsync.ops.push.attempt import checks_before_commit, remove_temporaries, taken_over_error
+from btrsync.ops.push.attempt import checks_before_commit, lost_lease_error, remove_temporaries
 from btrsync.pipeline.ordered import ordered_map
 from btrsync.pipeline.seal import ChunkSealer, SealedChunk
 from btrsync.pipeline.segments import write_segments
@@ -267,8 +267,8 @@ class _Attempt:
         bid = manifest.backup_id
         found = checks_before_commit(self.dest, manifest, lease)
         what, parent_there, leftovers = found.gap, found.parent_there, found.leftovers
-        if found.holder is not None:
-            raise CopyError(taken_over_error(bid, found.holder, self.dest.target.display_url))
+        if found.lost is not None:
+            raise CopyError(lost_lease_error(bid, found.lost, self.dest.target.display_url))
         if what:
             raise CopyError(f"backup {bid} was not committed: {what} on {self.dest.target.display_url}; "
                             "copy again to send it anew")

@@ -18,7 +18,7 @@ from btrsync.audit import AuditLog
 from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendProcess, best_send_options
 from btrsync.catalog.layout import backup_id_for
-from btrsync.catalog.lease import Lease, LeaseInfo, lease_key
+from btrsync.catalog.lease import Lease, lease_key
 from btrsync.catalog.manifest import ChunkRecord, Manifest
 from btrsync.catalog.repository import Repository
 from btrsync.catalog.segment_index import (
@@ -123,8 +123,8 @@ class Attempt:
         commit)."""
         parent = manifest.parent_id
         found = checks_before_commit(self.repo, manifest, lease)
-        if found.holder is not None:
-            raise PushError(taken_over_error(manifest.backup_id, found.holder, self.repo.target.display_url))
+        if found.lost is not None:
+            raise PushError(lost_lease_error(manifest.backup_id, found.lost, self.repo.target.display_url))
         if found.gap:
             raise PushError(f"backup {manifest.backup_id} was not committed: {found.gap} on "
                             f"{self.repo.target.display_url} (removed by a clean or prune elsewhere, or lost); "
@@ -305,7 +305,7 @@ class BeforeCommit:
     gap: str | None  # what is wrong with the uploaded objects, or None
     parent_there: bool
     leftovers: list[Leftover] | str  # of killed attempts, for ``remove_temporaries`` after the commit
-    holder: LeaseInfo | None  # another push's lease where this one's should be, or None
+    lost: str | None  # why the backup's lease is no longer this one's (``Lease.whose``), or None
 
 
 def checks_before_commit(repo: Repository, manifest: Manifest, lease: Lease) -> BeforeCommit:
@@ -314,16 +314,16 @@ def checks_before_commit(repo: Repository, manifest: Manifest, lease: Lease) -> 
     attempts at it left (``find_temporaries``; the backup's lease keeps new ones from appearing),
     and whether its lease is still this one's.  The caller raises its own errors."""
     parent = manifest.parent_id
-    gap, parent_there, leftovers, holder = together(
+    gap, parent_there, leftovers, lost = together(
         repo.target, lambda: repo.upload_gap(manifest), lambda: parent is None or repo.has_manifest(parent),
-        lambda: find_temporaries(repo.target, manifest.backup_id), lease.taken_over)
-    return BeforeCommit(gap, parent_there, leftovers, holder)
+        lambda: find_temporaries(repo.target, manifest.backup_id), lease.whose)
+    return BeforeCommit(gap, parent_there, leftovers, lost)
 
 
-def taken_over_error(backup_id: str, holder: LeaseInfo, where: str) -> str:
-    return (f"backup {backup_id} was not committed: its upload lease on {where} was taken over by another push or copy "
-            f"of it ({holder.describe()}) while this one's refreshes failed; both wrote its data, so this one "
-            "commits nothing: the other one commits it, or, if that one failed too, run this again")
+def lost_lease_error(backup_id: str, lost: str, where: str) -> str:
+    return (f"backup {backup_id} was not committed on {where}: {lost}; another push or copy of it may have "
+            "written its data meanwhile, so this one commits nothing. Run it again: it waits while another "
+            "holder's lease is live, and finds the backup committed if that one finished")
 
 
 def find_temporaries(target: Target, backup_id: str) -> list[Leftover] | str:
