@@ -224,32 +224,6 @@ def test_commit_happens_inside_the_lease(world: World, monkeypatch: pytest.Monke
     assert events.index("put backups") < events.index("delete locks"), events
 
 
-def test_a_push_whose_lease_was_taken_over_commits_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A push whose refreshes failed for 30 minutes may find its lease taken by another push of the
-    same backup (another host, a copy job): both wrote its keys, so it must not commit.  The lease is
-    read right before the commit, beside the other checks; the other holder's lease is left."""
-    from btrsync.catalog.layout import lease_key
-
-    theirs = {"host": "elsewhere", "pid": 1, "boot_id": "another-boot", "token": "theirs", "parent_id": None,
-              "started": datetime.now(UTC).isoformat(), "refreshed": datetime.now(UTC).isoformat()}
-    original = Repository.committed_and_left
-
-    def taken_over_meanwhile(self, backup_id):  # noqa: ANN001, ANN202
-        # (right after this push wrote its lease, before it sends: the other push took it since)
-        self.target.put_bytes(lease_key(backup_id), json.dumps({**theirs, "backup_id": backup_id}).encode())
-        return original(self, backup_id)
-
-    monkeypatch.setattr(Repository, "committed_and_left", taken_over_meanwhile)
-    tree.populate(world.subvol, 1)
-    world.snapshot()
-    run = world.push()
-    assert run.code == 1, run.err
-    assert "was taken over by another push or copy of it" in run.err and "host elsewhere" in run.err, run.err
-    assert world.listing() == []
-    [lease] = (world.target_dir / "locks").iterdir()
-    assert json.loads(lease.read_text())["token"] == "theirs"
-
-
 class _LeaseTime:
     """A fake clock for a ``Lease``: ``now`` is its time; ``wait`` is the refresh thread's timer,
     which reports each wait it starts and ends it (advancing the time by it) only on ``tick``."""
@@ -322,17 +296,26 @@ def test_a_refresh_never_writes_over_a_lease_that_is_no_longer_its_own(tmp_path:
     assert [json.loads(target.read(o.key)) for o in target.list("locks/")] == after
 
 
-@pytest.mark.parametrize("meanwhile", ["removed", "unreadable"])
-def test_a_push_whose_lease_is_gone_or_replaced_commits_nothing(world: World, monkeypatch: pytest.MonkeyPatch,
-                                                               meanwhile: str) -> None:
-    """Removed (a clean judged it stale, or another holder took it, committed and released it) or
-    replaced by one that does not parse: not this push's any more, so nothing is committed."""
+@pytest.mark.parametrize("meanwhile", ["taken over", "removed", "unreadable"])
+def test_a_push_whose_lease_is_no_longer_its_own_commits_nothing(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                                 meanwhile: str) -> None:
+    """A push whose refreshes failed for 30 minutes may find its lease taken by another push of the
+    same backup (another host, a copy job), removed (a clean judged it stale, or the other holder
+    committed and released it) or replaced by one that does not parse: both may have written its
+    keys, so it commits nothing.  The lease is read right before the commit, beside the other
+    checks; another holder's lease is left."""
     from btrsync.catalog.layout import lease_key
 
+    now = datetime.now(UTC).isoformat()
+    theirs = {"host": "elsewhere", "pid": 1, "boot_id": "another-boot", "token": "theirs", "parent_id": None,
+              "started": now, "refreshed": now}
     original = Repository.committed_and_left
 
     def meanwhile_(self, backup_id):  # noqa: ANN001, ANN202
-        if meanwhile == "removed":
+        # (right after this push wrote its lease, before it sends)
+        if meanwhile == "taken over":
+            self.target.put_bytes(lease_key(backup_id), json.dumps({**theirs, "backup_id": backup_id}).encode())
+        elif meanwhile == "removed":
             self.target.delete(lease_key(backup_id))
         else:
             self.target.put_bytes(lease_key(backup_id), b"{not json")
@@ -343,8 +326,12 @@ def test_a_push_whose_lease_is_gone_or_replaced_commits_nothing(world: World, mo
     world.snapshot()
     run = world.push()
     assert run.code == 1, run.err
-    assert ("lease is gone" if meanwhile == "removed" else "does not parse") in run.err, run.err
+    assert {"taken over": "was taken over by another push or copy of it (host elsewhere",
+            "removed": "lease is gone", "unreadable": "does not parse"}[meanwhile] in run.err, run.err
     assert world.listing() == []
+    if meanwhile == "taken over":
+        [lease] = (world.target_dir / "locks").iterdir()
+        assert json.loads(lease.read_text())["token"] == "theirs"
 
 
 def test_a_backup_another_live_holder_uploads_is_refused(world: World) -> None:
