@@ -110,7 +110,9 @@ class S3Target(Target):
         self.capabilities = Capabilities(
             max_part_size=self.settings.part_size, connections=self.settings.max_inflight_parts
         )
-        self._client, self._cleanup_client = make_clients(self.settings)
+        self._client, self._make_cleanup_client = make_clients(self.settings)
+        self._cleanup: Any = None  # made on the first request of an outage (``_cleanup_client``)
+        self._cleanup_made = threading.Lock()
         # one budget of parts in flight for every put of this target (concurrent segment puts share it)
         self._part_slots = threading.Semaphore(self.settings.max_inflight_parts)
         self.endpoint = redact_url(self._client.meta.endpoint_url)
@@ -142,6 +144,14 @@ class S3Target(Target):
     def _what(self, verb: str, key: str) -> str:
         return f"{verb} {key} on {self.display_url}"
 
+    def _cleanup_client(self) -> Any:
+        """The client with ``cleanup_timeout``, made once, when an outage first needs it (a
+        botocore session must not make two clients at once: the lock)."""
+        with self._cleanup_made:
+            if self._cleanup is None:
+                self._cleanup = self._make_cleanup_client()
+            return self._cleanup
+
     def _request(self, op: str, what: str, **kwargs: Any) -> dict[str, Any]:
         """Call client method ``op`` once, translating every failure to a btrsync error.
 
@@ -149,7 +159,7 @@ class S3Target(Target):
         the client with ``cleanup_timeout``: the abort and the lease removal after a failure then
         wait seconds, not a read timeout each, on a store that stopped answering."""
         outage = self.policy.outage
-        client = self._cleanup_client if outage is not None and outage.down else self._client
+        client = self._cleanup_client() if outage is not None and outage.down else self._client
         try:
             return getattr(client, op)(**kwargs)  # type: ignore[no-any-return]
         except Exception as exc:  # translated, never leaked
@@ -667,4 +677,5 @@ class S3Target(Target):
 
     def close(self) -> None:
         self._client.close()
-        self._cleanup_client.close()
+        if self._cleanup is not None:
+            self._cleanup.close()
