@@ -12,10 +12,11 @@ by default (the B2-rules proxy of ``tests/support/b2proxy.py`` does the same), a
 which retries ``503 SlowDown``.  What that leaves for integrity: with ``when_required`` an
 ``UploadPart`` carries neither a checksum header nor ``Content-MD5``, so botocore signs the
 payload's SHA-256 (``x-amz-content-sha256``) over http and https alike; btrsync sends
-``Content-MD5`` on every part, so botocore signs the payload over plain http only (with
-``Content-MD5`` over https it sends ``UNSIGNED-PAYLOAD``).  Here, over http, both pay the SHA-256;
-against B2 over https the pipeline pays a SHA-256 per part and btrsync an MD5.  Without ``--b2``
-botocore's defaults apply (a CRC32 per part as well, legacy retries).
+``Content-MD5`` on every part and ``UNSIGNED-PAYLOAD`` over http and https alike (its frames are
+authenticated end to end; to a plain http endpoint since session 11: botocore signed its payloads
+there before).  Here, over http, the pipeline pays a SHA-256 per part and btrsync an MD5; so against B2
+over https.  Without ``--b2`` botocore's defaults apply (a CRC32 per part as well, legacy
+retries).
 
 CREDENTIALS_FILE is an AWS-style INI file (``[default]`` with the key id and secret), never argv.
 With HWM_FILE, the process's own peak RSS (``VmHWM``, bytes) is written there at the end.

@@ -298,6 +298,21 @@ def test_an_s3_target_is_made_without_boto3(tmp_path: Path) -> None:
     assert run.stdout.split() == ["us-east-1", "[]"], run.stdout + run.stderr
 
 
+def test_only_a_plain_http_endpoint_gets_unsigned_payloads_everywhere(tmp_path: Path) -> None:
+    """Over https botocore's own choice stays (puts with Content-MD5 unsigned, other requests signed);
+    over plain http every request goes UNSIGNED-PAYLOAD instead of a SHA-256 of its body."""
+    from btrsync.targets.s3.client import make_client
+
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = a-secret-of-forty-characters-0123456789\n")
+    creds.chmod(0o600)
+    signing = {}
+    for endpoint in ("https://s3.us-west-004.backblazeb2.com", "http://127.0.0.1:9", "HTTP://minio.lan:9000"):
+        client = make_client(S3Settings.from_mapping({"endpoint": endpoint, "credentials_file": str(creds)}))
+        signing[endpoint.split(":")[0]] = client.meta.config.s3.get("payload_signing_enabled")
+    assert signing == {"https": None, "http": False, "HTTP": False}
+
+
 def test_url_with_credentials_is_refused(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """Secrets belong in credentials_file, never in the URL (which shows up in messages)."""
     with pytest.raises(ConfigError) as info:
@@ -403,6 +418,24 @@ def test_multipart_upload_bounds_parts_in_flight_and_memory(
     assert len(parts) == 5 and proxy.max_in_flight["UploadPart"] == 2
     assert all("content-md5" in s.headers for s in parts)
     assert max(ahead) <= (2 + 1) * PART  # (max_inflight_parts + 1) x part size
+
+
+def test_bodies_are_checked_by_content_md5_not_hashed_again_for_the_signature(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: B2RulesProxy
+) -> None:
+    """Every put carries Content-MD5 (the store checks it) and no SHA-256 of its body in the
+    signature, also over plain http, where botocore would hash every body once more: the frames are
+    authenticated end to end, and that hash cost up to 4 CPU s per GiB on a CPU without SHA-NI."""
+    data = blob(2 * PART + 777)
+    with seaweed_target(request, tmp_path, via_proxy=True) as target:
+        assert target.endpoint.startswith("http://")
+        target.put("big", pieces(data))
+        target.put_bytes("small", b"x" * 1000)
+        assert target.read("big") == data
+    puts = proxy.ops("UploadPart") + proxy.ops("PutObject")
+    assert len(puts) == 4, [s.op for s in proxy.seen]
+    assert all("content-md5" in s.headers and s.headers.get("x-amz-content-sha256") == "UNSIGNED-PAYLOAD"
+               for s in puts), [(s.op, s.headers.get("x-amz-content-sha256")) for s in puts]
 
 
 def test_eleven_megabyte_object_meets_b2_minimum_part_size(
