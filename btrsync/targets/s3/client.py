@@ -80,7 +80,7 @@ def make_clients(settings: S3Settings) -> tuple[Any, Callable[[], Any]]:
     # over plain http botocore hashes every body with SHA-256 for the signature (over https a put
     # with Content-MD5 is sent UNSIGNED-PAYLOAD already): each put carries Content-MD5, which the
     # store checks, and every frame is authenticated end to end (AES-256-GCM under the repository's
-    # key), so that hash cost 0.35-4 CPU s per GiB uploaded (SHA-NI or not) for nothing
+    # key), so that hash cost 0.6-4 CPU s per GiB uploaded (SHA-NI or not) for nothing
     plain_http = (settings.endpoint or env_endpoint or "").lower().startswith("http://")
     unsigned = {"payload_signing_enabled": False} if plain_http else {}
 
