@@ -266,20 +266,19 @@ class _Attempt:
         this copy's; returns the leftovers of killed attempts, removed after the commit."""
         bid = manifest.backup_id
         found = checks_before_commit(self.dest, manifest, lease)
-        what, parent_there, leftovers = found.gap, found.parent_there, found.leftovers
         if found.lost is not None:
             raise CopyError(lost_lease_error(bid, found.lost, self.dest.target.display_url))
-        if what:
-            raise CopyError(f"backup {bid} was not committed: {what} on {self.dest.target.display_url}; "
+        if found.gap:
+            raise CopyError(f"backup {bid} was not committed: {found.gap} on {self.dest.target.display_url}; "
                             "copy again to send it anew")
         parent = manifest.parent_id
-        if not parent_there:
+        if not found.parent_there:
             # a prune or delete elsewhere that read the leases before this copy's took the parent:
             # committed, this backup could never be restored there
             raise CopyError(f"backup {bid} was not committed: its parent {parent} is no longer on "
                             f"{self.dest.target.display_url} (removed by a prune or delete elsewhere while this "
                             "copy ran); copy again: the parent is sent again and this backup resumes")
-        return leftovers
+        return found.leftovers
 
 
 def copy_backup(source: Repository, dest: Repository, manifest: Manifest, settings: CopySettings,
