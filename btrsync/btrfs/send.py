@@ -143,6 +143,12 @@ class SendProcess:
             if filled < size:
                 return
 
+    def stop(self) -> None:
+        """End ``btrfs send`` now, from any thread (its reader then sees the stream end)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def ended(self) -> None:
         """Once the stream was read to its end: wait for ``btrfs send`` to exit and raise its own
         error (exit status, ``ERROR:`` lines) if it failed, before anyone judges the stream: a

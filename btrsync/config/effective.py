@@ -35,7 +35,7 @@ def effective(config: Config) -> dict[str, Any]:
         "metrics_dir": str(config.jobs.metrics_dir) if config.jobs.metrics_dir else None,
         "max_parallel_jobs": config.jobs.max_parallel_jobs,
         "push": {"chunk_size": push.chunk_size, "segment_size": push.segment_size, "zstd_level": push.zstd_level,
-                 "workers": push.workers, "max_chain": push.max_chain,
+                 "workers": push.workers, "max_chain": push.max_chain, "read_ahead": push.read_ahead,
                  "bwlimit": "unlimited" if push.bwlimit.is_unlimited else push.bwlimit.default},
         "targets": {name: _target_settings(dict(s)) for name, s in config.targets.items()},
         "retention": {

@@ -40,7 +40,7 @@ DEFAULT_CONFIG = Path("/etc/btrsync/config.toml")
 _TOP_KEYS = {"key_file", "state_dir", "push", "targets", "retention", "jobs", "metrics_dir", "max_parallel_jobs"}
 _PUSH_KEYS = {"chunk_size", "segment_size", "zstd_level", "workers", "max_chain", "bwlimit",
               "bwlimit_schedule", "bwlimit_timezone", "progress_interval", "verify_after_push", "chain",
-              "full_threshold"}
+              "full_threshold", "read_ahead"}
 CHAINS = ("tree", "linear")
 DEFAULT_PROGRESS_INTERVAL = 30.0
 PROGRESS_INTERVAL_ENV = "BTRSYNC_PROGRESS_INTERVAL"
@@ -58,6 +58,7 @@ class PushDefaults:
     verify_after_push: str = "none"  # none | catalog | data: re-read what a push just wrote
     chain: str = "tree"  # tree: parents by the retention policy (docs/retention.md); linear
     full_threshold: float = 0.5  # tree: a full when the best delta is more than this share of one
+    read_ahead: int = 64 << 20  # bytes of the snapshot read ahead of btrfs send (btrfs/readahead.py); 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +110,8 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
     _reject_unknown(push_doc, _PUSH_KEYS, f"{where} [push]")
     try:
         push = PushDefaults(
-            chunk_size=parse_size(push_doc.get("chunk_size", "4M")),
-            segment_size=parse_size(push_doc.get("segment_size", "128M")),
+            chunk_size=_size(push_doc, "chunk_size", "4M"),
+            segment_size=_size(push_doc, "segment_size", "128M"),
             zstd_level=int(push_doc.get("zstd_level", 3)),
             workers=int(push_doc.get("workers", PushDefaults().workers)),
             max_chain=int(push_doc.get("max_chain", DEFAULT_MAX_CHAIN)),
@@ -120,6 +121,7 @@ def parse_config(doc: dict[str, Any], path: Path | None = None) -> Config:
             verify_after_push=str(push_doc.get("verify_after_push", "none")),
             chain=str(push_doc.get("chain", "tree")),
             full_threshold=float(push_doc.get("full_threshold", 0.5)),
+            read_ahead=_size(push_doc, "read_ahead", "64M"),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{where} [push]: {exc}") from None
@@ -157,6 +159,13 @@ def _jobs(doc: dict[str, Any], where: str, targets: dict[str, Any], retention: R
     return parse_jobs(doc, where, targets, retention)
 
 
+def _size(doc: dict[str, Any], key: str, default: str) -> int:
+    try:
+        return parse_size(doc.get(key, default))
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
 def _reject_unknown(doc: Any, allowed: set[str], where: str) -> None:
     if not isinstance(doc, dict):
         raise ConfigError(f"{where} must be a table")
@@ -173,6 +182,8 @@ def _check_push(push: PushDefaults, where: str) -> None:
         raise ConfigError(f"{where} [push] segment_size must be at least chunk_size")
     if not 0 <= push.zstd_level <= 22:
         raise ConfigError(f"{where} [push] zstd_level must be 0 (off) to 22")
+    if not 0 <= push.read_ahead <= 4 << 30:
+        raise ConfigError(f"{where} [push] read_ahead must be 0 (off) to 4G")
     if not 1 <= push.workers <= 64:
         raise ConfigError(f"{where} [push] workers must be 1 to 64")
     if push.verify_after_push not in ("none", "catalog", "data"):

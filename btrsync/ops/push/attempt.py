@@ -15,6 +15,7 @@ from pathlib import Path
 
 from btrsync import __version__
 from btrsync.audit import AuditLog
+from btrsync.btrfs.readahead import SendReadAhead
 from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendProcess, best_send_options
 from btrsync.catalog.layout import backup_id_for
@@ -174,7 +175,10 @@ class Attempt:
         sealer = ChunkSealer(self.repo.binding, self.backup_id, self.settings.zstd_level)
         # progress counts frames as the token bucket lets them through to the target
         meter = Metered(self.settings.bucket, self._passed) if self.progress else self.settings.bucket
-        with (SendProcess(self.snap.path, self.parent.path if self.parent else None, self.options) as send,
+        parent = self.parent.path if self.parent else None
+        with (SendProcess(self.snap.path, parent, self.options) as send,
+              SendReadAhead(self.snap.path, parent, self.options, lambda: send.bytes_read,
+                            window=self.settings.read_ahead),
               closing(ordered_map(sealer, self._fresh_chunks(send, watch, point),
                                   workers=self.settings.workers, window=self.settings.window)) as sealed):
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from btrsync.btrfs.readahead import DEFAULT_WINDOW
 from btrsync.btrfs.send import SendOptions
 from btrsync.config.model import PushDefaults, chain_settings
 from btrsync.errors import UsageError
@@ -34,6 +35,7 @@ class PushSettings:
     bucket: TokenBucket | None = None
     chain: str = "tree"  # tree: parents chosen by the retention policy (planner/tree.py); linear
     full_threshold: float = DEFAULT_FULL_THRESHOLD  # tree: a full when the best delta is more than this share
+    read_ahead: int = DEFAULT_WINDOW  # bytes of the snapshot read ahead of btrfs send; 0: none
     #: asked before each segment is started, refuses it by raising (``write_segments``): the
     #: run's ``window_end = "stop"`` ends a push at a segment boundary
     may_start_segment: Callable[[int], None] | None = None
@@ -61,7 +63,7 @@ def settings_from(defaults: PushDefaults, *, bwlimit: str | None = None, max_cha
         chunk_size=defaults.chunk_size, segment_size=defaults.segment_size,
         zstd_level=defaults.zstd_level, workers=defaults.workers,
         max_chain=defaults.max_chain if max_chain is None else max_chain,
-        bucket=bucket_for(schedule), chain=chosen, full_threshold=threshold,
+        bucket=bucket_for(schedule), chain=chosen, full_threshold=threshold, read_ahead=defaults.read_ahead,
     )
 
 

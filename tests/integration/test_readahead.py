@@ -1,0 +1,201 @@
+"""Reading a snapshot ahead of btrfs send (btrsync/btrfs/readahead.py), on real btrfs filesystems.
+
+What it must do: bring the data the send will read into the page cache, no further ahead than its
+window, never open anything but a regular file inside the snapshot, leave compressed extents to a
+``--compressed-data`` send, and stop (with its ``btrfs send --no-data``) the moment it is closed.
+Page-cache residency is read with ``mincore(2)``; the snapshot's pages are dropped per file with
+``POSIX_FADV_DONTNEED`` (no machine-wide ``drop_caches``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from btrsync.btrfs.readahead import SendReadAhead, disk_ranges, open_regular_beneath
+from btrsync.btrfs.send import SendOptions
+from tests.support.loopfs import create_subvolume, fresh_area, snapshot
+
+MiB = 1 << 20
+PLAIN = SendOptions()
+COMPRESSED = SendOptions(proto=2, compressed_data=True)
+
+
+def resident(path: Path) -> int:
+    """Bytes of ``path`` in the page cache (util-linux ``fincore``: mincore(2) of a mapping)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip() or 0)
+
+
+def evict(root: Path) -> None:
+    """The files under ``root`` out of the page cache (written back first: clean pages only go)."""
+    subprocess.run(["sync", "-f", str(root)], check=True)
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def write_files(root: Path, count: int, size: int) -> list[Path]:
+    files = []
+    for i in range(count):
+        p = root / f"d{i % 4}" / f"f{i:03d}"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(os.urandom(size))
+        files.append(p)
+    return files
+
+
+@pytest.fixture
+def src(btrfs_pools) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+    with fresh_area(btrfs_pools("src"), "data") as area:
+        yield area
+
+
+def read_ahead(snap: Path, options: SendOptions, position: int = 1 << 60, window: int = 64 * MiB,
+               parent: Path | None = None) -> SendReadAhead:
+    """Run a read-ahead to its end as if the send were ``position`` bytes in."""
+    with SendReadAhead(snap, parent, options, lambda: position, window=window) as ra:
+        ra._thread.join(timeout=60)
+        assert not ra._thread.is_alive()
+    return ra
+
+
+@pytest.mark.parametrize("options", [PLAIN, COMPRESSED], ids=["v1", "v2-compressed-data"])
+def test_it_brings_what_the_send_will_read_into_the_page_cache(src: Path, options: SendOptions) -> None:
+    files = write_files(src, 12, 3 * MiB)
+    (src / "small").write_bytes(b"x" * 100)  # inline: nothing on the disk to read
+    snap = snapshot(src, src.parent / "snap")
+    snapped = [snap / f.relative_to(src) for f in files]
+    evict(snap)
+    assert sum(resident(f) for f in snapped) < 3 * MiB, "the files were not out of the cache to begin with"
+    ra = read_ahead(snap, options)
+    assert ra.requested >= 36 * MiB
+    time.sleep(0.2)  # WILLNEED only submits the reads
+    assert sum(resident(f) for f in snapped) >= 34 * MiB
+
+
+def test_it_stays_within_its_window_of_the_send(src: Path) -> None:
+    write_files(src, 16, 2 * MiB)
+    snap = snapshot(src, src.parent / "snap")
+    position = [0]
+    with SendReadAhead(snap, None, PLAIN, lambda: position[0], window=4 * MiB) as ra:
+        deadline = time.monotonic() + 5
+        while ra.requested < 2 * MiB and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        held = ra.requested
+        assert 2 * MiB <= held <= 6 * MiB, held  # the window plus the extent that reached into it
+        position[0] = 16 * MiB  # the send moved on: so does the read-ahead
+        deadline = time.monotonic() + 5
+        while ra.requested <= held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held < ra.requested <= 24 * MiB
+        position[0] = 1 << 60
+        ra._thread.join(timeout=30)
+    assert ra.requested == 32 * MiB
+
+
+def _argv(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return []
+
+
+def test_closing_stops_it_and_its_metadata_send_at_once(src: Path) -> None:
+    write_files(src, 3000, 8192)  # a metadata stream longer than the pipe holds
+    snap = snapshot(src, src.parent / "snap")
+    me = psutil.Process()
+    ra = SendReadAhead(snap, None, PLAIN, lambda: 0, window=64 * 1024)  # waits at the first files
+    with ra:
+        deadline = time.monotonic() + 5
+        while not ra.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ra.requested
+        sends = [p for p in me.children() if "--no-data" in _argv(p)]
+        assert sends, "no btrfs send --no-data was running"
+        started = time.monotonic()
+    assert time.monotonic() - started < 2
+    assert not ra._thread.is_alive()
+    psutil.wait_procs(sends, timeout=5)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in sends)
+
+
+def test_only_regular_files_beneath_the_directory_are_opened(tmp_path: Path) -> None:
+    root = tmp_path / "snap"
+    (root / "dir").mkdir(parents=True)
+    (root / "dir" / "file").write_bytes(b"data")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not ours")
+    (root / "link").symlink_to(outside)
+    (root / "dir" / "filelink").symlink_to("file")
+    os.mkfifo(root / "fifo")
+    os.mknod(root / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    done = threading.Event()
+    results: dict[str, int | None] = {}
+
+    def probe() -> None:
+        for name in ("dir/file", "link/secret", "dir/filelink", "../outside/secret", "/etc/passwd",
+                     "fifo", "null", "dir", "missing"):
+            results[name] = open_regular_beneath(dirfd, name)
+        done.set()
+
+    threading.Thread(target=probe, daemon=True).start()
+    assert done.wait(10), "a probe blocked: something other than a regular file was opened"  # a FIFO would
+    try:
+        assert results.pop("dir/file") is not None
+        assert results == dict.fromkeys(results)  # every other one refused
+    finally:
+        os.close(dirfd)
+
+
+def test_compressed_extents_are_left_to_a_compressed_data_send(btrfs_factory) -> None:  # type: ignore[no-untyped-def]
+    mnt = btrfs_factory(mount_options=("compress-force=zstd",))
+    src = create_subvolume(mnt / "data")
+    text = b"".join(b"line %08d of a very compressible log\n" % i for i in range(200_000))  # ~8 MiB
+    (src / "log").write_bytes(text)
+    (src / "holey").write_bytes(b"")
+    with (src / "holey").open("r+b") as f:
+        f.seek(8 * MiB)
+        f.write(b"end")
+    snap = snapshot(src, mnt / "snap")
+    fd = os.open(snap / "log", os.O_RDONLY)
+    try:
+        assert list(disk_ranges(fd, 0, len(text), skip_encoded=True)) == []
+        assert sum(n for _, n in disk_ranges(fd, 0, len(text), skip_encoded=False)) == len(text)
+    finally:
+        os.close(fd)
+    fd = os.open(snap / "holey", os.O_RDONLY)
+    try:  # the hole has nothing to read; the last block, compressed or not, is all there is
+        assert sum(n for _, n in disk_ranges(fd, 0, 8 * MiB + 3, skip_encoded=False)) <= 128 * 1024
+    finally:
+        os.close(fd)
+    ra = read_ahead(snap, COMPRESSED)
+    assert ra.requested <= 4096 and ra.passed_over >= len(text)  # only the holey file's uncompressed tail
+    ra = read_ahead(snap, PLAIN)  # a v1 send reads them through the page cache: read ahead
+    assert ra.requested >= len(text)
+
+
+def test_an_incremental_reads_ahead_what_changed(src: Path) -> None:
+    files = write_files(src, 8, MiB)
+    parent = snapshot(src, src.parent / "parent")
+    files[3].write_bytes(os.urandom(2 * MiB))
+    (src / "new").write_bytes(os.urandom(MiB))
+    snap = snapshot(src, src.parent / "snap")
+    ra = read_ahead(snap, PLAIN, parent=parent)
+    assert ra.requested == 3 * MiB
