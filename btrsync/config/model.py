@@ -182,8 +182,8 @@ def _check_push(push: PushDefaults, where: str) -> None:
         raise ConfigError(f"{where} [push] segment_size must be at least chunk_size")
     if not 0 <= push.zstd_level <= 22:
         raise ConfigError(f"{where} [push] zstd_level must be 0 (off) to 22")
-    if not 0 <= push.read_ahead <= 4 << 30:
-        raise ConfigError(f"{where} [push] read_ahead must be 0 (off) to 4G")
+    if push.read_ahead and not push.chunk_size <= push.read_ahead <= 4 << 30:
+        raise ConfigError(f"{where} [push] read_ahead must be 0 (off) or from chunk_size to 4G")
     if not 1 <= push.workers <= 64:
         raise ConfigError(f"{where} [push] workers must be 1 to 64")
     if push.verify_after_push not in ("none", "catalog", "data"):

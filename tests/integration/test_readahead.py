@@ -14,14 +14,15 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from btrsync.btrfs.readahead import SendReadAhead, disk_ranges, open_regular_beneath
-from btrsync.btrfs.send import SendOptions
+from btrsync.btrfs.send import SendOptions, SendProcess
+from btrsync.ops.push.watch import StreamWatch
 from tests.support.loopfs import create_subvolume, fresh_area, snapshot
 
 MiB = 1 << 20
@@ -64,48 +65,83 @@ def src(btrfs_pools) -> Iterator[Path]:  # type: ignore[no-untyped-def]
         yield area
 
 
-def read_ahead(snap: Path, options: SendOptions, position: int = 1 << 60, window: int = 64 * MiB,
-               parent: Path | None = None) -> SendReadAhead:
-    """Run a read-ahead to its end as if the send were ``position`` bytes in."""
-    with SendReadAhead(snap, parent, options, lambda: position, window=window) as ra:
-        ra._thread.join(timeout=60)
+def read_ahead(snap: Path, options: SendOptions, parent: Path | None = None) -> SendReadAhead:
+    """Run a read-ahead over the whole snapshot (the send waiting at its start), then let the send
+    pass everything; the read-ahead ends by itself."""
+    position = [0]
+    with SendReadAhead(snap, parent, options, lambda: position[0], window=1 << 40) as ra:
+        assert ra.walked.wait(60)
+        position[0] = 1 << 60
+        ra._thread.join(timeout=30)
         assert not ra._thread.is_alive()
     return ra
 
 
-@pytest.mark.parametrize("options", [PLAIN, COMPRESSED], ids=["v1", "v2-compressed-data"])
-def test_it_brings_what_the_send_will_read_into_the_page_cache(src: Path, options: SendOptions) -> None:
-    files = write_files(src, 12, 3 * MiB)
+def wait_for(check: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_it_reads_ahead_what_the_send_will_read_and_drops_it_once_passed(src: Path) -> None:
+    """Large extents whole (one WILLNEED reads no more than the device's read-ahead size), and
+    once the send has passed a file, the pages it did not have before are gone again."""
+    files = write_files(src, 4, 24 * MiB)
     (src / "small").write_bytes(b"x" * 100)  # inline: nothing on the disk to read
     snap = snapshot(src, src.parent / "snap")
     snapped = [snap / f.relative_to(src) for f in files]
     evict(snap)
-    assert sum(resident(f) for f in snapped) < 3 * MiB, "the files were not out of the cache to begin with"
-    ra = read_ahead(snap, options)
-    assert ra.requested >= 36 * MiB
-    time.sleep(0.2)  # WILLNEED only submits the reads
-    assert sum(resident(f) for f in snapped) >= 34 * MiB
+    assert sum(resident(f) for f in snapped) < 4 * MiB, "the files were not out of the cache to begin with"
+    position = [0]
+    with SendReadAhead(snap, None, PLAIN, lambda: position[0], window=1 << 40) as ra:
+        assert ra.walked.wait(30)
+        assert wait_for(lambda: sum(resident(f) for f in snapped) >= 92 * MiB), \
+            f"{sum(resident(f) for f in snapped)} bytes in the cache of 96 MiB asked for"
+        position[0] = 1 << 60  # the send has passed them all
+        assert wait_for(lambda: not ra._thread.is_alive())
+    assert ra.requested == 96 * MiB + 100 and ra.dropped == 5  # a v1 send reads inline data through the cache too
+    assert sum(resident(f) for f in snapped) < 4 * MiB
 
 
-def test_it_stays_within_its_window_of_the_send(src: Path) -> None:
+def test_it_stays_within_its_window_of_the_send_and_skips_what_it_passed(src: Path) -> None:
     write_files(src, 16, 2 * MiB)
     snap = snapshot(src, src.parent / "snap")
     position = [0]
     with SendReadAhead(snap, None, PLAIN, lambda: position[0], window=4 * MiB) as ra:
-        deadline = time.monotonic() + 5
-        while ra.requested < 2 * MiB and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_for(lambda: ra.requested >= 6 * MiB, 5)
         time.sleep(0.3)
-        held = ra.requested
-        assert 2 * MiB <= held <= 6 * MiB, held  # the window plus the extent that reached into it
-        position[0] = 16 * MiB  # the send moved on: so does the read-ahead
-        deadline = time.monotonic() + 5
-        while ra.requested <= held and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert held < ra.requested <= 24 * MiB
+        assert ra.requested == 6 * MiB  # the files at 0, 2 and 4 MiB: 4 MiB ahead of the send
+        position[0] = 16 * MiB  # the send moved on: those from 6 to 14 MiB are behind it now
+        assert wait_for(lambda: ra.requested >= 12 * MiB, 5)
+        time.sleep(0.3)
+        assert ra.requested == 12 * MiB  # 16, 18 and 20 MiB
         position[0] = 1 << 60
-        ra._thread.join(timeout=30)
-    assert ra.requested == 32 * MiB
+        assert wait_for(lambda: not ra._thread.is_alive())
+    assert ra.passed_over == 20 * MiB
+
+
+def test_it_keeps_pace_with_a_real_compressed_data_send(btrfs_factory) -> None:  # type: ignore[no-untyped-def]
+    """Both sides count file data by its logical length: compressed extents, whose writes carry
+    far fewer bytes than they stand for, do not leave the read-ahead behind (or stuck)."""
+    mnt = btrfs_factory("1G", mount_options=("compress-force=zstd",))
+    src = create_subvolume(mnt / "data")
+    (src / "a-log").write_bytes(b"".join(b"line %09d of a very compressible log\n" % i for i in range(1_500_000)))
+    randoms = write_files(src, 24, MiB)  # incompressible: stored as they are
+    snap = snapshot(src, mnt / "snap")
+    evict(snap)
+    watch = StreamWatch("test", full=True)
+    with SendProcess(snap, None, COMPRESSED) as send, \
+            SendReadAhead(snap, None, COMPRESSED, lambda: watch.stats.data_bytes, window=8 * MiB) as ra:
+        for chunk in send.chunks(256 * 1024):
+            watch.feed(chunk)
+            time.sleep(0.005)  # a push's pace, not a /dev/null's: the read-ahead gets ahead
+        send.ended()
+        assert wait_for(lambda: not ra._thread.is_alive(), 5), "the read-ahead did not end with the send"
+    assert ra.requested >= 20 * MiB, (ra.requested, ra.passed_over)
+    assert sum(resident(snap / f.relative_to(src)) for f in randoms) < 2 * MiB  # dropped once passed
 
 
 def _argv(p: psutil.Process) -> list[str]:
@@ -156,9 +192,11 @@ def test_only_regular_files_beneath_the_directory_are_opened(tmp_path: Path) -> 
         done.set()
 
     threading.Thread(target=probe, daemon=True).start()
-    assert done.wait(10), "a probe blocked: something other than a regular file was opened"  # a FIFO would
+    assert done.wait(10), "a probe blocked"
     try:
-        assert results.pop("dir/file") is not None
+        fd = results.pop("dir/file")
+        assert fd is not None
+        os.close(fd)
         assert results == dict.fromkeys(results)  # every other one refused
     finally:
         os.close(dirfd)
@@ -199,3 +237,40 @@ def test_an_incremental_reads_ahead_what_changed(src: Path) -> None:
     snap = snapshot(src, src.parent / "snap")
     ra = read_ahead(snap, PLAIN, parent=parent)
     assert ra.requested == 3 * MiB
+
+
+def test_a_subvolume_nested_in_the_snapshot_is_not_entered(src: Path) -> None:
+    (src / "f").write_bytes(b"x" * 8192)
+    snap = snapshot(src, src.parent / "snap", readonly=False)
+    create_subvolume(snap / "nested")
+    (snap / "nested" / "g").write_bytes(b"y" * 8192)
+    subprocess.run(["btrfs", "property", "set", "-ts", str(snap), "ro", "true"], check=True)
+    dirfd = os.open(snap, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        device = os.fstat(dirfd).st_dev
+        opened = [open_regular_beneath(dirfd, "f", device), open_regular_beneath(dirfd, "nested/g")]
+        assert None not in opened  # both regular files, the second of another subvolume
+        for fd in opened:
+            os.close(fd)  # type: ignore[arg-type]
+        assert open_regular_beneath(dirfd, "nested/g", device) is None
+    finally:
+        os.close(dirfd)
+        subprocess.run(["btrfs", "property", "set", "-ts", str(snap), "ro", "false"], check=True)
+
+
+def test_what_the_send_may_have_read_already_is_not_asked_for_again(src: Path) -> None:
+    """The push's position trails the send by up to ``lag`` (its watch's queue): a range ending
+    within that stretch may have been read, and dropped, by the send; reading it again would read
+    it twice.  Before the send has read anything, nothing is behind it."""
+    write_files(src, 8, 2 * MiB)
+    snap = snapshot(src, src.parent / "snap")
+    position = [8 * MiB]
+    with SendReadAhead(snap, None, PLAIN, lambda: position[0], window=1 << 40, lag=4 * MiB) as ra:
+        assert ra.walked.wait(30)
+        position[0] = 1 << 60
+    assert (ra.requested, ra.passed_over) == (4 * MiB, 12 * MiB)  # the six files ending at 2 .. 12 MiB passed
+    position = [0]
+    with SendReadAhead(snap, None, PLAIN, lambda: position[0], window=1 << 40, lag=4 * MiB) as ra:
+        assert ra.walked.wait(30)
+        position[0] = 1 << 60
+    assert ra.requested == 16 * MiB

@@ -177,8 +177,9 @@ class Attempt:
         meter = Metered(self.settings.bucket, self._passed) if self.progress else self.settings.bucket
         parent = self.parent.path if self.parent else None
         with (SendProcess(self.snap.path, parent, self.options) as send,
-              SendReadAhead(self.snap.path, parent, self.options, lambda: send.bytes_read,
-                            window=self.settings.read_ahead),
+              SendReadAhead(self.snap.path, parent, self.options, lambda: framing.stats.data_bytes,
+                            window=self.settings.read_ahead,  # the watch's queue, a chunk being read, the pipe
+                            lag=(self.settings.window + 2) * self.settings.chunk_size),
               closing(ordered_map(sealer, self._fresh_chunks(send, watch, point),
                                   workers=self.settings.workers, window=self.settings.window)) as sealed):
 
