@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW = 64 << 20  # bytes of file data read ahead of the send
 SLICE = 4 << 20  # bytes per WILLNEED: btrfs's read-ahead size is at least 4 MiB, and one call reads no more
 MAX_PENDING = 65536  # files read ahead that the send has not passed yet (a path each)
+BUFFER = 65536  # writes of the metadata stream read ahead of their use (~200 bytes each)
 POLL = 0.01  # seconds between looks at the send's position while the read-ahead waits for it
 JOIN_TIMEOUT = 10.0  # seconds ``close`` waits for the thread
 
@@ -224,9 +225,12 @@ class SendReadAhead:
     that (what the push has read and the watch not parsed yet)."""
 
     def __init__(self, snapshot: Path, parent: Path | None, options: SendOptions,
-                 position: Callable[[], int], window: int = DEFAULT_WINDOW, lag: int = 0) -> None:
+                 position: Callable[[], int], window: int = DEFAULT_WINDOW, lag: int = 0,
+                 on_sized: Callable[[int | None], None] | None = None) -> None:
         self.snapshot, self.parent, self.options = snapshot, parent, options
-        self.position, self.window, self.lag = position, window, lag
+        self.position, self.window, self.lag, self.on_sized = position, window, lag, on_sized
+        self._told = False
+        self._told_lock = threading.Lock()
         self.requested = 0  # bytes asked for (WILLNEED)
         self.passed_over = 0  # bytes of writes not asked for: compressed, inline, holes, unopenable, passed
         self.dropped = 0  # files whose pages went once the send had passed them
@@ -238,11 +242,14 @@ class SendReadAhead:
         self._thread = threading.Thread(target=self._run, name="btrsync-readahead", daemon=True)
 
     def __enter__(self) -> SendReadAhead:
-        if self.window > 0:
-            try:
-                self._thread.start()
-            except RuntimeError as exc:  # no thread to be had: the push goes on without
-                log.debug("no read-ahead of %s: %s", self.snapshot, exc)
+        if self.window <= 0:
+            self._tell_size(None)
+            return self
+        try:
+            self._thread.start()
+        except RuntimeError as exc:  # no thread to be had: the push goes on without
+            log.debug("no read-ahead of %s: %s", self.snapshot, exc)
+            self._tell_size(None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -265,6 +272,7 @@ class SendReadAhead:
             dirfd = os.open(self.snapshot, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             log.debug("no read-ahead of %s: %s", self.snapshot, exc)
+            self._tell_size(None)
             return
         try:
             check_openat2(dirfd)
@@ -277,6 +285,7 @@ class SendReadAhead:
             if not self._stop.is_set():
                 log.debug("read-ahead of %s ended: %s", self.snapshot, exc)
         finally:
+            self._tell_size(None)  # when it ended before the measure (told already otherwise)
             self._release(dirfd, None)
             os.close(dirfd)
         log.debug("read-ahead of %s: %d bytes asked for, %d passed over, %d files dropped from the cache, "
@@ -373,24 +382,53 @@ class SendReadAhead:
 
     def _extents(self) -> Iterator[tuple[str, int, int, int]]:
         """``(path, file offset, length, file data of the stream before it)`` of each write, in
-        order; clones count as file data (the stream watch counts them) but are not read."""
+        order; clones count as file data (the stream watch counts them) but are not read.
+
+        The metadata stream is read ahead of its use, up to ``BUFFER`` writes: one that fits is
+        read whole at once, and its size (what ``ops/estimate.py`` would measure with a walk of
+        its own) is told to ``on_sized`` right away; a longer one is read as the writes are used,
+        and its size is not told (None)."""
         parser = StreamParser()
-        data_before = 0
+        queue: collections.deque[tuple[str, int, int, int]] = collections.deque()
+        data_before = extent_bytes = stream_bytes = 0
         with MetadataSend(self.snapshot, self.parent, self.options) as meta:
             self._meta = meta
             if self._stop.is_set():  # closed while it started
                 meta.stop()
-            for chunk in meta.chunks(1 << 16):
-                for ev in parser.feed(chunk):
-                    if ev.cmd == "update_extent":
-                        size = ev.attrs["size"]
-                        yield ev.path, ev.attrs["file_offset"], size, data_before
-                        data_before += size
-                    elif ev.cmd == "clone":
-                        data_before += ev.attrs["clone_len"]
-                if self._stop.is_set():
-                    raise _Stopped
-            parser.finish()
+            chunks = meta.chunks(1 << 16)
+            ended = False
+            while queue or not ended:
+                while not ended and len(queue) < BUFFER:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        parser.finish()
+                        ended = True
+                        self._tell_size(stream_bytes + extent_bytes)
+                        break
+                    stream_bytes += len(chunk)
+                    for ev in parser.feed(chunk):
+                        if ev.cmd == "update_extent":
+                            size = ev.attrs["size"]
+                            queue.append((ev.path, ev.attrs["file_offset"], size, data_before))
+                            data_before += size
+                            extent_bytes += size
+                        elif ev.cmd == "clone":
+                            data_before += ev.attrs["clone_len"]
+                    if self._stop.is_set():
+                        raise _Stopped
+                if not ended:
+                    self._tell_size(None)  # longer than the buffer: the estimate measures it itself
+                if queue:
+                    yield queue.popleft()
+
+    def _tell_size(self, size: int | None) -> None:
+        """Tell ``on_sized`` the metadata stream's measure (None: not known), once."""
+        with self._told_lock:
+            if self._told:
+                return
+            self._told = True
+        if self.on_sized is not None:
+            self.on_sized(size)
 
 
 class _Stopped(Exception):

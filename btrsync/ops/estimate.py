@@ -7,7 +7,9 @@ Tried in order, the first that answers is used (``Estimate.basis`` says which):
    plus those sizes is the real stream's length within a fraction of a percent; it is high by the
    compression saved where ``--compressed-data`` sends extents compressed.  It reads metadata
    only: milliseconds for a typical incremental, about a second per few hundred thousand files
-   for a full.  It is abandoned after ``budget`` seconds (default 10).
+   for a full.  It is abandoned after ``budget`` seconds (default 10).  A push's read-ahead of
+   the source (``btrfs/readahead.py``) walks that very stream anyway and tells its measure when
+   the stream is short enough to read at once (up to 65,536 writes); then there is no second walk.
 2. The stream size of the newest backup of the same subvolume and kind (full or incremental)
    on the target: a full's size changes slowly; an incremental's is a rough guess.
 3. None: progress then shows bytes and rate, without a percentage or an ETA.
@@ -21,6 +23,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 
 from btrsync.btrfs.nodata import MetadataSend
@@ -90,11 +93,23 @@ class ExtentSizes:
 
 
 def estimate_push(snapshot: Path, parent: Path | None, history: Iterable[Manifest], subvolume: str, *,
-                  budget: float = DEFAULT_BUDGET,
-                  clock: Callable[[], float] = time.monotonic) -> Estimate | None:
-    """The expected stream size of sending ``snapshot`` (on ``parent``), see the module's doc."""
+                  budget: float = DEFAULT_BUDGET, clock: Callable[[], float] = time.monotonic,
+                  measured: Future[int | None] | None = None) -> Estimate | None:
+    """The expected stream size of sending ``snapshot`` (on ``parent``), see the module's doc.
+    ``measured``: the same ``--no-data`` stream's measure from the push's read-ahead
+    (``btrfs/readahead.py``), which walks it anyway; waited for up to ``budget`` seconds, and
+    only when it has none (None: its stream was longer than it reads at once) is there a walk here."""
     t0 = clock()
-    found = _metadata_send(snapshot, parent, budget, clock)
+    found = None
+    if measured is not None:
+        try:
+            size = measured.result(timeout=budget)
+        except TimeoutError:
+            size = None
+        if size is not None:
+            found = Estimate(size, "btrfs send --no-data")
+    if found is None:
+        found = _metadata_send(snapshot, parent, budget, clock)
     if found is None:
         found = _previous(history, subvolume, full=parent is None)
     log.debug("estimate snapshot=%s bytes=%s basis=%s seconds=%.2f", snapshot,

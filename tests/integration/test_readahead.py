@@ -15,14 +15,18 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import psutil
 import pytest
 
+from btrsync.btrfs import readahead
 from btrsync.btrfs.readahead import SendReadAhead, disk_ranges, open_regular_beneath
 from btrsync.btrfs.send import SendOptions, SendProcess
+from btrsync.ops.estimate import estimate_push, stream_size
 from btrsync.ops.push.watch import StreamWatch
+from btrsync.progress import Estimate
 from tests.support.loopfs import create_subvolume, fresh_area, snapshot
 
 MiB = 1 << 20
@@ -151,7 +155,8 @@ def _argv(p: psutil.Process) -> list[str]:
         return []
 
 
-def test_closing_stops_it_and_its_metadata_send_at_once(src: Path) -> None:
+def test_closing_stops_it_and_its_metadata_send_at_once(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readahead, "BUFFER", 10)  # it reads the metadata stream as it goes
     write_files(src, 3000, 8192)  # a metadata stream longer than the pipe holds
     snap = snapshot(src, src.parent / "snap")
     me = psutil.Process()
@@ -274,3 +279,40 @@ def test_what_the_send_may_have_read_already_is_not_asked_for_again(src: Path) -
         assert ra.walked.wait(30)
         position[0] = 1 << 60
     assert ra.requested == 16 * MiB
+
+
+def test_it_tells_the_estimate_what_its_own_walk_would_measure(src: Path) -> None:
+    """The progress estimate takes the read-ahead's measure of the --no-data stream instead of a
+    second walk; it is the very figure that walk gives."""
+    write_files(src, 20, 256 * 1024)
+    snap = snapshot(src, src.parent / "snap")
+    told: list[int | None] = []
+    with SendReadAhead(snap, None, PLAIN, lambda: 1 << 60, on_sized=told.append) as ra:
+        assert ra.walked.wait(30)
+    assert told == [stream_size(snap, None)] and told[0] > 5 * MiB
+    done: Future[int | None] = Future()
+    done.set_result(told[0] + 1)
+    assert estimate_push(snap, None, [], "data", measured=done) == Estimate(told[0] + 1, "btrfs send --no-data")
+    nothing: Future[int | None] = Future()
+    nothing.set_result(None)  # the read-ahead had no measure: the estimate walks itself
+    assert estimate_push(snap, None, [], "data", measured=nothing) == Estimate(told[0], "btrfs send --no-data")
+
+
+def test_a_stream_longer_than_its_buffer_is_read_as_used_and_not_measured(
+        src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readahead, "BUFFER", 3)
+    write_files(src, 12, MiB)
+    snap = snapshot(src, src.parent / "snap")
+    told: list[int | None] = []
+    position = [0]
+    with SendReadAhead(snap, None, PLAIN, lambda: position[0], window=1 << 40, on_sized=told.append) as ra:
+        assert ra.walked.wait(30)
+        position[0] = 1 << 60
+    assert told == [None] and ra.requested == 12 * MiB
+
+
+def test_without_read_ahead_the_estimate_is_told_nothing_at_once(src: Path) -> None:
+    told: list[int | None] = []
+    with SendReadAhead(src, None, PLAIN, lambda: 0, window=0, on_sized=told.append):
+        pass
+    assert told == [None]

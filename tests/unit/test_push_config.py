@@ -14,7 +14,7 @@ def test_read_ahead_from_config_into_the_push() -> None:
     assert settings_from(parse_config({"push": {"read_ahead": "0"}}).push).read_ahead == 0
 
 
-@pytest.mark.parametrize("value", ["8G", "-1M", "lots"])
+@pytest.mark.parametrize("value", ["8G", "-1M", "lots", "1M"])  # 1M: below chunk_size
 def test_read_ahead_out_of_range_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="read_ahead"):
         parse_config({"push": {"read_ahead": value}})

@@ -3,11 +3,13 @@ the manifest; and the removal of what killed attempts at the same backup left be
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, InvalidStateError
 from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,6 +91,11 @@ class Attempt:
         self.table = TableDigest()
         self._count = _Counts()
         self._lock = threading.Lock()  # _count is updated by the main thread and the put threads
+        #: the --no-data stream's measure, from the read-ahead's walk (None: it has none): the
+        #: progress estimate's, which then walks the metadata only when this has nothing to tell
+        self.measured: Future[int | None] = Future()
+        if settings.read_ahead <= 0:
+            self.measured.set_result(None)
 
     def params(self) -> dict[str, object]:
         """What must be unchanged for durable segments of an earlier attempt to be reused."""
@@ -99,6 +106,12 @@ class Attempt:
     def run(self) -> Manifest:
         """Send and commit, all under the upload lease: the lease goes only after the commit, so
         a clean or prune elsewhere never sees this backup's data without either."""
+        try:
+            return self._run_leased()
+        finally:
+            self._measured(None)  # it failed before the read-ahead could tell
+
+    def _run_leased(self) -> Manifest:
         with Lease(self.repo.target, self.backup_id, self.step.parent_backup_id) as lease:
             committed, listed = self.repo.committed_and_left(self.backup_id)
             if committed:
@@ -179,7 +192,7 @@ class Attempt:
         with (SendProcess(self.snap.path, parent, self.options) as send,
               SendReadAhead(self.snap.path, parent, self.options, lambda: framing.stats.data_bytes,
                             window=self.settings.read_ahead,  # the watch's queue, a chunk being read, the pipe
-                            lag=(self.settings.window + 2) * self.settings.chunk_size),
+                            lag=(self.settings.window + 2) * self.settings.chunk_size, on_sized=self._measured),
               closing(ordered_map(sealer, self._fresh_chunks(send, watch, point),
                                   workers=self.settings.workers, window=self.settings.window)) as sealed):
 
@@ -229,6 +242,11 @@ class Attempt:
     def _segment_done(self, segment: int, records: list[ChunkRecord]) -> None:
         params = {**self.params(), "attempt": self.point.attempt}
         self.table.add(write_index(self.repo, self.backup_id, segment, params, records), records)
+
+    def _measured(self, size: int | None) -> None:
+        """The read-ahead's measure of the metadata stream (the first one told counts)."""
+        with contextlib.suppress(InvalidStateError):
+            self.measured.set_result(size)
 
     def _stored(self, n: int) -> None:
         self.uploaded += n

@@ -159,7 +159,8 @@ def push_step(
         else:
             snap, parent, held = attempt.snap.path, attempt.parent.path if attempt.parent else None, history or []
             reporter = attempt.progress = EstimatedAside(
-                reporter, lambda: estimate_push(snap, parent, held, subvolume), attempt.backup_id, index, count)
+                reporter, lambda: estimate_push(snap, parent, held, subvolume, measured=attempt.measured),
+                attempt.backup_id, index, count)
     try:
         manifest = attempt.run()
     except BaseException as exc:
