@@ -58,7 +58,7 @@ class PushDefaults:
     verify_after_push: str = "none"  # none | catalog | data: re-read what a push just wrote
     chain: str = "tree"  # tree: parents by the retention policy (docs/retention.md); linear
     full_threshold: float = 0.5  # tree: a full when the best delta is more than this share of one
-    read_ahead: int = 64 << 20  # bytes of the snapshot read ahead of btrfs send (btrfs/readahead.py); 0: off
+    read_ahead: int = 64 << 20  # bytes of the snapshot read ahead of btrfs send (ops/push/readahead.py); 0: off
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ Tried in order, the first that answers is used (``Estimate.basis`` says which):
    compression saved where ``--compressed-data`` sends extents compressed.  It reads metadata
    only: milliseconds for a typical incremental, about a second per few hundred thousand files
    for a full.  It is abandoned after ``budget`` seconds (default 10).  A push's read-ahead of
-   the source (``btrfs/readahead.py``) walks that very stream anyway and tells its measure when
+   the source (``ops/push/readahead.py``) walks that very stream anyway and tells its measure when
    the stream is short enough to read at once (up to 65,536 writes); then there is no second walk.
 2. The stream size of the newest backup of the same subvolume and kind (full or incremental)
    on the target: a full's size changes slowly; an incremental's is a rough guess.
@@ -97,7 +97,7 @@ def estimate_push(snapshot: Path, parent: Path | None, history: Iterable[Manifes
                   measured: Future[int | None] | None = None) -> Estimate | None:
     """The expected stream size of sending ``snapshot`` (on ``parent``), see the module's doc.
     ``measured``: the same ``--no-data`` stream's measure from the push's read-ahead
-    (``btrfs/readahead.py``), which walks it anyway; waited for up to ``budget`` seconds, and
+    (``ops/push/readahead.py``), which walks it anyway; waited for up to ``budget`` seconds, and
     only when it has none (None: its stream was longer than it reads at once) is there a walk here."""
     t0 = clock()
     found = None

@@ -1,4 +1,4 @@
-"""Reading a snapshot ahead of btrfs send (btrsync/btrfs/readahead.py), on real btrfs filesystems.
+"""Reading a snapshot ahead of btrfs send (btrsync/ops/push/readahead.py), on real btrfs filesystems.
 
 What it must do: bring the data the send will read into the page cache, no further ahead than its
 window, never open anything but a regular file inside the snapshot, leave compressed extents to a
@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from btrsync.btrfs import readahead
-from btrsync.btrfs.readahead import SendReadAhead, disk_ranges, open_regular_beneath
 from btrsync.btrfs.send import SendOptions, SendProcess
 from btrsync.ops.estimate import estimate_push, stream_size
+from btrsync.ops.push import readahead
+from btrsync.ops.push.readahead import SendReadAhead, disk_ranges, open_regular_beneath
 from btrsync.ops.push.watch import StreamWatch
 from btrsync.progress import Estimate
 from tests.support.loopfs import create_subvolume, fresh_area, snapshot

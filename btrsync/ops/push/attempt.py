@@ -17,7 +17,6 @@ from pathlib import Path
 
 from btrsync import __version__
 from btrsync.audit import AuditLog
-from btrsync.btrfs.readahead import SendReadAhead
 from btrsync.btrfs.runner import progs_version
 from btrsync.btrfs.send import SendProcess, best_send_options
 from btrsync.catalog.layout import backup_id_for
@@ -33,6 +32,7 @@ from btrsync.catalog.segment_index import (
 )
 from btrsync.errors import BtrsyncError, PushError, SendFailedError
 from btrsync.fileindex.store import IndexWriter
+from btrsync.ops.push.readahead import SendReadAhead
 from btrsync.ops.push.settings import PushSettings
 from btrsync.ops.push.watch import StreamWatch, WatchThread
 from btrsync.pipeline.ordered import ordered_map

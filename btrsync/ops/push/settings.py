@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from btrsync.btrfs.readahead import DEFAULT_WINDOW
 from btrsync.btrfs.send import SendOptions
 from btrsync.config.model import PushDefaults, chain_settings
 from btrsync.errors import UsageError
+from btrsync.ops.push.readahead import DEFAULT_WINDOW
 from btrsync.pipeline.schedule import RateSchedule
 from btrsync.pipeline.throttle import TokenBucket
 from btrsync.planner.plan import DEFAULT_MAX_CHAIN
