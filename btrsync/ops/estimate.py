@@ -9,7 +9,7 @@ Tried in order, the first that answers is used (``Estimate.basis`` says which):
    only: milliseconds for a typical incremental, about a second per few hundred thousand files
    for a full.  It is abandoned after ``budget`` seconds (default 10).  A push's read-ahead of
    the source (``ops/push/readahead.py``) walks that very stream anyway and tells its measure when
-   the stream is short enough to read at once (up to 65,536 writes); then there is no second walk.
+   the stream is short enough to read at once (up to 32,768 writes); then there is no second walk.
 2. The stream size of the newest backup of the same subvolume and kind (full or incremental)
    on the target: a full's size changes slowly; an incremental's is a rough guess.
 3. None: progress then shows bytes and rate, without a percentage or an ETA.

@@ -74,9 +74,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 64 << 20  # bytes of file data read ahead of the send
 SLICE = 4 << 20  # bytes per WILLNEED: btrfs's read-ahead size is at least 4 MiB, and one call reads no more
-MAX_PENDING = 65536  # files read ahead that the send has not passed yet (a path each)
+MAX_PENDING = 16384  # files read ahead that the send has not passed yet (a path each: <= 3 MiB)
 DROP_FROM = 1 << 20  # files of this size or more have their pages dropped once the send passed them
-BUFFER = 65536  # writes of the metadata stream read ahead of their use (~200 bytes each)
+BUFFER = 32768  # writes of the metadata stream read ahead of their use (~250 bytes each: <= 8 MiB)
 POLL = 0.01  # seconds between looks at the send's position while the read-ahead waits for it
 JOIN_TIMEOUT = 10.0  # seconds ``close`` waits for the thread
 
