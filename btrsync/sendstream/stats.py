@@ -41,7 +41,8 @@ class ChangeStats:
         elif cmd == "write":
             self.data_bytes += int(attrs.get("data_len", 0))
         elif cmd == "encoded_write":
-            self.data_bytes += int(attrs.get("unencoded_len", attrs.get("data_len", 0)))
+            # the file range written (a write of part of a compressed extent carries all of it)
+            self.data_bytes += int(attrs.get("unencoded_file_len", attrs.get("data_len", 0)))
         elif cmd == "clone":
             self.data_bytes += int(attrs.get("clone_len", 0))
 

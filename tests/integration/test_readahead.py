@@ -27,6 +27,8 @@ from btrsync.ops.push import readahead
 from btrsync.ops.push.readahead import SendReadAhead, disk_ranges, open_regular_beneath
 from btrsync.ops.push.watch import StreamWatch
 from btrsync.progress import Estimate
+from btrsync.sendstream.parser import parse
+from btrsync.sendstream.stats import ChangeStats
 from tests.support.loopfs import create_subvolume, fresh_area, snapshot
 
 MiB = 1 << 20
@@ -320,3 +322,29 @@ def test_without_read_ahead_the_estimate_is_told_nothing_at_once(src: Path) -> N
     with SendReadAhead(src, None, PLAIN, lambda: 0, window=0, on_sized=told.append):
         pass
     assert told == [None]
+
+
+def test_both_sides_count_a_partly_referenced_compressed_extent_alike(btrfs_factory) -> None:  # type: ignore[no-untyped-def]
+    """A write of part of a compressed extent carries the whole extent (``unencoded_len``) but
+    stands for the file range (``unencoded_file_len``), as the --no-data stream's UPDATE_EXTENT
+    does: counted by the former, the push's position ran ahead of the read-ahead's."""
+    mnt = btrfs_factory(mount_options=("compress-force=zstd",))
+    src = create_subvolume(mnt / "data")
+    f = src / "f"
+    f.write_bytes(b"abcdefgh" * 16384)  # 128 KiB, one compressed extent
+    subprocess.run(["sync", "-f", str(mnt)], check=True)
+    with f.open("r+b") as h:
+        h.write(b"Z" * 65536)  # the second half now references half of the old extent
+    snap = snapshot(src, mnt / "snap")
+    real = subprocess.run(["btrfs", "send", "-q", *COMPRESSED.argv(), str(snap)], capture_output=True,
+                          check=True).stdout
+    events = parse(real)
+    partial = [e for e in events if e.cmd == "encoded_write" and e.attrs["unencoded_len"] > e.attrs["unencoded_file_len"]]
+    assert partial, "no write of part of a compressed extent: the case is not exercised"
+    stats = ChangeStats()
+    for ev in events:
+        stats.add(ev)
+    nodata = subprocess.run(["btrfs", "send", "-q", "--no-data", *COMPRESSED.argv(), str(snap)], capture_output=True,
+                            check=True).stdout
+    extents = sum(e.attrs["size"] for e in parse(nodata) if e.cmd == "update_extent")
+    assert stats.data_bytes == extents == 128 * 1024
