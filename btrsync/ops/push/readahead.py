@@ -13,7 +13,7 @@ range (``posix_fadvise(WILLNEED)``: asynchronous, many requests in flight; the f
 bytes of each, which the send's own sequential read-ahead takes on from), at most ``window``
 bytes of file data ahead of the real send.  Both sides are counted in the same unit, logical
 file bytes (``ChangeStats.data_bytes`` of the push's stream watch: writes, encoded writes by
-their unencoded length, clones), so a ``--compressed-data`` stream, whose writes carry fewer bytes
+the file range they write, clones), so a ``--compressed-data`` stream, whose writes carry fewer bytes
 than they stand for, keeps them in step.  The watch parses what the push has read, a bounded
 queue behind it (``lag`` bytes at most); a range that may lie in that stretch is not asked for:
 the send may have read it and (see below) dropped it already, and asking again would read it
@@ -27,8 +27,9 @@ again as before) if it had none cached when it was first opened here (``cachesta
 kernel without it, before 6.5, the file is taken as uncached).  Smaller files keep theirs, as
 every send did before 6.0: clean pages, read once, the first the kernel reclaims; dropping them
 costs as much per file as for a large one, and on a tree of small files that measured 10 %
-slower.  ``[push] read_ahead = "0"`` leaves the cache to the send alone.  Descriptors are closed as soon as the stream moves on to the next
-file; at most ``MAX_PENDING`` files wait for the send to pass them, the read-ahead waits beyond.
+slower.  ``[push] read_ahead = "0"`` leaves the cache to the send alone.  Descriptors are closed
+as soon as the stream moves on to the next file; at most ``MAX_PENDING`` files wait for the send
+to pass them, the read-ahead waits beyond.
 
 **Only regular files of the snapshot are opened.**  Paths come from the stream, and names in a
 snapshot are the user's: an incremental names files at temporary names (``o257-7-0``) that the
@@ -114,14 +115,12 @@ class Unsupported(OSError):
 
 def open_beneath(dirfd: int, path: str, flags: int) -> int:
     """``path`` opened beneath ``dirfd`` without following a symlink, crossing a mount or leaving
-    the directory; ``OSError`` (``Unsupported`` where there is no ``openat2``)."""
+    the directory; ``OSError`` (whether ``openat2`` works at all, ``check_openat2`` tells)."""
     how = _OpenHow(flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0, _RESOLVE)
     fd = libc().syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(dirfd), os.fsencode(path), ctypes.byref(how),
                         ctypes.c_size_t(ctypes.sizeof(how)))
     if fd < 0:
         err = ctypes.get_errno()
-        if err == errno.ENOSYS:
-            raise Unsupported(err, f"openat2: {os.strerror(err)}")
         raise OSError(err, os.strerror(err), path)
     return int(fd)
 
