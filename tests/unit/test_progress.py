@@ -6,13 +6,12 @@ import io
 import logging
 import queue
 import re
-import struct
 import threading
 from collections.abc import Callable
 
 import pytest
 
-from btrsync.ops.estimate import ExtentSizes, _previous
+from btrsync.ops.estimate import _previous
 from btrsync.pipeline.throttle import Metered, TokenBucket
 from btrsync.progress import MIN_SPAN, CallbackProgress, Estimate, Reporter, as_progress
 
@@ -166,30 +165,6 @@ def test_older_callbacks_still_work_both_ways() -> None:
     text = stream.getvalue()
     assert "btrsync: verify b1: starting" in text and "btrsync: verify b1: done" in text
     assert "btrsync: verify b2: starting" in text
-
-
-def _stream(*commands: tuple[int, bytes]) -> bytes:
-    out = b"btrfs-stream\0" + struct.pack("<I", 1)
-    for cmd, body in commands:
-        out += struct.pack("<IHI", len(body), cmd, 0) + body
-    return out
-
-
-def _attr(kind: int, value: bytes) -> bytes:
-    return struct.pack("<HH", kind, len(value)) + value
-
-
-def test_extent_sizes_walks_a_stream_fed_in_any_pieces() -> None:
-    extent = _attr(15, b"dir/file") + _attr(18, struct.pack("<Q", 0)) + _attr(4, struct.pack("<Q", 3 * MiB))
-    stream = _stream((1, _attr(15, b"sub")), (22, extent), (3, _attr(15, b"x")), (22, extent), (21, b""))
-    for piece in (1, 7, 16, 17, 64, len(stream)):
-        sizes = ExtentSizes()
-        for i in range(0, len(stream), piece):
-            sizes.feed(stream[i:i + piece])
-        assert sizes.data_bytes == 6 * MiB and sizes.stream_bytes == len(stream)
-        assert sizes.total == len(stream) + 6 * MiB
-    with pytest.raises(ValueError):
-        ExtentSizes().feed(b"not a btrfs stream at all")
 
 
 def test_previous_backup_is_the_fallback_estimate() -> None:

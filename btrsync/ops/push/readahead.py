@@ -69,7 +69,7 @@ from pathlib import Path
 from btrsync.btrfs.nodata import MetadataSend
 from btrsync.btrfs.send import SendOptions
 from btrsync.fdio import libc
-from btrsync.sendstream.parser import StreamParser
+from btrsync.sendstream.nodata import NoDataWalk, Write
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ class SendReadAhead:
             self._stream = _MetadataStream(meta, self._stop, self._tell_size)
             self._request(dirfd, self._stream.extents())
 
-    def _request(self, dirfd: int, extents: Iterator[tuple[str, int, int, int]]) -> None:
+    def _request(self, dirfd: int, extents: Iterator[Write]) -> None:
         current: _File | None = None  # the file the stream writes now
         try:
             for path, offset, length, at in extents:
@@ -410,19 +410,17 @@ class _Stopped(Exception):
 
 
 class _MetadataStream:
-    """The ``--no-data`` stream's writes, ``(path, file offset, length, file data of the stream
-    before it)``, in order; clones count as file data (the stream watch counts them) but are
-    not read.  Read ahead of their use up to ``BUFFER`` writes (``read_on``, while the
-    read-ahead waits for the send): one that fits is read whole early, and its measure (stream
-    plus UPDATE_EXTENT sizes: what ``ops/estimate.py`` would find with a walk of its own) is
-    told; a longer one is read as its writes are used, and nothing (None) is told."""
+    """The ``--no-data`` stream's writes (``sendstream/nodata.py``), in order; clones count as file
+    data (the stream watch counts them) but are not read.  Read ahead of their use up to ``BUFFER``
+    writes (``read_on``, while the read-ahead waits for the send): one that fits is read whole
+    early, and its measure (what ``ops/estimate.py`` would find with a walk of its own) is told; a
+    longer one is read as its writes are used, and nothing (None) is told."""
 
     def __init__(self, meta: MetadataSend, stop: threading.Event, tell: Callable[[int | None], None]) -> None:
         self._chunks = meta.chunks(1 << 16)
         self._stop, self._tell = stop, tell
-        self._parser = StreamParser()
-        self.queue: collections.deque[tuple[str, int, int, int]] = collections.deque()
-        self._data = self._extent_bytes = self._stream_bytes = 0
+        self._walk = NoDataWalk()
+        self.queue: collections.deque[Write] = collections.deque()
         self.ended = False
 
     def read_on(self) -> bool:
@@ -432,26 +430,18 @@ class _MetadataStream:
             return False
         chunk = next(self._chunks, None)
         if chunk is None:
-            self._parser.finish()
+            self._walk.finish()
             self.ended = True
-            self._tell(self._stream_bytes + self._extent_bytes)
+            self._tell(self._walk.size)
             return False
-        self._stream_bytes += len(chunk)
-        for ev in self._parser.feed(chunk):
-            if ev.cmd == "update_extent":
-                size = ev.attrs["size"]
-                self.queue.append((ev.path, ev.attrs["file_offset"], size, self._data))
-                self._data += size
-                self._extent_bytes += size
-            elif ev.cmd == "clone":
-                self._data += ev.attrs["clone_len"]
+        self.queue.extend(self._walk.feed(chunk))
         if len(self.queue) >= BUFFER:
             self._tell(None)  # longer than the buffer: the estimate measures it itself
         if self._stop.is_set():
             raise _Stopped
         return True
 
-    def extents(self) -> Iterator[tuple[str, int, int, int]]:
+    def extents(self) -> Iterator[Write]:
         while True:
             if self.queue:
                 yield self.queue.popleft()
