@@ -164,6 +164,9 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
 def _proc_stat() -> list[int]:
     """The aggregate ``cpu`` line of /proc/stat: user nice system idle iowait irq softirq steal."""
     with open("/proc/stat") as f:
@@ -181,6 +184,10 @@ def measure(fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
     d = [b - a for a, b in zip(s0, s1, strict=True)]
     total = sum(d) or 1
     return {"seconds": seconds, "cpu_seconds": cpu,
+            # every CPU's busy time: kernel threads included (the page cache's writeback after a
+            # `sync` runs in flusher threads, not in the process that wrote; after btrsync's
+            # per-segment fsync, in its own thread), and any other process's (a quiet machine only)
+            "machine_cpu_seconds": round((total - d[3] - d[4]) / _HZ, 3),
             "system_busy_pct": round(100 * (total - d[3] - d[4]) / total, 1),
             "system_iowait_pct": round(100 * d[4] / total, 1), "loadavg_before": round(load, 2),
             **extra}
