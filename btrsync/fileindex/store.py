@@ -30,6 +30,8 @@ from btrsync.catalog.reads import FILES_PART_LIMIT, read_whole
 from btrsync.crypto.frames import FLAG_LAST
 from btrsync.errors import DamageError, UsageError
 from btrsync.fileindex import records
+from btrsync.fileindex.root import RootTracker
+from btrsync.fileindex.tree import Inode
 from btrsync.targets.errors import NotFound
 
 PART_SIZE = 4 * 1024 * 1024
@@ -44,9 +46,13 @@ class NoFileIndex(UsageError):
 class IndexWriter:
     """Feed every parser event (``add``), then ``finish`` and ``upload``; memory stays bounded."""
 
-    def __init__(self, backup_id: str, snapshot_uuid: str, parent_uuid: str | None, attempt: str) -> None:
+    def __init__(self, backup_id: str, snapshot_uuid: str, parent_uuid: str | None, attempt: str, *,
+                 root: Inode | None = None) -> None:
+        """``root``: the top directory before this stream (``fileindex/root.py``): ``new_root()``
+        for a full, the parent's recorded one for an incremental, None when not known."""
         self.backup_id = backup_id
         self.records = 0
+        self.root = RootTracker(root)
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by upload/close
         self._z = zstandard.ZstdCompressor(level=3).stream_writer(self._file, closefd=False)
         self._lines: list[bytes] = []
@@ -57,6 +63,7 @@ class IndexWriter:
         self._z.write(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n")
 
     def add(self, ev: Any) -> None:
+        self.root.add_many((ev,))
         self._lines.append(records.encode(ev))
         self.records += 1
         if len(self._lines) >= 1024:
@@ -65,6 +72,7 @@ class IndexWriter:
     def add_many(self, events: list[Any]) -> None:
         """``add`` for each of ``events`` (a parser's batch), encoded at once."""
         self._flush()
+        self.root.add_many(events)
         self._z.write(records.encode_many(events))
         self.records += len(events)
 
@@ -93,8 +101,9 @@ class IndexWriter:
             repo.target.put_bytes(key, frame)
             stored += len(frame)
         self._file.close()
+        root = self.root.record()
         return {"format": FORMAT, "parts": parts, "records": self.records, "stored_bytes": stored,
-                "sha256": digest.hexdigest()}
+                "sha256": digest.hexdigest(), **({"root": root} if root is not None else {})}
 
     def close(self) -> None:
         self._file.close()

@@ -53,6 +53,25 @@ class Inode:
         return 0 if self.mtime is None else self.mtime[0] * 1_000_000_000 + self.mtime[1]
 
 
+ROOT_INO = 256  # the number btrfs send gives a subvolume's top directory
+METADATA = frozenset({"chown", "chmod", "utimes"})
+
+
+def new_root() -> Inode:
+    """The top directory before a full stream sets its owner, mode and times."""
+    return Inode("d", ROOT_INO, mode=0o755, nlink=1)
+
+
+def set_metadata(ino: Inode, cmd: str, a: Any) -> None:
+    """Apply a ``METADATA`` command's attributes (an index record's or a parser event's)."""
+    if cmd == "chown":
+        ino.uid, ino.gid = int(a["uid"]), int(a["gid"])
+    elif cmd == "chmod":
+        ino.mode = int(a["mode"]) & 0o7777
+    else:  # utimes
+        ino.atime, ino.mtime = tuple(a["atime"]), tuple(a["mtime"])  # type: ignore[assignment]
+
+
 @dataclass(slots=True, eq=False)
 class Node:
     inode: Inode
@@ -89,7 +108,7 @@ class FileTree:
 
     def __init__(self, *, with_ops: bool = False) -> None:
         self.with_ops = with_ops
-        self.root = Node(Inode("d", 256, mode=0o755, nlink=1), {})
+        self.root = Node(new_root(), {})
         self.links = 0
         self.pins: list[list[Inode]] = []  # per link: inodes its parent clones read
         self._link, self._where, self._uuid, self._parent_uuid = 0, "", "", None  # the link being replayed
@@ -192,7 +211,7 @@ class FileTree:
         if parent_uuid is None:
             if link:
                 raise DamageError(f"{where}: a full backup in the middle of a chain")
-            self.root = Node(Inode("d", 256, mode=0o755, nlink=1), {})
+            self.root = Node(new_root(), {})
         self._dirs.clear()
         self._last = None
         pmap: dict[str, Inode] = {}
@@ -266,12 +285,8 @@ class FileTree:
         link = self._link
         ino = self._need(path or "", self._where).inode
         ino.changed = link
-        if cmd == "chown":  # the commonest first: every new inode gets chown, chmod and utimes
-            ino.uid, ino.gid = int(a["uid"]), int(a["gid"])
-        elif cmd == "chmod":
-            ino.mode = int(a["mode"]) & 0o7777
-        elif cmd == "utimes":
-            ino.atime, ino.mtime = tuple(a["atime"]), tuple(a["mtime"])  # type: ignore[assignment]
+        if cmd in METADATA:  # the commonest first: every new inode gets chown, chmod and utimes
+            set_metadata(ino, cmd, a)
         elif cmd == "write":
             fo, dl = int(a["file_offset"]), int(a["data_len"])
             ino.size = max(ino.size, fo + dl)

@@ -3,7 +3,9 @@
 The top two levels come from the catalog read at mount time (restorable backups only: a broken
 chain or a damaged manifest is left out and said once).  Below them, a backup's tree is replayed
 from its chain's file indexes (``fileindex/tree.py``, with each inode's data commands) the first
-time a path of it is looked up; the ``KEEP_TREES`` most recently used trees stay in memory.
+time a path of it is looked up; the ``KEEP_TREES`` most recently used trees stay in memory.  A
+backup's own directory needs none: its attributes come from its manifest where it recorded them
+(``fileindex/root.py``), so listing the backups of a subvolume with ``ls -l`` replays no tree.
 
 Inode numbers: a backup's ``n``-th place in the mount (from 1) gives it ``n << 40``, and each of
 its inodes ``base + the inode number the send stream gave it``, so every name of a hard-linked
@@ -26,6 +28,7 @@ from btrsync.catalog.manifest import Manifest
 from btrsync.catalog.reach import away, removed
 from btrsync.catalog.repository import Catalog, Repository
 from btrsync.errors import BtrsyncError, DamageError
+from btrsync.fileindex.root import from_record as root_from_record
 from btrsync.fileindex.store import NoFileIndex
 from btrsync.fileindex.tree import FileTree, Inode, Node
 from btrsync.mount.extents import allocated_blocks
@@ -61,7 +64,9 @@ class Backup:
     base: int  # inode numbers of its tree: base + stream inode number
     lock: threading.Lock = field(default_factory=threading.Lock)
     problem: str | None = None  # why its tree cannot be shown (said once, then EIO)
-    top: Inode | None = None  # its top directory, kept when its tree is dropped (``ls -l`` of many backups)
+    # its top directory: as its manifest recorded it (fileindex/root.py), else from its tree once
+    # replayed, and kept when the tree is dropped: ``ls -l`` of many backups replays none of them
+    top: Inode | None = None
 
     def ino(self, inode: Inode) -> int:
         return self.base + (inode.ino % (1 << INO_SHIFT))
@@ -132,7 +137,8 @@ class Namespace:
                 except BtrsyncError as exc:
                     self.skipped.append(f"{m.backup_id}: {exc}")
                     continue
-                backup = Backup(name, m, chain, (len(self.backups) + 1) << INO_SHIFT)
+                backup = Backup(name, m, chain, (len(self.backups) + 1) << INO_SHIFT,
+                                top=root_from_record((m.files or {}).get("root")))
                 self.backups.append(backup)
                 place.synthetic[name] = Place(Inode("d", 256, mode=0o755, nlink=1), backup.base + 256, backup,
                                               synthetic=None)

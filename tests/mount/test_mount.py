@@ -189,6 +189,46 @@ def test_unmounted_by_fusermount_ends_the_command_with_0(world: World, mounter) 
     assert "unmounted" in m.stderr()
 
 
+def _top(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns
+
+
+def test_listing_the_backups_replays_no_tree_and_shows_their_top_directories(world: World, mounter) -> None:
+    """``ls -l`` of a subvolume's directory shows each backup's top directory as its snapshot's
+    from the manifests (fileindex/root.py), reading no file index; replayed, they are the same."""
+    top = world.subvol
+    (top / "a").write_text("one\n")
+    os.chown(top, 1234, 5678)
+    os.chmod(top, 0o750)
+    os.utime(top, ns=(1_000_000_000_123_456_789, 1_000_000_000_987_654_321))
+    world.snapshot()  # a full: the stream sets the top directory's owner, mode and times
+    (top / "b").write_text("two\n")  # an entry added: the top directory's mtime moves
+    world.snapshot()
+    os.chmod(top, 0o701)  # only its mode
+    world.snapshot()
+    world.snapshot()  # nothing changed: the parent's attributes carried over
+    assert world.push().code == 0
+    want = [_top(s) for s in world.snapshots]
+    assert len(set(want)) == 3  # three different tops over the four backups
+
+    m = mounter(world)
+    subvol_dir = m.mountpoint / "data"
+    listed = subprocess.run(["ls", "-l", "--time-style=+%s", str(subvol_dir)], capture_output=True, text=True)
+    assert listed.returncode == 0 and all(s.name in listed.stdout for s in world.snapshots), listed
+    assert [_top(subvol_dir / s.name) for s in world.snapshots] == want
+    assert subprocess.run(["fusermount3", "-u", str(m.mountpoint)]).returncode == 0
+    assert m.wait() == 0, m.stderr()
+    assert "and 0 B of file indexes" in m.stderr()  # no tree was replayed for the listing
+
+    m = mounter(world)  # a fresh mount (no attributes cached by the kernel): each tree replayed first
+    replayed = []
+    for s in world.snapshots:
+        assert sorted(os.listdir(m.mountpoint / "data" / s.name)) == sorted(os.listdir(s))
+        replayed.append(_top(m.mountpoint / "data" / s.name))
+    assert replayed == want
+
+
 def test_a_killed_server_leaves_nothing_after_fusermount(world: World, mounter) -> None:
     _generations(world, 1)
     m = mounter(world)

@@ -31,7 +31,9 @@ from btrsync.catalog.segment_index import (
     write_index,
 )
 from btrsync.errors import BtrsyncError, PushError, SendFailedError
+from btrsync.fileindex.root import from_record as root_from_record
 from btrsync.fileindex.store import IndexWriter
+from btrsync.fileindex.tree import Inode, new_root
 from btrsync.ops.push.readahead import SendReadAhead
 from btrsync.ops.push.settings import PushSettings
 from btrsync.ops.push.watch import StreamWatch, WatchThread
@@ -169,7 +171,7 @@ class Attempt:
         if self.progress:
             self.progress.phase("resuming" if point.chunks else "sending")
         files = IndexWriter(self.backup_id, self.snap.uuid, self.parent.uuid if self.parent else None,
-                            point.attempt)
+                            point.attempt, root=self._root_before())
         framing = StreamWatch(f"btrfs send of {self.snap.path}", full=self.parent is None, sink=files)
         watch = WatchThread(framing, depth=self.settings.window)  # parses beside the read, not in it
         try:
@@ -279,6 +281,16 @@ class Attempt:
             if c.all_handed and c.passed >= c.handed_stored and not c.committing:
                 c.committing = True  # all passed the bucket: the last segments become durable, the manifest
                 self.progress.phase("committing")
+
+    def _root_before(self) -> Inode | None:
+        """The top directory before this stream (``fileindex/root.py``): a full's starts afresh, an
+        incremental's is the parent's as its manifest recorded it (None: not recorded)."""
+        if self.step.parent_backup_id is None:
+            return new_root()
+        known = self.parent_manifest
+        if known is None or known.backup_id != self.step.parent_backup_id:
+            return None
+        return root_from_record((known.files or {}).get("root"))
 
     def _check_parent_unchanged(self, framing: StreamWatch) -> None:
         """The parent snapshot must be the tree its backup holds: its ctransid when this stream was
