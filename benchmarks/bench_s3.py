@@ -75,7 +75,10 @@ PROXY = "B2 proxy"  # phase suffix of the rows measured through the B2-rules pro
 PUSH_FAULTS = {"quick": (2,), "full": (2, 12, 24)}
 # ... and on these GetObject requests of every restore through it (manifests and index included)
 RESTORE_FAULTS = {"quick": (1,), "full": (1, 2)}
-PIPE_TIMEOUT = 900  # seconds: a contender through the proxy that hangs fails the run
+# seconds: a contender through the proxy that hangs fails the run (boto3's download_fileobj to a
+# pipe still hangs now and then after a 503 at 1 GiB, every worker idle: 300 s is 5x a loaded
+# run's 1 GiB through the proxy, and a hang no longer costs 15 minutes of the full run)
+PIPE_TIMEOUT = 300
 
 
 class PhasedResult(BenchResult):

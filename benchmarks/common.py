@@ -187,7 +187,7 @@ def measure(fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
             # every CPU's busy time: kernel threads included (the page cache's writeback after a
             # `sync` runs in flusher threads, not in the process that wrote; after btrsync's
             # per-segment fsync, in its own thread), and any other process's (a quiet machine only)
-            "machine_cpu_seconds": round((total - d[3] - d[4]) / _HZ, 3),
+            "machine_cpu_seconds": round((total - d[3] - d[4] - d[7]) / _HZ, 3),  # less steal time
             "system_busy_pct": round(100 * (total - d[3] - d[4]) / total, 1),
             "system_iowait_pct": round(100 * d[4] / total, 1), "loadavg_before": round(load, 2),
             **extra}
