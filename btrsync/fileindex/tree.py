@@ -55,6 +55,7 @@ class Inode:
 
 ROOT_INO = 256  # the number btrfs send gives a subvolume's top directory
 METADATA = frozenset({"chown", "chmod", "utimes"})
+XATTRS = frozenset({"set_xattr", "remove_xattr"})
 
 
 def new_root() -> Inode:
@@ -70,6 +71,17 @@ def set_metadata(ino: Inode, cmd: str, a: Any) -> None:
         ino.mode = int(a["mode"]) & 0o7777
     else:  # utimes
         ino.atime, ino.mtime = tuple(a["atime"]), tuple(a["mtime"])  # type: ignore[assignment]
+
+
+def set_xattrs(ino: Inode, cmd: str, a: Any) -> None:
+    """Apply an ``XATTRS`` command (values kept as hex: an index record's already are, a parser
+    event's are bytes)."""
+    if cmd == "set_xattr":
+        value = a["xattr_data"]
+        ino.xattrs[str(a["xattr_name"])] = bytes(value).hex() if isinstance(value, bytes | bytearray | memoryview) \
+            else str(value)
+    else:  # remove_xattr
+        ino.xattrs.pop(str(a["xattr_name"]), None)
 
 
 @dataclass(slots=True, eq=False)
@@ -325,12 +337,8 @@ class FileTree:
                 ino.size = max(ino.size, fo + ln)
             if ino.ops is not None:
                 ino.ops.append((link, seq, "a", mode, fo, ln))
-        elif cmd == "set_xattr":
-            value = a["xattr_data"]  # hex in an index record, bytes in a parser event
-            ino.xattrs[str(a["xattr_name"])] = bytes(value).hex() if isinstance(value, bytes | bytearray | memoryview) \
-                else str(value)
-        elif cmd == "remove_xattr":
-            ino.xattrs.pop(str(a["xattr_name"]), None)
+        elif cmd in XATTRS:
+            set_xattrs(ino, cmd, a)
 
     # -- results --------------------------------------------------------------------------------
     def walk(self, top: str = "") -> Iterator[tuple[str, Node]]:

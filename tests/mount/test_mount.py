@@ -195,17 +195,19 @@ def _top(path: Path) -> tuple[int, int, int, int]:
 
 
 def test_listing_the_backups_replays_no_tree_and_shows_their_top_directories(world: World, mounter) -> None:
-    """``ls -l`` of a subvolume's directory shows each backup's top directory as its snapshot's
-    from the manifests (fileindex/root.py), reading no file index; replayed, they are the same."""
+    """``ls -l`` and ``getfattr`` of a subvolume's directory show each backup's top directory as its
+    snapshot's from the manifests (fileindex/root.py), reading no file index; replayed, the same."""
     top = world.subvol
     (top / "a").write_text("one\n")
     os.chown(top, 1234, 5678)
     os.chmod(top, 0o750)
     os.utime(top, ns=(1_000_000_000_123_456_789, 1_000_000_000_987_654_321))
-    world.snapshot()  # a full: the stream sets the top directory's owner, mode and times
+    os.setxattr(top, "user.note", b"\x00top")
+    world.snapshot()  # a full: the stream sets the top directory's owner, mode, times and xattrs
     (top / "b").write_text("two\n")  # an entry added: the top directory's mtime moves
     world.snapshot()
-    os.chmod(top, 0o701)  # only its mode
+    os.chmod(top, 0o701)  # its mode; an xattr goes
+    os.removexattr(top, "user.note")
     world.snapshot()
     world.snapshot()  # nothing changed: the parent's attributes carried over
     assert world.push().code == 0
@@ -217,6 +219,8 @@ def test_listing_the_backups_replays_no_tree_and_shows_their_top_directories(wor
     listed = subprocess.run(["ls", "-l", "--time-style=+%s", str(subvol_dir)], capture_output=True, text=True)
     assert listed.returncode == 0 and all(s.name in listed.stdout for s in world.snapshots), listed
     assert [_top(subvol_dir / s.name) for s in world.snapshots] == want
+    assert [os.listxattr(subvol_dir / s.name) for s in world.snapshots] == [["user.note"]] * 2 + [[]] * 2
+    assert os.getxattr(subvol_dir / world.snapshots[1].name, "user.note") == b"\x00top"
     assert subprocess.run(["fusermount3", "-u", str(m.mountpoint)]).returncode == 0
     assert m.wait() == 0, m.stderr()
     assert "and 0 B of file indexes" in m.stderr()  # no tree was replayed for the listing
@@ -225,8 +229,8 @@ def test_listing_the_backups_replays_no_tree_and_shows_their_top_directories(wor
     replayed = []
     for s in world.snapshots:
         assert sorted(os.listdir(m.mountpoint / "data" / s.name)) == sorted(os.listdir(s))
-        replayed.append(_top(m.mountpoint / "data" / s.name))
-    assert replayed == want
+        replayed.append((_top(m.mountpoint / "data" / s.name), os.listxattr(m.mountpoint / "data" / s.name)))
+    assert replayed == [(w, ["user.note"] if n < 2 else []) for n, w in enumerate(want)]
 
 
 def test_a_killed_server_leaves_nothing_after_fusermount(world: World, mounter) -> None:
