@@ -47,8 +47,9 @@ def estimate_push(snapshot: Path, parent: Path | None, history: Iterable[Manifes
                   measured: Future[int | None] | None = None) -> Estimate | None:
     """The expected stream size of sending ``snapshot`` (on ``parent``), see the module's doc.
     ``measured``: the same ``--no-data`` stream's measure from the push's read-ahead
-    (``ops/push/readahead.py``), which walks it anyway; waited for up to ``budget`` seconds, and
-    only when it has none (None: its stream was longer than it reads at once) is there a walk here."""
+    (``ops/push/readahead.py``), which walks it anyway; waited for within ``budget`` seconds, and
+    only when it has none (None: its stream was longer than it reads at once) is there a walk here,
+    in what is left of the budget."""
     t0 = clock()
     found = None
     if measured is not None:
@@ -58,8 +59,9 @@ def estimate_push(snapshot: Path, parent: Path | None, history: Iterable[Manifes
             size = None
         if size is not None:
             found = Estimate(size, "btrfs send --no-data")
-    if found is None:
-        found = _metadata_send(snapshot, parent, budget, clock)
+    left = budget - (clock() - t0)  # one budget for both: a read-ahead that kept it waiting leaves less
+    if found is None and left > 0:
+        found = _metadata_send(snapshot, parent, left, clock)
     if found is None:
         found = _previous(history, subvolume, full=parent is None)
     log.debug("estimate snapshot=%s bytes=%s basis=%s seconds=%.2f", snapshot,

@@ -8,9 +8,12 @@ import queue
 import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 
+from btrsync.ops import estimate
 from btrsync.ops.estimate import _previous
 from btrsync.pipeline.throttle import Metered, TokenBucket
 from btrsync.progress import MIN_SPAN, CallbackProgress, Estimate, Reporter, as_progress
@@ -165,6 +168,18 @@ def test_older_callbacks_still_work_both_ways() -> None:
     text = stream.getvalue()
     assert "btrsync: verify b1: starting" in text and "btrsync: verify b1: done" in text
     assert "btrsync: verify b2: starting" in text
+
+
+def test_one_budget_for_the_read_aheads_measure_and_a_walk_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    walks: list[float] = []
+    monkeypatch.setattr(estimate, "_metadata_send", lambda snap, parent, budget, clock: walks.append(budget))
+    silent: Future[int | None] = Future()  # a read-ahead that never tells
+    assert estimate.estimate_push(Path("/nowhere"), None, [], "data", budget=0.2, measured=silent) is None
+    assert walks == []  # the budget went on waiting: no second walk after it
+    told: Future[int | None] = Future()
+    told.set_result(None)  # too long for the read-ahead to measure: a walk in the whole budget
+    estimate.estimate_push(Path("/nowhere"), None, [], "data", budget=5.0, measured=told)
+    assert len(walks) == 1 and 4.5 < walks[0] <= 5.0
 
 
 def test_previous_backup_is_the_fallback_estimate() -> None:
